@@ -1,0 +1,116 @@
+"""Settings of the demo shop. Every service address comes from the environment
+(see README: RECO_KAFKA_PORT, RECO_REDIS_PORT, ...) so tests can run the shop
+on free ports beside a running demo."""
+
+import os
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+STATE_DIR = Path(os.environ.get("RECO_STATE_DIR", BASE_DIR / "var" / "demo"))
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "demo-shop-not-secret")
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
+ALLOWED_HOSTS = ["127.0.0.1", "localhost"]
+
+KAFKA_BOOTSTRAP = os.environ.get(
+    "RECO_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('RECO_KAFKA_PORT', '9092')}"
+)
+REDIS_PORT = os.environ.get("RECO_REDIS_PORT", "6379")
+REDIS_URL = os.environ.get("RECO_REDIS_URL", f"redis://127.0.0.1:{REDIS_PORT}/0")
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "reco_plugin",
+    "demo_shop.catalog",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "reco_plugin.middleware.RecoEventMiddleware",
+]
+
+ROOT_URLCONF = "demo_shop.urls"
+ASGI_APPLICATION = "demo_shop.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("RECO_DB_PATH", STATE_DIR / "shop.sqlite3"),
+        "OPTIONS": {"timeout": 20},
+    }
+}
+# Sessions in Redis-free signed cookies would leak nothing but size; the
+# database keeps them server-side and works for the websocket too.
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = STATE_DIR / "static"
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+TIME_ZONE = "UTC"
+
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL.rsplit("/", 1)[0] + "/2"]},
+    }
+}
+
+RECO_PLUGIN = {
+    "KAFKA": {"bootstrap.servers": KAFKA_BOOTSTRAP},
+    "REDIS_URL": REDIS_URL,
+    "PRODUCT_MODEL": "catalog.Product",
+}
+
+REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
+
+CELERY_BROKER_URL = REDIS_URL.rsplit("/", 1)[0] + "/1"
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BEAT_SCHEDULE = {
+    "reco-sync-catalog": {
+        "task": "reco_plugin.sync_catalog",
+        "schedule": float(os.environ.get("RECO_CATALOG_SYNC_SECONDS", "300")),
+    },
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": "INFO"},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}

@@ -1,0 +1,14 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from demo_shop.catalog import views
+
+urlpatterns = [
+    path("", views.catalog, name="catalog"),
+    path("products/<int:pk>/", views.product_detail, name="product_detail"),
+    path("cart/", views.cart, name="cart"),
+    path("cart/add/<int:pk>/", views.add_to_cart, name="add_to_cart"),
+    path("checkout/", views.checkout, name="checkout"),
+    path("admin/", admin.site.urls),
+    path("reco/", include("reco_plugin.urls")),
+]

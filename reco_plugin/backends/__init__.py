@@ -1,0 +1,40 @@
+"""Event backends: where the shop's events go.
+
+Configured as ``RECO_PLUGIN["EVENT_BACKEND"] = {"BACKEND": dotted.path, "OPTIONS": {...}}``.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from django.utils.module_loading import import_string
+
+from .base import EventBackend
+
+_lock = threading.Lock()
+_backend: EventBackend | None = None
+
+
+def get_backend() -> EventBackend:
+    """The process-wide backend, built on first use."""
+    global _backend
+    if _backend is None:
+        with _lock:
+            if _backend is None:
+                from ..conf import reco_settings
+
+                config = reco_settings.EVENT_BACKEND
+                cls = import_string(config["BACKEND"])
+                _backend = cls(**config.get("OPTIONS", {}))
+    return _backend
+
+
+def reset_backend() -> None:
+    global _backend
+    with _lock:
+        if _backend is not None:
+            _backend.close()
+        _backend = None
+
+
+__all__ = ["EventBackend", "get_backend", "reset_backend"]

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class EventBackend:
+    """Hands events to the event log. Subclasses implement :meth:`send`.
+
+    ``send`` must never block the request nor raise because the log is down:
+    it queues the event and returns.
+    """
+
+    def send(self, topic: str, key: str, event: Mapping[str, Any]) -> None:
+        raise NotImplementedError
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait up to ``timeout`` seconds for queued events; return how many are still queued."""
+        return 0
+
+    def close(self) -> None:
+        """Release resources; queued events get a short chance to go out."""

@@ -1,0 +1,77 @@
+"""Syncing the shop's products' display fields into Redis.
+
+The API and the widget show products from these hashes, so serving a list never
+touches the shop's database. Run periodically (Celery beat) and on product save.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from django.apps import apps
+from django.db import models
+
+from . import keys
+from .conf import reco_settings
+from .redis_client import get_redis
+
+BATCH_SIZE = 500
+
+
+def product_model() -> type[models.Model]:
+    return apps.get_model(reco_settings.PRODUCT_MODEL)
+
+
+def display_fields(product: models.Model) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for name, attribute in reco_settings.PRODUCT_FIELDS.items():
+        value: Any = getattr(product, attribute, None)
+        if callable(value):
+            value = value()
+        if isinstance(value, bool):
+            value = "1" if value else "0"
+        fields[name] = "" if value is None else str(value)
+    return fields
+
+
+def _write(products: Iterable[models.Model]) -> int:
+    r = get_redis()
+    pipe = r.pipeline(transaction=False)
+    count = 0
+    for product in products:
+        product_id = str(product.pk)
+        pipe.delete(keys.catalog_product(product_id))
+        pipe.hset(keys.catalog_product(product_id), mapping=display_fields(product))
+        pipe.sadd(keys.catalog_index(), product_id)
+        count += 1
+        if count % BATCH_SIZE == 0:
+            pipe.execute()
+    pipe.execute()
+    return count
+
+
+def sync_products(product_ids: Iterable[Any]) -> int:
+    """Sync the given products; ids that no longer exist are removed from Redis."""
+    ids = [str(pk) for pk in product_ids]
+    found = list(product_model()._default_manager.filter(pk__in=ids))
+    count = _write(found)
+    gone = set(ids) - {str(p.pk) for p in found}
+    if gone:
+        r = get_redis()
+        r.delete(*(keys.catalog_product(pk) for pk in gone))
+        r.srem(keys.catalog_index(), *gone)
+    return count
+
+
+def sync_catalog() -> dict[str, int]:
+    """Sync every product and drop the hashes of deleted ones."""
+    model = product_model()
+    synced = _write(model._default_manager.order_by("pk").iterator(chunk_size=BATCH_SIZE))
+    r = get_redis()
+    present = {str(pk) for pk in model._default_manager.values_list("pk", flat=True)}
+    stale = set(r.smembers(keys.catalog_index())) - present
+    if stale:
+        r.delete(*(keys.catalog_product(pk) for pk in stale))
+        r.srem(keys.catalog_index(), *stale)
+    return {"synced": synced, "removed": len(stale)}

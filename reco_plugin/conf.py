@@ -1,0 +1,108 @@
+"""The plugin's settings: one ``RECO_PLUGIN`` dict over documented defaults.
+
+    from reco_plugin.conf import reco_settings
+    reco_settings.REDIS_URL
+
+Values are read lazily and cached; the cache is dropped when Django's
+``setting_changed`` fires (``override_settings`` in tests).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+from . import schema, scoring
+
+DEFAULTS: dict[str, Any] = {
+    # librdkafka options for the producer, e.g. {"bootstrap.servers": "127.0.0.1:9092"}
+    "KAFKA": {"bootstrap.servers": "127.0.0.1:9092"},
+    # where events go: a dotted path to an EventBackend subclass and its options
+    "EVENT_BACKEND": {
+        "BACKEND": "reco_plugin.backends.kafka.KafkaBackend",
+        "OPTIONS": {},
+    },
+    # topic role -> topic name (SPEC §5)
+    "TOPICS": dict(schema.DEFAULT_TOPICS),
+    "TOPIC_PARTITIONS": 12,
+    "TOPIC_REPLICATION": 1,
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    # "app_label.ModelName" of the shop's product
+    "PRODUCT_MODEL": None,
+    # URL names of the shop's product page, and the URL kwarg holding the product id
+    "PRODUCT_VIEW_NAMES": ["product_detail"],
+    "PRODUCT_URL_KWARG": "pk",
+    # product attribute -> display field synced to Redis (callables are called)
+    "PRODUCT_FIELDS": {
+        "title": "name",
+        "url": "get_absolute_url",
+        "price": "price",
+        "category": "category",
+        "image": "image_url",
+        "in_stock": "in_stock",
+    },
+    "DEFAULT_LIMIT": 8,
+    "MAX_LIMIT": 50,
+    # widget: how often to poll the API when the websocket is unavailable
+    "POLL_INTERVAL_SECONDS": 15,
+    "WEBSOCKET_PATH": "/ws/reco/",
+    "MAX_BEACON_EVENTS": 50,
+    # scoring, shared with the Spark jobs (reco_plugin.scoring)
+    "EVENT_WEIGHTS": dict(scoring.EVENT_WEIGHTS),
+    "RECENT_ITEMS": scoring.RECENT_ITEMS,
+    "COVISIT_WINDOW_SECONDS": scoring.COVISIT_WINDOW_SECONDS,
+    "TRENDING_WINDOW_SECONDS": scoring.TRENDING_WINDOW_SECONDS,
+    "CATALOG_SYNC_SECONDS": 300,
+}
+
+# Settings holding a dotted path that is imported on access.
+IMPORT_STRINGS: frozenset[str] = frozenset()
+
+
+class RecoSettings:
+    """Attribute access to ``settings.RECO_PLUGIN`` with defaults filled in."""
+
+    def __init__(self, defaults: dict[str, Any] | None = None) -> None:
+        self.defaults = defaults or DEFAULTS
+        self._cached: set[str] = set()
+        self._user: dict[str, Any] | None = None
+
+    @property
+    def user_settings(self) -> dict[str, Any]:
+        if self._user is None:
+            from django.conf import settings
+
+            self._user = dict(getattr(settings, "RECO_PLUGIN", None) or {})
+        return self._user
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in self.defaults:
+            raise AttributeError(f"Invalid RECO_PLUGIN setting: {name!r}")
+        value = self.user_settings.get(name, self.defaults[name])
+        if name in IMPORT_STRINGS and isinstance(value, str):
+            value = import_string(value)
+        self._cached.add(name)
+        setattr(self, name, value)
+        return value
+
+    def reload(self) -> None:
+        for name in self._cached:
+            delattr(self, name)
+        self._cached.clear()
+        self._user = None
+
+
+reco_settings = RecoSettings()
+
+
+@receiver(setting_changed, dispatch_uid="reco_plugin.conf.reload")
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting == "RECO_PLUGIN":
+        reco_settings.reload()
+        from . import backends, redis_client
+
+        backends.reset_backend()
+        redis_client.reset()

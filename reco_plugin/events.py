@@ -1,0 +1,35 @@
+"""Emitting shop events: the single entry point the middleware, signals and beacon use."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from . import schema
+from .backends import get_backend
+from .conf import reco_settings
+
+logger = logging.getLogger(__name__)
+
+
+def emit(event_type: str, visitor_id: str, product_id: Any, **fields: Any) -> dict[str, Any] | None:
+    """Build a schema-1 event and hand it to the backend, fire-and-forget.
+
+    Returns the event, or None if it could not be built or handed over (the
+    caller's request must never fail because of an event).
+    """
+    try:
+        event = schema.make_event(event_type, visitor_id, str(product_id), **fields)
+        topic = schema.topic_for(event_type, reco_settings.TOPICS)
+        get_backend().send(topic, visitor_id, event)
+    except Exception:
+        logger.exception("reco: could not emit %s event", event_type)
+        return None
+    return event
+
+
+def emit_many(events: list[dict[str, Any]]) -> None:
+    """Hand already-validated events to the backend."""
+    backend = get_backend()
+    for event in events:
+        backend.send(schema.topic_for(event["type"], reco_settings.TOPICS), event["visitor_id"], event)

@@ -1,0 +1,80 @@
+"""Watching the pipeline from the Django side: how far has it processed Kafka?
+
+Used by warm-up and replay to wait until the events they sent are reflected in
+Redis, and by the system status shown to operators.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from . import keys
+from .compat import confluent_kafka
+from .conf import reco_settings
+from .redis_client import get_redis
+
+Offsets = dict[str, int]  # "topic:partition" -> next offset
+
+
+def end_offsets(timeout: float = 10.0) -> Offsets:
+    """The current end offset of every partition of the plugin's topics."""
+    if confluent_kafka is None:
+        raise ImportError("pip install 'django-reco-plugin[kafka]'")
+    config = {
+        **reco_settings.KAFKA,
+        "group.id": "reco-plugin-offsets",
+        "enable.auto.commit": False,
+    }
+    consumer = confluent_kafka.Consumer(config)
+    try:
+        metadata = consumer.list_topics(timeout=timeout)
+        result: Offsets = {}
+        for topic in sorted(set(reco_settings.TOPICS.values())):
+            if topic not in metadata.topics:
+                continue
+            for partition in metadata.topics[topic].partitions:
+                tp = confluent_kafka.TopicPartition(topic, partition)
+                _, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+                result[f"{topic}:{partition}"] = high
+        return result
+    finally:
+        consumer.close()
+
+
+def processed_offsets() -> Offsets:
+    raw = get_redis().hgetall(keys.pipeline_offsets())
+    return {k: int(v) for k, v in raw.items()}
+
+
+def heartbeat() -> dict | None:
+    raw = get_redis().get(keys.pipeline_heartbeat())
+    return json.loads(raw) if raw else None
+
+
+def remaining(targets: Offsets, processed: Offsets) -> int:
+    return sum(max(0, end - processed.get(tp, 0)) for tp, end in targets.items())
+
+
+def wait_until_processed(
+    targets: Offsets,
+    timeout: float = 300.0,
+    progress: Callable[[int], None] | None = None,
+    interval: float = 0.05,
+) -> bool:
+    """Block until the pipeline has processed every partition up to ``targets``.
+
+    ``progress`` is called with the number of events still to process.
+    Returns False on timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        left = remaining(targets, processed_offsets())
+        if progress:
+            progress(left)
+        if left == 0:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)

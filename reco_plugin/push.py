@@ -1,0 +1,68 @@
+"""Relays the pipeline's update notices to the visitors' websocket groups.
+
+The Spark job does not import Django or Channels; after writing new lists it
+publishes the touched visitor ids on a Redis channel (``keys.updates_channel``).
+This relay, run as ``manage.py reco_push``, turns each into a channel-layer
+``group_send`` to the visitor's group, which reaches every open tab of theirs
+on any ASGI worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+import redis
+from channels.layers import get_channel_layer
+
+from . import keys
+from .redis_client import get_async_redis
+
+logger = logging.getLogger(__name__)
+
+
+# group_send calls in flight at once: bounded so a large batch of updates
+# cannot exhaust the channel layer's connection pool.
+CONCURRENCY = 16
+
+
+async def _send_all(layer, visitors: list[str]) -> None:
+    limit = asyncio.Semaphore(CONCURRENCY)
+
+    async def send(visitor_id: str) -> None:
+        async with limit:
+            await layer.group_send(keys.visitor_group(visitor_id), {"type": "reco.update"})
+
+    await asyncio.gather(*(send(v) for v in visitors if isinstance(v, str)))
+
+
+async def relay_updates(stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set; survives Redis restarts by resubscribing."""
+    layer = get_channel_layer()
+    if layer is None:
+        raise RuntimeError("reco_push needs CHANNEL_LAYERS configured")
+    while stop is None or not stop.is_set():
+        r = get_async_redis()
+        pubsub = r.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(keys.updates_channel())
+            logger.info("reco_push: relaying %s", keys.updates_channel())
+            while stop is None or not stop.is_set():
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    continue
+                try:
+                    visitors = json.loads(message["data"])
+                except ValueError:
+                    logger.warning("reco_push: ignoring unreadable notice")
+                    continue
+                await _send_all(layer, visitors if isinstance(visitors, list) else [])
+        except (ConnectionError, OSError, redis.RedisError) as exc:
+            logger.warning("reco_push: Redis unavailable (%s); retrying in 1 s", exc)
+            await asyncio.sleep(1.0)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+                await r.aclose()

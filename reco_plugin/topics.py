@@ -1,0 +1,31 @@
+"""Creating and checking the plugin's Kafka topics."""
+
+from __future__ import annotations
+
+from .compat import confluent_kafka
+from .conf import reco_settings
+
+
+def ensure_topics(create: bool = True, timeout: float = 15.0) -> dict[str, str]:
+    """Return topic -> "exists" | "created" | "missing"."""
+    if confluent_kafka is None:
+        raise ImportError("pip install 'django-reco-plugin[kafka]'")
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient(dict(reco_settings.KAFKA))
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    wanted = sorted(set(reco_settings.TOPICS.values()))
+    report = {topic: "exists" for topic in wanted if topic in existing}
+    missing = [topic for topic in wanted if topic not in existing]
+    if not create:
+        report.update({topic: "missing" for topic in missing})
+        return report
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(t, num_partitions=reco_settings.TOPIC_PARTITIONS, replication_factor=reco_settings.TOPIC_REPLICATION) for t in missing],
+            operation_timeout=timeout,
+        )
+        for topic, future in futures.items():
+            future.result(timeout)
+            report[topic] = "created"
+    return report

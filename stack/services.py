@@ -1,0 +1,395 @@
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+KAFKA_LIB = REPO / "jvm" / "lib" / "kafka-broker"
+KAFKA_LOG_CONFIG = REPO / "jvm" / "config" / "log4j2.properties"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Ports:
+    kafka: int = 9092
+    kafka_controller: int = 9093
+    redis: int = 6379
+    web: int = 8000
+
+    @classmethod
+    def from_env(cls) -> Ports:
+        kafka = int(os.environ.get("RECO_KAFKA_PORT", 9092))
+        return cls(
+            kafka=kafka,
+            kafka_controller=int(os.environ.get("RECO_KAFKA_CONTROLLER_PORT", kafka + 1)),
+            redis=int(os.environ.get("RECO_REDIS_PORT", 6379)),
+            web=int(os.environ.get("RECO_WEB_PORT", 8000)),
+        )
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(kafka=free_port(), kafka_controller=free_port(), redis=free_port(), web=free_port())
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    log: Path
+    ready: Callable[[], bool]
+    timeout: float = 60.0
+    process: subprocess.Popen | None = None
+
+
+@dataclass
+class Stack:
+    """Start with :meth:`start`, stop with :meth:`stop` (also a context manager)."""
+
+    state_dir: Path
+    ports: Ports = field(default_factory=Ports.from_env)
+    catalog_sync_seconds: int = 300
+    log: Callable[[str], None] = print
+    services: list[Service] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.state_dir = Path(self.state_dir).resolve()
+        self.logs = self.state_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    # -- environment shared by every Django-side process ------------------
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports.redis}/0"
+
+    @property
+    def web_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.web}"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            DJANGO_SETTINGS_MODULE="demo_shop.settings",
+            PYTHONPATH=str(REPO),
+            PYTHONUNBUFFERED="1",
+            SPARK_LOCAL_IP="127.0.0.1",
+            RECO_STATE_DIR=str(self.state_dir),
+            RECO_KAFKA_PORT=str(self.ports.kafka),
+            RECO_REDIS_PORT=str(self.ports.redis),
+            RECO_WEB_PORT=str(self.ports.web),
+            RECO_CATALOG_SYNC_SECONDS=str(self.catalog_sync_seconds),
+        )
+        env.pop("RECO_REDIS_URL", None)
+        env.pop("RECO_KAFKA_BOOTSTRAP", None)
+        return env
+
+    def manage(self, *args: str, timeout: float = 600, quiet: bool = False) -> str:
+        """Run a management command of the demo shop; its output goes to logs/manage.log."""
+        result = subprocess.run(
+            [PYTHON, str(REPO / "manage.py"), *args],
+            env=self.env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        with open(self.logs / "manage.log", "a") as log:
+            log.write(f"$ manage.py {' '.join(args)}\n{result.stdout}{result.stderr}\n")
+        if result.returncode != 0:
+            raise StackError(f"manage.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
+        if not quiet:
+            for line in result.stdout.splitlines():
+                self.log(f"  {line}")
+        return result.stdout
+
+    # -- one process ------------------------------------------------------
+    def _start(self, service: Service) -> None:
+        self.log(f"starting {service.name} (log: {service.log})")
+        handle = open(service.log, "ab")
+        service.process = subprocess.Popen(
+            service.argv,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env(),
+            cwd=REPO,
+            # Its own process group: Ctrl-C reaches only this runner, which
+            # then stops the services in reverse order.
+            start_new_session=True,
+        )
+        handle.close()
+        self.services.append(service)
+        deadline = time.monotonic() + service.timeout
+        while True:
+            if service.process.poll() is not None:
+                raise StackError(
+                    f"{service.name} exited with {service.process.returncode}; "
+                    f"last log lines:\n{self._tail(service.log)}"
+                )
+            with contextlib.suppress(Exception):
+                if service.ready():
+                    break
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"{service.name} not ready after {service.timeout:.0f}s; "
+                    f"last log lines:\n{self._tail(service.log)}"
+                )
+            time.sleep(0.2)
+        self.log(f"{service.name} ready (pid {service.process.pid})")
+
+    @staticmethod
+    def _tail(path: Path, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    # -- the services, in start order -------------------------------------
+    def start_kafka(self) -> None:
+        if not any(KAFKA_LIB.glob("kafka_*.jar")):
+            raise StackError(f"Kafka broker jars missing in {KAFKA_LIB}: run `make setup`")
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("java not found (Kafka needs Java 17)")
+        kafka_dir = self.state_dir / "kafka"
+        data_dir = kafka_dir / "data"
+        kafka_dir.mkdir(parents=True, exist_ok=True)
+        config = kafka_dir / "server.properties"
+        p = self.ports
+        config.write_text(
+            "\n".join(
+                [
+                    "process.roles=broker,controller",
+                    "node.id=1",
+                    f"controller.quorum.bootstrap.servers=127.0.0.1:{p.kafka_controller}",
+                    f"listeners=PLAINTEXT://127.0.0.1:{p.kafka},CONTROLLER://127.0.0.1:{p.kafka_controller}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{p.kafka}",
+                    "controller.listener.names=CONTROLLER",
+                    "inter.broker.listener.name=PLAINTEXT",
+                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                    f"log.dirs={data_dir}",
+                    "num.partitions=12",
+                    "offsets.topic.replication.factor=1",
+                    "transaction.state.log.replication.factor=1",
+                    "transaction.state.log.min.isr=1",
+                    "share.coordinator.state.topic.replication.factor=1",
+                    "share.coordinator.state.topic.min.isr=1",
+                    "group.initial.rebalance.delay.ms=0",
+                    "log.retention.hours=168",
+                    "",
+                ]
+            )
+        )
+        classpath = f"{KAFKA_LIB}/*"
+        if not (data_dir / "meta.properties").exists():
+            # First start: format the KRaft storage for a single standalone node.
+            subprocess.run(
+                [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
+                 "-t", base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="), "-c", str(config)],
+                check=True,
+                capture_output=True,
+            )
+        self._start(
+            Service(
+                "kafka",
+                [java, "-Xms256m", "-Xmx768m", f"-Dlog4j2.configurationFile={KAFKA_LOG_CONFIG}",
+                 "-cp", classpath, "kafka.Kafka", str(config)],
+                self.logs / "kafka.log",
+                self._kafka_ready,
+                timeout=90,
+            )
+        )
+
+    def _kafka_ready(self) -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        if not port_open(self.ports.kafka):
+            return False
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{self.ports.kafka}", "log_level": 0})
+        metadata = admin.list_topics(timeout=2)
+        return bool(metadata.brokers)
+
+    def start_redis(self) -> None:
+        server = shutil.which("redis-server")
+        if server is None:
+            raise StackError("redis-server not found: run `make setup`")
+        redis_dir = self.state_dir / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        self._start(
+            Service(
+                "redis",
+                [server, "--port", str(self.ports.redis), "--bind", "127.0.0.1",
+                 "--dir", str(redis_dir), "--save", "60 1000", "--appendonly", "no",
+                 "--protected-mode", "yes"],
+                self.logs / "redis.log",
+                self._redis_ready,
+                timeout=20,
+            )
+        )
+
+    def redis(self):
+        import redis
+
+        return redis.Redis(port=self.ports.redis, decode_responses=True, socket_timeout=5)
+
+    def _redis_ready(self) -> bool:
+        return bool(self.redis().ping())
+
+    def prepare_shop(self) -> None:
+        self.log("preparing the shop: topics, database, catalog")
+        self.manage("reco_topics")
+        self.manage("migrate", "--noinput", quiet=True)
+        self.manage("demo_setup")
+
+    def start_spark(self) -> None:
+        from reco_plugin import keys
+
+        checkpoint = self.state_dir / "spark" / "checkpoint"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        r = self.redis()
+        r.delete(keys.pipeline_heartbeat())
+        self._start(
+            Service(
+                "spark",
+                [PYTHON, "-m", "spark_jobs.recommend",
+                 "--bootstrap", f"127.0.0.1:{self.ports.kafka}",
+                 "--redis", self.redis_url,
+                 "--checkpoint", str(checkpoint)],
+                self.logs / "spark.log",
+                lambda: r.exists(keys.pipeline_heartbeat()) == 1,
+                timeout=180,
+            )
+        )
+
+    def start_push(self) -> None:
+        from reco_plugin import keys
+
+        r = self.redis()
+        self._start(
+            Service(
+                "push",
+                [PYTHON, str(REPO / "manage.py"), "reco_push"],
+                self.logs / "push.log",
+                lambda: dict(r.pubsub_numsub(keys.updates_channel())).get(keys.updates_channel(), 0) > 0,
+            )
+        )
+
+    def _log_says(self, path: Path, text: str) -> Callable[[], bool]:
+        return lambda: text in path.read_text(errors="replace")
+
+    def start_celery(self) -> None:
+        worker_log = self.logs / "celery-worker.log"
+        self._start(
+            Service(
+                "celery-worker",
+                [PYTHON, "-m", "celery", "-A", "demo_shop", "worker", "--loglevel", "INFO",
+                 "--concurrency", "1", "--hostname", f"reco-{self.ports.web}@%h"],
+                worker_log,
+                self._log_says(worker_log, " ready."),
+            )
+        )
+        beat_log = self.logs / "celery-beat.log"
+        self._start(
+            Service(
+                "celery-beat",
+                [PYTHON, "-m", "celery", "-A", "demo_shop", "beat", "--loglevel", "INFO",
+                 "--schedule", str(self.state_dir / "celerybeat-schedule")],
+                beat_log,
+                self._log_says(beat_log, "beat: Starting"),
+            )
+        )
+
+    def start_web(self) -> None:
+        url = self.web_url + "/"
+        self._start(
+            Service(
+                "web",
+                [PYTHON, "-m", "uvicorn", "demo_shop.asgi:application", "--host", "127.0.0.1",
+                 "--port", str(self.ports.web), "--lifespan", "off", "--no-access-log"],
+                self.logs / "web.log",
+                lambda: urllib.request.urlopen(url, timeout=2).status == 200,
+            )
+        )
+
+    def warm_up(self, limit: int | None = None) -> None:
+        args = ["demo_warmup"]
+        if limit:
+            args += ["--limit", str(limit)]
+        self.log("warming the pipeline with the MovieLens history")
+        # Streams straight to the terminal so the progress bar is visible.
+        subprocess.run(
+            [PYTHON, str(REPO / "manage.py"), *args], env=self.env(), cwd=REPO, check=True
+        )
+
+    def start(self, warm: bool = True, warm_limit: int | None = None) -> None:
+        try:
+            self.start_kafka()
+            self.start_redis()
+            self.prepare_shop()
+            self.start_spark()
+            self.start_push()
+            self.start_celery()
+            self.start_web()
+            if warm:
+                self.warm_up(warm_limit)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            process = service.process
+            if process is None or process.poll() is not None:
+                continue
+            self.log(f"stopping {service.name} (pid {process.pid})")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        self.services.clear()
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def status(self) -> dict[str, object]:
+        return {
+            s.name: {"pid": s.process.pid if s.process else None, "alive": bool(s.process and s.process.poll() is None)}
+            for s in self.services
+        }
+
+    def dump_logs(self, lines: int = 40) -> str:
+        return json.dumps({s.name: self._tail(s.log, lines) for s in self.services}, indent=1)
