@@ -33,7 +33,17 @@ def wheel_path() -> Path:
         return Path(found[0])
     cache_dir().mkdir(parents=True, exist_ok=True)
     subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", WHEEL, "-d", str(cache_dir())],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            WHEEL,
+            "-d",
+            str(cache_dir()),
+        ],
         check=True,
     )
     return Path(sorted(glob.glob(str(cache_dir() / "recbole-1.2.1-*.whl")))[0])

@@ -84,7 +84,11 @@ TIME_ZONE = "UTC"
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL.rsplit("/", 1)[0] + "/2"]},
+        # The layer blocks up to 5 s reading its queue; redis-py's default socket
+        # timeout is also 5 s, so give the socket more or idle websockets drop.
+        "CONFIG": {
+            "hosts": [{"address": REDIS_URL.rsplit("/", 1)[0] + "/2", "socket_timeout": 30}]
+        },
     }
 }
 
@@ -92,6 +96,14 @@ RECO_PLUGIN = {
     "KAFKA": {"bootstrap.servers": KAFKA_BOOTSTRAP},
     "REDIS_URL": REDIS_URL,
     "PRODUCT_MODEL": "catalog.Product",
+    "PRODUCT_FIELDS": {
+        "title": "name",
+        "url": "get_absolute_url",
+        "price": "display_price",
+        "category": "category",
+        "image": "image_url",
+        "in_stock": "in_stock",
+    },
 }
 
 REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}

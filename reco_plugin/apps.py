@@ -18,7 +18,9 @@ class RecoPluginConfig(AppConfig):
                 model = self.apps.get_model(reco_settings.PRODUCT_MODEL)
             except (LookupError, ValueError):
                 return  # reported by check reco_plugin.E002
-            post_save.connect(product_changed, sender=model, dispatch_uid="reco_plugin.product_saved")
+            post_save.connect(
+                product_changed, sender=model, dispatch_uid="reco_plugin.product_saved"
+            )
             post_delete.connect(
                 product_changed, sender=model, dispatch_uid="reco_plugin.product_deleted"
             )

@@ -68,4 +68,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="reco_plugin.W001",
             )
         )
+    schema_class = (getattr(settings, "REST_FRAMEWORK", None) or {}).get("DEFAULT_SCHEMA_CLASS", "")
+    if schema_class != "drf_spectacular.openapi.AutoSchema":
+        errors.append(
+            Warning(
+                "The OpenAPI schema at reco/api/schema/ needs drf-spectacular's AutoSchema.",
+                hint="REST_FRAMEWORK = {'DEFAULT_SCHEMA_CLASS': 'drf_spectacular.openapi.AutoSchema'}",
+                id="reco_plugin.W002",
+            )
+        )
     return errors

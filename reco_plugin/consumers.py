@@ -45,7 +45,7 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if not isinstance(content, dict) or content.get("type") != "subscribe":
-            await self.send_json({"type": "error", "error": "expected {\"type\": \"subscribe\"}"})
+            await self.send_json({"type": "error", "error": 'expected {"type": "subscribe"}'})
             return
         product = content.get("product")
         limit = content.get("limit", reco_settings.DEFAULT_LIMIT)

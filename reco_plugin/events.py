@@ -32,4 +32,6 @@ def emit_many(events: list[dict[str, Any]]) -> None:
     """Hand already-validated events to the backend."""
     backend = get_backend()
     for event in events:
-        backend.send(schema.topic_for(event["type"], reco_settings.TOPICS), event["visitor_id"], event)
+        backend.send(
+            schema.topic_for(event["type"], reco_settings.TOPICS), event["visitor_id"], event
+        )

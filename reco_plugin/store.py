@@ -61,7 +61,11 @@ def _blend(
                 continue
             seen.add(product_id)
             candidates.append(
-                {"product_id": product_id, "score": float(item.get("score", 0.0)), "strategy": strategy}
+                {
+                    "product_id": product_id,
+                    "score": float(item.get("score", 0.0)),
+                    "strategy": strategy,
+                }
             )
             if len(candidates) >= limit * CANDIDATE_FACTOR:
                 break

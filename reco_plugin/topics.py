@@ -22,7 +22,14 @@ def ensure_topics(create: bool = True, timeout: float = 15.0) -> dict[str, str]:
         return report
     if missing:
         futures = admin.create_topics(
-            [NewTopic(t, num_partitions=reco_settings.TOPIC_PARTITIONS, replication_factor=reco_settings.TOPIC_REPLICATION) for t in missing],
+            [
+                NewTopic(
+                    t,
+                    num_partitions=reco_settings.TOPIC_PARTITIONS,
+                    replication_factor=reco_settings.TOPIC_REPLICATION,
+                )
+                for t in missing
+            ],
             operation_timeout=timeout,
         )
         for topic, future in futures.items():

@@ -7,9 +7,7 @@ app_name = "reco_plugin"
 
 urlpatterns = [
     path("api/recommendations/", views.RecommendationsView.as_view(), name="recommendations"),
-    path(
-        "api/products/<str:product_id>/similar/", views.SimilarView.as_view(), name="similar"
-    ),
+    path("api/products/<str:product_id>/similar/", views.SimilarView.as_view(), name="similar"),
     path("api/trending/", views.TrendingView.as_view(), name="trending"),
     path("api/events/", views.EventsView.as_view(), name="events"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

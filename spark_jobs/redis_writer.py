@@ -48,7 +48,9 @@ def write_pairs(rows: Iterable[Any], redis_url: str) -> None:
     pipe = r.pipeline(transaction=False)
     pending = 0
     for row in rows:
-        pipe.zincrby(keys.product_covisits(row["product_id"]), float(row["weight"]), row["other_id"])
+        pipe.zincrby(
+            keys.product_covisits(row["product_id"]), float(row["weight"]), row["other_id"]
+        )
         pending += 1
         if pending >= PIPELINE_CHUNK:
             pipe.execute()
@@ -123,7 +125,10 @@ def refresh_similar(
         for product_id, pairs in zip(chunk, covisits, strict=True):
             own = pop.get(product_id) or 1.0
             scored = sorted(
-                ((other, weight / math.sqrt(own * (pop.get(other) or 1.0))) for other, weight in pairs),
+                (
+                    (other, weight / math.sqrt(own * (pop.get(other) or 1.0)))
+                    for other, weight in pairs
+                ),
                 key=lambda item: -item[1],
             )[:length]
             items = [{"product_id": other, "score": round(score, 6)} for other, score in scored]
@@ -170,9 +175,13 @@ def refresh_visitors(
             top = sorted(scores.items(), key=lambda kv: -kv[1])[:length]
             recs = [{"product_id": pid, "score": round(score, 6)} for pid, score in top]
             recent = [[pid, int(ts), float(weight)] for ts, pid, weight in items]
-            pipe.set(keys.visitor_recent(visitor_id), json.dumps(recent), ex=keys.VISITOR_TTL_SECONDS)
             pipe.set(
-                keys.visitor_recommendations(visitor_id), json.dumps(recs), ex=keys.VISITOR_TTL_SECONDS
+                keys.visitor_recent(visitor_id), json.dumps(recent), ex=keys.VISITOR_TTL_SECONDS
+            )
+            pipe.set(
+                keys.visitor_recommendations(visitor_id),
+                json.dumps(recs),
+                ex=keys.VISITOR_TTL_SECONDS,
             )
             updated.append(visitor_id)
         pipe.execute()

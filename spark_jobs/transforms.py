@@ -22,7 +22,9 @@ _TYPES = {
     "map<string,string>": T.MapType(T.StringType(), T.StringType()),
 }
 
-EVENT_STRUCT = T.StructType([T.StructField(name, _TYPES[kind], True) for name, kind in schema.FIELDS])
+EVENT_STRUCT = T.StructType(
+    [T.StructField(name, _TYPES[kind], True) for name, kind in schema.FIELDS]
+)
 
 # A visitor's remembered items, as kept in Redis between micro-batches.
 RECENT_STRUCT = T.StructType(
@@ -70,7 +72,10 @@ def deduplicate(events: DataFrame, delay: str = "10 minutes") -> DataFrame:
 def interactions(events: DataFrame) -> DataFrame:
     """The events that say something about interest: (visitor_id, product_id, ts, weight)."""
     return events.where(F.col("weight") > 0).select(
-        "visitor_id", "product_id", F.col("ts").cast("long").alias("ts"), F.col("weight").cast("double")
+        "visitor_id",
+        "product_id",
+        F.col("ts").cast("long").alias("ts"),
+        F.col("weight").cast("double"),
     )
 
 
@@ -106,10 +111,14 @@ def covisitation_pairs(
     )
     weight = F.least(F.col("a.weight"), F.col("b.weight"))
     forward = joined.select(
-        F.col("a.product_id").alias("product_id"), F.col("b.product_id").alias("other_id"), weight.alias("weight")
+        F.col("a.product_id").alias("product_id"),
+        F.col("b.product_id").alias("other_id"),
+        weight.alias("weight"),
     )
     backward = joined.select(
-        F.col("b.product_id").alias("product_id"), F.col("a.product_id").alias("other_id"), weight.alias("weight")
+        F.col("b.product_id").alias("product_id"),
+        F.col("a.product_id").alias("other_id"),
+        weight.alias("weight"),
     )
     return (
         forward.unionByName(backward)
@@ -118,7 +127,9 @@ def covisitation_pairs(
     )
 
 
-def recent_items(new: DataFrame, recent: DataFrame, *, limit: int = scoring.RECENT_ITEMS) -> DataFrame:
+def recent_items(
+    new: DataFrame, recent: DataFrame, *, limit: int = scoring.RECENT_ITEMS
+) -> DataFrame:
     """Each touched visitor's latest ``limit`` distinct items, newest first.
 
     Returns (visitor_id, items: array<struct<ts, product_id, weight>>).
@@ -130,7 +141,9 @@ def recent_items(new: DataFrame, recent: DataFrame, *, limit: int = scoring.RECE
     )
     return latest.groupBy("visitor_id").agg(
         F.slice(
-            F.sort_array(F.collect_list(F.struct("ts", "product_id", "weight")), asc=False), 1, limit
+            F.sort_array(F.collect_list(F.struct("ts", "product_id", "weight")), asc=False),
+            1,
+            limit,
         ).alias("items")
     )
 
@@ -140,7 +153,9 @@ def product_weights(new: DataFrame) -> DataFrame:
     return new.groupBy("product_id").agg(F.sum("weight").alias("weight"))
 
 
-def trending_buckets(new: DataFrame, *, bucket_seconds: int = scoring.TRENDING_BUCKET_SECONDS) -> DataFrame:
+def trending_buckets(
+    new: DataFrame, *, bucket_seconds: int = scoring.TRENDING_BUCKET_SECONDS
+) -> DataFrame:
     """Interaction weight per product per event-time bucket: (bucket, product_id, weight)."""
     bucket = (F.floor(F.col("ts") / 1000 / bucket_seconds) * bucket_seconds).cast("long")
     return new.groupBy(bucket.alias("bucket"), "product_id").agg(F.sum("weight").alias("weight"))

@@ -15,7 +15,9 @@ from .services import REPO, Ports, Stack, StackError, port_open
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack")
     parser.add_argument("command", choices=["demo"])
-    parser.add_argument("--state-dir", default=os.environ.get("RECO_STATE_DIR", REPO / "var" / "demo"))
+    parser.add_argument(
+        "--state-dir", default=os.environ.get("RECO_STATE_DIR", REPO / "var" / "demo")
+    )
     parser.add_argument("--no-warm", action="store_true", help="skip replaying the history")
     args = parser.parse_args(argv)
 
@@ -39,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
         stack.start(warm=not args.no_warm)
         print()
         print(f"  Demo shop:  {stack.web_url}/")
-        print(f"  Admin:      {stack.web_url}/admin/  (staff / "
-              f"{os.environ.get('RECO_DEMO_STAFF_PASSWORD', 'reco-demo')})")
+        print(
+            f"  Admin:      {stack.web_url}/admin/  (staff / "
+            f"{os.environ.get('RECO_DEMO_STAFF_PASSWORD', 'reco-demo')})"
+        )
         print(f"  API schema: {stack.web_url}/reco/api/schema/")
         print(f"  Logs:       {stack.logs}/")
         print("  Ctrl-C stops everything.")

@@ -57,7 +57,9 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(kafka=free_port(), kafka_controller=free_port(), redis=free_port(), web=free_port())
+        return cls(
+            kafka=free_port(), kafka_controller=free_port(), redis=free_port(), web=free_port()
+        )
 
 
 @dataclass
@@ -211,16 +213,34 @@ class Stack:
         if not (data_dir / "meta.properties").exists():
             # First start: format the KRaft storage for a single standalone node.
             subprocess.run(
-                [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
-                 "-t", base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="), "-c", str(config)],
+                [
+                    java,
+                    "-cp",
+                    classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "--standalone",
+                    "-t",
+                    base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
+                    "-c",
+                    str(config),
+                ],
                 check=True,
                 capture_output=True,
             )
         self._start(
             Service(
                 "kafka",
-                [java, "-Xms256m", "-Xmx768m", f"-Dlog4j2.configurationFile={KAFKA_LOG_CONFIG}",
-                 "-cp", classpath, "kafka.Kafka", str(config)],
+                [
+                    java,
+                    "-Xms256m",
+                    "-Xmx768m",
+                    f"-Dlog4j2.configurationFile={KAFKA_LOG_CONFIG}",
+                    "-cp",
+                    classpath,
+                    "kafka.Kafka",
+                    str(config),
+                ],
                 self.logs / "kafka.log",
                 self._kafka_ready,
                 timeout=90,
@@ -245,9 +265,21 @@ class Stack:
         self._start(
             Service(
                 "redis",
-                [server, "--port", str(self.ports.redis), "--bind", "127.0.0.1",
-                 "--dir", str(redis_dir), "--save", "60 1000", "--appendonly", "no",
-                 "--protected-mode", "yes"],
+                [
+                    server,
+                    "--port",
+                    str(self.ports.redis),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(redis_dir),
+                    "--save",
+                    "60 1000",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "yes",
+                ],
                 self.logs / "redis.log",
                 self._redis_ready,
                 timeout=20,
@@ -278,10 +310,17 @@ class Stack:
         self._start(
             Service(
                 "spark",
-                [PYTHON, "-m", "spark_jobs.recommend",
-                 "--bootstrap", f"127.0.0.1:{self.ports.kafka}",
-                 "--redis", self.redis_url,
-                 "--checkpoint", str(checkpoint)],
+                [
+                    PYTHON,
+                    "-m",
+                    "spark_jobs.recommend",
+                    "--bootstrap",
+                    f"127.0.0.1:{self.ports.kafka}",
+                    "--redis",
+                    self.redis_url,
+                    "--checkpoint",
+                    str(checkpoint),
+                ],
                 self.logs / "spark.log",
                 lambda: r.exists(keys.pipeline_heartbeat()) == 1,
                 timeout=180,
@@ -297,7 +336,9 @@ class Stack:
                 "push",
                 [PYTHON, str(REPO / "manage.py"), "reco_push"],
                 self.logs / "push.log",
-                lambda: dict(r.pubsub_numsub(keys.updates_channel())).get(keys.updates_channel(), 0) > 0,
+                lambda: (
+                    dict(r.pubsub_numsub(keys.updates_channel())).get(keys.updates_channel(), 0) > 0
+                ),
             )
         )
 
@@ -309,8 +350,20 @@ class Stack:
         self._start(
             Service(
                 "celery-worker",
-                [PYTHON, "-m", "celery", "-A", "demo_shop", "worker", "--loglevel", "INFO",
-                 "--concurrency", "1", "--hostname", f"reco-{self.ports.web}@%h"],
+                [
+                    PYTHON,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "demo_shop",
+                    "worker",
+                    "--loglevel",
+                    "INFO",
+                    "--concurrency",
+                    "1",
+                    "--hostname",
+                    f"reco-{self.ports.web}@%h",
+                ],
                 worker_log,
                 self._log_says(worker_log, " ready."),
             )
@@ -319,8 +372,18 @@ class Stack:
         self._start(
             Service(
                 "celery-beat",
-                [PYTHON, "-m", "celery", "-A", "demo_shop", "beat", "--loglevel", "INFO",
-                 "--schedule", str(self.state_dir / "celerybeat-schedule")],
+                [
+                    PYTHON,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "demo_shop",
+                    "beat",
+                    "--loglevel",
+                    "INFO",
+                    "--schedule",
+                    str(self.state_dir / "celerybeat-schedule"),
+                ],
                 beat_log,
                 self._log_says(beat_log, "beat: Starting"),
             )
@@ -331,8 +394,19 @@ class Stack:
         self._start(
             Service(
                 "web",
-                [PYTHON, "-m", "uvicorn", "demo_shop.asgi:application", "--host", "127.0.0.1",
-                 "--port", str(self.ports.web), "--lifespan", "off", "--no-access-log"],
+                [
+                    PYTHON,
+                    "-m",
+                    "uvicorn",
+                    "demo_shop.asgi:application",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.ports.web),
+                    "--lifespan",
+                    "off",
+                    "--no-access-log",
+                ],
                 self.logs / "web.log",
                 lambda: urllib.request.urlopen(url, timeout=2).status == 200,
             )
@@ -387,7 +461,10 @@ class Stack:
 
     def status(self) -> dict[str, object]:
         return {
-            s.name: {"pid": s.process.pid if s.process else None, "alive": bool(s.process and s.process.poll() is None)}
+            s.name: {
+                "pid": s.process.pid if s.process else None,
+                "alive": bool(s.process and s.process.poll() is None),
+            }
             for s in self.services
         }
 

@@ -25,3 +25,7 @@ class Product(models.Model):
     @property
     def image_url(self) -> str:
         return ""
+
+    @property
+    def display_price(self) -> str:
+        return f"${self.price}"

@@ -47,7 +47,10 @@ class BeaconEventSerializer(serializers.Serializer):
             unknown = set(data) - set(self.fields)
             if unknown:
                 raise serializers.ValidationError(
-                    {name: ["not accepted (set by the server, or unknown)"] for name in sorted(unknown)}
+                    {
+                        name: ["not accepted (set by the server, or unknown)"]
+                        for name in sorted(unknown)
+                    }
                 )
         return super().to_internal_value(data)
 

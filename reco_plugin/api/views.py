@@ -79,7 +79,9 @@ class TrendingView(RecoAPIView):
     )
     def get(self, request: Request) -> Response:
         query = _query(request)
-        items = store.trending(query.get("category"), query.get("limit", reco_settings.DEFAULT_LIMIT))
+        items = store.trending(
+            query.get("category"), query.get("limit", reco_settings.DEFAULT_LIMIT)
+        )
         return Response({"items": items})
 
 

@@ -4,26 +4,27 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='Product',
+            name="Product",
             fields=[
-                ('id', models.PositiveIntegerField(primary_key=True, serialize=False)),
-                ('name', models.CharField(max_length=255)),
-                ('year', models.PositiveSmallIntegerField(blank=True, null=True)),
-                ('category', models.CharField(db_index=True, help_text='first genre', max_length=40)),
-                ('genres', models.CharField(blank=True, max_length=255)),
-                ('price', models.DecimalField(decimal_places=2, max_digits=6)),
-                ('in_stock', models.BooleanField(default=True)),
+                ("id", models.PositiveIntegerField(primary_key=True, serialize=False)),
+                ("name", models.CharField(max_length=255)),
+                ("year", models.PositiveSmallIntegerField(blank=True, null=True)),
+                (
+                    "category",
+                    models.CharField(db_index=True, help_text="first genre", max_length=40),
+                ),
+                ("genres", models.CharField(blank=True, max_length=255)),
+                ("price", models.DecimalField(decimal_places=2, max_digits=6)),
+                ("in_stock", models.BooleanField(default=True)),
             ],
             options={
-                'ordering': ['name'],
+                "ordering": ["name"],
             },
         ),
     ]

@@ -70,7 +70,9 @@ class Command(BaseCommand):
         backend = get_backend()
         bar = ProgressBar(len(events), "sending history to Kafka", self.stdout)
         for n, event in enumerate(events, 1):
-            backend.send(schema.topic_for(event["type"], reco_settings.TOPICS), event["visitor_id"], event)
+            backend.send(
+                schema.topic_for(event["type"], reco_settings.TOPICS), event["visitor_id"], event
+            )
             if n % 2000 == 0:
                 bar.update(n)
         if backend.flush(60):

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+from stack.services import Ports, Stack, free_port
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free port for the whole session."""
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis_lib.Redis(port=port, decode_responses=True)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis_lib.ConnectionError:
+            if time.monotonic() > deadline:
+                process.kill()
+                raise
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server, settings):
+    """Point the plugin at the session's Redis, emptied for this test."""
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "REDIS_URL": redis_server}
+    client = redis_lib.Redis.from_url(redis_server)
+    client.flushdb()
+    yield redis_server
+
+
+@pytest.fixture
+def r(redis_url):
+    return redis_lib.Redis.from_url(redis_url, decode_responses=True)
+
+
+@pytest.fixture
+def backend(redis_url):
+    from reco_plugin.backends import get_backend
+
+    backend = get_backend()
+    backend.clear()
+    return backend
+
+
+@pytest.fixture
+def make_product(db):
+    from demo_shop.catalog.models import Product
+
+    def make(pk, name=None, category="Drama", price="9.99", **kwargs):
+        return Product.objects.create(
+            id=pk, name=name or f"Film {pk}", category=category, price=Decimal(price), **kwargs
+        )
+
+    return make
+
+
+def put_list(client, key, product_ids, score=1.0):
+    client.set(key, json.dumps([{"product_id": str(p), "score": score} for p in product_ids]))
+
+
+def put_catalog(client, product_ids, category="Drama"):
+    from reco_plugin import keys
+
+    for pid in product_ids:
+        client.hset(
+            keys.catalog_product(str(pid)),
+            mapping={
+                "title": f"Film {pid}",
+                "url": f"/products/{pid}/",
+                "price": "9.99",
+                "category": category,
+                "image": "",
+                "in_stock": "1",
+            },
+        )
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from spark_jobs.session import build_session
+
+    session = build_session("reco-tests", shuffle_partitions=2, kafka=False)
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def live_stack(tmp_path_factory):
+    """The whole product on free ports: Kafka, Redis, Spark, relay, Celery, web.
+
+    Warmed with the first part of the MovieLens history so similar items exist.
+    """
+    state = tmp_path_factory.mktemp("stack")
+    stack = Stack(state, Ports.free(), catalog_sync_seconds=5)
+    try:
+        stack.start(warm=True, warm_limit=int(os.environ.get("RECO_TEST_WARM_RATINGS", "20000")))
+    except Exception:
+        raise
+    yield stack
+    failed_logs = stack.dump_logs(20)
+    stack.stop()
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "stack-logs.json").write_text(failed_logs)

@@ -1,0 +1,101 @@
+"""The widget in real headless Chromium against the running demo shop."""
+
+import shutil
+
+import pytest
+
+from stack.visitor import ShopVisitor
+
+from .conftest import ARTIFACTS
+
+pytestmark = [pytest.mark.stack, pytest.mark.browser]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield browser
+        browser.close()
+
+
+def widget_ids(page):
+    return page.eval_on_selector_all(
+        ".reco-widget [data-product-id]", "nodes => nodes.map(n => n.dataset.productId)"
+    )
+
+
+def test_first_paint_shows_recommendations(live_stack, browser):
+    # JavaScript off: what is on the page came from the server.
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(live_stack.web_url + "/products/1/")
+    assert len(widget_ids(page)) >= 4
+    assert page.locator(".reco-item__title").first.inner_text().strip()
+    context.close()
+
+
+def test_widget_updates_live_while_the_visitor_browses(live_stack, browser):
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.goto(live_stack.web_url + "/products/1/")
+    page.wait_for_selector(".reco-widget[data-reco-live='websocket']", timeout=10_000)
+    first = widget_ids(page)
+    assert first
+    page.evaluate("window.__notReloaded = true")
+    page.screenshot(path=str(ARTIFACTS / "widget-before.png"), full_page=True)
+
+    # The same visitor browses in another tab (same session cookie).
+    other = context.new_page()
+    for product in ("50", "181", "172", "174"):
+        other.goto(f"{live_stack.web_url}/products/{product}/")
+
+    page.wait_for_function(
+        "ids => { const now = [...document.querySelectorAll('.reco-widget [data-product-id]')]"
+        ".map(n => n.dataset.productId).join(','); return now && now !== ids; }",
+        arg=",".join(first),
+        timeout=15_000,
+    )
+    assert page.evaluate("window.__notReloaded") is True
+    assert widget_ids(page) != first
+    strategies = page.eval_on_selector_all(
+        ".reco-widget [data-strategy]", "nodes => nodes.map(n => n.dataset.strategy)"
+    )
+    assert "personal" in strategies
+    page.screenshot(path=str(ARTIFACTS / "widget-after.png"), full_page=True)
+
+    # A click on a recommendation is reported with the list it came from.
+    with page.expect_request(lambda r: r.url.endswith("/reco/api/events/")) as request:
+        page.locator(".reco-widget a[data-reco-id]").first.click()
+    beacon = request.value.post_data_json
+    assert beacon["type"] == "click"
+    assert beacon["context"]["reco_id"] and beacon["context"]["strategy"] == strategies[0]
+    assert request.value.headers["x-csrftoken"]
+    context.close()
+
+
+def test_widget_falls_back_to_polling_without_websocket(live_stack, browser):
+    context = browser.new_context()
+    context.route("**/ws/reco/", lambda route: route.abort())
+    page = context.new_page()
+    page.add_init_script("window.WebSocket = undefined; delete window.WebSocket;")
+    page.goto(live_stack.web_url + "/products/1/")
+    page.wait_for_selector(".reco-widget[data-reco-live='polling']", timeout=10_000)
+    context.close()
+    visitor = ShopVisitor(live_stack.web_url)
+    assert visitor.get_json("/reco/api/recommendations/?product=1")["items"]

@@ -1,0 +1,44 @@
+from django.core.checks import run_checks
+from django.test import override_settings
+
+
+def reco_ids():
+    return {m.id for m in run_checks() if m.id and m.id.startswith("reco_plugin.")}
+
+
+def test_a_correct_install_has_no_reco_messages():
+    assert reco_ids() == set()
+
+
+def test_missing_middleware_is_E001(settings):
+    middleware = [m for m in settings.MIDDLEWARE if "reco_plugin" not in m]
+    with override_settings(MIDDLEWARE=middleware):
+        assert "reco_plugin.E001" in reco_ids()
+
+
+def test_middleware_before_sessions_is_E003(settings):
+    middleware = ["reco_plugin.middleware.RecoEventMiddleware"] + [
+        m for m in settings.MIDDLEWARE if "reco_plugin" not in m
+    ]
+    with override_settings(MIDDLEWARE=middleware):
+        assert "reco_plugin.E003" in reco_ids()
+
+
+def test_unknown_product_model_is_E002(settings):
+    with override_settings(RECO_PLUGIN={**settings.RECO_PLUGIN, "PRODUCT_MODEL": "shop.Nope"}):
+        assert "reco_plugin.E002" in reco_ids()
+
+
+def test_incomplete_topics_is_E004(settings):
+    with override_settings(RECO_PLUGIN={**settings.RECO_PLUGIN, "TOPICS": {"page_views": "pv"}}):
+        assert "reco_plugin.E004" in reco_ids()
+
+
+def test_missing_channel_layer_is_W001():
+    with override_settings(CHANNEL_LAYERS={}):
+        assert "reco_plugin.W001" in reco_ids()
+
+
+def test_schema_class_not_spectacular_is_W002():
+    with override_settings(REST_FRAMEWORK={}):
+        assert "reco_plugin.W002" in reco_ids()

@@ -1,0 +1,82 @@
+import pytest
+from asgiref.sync import sync_to_async
+from channels.auth import AuthMiddlewareStack
+from channels.layers import get_channel_layer
+from channels.routing import URLRouter
+from channels.testing import WebsocketCommunicator
+from django.conf import settings as django_settings
+from django.contrib.sessions.backends.db import SessionStore
+
+from reco_plugin import keys
+from reco_plugin.routing import websocket_urlpatterns
+
+from .conftest import put_catalog, put_list
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+application = AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+
+
+@sync_to_async
+def new_session(opaque="abc123"):
+    session = SessionStore()
+    session["reco_visitor"] = opaque
+    session.save()
+    return session.session_key
+
+
+def communicator(session_key=None):
+    headers = []
+    if session_key:
+        headers.append((b"cookie", f"{django_settings.SESSION_COOKIE_NAME}={session_key}".encode()))
+    return WebsocketCommunicator(application, "/ws/reco/", headers=headers)
+
+
+async def test_connection_without_a_visitor_is_refused(redis_url):
+    ws = communicator()
+    connected, code = await ws.connect()
+    assert not connected
+    assert code == 4401
+
+
+async def test_subscribe_sends_the_list_and_updates_are_pushed(r):
+    await sync_to_async(put_catalog)(r, [1, 2, 3, 4])
+    await sync_to_async(put_list)(r, keys.product_similar("1"), [2, 3])
+    key = await new_session("visitor-1")
+    ws = communicator(key)
+    connected, _ = await ws.connect()
+    assert connected
+    await ws.send_json_to({"type": "subscribe", "product": "1", "limit": 4})
+    first = await ws.receive_json_from(timeout=5)
+    assert first["type"] == "recommendations"
+    assert [i["product_id"] for i in first["items"]] == ["2", "3"]
+
+    # The pipeline writes a personal list, the relay notifies the visitor's group.
+    await sync_to_async(put_list)(r, keys.visitor_recommendations("s:visitor-1"), [4])
+    await get_channel_layer().group_send(keys.visitor_group("s:visitor-1"), {"type": "reco.update"})
+    pushed = await ws.receive_json_from(timeout=5)
+    assert [(i["product_id"], i["strategy"]) for i in pushed["items"]][:1] == [("4", "personal")]
+    await ws.disconnect()
+
+
+async def test_other_visitors_updates_are_not_pushed(r):
+    key = await new_session("visitor-2")
+    ws = communicator(key)
+    assert (await ws.connect())[0]
+    await get_channel_layer().group_send(
+        keys.visitor_group("s:someone-else"), {"type": "reco.update"}
+    )
+    assert await ws.receive_nothing(timeout=0.5)
+    await ws.disconnect()
+
+
+async def test_bad_subscribe_gets_an_error_message(redis_url):
+    key = await new_session("visitor-3")
+    ws = communicator(key)
+    assert (await ws.connect())[0]
+    await ws.send_json_to({"type": "subscribe", "limit": 1000})
+    reply = await ws.receive_json_from(timeout=5)
+    assert reply["type"] == "error" and "limit" in reply["error"]
+    await ws.send_json_to(["nope"])
+    assert (await ws.receive_json_from(timeout=5))["type"] == "error"
+    await ws.disconnect()

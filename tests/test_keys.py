@@ -1,0 +1,36 @@
+from channels.layers import BaseChannelLayer
+
+from reco_plugin import keys
+
+
+def test_every_key_is_namespaced():
+    built = [
+        keys.visitor_recommendations("s:1"),
+        keys.visitor_recent("s:1"),
+        keys.product_similar("9"),
+        keys.product_covisits("9"),
+        keys.popularity(),
+        keys.trending_bucket(300),
+        keys.trending(),
+        keys.catalog_product("9"),
+        keys.catalog_index(),
+        keys.pipeline_offsets(),
+        keys.pipeline_heartbeat(),
+        keys.updates_channel(),
+        keys.warmup_done(),
+    ]
+    assert all(key.startswith("reco:v1:") for key in built)
+    assert len(set(built)) == len(built)
+
+
+def test_keys_of_different_visitors_and_products_differ():
+    assert keys.visitor_recommendations("s:1") != keys.visitor_recommendations("s:2")
+    assert keys.product_similar("1") != keys.product_similar("11")
+
+
+def test_visitor_group_is_a_valid_channels_group_and_hides_the_id():
+    group = keys.visitor_group("s:abc:def/ü")
+    assert BaseChannelLayer(None).require_valid_group_name(group)
+    assert "abc" not in group
+    assert keys.visitor_group("u:1") != keys.visitor_group("u:2")
+    assert keys.visitor_group("u:1") == keys.visitor_group("u:1")

@@ -1,0 +1,133 @@
+"""End to end on the real stack: Kafka, Spark, Redis, the relay, Celery and the ASGI shop."""
+
+import json
+import subprocess
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer
+
+from reco_plugin import keys
+from stack.services import PYTHON, REPO
+from stack.visitor import ShopVisitor
+
+pytestmark = pytest.mark.stack
+
+
+def ids(items):
+    return [item["product_id"] for item in items]
+
+
+def test_product_views_reach_the_visitors_websocket_and_change_their_list(live_stack):
+    visitor = ShopVisitor(live_stack.web_url)
+    status, html = visitor.get("/products/1/")
+    assert status == 200 and 'class="reco-item"' in html  # warmed: similar items on first paint
+    before = visitor.get_json("/reco/api/recommendations/?limit=8")["items"]
+    with visitor.websocket() as ws:
+        ws.send(json.dumps({"type": "subscribe", "limit": 8}))
+        initial = json.loads(ws.recv(timeout=5))
+        assert initial["type"] == "recommendations"
+        started = time.monotonic()
+        for product in ("50", "181", "172"):  # Star Wars, Return of the Jedi, Empire Strikes Back
+            assert visitor.get(f"/products/{product}/")[0] == 200
+        pushed = None
+        while time.monotonic() - started < 10:
+            message = json.loads(ws.recv(timeout=max(0.1, 10 - (time.monotonic() - started))))
+            if message["type"] == "recommendations" and any(
+                item["strategy"] == "personal" for item in message["items"]
+            ):
+                pushed = message
+                break
+        assert pushed is not None, "no recommendations pushed within 10 s"
+    after = visitor.get_json("/reco/api/recommendations/?limit=8")["items"]
+    assert ids(after) != ids(before)
+    assert after[0]["strategy"] == "personal"
+    assert not {"50", "181", "172"} & set(ids(after)), "already-viewed items are not recommended"
+
+
+def test_click_beacon_lands_in_kafka_with_the_session_visitor(live_stack):
+    visitor = ShopVisitor(live_stack.web_url)
+    visitor.get("/products/1/")
+    marker = uuid.uuid4().hex
+    status, body = visitor.post_json(
+        "/reco/api/events/", {"type": "click", "product_id": "2", "context": {"reco_id": marker}}
+    )
+    assert status == 202, body
+    consumer = Consumer(
+        {
+            "bootstrap.servers": f"127.0.0.1:{live_stack.ports.kafka}",
+            "group.id": marker,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe(["user_clicks"])
+    found = None
+    deadline = time.monotonic() + 20
+    try:
+        while found is None and time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is None or message.error():
+                continue
+            event = json.loads(message.value())
+            if event.get("context", {}).get("reco_id") == marker:
+                found = (message.key().decode(), event)
+    finally:
+        consumer.close()
+    assert found is not None
+    key, event = found
+    assert key == event["visitor_id"] and event["visitor_id"].startswith("s:")
+    assert event["type"] == "click" and event["product_id"] == "2"
+
+
+def test_malformed_beacon_on_the_real_stack_is_a_400(live_stack):
+    visitor = ShopVisitor(live_stack.web_url)
+    visitor.get("/products/1/")
+    status, body = visitor.post_json(
+        "/reco/api/events/", {"type": "click", "product_id": "2", "visitor_id": "u:1"}
+    )
+    assert status == 400 and "visitor_id" in body["detail"]
+
+
+def test_product_change_is_synced_to_redis_by_the_celery_worker(live_stack):
+    r = live_stack.redis()
+    assert r.hget(keys.catalog_product("5"), "title") == "Copycat"
+    subprocess.run(
+        [
+            PYTHON,
+            str(REPO / "manage.py"),
+            "shell",
+            "-c",
+            "from demo_shop.catalog.models import Product; p = Product.objects.get(pk=5); "
+            "p.name = 'Copycat (restored)'; p.in_stock = False; p.save()",
+        ],
+        env=live_stack.env(),
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if r.hget(keys.catalog_product("5"), "title") == "Copycat (restored)":
+            break
+        time.sleep(0.2)
+    fields = r.hgetall(keys.catalog_product("5"))
+    assert fields["title"] == "Copycat (restored)" and fields["in_stock"] == "0"
+
+
+def test_beat_resyncs_a_catalog_hash_lost_from_redis(live_stack):
+    r = live_stack.redis()
+    r.delete(keys.catalog_product("7"))
+    deadline = time.monotonic() + 20  # the test stack's beat period is 5 s
+    while time.monotonic() < deadline and not r.exists(keys.catalog_product("7")):
+        time.sleep(0.5)
+    assert r.hget(keys.catalog_product("7"), "title") == "Twelve Monkeys"
+
+
+def test_pipeline_reports_its_progress(live_stack):
+    r = live_stack.redis()
+    assert r.exists(keys.pipeline_heartbeat())
+    offsets = r.hgetall(keys.pipeline_offsets())
+    assert sum(int(v) for k, v in offsets.items() if k.startswith("page_views:")) >= 20000
+    trending = json.loads(r.get(keys.trending()))
+    assert len(trending) > 10

@@ -1,0 +1,73 @@
+import json
+import re
+
+import pytest
+from django.template import Context, Template
+from django.test import RequestFactory
+
+from reco_plugin import keys
+
+from .conftest import put_catalog, put_list
+
+pytestmark = pytest.mark.django_db
+
+
+def render(request, text):
+    return Template("{% load reco %}" + text).render(Context({"request": request}))
+
+
+@pytest.fixture
+def request_with_session(rf: RequestFactory):
+    from django.contrib.auth.models import AnonymousUser
+    from django.contrib.sessions.backends.db import SessionStore
+
+    request = rf.get("/products/1/")
+    request.session = SessionStore()
+    request.user = AnonymousUser()
+    return request
+
+
+def test_renders_the_list_server_side(request_with_session, r):
+    put_catalog(r, [2, 3, 4])
+    put_list(r, keys.product_similar("1"), [2, 3, 4])
+    html = render(
+        request_with_session, '{% recommendations product=1 limit=2 title="Also liked" %}'
+    )
+    assert re.findall(r'data-product-id="(\d+)"', html) == ["2", "3"]
+    assert "Film 2" in html and 'href="/products/2/"' in html
+    assert "Also liked" in html
+
+
+def test_config_is_json_not_inline_script(request_with_session, r):
+    html = render(request_with_session, "{% recommendations product=1 %}")
+    config_id = re.search(r'data-reco-config="([^"]+)"', html).group(1)
+    block = re.search(
+        rf'<script id="{config_id}" type="application/json">(.*?)</script>', html, re.S
+    )
+    config = json.loads(block.group(1))
+    assert config["product"] == "1"
+    assert config["api"] == "/reco/api/recommendations/"
+    assert config["events"] == "/reco/api/events/"
+    assert config["ws"] == "/ws/reco/"
+    assert config["csrf"]
+    # Every other script is an external file: the widget works under a CSP without 'unsafe-inline'.
+    scripts = re.findall(r"<script([^>]*)>(.*?)</script>", html, re.S)
+    assert all(
+        'type="application/json"' in attrs or (not body.strip() and "src=" in attrs)
+        for attrs, body in scripts
+    )
+
+
+def test_user_text_is_escaped(request_with_session, r):
+    put_catalog(r, [2])
+    r.hset(keys.catalog_product("2"), "title", "<script>alert(1)</script>")
+    put_list(r, keys.product_similar("1"), [2])
+    html = render(request_with_session, "{% recommendations product=1 %}")
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;" in html
+
+
+def test_redis_down_renders_an_empty_widget(request_with_session, settings):
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    html = render(request_with_session, "{% recommendations product=1 %}")
+    assert "No recommendations yet." in html
