@@ -13,7 +13,6 @@ from typing import Any
 
 from django.core.signals import setting_changed
 from django.dispatch import receiver
-from django.utils.module_loading import import_string
 
 from . import schema, scoring
 
@@ -58,9 +57,6 @@ DEFAULTS: dict[str, Any] = {
     "CATALOG_SYNC_SECONDS": 300,
 }
 
-# Settings holding a dotted path that is imported on access.
-IMPORT_STRINGS: frozenset[str] = frozenset()
-
 
 class RecoSettings:
     """Attribute access to ``settings.RECO_PLUGIN`` with defaults filled in."""
@@ -82,8 +78,6 @@ class RecoSettings:
         if name not in self.defaults:
             raise AttributeError(f"Invalid RECO_PLUGIN setting: {name!r}")
         value = self.user_settings.get(name, self.defaults[name])
-        if name in IMPORT_STRINGS and isinstance(value, str):
-            value = import_string(value)
         self._cached.add(name)
         setattr(self, name, value)
         return value

@@ -20,18 +20,21 @@ def emit(event_type: str, visitor_id: str, product_id: Any, **fields: Any) -> di
     """
     try:
         event = schema.make_event(event_type, visitor_id, str(product_id), **fields)
-        topic = schema.topic_for(event_type, reco_settings.TOPICS)
-        get_backend().send(topic, visitor_id, event)
+        send(event)
     except Exception:
         logger.exception("reco: could not emit %s event", event_type)
         return None
     return event
 
 
+def send(event: dict[str, Any]) -> None:
+    """Hand one already-validated event to the backend, on its type's topic, keyed by visitor."""
+    get_backend().send(
+        schema.topic_for(event["type"], reco_settings.TOPICS), event["visitor_id"], event
+    )
+
+
 def emit_many(events: list[dict[str, Any]]) -> None:
     """Hand already-validated events to the backend."""
-    backend = get_backend()
     for event in events:
-        backend.send(
-            schema.topic_for(event["type"], reco_settings.TOPICS), event["visitor_id"], event
-        )
+        send(event)

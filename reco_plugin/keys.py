@@ -52,6 +52,16 @@ def trending() -> str:
     return f"{PREFIX}:trending"
 
 
+def trending_newest_bucket() -> str:
+    """String: start (epoch s) of the newest event-time bucket seen; the trending window ends there."""
+    return f"{PREFIX}:trending:newest-bucket"
+
+
+def trending_scratch() -> str:
+    """Sorted set: temporary union of the buckets inside the window (deleted after use)."""
+    return f"{PREFIX}:trending:scratch"
+
+
 def catalog_product(product_id: str) -> str:
     """Hash: a product's display fields (title, url, price, category, image, in_stock)."""
     return f"{PREFIX}:catalog:{product_id}"

@@ -6,7 +6,6 @@ Redis, and by the system status shown to operators.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
@@ -46,11 +45,6 @@ def end_offsets(timeout: float = 10.0) -> Offsets:
 def processed_offsets() -> Offsets:
     raw = get_redis().hgetall(keys.pipeline_offsets())
     return {k: int(v) for k, v in raw.items()}
-
-
-def heartbeat() -> dict | None:
-    raw = get_redis().get(keys.pipeline_heartbeat())
-    return json.loads(raw) if raw else None
 
 
 def remaining(targets: Offsets, processed: Offsets) -> int:

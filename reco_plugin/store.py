@@ -97,18 +97,17 @@ def recommendations_for(
     The visitor's personal list comes first, then items similar to the product,
     then trending items, without repeats and never the product itself.
     """
-    r = get_redis()
-    pipe = r.pipeline(transaction=False)
-    pipe.get(keys.visitor_recommendations(visitor_id) if visitor_id else keys.trending())
-    pipe.get(keys.product_similar(product_id) if product_id else keys.trending())
-    pipe.get(keys.trending())
-    personal_raw, similar_raw, trending_raw = pipe.execute()
-    lists = []
+    sources = []
     if visitor_id:
-        lists.append((scoring.STRATEGY_PERSONAL, _load_list(personal_raw)))
+        sources.append((scoring.STRATEGY_PERSONAL, keys.visitor_recommendations(visitor_id)))
     if product_id:
-        lists.append((scoring.STRATEGY_SIMILAR, _load_list(similar_raw)))
-    lists.append((scoring.STRATEGY_TRENDING, _load_list(trending_raw)))
+        sources.append((scoring.STRATEGY_SIMILAR, keys.product_similar(product_id)))
+    sources.append((scoring.STRATEGY_TRENDING, keys.trending()))
+    r = get_redis()
+    raw = r.mget([key for _, key in sources])
+    lists = [
+        (strategy, _load_list(value)) for (strategy, _), value in zip(sources, raw, strict=True)
+    ]
     return _blend(r, lists, {str(product_id)} if product_id else set(), limit)
 
 

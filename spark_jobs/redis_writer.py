@@ -85,7 +85,7 @@ def write_trending(
         pipe.zincrby(key, float(row["weight"]), row["product_id"])
         # Buckets are summed only while inside the window; keep them a while longer.
         pipe.expire(key, max(window_seconds * 2, 3600))
-    newest_key = keys.trending() + ":newest-bucket"
+    newest_key = keys.trending_newest_bucket()
     pipe.get(newest_key)
     *_, newest_raw = pipe.execute()
     newest = max([int(row["bucket"]) for row in rows] + ([int(newest_raw)] if newest_raw else []))
@@ -95,7 +95,7 @@ def write_trending(
     ]
     pipe = r.pipeline(transaction=False)
     pipe.set(newest_key, newest)
-    scratch = keys.trending() + ":scratch"
+    scratch = keys.trending_scratch()
     pipe.zunionstore(scratch, buckets)
     pipe.zrevrange(scratch, 0, length - 1, withscores=True)
     pipe.delete(scratch)

@@ -459,14 +459,5 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def status(self) -> dict[str, object]:
-        return {
-            s.name: {
-                "pid": s.process.pid if s.process else None,
-                "alive": bool(s.process and s.process.poll() is None),
-            }
-            for s in self.services
-        }
-
     def dump_logs(self, lines: int = 40) -> str:
         return json.dumps({s.name: self._tail(s.log, lines) for s in self.services}, indent=1)

@@ -127,10 +127,7 @@ def live_stack(tmp_path_factory):
     """
     state = tmp_path_factory.mktemp("stack")
     stack = Stack(state, Ports.free(), catalog_sync_seconds=5)
-    try:
-        stack.start(warm=True, warm_limit=int(os.environ.get("RECO_TEST_WARM_RATINGS", "20000")))
-    except Exception:
-        raise
+    stack.start(warm=True, warm_limit=int(os.environ.get("RECO_TEST_WARM_RATINGS", "20000")))
     yield stack
     failed_logs = stack.dump_logs(20)
     stack.stop()

@@ -7,7 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from demo_shop import movielens
 from reco_plugin import keys, pipeline, schema
 from reco_plugin.backends import get_backend
-from reco_plugin.conf import reco_settings
+from reco_plugin.events import send
 from reco_plugin.progress import ProgressBar
 from reco_plugin.redis_client import get_redis
 
@@ -70,9 +70,7 @@ class Command(BaseCommand):
         backend = get_backend()
         bar = ProgressBar(len(events), "sending history to Kafka", self.stdout)
         for n, event in enumerate(events, 1):
-            backend.send(
-                schema.topic_for(event["type"], reco_settings.TOPICS), event["visitor_id"], event
-            )
+            send(event)
             if n % 2000 == 0:
                 bar.update(n)
         if backend.flush(60):
