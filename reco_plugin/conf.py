@@ -55,6 +55,13 @@ DEFAULTS: dict[str, Any] = {
     "COVISIT_WINDOW_SECONDS": scoring.COVISIT_WINDOW_SECONDS,
     "TRENDING_WINDOW_SECONDS": scoring.TRENDING_WINDOW_SECONDS,
     "CATALOG_SYNC_SECONDS": 300,
+    # the streaming job's tunables, a partial dict over reco_plugin.scoring.PipelineSettings
+    # (half_life, horizon, future_tolerance, dedup_ttl, shuffle_partitions, ...)
+    "PIPELINE": {},
+    # reco_status reports the pipeline as behind beyond this many unprocessed events...
+    "STATUS_MAX_LAG": 10_000,
+    # ...or when events wait and no batch has finished for this long
+    "STATUS_MAX_STALL_SECONDS": 60,
 }
 
 

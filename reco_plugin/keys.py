@@ -11,10 +11,9 @@ import hashlib
 
 PREFIX = "reco:v1"
 
-# Recommendation lists are JSON arrays of {"product_id", "score", "strategy"},
-# best first, written whole by the pipeline.
-LIST_TTL_SECONDS = 7 * 24 * 3600
-VISITOR_TTL_SECONDS = 2 * 24 * 3600
+# Recommendation lists are JSON arrays of {"product_id", "score"}, best first,
+# written whole by the pipeline. Their TTLs are pipeline settings
+# (``scoring.PipelineSettings``): a list lives as long as the state it is made of.
 
 
 def visitor_recommendations(visitor_id: str) -> str:
@@ -72,9 +71,49 @@ def catalog_index() -> str:
     return f"{PREFIX}:catalog:ids"
 
 
+def product_clock() -> str:
+    """Hash: product -> event time (ms) its co-visitation weights were last decayed to."""
+    return f"{PREFIX}:product:clock"
+
+
 def pipeline_offsets() -> str:
     """Hash: ``topic:partition`` -> next Kafka offset the pipeline has fully processed."""
     return f"{PREFIX}:pipeline:offsets"
+
+
+def pipeline_committed_batch() -> str:
+    """String: id of the last micro-batch whose state changes were committed (the fence)."""
+    return f"{PREFIX}:pipeline:committed-batch"
+
+
+def pipeline_counters() -> str:
+    """Hash: ``topic:status`` -> records counted (statuses in ``scoring.STATUSES``, and ``read``)."""
+    return f"{PREFIX}:pipeline:counters"
+
+
+def pipeline_clock() -> str:
+    """String: the pipeline's event-time clock (ms), the newest applied event time."""
+    return f"{PREFIX}:pipeline:clock"
+
+
+def pipeline_last_batch() -> str:
+    """Hash: id, time, duration, rows and per-step timings of the last micro-batch."""
+    return f"{PREFIX}:pipeline:last-batch"
+
+
+def pipeline_pending() -> str:
+    """String (JSON): the lists the last committed batch must refresh (redone after a crash)."""
+    return f"{PREFIX}:pipeline:pending"
+
+
+def pipeline_scratch(name: str) -> str:
+    """Sorted set used inside one commit and deleted by it."""
+    return f"{PREFIX}:pipeline:scratch:{name}"
+
+
+def seen_events(bucket_start_s: int) -> str:
+    """Set: event ids applied in one processing-time bucket (de-duplication)."""
+    return f"{PREFIX}:pipeline:seen:{bucket_start_s}"
 
 
 def pipeline_heartbeat() -> str:

@@ -1,10 +1,16 @@
-"""Scoring parameters shared by the Spark jobs and the Django app. Django-free.
+"""Scoring and pipeline parameters shared by the Spark jobs and the Django app. Django-free.
 
-The defaults here are what the pipeline uses unless the job is started with
-other values; ``reco_plugin.conf`` exposes the same names to the shop.
+``PipelineSettings`` is every tunable of the streaming job with its default. The
+shop sets them in ``RECO_PLUGIN["PIPELINE"]`` (a partial dict: unnamed keys keep
+their defaults); the job takes the same dict as ``--config`` JSON.
 """
 
 from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from typing import Any
 
 from . import schema
 
@@ -18,9 +24,9 @@ EVENT_WEIGHTS: dict[str, float] = {
     schema.IMPRESSION: 0.0,
 }
 
-# A visitor's items are paired with at most this many of their previous items...
+# A visitor's items are paired with at most this many of their other items...
 RECENT_ITEMS = 20
-# ...seen at most this long before (event time).
+# ...seen at most this long before or after (event time).
 COVISIT_WINDOW_SECONDS = 30 * 60
 # Trending: interactions in the last TRENDING_WINDOW of event time, in buckets.
 TRENDING_BUCKET_SECONDS = 5 * 60
@@ -34,3 +40,104 @@ RECENCY_DECAY = 0.85
 STRATEGY_PERSONAL = "personal"
 STRATEGY_SIMILAR = "similar"
 STRATEGY_TRENDING = "trending"
+
+# Outcome of one Kafka record in the pipeline; each is counted per topic.
+STATUS_APPLIED = "applied"
+STATUS_DUPLICATE = "duplicate"
+STATUS_MALFORMED = "malformed"
+STATUS_TOO_OLD = "too_old"
+STATUS_FUTURE = "future"
+STATUSES: tuple[str, ...] = (
+    STATUS_APPLIED,
+    STATUS_DUPLICATE,
+    STATUS_MALFORMED,
+    STATUS_TOO_OLD,
+    STATUS_FUTURE,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineSettings:
+    """Every tunable of the streaming job. Times are seconds unless named otherwise."""
+
+    # event type -> weight; a partial mapping keeps the other types' defaults
+    event_weights: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: dict(EVENT_WEIGHTS)
+    )
+    # co-visitation: each event pairs with at most this many of the visitor's
+    # other items, seen at most covisit_window apart
+    recent_items: int = RECENT_ITEMS
+    covisit_window: int = COVISIT_WINDOW_SECONDS
+    # co-visitation and popularity fade with this half-life (event time)
+    half_life: int = 7 * 24 * 3600
+    # neighbours kept per product (the state is bounded to this many)
+    neighbours_kept: int = 100
+    # length of the similar, personal and trending lists written
+    list_length: int = LIST_LENGTH
+    recency_decay: float = RECENCY_DECAY
+    trending_bucket: int = TRENDING_BUCKET_SECONDS
+    trending_window: int = TRENDING_WINDOW_SECONDS
+    # events older than this (against the wall clock) are counted as too_old, not applied
+    horizon: int = 90 * 24 * 3600
+    # events stamped more than this ahead of the wall clock are counted as future
+    future_tolerance: int = 5 * 60
+    # an event id seen within this long (processing time) is a duplicate
+    dedup_ttl: int = 6 * 3600
+    # product state (neighbours, similar list) lives this long after its last event
+    product_ttl: int = 30 * 24 * 3600
+    # a visitor's recent items and personal list live this long after their last event
+    visitor_ttl: int = 2 * 24 * 3600
+    # batches of at most this many records are scored in one pass on the driver;
+    # larger (catch-up) batches are spread over the executors
+    driver_batch_rows: int = 5000
+    max_offsets_per_trigger: int = 20000
+    # None: the number of cores of a local master
+    shuffle_partitions: int | None = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None = None) -> PipelineSettings:
+        """Defaults overridden by ``values``; unknown keys are an error."""
+        values = dict(values or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown pipeline settings: {', '.join(unknown)}")
+        if "event_weights" in values:
+            weights = dict(values["event_weights"] or {})
+            bad = sorted(set(weights) - set(schema.EVENT_TYPES))
+            if bad:
+                raise ValueError(f"event_weights: unknown event types {', '.join(bad)}")
+            values["event_weights"] = {**EVENT_WEIGHTS, **{k: float(v) for k, v in weights.items()}}
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if any(w < 0 for w in self.event_weights.values()):
+            raise ValueError("event_weights must be >= 0")
+        for name in (
+            "recent_items",
+            "covisit_window",
+            "half_life",
+            "neighbours_kept",
+            "list_length",
+            "trending_bucket",
+            "trending_window",
+            "horizon",
+            "dedup_ttl",
+            "product_ttl",
+            "visitor_ttl",
+            "driver_batch_rows",
+            "max_offsets_per_trigger",
+        ):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.trending_window < self.trending_bucket:
+            raise ValueError("trending_window must be at least one trending_bucket")
+        if (self.horizon + self.future_tolerance) / self.half_life > 900:
+            raise ValueError("half_life must be at least 1/900 of horizon + future_tolerance")
+        if not 0 < self.recency_decay <= 1:
+            raise ValueError("recency_decay must be in (0, 1]")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)

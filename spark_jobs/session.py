@@ -41,6 +41,8 @@ def build_session(app_name: str, *, shuffle_partitions: int | None = None, kafka
         .config("spark.driver.memory", os.environ.get("RECO_SPARK_DRIVER_MEMORY", "2g"))
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.adaptive.enabled", "false")
+        # collect() with a limit reads every partition in one job, not 1, 4, 16...
+        .config("spark.sql.limit.initialNumPartitions", "100000")
         .config("spark.python.worker.reuse", "true")
         .config("spark.executorEnv.PYTHONPATH", os.environ["PYTHONPATH"])
     )

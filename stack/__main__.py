@@ -49,9 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  Logs:       {stack.logs}/")
         print("  Ctrl-C stops everything.")
         while True:
-            for service in stack.services:
-                if service.process and service.process.poll() is not None:
-                    raise StackError(f"{service.name} exited; see {service.log}")
+            # A crashed service is started again (with backoff), not the end of the demo.
+            stack.watch()
             time.sleep(1)
     except KeyboardInterrupt:
         print("\nstopping...")

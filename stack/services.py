@@ -70,6 +70,10 @@ class Service:
     ready: Callable[[], bool]
     timeout: float = 60.0
     process: subprocess.Popen | None = None
+    # crash recovery: restarts so far, when the next may happen, when it last started
+    restarts: int = 0
+    restart_at: float | None = None
+    started_at: float = 0.0
 
 
 @dataclass
@@ -133,9 +137,9 @@ class Stack:
         return result.stdout
 
     # -- one process ------------------------------------------------------
-    def _start(self, service: Service) -> None:
-        self.log(f"starting {service.name} (log: {service.log})")
+    def _launch(self, service: Service) -> None:
         handle = open(service.log, "ab")
+        service.started_at = time.monotonic()
         service.process = subprocess.Popen(
             service.argv,
             stdout=handle,
@@ -148,6 +152,10 @@ class Stack:
             start_new_session=True,
         )
         handle.close()
+
+    def _start(self, service: Service) -> None:
+        self.log(f"starting {service.name} (log: {service.log})")
+        self._launch(service)
         self.services.append(service)
         deadline = time.monotonic() + service.timeout
         while True:
@@ -172,6 +180,35 @@ class Stack:
         with contextlib.suppress(OSError):
             return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+    def watch(self, max_backoff: float = 60.0) -> None:
+        """Start again, with backoff, every service that has exited.
+
+        Call it periodically. A service that stayed up for five minutes starts
+        its backoff from one second again.
+        """
+        now = time.monotonic()
+        for service in self.services:
+            process = service.process
+            if process is None or process.poll() is None:
+                continue
+            if service.restart_at is None:
+                if now - service.started_at > 300:
+                    service.restarts = 0
+                delay = min(max_backoff, 2.0**service.restarts)
+                service.restart_at = now + delay
+                self.log(
+                    f"{service.name} exited with {process.returncode}; starting it again in "
+                    f"{delay:.0f} s (log: {service.log})"
+                )
+            elif now >= service.restart_at:
+                service.restarts += 1
+                service.restart_at = None
+                self._launch(service)
+                self.log(
+                    f"{service.name} started again (pid {service.process.pid}, "
+                    f"restart {service.restarts})"
+                )
 
     # -- the services, in start order -------------------------------------
     def start_kafka(self) -> None:
@@ -300,7 +337,23 @@ class Stack:
         self.manage("migrate", "--noinput", quiet=True)
         self.manage("demo_setup")
 
-    def start_spark(self) -> None:
+    def spark_argv(self, config: dict | None = None) -> list[str]:
+        argv = [
+            PYTHON,
+            "-m",
+            "spark_jobs.recommend",
+            "--bootstrap",
+            f"127.0.0.1:{self.ports.kafka}",
+            "--redis",
+            self.redis_url,
+            "--checkpoint",
+            str(self.state_dir / "spark" / "checkpoint"),
+        ]
+        if config:
+            argv += ["--config", json.dumps(config)]
+        return argv
+
+    def start_spark(self, config: dict | None = None) -> None:
         from reco_plugin import keys
 
         checkpoint = self.state_dir / "spark" / "checkpoint"
@@ -310,17 +363,7 @@ class Stack:
         self._start(
             Service(
                 "spark",
-                [
-                    PYTHON,
-                    "-m",
-                    "spark_jobs.recommend",
-                    "--bootstrap",
-                    f"127.0.0.1:{self.ports.kafka}",
-                    "--redis",
-                    self.redis_url,
-                    "--checkpoint",
-                    str(checkpoint),
-                ],
+                self.spark_argv(config),
                 self.logs / "spark.log",
                 lambda: r.exists(keys.pipeline_heartbeat()) == 1,
                 timeout=180,

@@ -1,116 +1,159 @@
-"""The job's transforms on a real local Spark session."""
+"""The job's transforms and one micro-batch end to end, on a real local Spark
+session and a real Redis (batches given as DataFrames of Kafka records)."""
 
 import json
 
 import pytest
+import redis as redis_lib
 
-from reco_plugin import schema
-from spark_jobs.transforms import (
-    RECENT_STRUCT,
-    covisitation_pairs,
-    deduplicate,
-    parse_events,
-    recent_items,
-    trending_buckets,
-)
+from reco_plugin import keys, schema
+from reco_plugin.scoring import PipelineSettings
+from spark_jobs.batch import BatchProcessor
+from spark_jobs.transforms import CANDIDATE, classify
 
 pytestmark = pytest.mark.spark
 
+KAFKA_ROWS = "topic string, partition int, offset long, value binary"
+NOW = schema.now_ms()
 
-def event(type="page_view", visitor="s:a", product="1", ts=1_000_000, event_id=None):
-    return schema.make_event(type, visitor, product, ts=ts, event_id=event_id)
+
+def event(type="page_view", visitor="s:a", product="1", ts=None, event_id=None):
+    return schema.make_event(type, visitor, product, ts=ts or NOW - 60_000, event_id=event_id)
 
 
-def test_parse_drops_malformed_rows_and_weighs_types(spark):
+def records(spark, values, topic="page_views"):
     rows = [
-        (schema.encode(event("page_view")),),
-        (schema.encode(event("purchase", product="2")),),
-        (schema.encode(event("impression", product="3")),),
-        (b"not json",),
-        (json.dumps({**event(), "schema": 2}).encode(),),
-        (json.dumps({**event(), "visitor_id": None}).encode(),),
+        (topic, n % 3, n, v if isinstance(v, bytes) else schema.encode(v))
+        for n, v in enumerate(values)
     ]
-    parsed = parse_events(spark.createDataFrame(rows, "value binary")).collect()
-    assert sorted((r.type, r.weight) for r in parsed) == [
-        ("impression", 0.0),
-        ("page_view", 1.0),
-        ("purchase", 5.0),
+    return spark.createDataFrame(rows, KAFKA_ROWS)
+
+
+def test_classify_keeps_every_record_and_marks_the_malformed(spark):
+    values = [
+        event("page_view"),
+        event("purchase", product="2"),
+        event("impression", product="3"),
+        b"not json",
+        json.dumps({**event(), "schema": 2}).encode(),
+        json.dumps({**event(), "visitor_id": None}).encode(),
+        json.dumps({**event(), "visitor_id": "admin"}).encode(),
+        event(ts=NOW - 100 * 24 * 3600 * 1000),
+        event(ts=NOW + 3600 * 1000),
     ]
-    assert all(r.event_time is not None for r in parsed)
+    rows = classify(records(spark, values), PipelineSettings()).collect()
+    # too old and future are decided per batch (against its wall clock)
+    assert [r.status for r in rows] == [CANDIDATE] * 3 + ["malformed"] * 4 + [CANDIDATE] * 2
+    assert [r.weight for r in rows[:3]] == [1.0, 5.0, 0.0]
+    assert rows[0].offset == 0 and rows[0].topic == "page_views"
 
 
-def test_streaming_dedup_drops_resent_events(spark, tmp_path):
-    source = tmp_path / "in"
-    source.mkdir()
-    first = event(event_id="00000000-0000-0000-0000-000000000001")
-    second = event(product="2", ts=1_000_500, event_id="00000000-0000-0000-0000-000000000002")
-    (source / "a.json").write_text("\n".join(json.dumps(e) for e in [first, second, first]) + "\n")
-    (source / "b.json").write_text(json.dumps(second) + "\n")
-    stream = spark.readStream.format("text").load(str(source))
-    query = (
-        deduplicate(parse_events(stream))
-        .writeStream.format("memory")
-        .queryName("dedup_test")
-        .option("checkpointLocation", str(tmp_path / "checkpoint"))
-        .start()
-    )
-    try:
-        query.processAllAvailable()
-        ids = sorted(r.event_id for r in spark.sql("select event_id from dedup_test").collect())
-    finally:
-        query.stop()
-    assert ids == [first["event_id"], second["event_id"]]
+def state_of(url):
+    """Every list, count and counter (not the seen-id bookkeeping or timings)."""
+    r = redis_lib.Redis.from_url(url, decode_responses=True)
+    result = {}
+    for key in sorted(r.keys("*")):
+        if ":seen:" in key or key.endswith("last-batch"):
+            continue
+        kind = r.type(key)
+        if kind == "string":
+            value = r.get(key)
+        elif kind == "zset":
+            value = [(m, round(s, 9)) for m, s in r.zrange(key, 0, -1, withscores=True)]
+        elif kind == "hash":
+            value = r.hgetall(key)
+        else:
+            value = sorted(r.smembers(key))
+        result[key] = value
+    return result
 
 
-def frame(spark, rows):
-    return spark.createDataFrame(rows, RECENT_STRUCT)
+def traffic(n=1500, seed=3):
+    import random
 
-
-def test_covisitation_pairs_respect_the_window_and_both_directions(spark):
-    new = frame(
-        spark,
-        [
-            ("s:a", "1", 1_000, 1.0),
-            ("s:a", "2", 2_000, 3.0),
-            ("s:a", "3", 10_000_000, 1.0),  # hours later: pairs with nothing
-            ("s:b", "1", 1_000, 1.0),
-        ],
-    )
-    recent = frame(spark, [("s:b", "9", 500, 1.0)])
-    pairs = {
-        (r.product_id, r.other_id): r.weight
-        for r in covisitation_pairs(new, recent, recent_items=20, window_seconds=1800).collect()
-    }
-    assert pairs == {("1", "2"): 1.0, ("2", "1"): 1.0, ("9", "1"): 1.0, ("1", "9"): 1.0}
-
-
-def test_covisitation_pairs_only_with_the_last_n_items(spark):
-    new = frame(spark, [("s:a", str(i), 1_000 + i, 1.0) for i in range(5)])
-    pairs = covisitation_pairs(new, frame(spark, []), recent_items=1, window_seconds=1800)
-    assert sorted(
-        (r.product_id, r.other_id) for r in pairs.collect() if r.product_id < r.other_id
-    ) == [
-        ("0", "1"),
-        ("1", "2"),
-        ("2", "3"),
-        ("3", "4"),
+    rng = random.Random(seed)
+    return [
+        event(
+            visitor=f"s:{rng.randint(1, 120)}",
+            product=str(rng.randint(1, 60)),
+            ts=NOW - 3_600_000 + 2_000 * i,
+        )
+        for i in range(n)
     ]
 
 
-def test_recent_items_newest_first_without_repeats(spark):
-    new = frame(spark, [("s:a", "1", 3_000, 1.0), ("s:a", "2", 2_000, 1.0)])
-    recent = frame(spark, [("s:a", "1", 100, 1.0), ("s:a", "3", 50, 1.0), ("s:z", "4", 1, 1.0)])
-    [row] = recent_items(new, recent, limit=2).collect()
-    assert row.visitor_id == "s:a"
-    assert [(i.product_id, i.ts) for i in row["items"]] == [("1", 3_000), ("2", 2_000)]
+@pytest.fixture
+def processor(redis_url):
+    def make(**values):
+        p = BatchProcessor(redis_url, PipelineSettings.from_mapping(values))
+        p.query_id = "test-query"
+        return p
+
+    return make
 
 
-def test_trending_buckets(spark):
-    new = frame(
-        spark, [("s:a", "1", 1_000, 1.0), ("s:b", "1", 299_000, 2.0), ("s:a", "1", 301_000, 1.0)]
-    )
-    buckets = sorted(
-        (r.bucket, r.product_id, r.weight)
-        for r in trending_buckets(new, bucket_seconds=300).collect()
-    )
-    assert buckets == [(0, "1", 3.0), (300, "1", 1.0)]
+def test_driver_and_executor_paths_reach_the_same_state(spark, processor, redis_url, r):
+    batch = records(spark, traffic())
+    processor(driver_batch_rows=10_000)(batch, 0)
+    on_driver = state_of(redis_url)
+    r.flushdb()
+    spread = processor(driver_batch_rows=100)
+    spread(batch, 0)
+    assert spread.last["path"] == "executors"
+    assert state_of(redis_url) == on_driver
+    similar = json.loads(r.get(keys.product_similar("1")))
+    assert similar and all(i["product_id"] != "1" for i in similar)
+    assert json.loads(r.get(keys.trending()))
+
+
+def test_a_batch_run_again_changes_nothing(spark, processor, redis_url, r):
+    batch = records(spark, traffic(300))
+    p = processor()
+    p(batch, 0)
+    once = state_of(redis_url)
+    p(batch, 0)  # Spark runs a batch again after a crash: same id
+    assert state_of(redis_url) == once
+    assert r.hget(keys.pipeline_counters(), "page_views:applied") == "300"
+
+
+def test_duplicates_across_batches_count_once(spark, processor, r):
+    first = event(product="1", event_id="00000000-0000-0000-0000-000000000001")
+    second = event(product="2", event_id="00000000-0000-0000-0000-000000000002")
+    p = processor()
+    p(records(spark, [first, second, first]), 0)
+    p(records(spark, [second, event(product="3")]), 1)
+    counters = r.hgetall(keys.pipeline_counters())
+    assert counters["page_views:applied"] == "3"
+    assert counters["page_views:duplicate"] == "2"
+    assert counters["page_views:read"] == "5"
+    assert r.zscore(keys.popularity(), "2") == pytest.approx(1.0, rel=1e-3)
+
+
+def test_old_and_far_future_events_are_counted(spark, processor, r):
+    p = processor(horizon=24 * 3600, future_tolerance=60)
+    values = [event(ts=NOW - 2 * 24 * 3600 * 1000), event(ts=NOW + 3600 * 1000), event()]
+    p(records(spark, values), 0)
+    counters = r.hgetall(keys.pipeline_counters())
+    assert (counters["page_views:too_old"], counters["page_views:future"]) == ("1", "1")
+    assert counters["page_views:applied"] == "1"
+
+
+def test_a_far_future_event_is_counted_and_does_not_move_the_clock(spark, processor, r):
+    p = processor(trending_window=600, trending_bucket=300)
+    p(records(spark, [event(product="9", ts=NOW + 10 * 365 * 24 * 3600 * 1000)]), 0)
+    assert r.hget(keys.pipeline_counters(), "page_views:future") == "1"
+    assert int(r.get(keys.pipeline_clock()) or 0) <= NOW
+    p(records(spark, [event(product="5", ts=NOW - 1000), event(product="6", ts=NOW - 900)]), 1)
+    assert int(r.get(keys.pipeline_clock())) == NOW - 900
+    assert {i["product_id"] for i in json.loads(r.get(keys.trending()))} == {"5", "6"}
+
+
+def test_late_events_are_applied(spark, processor, r):
+    p = processor()
+    p(records(spark, [event(visitor="s:x", product="1", ts=NOW - 1000)]), 0)
+    # an hour late, and still within the co-visitation window of nothing: applied and counted
+    p(records(spark, [event(visitor="s:y", product="2", ts=NOW - 3_600_000)]), 1)
+    p(records(spark, [event(visitor="s:x", product="3", ts=NOW - 2000)]), 2)
+    assert r.hget(keys.pipeline_counters(), "page_views:applied") == "3"
+    assert r.zscore(keys.product_covisits("1"), "3") > 0
+    assert [i[0] for i in json.loads(r.get(keys.visitor_recent("s:x")))] == ["1", "3"]

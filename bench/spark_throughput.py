@@ -1,0 +1,109 @@
+"""spark_throughput: events per second the streaming job applies on ``local[2]``
+while catching up a backlog in Kafka, from the query's start until every record
+is committed to Redis. Peer: a plain Spark query that reads and counts the same
+topics with the same batch size in the same run (``bench.peer_count``)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from reco_plugin import schema
+from stack.pipeline import JobRun, end_offsets, produce
+from stack.services import PYTHON, REPO, Ports, Stack
+
+BATCH_LINE = re.compile(r"batch (\d+): (\d+) rows .* on the (\w+), .* in ([\d.]+)s")
+
+
+def traffic(n: int, seed: int = 5):
+    """Page views and add-to-carts of 5,000 visitors over 2,000 products (a few
+    popular ones), spread over the last six hours."""
+    rng = random.Random(seed)
+    now = schema.now_ms()
+    for i in range(n):
+        visitor = f"s:b{rng.randint(1, 5000)}"
+        product = str(int(rng.paretovariate(1.2)) % 2000 + 1)
+        kind = schema.ADD_TO_CART if rng.random() < 0.1 else schema.PAGE_VIEW
+        yield schema.make_event(kind, visitor, product, ts=now - 6 * 3600 * 1000 + i * 200)
+
+
+def run(events: int = 100_000, batch: int = 20_000, log=print) -> dict:
+    with tempfile.TemporaryDirectory(prefix="reco-bench-") as state:
+        stack = Stack(Path(state), Ports.free(), log=lambda line: None)
+        try:
+            stack.start_kafka()
+            stack.start_redis()
+            stack.manage("reco_topics", quiet=True)
+            bootstrap = f"127.0.0.1:{stack.ports.kafka}"
+            log(f"producing {events} events...")
+            produce(bootstrap, traffic(events))
+            targets = end_offsets(bootstrap)
+            topics = ",".join(schema.DEFAULT_TOPICS.values())
+
+            log("peer: a plain Spark query counting the same records...")
+            peer = subprocess.run(
+                [
+                    PYTHON,
+                    "-m",
+                    "bench.peer_count",
+                    "--bootstrap",
+                    bootstrap,
+                    "--topics",
+                    topics,
+                    "--expect",
+                    str(events),
+                    "--max-offsets",
+                    str(batch),
+                ],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                env=stack.env(),
+                check=True,
+            )
+            peer_result = json.loads(peer.stdout.strip().splitlines()[-1])
+
+            log("the streaming job...")
+            job = JobRun(stack, "throughput", db=1, config={"max_offsets_per_trigger": batch})
+            job.start()
+            started = time.monotonic()
+            job.wait_processed(targets, timeout=900)
+            seconds = time.monotonic() - started
+            applied = sum(v for k, v in job.counters().items() if k.endswith(":applied"))
+            job.stop()
+            for line in Path(job.log).read_text().splitlines():
+                if "spark_jobs.batch INFO batch" in line:
+                    log("  " + line.split(" INFO ", 1)[1])
+            batches = [
+                (int(m[2]), m[3], float(m[4]))
+                for m in BATCH_LINE.finditer(Path(job.log).read_text())
+                if int(m[2]) > 0
+            ]
+            steps = job.redis.hgetall("reco:v1:pipeline:last-batch").get("steps")
+        finally:
+            stack.stop()
+    value = applied / seconds
+    peer_value = peer_result["records"] / peer_result["seconds"]
+    durations = [b[2] for b in batches]
+    return {
+        "name": "spark_throughput",
+        "value": round(value),
+        "unit": "events/s",
+        "peer": "plain Spark read+count of the same topics",
+        "peer_value": round(peer_value),
+        "ratio": round(value / peer_value, 3),
+        "events": applied,
+        "seconds": round(seconds, 2),
+        "batch_size": batch,
+        "batches": len(batches),
+        "batch_seconds_p50": round(statistics.median(durations), 3) if durations else None,
+        "batch_seconds_max": round(max(durations), 3) if durations else None,
+        "paths": sorted({b[1] for b in batches}),
+        "last_batch_steps": json.loads(steps) if steps else None,
+    }

@@ -1,0 +1,148 @@
+"""Health of the pipeline for operators: ``manage.py reco_status``.
+
+Everything here is read from Redis (what the streaming job records) and Kafka
+(the topics' end offsets); nothing is computed on the request path.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from . import keys, pipeline, scoring
+from .conf import reco_settings
+from .redis_client import get_redis
+
+COUNTERS = ("read", *scoring.STATUSES)
+
+
+def _counters(raw: dict[str, str]) -> dict[str, dict[str, int]]:
+    topics: dict[str, dict[str, int]] = {}
+    for field, value in raw.items():
+        topic, _, name = field.rpartition(":")
+        topics.setdefault(topic, dict.fromkeys(COUNTERS, 0))[name] = int(value)
+    return dict(sorted(topics.items()))
+
+
+def _last_batch(raw: dict[str, str]) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    result: dict[str, Any] = {}
+    for name, value in raw.items():
+        try:
+            result[name] = json.loads(value)
+        except ValueError:
+            result[name] = value
+    return result
+
+
+def pipeline_status(kafka_timeout: float = 5.0) -> dict[str, Any]:
+    """One JSON-ready dict: components, counters, lag, last batch, and ``problems``."""
+    report: dict[str, Any] = {"ok": True, "problems": [], "checked_at": time.time()}
+    problems: list[str] = report["problems"]
+    processed: dict[str, int] = {}
+    try:
+        r = get_redis()
+        r.ping()
+        pipe = r.pipeline(transaction=False)
+        pipe.get(keys.pipeline_heartbeat())
+        pipe.hgetall(keys.pipeline_last_batch())
+        pipe.hgetall(keys.pipeline_counters())
+        pipe.hgetall(keys.pipeline_offsets())
+        pipe.get(keys.pipeline_clock())
+        heartbeat, last_batch, counters, offsets, clock = pipe.execute()
+        report["redis"] = {"ok": True, "url": reco_settings.REDIS_URL}
+        processed = {k: int(v) for k, v in offsets.items()}
+        job = json.loads(heartbeat) if heartbeat else None
+        report["job"] = {"ok": bool(job and job.get("active")), **(job or {})}
+        report["last_batch"] = _last_batch(last_batch)
+        report["counters"] = _counters(counters)
+        report["clock_ms"] = int(clock) if clock else None
+        if job is None:
+            problems.append("the streaming job is down (no heartbeat in Redis)")
+        elif not job.get("active"):
+            problems.append(f"the streaming job's query is restarting: {job.get('last_error')}")
+        elif job.get("waiting_for_redis"):
+            problems.append("the streaming job is waiting for Redis")
+    except Exception as exc:
+        report["redis"] = {"ok": False, "url": reco_settings.REDIS_URL, "error": str(exc)}
+        problems.append(f"Redis is unreachable: {exc}")
+    try:
+        ends = pipeline.end_offsets(timeout=kafka_timeout)
+        report["kafka"] = {"ok": True, "partitions": len(ends)}
+        if not ends:
+            problems.append("none of the topics exist: run manage.py reco_topics")
+    except Exception as exc:
+        ends = None
+        report["kafka"] = {"ok": False, "error": str(exc)}
+        problems.append(f"Kafka is unreachable: {exc}")
+    if ends is not None and report.get("redis", {}).get("ok"):
+        lag: dict[str, dict[str, int]] = {}
+        for tp, end in sorted(ends.items()):
+            topic, _, partition = tp.rpartition(":")
+            lag.setdefault(topic, {})[partition] = max(0, end - processed.get(tp, 0))
+        total = sum(sum(parts.values()) for parts in lag.values())
+        report["lag"] = {"total": total, "topics": lag}
+        if total > reco_settings.STATUS_MAX_LAG:
+            problems.append(
+                f"the pipeline is behind: {total} events not processed "
+                f"(STATUS_MAX_LAG is {reco_settings.STATUS_MAX_LAG})"
+            )
+        elif total and report.get("last_batch"):
+            age = time.time() - float(report["last_batch"].get("finished_at", 0))
+            if age > reco_settings.STATUS_MAX_STALL_SECONDS:
+                problems.append(f"{total} events wait and no batch has finished for {age:.0f} s")
+    report["ok"] = not problems
+    return report
+
+
+def format_status(report: dict[str, Any]) -> str:
+    """The report for people."""
+    lines = []
+
+    def component(name: str, part: dict[str, Any] | None, detail: str) -> None:
+        state = "ok" if part and part.get("ok") else "DOWN"
+        lines.append(f"{name:<10} {state:<5} {detail}")
+
+    redis_part = report.get("redis") or {}
+    component("redis", redis_part, redis_part.get("error") or redis_part.get("url", ""))
+    kafka = report.get("kafka") or {}
+    component("kafka", kafka, kafka.get("error") or f"{kafka.get('partitions', 0)} partitions")
+    job = report.get("job") or {}
+    detail = "no heartbeat"
+    if job.get("pid"):
+        detail = f"pid {job['pid']}, {job.get('message', '')}, restarts {job.get('restarts', 0)}"
+        if job.get("last_error"):
+            detail += f", last error: {job['last_error']}"
+    component("job", job, detail)
+    batch = report.get("last_batch")
+    if batch:
+        age = time.time() - float(batch.get("finished_at", 0))
+        lines.append(
+            f"last batch {batch.get('batch')}: {batch.get('rows')} records in "
+            f"{float(batch.get('seconds', 0)):.3f} s on the {batch.get('path')}, {age:.0f} s ago"
+        )
+        steps = batch.get("steps") or {}
+        if steps:
+            lines.append("  steps: " + ", ".join(f"{k} {float(v):.3f} s" for k, v in steps.items()))
+    counters = report.get("counters") or {}
+    if counters:
+        lines.append("")
+        lines.append(f"{'topic':<18}" + "".join(f"{name:>11}" for name in COUNTERS))
+        for topic, values in counters.items():
+            lines.append(f"{topic:<18}" + "".join(f"{values.get(n, 0):>11}" for n in COUNTERS))
+    lag = report.get("lag")
+    if lag:
+        lines.append("")
+        lines.append(f"lag: {lag['total']} events")
+        for topic, parts in lag["topics"].items():
+            behind = {p: n for p, n in parts.items() if n}
+            detail = ", ".join(f"{p}: {n}" for p, n in behind.items()) if behind else "none"
+            lines.append(f"  {topic:<16} {sum(parts.values()):>8}  ({detail})")
+    lines.append("")
+    if report["problems"]:
+        lines.extend(f"PROBLEM: {p}" for p in report["problems"])
+    else:
+        lines.append("all good")
+    return "\n".join(lines)

@@ -1,0 +1,438 @@
+"""One micro-batch, from Kafka records to committed state and fresh lists.
+
+The steps, each timed and reported in the last-batch record:
+
+1. ``classify``: every record gets a status (Spark SQL, ``transforms.classify``).
+2. ``count`` the records, then ``score``: per visitor, drop duplicates (within
+   the batch and against the ids seen in Redis), learn pairs, popularity and
+   trending weights, and the visitor's new recent items (``learn``). A small
+   batch is collected and scored on the driver; a large one is partitioned by
+   visitor and scored on the executors, each partition returning its summed
+   changes, which the driver merges. Both run the same function,
+   :func:`score_partition`.
+3. ``commit``: all state changes and the fence in one Redis transaction
+   (``state.commit``); a batch committed before changes nothing.
+4. ``lists``: the similar lists of the touched products, then the personal
+   lists of the touched visitors, then trending, written whole (on the executors
+   for a large batch); then the relay is told which visitors changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import redis
+
+from reco_plugin import keys, schema, scoring
+from reco_plugin.scoring import PipelineSettings
+
+from . import learn, state
+from .transforms import CANDIDATE, classify
+
+logger = logging.getLogger("spark_jobs.batch")
+
+
+@functools.cache
+def _redis(url: str) -> redis.Redis:
+    """One client per process and URL (driver, and each reused Python worker)."""
+    return state.connect(url)
+
+
+# -- step 2: scoring, the same function on the driver and on the executors ---------
+
+
+def landmark(previous_clock_ms: int, now_ms: int, settings: PipelineSettings) -> int:
+    """The time a batch's weights are expressed at: known before the batch is
+    read, and no further than the horizon from any event it can apply."""
+    return max(previous_clock_ms, now_ms - settings.horizon * 1000)
+
+
+def score_partition(
+    rows: Iterable[Sequence[Any]],
+    *,
+    redis_url: str,
+    settings: PipelineSettings,
+    landmark_ms: int,
+    now_ms: int,
+) -> Iterator[state.BatchChanges]:
+    """Classified rows (``transforms.CLASSIFIED_COLUMNS``) of whole visitors ->
+    one :class:`state.BatchChanges`, to merge with the other partitions'.
+
+    Every row of a visitor must be in the same call (the executors' path
+    partitions by ``visitor_id``).
+    """
+    r = _redis(redis_url)
+    changes = state.BatchChanges()
+    counts = changes.counts
+    by_visitor: dict[str, list[Sequence[Any]]] = defaultdict(list)
+    oldest = now_ms - settings.horizon * 1000
+    newest = now_ms + settings.future_tolerance * 1000
+    for row in rows:
+        topic, partition, offset, status, _, visitor_id, _, ts = row[:8]
+        key = (topic, partition)
+        changes.offsets[key] = max(changes.offsets.get(key, 0), offset + 1)
+        if status == CANDIDATE:
+            if ts < oldest:
+                status = scoring.STATUS_TOO_OLD
+            elif ts > newest:
+                status = scoring.STATUS_FUTURE
+            else:
+                by_visitor[visitor_id].append(row)
+                continue
+        counts[(topic, status)] = counts.get((topic, status), 0) + 1
+
+    def count(row: Sequence[Any], status: str) -> None:
+        counts[(row[0], status)] = counts.get((row[0], status), 0) + 1
+
+    # Within the batch the first record of an event id (in Kafka order) counts.
+    firsts: dict[str, list[Sequence[Any]]] = {}
+    for visitor_id, visitor_rows in by_visitor.items():
+        visitor_rows.sort(key=lambda row: (row[0], row[1], row[2]))
+        ids: set[str] = set()
+        kept = []
+        for row in visitor_rows:
+            if row[4] in ids:
+                count(row, scoring.STATUS_DUPLICATE)
+            else:
+                ids.add(row[4])
+                kept.append(row)
+        firsts[visitor_id] = kept
+    already = state.seen(r, [row[4] for kept in firsts.values() for row in kept], now_ms, settings)
+    learning = [v for v, kept in firsts.items() if any(row[8] > 0 for row in kept)]
+    remembered = state.recent_items(r, learning)
+    first_bucket = learn.trending_buckets_in_window(landmark_ms, settings)[0]
+    pairs = changes.pairs
+    for visitor_id, kept in firsts.items():
+        applied = []
+        for row in kept:
+            if row[4] in already:
+                count(row, scoring.STATUS_DUPLICATE)
+            else:
+                count(row, scoring.STATUS_APPLIED)
+                applied.append(row)
+                changes.applied_ids.append(row[4])
+                changes.newest_ts = max(changes.newest_ts, row[7])
+        interactions = [
+            learn.Interaction(row[6], row[7], row[8], row[4]) for row in applied if row[8] > 0
+        ]
+        if not interactions:
+            continue
+        previous = remembered.get(visitor_id, [])
+        learnt = learn.visitor_pairs(previous, interactions, settings, landmark_ms)
+        for (a, b), weight in learnt.items():
+            others = pairs.setdefault(a, {})
+            others[b] = others.get(b, 0.0) + weight
+        changes.recent[visitor_id] = learn.remember(previous, interactions, settings.recent_items)
+        for item in interactions:
+            changes.popularity[item.product_id] = changes.popularity.get(
+                item.product_id, 0.0
+            ) + item.weight * learn.decay(landmark_ms, item.ts, settings.half_life)
+            bucket = learn.trending_bucket(item.ts, settings.trending_bucket)
+            if bucket >= first_bucket:
+                key = (bucket, item.product_id)
+                changes.trending[key] = changes.trending.get(key, 0.0) + item.weight
+    yield changes
+
+
+# -- step 4: lists, derived from the committed state ------------------------------
+
+
+def refresh_products(
+    product_ids: Iterable[str], *, redis_url: str, settings: PipelineSettings
+) -> None:
+    """Rewrite the similar lists of these products from their neighbours."""
+    r = _redis(redis_url)
+    for chunk in state.chunks(list(product_ids), 200):
+        neighbours = state.neighbours(r, chunk, settings.neighbours_kept)
+        wanted = [*chunk, *(other for pairs in neighbours.values() for other, _ in pairs)]
+        pop = state.popularity(r, wanted)
+        state.write_lists(
+            r,
+            {
+                keys.product_similar(p): learn.similar_list(
+                    p, neighbours[p], pop, settings.list_length
+                )
+                for p in chunk
+            },
+            settings.product_ttl,
+        )
+
+
+def refresh_visitors(
+    visitor_ids: Iterable[str], *, redis_url: str, settings: PipelineSettings
+) -> None:
+    """Rewrite the personal lists of these visitors from their recent items."""
+    r = _redis(redis_url)
+    similar: dict[str, list[tuple[str, float]]] = {}
+    for chunk in state.chunks(list(visitor_ids), 500):
+        recent = state.recent_items(r, chunk)
+        missing = sorted({pid for items in recent.values() for pid, _, _ in items} - set(similar))
+        for product_id, items in zip(
+            missing, state.lists(r, [keys.product_similar(p) for p in missing]), strict=True
+        ):
+            similar[product_id] = [(str(i["product_id"]), float(i["score"])) for i in items]
+        state.write_lists(
+            r,
+            {
+                keys.visitor_recommendations(v): learn.personal_list(
+                    recent[v], similar, settings.list_length, settings.recency_decay
+                )
+                for v in chunk
+            },
+            settings.visitor_ttl,
+        )
+
+
+def refresh_trending(r: redis.Redis, clock_ms: int, settings: PipelineSettings) -> None:
+    buckets = [
+        keys.trending_bucket(b) for b in learn.trending_buckets_in_window(clock_ms, settings)
+    ]
+    scratch = keys.pipeline_scratch("trending")
+    pipe = r.pipeline(transaction=True)
+    pipe.zunionstore(scratch, buckets)
+    pipe.zrevrange(scratch, 0, settings.list_length - 1, withscores=True)
+    pipe.delete(scratch)
+    top = pipe.execute()[1]
+    items = [{"product_id": pid, "score": round(score, 4)} for pid, score in top]
+    state.write_lists(r, {keys.trending(): items}, settings.product_ttl)
+
+
+# -- the foreachBatch function ------------------------------------------------------
+
+
+class Steps:
+    """Wall time of each step of a batch."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(
+                self.seconds.get(name, 0.0) + time.perf_counter() - started, 4
+            )
+
+    def total(self) -> float:
+        return round(time.perf_counter() - self.started, 4)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A Redis outage, raised here or (as text) from a Spark job's Python worker."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
+        return True
+    text = str(exc)
+    return any(
+        name in text
+        for name in (
+            "redis.exceptions.ConnectionError",
+            "redis.exceptions.TimeoutError",
+            "redis.exceptions.BusyLoadingError",
+        )
+    )
+
+
+class BatchProcessor:
+    """The ``foreachBatch`` function. Redis outages are waited out with backoff."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        settings: PipelineSettings,
+        *,
+        stopping: threading.Event | None = None,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.redis_url = redis_url
+        self.settings = settings
+        self.stopping = stopping or threading.Event()
+        self.max_backoff = max_backoff
+        self.query_id: str | None = None
+        self.last: dict[str, Any] = {}
+        self.waiting_for_redis = False
+
+    def __call__(self, batch, batch_id: int) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self.process(batch, batch_id)
+                self.waiting_for_redis = False
+                return
+            except Exception as exc:
+                if not is_transient(exc) or self.stopping.is_set():
+                    raise
+                self.waiting_for_redis = True
+                logger.warning(
+                    "batch %d: Redis unavailable (%s); retrying in %.1f s",
+                    batch_id,
+                    str(exc).splitlines()[0][:200],
+                    delay,
+                )
+                self.stopping.wait(delay)
+                delay = min(delay * 2, self.max_backoff)
+
+    def _query_id(self) -> str:
+        deadline = time.monotonic() + 60
+        while self.query_id is None:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the streaming query's id was never set")
+            time.sleep(0.01)
+        return self.query_id
+
+    def process(self, batch, batch_id: int) -> None:
+        steps = Steps()
+        settings = self.settings
+        r = _redis(self.redis_url)
+        query_id = self._query_id()
+        fence = state.committed_batch(r, query_id)
+        if fence is not None and fence >= batch_id:
+            # Committed before a crash: only the lists may be missing.
+            logger.info("batch %d was committed before; refreshing its lists", batch_id)
+            self._redo_lists(r, query_id, batch_id, batch)
+            return
+        now_ms = schema.now_ms()
+        previous_clock = state.clock(r)
+        landmark_ms = landmark(previous_clock, now_ms, settings)
+        options = {
+            "redis_url": self.redis_url,
+            "settings": settings,
+            "landmark_ms": landmark_ms,
+            "now_ms": now_ms,
+        }
+        classified = classify(batch, settings)
+        with steps("collect"):
+            # One job: every partition gives at most driver_batch_rows + 1 rows
+            # (the session reads all partitions at once for a limit); a batch
+            # that fits is complete on the driver.
+            rows = classified.limit(settings.driver_batch_rows + 1).collect()
+        small = len(rows) <= settings.driver_batch_rows
+        if small:
+            with steps("score"):
+                changes = next(score_partition(rows, **options))
+        else:
+            with steps("score"):
+                parts = (
+                    classified.repartition(self._partitions(batch), "visitor_id")
+                    .rdd.mapPartitions(functools.partial(score_partition, **options))
+                    .collect()
+                )
+            with steps("merge"):
+                changes = functools.reduce(state.BatchChanges.merge, parts, state.BatchChanges())
+        size = sum(changes.counts.values())
+        clock_ms = max(previous_clock, changes.newest_ts)
+        with steps("commit"):
+            committed = state.commit(
+                r,
+                query_id,
+                batch_id,
+                changes,
+                landmark_ms=landmark_ms,
+                clock_ms=clock_ms,
+                previous_clock_ms=previous_clock,
+                now_ms=now_ms,
+                settings=settings,
+            )
+        if not committed:
+            logger.warning("batch %d was committed by another run of this query", batch_id)
+            self._redo_lists(r, query_id, batch_id, batch)
+            return
+        products, visitors = changes.touched_products(), changes.touched_visitors()
+        self._lists(r, batch, products, visitors, clock_ms, steps, spread=not small)
+        counts = {status: 0 for status in scoring.STATUSES}
+        for (_, status), n in changes.counts.items():
+            counts[status] += n
+        self.last = {
+            "batch": batch_id,
+            "query": query_id,
+            "finished_at": time.time(),
+            "seconds": steps.total(),
+            "rows": size,
+            "path": "driver" if small else "executors",
+            **counts,
+            "products": len(products),
+            "visitors": len(visitors),
+            "steps": steps.seconds,
+        }
+        with contextlib.suppress(redis.RedisError):
+            state.record_batch(r, self.last)
+        logger.info(
+            "batch %d: %d rows (%d applied, %d duplicate, %d malformed, %d too old, %d future) "
+            "on the %s, %d products, %d visitors in %.3fs %s",
+            batch_id,
+            self.last["rows"],
+            counts[scoring.STATUS_APPLIED],
+            counts[scoring.STATUS_DUPLICATE],
+            counts[scoring.STATUS_MALFORMED],
+            counts[scoring.STATUS_TOO_OLD],
+            counts[scoring.STATUS_FUTURE],
+            self.last["path"],
+            len(products),
+            len(visitors),
+            self.last["seconds"],
+            steps.seconds,
+        )
+
+    def _partitions(self, batch) -> int:
+        conf = batch.sparkSession.conf.get("spark.sql.shuffle.partitions")
+        return int(conf) if conf else 2
+
+    def _lists(
+        self,
+        r: redis.Redis,
+        batch,
+        products: Sequence[str],
+        visitors: Sequence[str],
+        clock_ms: int,
+        steps: Steps,
+        *,
+        spread: bool,
+    ) -> None:
+        options = {"redis_url": self.redis_url, "settings": self.settings}
+        run: Callable[[Callable[..., None], Sequence[str]], None]
+        if spread:
+            context = batch.sparkSession.sparkContext
+            partitions = self._partitions(batch)
+
+            def run(function, ids):
+                if ids:
+                    context.parallelize(list(ids), partitions).foreachPartition(
+                        functools.partial(function, **options)
+                    )
+        else:
+
+            def run(function, ids):
+                function(ids, **options)
+
+        with steps("similar"):
+            run(refresh_products, products)
+        with steps("personal"):
+            run(refresh_visitors, visitors)
+        with steps("trending"):
+            refresh_trending(r, clock_ms, self.settings)
+        with steps("notify"):
+            state.notify(r, visitors)
+
+    def _redo_lists(self, r: redis.Redis, query_id: str, batch_id: int, batch) -> None:
+        todo = state.pending(r)
+        if not todo or todo.get("query") != query_id or todo.get("batch") != batch_id:
+            return
+        self._lists(
+            r,
+            batch,
+            todo["products"],
+            todo["visitors"],
+            state.clock(r),
+            Steps(),
+            spread=len(todo["products"]) + len(todo["visitors"]) > self.settings.driver_batch_rows,
+        )

@@ -1,0 +1,149 @@
+"""The recommendation algorithm, in plain Python on plain values: no Spark, no Redis.
+
+Every function here is pure. ``spark_jobs.batch`` runs them on the driver for a
+small micro-batch and inside executor partitions for a large one, so both paths
+compute exactly the same thing.
+
+Time is event time in epoch milliseconds. Weights fade with a half-life: a weight
+``w`` learnt from an event at ``t`` is worth ``w * 2 ** (-(clock - t) / half_life)``
+when the pipeline's clock reads ``clock``. Decay factors multiply, so the state
+reached does not depend on how the events were split into batches, and a batch
+can express its weights at any reference time (its *landmark*) and be moved to
+the clock with one factor when it is committed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from reco_plugin.scoring import PipelineSettings
+
+# A remembered item of a visitor: (product_id, ts_ms, weight).
+Item = tuple[str, int, float]
+Pair = tuple[str, str]
+
+
+class Interaction(NamedTuple):
+    """One applied event that says something about interest (weight > 0)."""
+
+    product_id: str
+    ts: int
+    weight: float
+    event_id: str
+
+
+def decay(clock_ms: int, ts_ms: int, half_life_s: float) -> float:
+    """What a unit of weight learnt at ``ts_ms`` is worth at ``clock_ms``
+    (more than 1 when ``ts_ms`` is after ``clock_ms``)."""
+    return math.pow(2.0, -(clock_ms - ts_ms) / (half_life_s * 1000.0))
+
+
+def visitor_pairs(
+    remembered: Sequence[Item],
+    new: Sequence[Interaction],
+    settings: PipelineSettings,
+    landmark_ms: int,
+) -> dict[Pair, float]:
+    """Co-visitation weights learnt from one visitor's new interactions.
+
+    Each new interaction is paired with the visitor's other items seen at most
+    ``covisit_window`` apart (before or after it: late events pair too), taking
+    the ``recent_items`` closest in time. Items are the remembered ones (already
+    learnt from) and the new ones before it in event-time order, so every pair
+    of events is counted once. Pairs go both ways; a pair weighs the smaller of
+    its two weights, faded from the later of its two times to ``landmark_ms``.
+    """
+    window_ms = settings.covisit_window * 1000
+    pairs: dict[Pair, float] = {}
+    ordered = sorted(new, key=lambda i: (i.ts, i.product_id, i.event_id))
+    for index, item in enumerate(ordered):
+        candidates: list[tuple[int, int, str, int, float]] = []
+        for order, (product_id, ts, weight) in enumerate(remembered):
+            if product_id != item.product_id and abs(ts - item.ts) <= window_ms:
+                candidates.append((abs(ts - item.ts), order, product_id, ts, weight))
+        # The new items before this one, nearest first: at most recent_items matter.
+        start = max(0, index - settings.recent_items)
+        for order, other in enumerate(ordered[start:index]):
+            if other.product_id != item.product_id and item.ts - other.ts <= window_ms:
+                candidates.append(
+                    (item.ts - other.ts, -order - 1, other.product_id, other.ts, other.weight)
+                )
+        for _, _, product_id, ts, weight in heapq.nsmallest(settings.recent_items, candidates):
+            value = min(item.weight, weight) * decay(
+                landmark_ms, max(item.ts, ts), settings.half_life
+            )
+            for key in ((item.product_id, product_id), (product_id, item.product_id)):
+                pairs[key] = pairs.get(key, 0.0) + value
+    return pairs
+
+
+def remember(remembered: Sequence[Item], new: Iterable[Interaction], limit: int) -> list[Item]:
+    """The visitor's latest ``limit`` distinct items, newest first."""
+    latest: dict[str, Item] = {}
+    for product_id, ts, weight in [*remembered, *((i.product_id, i.ts, i.weight) for i in new)]:
+        current = latest.get(product_id)
+        if current is None:
+            latest[product_id] = (product_id, ts, weight)
+        else:
+            latest[product_id] = (product_id, max(ts, current[1]), max(weight, current[2]))
+    return sorted(latest.values(), key=lambda item: (-item[1], item[0]))[:limit]
+
+
+def similar_list(
+    product_id: str,
+    neighbours: Sequence[tuple[str, float]],
+    popularity: Mapping[str, float],
+    length: int,
+) -> list[dict[str, Any]]:
+    """A product's related items from its co-visitation weights.
+
+    Score = covisit(a, b) / sqrt(pop(a) * pop(b)), so items everybody views do
+    not top every list.
+    """
+    own = popularity.get(product_id) or 1.0
+    scored = [
+        (other, weight / math.sqrt(own * (popularity.get(other) or 1.0)))
+        for other, weight in neighbours
+        if weight > 0 and other != product_id
+    ]
+    scored.sort(key=lambda item: (-item[1], item[0]))
+    return [{"product_id": other, "score": round(score, 6)} for other, score in scored[:length]]
+
+
+def personal_list(
+    recent: Sequence[Item],
+    similar: Mapping[str, Sequence[tuple[str, float]]],
+    length: int,
+    recency_decay: float,
+) -> list[dict[str, Any]]:
+    """A visitor's list: over their recent items (newest first), the similar
+    scores of candidates they have not interacted with, times the item's weight,
+    times ``recency_decay`` per step back in time.
+
+    ``similar`` maps a product to its similar list as (product_id, score) pairs.
+    """
+    seen = {product_id for product_id, _, _ in recent}
+    scores: dict[str, float] = {}
+    get = scores.get
+    for step, (product_id, _, weight) in enumerate(recent):
+        factor = weight * recency_decay**step
+        for other, score in similar.get(product_id, ()):
+            if other not in seen:
+                scores[other] = get(other, 0.0) + factor * score
+    top = heapq.nsmallest(length, scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [{"product_id": pid, "score": round(score, 6)} for pid, score in top]
+
+
+def trending_bucket(ts_ms: int, bucket_s: int) -> int:
+    """Start (epoch seconds) of the event-time bucket holding ``ts_ms``."""
+    return (ts_ms // 1000) // bucket_s * bucket_s
+
+
+def trending_buckets_in_window(clock_ms: int, settings: PipelineSettings) -> list[int]:
+    """The bucket starts inside the trending window ending at ``clock_ms``."""
+    newest = trending_bucket(clock_ms, settings.trending_bucket)
+    first = newest - settings.trending_window + settings.trending_bucket
+    return list(range(first, newest + 1, settings.trending_bucket))

@@ -1,0 +1,324 @@
+"""The pipeline's state in Redis: reading it, and committing one batch's changes once.
+
+Keys come from ``reco_plugin.keys``. Two kinds of writes:
+
+* **State** (co-visitation weights, popularity, trending buckets, visitors'
+  recent items, seen event ids, counters, offsets, the clock) changes only in
+  :func:`commit`: one MULTI/EXEC transaction that also advances the fence (the
+  last committed batch id of the query). A batch that Spark runs again after a
+  crash finds the fence at its id and changes nothing: every event changes the
+  state once.
+* **Lists** (similar, personal, trending) are derived from the state and written
+  whole with SET, so writing them again gives the same lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+
+from reco_plugin import keys
+from reco_plugin.scoring import PipelineSettings
+
+from .learn import Item
+
+CHUNK = 1000
+# Processing-time buckets of seen event ids: a bucket expires one bucket after
+# the de-duplication window has passed over it.
+SEEN_BUCKETS = 12
+
+
+def connect(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=5,
+    )
+
+
+def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- reading -----------------------------------------------------------------
+
+
+def committed_batch(r: redis.Redis, query_id: str) -> int | None:
+    raw = r.hget(keys.pipeline_committed_batch(), query_id)
+    return int(raw) if raw is not None else None
+
+
+def clock(r: redis.Redis) -> int:
+    raw = r.get(keys.pipeline_clock())
+    return int(raw) if raw else 0
+
+
+def _seen_bucket_seconds(settings: PipelineSettings) -> int:
+    return max(60, settings.dedup_ttl // SEEN_BUCKETS)
+
+
+def seen(
+    r: redis.Redis, event_ids: Sequence[str], now_ms: int, settings: PipelineSettings
+) -> set[str]:
+    """The ids among ``event_ids`` applied within the de-duplication window."""
+    if not event_ids:
+        return set()
+    size = _seen_bucket_seconds(settings)
+    newest = now_ms // 1000 // size * size
+    buckets = range(newest - settings.dedup_ttl // size * size - size, newest + 1, size)
+    found: set[str] = set()
+    for chunk in chunks(list(event_ids)):
+        pipe = r.pipeline(transaction=False)
+        for bucket in buckets:
+            pipe.smismember(keys.seen_events(bucket), chunk)
+        for flags in pipe.execute():
+            found.update(event_id for event_id, flag in zip(chunk, flags, strict=True) if flag)
+    return found
+
+
+def recent_items(r: redis.Redis, visitor_ids: Sequence[str]) -> dict[str, list[Item]]:
+    """Each visitor's remembered items, newest first."""
+    result: dict[str, list[Item]] = {}
+    for chunk in chunks(list(visitor_ids)):
+        for visitor_id, raw in zip(
+            chunk, r.mget([keys.visitor_recent(v) for v in chunk]), strict=True
+        ):
+            result[visitor_id] = [
+                (str(pid), int(ts), float(w)) for pid, ts, w in (json.loads(raw) if raw else [])
+            ]
+    return result
+
+
+def neighbours(
+    r: redis.Redis, product_ids: Sequence[str], limit: int
+) -> dict[str, list[tuple[str, float]]]:
+    pipe = r.pipeline(transaction=False)
+    for product_id in product_ids:
+        pipe.zrevrange(keys.product_covisits(product_id), 0, limit - 1, withscores=True)
+    return dict(zip(product_ids, pipe.execute(), strict=True))
+
+
+def popularity(r: redis.Redis, product_ids: Sequence[str]) -> dict[str, float]:
+    wanted = sorted(set(product_ids))
+    if not wanted:
+        return {}
+    return dict(zip(wanted, r.zmscore(keys.popularity(), wanted), strict=True))
+
+
+def lists(r: redis.Redis, list_keys: Sequence[str]) -> list[list[dict[str, Any]]]:
+    result = []
+    for chunk in chunks(list(list_keys)):
+        result.extend(json.loads(raw) if raw else [] for raw in r.mget(chunk))
+    return result
+
+
+# -- committing a batch --------------------------------------------------------
+
+
+@dataclasses.dataclass
+class BatchChanges:
+    """Everything one batch (or one partition of it) changes in the state.
+
+    Weights are expressed at the batch's landmark time (``learn``'s module
+    docstring); :func:`commit` moves them to the clock.
+    """
+
+    counts: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    offsets: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
+    applied_ids: list[str] = dataclasses.field(default_factory=list)
+    recent: dict[str, list[Item]] = dataclasses.field(default_factory=dict)
+    # product -> other product -> co-visitation weight
+    pairs: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    popularity: dict[str, float] = dataclasses.field(default_factory=dict)
+    trending: dict[tuple[int, str], float] = dataclasses.field(default_factory=dict)
+    newest_ts: int = 0
+
+    def merge(self, other: BatchChanges) -> BatchChanges:
+        """Add another partition's changes (partitions hold disjoint visitors)."""
+        for key, n in other.counts.items():
+            self.counts[key] = self.counts.get(key, 0) + n
+        for key, offset in other.offsets.items():
+            self.offsets[key] = max(self.offsets.get(key, 0), offset)
+        self.applied_ids.extend(other.applied_ids)
+        self.recent.update(other.recent)
+        for product_id, others in other.pairs.items():
+            mine = self.pairs.setdefault(product_id, {})
+            for other_id, weight in others.items():
+                mine[other_id] = mine.get(other_id, 0.0) + weight
+        for product_id, weight in other.popularity.items():
+            self.popularity[product_id] = self.popularity.get(product_id, 0.0) + weight
+        for key, weight in other.trending.items():
+            self.trending[key] = self.trending.get(key, 0.0) + weight
+        self.newest_ts = max(self.newest_ts, other.newest_ts)
+        return self
+
+    def touched_products(self) -> list[str]:
+        return sorted(self.pairs)
+
+    def touched_visitors(self) -> list[str]:
+        return sorted(self.recent)
+
+
+def commit(
+    r: redis.Redis,
+    query_id: str,
+    batch_id: int,
+    changes: BatchChanges,
+    *,
+    landmark_ms: int,
+    clock_ms: int,
+    previous_clock_ms: int,
+    now_ms: int,
+    settings: PipelineSettings,
+) -> bool:
+    """Apply ``changes`` (weights at ``landmark_ms``), move the clock to
+    ``clock_ms`` and advance the fence to ``batch_id``, in one transaction.
+
+    Returns False (and changes nothing) if the fence is already at or past
+    ``batch_id``: the batch was committed before.
+    """
+    fence_key = keys.pipeline_committed_batch()
+    products = changes.touched_products()
+    with r.pipeline(transaction=True) as pipe:
+        pipe.watch(fence_key)
+        fence = pipe.hget(fence_key, query_id)
+        if fence is not None and int(fence) >= batch_id:
+            pipe.unwatch()
+            return False
+        product_clocks = pipe.hmget(keys.product_clock(), products) if products else []
+        pipe.multi()
+        _write_changes(
+            pipe,
+            changes,
+            products,
+            product_clocks,
+            landmark_ms,
+            clock_ms,
+            previous_clock_ms,
+            now_ms,
+            settings,
+        )
+        pipe.set(keys.pipeline_clock(), clock_ms)
+        pipe.set(
+            keys.pipeline_pending(),
+            json.dumps(
+                {
+                    "query": query_id,
+                    "batch": batch_id,
+                    "products": products,
+                    "visitors": changes.touched_visitors(),
+                }
+            ),
+        )
+        pipe.hset(fence_key, query_id, batch_id)
+        pipe.execute()
+    return True
+
+
+def _write_changes(
+    pipe: redis.client.Pipeline,
+    changes: BatchChanges,
+    products: Sequence[str],
+    product_clocks: Sequence[str | None],
+    landmark_ms: int,
+    clock_ms: int,
+    previous_clock_ms: int,
+    now_ms: int,
+    settings: PipelineSettings,
+) -> None:
+    from .learn import decay
+
+    scratch = keys.pipeline_scratch("delta")
+    counters: dict[str, int] = {}
+    for (topic, status), n in changes.counts.items():
+        counters[f"{topic}:{status}"] = counters.get(f"{topic}:{status}", 0) + n
+        counters[f"{topic}:read"] = counters.get(f"{topic}:read", 0) + n
+    for field, n in sorted(counters.items()):
+        pipe.hincrby(keys.pipeline_counters(), field, n)
+    if changes.offsets:
+        pipe.hset(
+            keys.pipeline_offsets(),
+            mapping={f"{t}:{p}": o for (t, p), o in sorted(changes.offsets.items())},
+        )
+    if changes.applied_ids:
+        size = _seen_bucket_seconds(settings)
+        bucket = keys.seen_events(now_ms // 1000 // size * size)
+        for chunk in chunks(changes.applied_ids):
+            pipe.sadd(bucket, *chunk)
+        pipe.expire(bucket, settings.dedup_ttl + 2 * size)
+    for visitor_id, items in sorted(changes.recent.items()):
+        pipe.set(
+            keys.visitor_recent(visitor_id),
+            json.dumps([list(item) for item in items]),
+            ex=settings.visitor_ttl,
+        )
+    # Co-visitation: old weights fade to the clock, new ones (at the landmark)
+    # are moved to the clock and added; the strongest ``neighbours_kept`` stay.
+    # With no new weights the clock may stay before the landmark: nothing to move.
+    new_fade = decay(clock_ms, landmark_ms, settings.half_life) if changes.newest_ts else 1.0
+    for product_id, last in zip(products, product_clocks, strict=True):
+        key = keys.product_covisits(product_id)
+        fade = decay(clock_ms, int(last), settings.half_life) if last else 1.0
+        pipe.zadd(scratch, changes.pairs[product_id])
+        pipe.zunionstore(key, {key: fade, scratch: new_fade})
+        pipe.zremrangebyrank(key, 0, -settings.neighbours_kept - 1)
+        pipe.delete(scratch)
+        pipe.expire(key, settings.product_ttl)
+    if products:
+        pipe.hset(keys.product_clock(), mapping={p: clock_ms for p in products})
+    fade = decay(clock_ms, previous_clock_ms, settings.half_life) if previous_clock_ms else 1.0
+    if changes.popularity or fade != 1.0:
+        if changes.popularity:
+            pipe.zadd(scratch, changes.popularity)
+        pipe.zunionstore(keys.popularity(), {keys.popularity(): fade, scratch: new_fade})
+        pipe.delete(scratch)
+        # Products nobody has touched for ~60 half-lives weigh nothing any more.
+        pipe.zremrangebyscore(keys.popularity(), "-inf", 1e-18)
+    bucket_ttl = 2 * (settings.trending_window + settings.trending_bucket)
+    for (bucket, product_id), weight in sorted(changes.trending.items()):
+        pipe.zincrby(keys.trending_bucket(bucket), weight, product_id)
+    for bucket in sorted({bucket for bucket, _ in changes.trending}):
+        pipe.expire(keys.trending_bucket(bucket), bucket_ttl)
+
+
+def pending(r: redis.Redis) -> dict[str, Any] | None:
+    raw = r.get(keys.pipeline_pending())
+    return json.loads(raw) if raw else None
+
+
+def record_batch(r: redis.Redis, info: Mapping[str, Any]) -> None:
+    """The last batch's id, time, size and step timings, for ``reco_status``."""
+    r.hset(
+        keys.pipeline_last_batch(),
+        mapping={k: json.dumps(v) if isinstance(v, dict) else v for k, v in info.items()},
+    )
+
+
+# -- derived lists -------------------------------------------------------------
+
+
+def write_lists(r: redis.Redis, key_values: Mapping[str, Any], ttl: int) -> None:
+    pipe = r.pipeline(transaction=False)
+    for n, (key, value) in enumerate(key_values.items(), 1):
+        pipe.set(key, json.dumps(value), ex=ttl)
+        if n % CHUNK == 0:
+            pipe.execute()
+    pipe.execute()
+
+
+def notify(r: redis.Redis, visitor_ids: Sequence[str]) -> None:
+    """Tell the websocket relay which visitors have a new list."""
+    for chunk in chunks(list(visitor_ids), 500):
+        r.publish(keys.updates_channel(), json.dumps(list(chunk)))
+
+
+def heartbeat(r: redis.Redis, info: Mapping[str, Any], ttl: int = 15) -> None:
+    r.set(keys.pipeline_heartbeat(), json.dumps({**info, "at": time.time()}), ex=ttl)

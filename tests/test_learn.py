@@ -1,0 +1,108 @@
+"""The algorithm's pure functions (no Spark, no Redis)."""
+
+import pytest
+
+from reco_plugin.scoring import PipelineSettings
+from spark_jobs import learn
+from spark_jobs.learn import Interaction
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def settings(**values):
+    return PipelineSettings.from_mapping(values)
+
+
+def test_pairs_respect_the_window_both_directions_and_late_events():
+    s = settings(covisit_window=1800, half_life=10**9)
+    remembered = [("9", 10_000_000, 1.0)]  # remembered item seen *after* the late events
+    new = [
+        Interaction("1", 10_000_000 - 1_000, 1.0, "e1"),  # late, within 30 min of "9"
+        Interaction("2", 10_000_000 - 500, 3.0, "e2"),
+        Interaction("3", 1_000, 1.0, "e3"),  # hours earlier: pairs with nothing
+    ]
+    pairs = learn.visitor_pairs(remembered, new, s, landmark_ms=10_000_000)
+    assert {k: round(v, 6) for k, v in pairs.items()} == {
+        ("1", "9"): 1.0,
+        ("9", "1"): 1.0,
+        ("2", "9"): 1.0,
+        ("9", "2"): 1.0,
+        ("2", "1"): 1.0,
+        ("1", "2"): 1.0,
+    }
+
+
+def test_each_event_pairs_with_at_most_recent_items_neighbours():
+    new = [Interaction(str(i), 1_000 + i, 1.0, f"e{i}") for i in range(5)]
+    pairs = learn.visitor_pairs([], new, settings(recent_items=1), landmark_ms=2_000)
+    assert sorted(k for k in pairs if k[0] < k[1]) == [
+        ("0", "1"),
+        ("1", "2"),
+        ("2", "3"),
+        ("3", "4"),
+    ]
+
+
+def test_split_into_batches_learns_the_same_pairs():
+    s = settings(half_life=7 * 24 * 3600)
+    events = [
+        Interaction(str(p), 1_000_000 + 60_000 * n, 1.0, f"e{n}")
+        for n, p in enumerate([1, 2, 3, 1, 4])
+    ]
+    whole = learn.visitor_pairs([], events, s, landmark_ms=2_000_000)
+    first = learn.visitor_pairs([], events[:2], s, landmark_ms=2_000_000)
+    remembered = learn.remember([], events[:2], s.recent_items)
+    second = learn.visitor_pairs(remembered, events[2:], s, landmark_ms=2_000_000)
+    split = {k: first.get(k, 0) + second.get(k, 0) for k in {*first, *second}}
+    assert {k: round(v, 9) for k, v in whole.items()} == {k: round(v, 9) for k, v in split.items()}
+
+
+def test_weights_fade_with_the_half_life():
+    assert learn.decay(2 * DAY_MS, 0, 2 * 24 * 3600) == pytest.approx(0.5)
+    assert learn.decay(0, 60_000, 60) == pytest.approx(2.0)  # a later event, seen from before
+    s = settings(half_life=24 * 3600)
+    pairs = learn.visitor_pairs(
+        [("a", 0, 1.0)], [Interaction("b", 1_000, 1.0, "e")], s, landmark_ms=DAY_MS + 1_000
+    )
+    assert pairs[("a", "b")] == pytest.approx(0.5)
+
+
+def test_remember_keeps_the_latest_distinct_items_newest_first():
+    items = learn.remember(
+        [("1", 100, 1.0), ("3", 50, 1.0)],
+        [Interaction("1", 3_000, 1.0, "a"), Interaction("2", 2_000, 3.0, "b")],
+        limit=2,
+    )
+    assert items == [("1", 3_000, 1.0), ("2", 2_000, 3.0)]
+
+
+def test_similar_list_normalises_by_popularity():
+    neighbours = [("best-seller", 10.0), ("niche", 4.0), ("unknown", 9.0), ("p", 3.0)]
+    pop = {"p": 10.0, "best-seller": 1000.0, "niche": 5.0}
+    items = learn.similar_list("p", neighbours, pop, length=10)
+    # the most co-visited item is last: everybody views it
+    assert [i["product_id"] for i in items] == ["unknown", "niche", "best-seller"]
+
+
+def test_personal_list_skips_seen_items_and_weighs_recent_items_more():
+    similar = {"new": [("x", 1.0)], "old": [("y", 1.0), ("new", 1.0)]}
+    recs = learn.personal_list([("new", 2, 1.0), ("old", 1, 1.0)], similar, 10, 0.85)
+    assert [i["product_id"] for i in recs] == ["x", "y"]
+
+
+def test_trending_window_buckets():
+    s = settings(trending_bucket=300, trending_window=900)
+    assert learn.trending_buckets_in_window(3_599_000, s) == [2700, 3000, 3300]
+
+
+def test_partial_settings_keep_the_other_defaults_and_bad_ones_are_refused():
+    s = PipelineSettings.from_mapping({"event_weights": {"purchase": 9}})
+    assert s.event_weights["purchase"] == 9.0 and s.event_weights["page_view"] == 1.0
+    with pytest.raises(ValueError, match="unknown pipeline settings: nope"):
+        PipelineSettings.from_mapping({"nope": 1})
+    with pytest.raises(ValueError, match="event types"):
+        PipelineSettings.from_mapping({"event_weights": {"like": 1}})
+    with pytest.raises(ValueError, match=">= 0"):
+        PipelineSettings.from_mapping({"event_weights": {"click": -1}})
+    with pytest.raises(ValueError, match="half_life"):
+        PipelineSettings.from_mapping({"half_life": 0})

@@ -1,0 +1,230 @@
+"""The streaming job on real Kafka, Redis and Spark: exactly-once state across
+SIGKILLs, a skewed backlog applied in full, and outages of Redis and Kafka."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+
+import pytest
+
+from reco_plugin import keys, schema
+from stack.pipeline import JobRun, create_topic, end_offsets, produce, redis_state
+from stack.services import Ports, Stack
+
+pytestmark = pytest.mark.stack
+
+DAY_MS = 24 * 3600 * 1000
+# Small batches, so a backlog takes many of them and the SIGKILLs land mid-stream;
+# both paths (driver and executors) are used.
+JOB_CONFIG = {"max_offsets_per_trigger": 1500, "driver_batch_rows": 1000}
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    """Kafka and Redis only, on free ports; each job gets its own Redis database."""
+    stack = Stack(tmp_path_factory.mktemp("pipeline"), Ports.free(), log=lambda line: None)
+    try:
+        stack.start_kafka()
+        stack.start_redis()
+        stack.manage("reco_topics", quiet=True)
+        yield stack
+    finally:
+        stack.stop()
+
+
+def skewed_history(now_ms: int, seed: int = 11):
+    """A month of traffic, each partition of page_views holding a different stretch
+    of it (partition p: days p*2 .. p*2+8 ago), the way a backlog after downtime or
+    a replay of old history arrives. Plus re-sent copies, malformed records and
+    one event stamped years ahead.
+
+    Returns (records, expected counters).
+    """
+    rng = random.Random(seed)
+    records = []
+    sent_events = []
+    for partition in range(12):
+        start = now_ms - (partition * 2 + 8) * DAY_MS
+        for n in range(1200):
+            visitor = f"s:v{partition}-{rng.randint(0, 80)}"
+            product = str(rng.choice([rng.randint(1, 40), rng.randint(1, 400)]))
+            ts = start + n * 8 * DAY_MS // 1200 + rng.randint(0, 5000)
+            event = schema.make_event(schema.PAGE_VIEW, visitor, product, ts=ts)
+            if rng.random() < 0.1:
+                event = schema.make_event(schema.ADD_TO_CART, visitor, product, ts=ts, quantity=1)
+            sent_events.append((partition, event))
+    for partition, event in sent_events:
+        records.append(
+            (
+                schema.topic_for(event["type"]),
+                partition,
+                event["visitor_id"].encode(),
+                schema.encode(event),
+            )
+        )
+    # Producer retries and double beacons: copies, some right after, some much later.
+    copies = rng.sample(sent_events, 300)
+    for partition, event in copies:
+        records.append(
+            (
+                schema.topic_for(event["type"]),
+                partition,
+                event["visitor_id"].encode(),
+                schema.encode(event),
+            )
+        )
+    malformed = [b"{not json", b'{"schema": 1, "type": "page_view"}', b"[]"]
+    for value in malformed:
+        records.append(("page_views", 3, b"s:x", value))
+    future = schema.make_event(schema.PAGE_VIEW, "s:clock", "7", ts=now_ms + 3 * 365 * DAY_MS)
+    records.append(("page_views", 5, b"s:clock", schema.encode(future)))
+    # A burst of current traffic after the far-future event: it must still be learnt.
+    for n in range(200):
+        event = schema.make_event(
+            schema.PAGE_VIEW, f"s:now-{n % 20}", str(500 + n % 7), ts=now_ms - 60_000 + n
+        )
+        records.append(("page_views", 5, event["visitor_id"].encode(), schema.encode(event)))
+    applied = len(sent_events) + 200
+    expected = {
+        "applied": applied,
+        "duplicate": len(copies),
+        "malformed": 3,
+        "future": 1,
+        "too_old": 0,
+    }
+    return records, expected
+
+
+@pytest.fixture(scope="module")
+def backlog(services):
+    records, expected = skewed_history(schema.now_ms())
+    bootstrap = f"127.0.0.1:{services.ports.kafka}"
+    assert produce(bootstrap, records) == len(records)
+    return end_offsets(bootstrap), expected
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(services, backlog):
+    targets, _ = backlog
+    job = JobRun(services, "uninterrupted", db=1, config=JOB_CONFIG)
+    job.start()
+    try:
+        job.wait_processed(targets, timeout=300)
+    finally:
+        job.stop()
+    return job
+
+
+def totals(counters):
+    result = {}
+    for field, n in counters.items():
+        status = field.rpartition(":")[2]
+        result[status] = result.get(status, 0) + n
+    return result
+
+
+def test_a_skewed_backlog_is_applied_in_full(uninterrupted, backlog):
+    _, expected = backlog
+    counted = totals(uninterrupted.counters())
+    assert {k: counted.get(k, 0) for k in expected} == expected
+    assert counted["read"] == sum(expected.values())
+    r = uninterrupted.redis
+    # the far-future event did not stop the clock or trending
+    assert int(r.get(keys.pipeline_clock())) <= schema.now_ms()
+    trending = {item["product_id"] for item in json.loads(r.get(keys.trending()))}
+    assert trending <= {str(p) for p in range(500, 507)} and len(trending) == 7
+    # a month-old stretch (partition 11) was learnt too
+    assert r.exists(keys.visitor_recommendations("s:v11-1"))
+
+
+def test_sigkill_mid_stream_gives_the_same_state_as_an_uninterrupted_run(
+    services, backlog, uninterrupted
+):
+    targets, _ = backlog
+    job = JobRun(services, "killed", db=2, config=JOB_CONFIG)
+    kills = 0
+    job.start()
+    try:
+        for _ in range(3):
+            # Kill shortly after a batch commits: the next batch is running.
+            seen = job.committed_batch()
+            job.wait_until(lambda seen=seen: job.committed_batch() > seen, 120, "a batch")
+            time.sleep(random.uniform(0.2, 0.8))
+            job.kill()
+            kills += 1
+            job.start()
+        job.wait_processed(targets, timeout=300)
+    finally:
+        job.stop()
+    assert kills == 3
+    killed, whole = redis_state(job.redis), redis_state(uninterrupted.redis)
+    assert killed.keys() == whole.keys()
+    different = [key for key in whole if whole[key] != killed[key]]
+    assert not different, f"{len(different)} keys differ, e.g. {different[:5]}"
+
+
+def test_the_job_weathers_redis_and_kafka_outages(services):
+    """Redis paused 30 s, then Kafka paused 30 s, while events keep coming."""
+    bootstrap = f"127.0.0.1:{services.ports.kafka}"
+    topic = "outage_views"
+    create_topic(bootstrap, topic)
+    job = JobRun(services, "outages", db=3, topics=[topic])
+    job.start()
+    stop = threading.Event()
+    sent = []
+
+    def traffic():
+        from confluent_kafka import Producer
+
+        producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "message.timeout.ms": 300_000,
+            }
+        )
+        n = 0
+        while not stop.is_set():
+            event = schema.make_event(
+                schema.PAGE_VIEW, f"s:o{n % 50}", str(n % 30), event_id=str(uuid.uuid4())
+            )
+            producer.produce(topic, key=event["visitor_id"].encode(), value=schema.encode(event))
+            sent.append(event["event_id"])
+            producer.poll(0)
+            n += 1
+            time.sleep(0.02)
+        assert producer.flush(120) == 0
+
+    thread = threading.Thread(target=traffic)
+    thread.start()
+    redis_pid = next(s.process.pid for s in services.services if s.name == "redis")
+    kafka_pid = next(s.process.pid for s in services.services if s.name == "kafka")
+    try:
+        job.wait_until(lambda: totals(job.counters()).get("applied", 0) > 50, 60, "first events")
+        for pid in (redis_pid, kafka_pid):
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(30)
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(5)
+    finally:
+        for pid in (redis_pid, kafka_pid):
+            os.kill(pid, signal.SIGCONT)
+        stop.set()
+        thread.join(180)
+    try:
+        job.wait_processed(end_offsets(bootstrap, [topic]), timeout=180)
+        assert job.process.poll() is None, "the job exited"
+        counted = job.counters()
+        # every event sent was new, and each was applied exactly once
+        assert counted[f"{topic}:applied"] == len(sent)
+        assert counted[f"{topic}:read"] == len(sent)
+        assert job.redis.exists(keys.visitor_recommendations("s:o1"))
+    finally:
+        job.stop()
