@@ -108,6 +108,25 @@ def make_event(
     return event
 
 
+def has_valid_core(
+    version: Any, type: Any, event_id: Any, visitor_id: Any, product_id: Any, ts: Any
+) -> bool:
+    """Whether an event's core fields follow schema version 1 (what the pipeline
+    needs to apply it; :func:`validate` checks the rest too)."""
+    return (
+        version == SCHEMA_VERSION
+        and type in EVENT_TYPES
+        and all(
+            isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
+            for value in (event_id, visitor_id, product_id)
+        )
+        and visitor_id.startswith(("u:", "s:"))
+        and isinstance(ts, int)
+        and not isinstance(ts, bool)
+        and ts > 0
+    )
+
+
 def validate(event: Mapping[str, Any]) -> None:
     """Raise :class:`InvalidEvent` unless ``event`` is a well-formed schema-1 event."""
     if event.get("schema") != SCHEMA_VERSION:

@@ -2,14 +2,15 @@
 
 The steps, each timed and reported in the last-batch record:
 
-1. ``classify``: every record gets a status (Spark SQL, ``transforms.classify``).
-2. ``count`` the records, then ``score``: per visitor, drop duplicates (within
-   the batch and against the ids seen in Redis), learn pairs, popularity and
-   trending weights, and the visitor's new recent items (``learn``). A small
-   batch is collected and scored on the driver; a large one is partitioned by
-   visitor and scored on the executors, each partition returning its summed
-   changes, which the driver merges. Both run the same function,
-   :func:`score_partition`.
+1. ``collect``: the records are parsed (``transforms.parse``) and at most
+   ``driver_batch_rows + 1`` of them collected in one Spark job.
+2. ``score``: every record gets its status (malformed, too old, future,
+   duplicate within the batch or against the ids seen in Redis, or applied);
+   per visitor, the applied events teach pairs, popularity and trending weights
+   and the visitor's new recent items (``learn``). A batch that fit in step 1 is
+   scored on the driver; a larger one is partitioned by visitor and scored on
+   the executors, each partition returning its summed changes, which the driver
+   merges. Both run the same function, :func:`score_partition`.
 3. ``commit``: all state changes and the fence in one Redis transaction
    (``state.commit``); a batch committed before changes nothing.
 4. ``lists``: the similar lists of the touched products, then the personal
@@ -34,7 +35,7 @@ from reco_plugin import keys, schema, scoring
 from reco_plugin.scoring import PipelineSettings
 
 from . import learn, state
-from .transforms import CANDIDATE, classify
+from .transforms import parse
 
 logger = logging.getLogger("spark_jobs.batch")
 
@@ -62,7 +63,7 @@ def score_partition(
     landmark_ms: int,
     now_ms: int,
 ) -> Iterator[state.BatchChanges]:
-    """Classified rows (``transforms.CLASSIFIED_COLUMNS``) of whole visitors ->
+    """Parsed rows (``transforms.PARSED_COLUMNS``) of whole visitors ->
     one :class:`state.BatchChanges`, to merge with the other partitions'.
 
     Every row of a visitor must be in the same call (the executors' path
@@ -71,21 +72,26 @@ def score_partition(
     r = _redis(redis_url)
     changes = state.BatchChanges()
     counts = changes.counts
-    by_visitor: dict[str, list[Sequence[Any]]] = defaultdict(list)
+    weights = settings.event_weights
+    # Well-formed events in the time bounds, per visitor, as
+    # (topic, partition, offset, event_id, visitor_id, product_id, ts, weight).
+    by_visitor: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     oldest = now_ms - settings.horizon * 1000
     newest = now_ms + settings.future_tolerance * 1000
-    for row in rows:
-        topic, partition, offset, status, _, visitor_id, _, ts = row[:8]
+    for topic, partition, offset, version, type_, event_id, visitor_id, product_id, ts in rows:
         key = (topic, partition)
         changes.offsets[key] = max(changes.offsets.get(key, 0), offset + 1)
-        if status == CANDIDATE:
-            if ts < oldest:
-                status = scoring.STATUS_TOO_OLD
-            elif ts > newest:
-                status = scoring.STATUS_FUTURE
-            else:
-                by_visitor[visitor_id].append(row)
-                continue
+        if not schema.has_valid_core(version, type_, event_id, visitor_id, product_id, ts):
+            status = scoring.STATUS_MALFORMED
+        elif ts < oldest:
+            status = scoring.STATUS_TOO_OLD
+        elif ts > newest:
+            status = scoring.STATUS_FUTURE
+        else:
+            by_visitor[visitor_id].append(
+                (topic, partition, offset, event_id, visitor_id, product_id, ts, weights[type_])
+            )
+            continue
         counts[(topic, status)] = counts.get((topic, status), 0) + 1
 
     def count(row: Sequence[Any], status: str) -> None:
@@ -98,29 +104,29 @@ def score_partition(
         ids: set[str] = set()
         kept = []
         for row in visitor_rows:
-            if row[4] in ids:
+            if row[3] in ids:
                 count(row, scoring.STATUS_DUPLICATE)
             else:
-                ids.add(row[4])
+                ids.add(row[3])
                 kept.append(row)
         firsts[visitor_id] = kept
-    already = state.seen(r, [row[4] for kept in firsts.values() for row in kept], now_ms, settings)
-    learning = [v for v, kept in firsts.items() if any(row[8] > 0 for row in kept)]
+    already = state.seen(r, [row[3] for kept in firsts.values() for row in kept], now_ms, settings)
+    learning = [v for v, kept in firsts.items() if any(row[7] > 0 for row in kept)]
     remembered = state.recent_items(r, learning)
     first_bucket = learn.trending_buckets_in_window(landmark_ms, settings)[0]
     pairs = changes.pairs
     for visitor_id, kept in firsts.items():
         applied = []
         for row in kept:
-            if row[4] in already:
+            if row[3] in already:
                 count(row, scoring.STATUS_DUPLICATE)
             else:
                 count(row, scoring.STATUS_APPLIED)
                 applied.append(row)
-                changes.applied_ids.append(row[4])
-                changes.newest_ts = max(changes.newest_ts, row[7])
+                changes.applied_ids.append(row[3])
+                changes.newest_ts = max(changes.newest_ts, row[6])
         interactions = [
-            learn.Interaction(row[6], row[7], row[8], row[4]) for row in applied if row[8] > 0
+            learn.Interaction(row[5], row[6], row[7], row[3]) for row in applied if row[7] > 0
         ]
         if not interactions:
             continue
@@ -310,12 +316,12 @@ class BatchProcessor:
             "landmark_ms": landmark_ms,
             "now_ms": now_ms,
         }
-        classified = classify(batch, settings)
+        parsed = parse(batch)
         with steps("collect"):
             # One job: every partition gives at most driver_batch_rows + 1 rows
             # (the session reads all partitions at once for a limit); a batch
             # that fits is complete on the driver.
-            rows = classified.limit(settings.driver_batch_rows + 1).collect()
+            rows = parsed.limit(settings.driver_batch_rows + 1).collect()
         small = len(rows) <= settings.driver_batch_rows
         if small:
             with steps("score"):
@@ -323,7 +329,7 @@ class BatchProcessor:
         else:
             with steps("score"):
                 parts = (
-                    classified.repartition(self._partitions(batch), "visitor_id")
+                    parsed.repartition(self._partitions(batch), "visitor_id")
                     .rdd.mapPartitions(functools.partial(score_partition, **options))
                     .collect()
                 )

@@ -190,7 +190,12 @@ class Supervisor:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    spark = build_session("reco-recommend", shuffle_partitions=args.settings.shuffle_partitions)
+    spark = build_session(
+        "reco-recommend",
+        shuffle_partitions=args.settings.shuffle_partitions,
+        local_checkpoint=args.checkpoint.startswith(("/", "file:", "hdfs:"))
+        or "://" not in args.checkpoint,
+    )
     supervisor = Supervisor(spark, args)
 
     def stop(signum, frame):  # noqa: ARG001

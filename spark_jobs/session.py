@@ -20,9 +20,17 @@ def connector_jars() -> list[str]:
     return jars
 
 
-def build_session(app_name: str, *, shuffle_partitions: int | None = None, kafka: bool = True):
+def build_session(
+    app_name: str,
+    *,
+    shuffle_partitions: int | None = None,
+    kafka: bool = True,
+    local_checkpoint: bool = True,
+):
     """A local SparkSession. ``shuffle_partitions`` defaults to the number of cores:
-    the default of 200 makes every micro-batch take seconds on two cores."""
+    the default of 200 makes every micro-batch take seconds on two cores.
+    ``local_checkpoint``: the checkpoint is on a local disk (or HDFS), where a
+    rename is atomic."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # The Python workers import reco_plugin's Django-free modules from the repo.
@@ -48,6 +56,16 @@ def build_session(app_name: str, *, shuffle_partitions: int | None = None, kafka
     )
     if kafka:
         builder = builder.config("spark.jars", ",".join(connector_jars()))
+    if local_checkpoint:
+        # Checkpoint files are renamed into place with FileSystem.rename: the
+        # default FileContext path asks Hadoop for the link status, which on a
+        # local disk forks `readlink` for every offset and commit log entry
+        # (~35 ms each, two per batch). Not for object stores (no atomic rename).
+        builder = builder.config(
+            "spark.sql.streaming.checkpointFileManagerClass",
+            "org.apache.spark.sql.execution.streaming.checkpointing."
+            "FileSystemBasedCheckpointFileManager",
+        )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("RECO_SPARK_LOG_LEVEL", "WARN"))
     return spark

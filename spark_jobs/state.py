@@ -40,6 +40,9 @@ def connect(url: str) -> redis.Redis:
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=5,
+        # RESP2: redis-py 8 on RESP3 re-encodes every score of a sorted-set reply
+        # to text and parses it again (most of the time of a similar-list refresh).
+        protocol=2,
     )
 
 

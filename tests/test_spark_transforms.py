@@ -9,7 +9,7 @@ import redis as redis_lib
 from reco_plugin import keys, schema
 from reco_plugin.scoring import PipelineSettings
 from spark_jobs.batch import BatchProcessor
-from spark_jobs.transforms import CANDIDATE, classify
+from spark_jobs.transforms import parse
 
 pytestmark = pytest.mark.spark
 
@@ -29,23 +29,43 @@ def records(spark, values, topic="page_views"):
     return spark.createDataFrame(rows, KAFKA_ROWS)
 
 
-def test_classify_keeps_every_record_and_marks_the_malformed(spark):
+def test_parse_keeps_every_record_with_its_core_fields(spark):
     values = [
         event("page_view"),
         event("purchase", product="2"),
-        event("impression", product="3"),
+        b"not json",
+        json.dumps({**event(), "schema": 2}).encode(),
+    ]
+    rows = parse(records(spark, values)).collect()
+    assert [tuple(r)[:3] for r in rows] == [("page_views", n % 3, n) for n in range(4)]
+    assert (rows[0].type, rows[0].product_id, rows[1].type) == ("page_view", "1", "purchase")
+    assert rows[2].event_id is None and rows[3].schema == 2
+
+
+def test_every_record_is_counted_by_what_the_batch_does_with_it(spark, processor, r):
+    values = [
+        event("page_view"),
+        event("purchase", product="2"),
+        event("impression", product="3"),  # applied, weighs nothing
         b"not json",
         json.dumps({**event(), "schema": 2}).encode(),
         json.dumps({**event(), "visitor_id": None}).encode(),
         json.dumps({**event(), "visitor_id": "admin"}).encode(),
+        json.dumps({**event(), "ts": "yesterday"}).encode(),
         event(ts=NOW - 100 * 24 * 3600 * 1000),
         event(ts=NOW + 3600 * 1000),
     ]
-    rows = classify(records(spark, values), PipelineSettings()).collect()
-    # too old and future are decided per batch (against its wall clock)
-    assert [r.status for r in rows] == [CANDIDATE] * 3 + ["malformed"] * 4 + [CANDIDATE] * 2
-    assert [r.weight for r in rows[:3]] == [1.0, 5.0, 0.0]
-    assert rows[0].offset == 0 and rows[0].topic == "page_views"
+    processor()(records(spark, values), 0)
+    counters = r.hgetall(keys.pipeline_counters())
+    assert counters == {
+        "page_views:read": "10",
+        "page_views:applied": "3",
+        "page_views:malformed": "5",
+        "page_views:too_old": "1",
+        "page_views:future": "1",
+    }
+    assert r.zscore(keys.popularity(), "2") == pytest.approx(5.0, rel=1e-3)
+    assert r.zscore(keys.popularity(), "3") is None
 
 
 def state_of(url):
