@@ -4,7 +4,8 @@ topics with the same source options as the job and only counts the records
 
     python -m bench.peer_count --bootstrap HOST:PORT --topics a,b --expect N --max-offsets M
 
-Prints one JSON line: records counted and seconds from the query's start.
+Prints one JSON line: records counted, seconds from the query's start, and
+records and seconds after its first batch (the sustained rate, without start-up).
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     spark = build_session("reco-bench-peer")
     counted = 0
+    first: list[tuple[int, float]] = []
     done = threading.Event()
 
     def count(batch, batch_id):
         nonlocal counted
         counted += batch.count()
+        if not first:
+            first.append((counted, time.monotonic()))
         if counted >= args.expect:
             done.set()
 
@@ -53,10 +57,20 @@ def main(argv=None) -> int:
         )
         started = time.monotonic()
         done.wait(args.timeout)
-        seconds = time.monotonic() - started
+        finished = time.monotonic()
         query.stop()
     spark.stop()
-    print(json.dumps({"records": counted, "seconds": round(seconds, 3)}))
+    first_records, first_done = first[0] if first else (0, started)
+    print(
+        json.dumps(
+            {
+                "records": counted,
+                "seconds": round(finished - started, 3),
+                "sustained_records": counted - first_records,
+                "sustained_seconds": round(finished - first_done, 3),
+            }
+        )
+    )
     return 0 if counted >= args.expect else 1
 
 

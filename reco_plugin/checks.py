@@ -10,6 +10,7 @@ from django.core.checks import Error, Tags, Warning, register
 
 from . import schema
 from .conf import reco_settings
+from .scoring import PipelineSettings
 
 MIDDLEWARE_PATH = "reco_plugin.middleware.RecoEventMiddleware"
 
@@ -57,6 +58,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             Error(
                 f"RECO_PLUGIN['TOPICS'] lacks {', '.join(sorted(missing_roles))}.",
                 id="reco_plugin.E004",
+            )
+        )
+    try:
+        PipelineSettings.from_mapping(reco_settings.PIPELINE)
+    except (TypeError, ValueError) as exc:
+        errors.append(
+            Error(
+                f"RECO_PLUGIN['PIPELINE'] is invalid: {exc}.",
+                hint="See the settings table in docs/architecture.md.",
+                id="reco_plugin.E005",
             )
         )
     if not getattr(settings, "CHANNEL_LAYERS", None):

@@ -34,6 +34,15 @@ def test_incomplete_topics_is_E004(settings):
         assert "reco_plugin.E004" in reco_ids()
 
 
+def test_invalid_pipeline_settings_are_E005(settings):
+    for pipeline in ({"half_lfe": 3600}, {"event_weights": {"view": 2}}, {"horizon": -1}):
+        with override_settings(RECO_PLUGIN={**settings.RECO_PLUGIN, "PIPELINE": pipeline}):
+            assert "reco_plugin.E005" in reco_ids()
+    partial = {"half_life": 24 * 3600, "event_weights": {"purchase": 8}}
+    with override_settings(RECO_PLUGIN={**settings.RECO_PLUGIN, "PIPELINE": partial}):
+        assert reco_ids() == set()
+
+
 def test_missing_channel_layer_is_W001():
     with override_settings(CHANNEL_LAYERS={}):
         assert "reco_plugin.W001" in reco_ids()

@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -15,7 +16,7 @@ import pytest
 
 from reco_plugin import keys, schema
 from stack.pipeline import JobRun, create_topic, end_offsets, produce, redis_state
-from stack.services import Ports, Stack
+from stack.services import PYTHON, REPO, Ports, Stack
 
 pytestmark = pytest.mark.stack
 
@@ -228,3 +229,19 @@ def test_the_job_weathers_redis_and_kafka_outages(services):
         assert job.redis.exists(keys.visitor_recommendations("s:o1"))
     finally:
         job.stop()
+
+
+def test_status_reports_the_job_down_with_kafka_and_redis_up(services):
+    result = subprocess.run(
+        [PYTHON, str(REPO / "manage.py"), "reco_status", "--json"],
+        env=services.env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["redis"]["ok"] and report["kafka"]["ok"]
+    assert report["kafka"]["partitions"] == 60
+    assert report["problems"] == ["the streaming job is down (no heartbeat in Redis)"]

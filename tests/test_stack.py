@@ -148,3 +148,37 @@ def test_pipeline_reports_its_progress(live_stack):
     assert sum(int(v) for k, v in offsets.items() if k.startswith("page_views:")) >= 20000
     trending = json.loads(r.get(keys.trending()))
     assert len(trending) > 10
+
+
+def test_reco_status_on_the_running_stack(live_stack):
+    def status():
+        result = subprocess.run(
+            [PYTHON, str(REPO / "manage.py"), "reco_status", "--json"],
+            env=live_stack.env(),
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        return result.returncode, json.loads(result.stdout.strip().splitlines()[-1])
+
+    def healthy():
+        code, report = status()
+        return report if code == 0 else None
+
+    report = wait_for(healthy, 30) or status()[1]
+    assert report["ok"], report["problems"]
+    assert report["job"]["ok"] and report["lag"]["total"] == 0
+    views = report["counters"]["page_views"]
+    # the warm-up's views: every one read was applied (its ids are all new)
+    assert views["read"] == views["applied"] >= 20000
+    assert report["last_batch"]["batch"] >= 1
+    human = subprocess.run(
+        [PYTHON, str(REPO / "manage.py"), "reco_status"],
+        env=live_stack.env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    assert "job        ok" in human and "all good" in human

@@ -1,0 +1,33 @@
+"""The local stack runner starts a crashed service again, with backoff."""
+
+import time
+
+from stack.services import PYTHON, Ports, Service, Stack
+
+
+def test_a_crashed_service_is_started_again_with_backoff(tmp_path):
+    lines = []
+    stack = Stack(tmp_path, Ports.free(), log=lines.append)
+    service = Service(
+        "flaky",
+        [PYTHON, "-c", "import time; time.sleep(0.3)"],
+        tmp_path / "flaky.log",
+        ready=lambda: True,
+    )
+    try:
+        stack._start(service)
+        first_pid = service.process.pid
+        service.process.wait(5)
+        stack.watch()  # notices the exit, schedules a start in 1 s
+        assert service.process.pid == first_pid and service.restarts == 0
+        assert any("flaky exited with 0; starting it again in 1 s" in line for line in lines)
+        deadline = time.monotonic() + 5
+        while service.restarts == 0 and time.monotonic() < deadline:
+            stack.watch()
+            time.sleep(0.05)
+        assert service.restarts == 1 and service.process.pid != first_pid
+        service.process.wait(5)
+        stack.watch()
+        assert any("starting it again in 2 s" in line for line in lines)  # backoff doubles
+    finally:
+        stack.stop()

@@ -1,0 +1,43 @@
+"""reco_status when things are down (no services needed: nothing listens on the ports)."""
+
+import json
+
+import pytest
+from django.core.management import call_command
+from django.test import override_settings
+
+from stack.services import free_port
+
+
+@pytest.fixture
+def nothing_running(settings):
+    with override_settings(
+        RECO_PLUGIN={
+            **settings.RECO_PLUGIN,
+            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+            "KAFKA": {"bootstrap.servers": f"127.0.0.1:{free_port()}"},
+        }
+    ):
+        from reco_plugin import redis_client
+
+        redis_client.reset()
+        yield
+    redis_client.reset()
+
+
+def test_status_names_what_is_down_and_exits_1(nothing_running, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        call_command("reco_status", "--json", "--timeout", "1")
+    assert exit_.value.code == 1
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["ok"] is False
+    assert report["redis"]["ok"] is False and report["kafka"]["ok"] is False
+    assert any("Redis is unreachable" in p for p in report["problems"])
+    assert any("Kafka is unreachable" in p for p in report["problems"])
+
+
+def test_status_for_people(nothing_running, capsys):
+    with pytest.raises(SystemExit):
+        call_command("reco_status", "--timeout", "1")
+    out = capsys.readouterr().out
+    assert "redis      DOWN" in out and "kafka      DOWN" in out and "PROBLEM:" in out
