@@ -22,7 +22,7 @@ import redis
 
 from reco_plugin import keys, schema
 
-from .services import PYTHON, REPO, Stack
+from .services import PYTHON, REPO, Stack, stop_process
 
 
 def produce(
@@ -190,13 +190,9 @@ class JobRun:
         self.redis.delete(keys.pipeline_heartbeat())
 
     def stop(self) -> None:
+        """SIGTERM: the job finishes its batch and stops."""
         if self.process and self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.kill()
+            stop_process(self.process, 60)
 
     def committed_batch(self) -> int:
         values = self.redis.hvals(keys.pipeline_committed_batch())

@@ -38,6 +38,21 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def stop_process(process: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM the process we started (only it: it stops its own children in
+    order; the streaming job lets its batch finish, which a SIGTERM to its JVM
+    would cut short), then SIGKILL whatever is left of its process group."""
+    with contextlib.suppress(ProcessLookupError):
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
 @dataclass
 class Ports:
     kafka: int = 9092
@@ -70,6 +85,8 @@ class Service:
     ready: Callable[[], bool]
     timeout: float = 60.0
     process: subprocess.Popen | None = None
+    # how long it may take to stop after SIGTERM before it is killed
+    stop_timeout: float = 20.0
     # crash recovery: restarts so far, when the next may happen, when it last started
     restarts: int = 0
     restart_at: float | None = None
@@ -117,8 +134,9 @@ class Stack:
         env.pop("RECO_KAFKA_BOOTSTRAP", None)
         return env
 
-    def manage(self, *args: str, timeout: float = 600, quiet: bool = False) -> str:
-        """Run a management command of the demo shop; its output goes to logs/manage.log."""
+    def run_manage(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run a management command of the demo shop; its output is also appended
+        to logs/manage.log. The caller reads the exit status."""
         result = subprocess.run(
             [PYTHON, str(REPO / "manage.py"), *args],
             env=self.env(),
@@ -129,6 +147,11 @@ class Stack:
         )
         with open(self.logs / "manage.log", "a") as log:
             log.write(f"$ manage.py {' '.join(args)}\n{result.stdout}{result.stderr}\n")
+        return result
+
+    def manage(self, *args: str, timeout: float = 600, quiet: bool = False) -> str:
+        """Run a management command of the demo shop; fail unless it exits 0."""
+        result = self.run_manage(*args, timeout=timeout)
         if result.returncode != 0:
             raise StackError(f"manage.py {' '.join(args)} failed:\n{result.stderr[-3000:]}")
         if not quiet:
@@ -367,6 +390,7 @@ class Stack:
                 self.logs / "spark.log",
                 lambda: r.exists(keys.pipeline_heartbeat()) == 1,
                 timeout=180,
+                stop_timeout=60,
             )
         )
 
@@ -486,14 +510,7 @@ class Stack:
             if process is None or process.poll() is not None:
                 continue
             self.log(f"stopping {service.name} (pid {process.pid})")
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+            stop_process(process, service.stop_timeout)
         self.services.clear()
 
     def __enter__(self) -> Stack:

@@ -152,14 +152,7 @@ def test_pipeline_reports_its_progress(live_stack):
 
 def test_reco_status_on_the_running_stack(live_stack):
     def status():
-        result = subprocess.run(
-            [PYTHON, str(REPO / "manage.py"), "reco_status", "--json"],
-            env=live_stack.env(),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = live_stack.run_manage("reco_status", "--json", timeout=60)
         return result.returncode, json.loads(result.stdout.strip().splitlines()[-1])
 
     def healthy():
@@ -173,12 +166,5 @@ def test_reco_status_on_the_running_stack(live_stack):
     # the warm-up's views: every one read was applied (its ids are all new)
     assert views["read"] == views["applied"] >= 20000
     assert report["last_batch"]["batch"] >= 1
-    human = subprocess.run(
-        [PYTHON, str(REPO / "manage.py"), "reco_status"],
-        env=live_stack.env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout
+    human = live_stack.run_manage("reco_status", timeout=60).stdout
     assert "job        ok" in human and "all good" in human
