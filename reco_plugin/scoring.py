@@ -134,8 +134,9 @@ class PipelineSettings:
                 raise ValueError(f"{name} must be > 0")
         if self.trending_window < self.trending_bucket:
             raise ValueError("trending_window must be at least one trending_bucket")
-        if (self.horizon + self.future_tolerance) / self.half_life > 900:
-            raise ValueError("half_life must be at least 1/900 of horizon + future_tolerance")
+        # a batch's weights are scaled by 2 ** (age / half_life), ages up to two horizons
+        if (2 * self.horizon + self.future_tolerance) / self.half_life > 900:
+            raise ValueError("half_life must be at least 1/900 of 2 * horizon + future_tolerance")
         if not 0 < self.recency_decay <= 1:
             raise ValueError("recency_decay must be in (0, 1]")
 

@@ -51,8 +51,13 @@ def _redis(url: str) -> redis.Redis:
 
 def landmark(previous_clock_ms: int, now_ms: int, settings: PipelineSettings) -> int:
     """The time a batch's weights are expressed at: known before the batch is
-    read, and no further than the horizon from any event it can apply."""
-    return max(previous_clock_ms, now_ms - settings.horizon * 1000)
+    read, within two horizons of any event it can apply, and the same when the
+    batch is run again (the clock; on a fresh state, now rounded down to a
+    multiple of the horizon)."""
+    horizon_ms = settings.horizon * 1000
+    if previous_clock_ms >= now_ms - horizon_ms:
+        return previous_clock_ms
+    return now_ms // horizon_ms * horizon_ms
 
 
 def score_partition(
@@ -134,16 +139,16 @@ def score_partition(
         learnt = learn.visitor_pairs(previous, interactions, settings, landmark_ms)
         for (a, b), weight in learnt.items():
             others = pairs.setdefault(a, {})
-            others[b] = others.get(b, 0.0) + weight
+            others[b] = others.get(b, 0) + state.to_units(weight)
         changes.recent[visitor_id] = learn.remember(previous, interactions, settings.recent_items)
         for item in interactions:
             changes.popularity[item.product_id] = changes.popularity.get(
-                item.product_id, 0.0
-            ) + item.weight * learn.decay(landmark_ms, item.ts, settings.half_life)
+                item.product_id, 0
+            ) + state.to_units(item.weight * learn.decay(landmark_ms, item.ts, settings.half_life))
             bucket = learn.trending_bucket(item.ts, settings.trending_bucket)
             if bucket >= first_bucket:
                 key = (bucket, item.product_id)
-                changes.trending[key] = changes.trending.get(key, 0.0) + item.weight
+                changes.trending[key] = changes.trending.get(key, 0) + state.to_units(item.weight)
     yield changes
 
 
@@ -267,6 +272,10 @@ class BatchProcessor:
         self.query_id: str | None = None
         self.last: dict[str, Any] = {}
         self.waiting_for_redis = False
+        # The last batch was larger than driver_batch_rows: the job is catching
+        # up, so the next batch goes to the executors without first collecting
+        # what would not fit on the driver.
+        self.catching_up = False
 
     def __call__(self, batch, batch_id: int) -> None:
         delay = 0.5
@@ -317,12 +326,14 @@ class BatchProcessor:
             "now_ms": now_ms,
         }
         parsed = parse(batch)
-        with steps("collect"):
-            # One job: every partition gives at most driver_batch_rows + 1 rows
-            # (the session reads all partitions at once for a limit); a batch
-            # that fits is complete on the driver.
-            rows = parsed.limit(settings.driver_batch_rows + 1).collect()
-        small = len(rows) <= settings.driver_batch_rows
+        rows: list[Any] = []
+        if not self.catching_up:
+            with steps("collect"):
+                # One job: every partition gives at most driver_batch_rows + 1
+                # rows (the session reads all partitions at once for a limit);
+                # a batch that fits is complete on the driver.
+                rows = parsed.limit(settings.driver_batch_rows + 1).collect()
+        small = not self.catching_up and len(rows) <= settings.driver_batch_rows
         if small:
             with steps("score"):
                 changes = next(score_partition(rows, **options))
@@ -336,6 +347,7 @@ class BatchProcessor:
             with steps("merge"):
                 changes = functools.reduce(state.BatchChanges.merge, parts, state.BatchChanges())
         size = sum(changes.counts.values())
+        self.catching_up = size > settings.driver_batch_rows
         clock_ms = max(previous_clock, changes.newest_ts)
         with steps("commit"):
             committed = state.commit(

@@ -28,6 +28,20 @@ from reco_plugin.scoring import PipelineSettings
 from .learn import Item
 
 CHUNK = 1000
+# Weights learnt in a batch are summed as integers of 1e-9 units: integer sums do
+# not depend on their order, so a batch scored on the driver and the same batch
+# scored on the executors (partial sums merged) change the state identically.
+WEIGHT_UNITS = 10**9
+
+
+def to_units(weight: float) -> int:
+    return round(weight * WEIGHT_UNITS)
+
+
+def from_units(units: int) -> float:
+    return units / WEIGHT_UNITS
+
+
 # Processing-time buckets of seen event ids: a bucket expires one bucket after
 # the de-duplication window has passed over it.
 SEEN_BUCKETS = 12
@@ -130,8 +144,9 @@ def lists(r: redis.Redis, list_keys: Sequence[str]) -> list[list[dict[str, Any]]
 class BatchChanges:
     """Everything one batch (or one partition of it) changes in the state.
 
-    Weights are expressed at the batch's landmark time (``learn``'s module
-    docstring); :func:`commit` moves them to the clock.
+    Weights are integers of ``1 / WEIGHT_UNITS``, expressed at the batch's
+    landmark time (``learn``'s module docstring); :func:`commit` moves them to
+    the clock.
     """
 
     counts: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
@@ -139,9 +154,9 @@ class BatchChanges:
     applied_ids: list[str] = dataclasses.field(default_factory=list)
     recent: dict[str, list[Item]] = dataclasses.field(default_factory=dict)
     # product -> other product -> co-visitation weight
-    pairs: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
-    popularity: dict[str, float] = dataclasses.field(default_factory=dict)
-    trending: dict[tuple[int, str], float] = dataclasses.field(default_factory=dict)
+    pairs: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    popularity: dict[str, int] = dataclasses.field(default_factory=dict)
+    trending: dict[tuple[int, str], int] = dataclasses.field(default_factory=dict)
     newest_ts: int = 0
 
     def merge(self, other: BatchChanges) -> BatchChanges:
@@ -155,11 +170,11 @@ class BatchChanges:
         for product_id, others in other.pairs.items():
             mine = self.pairs.setdefault(product_id, {})
             for other_id, weight in others.items():
-                mine[other_id] = mine.get(other_id, 0.0) + weight
+                mine[other_id] = mine.get(other_id, 0) + weight
         for product_id, weight in other.popularity.items():
-            self.popularity[product_id] = self.popularity.get(product_id, 0.0) + weight
+            self.popularity[product_id] = self.popularity.get(product_id, 0) + weight
         for key, weight in other.trending.items():
-            self.trending[key] = self.trending.get(key, 0.0) + weight
+            self.trending[key] = self.trending.get(key, 0) + weight
         self.newest_ts = max(self.newest_ts, other.newest_ts)
         return self
 
@@ -270,7 +285,7 @@ def _write_changes(
     for product_id, last in zip(products, product_clocks, strict=True):
         key = keys.product_covisits(product_id)
         fade = decay(clock_ms, int(last), settings.half_life) if last else 1.0
-        pipe.zadd(scratch, changes.pairs[product_id])
+        pipe.zadd(scratch, {b: from_units(u) for b, u in changes.pairs[product_id].items()})
         pipe.zunionstore(key, {key: fade, scratch: new_fade})
         pipe.zremrangebyrank(key, 0, -settings.neighbours_kept - 1)
         pipe.delete(scratch)
@@ -280,14 +295,14 @@ def _write_changes(
     fade = decay(clock_ms, previous_clock_ms, settings.half_life) if previous_clock_ms else 1.0
     if changes.popularity or fade != 1.0:
         if changes.popularity:
-            pipe.zadd(scratch, changes.popularity)
+            pipe.zadd(scratch, {p: from_units(u) for p, u in changes.popularity.items()})
         pipe.zunionstore(keys.popularity(), {keys.popularity(): fade, scratch: new_fade})
         pipe.delete(scratch)
         # Products nobody has touched for ~60 half-lives weigh nothing any more.
         pipe.zremrangebyscore(keys.popularity(), "-inf", 1e-18)
     bucket_ttl = 2 * (settings.trending_window + settings.trending_bucket)
     for (bucket, product_id), weight in sorted(changes.trending.items()):
-        pipe.zincrby(keys.trending_bucket(bucket), weight, product_id)
+        pipe.zincrby(keys.trending_bucket(bucket), from_units(weight), product_id)
     for bucket in sorted({bucket for bucket, _ in changes.trending}):
         pipe.expire(keys.trending_bucket(bucket), bucket_ttl)
 

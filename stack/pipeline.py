@@ -105,7 +105,7 @@ def end_offsets(bootstrap: str, topics: Iterable[str] | None = None) -> dict[str
 def redis_state(client: redis.Redis) -> dict[str, Any]:
     """Every list, count and counter in a Redis database; the de-duplication
     bookkeeping (seen ids, in processing-time buckets), timings and heartbeats
-    are left out. Scores are rounded to 9 significant digits."""
+    are left out."""
     result: dict[str, Any] = {}
     for key in sorted(client.scan_iter(count=1000)):
         if ":pipeline:seen:" in key or key in (
@@ -119,7 +119,7 @@ def redis_state(client: redis.Redis) -> dict[str, Any]:
             if key == keys.pipeline_pending():
                 value = {k: v for k, v in json.loads(value).items() if k != "query"}
         elif kind == "zset":
-            value = [(m, float(f"{s:.9g}")) for m, s in client.zrange(key, 0, -1, withscores=True)]
+            value = client.zrange(key, 0, -1, withscores=True)
         elif kind == "hash":
             value = client.hgetall(key)
             if key == keys.pipeline_committed_batch():
