@@ -101,6 +101,12 @@ def pipeline_last_batch() -> str:
     return f"{PREFIX}:pipeline:last-batch"
 
 
+def pipeline_batch_time() -> str:
+    """String ``query:batch:now_ms``: the wall clock a batch is judged by, kept so
+    that a run of the batch again judges too old / future / duplicate alike."""
+    return f"{PREFIX}:pipeline:batch-time"
+
+
 def pipeline_pending() -> str:
     """String (JSON): the lists the last committed batch must refresh (redone after a crash)."""
     return f"{PREFIX}:pipeline:pending"

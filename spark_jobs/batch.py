@@ -49,6 +49,15 @@ def _redis(url: str) -> redis.Redis:
 # -- step 2: scoring, the same function on the driver and on the executors ---------
 
 
+def later_copy():
+    """Column: the record repeats an event id seen earlier in the batch (Kafka order)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    first_first = Window.partitionBy("event_id").orderBy("topic", "partition", "offset")
+    return F.col("event_id").isNotNull() & (F.row_number().over(first_first) > 1)
+
+
 def landmark(previous_clock_ms: int, now_ms: int, settings: PipelineSettings) -> int:
     """The time a batch's weights are expressed at: known before the batch is
     read, within two horizons of any event it can apply, and the same when the
@@ -68,7 +77,8 @@ def score_partition(
     landmark_ms: int,
     now_ms: int,
 ) -> Iterator[state.BatchChanges]:
-    """Parsed rows (``transforms.PARSED_COLUMNS``) of whole visitors ->
+    """Parsed rows (``transforms.PARSED_COLUMNS``, optionally a ``later_copy``
+    flag after them) of whole visitors ->
     one :class:`state.BatchChanges`, to merge with the other partitions'.
 
     Every row of a visitor must be in the same call (the executors' path
@@ -83,7 +93,8 @@ def score_partition(
     by_visitor: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     oldest = now_ms - settings.horizon * 1000
     newest = now_ms + settings.future_tolerance * 1000
-    for topic, partition, offset, version, type_, event_id, visitor_id, product_id, ts in rows:
+    for row in rows:
+        topic, partition, offset, version, type_, event_id, visitor_id, product_id, ts = row[:9]
         key = (topic, partition)
         changes.offsets[key] = max(changes.offsets.get(key, 0), offset + 1)
         if not schema.has_valid_core(version, type_, event_id, visitor_id, product_id, ts):
@@ -92,6 +103,8 @@ def score_partition(
             status = scoring.STATUS_TOO_OLD
         elif ts > newest:
             status = scoring.STATUS_FUTURE
+        elif len(row) > 9 and row[9]:
+            status = scoring.STATUS_DUPLICATE
         else:
             by_visitor[visitor_id].append(
                 (topic, partition, offset, event_id, visitor_id, product_id, ts, weights[type_])
@@ -102,13 +115,14 @@ def score_partition(
     def count(row: Sequence[Any], status: str) -> None:
         counts[(row[0], status)] = counts.get((row[0], status), 0) + 1
 
-    # Within the batch the first record of an event id (in Kafka order) counts.
-    firsts: dict[str, list[Sequence[Any]]] = {}
-    for visitor_id, visitor_rows in by_visitor.items():
-        visitor_rows.sort(key=lambda row: (row[0], row[1], row[2]))
-        ids: set[str] = set()
+    # Within the batch the first record of an event id (in Kafka order) counts:
+    # among the rows of this call here; across the executors' partitions the
+    # later copies were marked beforehand (a ``later_copy`` column).
+    firsts: dict[str, list[tuple[Any, ...]]] = {}
+    ids: set[str] = set()
+    for visitor_id in sorted(by_visitor):
         kept = []
-        for row in visitor_rows:
+        for row in sorted(by_visitor[visitor_id], key=lambda row: (row[0], row[1], row[2])):
             if row[3] in ids:
                 count(row, scoring.STATUS_DUPLICATE)
             else:
@@ -240,8 +254,17 @@ class Steps:
 
 
 def is_transient(exc: BaseException) -> bool:
-    """A Redis outage, raised here or (as text) from a Spark job's Python worker."""
-    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError):
+    """A Redis outage, raised here or (as text) from a Spark job's Python worker.
+
+    A wrong password or ACL is not an outage (redis-py makes those connection
+    errors too). A WatchError is retried: redis-py raises it for a connection
+    lost during the fenced commit, and a run again re-reads the fence.
+    """
+    if isinstance(exc, redis.AuthenticationError | redis.exceptions.AuthorizationError):
+        return False
+    if isinstance(
+        exc, redis.ConnectionError | redis.TimeoutError | redis.BusyLoadingError | redis.WatchError
+    ):
         return True
     text = str(exc)
     return any(
@@ -316,7 +339,7 @@ class BatchProcessor:
             logger.info("batch %d was committed before; refreshing its lists", batch_id)
             self._redo_lists(r, query_id, batch_id, batch)
             return
-        now_ms = schema.now_ms()
+        now_ms = state.batch_time(r, query_id, batch_id, schema.now_ms())
         previous_clock = state.clock(r)
         landmark_ms = landmark(previous_clock, now_ms, settings)
         options = {
@@ -340,7 +363,8 @@ class BatchProcessor:
         else:
             with steps("score"):
                 parts = (
-                    parsed.repartition(self._partitions(batch), "visitor_id")
+                    parsed.withColumn("later_copy", later_copy())
+                    .repartition(self._partitions(batch), "visitor_id")
                     .rdd.mapPartitions(functools.partial(score_partition, **options))
                     .collect()
                 )

@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from reco_plugin import keys
 from reco_plugin.scoring import PipelineSettings
@@ -54,6 +56,10 @@ def connect(url: str) -> redis.Redis:
         socket_timeout=10,
         socket_connect_timeout=5,
         health_check_interval=5,
+        # No retries inside redis-py (its default retries a paused server for
+        # minutes per call): the batch retries as a whole, with backoff, and the
+        # heartbeat and SIGTERM stay responsive.
+        retry=Retry(NoBackoff(), 0),
         # RESP2: redis-py 8 on RESP3 re-encodes every score of a sorted-set reply
         # to text and parses it again (most of the time of a similar-list refresh).
         protocol=2,
@@ -71,6 +77,18 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
 def committed_batch(r: redis.Redis, query_id: str) -> int | None:
     raw = r.hget(keys.pipeline_committed_batch(), query_id)
     return int(raw) if raw is not None else None
+
+
+def batch_time(r: redis.Redis, query_id: str, batch_id: int, now_ms: int) -> int:
+    """The wall clock (ms) this batch is judged by: ``now_ms`` on its first run,
+    the same value when Spark runs it again."""
+    key = keys.pipeline_batch_time()
+    prefix = f"{query_id}:{batch_id}:"
+    recorded = r.get(key)
+    if recorded and recorded.startswith(prefix):
+        return int(recorded[len(prefix) :])
+    r.set(key, f"{prefix}{now_ms}")
+    return now_ms
 
 
 def clock(r: redis.Redis) -> int:

@@ -103,9 +103,9 @@ def end_offsets(bootstrap: str, topics: Iterable[str] | None = None) -> dict[str
 
 
 def redis_state(client: redis.Redis) -> dict[str, Any]:
-    """Every list, count and counter in a Redis database; the de-duplication
-    bookkeeping (seen ids, in processing-time buckets), timings and heartbeats
-    are left out."""
+    """Every list, count and counter in a Redis database; the wall-clock
+    bookkeeping (seen ids in processing-time buckets, the batch's wall clock,
+    timings, heartbeat) is left out."""
     result: dict[str, Any] = {}
     for key in sorted(client.scan_iter(count=1000)):
         if ":pipeline:seen:" in key or key in (

@@ -69,11 +69,12 @@ def test_every_record_is_counted_by_what_the_batch_does_with_it(spark, processor
 
 
 def state_of(url):
-    """Every list, count and counter (not the seen-id bookkeeping or timings)."""
+    """Every list, count and counter (not the wall-clock bookkeeping: seen ids,
+    batch time, timings)."""
     r = redis_lib.Redis.from_url(url, decode_responses=True)
     result = {}
     for key in sorted(r.keys("*")):
-        if ":seen:" in key or key.endswith("last-batch"):
+        if ":seen:" in key or key.endswith(("last-batch", "batch-time")):
             continue
         kind = r.type(key)
         if kind == "string":
@@ -177,3 +178,38 @@ def test_late_events_are_applied(spark, processor, r):
     assert r.hget(keys.pipeline_counters(), "page_views:applied") == "3"
     assert r.zscore(keys.product_covisits("1"), "3") > 0
     assert [i[0] for i in json.loads(r.get(keys.visitor_recent("s:x")))] == ["1", "3"]
+
+
+@pytest.mark.parametrize("driver_batch_rows", [10_000, 2])
+def test_an_event_id_repeated_under_another_visitor_counts_once(
+    spark, processor, r, driver_batch_rows
+):
+    original = event(visitor="s:a", product="1", event_id="00000000-0000-0000-0000-0000000000aa")
+    copy = {**original, "visitor_id": "s:b"}
+    p = processor(driver_batch_rows=driver_batch_rows)
+    p(records(spark, [event(visitor="s:c"), original, copy, event(visitor="s:d")]), 0)
+    assert p.last["path"] == ("driver" if driver_batch_rows > 4 else "executors")
+    counters = r.hgetall(keys.pipeline_counters())
+    assert (counters["page_views:applied"], counters["page_views:duplicate"]) == ("3", "1")
+    assert r.exists(keys.visitor_recent("s:a")) and not r.exists(keys.visitor_recent("s:b"))
+
+
+def test_a_batch_run_again_is_judged_by_its_first_clock(r):
+    from spark_jobs import state
+
+    assert state.batch_time(r, "q", 7, 1_000) == 1_000
+    assert state.batch_time(r, "q", 7, 9_000) == 1_000  # the same batch, run again
+    assert state.batch_time(r, "q", 8, 9_000) == 9_000
+    assert state.batch_time(r, "other", 8, 5_000) == 5_000
+
+
+def test_what_counts_as_a_redis_outage():
+    import redis
+
+    from spark_jobs.batch import is_transient
+
+    assert is_transient(redis.ConnectionError("refused"))
+    assert is_transient(redis.WatchError("A ConnectionError occurred while watching"))
+    assert is_transient(RuntimeError("... redis.exceptions.TimeoutError: Timeout reading"))
+    assert not is_transient(redis.AuthenticationError("invalid password"))
+    assert not is_transient(ValueError("a bug"))
