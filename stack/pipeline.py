@@ -111,6 +111,7 @@ def redis_state(client: redis.Redis) -> dict[str, Any]:
         if ":pipeline:seen:" in key or key in (
             keys.pipeline_last_batch(),
             keys.pipeline_heartbeat(),
+            keys.pipeline_batch_time(),
         ):
             continue
         kind = client.type(key)
