@@ -156,3 +156,31 @@ def test_openapi_schema_lists_the_routes(client, redis_url):
     assert response.status_code == 200
     paths = json.loads(response.content)["paths"]
     assert {"/reco/api/recommendations/", "/reco/api/events/", "/reco/api/trending/"} <= set(paths)
+
+
+@pytest.fixture
+def logged_in(backend, django_user_model):
+    user = django_user_model.objects.create_user("shopper", password="x")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    client.get("/reco/api/recommendations/")
+    return client, user
+
+
+def test_a_logged_in_users_beacon_events_carry_their_user_id(logged_in, backend):
+    client, user = logged_in
+    response = post_events(client, {"type": "click", "product_id": "42"})
+    assert response.status_code == 202
+    [(_, key, event)] = backend.sent
+    assert key == event["visitor_id"] == f"u:{user.pk}"
+
+
+def test_a_logged_in_user_gets_their_own_list_from_the_api(logged_in, r):
+    client, user = logged_in
+    put_catalog(r, [7, 8])
+    put_list(r, keys.visitor_recommendations(f"u:{user.pk}"), [7, 8])
+    items = client.get("/reco/api/recommendations/?limit=2").json()["items"]
+    assert [(i["product_id"], i["strategy"]) for i in items] == [
+        ("7", "personal"),
+        ("8", "personal"),
+    ]

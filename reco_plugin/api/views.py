@@ -8,6 +8,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -32,10 +33,26 @@ def _query(request: Request) -> dict[str, Any]:
     return params.validated_data
 
 
+class ShopSessionUser(BaseAuthentication):
+    """The user Django's AuthenticationMiddleware found for the session.
+
+    With no authentication class DRF replaces the request's user with an
+    anonymous one, and a logged-in shopper's API reads and beacon events would
+    go to their ``s:`` id while their page views go to ``u:<pk>``. CSRF is not
+    checked here: the beacon checks it for every visitor, logged in or not.
+    """
+
+    def authenticate(self, request: Request) -> tuple[Any, None] | None:
+        user = getattr(request._request, "user", None)
+        if user is None or not user.is_authenticated:
+            return None
+        return (user, None)
+
+
 class RecoAPIView(APIView):
     schema = AutoSchema()
     # The API serves the session's visitor; no token or basic auth.
-    authentication_classes: list[Any] = []
+    authentication_classes: list[Any] = [ShopSessionUser]
     permission_classes: list[Any] = []
 
     def handle_exception(self, exc: Exception) -> Response:
