@@ -49,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "POLL_INTERVAL_SECONDS": 15,
     "WEBSOCKET_PATH": "/ws/reco/",
     "MAX_BEACON_EVENTS": 50,
+    # at process exit, how long queued events may take to reach Kafka
+    "EXIT_FLUSH_SECONDS": 5.0,
     # scoring, shared with the Spark jobs (reco_plugin.scoring)
     "EVENT_WEIGHTS": dict(scoring.EVENT_WEIGHTS),
     "RECENT_ITEMS": scoring.RECENT_ITEMS,

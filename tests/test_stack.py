@@ -168,3 +168,32 @@ def test_reco_status_on_the_running_stack(live_stack):
     assert report["last_batch"]["batch"] >= 1
     human = live_stack.run_manage("reco_status", timeout=60).stdout
     assert "job        ok" in human and "all good" in human
+
+
+def test_an_event_emitted_by_a_short_lived_process_reaches_kafka(live_stack):
+    visitor = f"s:exit-{uuid.uuid4().hex[:12]}"
+    result = live_stack.run_manage(
+        "shell",
+        "-c",
+        f"from reco_plugin.events import emit; emit('page_view', '{visitor}', '5')",
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    consumer = Consumer(
+        {
+            "bootstrap.servers": f"127.0.0.1:{live_stack.ports.kafka}",
+            "group.id": visitor,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe(["page_views"])
+    found = False
+    deadline = time.monotonic() + 30
+    try:
+        while not found and time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is not None and not message.error():
+                found = message.key().decode() == visitor
+    finally:
+        consumer.close()
+    assert found, "the event was lost when the process exited"

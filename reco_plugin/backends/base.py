@@ -18,5 +18,5 @@ class EventBackend:
         """Wait up to ``timeout`` seconds for queued events; return how many are still queued."""
         return 0
 
-    def close(self) -> None:
-        """Release resources; queued events get a short chance to go out."""
+    def close(self, timeout: float = 2.0) -> None:
+        """Release resources; queued events get up to ``timeout`` seconds to go out."""

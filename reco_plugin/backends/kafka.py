@@ -72,7 +72,7 @@ class KafkaBackend(EventBackend):
     def flush(self, timeout: float = 10.0) -> int:
         return self.producer.flush(timeout)
 
-    def close(self) -> None:
-        remaining = self.producer.flush(2.0)
+    def close(self, timeout: float = 2.0) -> None:
+        remaining = self.producer.flush(timeout)
         if remaining:
-            logger.warning("reco: %d events still queued at close", remaining)
+            logger.warning("reco: %d events could not be delivered before close", remaining)
