@@ -193,8 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     spark = build_session(
         "reco-recommend",
         shuffle_partitions=args.settings.shuffle_partitions,
-        local_checkpoint=args.checkpoint.startswith(("/", "file:", "hdfs:"))
-        or "://" not in args.checkpoint,
+        local_checkpoint="://" not in args.checkpoint
+        or args.checkpoint.startswith(("file:", "hdfs:")),
     )
     supervisor = Supervisor(spark, args)
 

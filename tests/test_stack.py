@@ -29,6 +29,30 @@ def wait_for(condition, timeout):
     return None
 
 
+def find_in_kafka(stack, topic, match, timeout):
+    """The first (key, event) on ``topic`` for which ``match(key, event)`` holds, or None."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": f"127.0.0.1:{stack.ports.kafka}",
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    consumer.subscribe([topic])
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is None or message.error():
+                continue
+            key, event = message.key().decode(), json.loads(message.value())
+            if match(key, event):
+                return key, event
+    finally:
+        consumer.close()
+    return None
+
+
 def test_product_views_reach_the_visitors_websocket_and_change_their_list(live_stack):
     visitor = ShopVisitor(live_stack.web_url)
     status, html = visitor.get("/products/1/")
@@ -71,26 +95,12 @@ def test_click_beacon_lands_in_kafka_with_the_session_visitor(live_stack):
         "/reco/api/events/", {"type": "click", "product_id": "2", "context": {"reco_id": marker}}
     )
     assert status == 202, body
-    consumer = Consumer(
-        {
-            "bootstrap.servers": f"127.0.0.1:{live_stack.ports.kafka}",
-            "group.id": marker,
-            "auto.offset.reset": "earliest",
-        }
+    found = find_in_kafka(
+        live_stack,
+        "user_clicks",
+        lambda key, event: event.get("context", {}).get("reco_id") == marker,
+        timeout=20,
     )
-    consumer.subscribe(["user_clicks"])
-    found = None
-    deadline = time.monotonic() + 20
-    try:
-        while found is None and time.monotonic() < deadline:
-            message = consumer.poll(1.0)
-            if message is None or message.error():
-                continue
-            event = json.loads(message.value())
-            if event.get("context", {}).get("reco_id") == marker:
-                found = (message.key().decode(), event)
-    finally:
-        consumer.close()
     assert found is not None
     key, event = found
     assert key == event["visitor_id"] and event["visitor_id"].startswith("s:")
@@ -179,21 +189,5 @@ def test_an_event_emitted_by_a_short_lived_process_reaches_kafka(live_stack):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    consumer = Consumer(
-        {
-            "bootstrap.servers": f"127.0.0.1:{live_stack.ports.kafka}",
-            "group.id": visitor,
-            "auto.offset.reset": "earliest",
-        }
-    )
-    consumer.subscribe(["page_views"])
-    found = False
-    deadline = time.monotonic() + 30
-    try:
-        while not found and time.monotonic() < deadline:
-            message = consumer.poll(1.0)
-            if message is not None and not message.error():
-                found = message.key().decode() == visitor
-    finally:
-        consumer.close()
-    assert found, "the event was lost when the process exited"
+    found = find_in_kafka(live_stack, "page_views", lambda key, event: key == visitor, timeout=30)
+    assert found is not None, "the event was lost when the process exited"
