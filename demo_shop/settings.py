@@ -96,6 +96,20 @@ RECO_PLUGIN = {
     "KAFKA": {"bootstrap.servers": KAFKA_BOOTSTRAP},
     "REDIS_URL": REDIS_URL,
     "PRODUCT_MODEL": "catalog.Product",
+    "CART_MODEL": {
+        "MODEL": "catalog.CartLine",
+        "PRODUCT": "product_id",
+        "QUANTITY": "quantity",
+        "PRICE": "unit_price",
+        "USER": "cart.user",
+    },
+    "ORDER_LINE_MODEL": {
+        "MODEL": "catalog.OrderLine",
+        "PRODUCT": "product_id",
+        "QUANTITY": "quantity",
+        "PRICE": "unit_price",
+        "USER": "order.user",
+    },
     "PRODUCT_FIELDS": {
         "title": "name",
         "url": "get_absolute_url",
@@ -126,3 +140,5 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "INFO"},
     "loggers": {"django.channels.server": {"level": "WARNING"}},
 }
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.apps import AppConfig
 
 
@@ -7,20 +9,40 @@ class RecoPluginConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_delete, post_save
+        from django.contrib.auth.signals import user_logged_in, user_logged_out
+        from django.db.models.signals import post_delete, post_init, post_save
 
-        from . import checks  # noqa: F401  (registers the system checks)
+        from . import checks, tracking  # noqa: F401  (checks registers the system checks)
         from .conf import reco_settings
         from .receivers import product_changed
 
-        if reco_settings.PRODUCT_MODEL:
-            try:
-                model = self.apps.get_model(reco_settings.PRODUCT_MODEL)
-            except (LookupError, ValueError):
-                return  # reported by check reco_plugin.E002
+        user_logged_in.connect(tracking.user_logged_in, dispatch_uid="reco_plugin.identify")
+        user_logged_out.connect(tracking.user_logged_out, dispatch_uid="reco_plugin.logout")
+        product = self._model(reco_settings.PRODUCT_MODEL)
+        if product is not None:
             post_save.connect(
-                product_changed, sender=model, dispatch_uid="reco_plugin.product_saved"
+                product_changed, sender=product, dispatch_uid="reco_plugin.product_saved"
             )
             post_delete.connect(
-                product_changed, sender=model, dispatch_uid="reco_plugin.product_deleted"
+                product_changed, sender=product, dispatch_uid="reco_plugin.product_deleted"
             )
+        cart = self._model((reco_settings.CART_MODEL or {}).get("MODEL"))
+        if cart is not None:
+            post_init.connect(tracking.cart_loaded, sender=cart, dispatch_uid="reco_plugin.cart")
+            post_save.connect(tracking.cart_saved, sender=cart, dispatch_uid="reco_plugin.cart")
+            post_delete.connect(tracking.cart_deleted, sender=cart, dispatch_uid="reco_plugin.cart")
+        line = self._model((reco_settings.ORDER_LINE_MODEL or {}).get("MODEL"))
+        if line is not None:
+            post_save.connect(
+                tracking.order_line_saved, sender=line, dispatch_uid="reco_plugin.order_line"
+            )
+
+    def _model(self, label: Any) -> Any:
+        """The model named ``"app_label.Model"``; None when unset or unknown
+        (reported by the system checks)."""
+        if not label:
+            return None
+        try:
+            return self.apps.get_model(label)
+        except (LookupError, ValueError, TypeError, AttributeError):
+            return None

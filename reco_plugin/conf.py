@@ -48,7 +48,35 @@ DEFAULTS: dict[str, Any] = {
     # widget: how often to poll the API when the websocket is unavailable
     "POLL_INTERVAL_SECONDS": 15,
     "WEBSOCKET_PATH": "/ws/reco/",
+    # the beacon (POST reco/api/events/): events per request, body size, and
+    # requests per visitor (DRF throttle rate, e.g. "120/min"; None: unthrottled)
     "MAX_BEACON_EVENTS": 50,
+    "MAX_BEACON_BYTES": 32 * 1024,
+    "BEACON_RATE": "120/min",
+    # cart and order models whose changes are events (see docs/events.md), e.g.
+    # {"MODEL": "shop.CartLine", "PRODUCT": "product_id", "QUANTITY": "quantity",
+    #  "PRICE": "unit_price", "USER": "cart.user"}; None: not tracked by signals
+    "CART_MODEL": None,
+    "ORDER_LINE_MODEL": None,
+    # user agents (regular expressions, case-insensitive) that are never tracked
+    "BOT_USER_AGENTS": [
+        r"bot\b",
+        r"crawl",
+        r"spider",
+        r"slurp",
+        r"archiver",
+        r"facebookexternalhit",
+        r"bingpreview",
+        r"^curl/",
+        r"^wget/",
+        r"python-requests",
+        r"^go-http-client",
+    ],
+    # dotted path to a callable(request) -> bool: True when the visitor opted out
+    "OPT_OUT": "reco_plugin.visitor.default_opt_out",
+    # how often each process adds its producer counts (delivered, failed,
+    # dropped) to Redis for reco_status
+    "PRODUCER_STATS_SECONDS": 10.0,
     # at process exit, how long queued events may take to reach Kafka
     "EXIT_FLUSH_SECONDS": 5.0,
     # scoring, shared with the Spark jobs (reco_plugin.scoring)

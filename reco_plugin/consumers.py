@@ -10,10 +10,12 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import keys, store
 from .conf import reco_settings
-from .visitor import visitor_id_for_scope
+from .visitor import anonymous_id, visitor_id_for_scope
 
 # Close codes in the application range (4000-4999).
 CLOSE_NO_VISITOR = 4401
+# The visitor logged out in this session: reconnect as who they are now.
+CLOSE_VISITOR_CHANGED = 4409
 
 
 class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
@@ -30,6 +32,9 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         # The session may be stored in the database; resolve it off the loop.
         self.visitor_id = await database_sync_to_async(visitor_id_for_scope)(self.scope)
+        # The session's anonymous id, also while logged in: it says which of a
+        # user's sockets a logout in this session concerns.
+        self.anonymous_id = await database_sync_to_async(anonymous_id)(self.scope.get("session"))
         if not self.visitor_id:
             await self.close(code=CLOSE_NO_VISITOR)
             return
@@ -64,6 +69,24 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
     async def reco_update(self, event: dict[str, Any]) -> None:
         """Channel-layer message: the pipeline wrote a new list for this visitor."""
         await self.send_recommendations()
+
+    async def reco_identify(self, event: dict[str, Any]) -> None:
+        """Channel-layer message: this anonymous visitor logged in as ``event["visitor"]``."""
+        visitor_id = event.get("visitor")
+        if not isinstance(visitor_id, str) or not visitor_id.startswith("u:"):
+            return
+        if self.group:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+        self.anonymous_id = self.visitor_id
+        self.visitor_id = visitor_id
+        self.group = keys.visitor_group(visitor_id)
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.send_recommendations()
+
+    async def reco_logout(self, event: dict[str, Any]) -> None:
+        """Channel-layer message: the user logged out in the session ``event["previous"]``."""
+        if event.get("previous") == self.anonymous_id:
+            await self.close(code=CLOSE_VISITOR_CHANGED)
 
     async def send_recommendations(self) -> None:
         items = await sync_to_async(store.recommendations_for, thread_sensitive=False)(

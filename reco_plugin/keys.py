@@ -146,3 +146,8 @@ def visitor_group(visitor_id: str) -> str:
 def warmup_done() -> str:
     """String: set once a history warm-up has been fully processed (its summary as JSON)."""
     return f"{PREFIX}:warmup:done"
+
+
+def producer_stats() -> str:
+    """Hash: events delivered, failed and dropped by the shop's producers, summed over processes."""
+    return f"{PREFIX}:producer:stats"

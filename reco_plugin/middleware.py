@@ -10,6 +10,7 @@ from django.http import HttpRequest, HttpResponseBase
 from . import schema
 from .conf import reco_settings
 from .events import emit
+from .tracking import current_request
 from .visitor import visitor_id_for
 
 
@@ -36,7 +37,9 @@ class RecoEventMiddleware:
     """Place after ``SessionMiddleware`` and ``AuthenticationMiddleware``.
 
     Cheap on the hot path: one dict lookup for non-product pages; for product
-    pages, one non-blocking hand-over to the event backend.
+    pages, one non-blocking hand-over to the event backend. While the view
+    runs, the request is known to the cart and order signals
+    (``tracking.current_request``).
     """
 
     sync_capable = True
@@ -55,7 +58,11 @@ class RecoEventMiddleware:
     def __call__(self, request: HttpRequest):  # type: ignore[no-untyped-def]
         if self.is_async:
             return self.__acall__(request)
-        response = self.get_response(request)
+        token = current_request.set(request)
+        try:
+            response = self.get_response(request)
+        finally:
+            current_request.reset(token)
         product_id = product_id_of(request, response)  # type: ignore[arg-type]
         if product_id is not None:
             visitor_id = visitor_id_for(request)
@@ -64,7 +71,11 @@ class RecoEventMiddleware:
         return response
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        response = await self.get_response(request)  # type: ignore[misc]
+        token = current_request.set(request)
+        try:
+            response = await self.get_response(request)  # type: ignore[misc]
+        finally:
+            current_request.reset(token)
         product_id = product_id_of(request, response)
         if product_id is not None:
             # The session may live in the database: read it off the event loop.

@@ -66,3 +66,24 @@ async def relay_updates(stop: asyncio.Event | None = None) -> None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
                 await r.aclose()
+
+
+# A login must not wait long on a slow channel layer.
+SEND_TIMEOUT_SECONDS = 1.0
+
+
+def send_to_visitor(visitor_id: str, message: dict) -> None:
+    """From sync code: ``message`` to every open websocket of ``visitor_id``
+    (a no-op without a channel layer)."""
+    from asgiref.sync import async_to_sync
+
+    layer = get_channel_layer()
+    if layer is None:
+        return
+
+    async def send() -> None:
+        await asyncio.wait_for(
+            layer.group_send(keys.visitor_group(visitor_id), message), SEND_TIMEOUT_SECONDS
+        )
+
+    async_to_sync(send)()

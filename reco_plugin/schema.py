@@ -21,6 +21,9 @@ ADD_TO_CART = "add_to_cart"
 REMOVE_FROM_CART = "remove_from_cart"
 PURCHASE = "purchase"
 IMPRESSION = "impression"
+# On login: ``visitor_id`` is the user (``u:<pk>``), ``context["previous"]`` the
+# anonymous visitor they were before; it names no product.
+IDENTIFY = "identify"
 
 EVENT_TYPES: tuple[str, ...] = (
     PAGE_VIEW,
@@ -29,7 +32,10 @@ EVENT_TYPES: tuple[str, ...] = (
     REMOVE_FROM_CART,
     PURCHASE,
     IMPRESSION,
+    IDENTIFY,
 )
+# The context key of an ``identify`` event naming the earlier visitor.
+PREVIOUS_VISITOR = "previous"
 
 # Default topic per event type; the topic names themselves are configurable
 # (``RECO_PLUGIN["TOPICS"]``), this maps a type to its topic's role.
@@ -40,6 +46,8 @@ TOPIC_ROLE: dict[str, str] = {
     REMOVE_FROM_CART: "cart_events",
     PURCHASE: "purchase_events",
     IMPRESSION: "impressions",
+    # A login happens on a page: it travels with the page views.
+    IDENTIFY: "page_views",
 }
 DEFAULT_TOPICS: dict[str, str] = {role: role for role in dict.fromkeys(TOPIC_ROLE.values())}
 
@@ -64,6 +72,7 @@ FIELDS: tuple[tuple[str, str], ...] = (
 
 MAX_ID_LENGTH = 64
 MAX_CONTEXT_KEYS = 16
+MAX_CONTEXT_KEY_LENGTH = 64
 MAX_CONTEXT_VALUE_LENGTH = 512
 
 
@@ -78,7 +87,7 @@ def now_ms() -> int:
 def make_event(
     type: str,
     visitor_id: str,
-    product_id: str,
+    product_id: Any,
     *,
     ts: int | None = None,
     quantity: int | None = None,
@@ -94,8 +103,9 @@ def make_event(
         "type": type,
         "ts": now_ms() if ts is None else int(ts),
         "visitor_id": visitor_id,
-        "product_id": str(product_id),
     }
+    if product_id is not None:
+        event["product_id"] = str(product_id)
     if quantity is not None:
         event["quantity"] = int(quantity)
     if price is not None:
@@ -113,17 +123,25 @@ def has_valid_core(
 ) -> bool:
     """Whether an event's core fields follow schema version 1 (what the pipeline
     needs to apply it; :func:`validate` checks the rest too)."""
+    ids = (event_id, visitor_id) if type == IDENTIFY else (event_id, visitor_id, product_id)
     return (
         version == SCHEMA_VERSION
         and type in EVENT_TYPES
-        and all(
-            isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
-            for value in (event_id, visitor_id, product_id)
-        )
-        and visitor_id.startswith(("u:", "s:"))
+        and all(isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH for value in ids)
+        and is_visitor_id(visitor_id)
         and isinstance(ts, int)
         and not isinstance(ts, bool)
         and ts > 0
+    )
+
+
+def is_visitor_id(value: Any) -> bool:
+    """``u:<user pk>`` or ``s:<opaque id>``, at most ``MAX_ID_LENGTH`` long."""
+    return (
+        isinstance(value, str)
+        and len(value) <= MAX_ID_LENGTH
+        and value.startswith(("u:", "s:"))
+        and len(value) > 2
     )
 
 
@@ -133,12 +151,19 @@ def validate(event: Mapping[str, Any]) -> None:
         raise InvalidEvent(f"schema must be {SCHEMA_VERSION}")
     if event.get("type") not in EVENT_TYPES:
         raise InvalidEvent(f"type must be one of {', '.join(EVENT_TYPES)}")
-    for name in ("event_id", "visitor_id", "product_id"):
+    identify = event["type"] == IDENTIFY
+    for name in (
+        ("event_id", "visitor_id") if identify else ("event_id", "visitor_id", "product_id")
+    ):
         value = event.get(name)
         if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH:
             raise InvalidEvent(f"{name} must be a non-empty string of at most {MAX_ID_LENGTH}")
-    if not event["visitor_id"].startswith(("u:", "s:")):
+    if not is_visitor_id(event["visitor_id"]):
         raise InvalidEvent("visitor_id must start with 'u:' or 's:'")
+    if identify and not is_visitor_id((event.get("context") or {}).get(PREVIOUS_VISITOR)):
+        raise InvalidEvent(
+            f"an identify event names the earlier visitor in context[{PREVIOUS_VISITOR!r}]"
+        )
     ts = event.get("ts")
     if not isinstance(ts, int) or isinstance(ts, bool) or ts <= 0:
         raise InvalidEvent("ts must be epoch milliseconds")
@@ -153,6 +178,8 @@ def validate(event: Mapping[str, Any]) -> None:
         if not isinstance(context, Mapping) or len(context) > MAX_CONTEXT_KEYS:
             raise InvalidEvent(f"context must be an object of at most {MAX_CONTEXT_KEYS} keys")
         for key, value in context.items():
+            if not isinstance(key, str) or not 0 < len(key) <= MAX_CONTEXT_KEY_LENGTH:
+                raise InvalidEvent(f"context keys are strings of 1-{MAX_CONTEXT_KEY_LENGTH}")
             if not isinstance(value, str) or len(value) > MAX_CONTEXT_VALUE_LENGTH:
                 raise InvalidEvent(f"context[{key!r}] must be a short string")
 

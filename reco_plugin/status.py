@@ -37,6 +37,10 @@ def _last_batch(raw: dict[str, str]) -> dict[str, Any] | None:
     return result
 
 
+# What the shop's processes did with the events they emitted (summed over processes).
+PRODUCER_COUNTS = ("delivered", "failed", "dropped")
+
+
 def pipeline_status(kafka_timeout: float = 5.0) -> dict[str, Any]:
     """One JSON-ready dict: components, counters, lag, last batch, and ``problems``."""
     report: dict[str, Any] = {"ok": True, "problems": [], "checked_at": time.time()}
@@ -51,7 +55,8 @@ def pipeline_status(kafka_timeout: float = 5.0) -> dict[str, Any]:
         pipe.hgetall(keys.pipeline_counters())
         pipe.hgetall(keys.pipeline_offsets())
         pipe.get(keys.pipeline_clock())
-        heartbeat, last_batch, counters, offsets, clock = pipe.execute()
+        pipe.hgetall(keys.producer_stats())
+        heartbeat, last_batch, counters, offsets, clock, producers = pipe.execute()
         report["redis"] = {"ok": True, "url": reco_settings.REDIS_URL}
         processed = {k: int(v) for k, v in offsets.items()}
         job = json.loads(heartbeat) if heartbeat else None
@@ -59,6 +64,7 @@ def pipeline_status(kafka_timeout: float = 5.0) -> dict[str, Any]:
         report["last_batch"] = _last_batch(last_batch)
         report["counters"] = _counters(counters)
         report["clock_ms"] = int(clock) if clock else None
+        report["producers"] = {name: int(producers.get(name, 0)) for name in PRODUCER_COUNTS}
         if job is None:
             problems.append("the streaming job is down (no heartbeat in Redis)")
         elif not job.get("active"):
@@ -126,6 +132,12 @@ def format_status(report: dict[str, Any]) -> str:
         steps = batch.get("steps") or {}
         if steps:
             lines.append("  steps: " + ", ".join(f"{k} {float(v):.3f} s" for k, v in steps.items()))
+    producers = report.get("producers")
+    if producers:
+        lines.append(
+            "events emitted by the shop: "
+            + ", ".join(f"{producers[name]} {name}" for name in PRODUCER_COUNTS)
+        )
     counters = report.get("counters") or {}
     if counters:
         lines.append("")

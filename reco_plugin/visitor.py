@@ -3,17 +3,60 @@
 The anonymous id is random and kept in the session, so the session key itself
 never reaches Kafka or Redis. It is always set by the server, never read from
 the client's request body.
+
+Nobody is tracked who should not be: a request from a bot (``BOT_USER_AGENTS``)
+or from a visitor who opted out (``OPT_OUT``) has no visitor id, so it emits no
+event and no session is started for it.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.http import HttpRequest
+from django.utils.module_loading import import_string
+
+from .conf import reco_settings
 
 SESSION_KEY = "reco_visitor"
+# A visitor who sets this cookie to "1" is not tracked (with the default OPT_OUT).
+OPT_OUT_COOKIE = "reco_opt_out"
+
+
+def default_opt_out(request: HttpRequest) -> bool:
+    """The default ``OPT_OUT``: the ``reco_opt_out=1`` cookie or Global Privacy Control."""
+    return request.COOKIES.get(OPT_OUT_COOKIE) == "1" or request.headers.get("sec-gpc") == "1"
+
+
+@functools.cache
+def _bot_pattern(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    return re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
+
+
+@functools.cache
+def _opt_out_check(path: str | None) -> Callable[[HttpRequest], bool] | None:
+    return import_string(path) if path else None
+
+
+def is_bot(user_agent: str) -> bool:
+    pattern = _bot_pattern(tuple(reco_settings.BOT_USER_AGENTS))
+    return pattern is not None and pattern.search(user_agent) is not None
+
+
+def is_tracked(request: HttpRequest) -> bool:
+    """Whether this request's visitor may be tracked (not a bot, not opted out)."""
+    cached = getattr(request, "_reco_tracked", None)
+    if cached is None:
+        check = _opt_out_check(reco_settings.OPT_OUT)
+        cached = not is_bot(request.headers.get("user-agent", "")) and not (
+            check is not None and check(request)
+        )
+        request._reco_tracked = cached  # type: ignore[attr-defined]
+    return cached
 
 
 def _from(user: Any, session: Any, create: bool) -> str | None:
@@ -28,8 +71,19 @@ def _from(user: Any, session: Any, create: bool) -> str | None:
     return f"s:{opaque}" if opaque else None
 
 
+def anonymous_id(session: Any) -> str | None:
+    """The ``s:`` id kept in a session, if one was started (also while logged in)."""
+    opaque = session.get(SESSION_KEY) if session is not None else None
+    return f"s:{opaque}" if opaque else None
+
+
 def visitor_id_for(request: HttpRequest, create: bool = True) -> str | None:
-    """The request's visitor id; with ``create``, starts an anonymous one in the session."""
+    """The request's visitor id; with ``create``, starts an anonymous one in the session.
+
+    None for bots and visitors who opted out: they are served, not tracked.
+    """
+    if not is_tracked(request):
+        return None
     return _from(getattr(request, "user", None), getattr(request, "session", None), create)
 
 

@@ -69,6 +69,10 @@ def landmark(previous_clock_ms: int, now_ms: int, settings: PipelineSettings) ->
     return now_ms // horizon_ms * horizon_ms
 
 
+def _anonymous(visitor_id: Any) -> bool:
+    return schema.is_visitor_id(visitor_id) and visitor_id.startswith("s:")
+
+
 def score_partition(
     rows: Iterable[Sequence[Any]],
     *,
@@ -88,26 +92,40 @@ def score_partition(
     changes = state.BatchChanges()
     counts = changes.counts
     weights = settings.event_weights
-    # Well-formed events in the time bounds, per visitor, as
-    # (topic, partition, offset, event_id, visitor_id, product_id, ts, weight).
+    # Well-formed events in the time bounds, per visitor, as (topic, partition,
+    # offset, event_id, visitor_id, product_id, ts, weight, previous visitor).
     by_visitor: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
     oldest = now_ms - settings.horizon * 1000
     newest = now_ms + settings.future_tolerance * 1000
     for row in rows:
         topic, partition, offset, version, type_, event_id, visitor_id, product_id, ts = row[:9]
+        previous = row[9]
         key = (topic, partition)
         changes.offsets[key] = max(changes.offsets.get(key, 0), offset + 1)
-        if not schema.has_valid_core(version, type_, event_id, visitor_id, product_id, ts):
+        if not schema.has_valid_core(version, type_, event_id, visitor_id, product_id, ts) or (
+            type_ == schema.IDENTIFY and not _anonymous(previous)
+        ):
             status = scoring.STATUS_MALFORMED
         elif ts < oldest:
             status = scoring.STATUS_TOO_OLD
         elif ts > newest:
             status = scoring.STATUS_FUTURE
-        elif len(row) > 9 and row[9]:
+        elif len(row) > 10 and row[10]:
             status = scoring.STATUS_DUPLICATE
         else:
+            identify = type_ == schema.IDENTIFY
             by_visitor[visitor_id].append(
-                (topic, partition, offset, event_id, visitor_id, product_id, ts, weights[type_])
+                (
+                    topic,
+                    partition,
+                    offset,
+                    event_id,
+                    visitor_id,
+                    product_id,
+                    ts,
+                    0.0 if identify else weights.get(type_, 0.0),
+                    previous if identify else None,
+                )
             )
             continue
         counts[(topic, status)] = counts.get((topic, status), 0) + 1
@@ -130,10 +148,13 @@ def score_partition(
                 kept.append(row)
         firsts[visitor_id] = kept
     already = state.seen(r, [row[3] for kept in firsts.values() for row in kept], now_ms, settings)
-    learning = [v for v, kept in firsts.items() if any(row[7] > 0 for row in kept)]
-    remembered = state.recent_items(r, learning)
+    learning = {v for v, kept in firsts.items() if any(row[7] > 0 or row[8] for row in kept)}
+    learning.update(row[8] for kept in firsts.values() for row in kept if row[8])
+    remembered = state.recent_items(r, sorted(learning))
     first_bucket = learn.trending_buckets_in_window(landmark_ms, settings)[0]
     pairs = changes.pairs
+    # Sorted ids: an anonymous visitor's (``s:``) new items are known before a
+    # user (``u:``) who was them is merged.
     for visitor_id, kept in firsts.items():
         applied = []
         for row in kept:
@@ -147,9 +168,17 @@ def score_partition(
         interactions = [
             learn.Interaction(row[5], row[6], row[7], row[3]) for row in applied if row[7] > 0
         ]
-        if not interactions:
+        merged = [row[8] for row in applied if row[8]]
+        if not interactions and not merged:
             continue
         previous = remembered.get(visitor_id, [])
+        for other in merged:
+            # Login: what the visitor did before becomes the user's history. The
+            # pairs it taught were learnt then; only the memory moves.
+            before = changes.recent.get(other, remembered.get(other, []))
+            previous = learn.remember(
+                previous, (learn.Interaction(*item, "") for item in before), settings.recent_items
+            )
         learnt = learn.visitor_pairs(previous, interactions, settings, landmark_ms)
         for (a, b), weight in learnt.items():
             others = pairs.setdefault(a, {})

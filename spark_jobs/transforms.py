@@ -34,6 +34,7 @@ PARSED_COLUMNS = (
     "visitor_id",
     "product_id",
     "ts",
+    "previous",
 )
 
 # The projections as SQL text, built once: the plan is then analysed from one
@@ -45,7 +46,12 @@ _PARSE = (
     "offset",
     f"from_json(cast(value as string), '{EVENT_STRUCT.simpleString()}') as e",
 )
-_FIELDS = (*PARSED_COLUMNS[:3], *(f"e.{name}" for name in PARSED_COLUMNS[3:]))
+_FIELDS = (
+    *PARSED_COLUMNS[:3],
+    *(f"e.{name}" for name in PARSED_COLUMNS[3:-1]),
+    # an identify event's earlier visitor
+    f"e.context['{schema.PREVIOUS_VISITOR}'] as previous",
+)
 
 
 def parse(raw: DataFrame) -> DataFrame:

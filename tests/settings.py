@@ -48,5 +48,21 @@ RECO_PLUGIN = {
     "EVENT_BACKEND": {"BACKEND": "reco_plugin.backends.memory.InMemoryBackend"},
     "REDIS_URL": "redis://127.0.0.1:1/0",  # replaced by the redis_server fixture
     "PRODUCT_MODEL": "catalog.Product",
+    "CART_MODEL": {
+        "MODEL": "catalog.CartLine",
+        "PRODUCT": "product_id",
+        "QUANTITY": "quantity",
+        "PRICE": "unit_price",
+        "USER": "cart.user",
+    },
+    "ORDER_LINE_MODEL": {
+        "MODEL": "catalog.OrderLine",
+        "PRODUCT": "product_id",
+        "QUANTITY": "quantity",
+        "PRICE": "unit_price",
+        "USER": "order.user",
+    },
 }
 REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 from django.urls import reverse
 
@@ -29,3 +30,60 @@ class Product(models.Model):
     @property
     def display_price(self) -> str:
         return f"${self.price}"
+
+
+class Cart(models.Model):
+    """A shopper's cart: its id is kept in the session; ``user`` once they log in."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE
+    )
+    created = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"Cart {self.pk}"
+
+
+class CartLine(models.Model):
+    """Saving and deleting lines emits add_to_cart / remove_from_cart
+    (``RECO_PLUGIN["CART_MODEL"]``)."""
+
+    cart = models.ForeignKey(Cart, related_name="lines", on_delete=models.CASCADE)
+    product = models.ForeignKey(Product, on_delete=models.CASCADE)
+    quantity = models.PositiveIntegerField(default=1)
+    unit_price = models.DecimalField(max_digits=6, decimal_places=2)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["cart", "product"], name="one_line_per_product")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.quantity} x {self.product_id}"
+
+    @property
+    def total(self):
+        return self.unit_price * self.quantity
+
+
+class Order(models.Model):
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    placed = models.DateTimeField(auto_now_add=True)
+    total = models.DecimalField(max_digits=9, decimal_places=2)
+
+    def __str__(self) -> str:
+        return f"Order {self.pk}"
+
+
+class OrderLine(models.Model):
+    """Each line saved emits one purchase event (``RECO_PLUGIN["ORDER_LINE_MODEL"]``)."""
+
+    order = models.ForeignKey(Order, related_name="lines", on_delete=models.CASCADE)
+    product = models.ForeignKey(Product, on_delete=models.PROTECT)
+    quantity = models.PositiveIntegerField()
+    unit_price = models.DecimalField(max_digits=6, decimal_places=2)
+
+    def __str__(self) -> str:
+        return f"{self.quantity} x {self.product_id}"

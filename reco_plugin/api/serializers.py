@@ -25,21 +25,57 @@ class RecommendationListSerializer(serializers.Serializer):
     items = RecommendedItemSerializer(many=True)
 
 
-class ContextField(serializers.DictField):
-    child = serializers.CharField(max_length=schema.MAX_CONTEXT_VALUE_LENGTH, allow_blank=True)
+class ContextField(serializers.Field):
+    """A flat object of short strings: at most ``MAX_CONTEXT_KEYS`` keys of
+    1-``MAX_CONTEXT_KEY_LENGTH`` characters, values of at most
+    ``MAX_CONTEXT_VALUE_LENGTH``."""
+
+    default_error_messages = {
+        "not_object": "must be an object of strings",
+        "too_many": f"at most {schema.MAX_CONTEXT_KEYS} keys",
+    }
 
     def to_internal_value(self, data: Any) -> dict[str, str]:
-        value = super().to_internal_value(data)
-        if len(value) > schema.MAX_CONTEXT_KEYS:
-            raise serializers.ValidationError(f"at most {schema.MAX_CONTEXT_KEYS} keys")
+        if not isinstance(data, dict):
+            self.fail("not_object")
+        if len(data) > schema.MAX_CONTEXT_KEYS:
+            self.fail("too_many")
+        errors = {}
+        for key, value in data.items():
+            if not 0 < len(key) <= schema.MAX_CONTEXT_KEY_LENGTH:
+                errors[key[:80]] = [f"keys are 1-{schema.MAX_CONTEXT_KEY_LENGTH} characters"]
+            elif not isinstance(value, str):
+                errors[key] = ["must be a string"]
+            elif len(value) > schema.MAX_CONTEXT_VALUE_LENGTH:
+                errors[key] = [f"at most {schema.MAX_CONTEXT_VALUE_LENGTH} characters"]
+        if errors:
+            raise serializers.ValidationError(errors)
+        return data
+
+    def to_representation(self, value: Any) -> Any:
         return value
+
+
+class ProductIdField(serializers.CharField):
+    """A product id as a string (a JSON number is accepted); whether the product
+    is in the catalog is checked for the whole request at once."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_length=schema.MAX_ID_LENGTH, **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if isinstance(data, int) and not isinstance(data, bool):
+            data = str(data)
+        if not isinstance(data, str):
+            raise serializers.ValidationError("must be a string")
+        return super().to_internal_value(data)
 
 
 class BeaconEventSerializer(serializers.Serializer):
     """One event reported by the widget. The visitor and time are set by the server."""
 
     type = serializers.ChoiceField(choices=sorted(schema.BEACON_TYPES))
-    product_id = serializers.CharField(max_length=schema.MAX_ID_LENGTH)
+    product_id = ProductIdField()
     context = ContextField(required=False)
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:
@@ -58,12 +94,18 @@ class BeaconEventSerializer(serializers.Serializer):
 class BeaconBatchSerializer(serializers.Serializer):
     events = BeaconEventSerializer(many=True, allow_empty=False)
 
-    def validate_events(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if len(value) > reco_settings.MAX_BEACON_EVENTS:
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if isinstance(data, dict) and set(data) - {"events"}:
             raise serializers.ValidationError(
-                f"at most {reco_settings.MAX_BEACON_EVENTS} events per request"
+                {name: ["not accepted next to events"] for name in sorted(set(data) - {"events"})}
             )
-        return value
+        if isinstance(data, dict) and isinstance(data.get("events"), list):
+            # Checked before the items: a long list is refused without validating it.
+            if len(data["events"]) > reco_settings.MAX_BEACON_EVENTS:
+                raise serializers.ValidationError(
+                    {"events": [f"at most {reco_settings.MAX_BEACON_EVENTS} events per request"]}
+                )
+        return super().to_internal_value(data)
 
 
 class LimitSerializer(serializers.Serializer):

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from django.apps import apps
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.middleware.csrf import CsrfViewMiddleware
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.authentication import BaseAuthentication
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import (
+    APIException,
+    ParseError,
+    PermissionDenied,
+    UnsupportedMediaType,
+    ValidationError,
+)
+from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
 from .. import store
 from ..conf import reco_settings
 from ..events import emit_many
 from ..schema import make_event
-from ..visitor import visitor_id_for
+from ..visitor import is_tracked, visitor_id_for
 from .serializers import (
     BeaconBatchSerializer,
     BeaconEventSerializer,
@@ -117,11 +128,82 @@ def _enforce_csrf(request: Request) -> None:
         raise PermissionDenied(f"CSRF failed: {reason}")
 
 
+class BodyTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "too_large"
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class BeaconParser(JSONParser):
+    """JSON only, at most ``MAX_BEACON_BYTES``, UTF-8, nesting bounded by the
+    parser itself (a deep document is a 400, not a crash)."""
+
+    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
+        limit = reco_settings.MAX_BEACON_BYTES
+        raw = stream.read(limit + 1) if stream is not None else b""
+        if len(raw) > limit:
+            raise BodyTooLarge(f"the body is over {limit} bytes")
+        try:
+            return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise ParseError(f"the body is not valid JSON: {str(exc)[:200]}") from None
+
+
+class VisitorRateThrottle(SimpleRateThrottle):
+    """``BEACON_RATE`` requests per visitor (per client address without one),
+    counted in Django's default cache: share it between processes (Redis or
+    Memcached) for one limit across them."""
+
+    scope = "reco_beacon"
+
+    def get_rate(self) -> str | None:
+        return reco_settings.BEACON_RATE
+
+    def get_cache_key(self, request: Request, view: Any) -> str | None:
+        # The beacon starts the visitor anyway; so their first request counts too.
+        visitor_id = visitor_id_for(request._request)
+        ident = visitor_id or self.get_ident(request)
+        return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
+def _unknown_products(product_ids: set[str]) -> set[str]:
+    """Those of ``product_ids`` that are not in the shop's catalog."""
+    model = apps.get_model(reco_settings.PRODUCT_MODEL)
+    pk = model._meta.pk
+    wanted: dict[Any, str] = {}
+    for product_id in product_ids:
+        try:
+            wanted[pk.to_python(product_id)] = product_id
+        except (DjangoValidationError, TypeError, ValueError):
+            continue
+    found = set(model._default_manager.filter(pk__in=list(wanted)).values_list("pk", flat=True))
+    return product_ids - {wanted[value] for value in found}
+
+
 class EventsView(RecoAPIView):
-    """The widget's beacon: clicks and impressions of the current visitor."""
+    """The widget's beacon: clicks and impressions of the current visitor.
+
+    One event or ``{"events": [...]}``, validated as a whole: one bad item
+    refuses the request and nothing is emitted. Every refusal is a JSON 4xx
+    naming what was wrong.
+    """
+
+    parser_classes = [BeaconParser]
+    throttle_classes = [VisitorRateThrottle]
 
     @extend_schema(request=BeaconEventSerializer, responses={202: None})
     def post(self, request: Request) -> Response:
+        # Size and type first: the CSRF check reads a form-encoded body.
+        length = request.META.get("CONTENT_LENGTH") or "0"
+        if length.isdigit() and int(length) > reco_settings.MAX_BEACON_BYTES:
+            raise BodyTooLarge(f"the body is over {reco_settings.MAX_BEACON_BYTES} bytes")
+        if request.content_type.split(";")[0].strip().lower() != "application/json":
+            raise UnsupportedMediaType(
+                request.content_type or "none", "Content-Type must be application/json"
+            )
         _enforce_csrf(request)
         data = request.data
         if not isinstance(data, dict):
@@ -134,6 +216,14 @@ class EventsView(RecoAPIView):
             single = BeaconEventSerializer(data=data)
             single.is_valid(raise_exception=True)
             items = [single.validated_data]
+        unknown = _unknown_products({item["product_id"] for item in items})
+        if unknown:
+            raise ValidationError(
+                {"product_id": [f"not in the catalog: {', '.join(sorted(unknown)[:10])}"]}
+            )
+        if not is_tracked(request._request):
+            # A bot or a visitor who opted out: nothing is recorded.
+            return Response({"accepted": 0}, status=status.HTTP_202_ACCEPTED)
         visitor_id = visitor_id_for(request._request)
         if visitor_id is None:
             raise PermissionDenied("no session: enable SessionMiddleware")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +13,8 @@ from ..compat import confluent_kafka
 from .base import EventBackend
 
 logger = logging.getLogger(__name__)
+# librdkafka's own messages (connection errors and the like), rate-limited.
+client_logger = logging.getLogger("reco_plugin.kafka")
 
 # Safe defaults: an idempotent producer (no duplicates or reordering on retry)
 # that keeps retrying through a broker outage for five minutes and batches for
@@ -23,7 +27,43 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "queue.buffering.max.messages": 200_000,
     "compression.type": "lz4",
     "client.id": "reco-plugin",
+    # a broker that closes idle connections is not worth a log line
+    "log.connection.close": False,
 }
+
+# The same message (per kind) at most once per this many seconds.
+LOG_INTERVAL_SECONDS = 60.0
+
+
+class RateLimitedLog:
+    """Logs a message of each kind at most once per ``interval`` seconds, and
+    says how many were held back in between.
+
+    Given to librdkafka as its ``logger`` (its ``log(level, fmt, *args)`` calls
+    carry the facility as ``args[0]``) and used for its errors.
+    """
+
+    def __init__(self, target: logging.Logger, interval: float = LOG_INTERVAL_SECONDS) -> None:
+        self.target = target
+        self.interval = interval
+        self._last: dict[Any, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        self.emit(args[0] if args else fmt, level, fmt, *args)
+
+    def emit(self, kind: Any, level: int, fmt: str, *args: Any) -> None:
+        now = time.monotonic()
+        with self._lock:
+            last, held = self._last.get(kind, (float("-inf"), 0))
+            if now - last < self.interval:
+                self._last[kind] = (last, held + 1)
+                return
+            self._last[kind] = (now, 0)
+        if held:
+            fmt += " (%d more like this in the last %.0f s)"
+            args = (*args, held, now - last)
+        self.target.log(level, fmt, *args)
 
 
 class KafkaBackend(EventBackend):
@@ -32,7 +72,8 @@ class KafkaBackend(EventBackend):
     ``send`` only appends to librdkafka's in-memory queue; delivery happens on
     librdkafka's threads. If the queue is full (the broker has been away long
     enough to fill it) the event is dropped and counted rather than blocking
-    the shop's request.
+    the shop's request. Delivered, failed and dropped events are counted
+    (:meth:`stats`).
     """
 
     def __init__(self, config: Mapping[str, Any] | None = None, **options: Any) -> None:
@@ -45,34 +86,65 @@ class KafkaBackend(EventBackend):
             from ..conf import reco_settings
 
             config = reco_settings.KAFKA
+        self.log = RateLimitedLog(client_logger)
         self.config = {**PRODUCER_DEFAULTS, **dict(config)}
-        self.producer = confluent_kafka.Producer(self.config)
-        self.dropped = 0
+        self.producer = confluent_kafka.Producer(
+            {
+                **self.config,
+                "logger": self.log,
+                "error_cb": self._on_error,
+                "on_delivery": self._on_delivery,
+            }
+        )
+        self.delivered = 0
         self.failed = 0
+        self.dropped = 0
+
+    def _on_error(self, error: Any) -> None:
+        level = logging.ERROR if error.fatal() else logging.WARNING
+        self.log.emit(error.code(), level, "reco: Kafka: %s", error.str())
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is not None:
+        if err is None:
+            self.delivered += 1
+        else:
             self.failed += 1
-            logger.warning("reco event not delivered to %s: %s", msg.topic(), err)
+            self.log.emit(
+                ("delivery", err.code()),
+                logging.WARNING,
+                "reco event not delivered to %s: %s",
+                msg.topic(),
+                err,
+            )
 
     def send(self, topic: str, key: str, event: Mapping[str, Any]) -> None:
         try:
-            self.producer.produce(
-                topic, key=key.encode(), value=schema.encode(event), on_delivery=self._on_delivery
-            )
+            self.producer.produce(topic, key=key.encode(), value=schema.encode(event))
         except BufferError:
             self.dropped += 1
-            logger.error("reco event dropped: producer queue full (is Kafka down?)")
+            self.log.emit(
+                "dropped", logging.ERROR, "reco event dropped: producer queue full (is Kafka down?)"
+            )
         except confluent_kafka.KafkaException as exc:
             self.dropped += 1
-            logger.error("reco event dropped: %s", exc)
+            self.log.emit("dropped", logging.ERROR, "reco event dropped: %s", exc)
         # Serve delivery callbacks of earlier events; never waits.
         self.producer.poll(0)
 
     def flush(self, timeout: float = 10.0) -> int:
         return self.producer.flush(timeout)
 
+    def stats(self) -> dict[str, int]:
+        self.producer.poll(0)
+        return {
+            "delivered": self.delivered,
+            "failed": self.failed,
+            "dropped": self.dropped,
+            "queued": len(self.producer),
+        }
+
     def close(self, timeout: float = 2.0) -> None:
         remaining = self.producer.flush(timeout)
         if remaining:
+            self.dropped += remaining
             logger.warning("reco: %d events could not be delivered before close", remaining)

@@ -1,0 +1,278 @@
+"""Server-side events beyond page views: carts, orders and logins.
+
+- :func:`track` is the call for shops whose cart is not a model::
+
+      reco_plugin.track(request, "add_to_cart", product, quantity=2)
+
+- With ``RECO_PLUGIN["CART_MODEL"]`` / ``["ORDER_LINE_MODEL"]`` set, saving and
+  deleting those models' rows emits ``add_to_cart`` / ``remove_from_cart`` /
+  ``purchase`` (one per order line) by itself.
+- Logging in emits ``identify``, linking the session's anonymous visitor to the
+  user, and moves the visitor's open websockets over to the user.
+
+Every event is handed over when the transaction commits: a rolled-back order
+emits nothing.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
+from django.http import HttpRequest
+
+from . import schema
+from .conf import reco_settings
+from .events import emit
+from .visitor import anonymous_id, visitor_id_for
+
+logger = logging.getLogger(__name__)
+
+# The request being served (set by RecoEventMiddleware), so a model signal
+# knows whose cart changed.
+current_request: contextvars.ContextVar[HttpRequest | None] = contextvars.ContextVar(
+    "reco_current_request", default=None
+)
+
+TRACKABLE_TYPES = frozenset(
+    {schema.PAGE_VIEW, schema.CLICK, schema.ADD_TO_CART, schema.REMOVE_FROM_CART, schema.PURCHASE}
+)
+
+
+def _product_id(product: Any) -> str:
+    return str(getattr(product, "pk", product))
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    return float(value) if isinstance(value, int | float | Decimal) else float(str(value))
+
+
+def on_commit(event: dict[str, Any], using: str | None = None) -> None:
+    """Hand ``event`` to the backend when the current transaction commits (now,
+    outside a transaction); dropped if it rolls back."""
+    from .events import send
+
+    def hand_over() -> None:
+        try:
+            send(event)
+        except Exception:
+            logger.exception("reco: could not emit %s event", event["type"])
+
+    transaction.on_commit(hand_over, using=using)
+
+
+def track(
+    request: HttpRequest | None,
+    event_type: str,
+    product: Any,
+    *,
+    quantity: int | None = None,
+    price: Any = None,
+    category: str | None = None,
+    context: Mapping[str, Any] | None = None,
+    visitor_id: str | None = None,
+) -> dict[str, Any] | None:
+    """Record that the request's visitor did ``event_type`` with ``product``.
+
+    ``product`` is a product instance or its id. The event is emitted when the
+    current database transaction commits (at once outside one). Returns the
+    event, or None when the visitor is not tracked (bot, opted out, no session)
+    or the input is invalid (logged, never raised: tracking must not break a
+    shop's view). ``visitor_id`` is for code without a request (a task); it is
+    taken from the request otherwise.
+    """
+    if event_type not in TRACKABLE_TYPES:
+        raise ValueError(
+            f"reco_plugin.track: event type must be one of {', '.join(sorted(TRACKABLE_TYPES))}"
+        )
+    if visitor_id is None:
+        visitor_id = visitor_id_for(request) if request is not None else None
+    if visitor_id is None:
+        return None
+    try:
+        event = schema.make_event(
+            event_type,
+            visitor_id,
+            _product_id(product),
+            quantity=quantity,
+            price=_number(price),
+            category=category,
+            context=context,
+        )
+    except (schema.InvalidEvent, TypeError, ValueError) as exc:
+        logger.warning("reco: %s event not recorded: %s", event_type, exc)
+        return None
+    on_commit(event)
+    return event
+
+
+# -- model signals ----------------------------------------------------------------
+
+QUANTITY_SEEN = "_reco_quantity"
+
+
+def _path(instance: Any, path: str | None) -> Any:
+    value = instance
+    for part in (path or "").replace("__", ".").split("."):
+        if not part:
+            continue
+        value = getattr(value, part, None)
+        if value is None:
+            return None
+    return value
+
+
+def _visitor_for(instance: Any, config: Mapping[str, Any]) -> str | None:
+    """Whose row this is: its owner (``USER``) if set, else the visitor of the
+    request being served, except staff working in the admin."""
+    user = _path(instance, config.get("USER")) if config.get("USER") else None
+    if user is not None:
+        return f"u:{getattr(user, 'pk', user)}"
+    request = current_request.get()
+    if request is None:
+        return None
+    match = getattr(request, "resolver_match", None)
+    if match is not None and "admin" in match.namespaces:
+        return None
+    return visitor_id_for(request)
+
+
+def _quantity(instance: Any, config: Mapping[str, Any]) -> int:
+    value = _path(instance, config.get("QUANTITY")) if config.get("QUANTITY") else 1
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 1
+
+
+# Products bought in the transaction being committed, per database: the cart
+# lines a checkout deletes afterwards are not "removed from the cart".
+_bought: dict[str, set[tuple[str, str]]] = {}
+
+
+def _line_event(
+    event_type: str, instance: Any, config: Mapping[str, Any], quantity: int, using: str
+) -> None:
+    visitor_id = _visitor_for(instance, config)
+    if visitor_id is None or quantity <= 0:
+        return
+    product_id = _product_id(_path(instance, config["PRODUCT"]))
+    try:
+        event = schema.make_event(
+            event_type,
+            visitor_id,
+            product_id,
+            quantity=quantity,
+            price=_number(_path(instance, config.get("PRICE"))) if config.get("PRICE") else None,
+        )
+    except (schema.InvalidEvent, TypeError, ValueError) as exc:
+        logger.warning("reco: %s event not recorded: %s", event_type, exc)
+        return
+    if event_type == schema.PURCHASE and connections[using].in_atomic_block:
+        bought = _bought.setdefault(using, set())
+        bought.add((visitor_id, product_id))
+        transaction.on_commit(lambda: bought.discard((visitor_id, product_id)), using=using)
+    elif event_type == schema.REMOVE_FROM_CART and (visitor_id, product_id) in _bought.get(
+        using, ()
+    ):
+        return
+    on_commit(event, using=using)
+
+
+def _using(sender: Any, instance: Any, using: str | None) -> str:
+    return using or router.db_for_write(sender, instance=instance) or DEFAULT_DB_ALIAS
+
+
+def cart_loaded(sender: Any, instance: Any, **kwargs: Any) -> None:
+    setattr(instance, QUANTITY_SEEN, _quantity(instance, reco_settings.CART_MODEL))
+
+
+def cart_saved(
+    sender: Any,
+    instance: Any,
+    created: bool,
+    raw: bool = False,
+    using: str | None = None,
+    **kw: Any,
+) -> None:
+    if raw:
+        return
+    config = reco_settings.CART_MODEL
+    quantity = _quantity(instance, config)
+    before = 0 if created else getattr(instance, QUANTITY_SEEN, 0)
+    setattr(instance, QUANTITY_SEEN, quantity)
+    change = quantity - before
+    event_type = schema.ADD_TO_CART if change > 0 else schema.REMOVE_FROM_CART
+    _line_event(event_type, instance, config, abs(change), _using(sender, instance, using))
+
+
+def cart_deleted(sender: Any, instance: Any, using: str | None = None, **kw: Any) -> None:
+    config = reco_settings.CART_MODEL
+    quantity = getattr(instance, QUANTITY_SEEN, None) or _quantity(instance, config)
+    _line_event(
+        schema.REMOVE_FROM_CART, instance, config, quantity, _using(sender, instance, using)
+    )
+
+
+def order_line_saved(
+    sender: Any,
+    instance: Any,
+    created: bool,
+    raw: bool = False,
+    using: str | None = None,
+    **kw: Any,
+) -> None:
+    if raw or not created:
+        return
+    config = reco_settings.ORDER_LINE_MODEL
+    _line_event(
+        schema.PURCHASE,
+        instance,
+        config,
+        _quantity(instance, config),
+        _using(sender, instance, using),
+    )
+
+
+# -- login ------------------------------------------------------------------------
+
+
+def user_logged_in(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    """``identify``: the session's anonymous visitor is now this user."""
+    if request is None or user is None or getattr(user, "pk", None) is None:
+        return
+    from .visitor import is_tracked
+
+    previous = anonymous_id(getattr(request, "session", None))
+    if previous is None or not is_tracked(request):
+        return
+    visitor_id = f"u:{user.pk}"
+    emit(schema.IDENTIFY, visitor_id, None, context={schema.PREVIOUS_VISITOR: previous})
+    _tell_websockets(previous, {"type": "reco.identify", "visitor": visitor_id})
+
+
+def user_logged_out(sender: Any, request: HttpRequest | None, user: Any, **kwargs: Any) -> None:
+    """The user's sockets opened in this session close; the widget reconnects as
+    the new anonymous visitor (who starts with nothing: a shared computer
+    must not show the last user's history)."""
+    if request is None or user is None or getattr(user, "pk", None) is None:
+        return
+    previous = anonymous_id(getattr(request, "session", None))
+    if previous is not None:
+        _tell_websockets(f"u:{user.pk}", {"type": "reco.logout", "previous": previous})
+
+
+def _tell_websockets(visitor_id: str, message: dict[str, Any]) -> None:
+    from .push import send_to_visitor
+
+    try:
+        send_to_visitor(visitor_id, message)
+    except Exception as exc:
+        # The widget still polls and picks the change up on its next page.
+        logger.warning("reco: could not tell %s's websockets: %s", visitor_id, exc)
