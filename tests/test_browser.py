@@ -80,12 +80,54 @@ def test_widget_updates_live_while_the_visitor_browses(live_stack, browser):
     page.screenshot(path=str(ARTIFACTS / "widget-after.png"), full_page=True)
 
     # A click on a recommendation is reported with the list it came from.
-    with page.expect_request(lambda r: r.url.endswith("/reco/api/events/")) as request:
+    with page.expect_request(
+        lambda r: r.url.endswith("/reco/api/events/") and '"click"' in (r.post_data or "")
+    ) as request:
         page.locator(".reco-widget a[data-reco-id]").first.click()
     beacon = request.value.post_data_json
     assert beacon["type"] == "click"
     assert beacon["context"]["reco_id"] and beacon["context"]["strategy"] == strategies[0]
     assert request.value.headers["x-csrftoken"]
+    context.close()
+
+
+def test_widget_reports_the_items_seen_as_impressions(live_stack, browser):
+    from .test_stack import find_in_kafka
+
+    context = browser.new_context(viewport={"width": 1200, "height": 300})
+    page = context.new_page()
+    beacons = []
+    page.on("request", lambda r: beacons.append(r) if r.url.endswith("/reco/api/events/") else None)
+    page.goto(live_stack.web_url + "/products/1/")
+    page.wait_for_selector(".reco-widget[data-reco-live='websocket']", timeout=10_000)
+    shown = widget_ids(page)
+    page.wait_for_timeout(2500)
+    assert beacons == [], "items below the fold were reported as seen"
+
+    with page.expect_response(lambda r: r.url.endswith("/reco/api/events/")) as response:
+        page.locator(".reco-widget").scroll_into_view_if_needed()
+        page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    assert response.value.status == 202
+    events = response.value.request.post_data_json["events"]
+    assert events and {e["type"] for e in events} == {"impression"}
+    assert {e["product_id"] for e in events} <= set(shown)
+    reco_id = events[0]["context"]["reco_id"]
+    assert all(e["context"]["reco_id"] == reco_id and e["context"]["strategy"] for e in events)
+    positions = [int(e["context"]["position"]) for e in events]
+    assert len(set(positions)) == len(positions) and set(positions) <= set(range(len(shown)))
+    assert response.value.json() == {"accepted": len(events)}
+    found = find_in_kafka(
+        live_stack,
+        "impressions",
+        lambda key, event: event["context"].get("reco_id") == reco_id,
+        timeout=20,
+    )
+    assert found is not None and found[1]["visitor_id"].startswith("s:")
+    # Scrolling away and back does not report them again.
+    page.evaluate("window.scrollTo(0, 0)")
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.wait_for_timeout(2500)
+    assert len(beacons) == 1
     context.close()
 
 

@@ -80,3 +80,35 @@ async def test_bad_subscribe_gets_an_error_message(redis_url):
     await ws.send_json_to(["nope"])
     assert (await ws.receive_json_from(timeout=5))["type"] == "error"
     await ws.disconnect()
+
+
+async def test_an_open_websocket_follows_its_visitor_when_they_log_in(r):
+    await sync_to_async(put_catalog)(r, [5, 6])
+    await sync_to_async(put_list)(r, keys.visitor_recommendations("u:7"), [6, 5])
+    key = await new_session("visitor-4")
+    ws = communicator(key)
+    assert (await ws.connect())[0]
+    # What the login receiver sends (tracking.user_logged_in).
+    await get_channel_layer().group_send(
+        keys.visitor_group("s:visitor-4"), {"type": "reco.identify", "visitor": "u:7"}
+    )
+    pushed = await ws.receive_json_from(timeout=5)
+    assert [(i["product_id"], i["strategy"]) for i in pushed["items"]] == [
+        ("6", "personal"),
+        ("5", "personal"),
+    ]
+    # From now on the user's updates reach it, the anonymous visitor's do not.
+    await get_channel_layer().group_send(keys.visitor_group("s:visitor-4"), {"type": "reco.update"})
+    assert await ws.receive_nothing(timeout=0.3)
+    await get_channel_layer().group_send(keys.visitor_group("u:7"), {"type": "reco.update"})
+    assert (await ws.receive_json_from(timeout=5))["type"] == "recommendations"
+
+    # A logout in another session of the user leaves it open; in this one, closes it.
+    await get_channel_layer().group_send(
+        keys.visitor_group("u:7"), {"type": "reco.logout", "previous": "s:other"}
+    )
+    assert await ws.receive_nothing(timeout=0.3)
+    await get_channel_layer().group_send(
+        keys.visitor_group("u:7"), {"type": "reco.logout", "previous": "s:visitor-4"}
+    )
+    assert (await ws.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4409}

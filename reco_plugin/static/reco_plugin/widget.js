@@ -4,11 +4,17 @@
  * script, so it works under a Content Security Policy). The list is replaced
  * when the visitor's websocket pushes a new one; while the websocket is down
  * the API is polled instead. Clicks on recommended items are reported with the
- * reco_id and strategy they came from.
+ * reco_id and strategy they came from, and so are impressions: an item counts
+ * as seen once half of it has been on screen in a visible tab; impressions are
+ * sent in batches (at most every IMPRESSION_DELAY ms, and when the page is
+ * hidden or left).
  */
 (function () {
   "use strict";
   if (window.RecoWidget) return;
+
+  var IMPRESSION_DELAY = 2000;
+  var MAX_BATCH = 50;
 
   function el(tag, className, text) {
     var node = document.createElement(tag);
@@ -47,9 +53,68 @@
     this.pollTimer = null;
     this.retryDelay = 1000;
     this.signature = this.currentSignature();
+    this.seen = {};
+    this.pending = [];
+    this.flushTimer = null;
     root.addEventListener("click", this.onClick.bind(this));
+    this.watchImpressions();
     this.connect();
   }
+
+  Widget.prototype.watchImpressions = function () {
+    if (!("IntersectionObserver" in window)) return;
+    var self = this;
+    this.observer = new IntersectionObserver(function (entries) {
+      entries.forEach(function (entry) {
+        if (entry.isIntersecting && document.visibilityState === "visible") {
+          self.impression(entry.target);
+        }
+      });
+    }, { threshold: 0.5 });
+    this.observeItems();
+    var flush = function () { self.flushImpressions(); };
+    document.addEventListener("visibilitychange", function () {
+      if (document.visibilityState === "hidden") flush();
+    });
+    window.addEventListener("pagehide", flush);
+  };
+
+  Widget.prototype.observeItems = function () {
+    if (!this.observer) return;
+    this.observer.disconnect();
+    var observer = this.observer;
+    this.list.querySelectorAll("[data-product-id]").forEach(function (li) { observer.observe(li); });
+  };
+
+  Widget.prototype.impression = function (li) {
+    var link = li.querySelector("a[data-reco-id]");
+    if (!link) return;
+    var key = link.dataset.recoId + "|" + li.dataset.productId;
+    if (this.seen[key]) return;
+    this.seen[key] = true;
+    this.observer.unobserve(li);
+    this.pending.push({
+      type: "impression",
+      product_id: li.dataset.productId,
+      context: {
+        reco_id: link.dataset.recoId,
+        strategy: li.dataset.strategy,
+        position: String(link.dataset.position),
+        page: location.pathname,
+      },
+    });
+    if (this.pending.length >= MAX_BATCH) this.flushImpressions();
+    else if (!this.flushTimer) this.flushTimer = setTimeout(this.flushImpressions.bind(this), IMPRESSION_DELAY);
+  };
+
+  Widget.prototype.flushImpressions = function () {
+    if (this.flushTimer) clearTimeout(this.flushTimer);
+    this.flushTimer = null;
+    if (!this.pending.length) return;
+    var batch = this.pending.splice(0, MAX_BATCH);
+    this.send({ events: batch });
+    if (this.pending.length) this.flushImpressions();
+  };
 
   Widget.prototype.currentSignature = function () {
     return Array.prototype.map
@@ -66,6 +131,7 @@
     if (!items.length) fragment.appendChild(el("li", "reco-widget__empty", "No recommendations yet."));
     items.forEach(function (item) { fragment.appendChild(renderItem(item)); });
     this.list.replaceChildren(fragment);
+    this.observeItems();
     this.signature = signature;
     this.version += 1;
     this.root.dataset.recoVersion = String(this.version);
@@ -122,13 +188,14 @@
     var link = event.target.closest("a[data-reco-id]");
     if (!link || !this.root.contains(link)) return;
     var item = link.closest("[data-product-id]");
+    this.flushImpressions();
     this.send({
       type: "click",
       product_id: item.dataset.productId,
       context: {
         reco_id: link.dataset.recoId,
         strategy: item.dataset.strategy,
-        position: link.dataset.position,
+        position: String(link.dataset.position),
         page: location.pathname,
       },
     });
