@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.apps import apps
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.utils.module_loading import import_string
+from rest_framework.throttling import SimpleRateThrottle
 
 from . import schema
 from .conf import reco_settings
@@ -70,6 +73,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
                 id="reco_plugin.E005",
             )
         )
+    errors.extend(_event_checks())
     if not getattr(settings, "CHANNEL_LAYERS", None):
         errors.append(
             Warning(
@@ -89,3 +93,76 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     return errors
+
+
+def _event_checks() -> list[Any]:
+    """The event backend, the cart and order models, and the tracking settings."""
+    errors: list[Any] = []
+    from .backends import build_backend
+
+    try:
+        backend = build_backend()
+    except Exception as exc:
+        errors.append(
+            Error(
+                f"The event backend cannot be built: {type(exc).__name__}: {exc}",
+                hint="Check RECO_PLUGIN['EVENT_BACKEND'] and RECO_PLUGIN['KAFKA'] "
+                "(librdkafka options); the Kafka backend needs confluent-kafka.",
+                id="reco_plugin.E006",
+            )
+        )
+    else:
+        backend.close(timeout=0)
+    for name in ("CART_MODEL", "ORDER_LINE_MODEL"):
+        problem = _line_model_problem(getattr(reco_settings, name))
+        if problem:
+            errors.append(
+                Error(
+                    f"RECO_PLUGIN[{name!r}] {problem}.",
+                    hint='{"MODEL": "app_label.Model", "PRODUCT": "product_id", '
+                    '"QUANTITY": "quantity", "PRICE": "unit_price", "USER": "order.user"}',
+                    id="reco_plugin.E007",
+                )
+            )
+    try:
+        for pattern in reco_settings.BOT_USER_AGENTS:
+            re.compile(pattern)
+        if reco_settings.OPT_OUT:
+            import_string(reco_settings.OPT_OUT)
+        if reco_settings.BEACON_RATE:
+            SimpleRateThrottle.parse_rate(None, reco_settings.BEACON_RATE)  # type: ignore[arg-type]
+    except (ImportError, re.error, ValueError, KeyError, TypeError) as exc:
+        errors.append(
+            Error(
+                f"A tracking setting is invalid: {exc}.",
+                hint="BOT_USER_AGENTS: regular expressions; OPT_OUT: a dotted path "
+                "to a callable; BEACON_RATE: like '120/min'.",
+                id="reco_plugin.E008",
+            )
+        )
+    return errors
+
+
+def _line_model_problem(config: Any) -> str | None:
+    if config is None:
+        return None
+    if not isinstance(config, dict) or not config.get("MODEL") or not config.get("PRODUCT"):
+        return "must be a dict with at least MODEL and PRODUCT"
+    unknown = set(config) - {"MODEL", "PRODUCT", "QUANTITY", "PRICE", "USER"}
+    if unknown:
+        return f"has unknown keys {', '.join(sorted(unknown))}"
+    try:
+        model = apps.get_model(config["MODEL"])
+    except (LookupError, ValueError) as exc:
+        return f"names a model that is not installed ({exc})"
+    for key in ("PRODUCT", "QUANTITY", "PRICE", "USER"):
+        path = config.get(key)
+        if not path:
+            continue
+        first = path.replace("__", ".").split(".")[0]
+        names = {f.name for f in model._meta.get_fields()} | {
+            getattr(f, "attname", f.name) for f in model._meta.get_fields()
+        }
+        if first not in names and not hasattr(model, first):
+            return f"{key} = {path!r}: {model.__name__} has no field {first!r}"
+    return None

@@ -102,6 +102,37 @@ def end_offsets(bootstrap: str, topics: Iterable[str] | None = None) -> dict[str
         consumer.close()
 
 
+def read_all(bootstrap: str, topics: Iterable[str], timeout: float = 30.0) -> list[tuple]:
+    """Every record now on ``topics`` as (topic, key, decoded JSON value), read
+    from the beginning up to the current end offsets."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    ends = {k: v for k, v in end_offsets(bootstrap, topics).items() if v > 0}
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "reco-tests-read", "enable.auto.commit": False}
+    )
+    records: list[tuple] = []
+    try:
+        consumer.assign(
+            [TopicPartition(tp.rpartition(":")[0], int(tp.rpartition(":")[2]), 0) for tp in ends]
+        )
+        remaining = dict(ends)
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            tp = f"{message.topic()}:{message.partition()}"
+            records.append((message.topic(), message.key().decode(), json.loads(message.value())))
+            if message.offset() + 1 >= remaining.get(tp, 0):
+                remaining.pop(tp, None)
+        if remaining:
+            raise TimeoutError(f"could not read {sorted(remaining)} to the end in {timeout} s")
+        return records
+    finally:
+        consumer.close()
+
+
 def redis_state(client: redis.Redis) -> dict[str, Any]:
     """Every list, count and counter in a Redis database; the wall-clock
     bookkeeping (seen ids in processing-time buckets, the batch's wall clock,

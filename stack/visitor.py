@@ -39,6 +39,21 @@ class ShopVisitor:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read() or b"null")
 
+    def post_form(self, path: str, fields: dict[str, str]) -> tuple[int, str]:
+        """A form POST with the CSRF token, as the shop's own forms send it
+        (redirects followed)."""
+        import urllib.parse
+
+        data = urllib.parse.urlencode(
+            {**fields, "csrfmiddlewaretoken": self.cookie("csrftoken") or ""}
+        ).encode()
+        request = urllib.request.Request(self.base_url + path, data=data, method="POST")
+        try:
+            with self.opener.open(request, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
     def websocket(self, path: str = "/ws/reco/"):
         cookie = "; ".join(f"{c.name}={c.value}" for c in self.cookies)
         return websockets.sync.client.connect(

@@ -51,3 +51,52 @@ def test_missing_channel_layer_is_W001():
 def test_schema_class_not_spectacular_is_W002():
     with override_settings(REST_FRAMEWORK={}):
         assert "reco_plugin.W002" in reco_ids()
+
+
+def with_reco(settings, **changes):
+    return override_settings(RECO_PLUGIN={**settings.RECO_PLUGIN, **changes})
+
+
+def test_an_event_backend_that_cannot_be_built_is_E006(settings):
+    kafka = {"BACKEND": "reco_plugin.backends.kafka.KafkaBackend", "OPTIONS": {}}
+    for backend, options in (
+        ({"BACKEND": "reco_plugin.backends.nope.Backend"}, {}),
+        (kafka, {"KAFKA": {"bootstrap.servers": "127.0.0.1:1", "no.such.option": 1}}),
+    ):
+        with with_reco(settings, EVENT_BACKEND=backend, **options):
+            assert "reco_plugin.E006" in reco_ids()
+
+
+def test_an_unbuildable_backend_is_reported_once_and_events_are_counted_dropped(settings, caplog):
+    from reco_plugin import events
+    from reco_plugin.backends import get_backend
+
+    with with_reco(settings, EVENT_BACKEND={"BACKEND": "reco_plugin.backends.nope.Backend"}):
+        for _ in range(5):
+            assert events.emit("page_view", "s:a", "1") is not None  # the page never fails
+        assert get_backend().stats() == {"dropped": 5}
+    assert len([r for r in caplog.records if "cannot be built" in r.getMessage()]) == 1
+
+
+def test_bad_cart_or_order_model_settings_are_E007(settings):
+    good = settings.RECO_PLUGIN["ORDER_LINE_MODEL"]
+    for config in (
+        {"MODEL": "catalog.Nope", "PRODUCT": "product_id"},
+        {"MODEL": "catalog.OrderLine"},
+        {**good, "QUANTITY": "qty"},
+        {**good, "USER": "buyer.user"},
+        {**good, "EXTRA": "x"},
+        "catalog.OrderLine",
+    ):
+        with with_reco(settings, ORDER_LINE_MODEL=config):
+            assert "reco_plugin.E007" in reco_ids(), config
+
+
+def test_bad_tracking_settings_are_E008(settings):
+    for changes in (
+        {"BOT_USER_AGENTS": ["(unclosed"]},
+        {"OPT_OUT": "nowhere.to_be.found"},
+        {"BEACON_RATE": "lots"},
+    ):
+        with with_reco(settings, **changes):
+            assert "reco_plugin.E008" in reco_ids(), changes

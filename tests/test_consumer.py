@@ -112,3 +112,30 @@ async def test_an_open_websocket_follows_its_visitor_when_they_log_in(r):
         keys.visitor_group("u:7"), {"type": "reco.logout", "previous": "s:visitor-4"}
     )
     assert (await ws.receive_output(timeout=5)) == {"type": "websocket.close", "code": 4409}
+
+
+async def test_a_logged_in_users_websocket_is_theirs(r, django_user_model):
+    from channels.db import database_sync_to_async
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+
+    @database_sync_to_async
+    def logged_in_session():
+        user = django_user_model.objects.create_user("ws-shopper", password="x")
+        session = SessionStore()
+        session[SESSION_KEY] = str(user.pk)
+        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+        session.save()
+        return user.pk, session.session_key
+
+    pk, key = await logged_in_session()
+    await sync_to_async(put_catalog)(r, [8])
+    await sync_to_async(put_list)(r, keys.visitor_recommendations(f"u:{pk}"), [8])
+    ws = communicator(key)
+    assert (await ws.connect())[0]
+    await ws.send_json_to({"type": "subscribe", "limit": 4})
+    first = await ws.receive_json_from(timeout=5)
+    assert [(i["product_id"], i["strategy"]) for i in first["items"]] == [("8", "personal")]
+    await get_channel_layer().group_send(keys.visitor_group(f"u:{pk}"), {"type": "reco.update"})
+    assert (await ws.receive_json_from(timeout=5))["type"] == "recommendations"
+    await ws.disconnect()

@@ -21,3 +21,42 @@ def test_shop_settings_override_defaults_and_reload_on_change(settings):
 def test_unknown_setting_is_an_error():
     with pytest.raises(AttributeError, match="Invalid RECO_PLUGIN setting"):
         _ = reco_settings.NOT_A_SETTING
+
+
+EVENT_SETTINGS = (
+    "KAFKA",
+    "EVENT_BACKEND",
+    "TOPICS",
+    "TOPIC_PARTITIONS",
+    "TOPIC_REPLICATION",
+    "PRODUCT_VIEW_NAMES",
+    "PRODUCT_URL_KWARG",
+    "CART_MODEL",
+    "ORDER_LINE_MODEL",
+    "MAX_BEACON_EVENTS",
+    "MAX_BEACON_BYTES",
+    "BEACON_RATE",
+    "BOT_USER_AGENTS",
+    "OPT_OUT",
+    "EXIT_FLUSH_SECONDS",
+    "PRODUCER_STATS_SECONDS",
+)
+
+
+def test_the_readme_lists_every_event_setting_with_its_true_default():
+    import ast
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = readme.split("### Event settings", 1)[1].split("\n#", 1)[0]
+    documented = {}
+    for names, defaults in re.findall(
+        r"^\| (`[A-Z_]+`(?: / `[A-Z_]+`)*) \| (.+?) \| .* \|$", readme, re.M
+    ):
+        values = [ast.literal_eval(v.strip().strip("`")) for v in defaults.split("` / `")]
+        for name, value in zip(re.findall(r"`([A-Z_]+)`", names), values, strict=True):
+            documented[name] = value
+    for name in EVENT_SETTINGS:
+        assert name in documented, f"{name} is not in the README's settings table"
+        assert documented[name] == DEFAULTS[name], name

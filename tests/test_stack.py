@@ -191,3 +191,43 @@ def test_an_event_emitted_by_a_short_lived_process_reaches_kafka(live_stack):
     assert result.returncode == 0, result.stderr
     found = find_in_kafka(live_stack, "page_views", lambda key, event: key == visitor, timeout=30)
     assert found is not None, "the event was lost when the process exited"
+
+
+def test_login_carries_the_anonymous_history_over_and_the_websocket_follows(live_stack):
+    username = f"shopper{uuid.uuid4().hex[:6]}"
+    live_stack.manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; "
+        f"User.objects.create_user({username!r}, password='pw')",
+        quiet=True,
+    )
+    visitor = ShopVisitor(live_stack.web_url)
+    viewed = {"50", "181"}  # Star Wars, Return of the Jedi
+    for product in sorted(viewed):
+        assert visitor.get(f"/products/{product}/")[0] == 200
+
+    def personal_list():
+        items = visitor.get_json("/reco/api/recommendations/?limit=8")["items"]
+        return items if items and items[0]["strategy"] == "personal" else None
+
+    assert wait_for(personal_list, 20), "no personal list for the anonymous visitor"
+    with visitor.websocket() as ws:
+        ws.send(json.dumps({"type": "subscribe", "limit": 8}))
+        assert json.loads(ws.recv(timeout=5))["type"] == "recommendations"
+        status, page = visitor.post_form(
+            "/accounts/login/", {"username": username, "password": "pw", "next": "/"}
+        )
+        assert status == 200 and f"Log out {username}" in page
+        # The user (no history of their own) gets a list from what they did before.
+        after = wait_for(personal_list, 20)
+        assert after, "the user's list does not reflect the browsing before the login"
+        assert not viewed & set(ids(after))
+        # The open socket now serves the user: it is pushed the user's list.
+        deadline = time.monotonic() + 10
+        pushed = None
+        while pushed is None and time.monotonic() < deadline:
+            message = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
+            if message["type"] == "recommendations" and ids(message["items"]) == ids(after):
+                pushed = message
+        assert pushed is not None, "the open websocket did not follow the login"

@@ -71,3 +71,21 @@ def test_redis_down_renders_an_empty_widget(request_with_session, settings):
     settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "REDIS_URL": "redis://127.0.0.1:1/0"}
     html = render(request_with_session, "{% recommendations product=1 %}")
     assert "No recommendations yet." in html
+
+
+def test_a_logged_in_user_sees_their_own_list(request_with_session, r, django_user_model):
+    request_with_session.user = django_user_model.objects.create_user("shopper")
+    put_catalog(r, [2, 3, 4])
+    put_list(r, keys.visitor_recommendations(f"u:{request_with_session.user.pk}"), [4, 3])
+    html = render(request_with_session, "{% recommendations limit=2 %}")
+    assert re.findall(r'data-product-id="(\d+)"', html) == ["4", "3"]
+    assert "reco_visitor" not in request_with_session.session  # no anonymous id made
+
+
+def test_a_bot_gets_the_list_but_no_session(request_with_session, r):
+    request_with_session.META["HTTP_USER_AGENT"] = "Mozilla/5.0 (compatible; bingbot/2.0)"
+    put_catalog(r, [2, 3])
+    put_list(r, keys.product_similar("1"), [2, 3])
+    html = render(request_with_session, "{% recommendations product=1 limit=2 %}")
+    assert re.findall(r'data-product-id="(\d+)"', html) == ["2", "3"]
+    assert not request_with_session.session.modified
