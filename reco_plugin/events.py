@@ -12,9 +12,7 @@ from .conf import reco_settings
 logger = logging.getLogger(__name__)
 
 
-def emit(
-    event_type: str, visitor_id: str, product_id: Any, **fields: Any
-) -> dict[str, Any] | None:
+def emit(event_type: str, visitor_id: str, product_id: Any, **fields: Any) -> dict[str, Any] | None:
     """Build a schema-1 event and hand it to the backend, fire-and-forget.
 
     Returns the event, or None if it could not be built or handed over (the
