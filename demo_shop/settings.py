@@ -101,14 +101,14 @@ RECO_PLUGIN = {
         "PRODUCT": "product_id",
         "QUANTITY": "quantity",
         "PRICE": "unit_price",
-        "USER": "cart.user",
+        "USER": "cart.user_id",
     },
     "ORDER_LINE_MODEL": {
         "MODEL": "catalog.OrderLine",
         "PRODUCT": "product_id",
         "QUANTITY": "quantity",
         "PRICE": "unit_price",
-        "USER": "order.user",
+        "USER": "order.user_id",
     },
     "PRODUCT_FIELDS": {
         "title": "name",

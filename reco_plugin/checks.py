@@ -101,7 +101,8 @@ def _event_checks() -> list[Any]:
     from .backends import build_backend
 
     try:
-        backend = build_backend()
+        # Without brokers to reach: this checks the options, it does not connect.
+        backend = build_backend(connect=False)
     except Exception as exc:
         errors.append(
             Error(
@@ -120,7 +121,7 @@ def _event_checks() -> list[Any]:
                 Error(
                     f"RECO_PLUGIN[{name!r}] {problem}.",
                     hint='{"MODEL": "app_label.Model", "PRODUCT": "product_id", '
-                    '"QUANTITY": "quantity", "PRICE": "unit_price", "USER": "order.user"}',
+                    '"QUANTITY": "quantity", "PRICE": "unit_price", "USER": "order.user_id"}',
                     id="reco_plugin.E007",
                 )
             )

@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "BEACON_RATE": "120/min",
     # cart and order models whose changes are events (see docs/events.md), e.g.
     # {"MODEL": "shop.CartLine", "PRODUCT": "product_id", "QUANTITY": "quantity",
-    #  "PRICE": "unit_price", "USER": "cart.user"}; None: not tracked by signals
+    #  "PRICE": "unit_price", "USER": "cart.user_id"}; None: not tracked by signals
     "CART_MODEL": None,
     "ORDER_LINE_MODEL": None,
     # user agents (regular expressions, case-insensitive) that are never tracked

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import time
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
@@ -28,7 +29,7 @@ from django.http import HttpRequest
 from . import schema
 from .conf import reco_settings
 from .events import emit
-from .visitor import anonymous_id, visitor_id_for
+from .visitor import SESSION_KEY, anonymous_id, is_tracked, new_anonymous_id, visitor_id_for
 
 logger = logging.getLogger(__name__)
 
@@ -53,18 +54,10 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float | Decimal) else float(str(value))
 
 
-def on_commit(event: dict[str, Any], using: str | None = None) -> None:
+def on_commit(event: dict[str, Any], using: str = DEFAULT_DB_ALIAS) -> None:
     """Hand ``event`` to the backend when the current transaction commits (now,
     outside a transaction); dropped if it rolls back."""
-    from .events import send
-
-    def hand_over() -> None:
-        try:
-            send(event)
-        except Exception:
-            logger.exception("reco: could not emit %s event", event["type"])
-
-    transaction.on_commit(hand_over, using=using)
+    transaction.on_commit(lambda: _hand_over(event, using), using=using)
 
 
 def track(
@@ -130,11 +123,14 @@ def _path(instance: Any, path: str | None) -> Any:
 
 def _visitor_for(instance: Any, config: Mapping[str, Any]) -> str | None:
     """Whose row this is: its owner (``USER``) if set, else the visitor of the
-    request being served, except staff working in the admin."""
+    request being served, except staff working in the admin. Nobody's when the
+    request's visitor is not tracked (a bot, or opted out)."""
+    request = current_request.get()
+    if request is not None and not is_tracked(request):
+        return None
     user = _path(instance, config.get("USER")) if config.get("USER") else None
     if user is not None:
         return f"u:{getattr(user, 'pk', user)}"
-    request = current_request.get()
     if request is None:
         return None
     match = getattr(request, "resolver_match", None)
@@ -151,9 +147,41 @@ def _quantity(instance: Any, config: Mapping[str, Any]) -> int:
         return 1
 
 
-# Products bought in the transaction being committed, per database: the cart
-# lines a checkout deletes afterwards are not "removed from the cart".
-_bought: dict[str, set[tuple[str, str]]] = {}
+# A checkout that deletes the cart's lines after saving the order's does not
+# "remove them from the cart": a removal handed over right after a purchase of
+# the same product by the same visitor, in the same run of commit callbacks on
+# this connection, is dropped. Kept on the connection (one per thread); a
+# rolled-back purchase never runs its callback, so it leaves nothing behind.
+SAME_COMMIT_SECONDS = 1.0
+
+
+def _recent_purchases(using: str) -> dict[tuple[str, str], float]:
+    connection = connections[using]
+    bought = getattr(connection, "_reco_bought", None)
+    if bought is None:
+        bought = connection._reco_bought = {}
+    return bought
+
+
+def _hand_over(event: dict[str, Any], using: str) -> None:
+    from .events import send
+
+    key = (event["visitor_id"], event["product_id"])
+    now = time.monotonic()
+    bought = _recent_purchases(using)
+    if event["type"] == schema.PURCHASE:
+        for old in [k for k, at in bought.items() if now - at > SAME_COMMIT_SECONDS]:
+            del bought[old]
+        bought[key] = now
+    elif (
+        event["type"] == schema.REMOVE_FROM_CART
+        and now - bought.get(key, -1e9) <= SAME_COMMIT_SECONDS
+    ):
+        return
+    try:
+        send(event)
+    except Exception:
+        logger.exception("reco: could not emit %s event", event["type"])
 
 
 def _line_event(
@@ -174,15 +202,7 @@ def _line_event(
     except (schema.InvalidEvent, TypeError, ValueError) as exc:
         logger.warning("reco: %s event not recorded: %s", event_type, exc)
         return
-    if event_type == schema.PURCHASE and connections[using].in_atomic_block:
-        bought = _bought.setdefault(using, set())
-        bought.add((visitor_id, product_id))
-        transaction.on_commit(lambda: bought.discard((visitor_id, product_id)), using=using)
-    elif event_type == schema.REMOVE_FROM_CART and (visitor_id, product_id) in _bought.get(
-        using, ()
-    ):
-        return
-    on_commit(event, using=using)
+    on_commit(event, using)
 
 
 def _using(sender: Any, instance: Any, using: str | None) -> str:
@@ -247,10 +267,14 @@ def user_logged_in(sender: Any, request: HttpRequest | None, user: Any, **kwargs
     """``identify``: the session's anonymous visitor is now this user."""
     if request is None or user is None or getattr(user, "pk", None) is None:
         return
-    from .visitor import is_tracked
-
-    previous = anonymous_id(getattr(request, "session", None))
-    if previous is None or not is_tracked(request):
+    session = getattr(request, "session", None)
+    previous = anonymous_id(session)
+    if previous is None:
+        if session is not None:
+            # Nothing to carry over; the id names this session's sockets for logout.
+            session[SESSION_KEY] = new_anonymous_id()
+        return
+    if not is_tracked(request):
         return
     visitor_id = f"u:{user.pk}"
     emit(schema.IDENTIFY, visitor_id, None, context={schema.PREVIOUS_VISITOR: previous})

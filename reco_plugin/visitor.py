@@ -59,6 +59,10 @@ def is_tracked(request: HttpRequest) -> bool:
     return cached
 
 
+def new_anonymous_id() -> str:
+    return secrets.token_hex(12)
+
+
 def _from(user: Any, session: Any, create: bool) -> str | None:
     if user is not None and getattr(user, "is_authenticated", False):
         return f"u:{user.pk}"
@@ -66,7 +70,7 @@ def _from(user: Any, session: Any, create: bool) -> str | None:
         return None
     opaque = session.get(SESSION_KEY)
     if opaque is None and create:
-        opaque = secrets.token_hex(12)
+        opaque = new_anonymous_id()
         session[SESSION_KEY] = opaque
     return f"s:{opaque}" if opaque else None
 

@@ -58,6 +58,28 @@ def later_copy():
     return F.col("event_id").isNotNull() & (F.row_number().over(first_first) > 1)
 
 
+def owner(identified: dict[str, str]):
+    """Column: the visitor whose partition a record is scored in. Its own,
+    except an anonymous visitor who logged in during the batch: the user's, so
+    the login can merge what they did before it in the same batch."""
+    from pyspark.sql import functions as F
+
+    if not identified:
+        return F.col("visitor_id")
+    pairs = [F.lit(value) for item in sorted(identified.items()) for value in item]
+    return F.coalesce(F.create_map(*pairs)[F.col("visitor_id")], F.col("visitor_id"))
+
+
+def identified_in(parsed) -> dict[str, str]:
+    """Anonymous visitor -> user, for the well-formed logins of a batch (one small job)."""
+    rows = (
+        parsed.where(f"type = '{schema.IDENTIFY}' and previous like 's:%'")
+        .select("visitor_id", "previous")
+        .collect()
+    )
+    return {row.previous: row.visitor_id for row in rows if schema.is_visitor_id(row.visitor_id)}
+
+
 def landmark(previous_clock_ms: int, now_ms: int, settings: PipelineSettings) -> int:
     """The time a batch's weights are expressed at: known before the batch is
     read, within two horizons of any event it can apply, and the same when the
@@ -85,8 +107,9 @@ def score_partition(
     flag after them) of whole visitors ->
     one :class:`state.BatchChanges`, to merge with the other partitions'.
 
-    Every row of a visitor must be in the same call (the executors' path
-    partitions by ``visitor_id``).
+    Every row of a visitor must be in the same call, and the rows of an
+    anonymous visitor with those of the user they logged in as in the batch
+    (the executors' path partitions by :func:`owner`).
     """
     r = _redis(redis_url)
     changes = state.BatchChanges()
@@ -393,7 +416,7 @@ class BatchProcessor:
             with steps("score"):
                 parts = (
                     parsed.withColumn("later_copy", later_copy())
-                    .repartition(self._partitions(batch), "visitor_id")
+                    .repartition(self._partitions(batch), owner(identified_in(parsed)))
                     .rdd.mapPartitions(functools.partial(score_partition, **options))
                     .collect()
                 )

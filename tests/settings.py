@@ -53,14 +53,14 @@ RECO_PLUGIN = {
         "PRODUCT": "product_id",
         "QUANTITY": "quantity",
         "PRICE": "unit_price",
-        "USER": "cart.user",
+        "USER": "cart.user_id",
     },
     "ORDER_LINE_MODEL": {
         "MODEL": "catalog.OrderLine",
         "PRODUCT": "product_id",
         "QUANTITY": "quantity",
         "PRICE": "unit_price",
-        "USER": "order.user",
+        "USER": "order.user_id",
     },
 }
 REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}

@@ -139,3 +139,27 @@ async def test_a_logged_in_users_websocket_is_theirs(r, django_user_model):
     await get_channel_layer().group_send(keys.visitor_group(f"u:{pk}"), {"type": "reco.update"})
     assert (await ws.receive_json_from(timeout=5))["type"] == "recommendations"
     await ws.disconnect()
+
+
+async def test_the_login_receiver_moves_the_open_websocket_to_the_user(r, django_user_model):
+    from django.test import RequestFactory
+
+    from reco_plugin import tracking
+
+    await sync_to_async(put_catalog)(r, [9])
+    key = await new_session("visitor-5")
+    ws = communicator(key)
+    assert (await ws.connect())[0]
+
+    @sync_to_async
+    def log_in():
+        user = django_user_model.objects.create_user("ws-login", password="x")
+        request = RequestFactory().post("/accounts/login/")
+        request.session = SessionStore(session_key=key)
+        put_list(r, keys.visitor_recommendations(f"u:{user.pk}"), [9])
+        tracking.user_logged_in(sender=type(user), request=request, user=user)
+
+    await log_in()
+    pushed = await ws.receive_json_from(timeout=5)
+    assert [(i["product_id"], i["strategy"]) for i in pushed["items"]] == [("9", "personal")]
+    await ws.disconnect()

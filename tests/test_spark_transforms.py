@@ -127,6 +127,32 @@ def test_driver_and_executor_paths_reach_the_same_state_to_the_bit(spark, proces
     assert json.loads(r.get(keys.trending()))
 
 
+def test_logins_in_a_batch_merge_the_same_on_both_paths(spark, processor, redis_url, r):
+    values = traffic(600)
+    # Visitors 1-40 log in as users during the batch, after browsing in it.
+    for n in range(1, 41):
+        values.append(
+            schema.make_event(
+                schema.IDENTIFY,
+                f"u:{n}",
+                None,
+                ts=NOW - 3_600_000 + 2_000 * 600,
+                context={schema.PREVIOUS_VISITOR: f"s:{n}"},
+            )
+        )
+    batch = records(spark, values)
+    processor(driver_batch_rows=10_000)(batch, 0)
+    on_driver = state_of(redis_url)
+    r.flushdb()
+    spread = processor(driver_batch_rows=100)
+    spread(batch, 0)
+    assert spread.last["path"] == "executors"
+    assert state_of(redis_url) == on_driver
+    merged = json.loads(r.get(keys.visitor_recent("u:7")))
+    assert merged and merged == json.loads(r.get(keys.visitor_recent("s:7")))[: len(merged)]
+    assert r.hget(keys.pipeline_counters(), "page_views:applied") == str(len(values))
+
+
 def test_a_batch_run_again_changes_nothing(spark, processor, redis_url, r):
     batch = records(spark, traffic(300))
     p = processor()

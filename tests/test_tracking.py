@@ -146,3 +146,37 @@ def test_login_without_an_earlier_visitor_emits_nothing(backend, django_user_mod
     client = Client()
     client.post("/accounts/login/", {"username": "shopper", "password": "pw"})
     assert backend.sent == []
+
+
+def test_an_opted_out_users_cart_and_orders_are_not_tracked(backend, films, django_user_model):
+    django_user_model.objects.create_user("private", password="pw")
+    client = Client(HTTP_SEC_GPC="1")
+    client.post("/accounts/login/", {"username": "private", "password": "pw"})
+    client.post("/cart/add/1/")
+    client.post("/checkout/")
+    assert backend.sent == []
+
+
+def test_a_failed_checkout_does_not_hide_later_removals(backend, films, django_user_model):
+    from demo_shop.catalog.models import Cart, CartLine, Order, OrderLine
+
+    user = django_user_model.objects.create_user("buyer", password="x")
+    cart = Cart.objects.create(user=user)
+    line = CartLine.objects.create(cart=cart, product=films[1], quantity=1, unit_price=1)
+    line_pk = line.pk
+    with pytest.raises(RuntimeError), transaction.atomic():
+        order = Order.objects.create(user=user, total=1)
+        OrderLine.objects.create(order=order, product=films[1], quantity=1, unit_price=1)
+        line.delete()
+        raise RuntimeError("payment declined")
+    backend.clear()
+    CartLine.objects.get(pk=line_pk).delete()  # the shopper changes their mind
+    assert [(e["type"], e["product_id"]) for e in backend.events()] == [("remove_from_cart", "2")]
+
+
+def test_logging_in_with_no_history_still_names_the_session_for_logout(backend, django_user_model):
+    django_user_model.objects.create_user("direct", password="pw")
+    client = Client()
+    client.post("/accounts/login/", {"username": "direct", "password": "pw"})
+    assert client.session.get("reco_visitor")  # the session's sockets can be told at logout
+    assert backend.sent == []

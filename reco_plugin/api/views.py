@@ -7,6 +7,7 @@ from typing import Any
 
 from django.apps import apps
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import connections, router
 from django.middleware.csrf import CsrfViewMiddleware
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -153,7 +154,7 @@ class BeaconParser(JSONParser):
 
 
 class VisitorRateThrottle(SimpleRateThrottle):
-    """``BEACON_RATE`` requests per visitor (per client address without one),
+    """``BEACON_RATE`` requests per visitor (per client address without a session),
     counted in Django's default cache: share it between processes (Redis or
     Memcached) for one limit across them."""
 
@@ -163,24 +164,33 @@ class VisitorRateThrottle(SimpleRateThrottle):
         return reco_settings.BEACON_RATE
 
     def get_cache_key(self, request: Request, view: Any) -> str | None:
-        # The beacon starts the visitor anyway; so their first request counts too.
-        visitor_id = visitor_id_for(request._request)
-        ident = visitor_id or self.get_ident(request)
+        # Per visitor once they have a session; before (or without a session
+        # cookie), per client address, so dropping the cookie gains nothing.
+        visitor_id = visitor_id_for(request._request, create=False)
+        ident = visitor_id or f"ip:{self.get_ident(request)}"
         return self.cache_format % {"scope": self.scope, "ident": ident}
 
 
-def _unknown_products(product_ids: set[str]) -> set[str]:
-    """Those of ``product_ids`` that are not in the shop's catalog."""
+def _catalog_ids(product_ids: set[str]) -> dict[str, str]:
+    """Each of ``product_ids`` that names a product in the shop's catalog ->
+    that product's id as the catalog writes it (``"007"`` names product 7)."""
     model = apps.get_model(reco_settings.PRODUCT_MODEL)
     pk = model._meta.pk
-    wanted: dict[Any, str] = {}
+    ranges = connections[router.db_for_read(model)].ops.integer_field_ranges
+    low, high = ranges.get(pk.get_internal_type(), (None, None))
+    wanted: dict[Any, list[str]] = {}
     for product_id in product_ids:
         try:
-            wanted[pk.to_python(product_id)] = product_id
+            value = pk.to_python(product_id)
         except (DjangoValidationError, TypeError, ValueError):
             continue
-    found = set(model._default_manager.filter(pk__in=list(wanted)).values_list("pk", flat=True))
-    return product_ids - {wanted[value] for value in found}
+        if isinstance(value, int) and (
+            (low is not None and value < low) or (high is not None and value > high)
+        ):
+            continue
+        wanted.setdefault(value, []).append(product_id)
+    found = model._default_manager.filter(pk__in=list(wanted)).values_list("pk", flat=True)
+    return {given: str(value) for value in found for given in wanted.get(value, ())}
 
 
 class EventsView(RecoAPIView):
@@ -216,7 +226,8 @@ class EventsView(RecoAPIView):
             single = BeaconEventSerializer(data=data)
             single.is_valid(raise_exception=True)
             items = [single.validated_data]
-        unknown = _unknown_products({item["product_id"] for item in items})
+        known = _catalog_ids({item["product_id"] for item in items})
+        unknown = {item["product_id"] for item in items} - set(known)
         if unknown:
             raise ValidationError(
                 {"product_id": [f"not in the catalog: {', '.join(sorted(unknown)[:10])}"]}
@@ -228,7 +239,9 @@ class EventsView(RecoAPIView):
         if visitor_id is None:
             raise PermissionDenied("no session: enable SessionMiddleware")
         events = [
-            make_event(item["type"], visitor_id, item["product_id"], context=item.get("context"))
+            make_event(
+                item["type"], visitor_id, known[item["product_id"]], context=item.get("context")
+            )
             for item in items
         ]
         emit_many(events)

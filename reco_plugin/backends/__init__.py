@@ -26,13 +26,18 @@ _backend: EventBackend | None = None
 _reporter: StatsReporter | None = None
 
 
-def build_backend() -> EventBackend:
-    """A new backend from the settings; raises if it cannot be built."""
+def build_backend(connect: bool = True) -> EventBackend:
+    """A new backend from the settings; raises if it cannot be built. With
+    ``connect=False`` a backend that would connect somewhere is built with its
+    options checked but no connection made (``validate_only``)."""
     from ..conf import reco_settings
 
     config = reco_settings.EVENT_BACKEND
     cls = import_string(config["BACKEND"])
-    return cls(**config.get("OPTIONS", {}))
+    options = dict(config.get("OPTIONS", {}))
+    if not connect and getattr(cls, "accepts_validate_only", False):
+        options["validate_only"] = True
+    return cls(**options)
 
 
 def get_backend() -> EventBackend:
@@ -126,8 +131,10 @@ class StatsReporter:
 
     def stop(self, publish: bool = True) -> None:
         self._stop.set()
-        if publish and self._thread is not None:
-            self.publish()
+        if self._thread is not None:
+            self._thread.join(timeout=5)  # one publisher at a time
+            if publish:
+                self.publish()
 
 
 __all__ = ["EventBackend", "build_backend", "get_backend", "reset_backend"]

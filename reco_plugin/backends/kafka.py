@@ -76,7 +76,14 @@ class KafkaBackend(EventBackend):
     (:meth:`stats`).
     """
 
-    def __init__(self, config: Mapping[str, Any] | None = None, **options: Any) -> None:
+    accepts_validate_only = True
+
+    def __init__(
+        self,
+        config: Mapping[str, Any] | None = None,
+        validate_only: bool = False,
+        **options: Any,
+    ) -> None:
         if confluent_kafka is None:
             raise ImportError(
                 "reco_plugin's Kafka backend needs confluent-kafka: "
@@ -94,11 +101,20 @@ class KafkaBackend(EventBackend):
                 "logger": self.log,
                 "error_cb": self._on_error,
                 "on_delivery": self._on_delivery,
+                # librdkafka checks every option when the client is made; with
+                # no brokers to reach it makes no connection.
+                **({"bootstrap.servers": ""} if validate_only else {}),
             }
         )
+        # Callbacks run in whichever thread polls: counts change under a lock.
+        self._counts_lock = threading.Lock()
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._counts_lock:
+            setattr(self, name, getattr(self, name) + n)
 
     def _on_error(self, error: Any) -> None:
         level = logging.ERROR if error.fatal() else logging.WARNING
@@ -106,9 +122,9 @@ class KafkaBackend(EventBackend):
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is None:
-            self.delivered += 1
+            self._count("delivered")
         else:
-            self.failed += 1
+            self._count("failed")
             self.log.emit(
                 ("delivery", err.code()),
                 logging.WARNING,
@@ -121,12 +137,12 @@ class KafkaBackend(EventBackend):
         try:
             self.producer.produce(topic, key=key.encode(), value=schema.encode(event))
         except BufferError:
-            self.dropped += 1
+            self._count("dropped")
             self.log.emit(
                 "dropped", logging.ERROR, "reco event dropped: producer queue full (is Kafka down?)"
             )
         except confluent_kafka.KafkaException as exc:
-            self.dropped += 1
+            self._count("dropped")
             self.log.emit("dropped", logging.ERROR, "reco event dropped: %s", exc)
         # Serve delivery callbacks of earlier events; never waits.
         self.producer.poll(0)
@@ -136,15 +152,12 @@ class KafkaBackend(EventBackend):
 
     def stats(self) -> dict[str, int]:
         self.producer.poll(0)
-        return {
-            "delivered": self.delivered,
-            "failed": self.failed,
-            "dropped": self.dropped,
-            "queued": len(self.producer),
-        }
+        with self._counts_lock:
+            counts = {"delivered": self.delivered, "failed": self.failed, "dropped": self.dropped}
+        return {**counts, "queued": len(self.producer)}
 
     def close(self, timeout: float = 2.0) -> None:
         remaining = self.producer.flush(timeout)
         if remaining:
-            self.dropped += remaining
+            self._count("dropped", remaining)
             logger.warning("reco: %d events could not be delivered before close", remaining)

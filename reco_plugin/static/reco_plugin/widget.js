@@ -66,7 +66,7 @@
     var self = this;
     this.observer = new IntersectionObserver(function (entries) {
       entries.forEach(function (entry) {
-        if (entry.isIntersecting && document.visibilityState === "visible") {
+        if (entry.isIntersecting && entry.intersectionRatio >= 0.5 && document.visibilityState === "visible") {
           self.impression(entry.target);
         }
       });
@@ -75,6 +75,8 @@
     var flush = function () { self.flushImpressions(); };
     document.addEventListener("visibilitychange", function () {
       if (document.visibilityState === "hidden") flush();
+      // Observing again reports what is on screen now that the tab is seen.
+      else self.observeItems();
     });
     window.addEventListener("pagehide", flush);
   };
@@ -83,7 +85,11 @@
     if (!this.observer) return;
     this.observer.disconnect();
     var observer = this.observer;
-    this.list.querySelectorAll("[data-product-id]").forEach(function (li) { observer.observe(li); });
+    var seen = this.seen;
+    this.list.querySelectorAll("[data-product-id]").forEach(function (li) {
+      var link = li.querySelector("a[data-reco-id]");
+      if (link && !seen[link.dataset.recoId + "|" + li.dataset.productId]) observer.observe(li);
+    });
   };
 
   Widget.prototype.impression = function (li) {
