@@ -106,7 +106,6 @@ def plugin_run(views, bootstrap: str) -> dict:
 
 def raw_run(producer, records, bootstrap: str, counts: dict[str, int]) -> dict:
     before = on_broker(bootstrap, RAW_TOPIC)
-    delivered_before = counts["delivered"]
     produce, poll = producer.produce, producer.poll
     started = time.perf_counter()
     for key, value in records:
@@ -121,10 +120,9 @@ def raw_run(producer, records, bootstrap: str, counts: dict[str, int]) -> dict:
     remaining = producer.flush(300)
     finished = time.perf_counter()
     delivered = on_broker(bootstrap, RAW_TOPIC) - before
-    acknowledged = counts["delivered"] - delivered_before
-    if remaining or counts["failed"] or len(records) != delivered or len(records) != acknowledged:
+    if remaining or counts["failed"] or len(records) != delivered:
         raise RuntimeError(
-            f"raw: sent {len(records)}, {delivered} on the broker, {acknowledged} acknowledged "
+            f"raw: sent {len(records)}, {delivered} on the broker "
             f"({remaining} still queued, {counts['failed']} failed)"
         )
     return {"seconds": finished - started, "loop_seconds": handed_over - started}
@@ -176,10 +174,13 @@ def run(events: int = 200_000, runs: int = 3, log=print) -> dict:
                 config = {**PRODUCER_DEFAULTS, "bootstrap.servers": bootstrap}
                 if {k: v for k, v in backend.config.items() if k in config} != config:
                     raise RuntimeError(f"the backend's config differs: {backend.config}")
-                counts = {"delivered": 0, "failed": 0}
+                # The same config: with delivery.report.only.error only
+                # failures call back, as in the plugin's backend.
+                counts = {"failed": 0}
 
                 def on_delivery(err, msg):
-                    counts["failed" if err is not None else "delivered"] += 1
+                    if err is not None:
+                        counts["failed"] += 1
 
                 producer = Producer({**config, "on_delivery": on_delivery})
 

@@ -27,7 +27,7 @@ def product_id_of(request: HttpRequest, response: HttpResponseBase) -> str | Non
 
 def _context(request: HttpRequest) -> dict[str, str]:
     context = {"page": request.path[:512]}
-    referrer = request.headers.get("referer")
+    referrer = request.META.get("HTTP_REFERER")
     if referrer:
         context["referrer"] = referrer[:512]
     return context

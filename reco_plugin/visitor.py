@@ -29,7 +29,7 @@ OPT_OUT_COOKIE = "reco_opt_out"
 
 def default_opt_out(request: HttpRequest) -> bool:
     """The default ``OPT_OUT``: the ``reco_opt_out=1`` cookie or Global Privacy Control."""
-    return request.COOKIES.get(OPT_OUT_COOKIE) == "1" or request.headers.get("sec-gpc") == "1"
+    return request.COOKIES.get(OPT_OUT_COOKIE) == "1" or request.META.get("HTTP_SEC_GPC") == "1"
 
 
 @functools.cache
@@ -43,7 +43,13 @@ def _opt_out_check(path: str | None) -> Callable[[HttpRequest], bool] | None:
 
 
 def is_bot(user_agent: str) -> bool:
-    pattern = _bot_pattern(tuple(reco_settings.BOT_USER_AGENTS))
+    return _is_bot(user_agent, tuple(reco_settings.BOT_USER_AGENTS))
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_bot(user_agent: str, patterns: tuple[str, ...]) -> bool:
+    # A shop sees few distinct user agents: each is matched once.
+    pattern = _bot_pattern(patterns)
     return pattern is not None and pattern.search(user_agent) is not None
 
 
@@ -52,7 +58,7 @@ def is_tracked(request: HttpRequest) -> bool:
     cached = getattr(request, "_reco_tracked", None)
     if cached is None:
         check = _opt_out_check(reco_settings.OPT_OUT)
-        cached = not is_bot(request.headers.get("user-agent", "")) and not (
+        cached = not is_bot(request.META.get("HTTP_USER_AGENT", "")) and not (
             check is not None and check(request)
         )
         request._reco_tracked = cached  # type: ignore[attr-defined]

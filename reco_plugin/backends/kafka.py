@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -22,7 +23,12 @@ client_logger = logging.getLogger("reco_plugin.kafka")
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "enable.idempotence": True,
     "acks": "all",
-    "linger.ms": 5,
+    # Batching for 20 ms costs the recommendations nothing a shopper sees and
+    # spares the broker (and the web server's cores) a request per event.
+    "linger.ms": 20,
+    # Only failures call back into Python; deliveries are counted from what
+    # was sent and what is still queued.
+    "delivery.report.only.error": True,
     "message.timeout.ms": 300_000,
     "queue.buffering.max.messages": 200_000,
     "compression.type": "lz4",
@@ -30,6 +36,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     # a broker that closes idle connections is not worth a log line
     "log.connection.close": False,
 }
+
+# ``send`` serves callbacks every this many events (``stats`` and ``flush`` too).
+POLL_EVERY = 16
 
 # The same message (per kind) at most once per this many seconds.
 LOG_INTERVAL_SECONDS = 60.0
@@ -108,9 +117,18 @@ class KafkaBackend(EventBackend):
         )
         # Callbacks run in whichever thread polls: counts change under a lock.
         self._counts_lock = threading.Lock()
-        self.delivered = 0
+        self._sent = itertools.count()  # accepted into the queue (atomic increments)
+        self._sends = 0
         self.failed = 0
         self.dropped = 0
+        self._unsent_at_close = 0
+        self._produce = self.producer.produce
+        self._poll = self.producer.poll
+
+    @property
+    def sent(self) -> int:
+        """Events accepted into the queue so far."""
+        return self._sent.__reduce__()[1][0]
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._counts_lock:
@@ -121,9 +139,7 @@ class KafkaBackend(EventBackend):
         self.log.emit(error.code(), level, "reco: Kafka: %s", error.str())
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
-        if err is None:
-            self._count("delivered")
-        else:
+        if err is not None:
             self._count("failed")
             self.log.emit(
                 ("delivery", err.code()),
@@ -135,7 +151,7 @@ class KafkaBackend(EventBackend):
 
     def send(self, topic: str, key: str, event: Mapping[str, Any]) -> None:
         try:
-            self.producer.produce(topic, key=key.encode(), value=schema.encode(event))
+            self._produce(topic, schema.encode(event), key.encode())
         except BufferError:
             self._count("dropped")
             self.log.emit(
@@ -144,20 +160,32 @@ class KafkaBackend(EventBackend):
         except confluent_kafka.KafkaException as exc:
             self._count("dropped")
             self.log.emit("dropped", logging.ERROR, "reco event dropped: %s", exc)
-        # Serve delivery callbacks of earlier events; never waits.
-        self.producer.poll(0)
+        else:
+            next(self._sent)
+        # Serve callbacks (failures, librdkafka's log) now and then; never waits.
+        self._sends += 1
+        if not self._sends % POLL_EVERY:
+            self._poll(0)
 
     def flush(self, timeout: float = 10.0) -> int:
         return self.producer.flush(timeout)
 
     def stats(self) -> dict[str, int]:
         self.producer.poll(0)
+        queued = len(self.producer)
         with self._counts_lock:
-            counts = {"delivered": self.delivered, "failed": self.failed, "dropped": self.dropped}
-        return {**counts, "queued": len(self.producer)}
+            delivered = self.sent - self.failed - self._unsent_at_close - queued
+            return {
+                "delivered": max(0, delivered),
+                "failed": self.failed,
+                "dropped": self.dropped,
+                "queued": queued,
+            }
 
     def close(self, timeout: float = 2.0) -> None:
         remaining = self.producer.flush(timeout)
         if remaining:
-            self._count("dropped", remaining)
+            with self._counts_lock:
+                self.dropped += remaining
+                self._unsent_at_close += remaining
             logger.warning("reco: %d events could not be delivered before close", remaining)
