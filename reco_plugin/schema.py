@@ -142,11 +142,12 @@ def make_event(
         "event_id": event_id or new_event_id(),
         "schema": SCHEMA_VERSION,
         "type": type,
-        "ts": now_ms() if ts is None else int(ts),
+        "ts": int(time.time() * 1000) if ts is None else int(ts),
         "visitor_id": visitor_id,
     }
     if product_id is not None:
-        product_id = str(product_id)
+        if product_id.__class__ is not str:
+            product_id = str(product_id)
         if not 0 < len(product_id) <= MAX_ID_LENGTH:
             raise InvalidEvent(f"product_id must be a non-empty string of at most {MAX_ID_LENGTH}")
         event["product_id"] = product_id
@@ -154,7 +155,7 @@ def make_event(
         raise InvalidEvent("product_id is required")
     if event_id is not None and not 0 < len(event_id) <= MAX_ID_LENGTH:
         raise InvalidEvent(f"event_id must be a non-empty string of at most {MAX_ID_LENGTH}")
-    if event["ts"] <= 0:
+    if ts is not None and event["ts"] <= 0:
         raise InvalidEvent("ts must be epoch milliseconds")
     if quantity is not None:
         quantity = event["quantity"] = int(quantity)
@@ -243,8 +244,10 @@ def _context(given: Mapping[str, Any]) -> dict[str, str]:
         raise InvalidEvent(f"context must be an object of at most {MAX_CONTEXT_KEYS} keys")
     context = {}
     for key, value in given.items():
-        key = key if isinstance(key, str) else str(key)
-        value = value if isinstance(value, str) else "" if value is None else str(value)
+        if key.__class__ is not str:
+            key = str(key)
+        if value.__class__ is not str:
+            value = "" if value is None else str(value)
         if not 0 < len(key) <= MAX_CONTEXT_KEY_LENGTH:
             raise InvalidEvent(f"context keys are strings of 1-{MAX_CONTEXT_KEY_LENGTH}")
         if len(value) > MAX_CONTEXT_VALUE_LENGTH:

@@ -179,3 +179,25 @@ def test_kafka_stopped_pages_answer_quickly_and_every_event_arrives_after(
     assert outage["max_ms"] < 100, outage
     stats = kafka_backend.stats()
     assert stats["failed"] == 0 and stats["dropped"] == 0
+
+
+def test_the_backend_hands_over_bursts_and_single_events_after_a_quiet_spell(kafka):
+    from reco_plugin.backends.kafka import SLEEP_AFTER_SECONDS, KafkaBackend
+
+    bootstrap = f"127.0.0.1:{kafka.ports.kafka}"
+    topic = f"handover-{uuid.uuid4().hex[:6]}"
+    backend = KafkaBackend({"bootstrap.servers": bootstrap})
+    try:
+        for n in range(2000):  # a burst: most are produced by the sender itself
+            backend.send(topic, f"s:{n % 7}", schema.make_event("page_view", f"s:{n % 7}", n))
+        assert backend.flush(30) == 0
+        time.sleep(SLEEP_AFTER_SECONDS + 0.5)  # the hand-over thread is asleep now
+        assert backend._asleep
+        backend.send(topic, "s:late", schema.make_event("page_view", "s:late", "1"))
+        assert backend.flush(30) == 0
+        assert backend.stats() == {"delivered": 2001, "failed": 0, "dropped": 0, "queued": 0}
+    finally:
+        backend.close()
+    records = read_all(bootstrap, [topic])
+    assert len(records) == 2001
+    assert len({e["event_id"] for _, _, e in records}) == 2001

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import threading
@@ -37,8 +38,15 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "log.connection.close": False,
 }
 
-# ``send`` serves callbacks every this many events (``stats`` and ``flush`` too).
-POLL_EVERY = 16
+# The hand-over thread produces what has gathered this often (seconds)...
+HAND_OVER_SECONDS = 0.002
+# Beyond this many waiting, a sender produces its event itself.
+HAND_OVER_BACKLOG = 64
+# It sleeps (until the next event wakes it) after this many quiet seconds...
+SLEEP_AFTER_SECONDS = 1.0
+# ...and at most this many events wait for it (beyond them, events are dropped
+# and counted: librdkafka's own queue is full too, Kafka has been away long).
+MAX_PENDING = 100_000
 
 # The same message (per kind) at most once per this many seconds.
 LOG_INTERVAL_SECONDS = 60.0
@@ -78,11 +86,14 @@ class RateLimitedLog:
 class KafkaBackend(EventBackend):
     """Produces events with confluent-kafka (librdkafka).
 
-    ``send`` only appends to librdkafka's in-memory queue; delivery happens on
-    librdkafka's threads. If the queue is full (the broker has been away long
-    enough to fill it) the event is dropped and counted rather than blocking
-    the shop's request. Delivered, failed and dropped events are counted
-    (:meth:`stats`).
+    ``send`` appends the event to an in-process queue and returns: a
+    hand-over thread encodes and produces what has gathered every
+    ``HAND_OVER_SECONDS`` (producing a few events in a row costs a fraction of
+    producing each from a request, whose work has pushed librdkafka's code out
+    of the CPU's caches); librdkafka's threads deliver them. While Kafka is away
+    events wait in librdkafka's queue, then in this one; when both are full an
+    event is dropped and counted rather than blocking the shop's request.
+    Delivered, failed and dropped events are counted (:meth:`stats`).
     """
 
     accepts_validate_only = True
@@ -91,6 +102,7 @@ class KafkaBackend(EventBackend):
         self,
         config: Mapping[str, Any] | None = None,
         validate_only: bool = False,
+        max_pending: int = MAX_PENDING,
         **options: Any,
     ) -> None:
         if confluent_kafka is None:
@@ -117,17 +129,23 @@ class KafkaBackend(EventBackend):
         )
         # Callbacks run in whichever thread polls: counts change under a lock.
         self._counts_lock = threading.Lock()
-        self._sent = itertools.count()  # accepted into the queue (atomic increments)
-        self._sends = 0
+        self._sent = itertools.count()  # produced into librdkafka (atomic increments)
         self.failed = 0
         self.dropped = 0
         self._unsent_at_close = 0
-        self._produce = self.producer.produce
-        self._poll = self.producer.poll
+        self.max_pending = max_pending
+        self._pending: collections.deque[tuple[str, str, Mapping[str, Any]]] = collections.deque()
+        self._wake = threading.Event()
+        self._asleep = True
+        self._idle = threading.Event()
+        self._idle.set()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
 
     @property
     def sent(self) -> int:
-        """Events accepted into the queue so far."""
+        """Events produced into librdkafka so far."""
         return self._sent.__reduce__()[1][0]
 
     def _count(self, name: str, n: int = 1) -> None:
@@ -150,42 +168,125 @@ class KafkaBackend(EventBackend):
             )
 
     def send(self, topic: str, key: str, event: Mapping[str, Any]) -> None:
-        try:
-            self._produce(topic, schema.encode(event), key.encode())
-        except BufferError:
-            self._count("dropped")
-            self.log.emit(
-                "dropped", logging.ERROR, "reco event dropped: producer queue full (is Kafka down?)"
-            )
-        except confluent_kafka.KafkaException as exc:
-            self._count("dropped")
-            self.log.emit("dropped", logging.ERROR, "reco event dropped: %s", exc)
-        else:
-            next(self._sent)
-        # Serve callbacks (failures, librdkafka's log) now and then; never waits.
-        self._sends += 1
-        if not self._sends % POLL_EVERY:
-            self._poll(0)
+        pending = len(self._pending)
+        if pending >= HAND_OVER_BACKLOG:
+            # A burst (a script, a replay) outruns the thread: this caller
+            # produces its own event, which never waits either.
+            try:
+                self.producer.produce(topic, schema.encode(event), key.encode())
+                next(self._sent)
+                return
+            except BufferError:
+                if pending >= self.max_pending:
+                    self._count("dropped")
+                    self.log.emit(
+                        "dropped",
+                        logging.ERROR,
+                        "reco event dropped: producer queue full (is Kafka down?)",
+                    )
+                    return
+        self._pending.append((topic, key, event))
+        if self._asleep:  # only the first event after a quiet second pays a wake-up
+            self._wake_up()
+
+    def _wake_up(self) -> None:
+        if self._thread is None:
+            with self._thread_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._hand_over, name="reco-producer", daemon=True
+                    )
+                    self._thread.start()
+        self._asleep = False
+        self._wake.set()
+
+    def _hand_over(self) -> None:
+        """While events come, look for them every ``HAND_OVER_SECONDS``; after
+        a quiet ``SLEEP_AFTER_SECONDS``, sleep until ``send`` wakes the thread."""
+        quiet_since = time.monotonic()
+        while not self._closing:
+            if self._asleep:
+                self._wake.wait()
+                self._wake.clear()
+            else:
+                time.sleep(HAND_OVER_SECONDS)
+            self._idle.clear()
+            if self._pending:
+                self._produce_pending()
+                self.producer.poll(0)  # serve callbacks: failures, librdkafka's log
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > SLEEP_AFTER_SECONDS:
+                self.producer.poll(0)
+                self._asleep = True
+                if self._pending:  # appended just before: ``send`` saw us awake
+                    self._asleep = False
+            self._idle.set()
+
+    def _produce_pending(self) -> None:
+        pending, produce, poll, encode = (
+            self._pending,
+            self.producer.produce,
+            self.producer.poll,
+            schema.encode,
+        )
+        while pending:
+            topic, key, event = pending.popleft()
+            while True:
+                try:
+                    produce(topic, encode(event), key.encode())
+                    next(self._sent)
+                    break
+                except BufferError:
+                    if self._closing:
+                        pending.appendleft((topic, key, event))
+                        return
+                    # librdkafka's queue is full: wait for the broker here, not
+                    # in anybody's request.
+                    poll(0.1)
+                except Exception as exc:
+                    self._count("dropped")
+                    self.log.emit("dropped", logging.ERROR, "reco event dropped: %s", exc)
+                    break
+
+    def hand_over(self, timeout: float = 10.0) -> int:
+        """Wait up to ``timeout`` seconds until what is pending has been
+        produced into librdkafka (not delivered); return how many still wait."""
+        self._drain(time.monotonic() + timeout)
+        return len(self._pending)
+
+    def _drain(self, deadline: float) -> None:
+        """Wait until the hand-over thread has produced what is pending."""
+        while (self._pending or not self._idle.is_set()) and time.monotonic() < deadline:
+            if self._asleep:
+                self._wake_up()
+            self._idle.wait(max(0.0, min(0.1, deadline - time.monotonic())))
+            time.sleep(0.001)
 
     def flush(self, timeout: float = 10.0) -> int:
-        return self.producer.flush(timeout)
+        deadline = time.monotonic() + timeout
+        self._drain(deadline)
+        return len(self._pending) + self.producer.flush(max(0.0, deadline - time.monotonic()))
 
     def stats(self) -> dict[str, int]:
         self.producer.poll(0)
-        queued = len(self.producer)
+        in_librdkafka = len(self.producer)
         with self._counts_lock:
-            delivered = self.sent - self.failed - self._unsent_at_close - queued
+            delivered = self.sent - self.failed - self._unsent_at_close - in_librdkafka
             return {
                 "delivered": max(0, delivered),
                 "failed": self.failed,
                 "dropped": self.dropped,
-                "queued": queued,
+                "queued": in_librdkafka + len(self._pending),
             }
 
     def close(self, timeout: float = 2.0) -> None:
-        remaining = self.producer.flush(timeout)
+        remaining = self.flush(timeout)
+        self._closing = True
+        self._wake.set()  # a sleeping thread ends
         if remaining:
+            unsent = len(self._pending)
+            self._pending.clear()
             with self._counts_lock:
                 self.dropped += remaining
-                self._unsent_at_close += remaining
+                self._unsent_at_close += remaining - unsent
             logger.warning("reco: %d events could not be delivered before close", remaining)
