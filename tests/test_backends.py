@@ -72,3 +72,18 @@ def test_reco_status_shows_the_producer_counts(r):
     report = pipeline_status(kafka_timeout=0.5)
     assert report["producers"] == {"delivered": 40, "failed": 1, "dropped": 2}
     assert "40 delivered, 1 failed, 2 dropped" in format_status(report)
+
+
+def test_a_forked_child_builds_its_own_backend(settings, redis_url):
+    import os
+
+    from reco_plugin.backends import get_backend
+
+    parent = get_backend()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: a new backend, not the parent's
+        os.write(write, b"new" if get_backend() is not parent else b"same")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 10) == b"new"

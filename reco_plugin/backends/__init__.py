@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 
 from django.utils.module_loading import import_string
@@ -84,6 +85,17 @@ def reset_backend() -> None:
         _backend = None
         _reporter = None
     atexit.unregister(_flush_at_exit)
+
+
+def _forget_after_fork() -> None:
+    """A forked child (a pre-forking server's worker) builds its own backend:
+    the parent's producer and threads do not exist in it."""
+    global _backend, _reporter
+    _backend = None
+    _reporter = None
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 class StatsReporter:
