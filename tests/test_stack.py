@@ -180,6 +180,19 @@ def test_reco_status_on_the_running_stack(live_stack):
     assert "job        ok" in human and "all good" in human
 
 
+def test_reco_status_counts_what_the_shops_processes_delivered(live_stack):
+    def delivered():
+        result = live_stack.run_manage("reco_status", "--json", timeout=60)
+        return json.loads(result.stdout.strip().splitlines()[-1])["producers"]["delivered"]
+
+    before = delivered()
+    visitor = ShopVisitor(live_stack.web_url)
+    for product in ("3", "4", "5"):
+        assert visitor.get(f"/products/{product}/")[0] == 200
+    # each process adds its counts every PRODUCER_STATS_SECONDS (10 s)
+    assert wait_for(lambda: delivered() >= before + 3, 30), "the page views were not counted"
+
+
 def test_an_event_emitted_by_a_short_lived_process_reaches_kafka(live_stack):
     visitor = f"s:exit-{uuid.uuid4().hex[:12]}"
     result = live_stack.run_manage(
