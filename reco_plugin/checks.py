@@ -130,8 +130,9 @@ def _event_checks() -> list[Any]:
             re.compile(pattern)
         if reco_settings.OPT_OUT:
             import_string(reco_settings.OPT_OUT)
-        if reco_settings.BEACON_RATE:
-            SimpleRateThrottle.parse_rate(None, reco_settings.BEACON_RATE)  # type: ignore[arg-type]
+        for rate in (reco_settings.BEACON_RATE, reco_settings.BEACON_RATE_PER_ADDRESS):
+            if rate:
+                SimpleRateThrottle.parse_rate(None, rate)  # type: ignore[arg-type]
     except (ImportError, re.error, ValueError, KeyError, TypeError) as exc:
         errors.append(
             Error(

@@ -53,6 +53,8 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BEACON_EVENTS": 50,
     "MAX_BEACON_BYTES": 32 * 1024,
     "BEACON_RATE": "120/min",
+    # ...and per client address, whatever the session (shared offices, NAT: keep it high)
+    "BEACON_RATE_PER_ADDRESS": "1200/min",
     # cart and order models whose changes are events (see docs/events.md), e.g.
     # {"MODEL": "shop.CartLine", "PRODUCT": "product_id", "QUANTITY": "quantity",
     #  "PRICE": "unit_price", "USER": "cart.user_id"}; None: not tracked by signals

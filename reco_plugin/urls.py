@@ -10,5 +10,7 @@ urlpatterns = [
     path("api/products/<str:product_id>/similar/", views.SimilarView.as_view(), name="similar"),
     path("api/trending/", views.TrendingView.as_view(), name="trending"),
     path("api/events/", views.EventsView.as_view(), name="events"),
+    # a beacon posted without the slash is answered too (APPEND_SLASH cannot redirect a POST)
+    path("api/events", views.EventsView.as_view()),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
 ]

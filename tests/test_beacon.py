@@ -55,6 +55,27 @@ MALFORMED = [
         400,
         "JSON",
     ),
+    (
+        "lone surrogate in a key",
+        '{"type": "click", "product_id": "1", "\\ud800": 1}',
+        "application/json",
+        400,
+        "surrogate",
+    ),
+    (
+        "lone surrogate in a value",
+        '{"type": "\\ud800", "product_id": "1"}',
+        "application/json",
+        400,
+        "surrogate",
+    ),
+    (
+        "lone surrogate in the context",
+        '{"type": "click", "product_id": "1", "context": {"k": "a\\udfffb"}}',
+        "application/json",
+        400,
+        "surrogate",
+    ),
     ("a JSON array", "[]", "application/json", 400, "object"),
     ("a JSON string", '"click"', "application/json", 400, "object"),
     ("a JSON number", "1", "application/json", 400, "object"),
@@ -147,6 +168,43 @@ def test_malformed_beacon_is_a_json_4xx_naming_the_problem_and_emits_nothing(
     assert response["Content-Type"].startswith("application/json")
     assert word.lower() in json.dumps(response.json()).lower()
     assert backend.sent == []
+
+
+def test_answers_are_json_whatever_the_client_accepts(browser_client, backend):
+    for accept in ("text/html", "*/*", "application/json"):
+        response = browser_client.post(
+            "/reco/api/events/?format=api",
+            "{bad",
+            content_type="application/json",
+            HTTP_ACCEPT=accept,
+        )
+        assert response.status_code in (400, 403, 404)
+        assert response["Content-Type"].startswith("application/json"), accept
+
+
+def test_a_beacon_posted_without_the_trailing_slash_is_served(browser_client, backend):
+    from django.middleware.csrf import _get_new_csrf_string
+
+    secret = _get_new_csrf_string()
+    browser_client.cookies["csrftoken"] = secret
+    response = browser_client.post(
+        "/reco/api/events",
+        json.dumps(CLICK),
+        content_type="application/json",
+        HTTP_X_CSRFTOKEN=secret,
+    )
+    assert response.status_code == 202
+
+
+def test_a_new_session_per_request_still_meets_the_address_limit(backend, catalog, settings):
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "BEACON_RATE_PER_ADDRESS": "4/min"}
+    cache.clear()
+    statuses = []
+    for _ in range(6):
+        client = Client()
+        client.get("/products/1/")  # a fresh session each time
+        statuses.append(post_events(client, CLICK).status_code)
+    assert statuses == [202, 202, 202, 202, 429, 429]
 
 
 def test_beacon_without_csrf_token_is_refused(browser_client, backend):

@@ -21,6 +21,7 @@ from rest_framework.exceptions import (
     ValidationError,
 )
 from rest_framework.parsers import JSONParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import SimpleRateThrottle
@@ -63,6 +64,8 @@ class ShopSessionUser(BaseAuthentication):
 
 class RecoAPIView(APIView):
     schema = AutoSchema()
+    # JSON answers only, whatever the client accepts (no browsable pages).
+    renderer_classes = [JSONRenderer]
     # The API serves the session's visitor; no token or basic auth.
     authentication_classes: list[Any] = [ShopSessionUser]
     permission_classes: list[Any] = []
@@ -148,9 +151,16 @@ class BeaconParser(JSONParser):
         if len(raw) > limit:
             raise BodyTooLarge(f"the body is over {limit} bytes")
         try:
-            return json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+            data = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
         except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise ParseError(f"the body is not valid JSON: {str(exc)[:200]}") from None
+        try:
+            # An escaped lone surrogate ("\ud800") parses, but is no text: it
+            # could be neither logged, answered nor sent on.
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ParseError("the body is not valid JSON: it escapes a lone surrogate") from None
+        return data
 
 
 class VisitorRateThrottle(SimpleRateThrottle):
@@ -169,6 +179,19 @@ class VisitorRateThrottle(SimpleRateThrottle):
         visitor_id = visitor_id_for(request._request, create=False)
         ident = visitor_id or f"ip:{self.get_ident(request)}"
         return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
+class AddressRateThrottle(SimpleRateThrottle):
+    """``BEACON_RATE_PER_ADDRESS`` requests per client address: a client that
+    starts a new session for every request still meets a limit."""
+
+    scope = "reco_beacon_address"
+
+    def get_rate(self) -> str | None:
+        return reco_settings.BEACON_RATE_PER_ADDRESS
+
+    def get_cache_key(self, request: Request, view: Any) -> str | None:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
 
 
 def _catalog_ids(product_ids: set[str]) -> dict[str, str]:
@@ -202,7 +225,7 @@ class EventsView(RecoAPIView):
     """
 
     parser_classes = [BeaconParser]
-    throttle_classes = [VisitorRateThrottle]
+    throttle_classes = [VisitorRateThrottle, AddressRateThrottle]
 
     @extend_schema(request=BeaconEventSerializer, responses={202: None})
     def post(self, request: Request) -> Response:

@@ -124,7 +124,7 @@ class KafkaBackend(EventBackend):
                 "on_delivery": self._on_delivery,
                 # librdkafka checks every option when the client is made; with
                 # no brokers to reach it makes no connection.
-                **({"bootstrap.servers": ""} if validate_only else {}),
+                **({"bootstrap.servers": "", "log_level": 0} if validate_only else {}),
             }
         )
         # Callbacks run in whichever thread polls: counts change under a lock.

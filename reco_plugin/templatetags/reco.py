@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from django import template
+from django.conf import settings
 from django.middleware.csrf import get_token
 from django.urls import reverse
 
@@ -49,6 +50,10 @@ def recommendations(
         "limit": limit,
         "poll": reco_settings.POLL_INTERVAL_SECONDS,
         "csrf": get_token(request) if request is not None else "",
+        # read at send time: a login elsewhere rotates the token
+        "csrfCookie": None
+        if settings.CSRF_USE_SESSIONS or settings.CSRF_COOKIE_HTTPONLY
+        else settings.CSRF_COOKIE_NAME,
     }
     return {
         "items": items,

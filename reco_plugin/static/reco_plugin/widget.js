@@ -207,13 +207,22 @@
     });
   };
 
+  Widget.prototype.csrfToken = function () {
+    var name = this.config.csrfCookie;
+    if (name) {
+      var found = document.cookie.split("; ").filter(function (c) { return c.indexOf(name + "=") === 0; })[0];
+      if (found) return decodeURIComponent(found.slice(name.length + 1));
+    }
+    return this.config.csrf;
+  };
+
   Widget.prototype.send = function (event) {
     // keepalive lets the request finish while the browser follows the link.
     fetch(this.config.events, {
       method: "POST",
       credentials: "same-origin",
       keepalive: true,
-      headers: { "Content-Type": "application/json", "X-CSRFToken": this.config.csrf },
+      headers: { "Content-Type": "application/json", "X-CSRFToken": this.csrfToken() },
       body: JSON.stringify(event),
     }).catch(function () { /* a lost click is not worth an error */ });
   };
