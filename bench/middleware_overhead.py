@@ -31,12 +31,12 @@ import io
 import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stack.services import Ports, Stack
+from bench import kafka_and_redis
+from stack.services import Stack
 
 MIDDLEWARE_PATH = "reco_plugin.middleware.RecoEventMiddleware"
 VISITOR = "bench-middleware-0001"
@@ -226,81 +226,71 @@ def count_page_views(bootstrap: str, topic: str, visitor_id: str) -> tuple[int, 
 
 
 def run(rounds: int = 20, per_round: int = 500, warmup: int = 500, log=print) -> dict:
-    with tempfile.TemporaryDirectory(prefix="reco-bench-") as state:
-        stack = Stack(Path(state), Ports.free(), log=lambda line: None)
-        try:
-            log("starting Kafka and Redis on free ports...")
-            stack.start_kafka()
-            stack.start_redis()
-            setup_django(stack, Path(state) / "shop.sqlite3")
-            from reco_plugin import schema
-            from reco_plugin.backends import get_backend, reset_backend
-            from reco_plugin.backends.kafka import KafkaBackend
-            from reco_plugin.conf import reco_settings
+    with kafka_and_redis(log) as (stack, state):
+        setup_django(stack, Path(state) / "shop.sqlite3")
+        from reco_plugin import schema
+        from reco_plugin.backends import get_backend, reset_backend
+        from reco_plugin.backends.kafka import KafkaBackend
+        from reco_plugin.conf import reco_settings
 
-            session_key = prepare_shop()
-            backend = get_backend()
-            if not isinstance(backend, KafkaBackend):
-                raise RuntimeError(f"expected the Kafka backend, got {type(backend)}")
-            with_mw, without_mw = build_handlers()
-            csrf_token = "b" * 32
-            environs = [environ_for(pk, session_key, csrf_token) for pk in range(1, PRODUCTS + 1)]
+        session_key = prepare_shop()
+        backend = get_backend()
+        if not isinstance(backend, KafkaBackend):
+            raise RuntimeError(f"expected the Kafka backend, got {type(backend)}")
+        with_mw, without_mw = build_handlers()
+        csrf_token = "b" * 32
+        environs = [environ_for(pk, session_key, csrf_token) for pk in range(1, PRODUCTS + 1)]
 
-            log(f"warm-up: {warmup} requests per handler...")
-            timed_requests(with_mw, environs, warmup)
-            timed_requests(without_mw, environs, warmup)
-            backend.flush(30)
+        log(f"warm-up: {warmup} requests per handler...")
+        timed_requests(with_mw, environs, warmup)
+        timed_requests(without_mw, environs, warmup)
+        backend.flush(30)
 
-            with_t, without_t = Timings(), Timings()
-            paired: list[float] = []
-            hand_over_cpu: list[float] = []
-            log(f"{rounds} rounds x {per_round} requests per handler, alternating per request...")
-            for i in range(rounds):
-                for j in range(per_round):
-                    # with/without, then without/with: neither always goes first
-                    first_with = (i + j) % 2 == 0
-                    pair = {}
-                    for handler in (with_mw, without_mw) if first_with else (without_mw, with_mw):
-                        timings = timed_requests(handler, environs, 1, offset=j)
-                        (with_t if handler is with_mw else without_t).extend(timings)
-                        pair[handler is with_mw] = timings.wall[0]
-                        if handler is with_mw:
-                            # The event goes on to librdkafka on the backend's
-                            # hand-over thread: let it, untimed, so its CPU does
-                            # not land in the next request, and count that CPU.
-                            cpu = time.process_time()
-                            backend.hand_over(5)
-                            hand_over_cpu.append(time.process_time() - cpu)
-                    paired.append(pair[True] - pair[False])
-                log(
-                    f"  round {i + 1}/{rounds}: added "
-                    f"{statistics.median(paired[-per_round:]) * 1e6:.0f} us (median of pairs)"
-                )
-
-            log("flushing the producer and counting page views on the broker...")
-            remaining = backend.flush(60)
-            topic = schema.topic_for(schema.PAGE_VIEW, reco_settings.TOPICS)
-            expected = warmup + rounds * per_round
-            records, delivered = count_page_views(
-                f"127.0.0.1:{stack.ports.kafka}", topic, f"s:{VISITOR}"
+        with_t, without_t = Timings(), Timings()
+        paired: list[float] = []
+        hand_over_cpu: list[float] = []
+        log(f"{rounds} rounds x {per_round} requests per handler, alternating per request...")
+        for i in range(rounds):
+            for j in range(per_round):
+                # with/without, then without/with: neither always goes first
+                first_with = (i + j) % 2 == 0
+                pair = {}
+                for handler in (with_mw, without_mw) if first_with else (without_mw, with_mw):
+                    timings = timed_requests(handler, environs, 1, offset=j)
+                    (with_t if handler is with_mw else without_t).extend(timings)
+                    pair[handler is with_mw] = timings.wall[0]
+                    if handler is with_mw:
+                        # The event goes on to librdkafka on the backend's
+                        # hand-over thread: let it, untimed, so its CPU does
+                        # not land in the next request, and count that CPU.
+                        cpu = time.process_time()
+                        backend.hand_over(5)
+                        hand_over_cpu.append(time.process_time() - cpu)
+                paired.append(pair[True] - pair[False])
+            log(
+                f"  round {i + 1}/{rounds}: added "
+                f"{statistics.median(paired[-per_round:]) * 1e6:.0f} us (median of pairs)"
             )
-            if remaining or backend.failed or backend.dropped:
-                raise RuntimeError(
-                    f"events lost: {remaining} still queued, {backend.failed} failed, "
-                    f"{backend.dropped} dropped"
-                )
-            if delivered != expected or records != expected:
-                raise RuntimeError(
-                    f"expected {expected} page views on {topic!r} (one per request with "
-                    f"the middleware), found {delivered} of the visitor in {records} records"
-                )
-            log(f"{delivered} page views on {topic!r}, as expected")
-            reset_backend()  # closes the producer while its broker is still up
-        except Exception:
-            log(stack.dump_logs(30))
-            raise
-        finally:
-            stack.stop()
+
+        log("flushing the producer and counting page views on the broker...")
+        remaining = backend.flush(60)
+        topic = schema.topic_for(schema.PAGE_VIEW, reco_settings.TOPICS)
+        expected = warmup + rounds * per_round
+        records, delivered = count_page_views(
+            f"127.0.0.1:{stack.ports.kafka}", topic, f"s:{VISITOR}"
+        )
+        if remaining or backend.failed or backend.dropped:
+            raise RuntimeError(
+                f"events lost: {remaining} still queued, {backend.failed} failed, "
+                f"{backend.dropped} dropped"
+            )
+        if delivered != expected or records != expected:
+            raise RuntimeError(
+                f"expected {expected} page views on {topic!r} (one per request with "
+                f"the middleware), found {delivered} of the visitor in {records} records"
+            )
+        log(f"{delivered} page views on {topic!r}, as expected")
+        reset_backend()  # closes the producer while its broker is still up
 
     def us(values: list[float], statistic=statistics.median) -> float:
         return statistic(values) * 1e6

@@ -21,13 +21,12 @@ import gc
 import os
 import random
 import statistics
-import tempfile
 import time
-from pathlib import Path
 
+from bench import kafka_and_redis
 from reco_plugin import schema
 from stack.pipeline import end_offsets
-from stack.services import Ports, Stack
+from stack.services import Stack
 
 PLUGIN_TOPIC = "bench.plugin.page_views"
 RAW_TOPIC = "bench.raw.page_views"
@@ -129,91 +128,81 @@ def raw_run(producer, records, bootstrap: str, counts: dict[str, int]) -> dict:
 
 
 def run(events: int = 200_000, runs: int = 3, log=print) -> dict:
-    with tempfile.TemporaryDirectory(prefix="reco-bench-") as state:
-        stack = Stack(Path(state), Ports.free(), log=lambda line: None)
-        try:
-            log("starting Kafka (and Redis, for the plugin's producer counts) on free ports...")
-            stack.start_kafka()
-            stack.start_redis()
-            bootstrap = f"127.0.0.1:{stack.ports.kafka}"
-            setup_django(stack)
-            from confluent_kafka import Producer
-            from django.conf import settings
-            from django.test import override_settings
+    with kafka_and_redis(log) as (stack, state):
+        bootstrap = f"127.0.0.1:{stack.ports.kafka}"
+        setup_django(stack)
+        from confluent_kafka import Producer
+        from django.conf import settings
+        from django.test import override_settings
 
-            from reco_plugin import topics
-            from reco_plugin.backends import get_backend, reset_backend
-            from reco_plugin.backends.kafka import PRODUCER_DEFAULTS, KafkaBackend
+        from reco_plugin import topics
+        from reco_plugin.backends import get_backend, reset_backend
+        from reco_plugin.backends.kafka import PRODUCER_DEFAULTS, KafkaBackend
 
-            def plugin_settings(topic: str) -> dict:
-                return {
-                    **settings.RECO_PLUGIN,
-                    "KAFKA": {"bootstrap.servers": bootstrap},
-                    "EVENT_BACKEND": {
-                        "BACKEND": "reco_plugin.backends.kafka.KafkaBackend",
-                        "OPTIONS": {},
-                    },
-                    "TOPICS": {"page_views": topic},
-                    "REDIS_URL": stack.redis_url,
-                }
+        def plugin_settings(topic: str) -> dict:
+            return {
+                **settings.RECO_PLUGIN,
+                "KAFKA": {"bootstrap.servers": bootstrap},
+                "EVENT_BACKEND": {
+                    "BACKEND": "reco_plugin.backends.kafka.KafkaBackend",
+                    "OPTIONS": {},
+                },
+                "TOPICS": {"page_views": topic},
+                "REDIS_URL": stack.redis_url,
+            }
 
-            # The plugin's own topic creation, for both topics (same partitions).
-            for topic in (RAW_TOPIC, PLUGIN_TOPIC):
-                with override_settings(RECO_PLUGIN=plugin_settings(topic)):
-                    topics.ensure_topics()
+        # The plugin's own topic creation, for both topics (same partitions).
+        for topic in (RAW_TOPIC, PLUGIN_TOPIC):
+            with override_settings(RECO_PLUGIN=plugin_settings(topic)):
+                topics.ensure_topics()
 
-            log(f"building {events} page views and their encoded records...")
-            views = page_views(events)
-            records = encoded(views)
-            sizes = [len(value) for _, value in records]
+        log(f"building {events} page views and their encoded records...")
+        views = page_views(events)
+        records = encoded(views)
+        sizes = [len(value) for _, value in records]
 
-            with override_settings(RECO_PLUGIN=plugin_settings(PLUGIN_TOPIC)):
-                backend = get_backend()
-                if not isinstance(backend, KafkaBackend):
-                    raise RuntimeError(f"expected the Kafka backend, got {type(backend)}")
-                config = {**PRODUCER_DEFAULTS, "bootstrap.servers": bootstrap}
-                if {k: v for k, v in backend.config.items() if k in config} != config:
-                    raise RuntimeError(f"the backend's config differs: {backend.config}")
-                # The same config: with delivery.report.only.error only
-                # failures call back, as in the plugin's backend.
-                counts = {"failed": 0}
+        with override_settings(RECO_PLUGIN=plugin_settings(PLUGIN_TOPIC)):
+            backend = get_backend()
+            if not isinstance(backend, KafkaBackend):
+                raise RuntimeError(f"expected the Kafka backend, got {type(backend)}")
+            config = {**PRODUCER_DEFAULTS, "bootstrap.servers": bootstrap}
+            if {k: v for k, v in backend.config.items() if k in config} != config:
+                raise RuntimeError(f"the backend's config differs: {backend.config}")
+            # The same config: with delivery.report.only.error only
+            # failures call back, as in the plugin's backend.
+            counts = {"failed": 0}
 
-                def on_delivery(err, msg):
-                    if err is not None:
-                        counts["failed"] += 1
+            def on_delivery(err, msg):
+                if err is not None:
+                    counts["failed"] += 1
 
-                producer = Producer({**config, "on_delivery": on_delivery})
+            producer = Producer({**config, "on_delivery": on_delivery})
 
-                log(f"warm-up: {WARMUP} events each...")
-                plugin_run(views[:WARMUP], bootstrap)
-                raw_run(producer, records[:WARMUP], bootstrap, counts)
+            log(f"warm-up: {WARMUP} events each...")
+            plugin_run(views[:WARMUP], bootstrap)
+            raw_run(producer, records[:WARMUP], bootstrap, counts)
 
-                results: dict[str, list[dict]] = {"plugin": [], "raw": []}
-                gc.collect()
-                gc.freeze()
-                try:
-                    for i in range(runs):
-                        order = ["plugin", "raw"] if i % 2 == 0 else ["raw", "plugin"]
-                        for variant in order:
-                            if variant == "plugin":
-                                result = plugin_run(views, bootstrap)
-                            else:
-                                result = raw_run(producer, records, bootstrap, counts)
-                            results[variant].append(result)
-                            log(
-                                f"  run {i + 1}/{runs} {variant:>6}: "
-                                f"{events / result['seconds']:,.0f} events/s "
-                                f"(hand-over loop {events / result['loop_seconds']:,.0f}/s)"
-                            )
-                finally:
-                    gc.unfreeze()
-                producer.flush(10)
-                reset_backend()  # closes the plugin's producer while its broker is up
-        except Exception:
-            log(stack.dump_logs(30))
-            raise
-        finally:
-            stack.stop()
+            results: dict[str, list[dict]] = {"plugin": [], "raw": []}
+            gc.collect()
+            gc.freeze()
+            try:
+                for i in range(runs):
+                    order = ["plugin", "raw"] if i % 2 == 0 else ["raw", "plugin"]
+                    for variant in order:
+                        if variant == "plugin":
+                            result = plugin_run(views, bootstrap)
+                        else:
+                            result = raw_run(producer, records, bootstrap, counts)
+                        results[variant].append(result)
+                        log(
+                            f"  run {i + 1}/{runs} {variant:>6}: "
+                            f"{events / result['seconds']:,.0f} events/s "
+                            f"(hand-over loop {events / result['loop_seconds']:,.0f}/s)"
+                        )
+            finally:
+                gc.unfreeze()
+            producer.flush(10)
+            reset_backend()  # closes the plugin's producer while its broker is up
 
     def rates(variant: str, field: str) -> list[float]:
         return [events / r[field] for r in results[variant]]

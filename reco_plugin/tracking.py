@@ -205,50 +205,41 @@ def _line_event(
     on_commit(event, using)
 
 
-def _using(sender: Any, instance: Any, using: str | None) -> str:
-    return using or router.db_for_write(sender, instance=instance) or DEFAULT_DB_ALIAS
+def _using(sender: Any, instance: Any, signal_kwargs: Mapping[str, Any]) -> str:
+    """The database the signal's write went to."""
+    return (
+        signal_kwargs.get("using")
+        or router.db_for_write(sender, instance=instance)
+        or DEFAULT_DB_ALIAS
+    )
 
 
 def cart_loaded(sender: Any, instance: Any, **kwargs: Any) -> None:
     setattr(instance, QUANTITY_SEEN, _quantity(instance, reco_settings.CART_MODEL))
 
 
-def cart_saved(
-    sender: Any,
-    instance: Any,
-    created: bool,
-    raw: bool = False,
-    using: str | None = None,
-    **kw: Any,
-) -> None:
-    if raw:
+def cart_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
+    if kwargs.get("raw"):
         return
     config = reco_settings.CART_MODEL
     quantity = _quantity(instance, config)
-    before = 0 if created else getattr(instance, QUANTITY_SEEN, 0)
+    before = 0 if kwargs.get("created") else getattr(instance, QUANTITY_SEEN, 0)
     setattr(instance, QUANTITY_SEEN, quantity)
     change = quantity - before
     event_type = schema.ADD_TO_CART if change > 0 else schema.REMOVE_FROM_CART
-    _line_event(event_type, instance, config, abs(change), _using(sender, instance, using))
+    _line_event(event_type, instance, config, abs(change), _using(sender, instance, kwargs))
 
 
-def cart_deleted(sender: Any, instance: Any, using: str | None = None, **kw: Any) -> None:
+def cart_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
     config = reco_settings.CART_MODEL
     quantity = getattr(instance, QUANTITY_SEEN, None) or _quantity(instance, config)
     _line_event(
-        schema.REMOVE_FROM_CART, instance, config, quantity, _using(sender, instance, using)
+        schema.REMOVE_FROM_CART, instance, config, quantity, _using(sender, instance, kwargs)
     )
 
 
-def order_line_saved(
-    sender: Any,
-    instance: Any,
-    created: bool,
-    raw: bool = False,
-    using: str | None = None,
-    **kw: Any,
-) -> None:
-    if raw or not created:
+def order_line_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
+    if kwargs.get("raw") or not kwargs.get("created"):
         return
     config = reco_settings.ORDER_LINE_MODEL
     _line_event(
@@ -256,7 +247,7 @@ def order_line_saved(
         instance,
         config,
         _quantity(instance, config),
-        _using(sender, instance, using),
+        _using(sender, instance, kwargs),
     )
 
 

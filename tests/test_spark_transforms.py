@@ -113,8 +113,9 @@ def processor(redis_url):
     return make
 
 
-def test_driver_and_executor_paths_reach_the_same_state_to_the_bit(spark, processor, redis_url, r):
-    batch = records(spark, traffic())
+def assert_both_paths_agree(batch, processor, redis_url, r):
+    """The batch scored on the driver, then (state emptied) on the executors:
+    the same state to the bit."""
     processor(driver_batch_rows=10_000)(batch, 0)
     on_driver = state_of(redis_url)
     r.flushdb()
@@ -122,6 +123,10 @@ def test_driver_and_executor_paths_reach_the_same_state_to_the_bit(spark, proces
     spread(batch, 0)
     assert spread.last["path"] == "executors"
     assert state_of(redis_url) == on_driver
+
+
+def test_driver_and_executor_paths_reach_the_same_state_to_the_bit(spark, processor, redis_url, r):
+    assert_both_paths_agree(records(spark, traffic()), processor, redis_url, r)
     similar = json.loads(r.get(keys.product_similar("1")))
     assert similar and all(i["product_id"] != "1" for i in similar)
     assert json.loads(r.get(keys.trending()))
@@ -140,14 +145,7 @@ def test_logins_in_a_batch_merge_the_same_on_both_paths(spark, processor, redis_
                 context={schema.PREVIOUS_VISITOR: f"s:{n}"},
             )
         )
-    batch = records(spark, values)
-    processor(driver_batch_rows=10_000)(batch, 0)
-    on_driver = state_of(redis_url)
-    r.flushdb()
-    spread = processor(driver_batch_rows=100)
-    spread(batch, 0)
-    assert spread.last["path"] == "executors"
-    assert state_of(redis_url) == on_driver
+    assert_both_paths_agree(records(spark, values), processor, redis_url, r)
     merged = json.loads(r.get(keys.visitor_recent("u:7")))
     assert merged and merged == json.loads(r.get(keys.visitor_recent("s:7")))[: len(merged)]
     assert r.hget(keys.pipeline_counters(), "page_views:applied") == str(len(values))
