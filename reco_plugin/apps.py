@@ -12,9 +12,11 @@ class RecoPluginConfig(AppConfig):
         from django.contrib.auth.signals import user_logged_in, user_logged_out
         from django.db.models.signals import post_delete, post_init, post_save
 
-        from . import checks, tracking  # noqa: F401  (checks registers the system checks)
+        from . import checks, keys, tracking  # noqa: F401  (checks registers the system checks)
         from .conf import reco_settings
         from .receivers import product_changed
+
+        keys.use_prefix(reco_settings.KEY_PREFIX)
 
         user_logged_in.connect(tracking.user_logged_in, dispatch_uid="reco_plugin.identify")
         user_logged_out.connect(tracking.user_logged_out, dispatch_uid="reco_plugin.logout")

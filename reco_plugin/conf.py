@@ -29,6 +29,8 @@ DEFAULTS: dict[str, Any] = {
     "TOPIC_PARTITIONS": 12,
     "TOPIC_REPLICATION": 1,
     "REDIS_URL": "redis://127.0.0.1:6379/0",
+    # every Redis key, the update channel and the websocket groups start with it
+    "KEY_PREFIX": "reco:v1",
     # "app_label.ModelName" of the shop's product
     "PRODUCT_MODEL": None,
     # URL names of the shop's product page, and the URL kwarg holding the product id
@@ -135,7 +137,8 @@ reco_settings = RecoSettings()
 def _reload(*, setting: str, **kwargs: Any) -> None:
     if setting == "RECO_PLUGIN":
         reco_settings.reload()
-        from . import backends, redis_client
+        from . import backends, keys, redis_client
 
         backends.reset_backend()
         redis_client.reset()
+        keys.use_prefix(reco_settings.KEY_PREFIX)

@@ -9,7 +9,18 @@ from __future__ import annotations
 
 import hashlib
 
-PREFIX = "reco:v1"
+DEFAULT_PREFIX = "reco:v1"
+PREFIX = DEFAULT_PREFIX
+
+
+def use_prefix(prefix: str) -> None:
+    """Put every key, the update channel and the websocket groups of this
+    process under ``prefix`` (two shops, or a replay, on one Redis)."""
+    global PREFIX
+    if not prefix or any(c.isspace() for c in prefix):
+        raise ValueError(f"a key prefix is a non-empty word, not {prefix!r}")
+    PREFIX = prefix
+
 
 # Recommendation lists are JSON arrays of {"product_id", "score"}, best first,
 # written whole by the pipeline. Their TTLs are pipeline settings
@@ -139,7 +150,7 @@ def visitor_group(visitor_id: str) -> str:
     characters, and a visitor id should not leak into the channel layer, so
     the id is hashed.
     """
-    digest = hashlib.sha256(visitor_id.encode()).hexdigest()[:40]
+    digest = hashlib.sha256(f"{PREFIX}|{visitor_id}".encode()).hexdigest()[:40]
     return f"reco.visitor.{digest}"
 
 

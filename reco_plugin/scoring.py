@@ -93,6 +93,9 @@ class PipelineSettings:
     max_offsets_per_trigger: int = 20000
     # None: the number of cores of a local master
     shuffle_partitions: int | None = None
+    # the Redis key prefix (keys.use_prefix) the job reads and writes under;
+    # set from the shop's KEY_PREFIX by the launcher, or by a replay
+    key_prefix: str = "reco:v1"
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None = None) -> PipelineSettings:

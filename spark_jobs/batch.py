@@ -111,6 +111,7 @@ def score_partition(
     anonymous visitor with those of the user they logged in as in the batch
     (the executors' path partitions by :func:`owner`).
     """
+    keys.use_prefix(settings.key_prefix)  # also in a fresh executor process
     r = _redis(redis_url)
     changes = state.BatchChanges()
     counts = changes.counts
@@ -225,6 +226,7 @@ def refresh_products(
     product_ids: Iterable[str], *, redis_url: str, settings: PipelineSettings
 ) -> None:
     """Rewrite the similar lists of these products from their neighbours."""
+    keys.use_prefix(settings.key_prefix)  # also in a fresh executor process
     r = _redis(redis_url)
     for chunk in state.chunks(list(product_ids), 200):
         neighbours = state.neighbours(r, chunk, settings.neighbours_kept)
@@ -246,6 +248,7 @@ def refresh_visitors(
     visitor_ids: Iterable[str], *, redis_url: str, settings: PipelineSettings
 ) -> None:
     """Rewrite the personal lists of these visitors from their recent items."""
+    keys.use_prefix(settings.key_prefix)  # also in a fresh executor process
     r = _redis(redis_url)
     similar: dict[str, list[tuple[str, float]]] = {}
     for chunk in state.chunks(list(visitor_ids), 500):

@@ -77,6 +77,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--weights", default=None, help="JSON event type -> weight (merged over the defaults)"
     )
+    parser.add_argument(
+        "--key-prefix",
+        default=None,
+        help="Redis key prefix (default reco:v1; the shop's KEY_PREFIX)",
+    )
     args = parser.parse_args(argv)
     try:
         values = json.loads(args.config) if args.config else {}
@@ -85,7 +90,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                 **values.get("event_weights", {}),
                 **json.loads(args.weights),
             }
+        if args.key_prefix:
+            values["key_prefix"] = args.key_prefix
         args.settings = PipelineSettings.from_mapping(values)
+        keys.use_prefix(args.settings.key_prefix)
     except (ValueError, TypeError) as exc:
         parser.error(f"invalid pipeline settings: {exc}")
     return args
