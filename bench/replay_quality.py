@@ -20,6 +20,8 @@ from bench import kafka_and_redis
 from stack.services import PYTHON, REPO
 
 TICK = int(os.environ.get("RECO_REPLAY_TICK", "50"))
+# pipeline settings to try (JSON), e.g. a longer co-visitation window
+CONFIG = os.environ.get("RECO_REPLAY_CONFIG")
 
 
 def write_ratings(path: Path) -> int:
@@ -48,6 +50,7 @@ def run(log=print, tick: int = TICK) -> dict:
                 str(tick),
                 "--report",
                 str(report_path),
+                *(["--config", CONFIG] if CONFIG else []),
             ],
             cwd=REPO,
             env=stack.env(),
@@ -67,6 +70,7 @@ def run(log=print, tick: int = TICK) -> dict:
         "peer_value": popularity,
         "ratio": round(system / popularity, 3) if popularity else None,
         "tick_events": tick,
+        "pipeline": report["pipeline"],
         "mrr@10": report["system"]["mrr@10"],
         "item_knn_hr@10": report["item_knn"]["hr@10"],
         "strategies_hr@10": {

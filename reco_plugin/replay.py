@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from . import keys, schema
+from .scoring import PipelineSettings
 
 REQUIRED_COLUMNS = ("visitor_id", "product_id", "type", "ts")
 REPLAY_TYPES = (
@@ -227,6 +228,7 @@ class Replay:
         log: Callable[[str], None] = print,
         progress: Callable[[int, int], None] | None = None,
         job_timeout: float = 180.0,
+        pipeline: dict[str, Any] | None = None,
     ) -> None:
         if tick < 1:
             raise ReplayError("--tick-events must be at least 1")
@@ -237,6 +239,8 @@ class Replay:
         self.log = log
         self.progress = progress or (lambda done, total: None)
         self.job_timeout = job_timeout
+        # the shop's pipeline settings (or those to try), partial
+        self.pipeline = dict(pipeline or {})
         self.namespace = Namespace(uuid.uuid4().hex[:10])
         first, last = self.rows[0].ts_ms, self.rows[-1].ts_ms
         self.evaluated_from = last - int((last - first) * EVALUATED_SHARE)
@@ -244,6 +248,18 @@ class Replay:
         # the job judges event times against its clock.
         self.shift = schema.now_ms() - 60_000 - last
         self.span_s = max(1, (last - first) // 1000)
+        config = self.job_config = {
+            "shuffle_partitions": 2,
+            "max_offsets_per_trigger": max(20_000, 2 * self.tick),
+            **self.pipeline,
+            # every event of the file is within reach
+            "horizon": max(self.pipeline.get("horizon", 0), self.span_s + 2 * 86_400),
+        }
+        config.pop("key_prefix", None)
+        try:
+            PipelineSettings.from_mapping(config)
+        except (TypeError, ValueError) as exc:
+            raise ReplayError(f"invalid pipeline settings: {exc}") from None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -314,11 +330,7 @@ class Replay:
         pipe.execute()
 
     def _start_job(self, workdir: Path) -> subprocess.Popen:
-        config = {
-            "horizon": self.span_s + 2 * 86_400,
-            "shuffle_partitions": 2,
-            "max_offsets_per_trigger": max(20_000, 2 * self.tick),
-        }
+        config = self.job_config
         argv = [
             sys.executable,
             "-m",
@@ -444,6 +456,7 @@ class Replay:
             baselines.learn(chunk)
             self.progress(min(start + self.tick, total), total)
         report: dict[str, Any] = {
+            "pipeline": self.pipeline,
             "events": total,
             "tick_events": self.tick,
             "trials": trials,

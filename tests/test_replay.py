@@ -104,3 +104,13 @@ def test_a_replay_finds_a_planted_pattern_that_popularity_cannot(services, setti
     # The namespace is gone: no replay keys left, the shop's keys untouched.
     r = services.redis()
     assert not list(r.scan_iter("reco-replay:*"))
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [("{half_life", "not JSON"), ("[1]", "JSON object"), ('{"half_lfe": 1}', "unknown")],
+)
+def test_bad_pipeline_settings_to_try_are_refused(tmp_path, config, message):
+    path = write(tmp_path, "visitor_id,product_id,type,ts\n1,2,page_view,1\n")
+    with pytest.raises(CommandError, match=message):
+        call_command("reco_replay", str(path), "--config", config)

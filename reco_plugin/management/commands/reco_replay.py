@@ -26,9 +26,20 @@ class Command(BaseCommand):
             help="events sent before waiting for the pipeline (the freshness granted; default 500)",
         )
         parser.add_argument("--report", help="write the report (JSON) to this file")
+        parser.add_argument(
+            "--config",
+            help="pipeline settings to try, JSON over the shop's RECO_PLUGIN['PIPELINE'] "
+            "(e.g. '{\"half_life\": 2592000}')",
+        )
 
-    def handle(self, *args, file, tick_events, report=None, **options):
+    def handle(self, *args, file, tick_events, report=None, config=None, **options):
         try:
+            try:
+                tried = json.loads(config) if config else {}
+            except ValueError as exc:
+                raise ReplayError(f"--config is not JSON: {exc}") from None
+            if not isinstance(tried, dict):
+                raise ReplayError("--config is a JSON object of pipeline settings")
             rows = read_rows(file)
             self.stderr.write(f"{len(rows)} events from {file}, {tick_events} per tick")
             bar = ProgressBar(len(rows), "replaying", stream=sys.stderr)
@@ -39,6 +50,7 @@ class Command(BaseCommand):
                 redis_url=reco_settings.REDIS_URL,
                 log=self.stderr.write,
                 progress=lambda done, total: bar.update(done),
+                pipeline={**reco_settings.PIPELINE, **tried},
             )
             result = replay.run()
             bar.finish()
