@@ -120,17 +120,25 @@ def personal_list(
     recency_decay: float,
 ) -> list[dict[str, Any]]:
     """A visitor's list: over their recent items (newest first), the similar
-    scores of candidates they have not interacted with, times the item's weight,
-    times ``recency_decay`` per step back in time.
+    scores of candidates they have not interacted with, each item's list scaled
+    to a best score of 1, times the item's weight, times ``recency_decay`` per
+    step back in time.
 
-    ``similar`` maps a product to its similar list as (product_id, score) pairs.
+    The scaling keeps one rarely seen item (whose similar scores are large,
+    being divided by a small popularity) from drowning out the others.
+
+    ``similar`` maps a product to its similar list as (product_id, score) pairs,
+    best first.
     """
     seen = {product_id for product_id, _, _ in recent}
     scores: dict[str, float] = {}
     get = scores.get
     for step, (product_id, _, weight) in enumerate(recent):
-        factor = weight * recency_decay**step
-        for other, score in similar.get(product_id, ()):
+        neighbours = similar.get(product_id, ())
+        if not neighbours or neighbours[0][1] <= 0:
+            continue
+        factor = weight * recency_decay**step / neighbours[0][1]
+        for other, score in neighbours:
             if other not in seen:
                 scores[other] = get(other, 0.0) + factor * score
     top = heapq.nsmallest(length, scores.items(), key=lambda kv: (-kv[1], kv[0]))

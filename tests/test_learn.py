@@ -106,3 +106,10 @@ def test_partial_settings_keep_the_other_defaults_and_bad_ones_are_refused():
         PipelineSettings.from_mapping({"event_weights": {"click": -1}})
     with pytest.raises(ValueError, match="half_life"):
         PipelineSettings.from_mapping({"half_life": 0})
+
+
+def test_personal_list_is_not_drowned_by_one_rare_items_large_scores():
+    # "rare" was seen by few: its similar scores are large; "fav" is the newest.
+    similar = {"fav": [("a", 0.2), ("b", 0.1)], "rare": [("c", 9.0)]}
+    recs = learn.personal_list([("fav", 2, 1.0), ("rare", 1, 1.0)], similar, 10, 0.85)
+    assert [i["product_id"] for i in recs] == ["a", "c", "b"]
