@@ -185,12 +185,16 @@ class Baselines:
                     break
         return top
 
-    def item_knn(self, history: Sequence[str], seen: set[str]) -> list[str]:
-        """From the visitor's latest items (known on the page, like the
-        system's context product); co-occurrences as learnt so far."""
+    def item_knn(self, visitor_id: str, previous: str | None, seen: set[str]) -> list[str]:
+        """From what the system knows of the visitor too: their items as of the
+        last tick, and the product whose page they are on; co-occurrences as
+        learnt so far."""
         scores: dict[str, float] = defaultdict(float)
         counts = self.counts
-        for item in list(history)[-PEER_RECENT:]:
+        items = list(self.recent.get(visitor_id, ()))
+        if previous is not None and previous not in items:
+            items.append(previous)
+        for item in items[-PEER_RECENT:]:
             own = counts[item] or 1
             for other, n in self.together.get(item, {}).items():
                 if other not in seen:
@@ -417,7 +421,6 @@ class Replay:
         names = ("system", "popularity", "item_knn", "personal", "similar", "trending")
         scores = {name: Score() for name in names}
         seen: dict[str, set[str]] = defaultdict(set)
-        history: dict[str, deque[str]] = defaultdict(lambda: deque(maxlen=PEER_RECENT))
         last_product: dict[str, str] = {}
         sent: Counter[str] = Counter()
         trials = 0
@@ -431,11 +434,12 @@ class Replay:
                     self._score(row, last_product.get(row.visitor_id), visitor_seen, scores)
                     scores["popularity"].add(row.product_id, baselines.popular(visitor_seen))
                     scores["item_knn"].add(
-                        row.product_id, baselines.item_knn(history[row.visitor_id], visitor_seen)
+                        row.product_id,
+                        baselines.item_knn(
+                            row.visitor_id, last_product.get(row.visitor_id), visitor_seen
+                        ),
                     )
                 visitor_seen.add(row.product_id)
-                if row.product_id not in history[row.visitor_id]:
-                    history[row.visitor_id].append(row.product_id)
                 last_product[row.visitor_id] = row.product_id
             for row in chunk:
                 event = schema.make_event(
