@@ -92,24 +92,14 @@ CHANNEL_LAYERS = {
     }
 }
 
+from demo_shop.catalog import reco_models  # noqa: E402
+
 RECO_PLUGIN = {
     "KAFKA": {"bootstrap.servers": KAFKA_BOOTSTRAP},
     "REDIS_URL": REDIS_URL,
     "PRODUCT_MODEL": "catalog.Product",
-    "CART_MODEL": {
-        "MODEL": "catalog.CartLine",
-        "PRODUCT": "product_id",
-        "QUANTITY": "quantity",
-        "PRICE": "unit_price",
-        "USER": "cart.user_id",
-    },
-    "ORDER_LINE_MODEL": {
-        "MODEL": "catalog.OrderLine",
-        "PRODUCT": "product_id",
-        "QUANTITY": "quantity",
-        "PRICE": "unit_price",
-        "USER": "order.user_id",
-    },
+    "CART_MODEL": reco_models.CART_MODEL,
+    "ORDER_LINE_MODEL": reco_models.ORDER_LINE_MODEL,
     "PRODUCT_FIELDS": {
         "title": "name",
         "url": "get_absolute_url",

@@ -44,24 +44,14 @@ USE_TZ = True
 STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+from demo_shop.catalog import reco_models  # noqa: E402
+
 RECO_PLUGIN = {
     "EVENT_BACKEND": {"BACKEND": "reco_plugin.backends.memory.InMemoryBackend"},
     "REDIS_URL": "redis://127.0.0.1:1/0",  # replaced by the redis_server fixture
     "PRODUCT_MODEL": "catalog.Product",
-    "CART_MODEL": {
-        "MODEL": "catalog.CartLine",
-        "PRODUCT": "product_id",
-        "QUANTITY": "quantity",
-        "PRICE": "unit_price",
-        "USER": "cart.user_id",
-    },
-    "ORDER_LINE_MODEL": {
-        "MODEL": "catalog.OrderLine",
-        "PRODUCT": "product_id",
-        "QUANTITY": "quantity",
-        "PRICE": "unit_price",
-        "USER": "order.user_id",
-    },
+    "CART_MODEL": reco_models.CART_MODEL,
+    "ORDER_LINE_MODEL": reco_models.ORDER_LINE_MODEL,
 }
 REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
 LOGIN_REDIRECT_URL = "/"
