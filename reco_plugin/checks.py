@@ -157,14 +157,13 @@ def _line_model_problem(config: Any) -> str | None:
         model = apps.get_model(config["MODEL"])
     except (LookupError, ValueError) as exc:
         return f"names a model that is not installed ({exc})"
+    fields = model._meta.get_fields()
+    names = {f.name for f in fields} | {getattr(f, "attname", f.name) for f in fields}
     for key in ("PRODUCT", "QUANTITY", "PRICE", "USER"):
         path = config.get(key)
         if not path:
             continue
         first = path.replace("__", ".").split(".")[0]
-        names = {f.name for f in model._meta.get_fields()} | {
-            getattr(f, "attname", f.name) for f in model._meta.get_fields()
-        }
         if first not in names and not hasattr(model, first):
             return f"{key} = {path!r}: {model.__name__} has no field {first!r}"
     return None

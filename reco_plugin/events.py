@@ -20,7 +20,7 @@ def emit(event_type: str, visitor_id: str, product_id: Any, **fields: Any) -> di
     """
     try:
         event = schema.make_event(event_type, visitor_id, product_id, **fields)
-        get_backend().send(schema.topic_for(event_type, reco_settings.TOPICS), visitor_id, event)
+        send(event)
     except Exception:
         logger.exception("reco: could not emit %s event", event_type)
         return None

@@ -479,20 +479,12 @@ class Replay:
     ) -> None:
         from . import store
 
-        system = store.recommendations_for(row.visitor_id, previous, K)
+        lists = store.strategy_lists(row.visitor_id, previous)
+        system = store.blend(lists, previous, K)
         scores["system"].add(row.product_id, [str(i["product_id"]) for i in system])
-        raw = self.redis.mget(
-            [
-                keys.visitor_recommendations(row.visitor_id),
-                keys.product_similar(previous) if previous else keys.trending(),
-                keys.trending(),
-            ]
-        )
-        for name, value in zip(("personal", "similar", "trending"), raw, strict=True):
-            if name == "similar" and not previous:
-                continue
-            items = [str(i["product_id"]) for i in json.loads(value)] if value else []
-            scores[name].add(row.product_id, [p for p in items if p not in seen])
+        for strategy, items in lists:
+            ids = [str(i["product_id"]) for i in items]
+            scores[strategy].add(row.product_id, [p for p in ids if p not in seen])
 
     def _wait_processed(self, sent: Counter[str], job: subprocess.Popen) -> None:
         """Until the job's processed offsets reach what was sent (1 partition a topic)."""

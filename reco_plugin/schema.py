@@ -132,11 +132,7 @@ def make_event(
     """
     if type not in _TYPES:
         raise InvalidEvent(f"type must be one of {', '.join(EVENT_TYPES)}")
-    if (
-        not isinstance(visitor_id, str)
-        or not 2 < len(visitor_id) <= MAX_ID_LENGTH
-        or visitor_id[:2] not in ("u:", "s:")
-    ):
+    if not is_visitor_id(visitor_id):
         raise InvalidEvent("visitor_id must start with 'u:' or 's:'")
     event: dict[str, Any] = {
         "event_id": event_id or new_event_id(),

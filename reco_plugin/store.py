@@ -97,6 +97,14 @@ def recommendations_for(
     The visitor's personal list comes first, then items similar to the product,
     then trending items, without repeats and never the product itself.
     """
+    return blend(strategy_lists(visitor_id, product_id), product_id, limit)
+
+
+def strategy_lists(
+    visitor_id: str | None, product_id: str | None = None
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """(strategy, its list as the pipeline wrote it), in blending order, read
+    in one MGET: the visitor's personal list, the product's similar items, trending."""
     sources = []
     if visitor_id:
         sources.append((scoring.STRATEGY_PERSONAL, keys.visitor_recommendations(visitor_id)))
@@ -105,10 +113,16 @@ def recommendations_for(
     sources.append((scoring.STRATEGY_TRENDING, keys.trending()))
     r = get_redis()
     raw = r.mget([key for _, key in sources])
-    lists = [
+    return [
         (strategy, _load_list(value)) for (strategy, _), value in zip(sources, raw, strict=True)
     ]
-    return _blend(r, lists, {str(product_id)} if product_id else set(), limit)
+
+
+def blend(
+    lists: list[tuple[str, list[dict[str, Any]]]], product_id: str | None, limit: int
+) -> list[dict[str, Any]]:
+    """``strategy_lists`` as served: in order, without repeats, never the product itself."""
+    return _blend(get_redis(), lists, {str(product_id)} if product_id else set(), limit)
 
 
 def similar_to(product_id: str, limit: int = 8) -> list[dict[str, Any]]:

@@ -173,8 +173,7 @@ class KafkaBackend(EventBackend):
             # A burst (a script, a replay) outruns the thread: this caller
             # produces its own event, which never waits either.
             try:
-                self.producer.produce(topic, schema.encode(event), key.encode())
-                next(self._sent)
+                self._produce(topic, key, event)
                 return
             except BufferError:
                 if pending >= self.max_pending:
@@ -222,19 +221,18 @@ class KafkaBackend(EventBackend):
                     self._asleep = False
             self._idle.set()
 
+    def _produce(self, topic: str, key: str, event: Mapping[str, Any]) -> None:
+        """Into librdkafka's queue, counted; raises BufferError when it is full."""
+        self.producer.produce(topic, schema.encode(event), key.encode())
+        next(self._sent)
+
     def _produce_pending(self) -> None:
-        pending, produce, poll, encode = (
-            self._pending,
-            self.producer.produce,
-            self.producer.poll,
-            schema.encode,
-        )
+        pending = self._pending
         while pending:
             topic, key, event = pending.popleft()
             while True:
                 try:
-                    produce(topic, encode(event), key.encode())
-                    next(self._sent)
+                    self._produce(topic, key, event)
                     break
                 except BufferError:
                     if self._closing:
@@ -242,7 +240,7 @@ class KafkaBackend(EventBackend):
                         return
                     # librdkafka's queue is full: wait for the broker here, not
                     # in anybody's request.
-                    poll(0.1)
+                    self.producer.poll(0.1)
                 except Exception as exc:
                     self._count("dropped")
                     self.log.emit("dropped", logging.ERROR, "reco event dropped: %s", exc)
