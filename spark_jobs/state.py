@@ -17,14 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from reco_plugin import keys
+from reco_plugin import keys, strategies
 from reco_plugin.scoring import PipelineSettings
 
 from .learn import Item
@@ -133,19 +133,64 @@ def recent_items(r: redis.Redis, visitor_ids: Sequence[str]) -> dict[str, list[I
 
 
 def neighbours(
-    r: redis.Redis, product_ids: Sequence[str], limit: int
+    r: redis.Redis,
+    product_ids: Sequence[str],
+    limit: int,
+    key: Callable[[str], str] = keys.product_covisits,
 ) -> dict[str, list[tuple[str, float]]]:
     pipe = r.pipeline(transaction=False)
     for product_id in product_ids:
-        pipe.zrevrange(keys.product_covisits(product_id), 0, limit - 1, withscores=True)
+        pipe.zrevrange(key(product_id), 0, limit - 1, withscores=True)
     return dict(zip(product_ids, pipe.execute(), strict=True))
 
 
-def popularity(r: redis.Redis, product_ids: Sequence[str]) -> dict[str, float]:
+def popularity(
+    r: redis.Redis, product_ids: Sequence[str], key: str | None = None
+) -> dict[str, float]:
     wanted = sorted(set(product_ids))
     if not wanted:
         return {}
-    return dict(zip(wanted, r.zmscore(keys.popularity(), wanted), strict=True))
+    return dict(zip(wanted, r.zmscore(key or keys.popularity(), wanted), strict=True))
+
+
+def visitor_sets(
+    r: redis.Redis, key: Callable[[str], str], visitor_ids: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """Each visitor's sorted set under ``key(visitor)`` as product -> ts_ms."""
+    result: dict[str, dict[str, int]] = {}
+    for chunk in chunks(list(visitor_ids)):
+        pipe = r.pipeline(transaction=False)
+        for visitor_id in chunk:
+            pipe.zrange(key(visitor_id), 0, -1, withscores=True)
+        for visitor_id, members in zip(chunk, pipe.execute(), strict=True):
+            result[visitor_id] = {p: int(ts) for p, ts in members}
+    return result
+
+
+def catalog_facts(r: redis.Redis, product_ids: Sequence[str]) -> tuple[dict[str, str], set[str]]:
+    """The catalog's category of each product (where synced), and which are repeatable."""
+    if not product_ids:
+        return {}, set()
+    categories: dict[str, str] = {}
+    repeatable: set[str] = set()
+    for chunk in chunks(list(product_ids)):
+        pipe = r.pipeline(transaction=False)
+        for product_id in chunk:
+            pipe.hget(keys.catalog_product(product_id), "category")
+        pipe.smismember(keys.catalog_repeatable(), list(chunk))
+        *found, flags = pipe.execute()
+        categories.update((p, c) for p, c in zip(chunk, found, strict=True) if c)
+        repeatable.update(p for p, flag in zip(chunk, flags, strict=True) if flag)
+    return categories, repeatable
+
+
+def unavailable(r: redis.Redis) -> set[str]:
+    """Products never to list (out of stock or blocked)."""
+    return set(r.smembers(keys.catalog_unavailable()))
+
+
+def beliefs(r: redis.Redis) -> dict[str, tuple[float, float]]:
+    return strategies.beliefs_from(r.hgetall(keys.bandit()))
 
 
 def lists(r: redis.Redis, list_keys: Sequence[str]) -> list[list[dict[str, Any]]]:
@@ -174,8 +219,33 @@ class BatchChanges:
     # product -> other product -> co-visitation weight
     pairs: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     popularity: dict[str, int] = dataclasses.field(default_factory=dict)
-    trending: dict[tuple[int, str], int] = dataclasses.field(default_factory=dict)
+    # (window, bucket, category or "", product) -> weight
+    trending: dict[tuple[str, int, str, str], int] = dataclasses.field(default_factory=dict)
     newest_ts: int = 0
+    # visitor -> product -> ts_ms: what they have seen (not to show again), bought
+    seen: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    bought: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    # user -> the anonymous visitors merged into them (login)
+    merged: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    # frequently bought together: product -> other product -> basket weight
+    fbt: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    purchases: dict[str, int] = dataclasses.field(default_factory=dict)
+    # strategy -> [successes, trials] for the bandit, and the attributed
+    # impressions and clicks among them
+    rewards: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    outcomes: dict[str, int] = dataclasses.field(default_factory=dict)
+
+    def reward(self, strategy: str, success: bool, kind: str | None = None) -> None:
+        if strategy not in strategies.STRATEGIES:
+            return
+        counts = self.rewards.setdefault(strategy, [0, 0])
+        if kind is None or kind == "impression":
+            counts[1] += 1
+        if success:
+            counts[0] += 1
+        if kind is not None:
+            field = f"{strategy}:{kind}s"
+            self.outcomes[field] = self.outcomes.get(field, 0) + 1
 
     def merge(self, other: BatchChanges) -> BatchChanges:
         """Add another partition's changes (partitions hold disjoint visitors)."""
@@ -194,10 +264,31 @@ class BatchChanges:
         for key, weight in other.trending.items():
             self.trending[key] = self.trending.get(key, 0) + weight
         self.newest_ts = max(self.newest_ts, other.newest_ts)
+        self.seen.update(other.seen)
+        self.bought.update(other.bought)
+        self.merged.update(other.merged)
+        for product_id, others in other.fbt.items():
+            mine = self.fbt.setdefault(product_id, {})
+            for other_id, weight in others.items():
+                mine[other_id] = mine.get(other_id, 0) + weight
+        for product_id, weight in other.purchases.items():
+            self.purchases[product_id] = self.purchases.get(product_id, 0) + weight
+        for strategy, (successes, trials) in other.rewards.items():
+            mine_counts = self.rewards.setdefault(strategy, [0, 0])
+            mine_counts[0] += successes
+            mine_counts[1] += trials
+        for field, n in other.outcomes.items():
+            self.outcomes[field] = self.outcomes.get(field, 0) + n
         return self
 
     def touched_products(self) -> list[str]:
         return sorted(self.pairs)
+
+    def touched_baskets(self) -> list[str]:
+        return sorted(self.fbt)
+
+    def touched_categories(self) -> list[str]:
+        return sorted({category for _, _, category, _ in self.trending if category})
 
     def touched_visitors(self) -> list[str]:
         return sorted(self.recent)
@@ -223,25 +314,40 @@ def commit(
     """
     fence_key = keys.pipeline_committed_batch()
     products = changes.touched_products()
+    baskets = changes.touched_baskets()
     with r.pipeline(transaction=True) as pipe:
         pipe.watch(fence_key)
         fence = pipe.hget(fence_key, query_id)
         if fence is not None and int(fence) >= batch_id:
             pipe.unwatch()
             return False
-        product_clocks = pipe.hmget(keys.product_clock(), products) if products else []
+        # Only the job writes these, and only under the fence: read here, they
+        # are the values the batch builds on.
+        clocks = {
+            keys.product_clock(): pipe.hmget(keys.product_clock(), products) if products else [],
+            keys.fbt_clock(): pipe.hmget(keys.fbt_clock(), baskets) if baskets else [],
+        }
+        current_beliefs = strategies.beliefs_from(pipe.hgetall(keys.bandit()))
         pipe.multi()
         _write_changes(
             pipe,
             changes,
-            products,
-            product_clocks,
+            clocks,
             landmark_ms,
             clock_ms,
             previous_clock_ms,
             now_ms,
             settings,
         )
+        if changes.rewards:
+            beliefs = updated_beliefs(current_beliefs, changes.rewards, settings)
+            pipe.hset(keys.bandit(), mapping={s: f"{a!r} {b!r}" for s, (a, b) in beliefs.items()})
+            stats = {**changes.outcomes}
+            for strategy, (successes, trials) in changes.rewards.items():
+                stats[f"{strategy}:successes"] = successes
+                stats[f"{strategy}:trials"] = trials
+            for field, n in sorted(stats.items()):
+                pipe.hincrby(keys.bandit_stats(), field, n)
         pipe.set(keys.pipeline_clock(), clock_ms)
         pipe.set(
             keys.pipeline_pending(),
@@ -250,7 +356,10 @@ def commit(
                     "query": query_id,
                     "batch": batch_id,
                     "products": products,
+                    "baskets": baskets,
+                    "categories": changes.touched_categories(),
                     "visitors": changes.touched_visitors(),
+                    "bandit": bool(changes.rewards),
                 }
             ),
         )
@@ -259,20 +368,95 @@ def commit(
     return True
 
 
+def updated_beliefs(
+    beliefs: Mapping[str, tuple[float, float]],
+    rewards: Mapping[str, Sequence[int]],
+    settings: PipelineSettings,
+) -> dict[str, tuple[float, float]]:
+    """Discounted Beta update: every belief fades by ``bandit_discount`` per
+    trial of the batch, then each strategy adds its successes and failures."""
+    trials = sum(n for _, n in rewards.values())
+    fade = settings.bandit_discount**trials
+    result = {}
+    for strategy in strategies.STRATEGIES:
+        alpha, beta = beliefs.get(strategy, (1.0, 1.0))
+        successes, tried = rewards.get(strategy, (0, 0))
+        # the prior Beta(1, 1) never fades away
+        alpha = 1.0 + (alpha - 1.0) * fade + successes
+        beta = 1.0 + (beta - 1.0) * fade + max(0, tried - successes)
+        result[strategy] = (round(alpha, 9), round(beta, 9))
+    return result
+
+
+def _add_pairs(
+    pipe: redis.client.Pipeline,
+    pairs: Mapping[str, Mapping[str, int]],
+    key: Callable[[str], str],
+    clock_key: str,
+    clocks: Sequence[str | None],
+    clock_ms: int,
+    new_fade: float,
+    settings: PipelineSettings,
+) -> None:
+    """Old pair weights fade to the clock, new ones (at the landmark) are moved
+    to the clock and added; the strongest ``neighbours_kept`` stay."""
+    from .learn import decay
+
+    scratch = keys.pipeline_scratch("delta")
+    products = sorted(pairs)
+    for product_id, last in zip(products, clocks, strict=True):
+        target = key(product_id)
+        fade = decay(clock_ms, int(last), settings.half_life) if last else 1.0
+        pipe.zadd(scratch, {b: from_units(u) for b, u in pairs[product_id].items()})
+        pipe.zunionstore(target, {target: fade, scratch: new_fade})
+        pipe.zremrangebyrank(target, 0, -settings.neighbours_kept - 1)
+        pipe.delete(scratch)
+        pipe.expire(target, settings.product_ttl)
+    if products:
+        pipe.hset(clock_key, mapping={p: clock_ms for p in products})
+
+
+def _add_weights(
+    pipe: redis.client.Pipeline, key: str, weights: Mapping[str, int], fade: float, new_fade: float
+) -> None:
+    """A fading sorted set (popularity, purchases): old weights fade, new ones are added."""
+    scratch = keys.pipeline_scratch("delta")
+    if weights or fade != 1.0:
+        if weights:
+            pipe.zadd(scratch, {p: from_units(u) for p, u in weights.items()})
+        pipe.zunionstore(key, {key: fade, scratch: new_fade})
+        pipe.delete(scratch)
+        # Products nobody has touched for ~60 half-lives weigh nothing any more.
+        pipe.zremrangebyscore(key, "-inf", 1e-18)
+
+
+def _write_visitor_sets(pipe: redis.client.Pipeline, changes: BatchChanges, settings) -> None:
+    for key, values, kept in (
+        (keys.visitor_seen, changes.seen, settings.seen_kept),
+        (keys.visitor_bought, changes.bought, settings.recent_items),
+    ):
+        for visitor_id, items in sorted(values.items()):
+            target = key(visitor_id)
+            # the batch's values already hold the merged visitors' items
+            pipe.delete(target)
+            if items:
+                pipe.zadd(target, dict(sorted(items.items())))
+                pipe.zremrangebyrank(target, 0, -kept - 1)
+                pipe.expire(target, settings.visitor_ttl)
+
+
 def _write_changes(
     pipe: redis.client.Pipeline,
     changes: BatchChanges,
-    products: Sequence[str],
-    product_clocks: Sequence[str | None],
+    clocks: Mapping[str, Sequence[str | None]],
     landmark_ms: int,
     clock_ms: int,
     previous_clock_ms: int,
     now_ms: int,
     settings: PipelineSettings,
 ) -> None:
-    from .learn import decay
+    from .learn import decay, trending_windows
 
-    scratch = keys.pipeline_scratch("delta")
     counters: dict[str, int] = {}
     for (topic, status), n in changes.counts.items():
         counters[f"{topic}:{status}"] = counters.get(f"{topic}:{status}", 0) + n
@@ -296,33 +480,24 @@ def _write_changes(
             json.dumps([list(item) for item in items]),
             ex=settings.visitor_ttl,
         )
-    # Co-visitation: old weights fade to the clock, new ones (at the landmark)
-    # are moved to the clock and added; the strongest ``neighbours_kept`` stay.
+    _write_visitor_sets(pipe, changes, settings)
     # With no new weights the clock may stay before the landmark: nothing to move.
     new_fade = decay(clock_ms, landmark_ms, settings.half_life) if changes.newest_ts else 1.0
-    for product_id, last in zip(products, product_clocks, strict=True):
-        key = keys.product_covisits(product_id)
-        fade = decay(clock_ms, int(last), settings.half_life) if last else 1.0
-        pipe.zadd(scratch, {b: from_units(u) for b, u in changes.pairs[product_id].items()})
-        pipe.zunionstore(key, {key: fade, scratch: new_fade})
-        pipe.zremrangebyrank(key, 0, -settings.neighbours_kept - 1)
-        pipe.delete(scratch)
-        pipe.expire(key, settings.product_ttl)
-    if products:
-        pipe.hset(keys.product_clock(), mapping={p: clock_ms for p in products})
+    for pairs, key, clock_key in (
+        (changes.pairs, keys.product_covisits, keys.product_clock()),
+        (changes.fbt, keys.product_bought_with, keys.fbt_clock()),
+    ):
+        _add_pairs(pipe, pairs, key, clock_key, clocks[clock_key], clock_ms, new_fade, settings)
     fade = decay(clock_ms, previous_clock_ms, settings.half_life) if previous_clock_ms else 1.0
-    if changes.popularity or fade != 1.0:
-        if changes.popularity:
-            pipe.zadd(scratch, {p: from_units(u) for p, u in changes.popularity.items()})
-        pipe.zunionstore(keys.popularity(), {keys.popularity(): fade, scratch: new_fade})
-        pipe.delete(scratch)
-        # Products nobody has touched for ~60 half-lives weigh nothing any more.
-        pipe.zremrangebyscore(keys.popularity(), "-inf", 1e-18)
-    bucket_ttl = 2 * (settings.trending_window + settings.trending_bucket)
-    for (bucket, product_id), weight in sorted(changes.trending.items()):
-        pipe.zincrby(keys.trending_bucket(bucket), from_units(weight), product_id)
-    for bucket in sorted({bucket for bucket, _ in changes.trending}):
-        pipe.expire(keys.trending_bucket(bucket), bucket_ttl)
+    _add_weights(pipe, keys.popularity(), changes.popularity, fade, new_fade)
+    _add_weights(pipe, keys.purchases(), changes.purchases, fade, new_fade)
+    ttls = {name: 2 * (window + bucket) for name, bucket, window in trending_windows(settings)}
+    for (window, bucket, category, product_id), weight in sorted(changes.trending.items()):
+        pipe.zincrby(
+            keys.trending_window_bucket(window, bucket, category), from_units(weight), product_id
+        )
+    for window, bucket, category in sorted({k[:3] for k in changes.trending}):
+        pipe.expire(keys.trending_window_bucket(window, bucket, category), ttls[window])
 
 
 def pending(r: redis.Redis) -> dict[str, Any] | None:

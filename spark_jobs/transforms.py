@@ -35,6 +35,8 @@ PARSED_COLUMNS = (
     "product_id",
     "ts",
     "previous",
+    "category",
+    "strategy",
 )
 
 # The projections as SQL text, built once: the plan is then analysed from one
@@ -48,9 +50,12 @@ _PARSE = (
 )
 _FIELDS = (
     *PARSED_COLUMNS[:3],
-    *(f"e.{name}" for name in PARSED_COLUMNS[3:-1]),
+    *(f"e.{name}" for name in PARSED_COLUMNS[3:9]),
     # an identify event's earlier visitor
     f"e.context['{schema.PREVIOUS_VISITOR}'] as previous",
+    "e.category",
+    # the strategy an impression or a click on a recommendation came from
+    "e.context['strategy'] as strategy",
 )
 
 

@@ -93,6 +93,18 @@ def put_list(client, key, product_ids, score=1.0):
     client.set(key, json.dumps([{"product_id": str(p), "score": score} for p in product_ids]))
 
 
+def put_policy(client, *preferred, exploration=0.0):
+    """A bandit policy under which ``preferred`` strategies win, in that order."""
+    from reco_plugin import keys, strategies
+
+    draw = [
+        1.0 - preferred.index(name) / 10 if name in preferred else 0.0
+        for name in strategies.STRATEGIES
+    ]
+    value = {"strategies": list(strategies.STRATEGIES), "exploration": exploration, "draws": [draw]}
+    client.set(keys.bandit_policy(), json.dumps(value))
+
+
 def put_catalog(client, product_ids, category="Drama"):
     from reco_plugin import keys
 

@@ -5,7 +5,7 @@ from django.test import Client
 
 from reco_plugin import keys
 
-from .conftest import put_catalog, put_list
+from .conftest import put_catalog, put_list, put_policy
 
 pytestmark = pytest.mark.django_db
 
@@ -15,6 +15,7 @@ def test_recommendations_blend_personal_similar_and_trending(client, r):
     client.get("/reco/api/recommendations/")
     put_list(r, keys.trending(), [7, 8, 9])
     put_list(r, keys.product_similar("1"), [4, 5, 1])
+    put_policy(r, "similar", "trending")
     response = client.get("/reco/api/recommendations/?product=1&limit=5")
     assert response.status_code == 200
     items = response.json()["items"]
@@ -26,6 +27,8 @@ def test_recommendations_blend_personal_similar_and_trending(client, r):
         "trending",
         "trending",
     ]
+    # the policy's draws all favour similar: its slots were certain
+    assert [i["propensity"] for i in items] == [1.0, 1.0, 1.0, 1.0, 1.0]
     first = items[0]
     assert (
         first["title"] == "Film 4" and first["url"] == "/products/4/" and first["price"] == "9.99"
@@ -52,6 +55,8 @@ def test_similar_and_trending_endpoints(client, r):
     put_catalog(r, [4], category="Comedy")
     put_list(r, keys.product_similar("1"), [2, 3])
     put_list(r, keys.trending(), [4, 3, 2])
+    put_list(r, keys.trending_list("short", "Drama"), [3])
+    put_list(r, keys.trending_list("long", "Drama"), [3, 2])
     assert [
         i["product_id"] for i in client.get("/reco/api/products/1/similar/").json()["items"]
     ] == ["2", "3"]

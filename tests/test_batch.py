@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from reco_plugin import keys, schema
+from reco_plugin import keys, schema, strategies
 from reco_plugin.scoring import PipelineSettings
 from spark_jobs import batch, state
 
@@ -15,14 +15,24 @@ SETTINGS = PipelineSettings()
 class Batches:
     """Feeds rows shaped like ``transforms.parse``'s through the batch's steps."""
 
-    def __init__(self, redis_url):
+    def __init__(self, redis_url, settings=SETTINGS):
+        self.settings = settings
         self.redis_url = redis_url
         self.r = state.connect(redis_url)
         self.batch_id = 0
         self.offset = 0
         self.now = schema.now_ms()
 
-    def row(self, type_, visitor_id, product_id, previous=None, seconds_ago=60):
+    def row(
+        self,
+        type_,
+        visitor_id,
+        product_id,
+        previous=None,
+        seconds_ago=60,
+        category=None,
+        strategy=None,
+    ):
         self.offset += 1
         return (
             "page_views",
@@ -35,16 +45,19 @@ class Batches:
             product_id,
             self.now - seconds_ago * 1000,
             previous,
+            category,
+            strategy,
         )
 
     def run(self, rows):
+        settings = self.settings
         clock = state.clock(self.r)
-        landmark = batch.landmark(clock, self.now, SETTINGS)
+        landmark = batch.landmark(clock, self.now, settings)
         changes = next(
             batch.score_partition(
                 rows,
                 redis_url=self.redis_url,
-                settings=SETTINGS,
+                settings=settings,
                 landmark_ms=landmark,
                 now_ms=self.now,
             )
@@ -59,13 +72,18 @@ class Batches:
             clock_ms=clock_ms,
             previous_clock_ms=clock,
             now_ms=self.now,
-            settings=SETTINGS,
+            settings=settings,
         )
         self.batch_id += 1
-        options = {"redis_url": self.redis_url, "settings": SETTINGS}
-        batch.refresh_products(changes.touched_products(), **options)
-        batch.refresh_visitors(changes.touched_visitors(), **options)
+        # every list the batch changes, as the job writes them (on the driver)
+        batch.BatchProcessor(self.redis_url, settings)._lists(
+            self.r, None, state.pending(self.r), clock_ms, batch.Steps(), spread=False
+        )
         return changes
+
+    def list(self, key):
+        raw = self.r.get(key)
+        return [item["product_id"] for item in json.loads(raw)] if raw else []
 
     def recent(self, visitor_id):
         return [pid for pid, _, _ in state.recent_items(self.r, [visitor_id])[visitor_id]]
@@ -119,3 +137,121 @@ def test_identify_without_a_valid_anonymous_visitor_is_malformed(batches, previo
     counters = batches.r.hgetall(keys.pipeline_counters())
     assert counters["page_views:malformed"] == "1"
     assert "page_views:applied" not in counters
+
+
+def put(r, key, product_ids):
+    r.set(key, json.dumps([{"product_id": p, "score": 1.0} for p in product_ids]))
+
+
+def test_the_bandit_moves_weight_to_the_strategy_that_earns_rewards(batches):
+    r = batches.r
+    visitors = [f"s:v{n}" for n in range(30)]
+    batches.run([batches.row("page_view", v, "ctx", seconds_ago=120) for v in visitors])
+    # Planted: what each visitor views next is in the similar list of the page
+    # they are on; personal, fbt and retrained lists hold other things.
+    targets = [f"t{n}" for n in range(10)]
+    put(r, keys.product_similar("ctx"), targets)
+    put(r, keys.product_fbt("ctx"), [f"x{n}" for n in range(10)])
+    put(r, keys.product_retrained("ctx"), [f"y{n}" for n in range(10)])
+    for v in visitors:
+        put(r, keys.visitor_recommendations(v), [f"z{n}" for n in range(10)])
+    batches.run([batches.row("page_view", v, targets[n % 10]) for n, v in enumerate(visitors)])
+    beliefs = state.beliefs(r)
+    assert beliefs["similar"] == (31.0, 1.0)
+    for loser in ("personal", "fbt", "retrained"):
+        assert beliefs[loser] == (1.0, 31.0)
+    # no list to judge (trending and popular held only what the visitors had seen)
+    assert beliefs["trending"] == (1.0, 1.0)
+    stats = r.hgetall(keys.bandit_stats())
+    assert stats["similar:successes"] == "30" and stats["personal:trials"] == "30"
+    # the policy served gives similar nearly every slot it can fill
+    policy = strategies.Policy(json.loads(r.get(keys.bandit_policy())))
+    chances = dict(
+        zip(
+            ["personal", "similar", "fbt"],
+            policy.chances(["personal", "similar", "fbt"]),
+            strict=True,
+        )
+    )
+    assert chances["similar"] > 0.9 > 0.05 > chances["personal"]
+    assert abs(sum(chances.values()) - 1) < 1e-9
+
+
+def test_the_bandit_forgets_with_its_discount(batches):
+    batches.settings = PipelineSettings.from_mapping({"bandit_discount": 0.5})
+    r = batches.r
+    r.hset(keys.bandit(), mapping={"similar": "41 1", "personal": "1 41"})
+    batches.run([batches.row("impression", "s:a", "p1", strategy="personal")])
+    batches.run([batches.row("click", "s:a", "p1", strategy="personal")])
+    beliefs = state.beliefs(r)
+    # one trial (the impression: a failure until clicked), then its click: the
+    # old evidence halves once, for the one trial
+    assert beliefs["personal"] == (2.0, 22.0)
+    assert beliefs["similar"] == (21.0, 1.0)
+
+
+def test_impressions_and_clicks_reward_the_strategy_they_came_from(batches):
+    rows = [batches.row("impression", f"s:{n}", "p1", strategy="trending") for n in range(10)]
+    rows += [batches.row("click", f"s:{n}", "p1", strategy="trending") for n in range(4)]
+    rows += [batches.row("impression", "s:x", "p2", strategy="no-such-strategy")]
+    batches.run(rows)
+    stats = batches.r.hgetall(keys.bandit_stats())
+    assert stats["trending:impressions"] == "10" and stats["trending:clicks"] == "4"
+    assert state.beliefs(batches.r)["trending"] == (5.0, 7.0)
+    assert not any(field.startswith("no-such") for field in stats)
+
+
+def test_frequently_bought_together_comes_from_baskets(batches):
+    rows = []
+    for n in range(4):
+        v = f"s:b{n}"
+        rows += [batches.row("purchase", v, "milk"), batches.row("purchase", v, "bread")]
+        # viewed together, never bought together: not a basket pair
+        rows += [batches.row("page_view", v, "milk"), batches.row("page_view", v, "jam")]
+    batches.run(rows)
+    # a basket spread over two batches (minutes apart) pairs too
+    batches.run([batches.row("purchase", "s:late", "milk", seconds_ago=300)])
+    batches.run([batches.row("purchase", "s:late", "butter", seconds_ago=200)])
+    assert batches.list(keys.product_fbt("milk")) == ["bread", "butter"]
+    assert batches.list(keys.product_fbt("bread")) == ["milk"]
+    assert "jam" in batches.list(keys.product_similar("milk"))
+
+
+def test_lists_never_hold_what_the_visitor_saw_or_cannot_be_shown(batches):
+    r = batches.r
+    r.sadd(keys.catalog_unavailable(), "gone")
+    r.sadd(keys.catalog_repeatable(), "coffee")
+    rows = []
+    for n in range(3):
+        rows += [batches.row("page_view", f"s:o{n}", p) for p in ("a", "b", "c", "gone", "coffee")]
+    batches.run(rows)
+    assert "gone" not in batches.list(keys.product_similar("a"))
+    assert "gone" not in batches.list(keys.trending())
+    me = "s:me"
+    batches.run([batches.row("page_view", me, "a"), batches.row("purchase", me, "coffee")])
+    batches.run([batches.row("page_view", me, "b")])
+    seen = set(batches.r.zrange(keys.visitor_seen(me), 0, -1))
+    # bought coffee is repeatable: it may come back
+    assert seen == {"a", "b"}
+    personal = batches.personal(me)
+    assert "c" in personal and "coffee" in personal
+    assert not {"a", "b", "gone"} & set(personal)
+
+
+def test_seen_items_follow_a_login(batches):
+    batches.run([batches.row("page_view", "s:anon", "a")])
+    batches.run([batches.row("identify", "u:1", None, previous="s:anon", seconds_ago=1)])
+    assert set(batches.r.zrange(keys.visitor_seen("u:1"), 0, -1)) == {"a"}
+
+
+def test_trending_per_category_over_both_windows(batches):
+    rows = [batches.row("page_view", f"s:{n}", "drama1", category="Drama") for n in range(3)]
+    rows += [batches.row("page_view", "s:x", "comedy1", category="Comedy")]
+    # two hours ago: out of the short window, inside the long one
+    rows += [batches.row("page_view", "s:y", "drama2", category="Drama", seconds_ago=7200)]
+    batches.run(rows)
+    assert batches.list(keys.trending_list("short", "Drama")) == ["drama1"]
+    assert batches.list(keys.trending_list("long", "Drama")) == ["drama1", "drama2"]
+    assert batches.list(keys.trending_list("long", "Comedy")) == ["comedy1"]
+    assert batches.list(keys.trending())[0] == "drama1"
+    assert batches.list(keys.popular())[0] == "drama1"

@@ -90,17 +90,29 @@ def state_of(url):
 
 
 def traffic(n=1500, seed=3):
+    """Page views mostly, with purchases (baskets), and impressions and clicks
+    attributed to a strategy; products in four categories."""
     import random
 
     rng = random.Random(seed)
-    return [
-        event(
-            visitor=f"s:{rng.randint(1, 120)}",
-            product=str(rng.randint(1, 60)),
-            ts=NOW - 3_600_000 + 2_000 * i,
+    kinds = ["page_view"] * 14 + ["purchase"] * 3 + ["impression", "click"]
+    events = []
+    for i in range(n):
+        kind = rng.choice(kinds)
+        product = rng.randint(1, 60)
+        events.append(
+            schema.make_event(
+                kind,
+                f"s:{rng.randint(1, 120)}",
+                str(product),
+                ts=NOW - 3_600_000 + 2_000 * i,
+                category=f"cat{product % 4}",
+                context={"strategy": rng.choice(["similar", "trending"])}
+                if kind in ("impression", "click")
+                else None,
+            )
         )
-        for i in range(n)
-    ]
+    return events
 
 
 @pytest.fixture
@@ -130,6 +142,12 @@ def test_driver_and_executor_paths_reach_the_same_state_to_the_bit(spark, proces
     similar = json.loads(r.get(keys.product_similar("1")))
     assert similar and all(i["product_id"] != "1" for i in similar)
     assert json.loads(r.get(keys.trending()))
+    # the state compared covers baskets, category trending and the bandit
+    assert json.loads(r.get(keys.product_fbt("1")))
+    assert json.loads(r.get(keys.trending_list("long", "cat1")))
+    stats = r.hgetall(keys.bandit_stats())
+    assert int(stats["similar:impressions"]) > 0 and int(stats["trending:clicks"]) > 0
+    assert r.get(keys.bandit_policy())
 
 
 def test_logins_in_a_batch_merge_the_same_on_both_paths(spark, processor, redis_url, r):
@@ -237,3 +255,30 @@ def test_what_counts_as_a_redis_outage():
     assert is_transient(RuntimeError("... redis.exceptions.TimeoutError: Timeout reading"))
     assert not is_transient(redis.AuthenticationError("invalid password"))
     assert not is_transient(ValueError("a bug"))
+
+
+def test_the_lake_feeds_the_retraining_whose_neighbours_reach_the_lists(
+    spark, processor, redis_url, r, tmp_path
+):
+    from spark_jobs import retrain
+
+    lake = str(tmp_path / "lake")
+    # visitors who view a also view b; c goes with d
+    values = []
+    for n in range(6):
+        values += [event(visitor=f"s:{n}", product=p) for p in ("a", "b")]
+        values += [event(visitor=f"s:x{n}", product=p) for p in ("c", "d")]
+    values.append(event(visitor="s:y", product="a"))
+    batch = records(spark, values)
+    job = processor(lake_path=lake)
+    job(batch, 0)
+    job(batch, 0)  # run again: appended again, read once
+    assert "lake" in job.last["steps"]
+    args = retrain.parse_args(["--lake", lake, "--redis", redis_url, "--days", "2"])
+    summary = retrain.retrain(spark, args)
+    assert summary["products"] == 4
+    assert [i["product_id"] for i in json.loads(r.get(keys.product_retrained("a")))] == ["b"]
+    assert [i["product_id"] for i in json.loads(r.get(keys.product_retrained("d")))] == ["c"]
+    # the cosine: 6 visitors share a and b, 7 have a, 6 have b
+    assert json.loads(r.get(keys.product_retrained("b")))[0]["score"] == round(6 / 42**0.5, 6)
+    assert json.loads(r.get(keys.retrain_last()))["neighbours"] == 4

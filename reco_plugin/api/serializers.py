@@ -11,7 +11,14 @@ from ..conf import reco_settings
 class RecommendedItemSerializer(serializers.Serializer):
     product_id = serializers.CharField()
     score = serializers.FloatField()
-    strategy = serializers.CharField(help_text="personal, similar or trending")
+    strategy = serializers.CharField(
+        help_text="the strategy that filled the slot: personal, similar, fbt, retrained, "
+        "category, trending or popular"
+    )
+    propensity = serializers.FloatField(
+        help_text="the probability that the bandit chose this strategy for the slot; "
+        "send it back with impressions and clicks for unbiased offline evaluation"
+    )
     reco_id = serializers.CharField(help_text="send back in a click's context for attribution")
     position = serializers.IntegerField()
     title = serializers.CharField()

@@ -27,6 +27,7 @@
     var li = el("li", "reco-item");
     li.dataset.productId = item.product_id;
     li.dataset.strategy = item.strategy;
+    if (item.propensity != null) li.dataset.propensity = String(item.propensity);
     var a = el("a", "reco-item__link");
     a.href = item.url || "#";
     a.dataset.recoId = item.reco_id;
@@ -105,6 +106,7 @@
       context: {
         reco_id: link.dataset.recoId,
         strategy: li.dataset.strategy,
+        propensity: li.dataset.propensity || "",
         position: String(link.dataset.position),
         page: location.pathname,
       },
@@ -201,6 +203,7 @@
       context: {
         reco_id: link.dataset.recoId,
         strategy: item.dataset.strategy,
+        propensity: item.dataset.propensity || "",
         position: String(link.dataset.position),
         page: location.pathname,
       },

@@ -1,0 +1,101 @@
+"""Running the batch retraining job (``spark_jobs.retrain``) with the shop's settings.
+
+``python manage.py reco_retrain`` and the Celery task ``reco_plugin.retrain``
+both call :func:`retrain`; Celery beat runs the task nightly with
+:func:`beat_schedule` (or the shop's own schedule).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .conf import reco_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+
+def beat_schedule(hour: int = 3, minute: int = 30, days: int = 30) -> dict[str, Any]:
+    """Celery beat entries (``app.conf.beat_schedule = {**beat_schedule(), ...}``):
+    the retraining every night at ``hour:minute`` in the Celery app's timezone."""
+    from celery.schedules import crontab
+
+    return {
+        "reco-retrain-nightly": {
+            "task": "reco_plugin.retrain",
+            "schedule": crontab(hour=hour, minute=minute),
+            "kwargs": {"days": days},
+            # a run that could not start within 6 hours waits for the next night
+            "options": {"expires": 6 * 3600},
+        },
+    }
+
+
+class RetrainError(RuntimeError):
+    """The job could not run; the message says why."""
+
+
+def lake_path() -> str:
+    path = (reco_settings.PIPELINE or {}).get("lake_path")
+    if not path:
+        raise RetrainError(
+            'no event lake: set RECO_PLUGIN["PIPELINE"]["lake_path"] (and restart the '
+            "streaming job so that it appends events there)"
+        )
+    return str(path)
+
+
+def command(days: int = 30) -> list[str]:
+    """The job's command line for this shop."""
+    pipeline = {k: v for k, v in (reco_settings.PIPELINE or {}).items() if k != "lake_path"}
+    return [
+        sys.executable,
+        "-m",
+        "spark_jobs.retrain",
+        "--lake",
+        lake_path(),
+        "--redis",
+        reco_settings.REDIS_URL,
+        "--days",
+        str(days),
+        "--key-prefix",
+        reco_settings.KEY_PREFIX,
+        "--config",
+        json.dumps(pipeline),
+    ]
+
+
+def retrain(days: int = 30, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the job to the end; its summary (products written, seconds)."""
+    env = {**os.environ}
+    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    env["PYTHONPATH"] = os.pathsep.join(
+        dict.fromkeys([str(REPO), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
+    )
+    process = subprocess.Popen(
+        command(days),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    lines: list[str] = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        line = line.rstrip("\n")
+        lines.append(line)
+        if log and " spark_jobs.retrain " in line:
+            log(line)
+    if process.wait():
+        tail = "\n".join(lines[-15:])
+        raise RetrainError(f"the retraining job exited with {process.returncode}:\n{tail}")
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise RetrainError("the retraining job printed no summary") from None

@@ -1,0 +1,79 @@
+"""The bandit's serving policy and the slot-by-slot blend (plain Python)."""
+
+import random
+from collections import Counter
+
+import pytest
+
+from reco_plugin import strategies
+from reco_plugin.scoring import PipelineSettings
+from spark_jobs import state
+
+
+def test_a_policy_is_the_same_for_the_same_seed_and_follows_the_beliefs():
+    beliefs = {"similar": (90.0, 10.0), "personal": (10.0, 90.0)}
+    one = strategies.policy(beliefs, exploration=0.1, seed=7)
+    assert one == strategies.policy(beliefs, exploration=0.1, seed=7)
+    chances = strategies.Policy(one).chances(["personal", "similar"])
+    assert chances[1] == pytest.approx(0.95)  # wins every draw; 0.1 explores half each way
+    assert chances[0] == pytest.approx(0.05)
+
+
+def test_the_propensity_served_is_the_chance_the_slot_was_filled_that_way():
+    beliefs = {"similar": (6.0, 4.0), "trending": (5.0, 5.0)}
+    policy = strategies.Policy(strategies.policy(beliefs, exploration=0.2, seed=1))
+    expected = dict(
+        zip(["similar", "trending"], policy.chances(["similar", "trending"]), strict=True)
+    )
+    rng = random.Random(3)
+    firsts = Counter()
+    n = 20_000
+    for _ in range(n):
+        slot = strategies.blend(
+            [("similar", ["a", "b"]), ("trending", ["c", "d"])], policy, 1, rng
+        )[0]
+        firsts[slot[1]] += 1
+        assert slot[2] == pytest.approx(expected[slot[1]], abs=1e-6)
+    for strategy, chance in expected.items():
+        assert firsts[strategy] / n == pytest.approx(chance, abs=0.015)
+
+
+def test_the_blend_never_repeats_an_item_and_fills_from_what_is_left():
+    policy = {
+        "strategies": list(strategies.STRATEGIES),
+        "exploration": 0.0,
+        "draws": [[1.0 if s == "similar" else 0.0 for s in strategies.STRATEGIES]],
+    }
+    chosen = strategies.blend(
+        [("similar", ["a", "b"]), ("trending", ["b", "c", "d"])], policy, 4, random.Random(0)
+    )
+    assert [(p, s) for p, s, _ in chosen] == [
+        ("a", "similar"),
+        ("b", "similar"),
+        ("c", "trending"),
+        ("d", "trending"),
+    ]
+    # once similar has nothing left, trending is certain
+    assert [round(c, 3) for _, _, c in chosen] == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_without_a_policy_every_strategy_is_as_likely():
+    chosen = strategies.blend([("similar", ["a"]), ("popular", ["b"])], None, 2, random.Random(0))
+    assert sorted(p for p, _, _ in chosen) == ["a", "b"]
+    assert chosen[0][2] == 0.5
+
+
+def test_discounted_beta_update():
+    settings = PipelineSettings.from_mapping({"bandit_discount": 0.9})
+    beliefs = state.updated_beliefs({"similar": (11.0, 21.0)}, {"similar": [1, 2]}, settings)
+    fade = 0.9**2
+    assert beliefs["similar"] == pytest.approx((1 + 10 * fade + 1, 1 + 20 * fade + 1))
+    assert beliefs["popular"] == (1.0, 1.0)
+
+
+@pytest.mark.parametrize(
+    "values", [{"exploration": 1.5}, {"bandit_discount": 0}, {"trials_per_visitor": 0}]
+)
+def test_bad_bandit_settings_are_refused(values):
+    with pytest.raises(ValueError):
+        PipelineSettings.from_mapping(values)
