@@ -20,7 +20,6 @@ from .conf import reco_settings
 REPO = Path(__file__).resolve().parent.parent
 
 
-
 def beat_schedule(hour: int = 3, minute: int = 30, days: int = 30) -> dict[str, Any]:
     """Celery beat entries (``app.conf.beat_schedule = {**beat_schedule(), ...}``):
     the retraining every night at ``hour:minute`` in the Celery app's timezone."""

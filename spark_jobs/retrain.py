@@ -149,7 +149,9 @@ def retrain(spark, args: argparse.Namespace) -> dict[str, Any]:
         "now_ms": schema.now_ms(),
     }
     r.set(keys.retrain_last(), json.dumps(summary))
-    logger.info("wrote the retrained lists of %d products in %.1f s", len(lists), summary["seconds"])
+    logger.info(
+        "wrote the retrained lists of %d products in %.1f s", len(lists), summary["seconds"]
+    )
     return summary
 
 
