@@ -41,7 +41,7 @@ DATASET_CONFIG = {
 def write_ratings(path: Path) -> int:
     from demo_shop import movielens
 
-    films = {film.item_id: film for film in movielens.films()}
+    films = {film.id: film for film in movielens.films()}
     ratings = movielens.ratings()
     with path.open("w") as out:
         out.write("visitor_id,product_id,type,ts,category\n")
@@ -112,6 +112,7 @@ def run(log=print, tick: int = TICK) -> dict:
         "item_knn_hr@10": report["item_knn"]["hr@10"],
         "item_knn_mrr@10": report["item_knn"]["mrr@10"],
         "popularity_mrr@10": report["popularity"]["mrr@10"],
+        "all_seen": {name: report[f"{name}_all_seen"] for name in ("popularity", "item_knn")},
         "strategies": {name: report[name] for name in strategies.STRATEGIES},
         "bandit": report.get("bandit"),
         "trials": report["trials"],

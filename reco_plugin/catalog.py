@@ -2,6 +2,11 @@
 
 The API and the widget show products from these hashes, so serving a list never
 touches the shop's database. Run periodically (Celery beat) and on product save.
+
+Two sets follow the hashes for the pipeline's rules: ``catalog:unavailable``
+(out of stock, ``blocked``, or gone: never listed) and ``catalog:repeatable``
+(may be recommended again after a purchase). Map ``blocked`` and
+``repeatable`` in ``PRODUCT_FIELDS`` to the shop's own fields to use them.
 """
 
 from __future__ import annotations
@@ -41,14 +46,32 @@ def _write(products: Iterable[models.Model]) -> int:
     count = 0
     for product in products:
         product_id = str(product.pk)
+        fields = display_fields(product)
         pipe.delete(keys.catalog_product(product_id))
-        pipe.hset(keys.catalog_product(product_id), mapping=display_fields(product))
+        pipe.hset(keys.catalog_product(product_id), mapping=fields)
         pipe.sadd(keys.catalog_index(), product_id)
+        # the sets the pipeline reads to keep its lists clean (rules)
+        if fields.get("in_stock") == "0" or fields.get("blocked") == "1":
+            pipe.sadd(keys.catalog_unavailable(), product_id)
+        else:
+            pipe.srem(keys.catalog_unavailable(), product_id)
+        if fields.get("repeatable") == "1":
+            pipe.sadd(keys.catalog_repeatable(), product_id)
+        else:
+            pipe.srem(keys.catalog_repeatable(), product_id)
         count += 1
         if count % BATCH_SIZE == 0:
             pipe.execute()
     pipe.execute()
     return count
+
+
+def _remove(r, product_ids: set[str]) -> None:
+    """Products gone from the shop: out of the catalog, never recommended."""
+    r.delete(*(keys.catalog_product(pk) for pk in product_ids))
+    r.srem(keys.catalog_index(), *product_ids)
+    r.srem(keys.catalog_repeatable(), *product_ids)
+    r.sadd(keys.catalog_unavailable(), *product_ids)
 
 
 def sync_products(product_ids: Iterable[Any]) -> int:
@@ -58,9 +81,7 @@ def sync_products(product_ids: Iterable[Any]) -> int:
     count = _write(found)
     gone = set(ids) - {str(p.pk) for p in found}
     if gone:
-        r = get_redis()
-        r.delete(*(keys.catalog_product(pk) for pk in gone))
-        r.srem(keys.catalog_index(), *gone)
+        _remove(get_redis(), gone)
     return count
 
 
@@ -72,6 +93,5 @@ def sync_catalog() -> dict[str, int]:
     present = {str(pk) for pk in model._default_manager.values_list("pk", flat=True)}
     stale = set(r.smembers(keys.catalog_index())) - present
     if stale:
-        r.delete(*(keys.catalog_product(pk) for pk in stale))
-        r.srem(keys.catalog_index(), *stale)
+        _remove(r, stale)
     return {"synced": synced, "removed": len(stale)}

@@ -418,9 +418,17 @@ class Replay:
             {"bootstrap.servers": self.bootstrap, "linger.ms": 5, "enable.idempotence": True}
         )
         baselines = Baselines()
-        names = ("system", "popularity", "item_knn", *strategies.STRATEGIES)
+        names = (
+            "system",
+            "popularity",
+            "item_knn",
+            *strategies.STRATEGIES,
+            "popularity_all_seen",
+            "item_knn_all_seen",
+        )
         scores = {name: Score() for name in names}
         seen: dict[str, set[str]] = defaultdict(set)
+        known: dict[str, set[str]] = defaultdict(set)
         last_product: dict[str, str] = {}
         sent: Counter[str] = Counter()
         trials = 0
@@ -431,13 +439,23 @@ class Replay:
                 visitor_seen = seen[row.visitor_id]
                 if row.ts_ms >= self.evaluated_from and row.product_id not in visitor_seen:
                     trials += 1
-                    self._score(row, last_product.get(row.visitor_id), visitor_seen, scores)
-                    scores["popularity"].add(row.product_id, baselines.popular(visitor_seen))
+                    previous = last_product.get(row.visitor_id)
+                    # What every recommender may leave out: what the visitor
+                    # had done as of the last tick (all the pipeline knows),
+                    # and the page they are on.
+                    exclude = known[row.visitor_id] | ({previous} if previous else set())
+                    self._score(row, previous, exclude, scores)
+                    scores["popularity"].add(row.product_id, baselines.popular(exclude))
                     scores["item_knn"].add(
-                        row.product_id,
-                        baselines.item_knn(
-                            row.visitor_id, last_product.get(row.visitor_id), visitor_seen
-                        ),
+                        row.product_id, baselines.item_knn(row.visitor_id, previous, exclude)
+                    )
+                    # The same two told every event before this one (the tick's
+                    # too): more than the pipeline can know, for reference.
+                    scores["popularity_all_seen"].add(
+                        row.product_id, baselines.popular(visitor_seen)
+                    )
+                    scores["item_knn_all_seen"].add(
+                        row.product_id, baselines.item_knn(row.visitor_id, previous, visitor_seen)
                     )
                 visitor_seen.add(row.product_id)
                 last_product[row.visitor_id] = row.product_id
@@ -458,6 +476,8 @@ class Replay:
                 raise ReplayError("Kafka did not take the replay's events within 60 s")
             self._wait_processed(sent, job)
             baselines.learn(chunk)
+            for row in chunk:
+                known[row.visitor_id].add(row.product_id)
             self.progress(min(start + self.tick, total), total)
         report: dict[str, Any] = {
             "pipeline": self.pipeline,
@@ -479,14 +499,13 @@ class Replay:
         return report
 
     def _score(
-        self, row: Row, previous: str | None, seen: set[str], scores: dict[str, Score]
+        self, row: Row, previous: str | None, exclude: set[str], scores: dict[str, Score]
     ) -> None:
         from . import store
 
         found = store.strategy_lists(row.visitor_id, previous)
         system = store.blend(found, K)
         scores["system"].add(row.product_id, [str(i["product_id"]) for i in system])
-        exclude = seen | ({previous} if previous else set())
         for strategy, items in found.lists:
             scores[strategy].add(row.product_id, strategies.top(items, exclude))
 

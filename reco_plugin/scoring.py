@@ -88,10 +88,12 @@ class PipelineSettings:
     # purchases of a visitor at most this far apart are one basket (frequently
     # bought together)
     basket_window: int = 3600
-    # the blend's bandit: chance of a uniformly random strategy for a slot, the
-    # discount of the evidence per trial (0.999: about the last 1000 trials
-    # count), and the most trials taken from one visitor's events in a batch
-    exploration: float = 0.1
+    # the blend's bandit: chance of a uniformly random strategy for a slot (the
+    # next-item trials judge every strategy whatever was shown, so little is
+    # needed), the discount of the evidence per trial occasion (0.999: about
+    # the last 1000 count), and the most trials taken from one visitor's
+    # events in a batch
+    exploration: float = 0.05
     bandit_discount: float = 0.999
     trials_per_visitor: int = 10
     # where the raw events are appended (Parquet, partitioned by date) for the

@@ -10,7 +10,7 @@ import json
 import time
 from typing import Any
 
-from . import keys, pipeline, scoring
+from . import keys, pipeline, scoring, strategies
 from .conf import reco_settings
 from .redis_client import get_redis
 
@@ -41,6 +41,22 @@ def _last_batch(raw: dict[str, str]) -> dict[str, Any] | None:
 PRODUCER_COUNTS = ("delivered", "failed", "dropped")
 
 
+def _bandit(beliefs: dict[str, str], outcomes: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Per strategy: the blend's current belief (posterior mean of its success
+    rate, discounted evidence) and its all-time trials, successes, impressions
+    and clicks."""
+    result: dict[str, dict[str, Any]] = {}
+    for name, belief in strategies.describe(strategies.beliefs_from(beliefs)).items():
+        result[name] = {
+            **belief,
+            **{
+                kind: int(outcomes.get(f"{name}:{kind}", 0))
+                for kind in ("trials", "successes", "impressions", "clicks")
+            },
+        }
+    return result
+
+
 def pipeline_status(kafka_timeout: float = 5.0) -> dict[str, Any]:
     """One JSON-ready dict: components, counters, lag, last batch, and ``problems``."""
     report: dict[str, Any] = {"ok": True, "problems": [], "checked_at": time.time()}
@@ -56,7 +72,20 @@ def pipeline_status(kafka_timeout: float = 5.0) -> dict[str, Any]:
         pipe.hgetall(keys.pipeline_offsets())
         pipe.get(keys.pipeline_clock())
         pipe.hgetall(keys.producer_stats())
-        heartbeat, last_batch, counters, offsets, clock, producers = pipe.execute()
+        pipe.hgetall(keys.bandit())
+        pipe.hgetall(keys.bandit_stats())
+        pipe.get(keys.retrain_last())
+        (
+            heartbeat,
+            last_batch,
+            counters,
+            offsets,
+            clock,
+            producers,
+            beliefs,
+            outcomes,
+            retrained,
+        ) = pipe.execute()
         report["redis"] = {"ok": True, "url": reco_settings.REDIS_URL}
         processed = {k: int(v) for k, v in offsets.items()}
         job = json.loads(heartbeat) if heartbeat else None
@@ -65,6 +94,8 @@ def pipeline_status(kafka_timeout: float = 5.0) -> dict[str, Any]:
         report["counters"] = _counters(counters)
         report["clock_ms"] = int(clock) if clock else None
         report["producers"] = {name: int(producers.get(name, 0)) for name in PRODUCER_COUNTS}
+        report["bandit"] = _bandit(beliefs, outcomes)
+        report["retrain"] = json.loads(retrained) if retrained else None
         if job is None:
             problems.append("the streaming job is down (no heartbeat in Redis)")
         elif not job.get("active"):
@@ -137,6 +168,25 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(
             "events emitted by the shop: "
             + ", ".join(f"{producers[name]} {name}" for name in PRODUCER_COUNTS)
+        )
+    bandit = report.get("bandit")
+    if bandit:
+        lines.append("")
+        lines.append(
+            f"{'strategy':<11}{'belief':>8}{'evidence':>10}{'trials':>9}{'hits':>8}"
+            f"{'shown':>8}{'clicks':>8}"
+        )
+        for name, b in sorted(bandit.items(), key=lambda kv: -kv[1]["mean"]):
+            lines.append(
+                f"{name:<11}{b['mean']:>8.3f}{b['alpha'] + b['beta'] - 2:>10.0f}"
+                f"{b['trials']:>9}{b['successes']:>8}{b['impressions']:>8}{b['clicks']:>8}"
+            )
+    retrain = report.get("retrain")
+    if retrain:
+        age = (time.time() - float(retrain.get("finished_at", 0))) / 3600
+        lines.append(
+            f"retrained: {retrain.get('products')} products from {retrain.get('days')} days, "
+            f"{age:.1f} h ago"
         )
     counters = report.get("counters") or {}
     if counters:

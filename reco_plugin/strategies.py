@@ -70,7 +70,17 @@ def policy(
     draws, one value per strategy (``STRATEGIES`` order) each, seeded so that a
     batch run again writes the same policy."""
     rng = random.Random(seed)
-    params = [beliefs.get(name, (1.0, 1.0)) for name in STRATEGIES]
+    # Evidence over the Beta(1, 1) each belief starts from; a strategy with
+    # little of it is drawn around the pooled success rate of all strategies,
+    # not around 1/2 (an unproven strategy would otherwise win most slots).
+    evidence = [
+        (max(0.0, a - 1.0), max(0.0, b - 1.0))
+        for a, b in (beliefs.get(name, (1.0, 1.0)) for name in STRATEGIES)
+    ]
+    hits = sum(s for s, _ in evidence)
+    total = hits + sum(f for _, f in evidence)
+    pooled = hits / total if total else 0.5
+    params = [(s + 2 * pooled, f + 2 * (1 - pooled)) for s, f in evidence]
     bank = [
         [round(rng.betavariate(max(a, 1e-6), max(b, 1e-6)), 6) for a, b in params]
         for _ in range(draws)
@@ -86,7 +96,7 @@ class Policy:
         value = value or {}
         self.names = list(value.get("strategies", ()))
         self.bank = [list(draw) for draw in value.get("draws", ())]
-        self.exploration = float(value.get("exploration", 0.1))
+        self.exploration = float(value.get("exploration", 0.05))
         self._chances: dict[tuple[str, ...], list[float]] = {}
 
     def chances(self, live: Sequence[str]) -> list[float]:

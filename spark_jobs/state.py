@@ -374,9 +374,11 @@ def updated_beliefs(
     settings: PipelineSettings,
 ) -> dict[str, tuple[float, float]]:
     """Discounted Beta update: every belief fades by ``bandit_discount`` per
-    trial of the batch, then each strategy adds its successes and failures."""
-    trials = sum(n for _, n in rewards.values())
-    fade = settings.bandit_discount**trials
+    trial occasion of the batch (a next item judged, or an impression: the most
+    trials any one strategy had), then each strategy adds its successes and
+    failures."""
+    occasions = max((n for _, n in rewards.values()), default=0)
+    fade = settings.bandit_discount**occasions
     result = {}
     for strategy in strategies.STRATEGIES:
         alpha, beta = beliefs.get(strategy, (1.0, 1.0))

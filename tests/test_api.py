@@ -99,3 +99,34 @@ def test_a_logged_in_user_gets_their_own_list_from_the_api(logged_in, r):
         ("7", "personal"),
         ("8", "personal"),
     ]
+
+
+def test_every_strategy_of_a_product_page_can_fill_slots(client, r):
+    put_catalog(r, range(1, 20), category="Drama")
+    put_list(r, keys.product_similar("1"), [2])
+    put_list(r, keys.product_fbt("1"), [3])
+    put_list(r, keys.product_retrained("1"), [4])
+    put_list(r, keys.trending_list("long", "Drama"), [5])
+    put_list(r, keys.trending(), [6])
+    put_list(r, keys.popular(), [7])
+    put_policy(r, "retrained", "fbt", "similar", "category", "trending", "popular")
+    items = client.get("/reco/api/recommendations/?product=1&limit=6").json()["items"]
+    assert [(i["product_id"], i["strategy"]) for i in items] == [
+        ("4", "retrained"),
+        ("3", "fbt"),
+        ("2", "similar"),
+        ("5", "category"),
+        ("6", "trending"),
+        ("7", "popular"),
+    ]
+
+
+def test_what_the_visitor_has_seen_is_not_served(client, r, make_product):
+    make_product(1)
+    put_catalog(r, [2, 3, 4])
+    client.get("/products/1/")
+    visitor = f"s:{client.session['reco_visitor']}"
+    r.zadd(keys.visitor_seen(visitor), {"2": 1, "4": 2})
+    put_list(r, keys.popular(), [2, 3, 4])
+    items = client.get("/reco/api/recommendations/").json()["items"]
+    assert [i["product_id"] for i in items] == ["3"]

@@ -1,3 +1,4 @@
+import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
 
@@ -100,3 +101,11 @@ def test_bad_tracking_settings_are_E008(settings):
     ):
         with with_reco(settings, **changes):
             assert "reco_plugin.E008" in reco_ids(), changes
+
+
+def test_reco_retrain_without_an_event_lake_says_what_to_set(settings):
+    from django.core.management import CommandError, call_command
+
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "PIPELINE": {}}
+    with pytest.raises(CommandError, match="lake_path"):
+        call_command("reco_retrain")
