@@ -5,6 +5,8 @@ on free ports beside a running demo."""
 import os
 from pathlib import Path
 
+from celery.schedules import crontab
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("RECO_STATE_DIR", BASE_DIR / "var" / "demo"))
 
@@ -108,6 +110,8 @@ RECO_PLUGIN = {
         "image": "image_url",
         "in_stock": "in_stock",
     },
+    # the streaming job appends events here; reco_retrain and the nightly task read it
+    "PIPELINE": {"lake_path": str(STATE_DIR / "lake")},
 }
 
 REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
@@ -118,6 +122,13 @@ CELERY_BEAT_SCHEDULE = {
     "reco-sync-catalog": {
         "task": "reco_plugin.sync_catalog",
         "schedule": float(os.environ.get("RECO_CATALOG_SYNC_SECONDS", "300")),
+    },
+    # what reco_plugin.retraining.beat_schedule() gives: the retraining nightly
+    "reco-retrain-nightly": {
+        "task": "reco_plugin.retrain",
+        "schedule": crontab(hour=3, minute=30),
+        "kwargs": {"days": 30},
+        "options": {"expires": 6 * 3600},
     },
 }
 CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")

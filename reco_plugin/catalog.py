@@ -4,7 +4,7 @@ The API and the widget show products from these hashes, so serving a list never
 touches the shop's database. Run periodically (Celery beat) and on product save.
 
 Two sets follow the hashes for the pipeline's rules: ``catalog:unavailable``
-(out of stock, ``blocked``, or gone: never listed) and ``catalog:repeatable``
+(out of stock or ``blocked``: never listed) and ``catalog:repeatable``
 (may be recommended again after a purchase). Map ``blocked`` and
 ``repeatable`` in ``PRODUCT_FIELDS`` to the shop's own fields to use them.
 """
@@ -67,11 +67,12 @@ def _write(products: Iterable[models.Model]) -> int:
 
 
 def _remove(r, product_ids: set[str]) -> None:
-    """Products gone from the shop: out of the catalog, never recommended."""
+    """Products gone from the shop: out of the catalog (so never served) and
+    out of the rule sets (which would otherwise only grow)."""
     r.delete(*(keys.catalog_product(pk) for pk in product_ids))
     r.srem(keys.catalog_index(), *product_ids)
     r.srem(keys.catalog_repeatable(), *product_ids)
-    r.sadd(keys.catalog_unavailable(), *product_ids)
+    r.srem(keys.catalog_unavailable(), *product_ids)
 
 
 def sync_products(product_ids: Iterable[Any]) -> int:

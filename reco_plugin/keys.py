@@ -48,6 +48,11 @@ def visitor_seen(visitor_id: str) -> str:
     return f"{PREFIX}:visitor:{visitor_id}:seen"
 
 
+def visitor_affinity(visitor_id: str) -> str:
+    """JSON list: trending (long window) in the visitor's favourite category."""
+    return f"{PREFIX}:visitor:{visitor_id}:affinity"
+
+
 def visitor_bought(visitor_id: str) -> str:
     """Sorted set: product -> ts_ms, the visitor's latest purchases (baskets)."""
     return f"{PREFIX}:visitor:{visitor_id}:bought"
@@ -66,6 +71,11 @@ def product_bought_with(product_id: str) -> str:
 def product_retrained(product_id: str) -> str:
     """JSON list: a product's neighbours from the batch retraining job."""
     return f"{PREFIX}:product:{product_id}:retrained"
+
+
+def product_content(product_id: str) -> str:
+    """JSON list: products whose catalog text (title, description) is like a product's."""
+    return f"{PREFIX}:product:{product_id}:content"
 
 
 def purchases() -> str:

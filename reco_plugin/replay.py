@@ -23,6 +23,7 @@ import heapq
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -246,6 +247,8 @@ class Replay:
         # the shop's pipeline settings (or those to try), partial
         self.pipeline = dict(pipeline or {})
         self.namespace = Namespace(uuid.uuid4().hex[:10])
+        # the blend's draws: the same for the same file and pipeline
+        self.rng = random.Random(0)
         first, last = self.rows[0].ts_ms, self.rows[-1].ts_ms
         self.evaluated_from = last - int((last - first) * EVALUATED_SHARE)
         # The file's times are moved so that its last event is a minute ago:
@@ -494,7 +497,7 @@ class Replay:
         report["counters"] = self.redis.hgetall(keys.pipeline_counters())
         # what the blend learnt: each strategy's discounted Beta belief
         report["bandit"] = strategies.describe(
-            strategies.beliefs_from(self.redis.hgetall(keys.bandit()))
+            strategies.evidence_from(self.redis.hgetall(keys.bandit()))
         )
         return report
 
@@ -504,7 +507,7 @@ class Replay:
         from . import store
 
         found = store.strategy_lists(row.visitor_id, previous)
-        system = store.blend(found, K)
+        system = store.blend(found, K, self.rng)
         scores["system"].add(row.product_id, [str(i["product_id"]) for i in system])
         for strategy, items in found.lists:
             scores[strategy].add(row.product_id, strategies.top(items, exclude))

@@ -41,16 +41,16 @@ def _last_batch(raw: dict[str, str]) -> dict[str, Any] | None:
 PRODUCER_COUNTS = ("delivered", "failed", "dropped")
 
 
-def _bandit(beliefs: dict[str, str], outcomes: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """Per strategy: the blend's current belief (posterior mean of its success
-    rate, discounted evidence) and its all-time trials, successes, impressions
-    and clicks."""
+def _bandit(evidence: dict[str, str], outcomes: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Per strategy: the blend's current beliefs (posterior means of its
+    next-item success rate and click rate, with the discounted evidence) and
+    its all-time trials, successes, impressions and clicks."""
     result: dict[str, dict[str, Any]] = {}
-    for name, belief in strategies.describe(strategies.beliefs_from(beliefs)).items():
+    for name, belief in strategies.describe(strategies.evidence_from(evidence)).items():
         result[name] = {
             **belief,
             **{
-                kind: int(outcomes.get(f"{name}:{kind}", 0))
+                f"all_{kind}": int(outcomes.get(f"{name}:{kind}", 0))
                 for kind in ("trials", "successes", "impressions", "clicks")
             },
         }
@@ -173,13 +173,19 @@ def format_status(report: dict[str, Any]) -> str:
     if bandit:
         lines.append("")
         lines.append(
-            f"{'strategy':<11}{'belief':>8}{'evidence':>10}{'trials':>9}{'hits':>8}"
-            f"{'shown':>8}{'clicks':>8}"
+            "bandit (next-item hit rate and click rate believed now, over the discounted "
+            "evidence; all-time counts)"
+        )
+        lines.append(
+            f"{'strategy':<11}{'hit rate':>9}{'over':>7}{'CTR':>8}{'over':>7}"
+            f"{'trials':>9}{'hits':>8}{'shown':>8}{'clicks':>8}"
         )
         for name, b in sorted(bandit.items(), key=lambda kv: -kv[1]["mean"]):
+            ctr = f"{b['click_rate']:.3f}" if b["click_rate"] is not None else "-"
             lines.append(
-                f"{name:<11}{b['mean']:>8.3f}{b['alpha'] + b['beta'] - 2:>10.0f}"
-                f"{b['trials']:>9}{b['successes']:>8}{b['impressions']:>8}{b['clicks']:>8}"
+                f"{name:<11}{b['mean']:>9.3f}{b['trials']:>7.0f}{ctr:>8}{b['impressions']:>7.0f}"
+                f"{b['all_trials']:>9}{b['all_successes']:>8}{b['all_impressions']:>8}"
+                f"{b['all_clicks']:>8}"
             )
     retrain = report.get("retrain")
     if retrain:

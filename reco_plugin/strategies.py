@@ -9,7 +9,11 @@ Each strategy is a ready list in Redis, written by the pipeline:
 * ``similar``: co-visited with the product on the page;
 * ``fbt``: frequently bought together with it (purchase baskets);
 * ``retrained``: its neighbours from the nightly batch job;
+* ``content``: products whose title and description share its rarer words
+  (the nightly job too; a new product has these before any behaviour);
 * ``category``: trending in its category over the long window;
+* ``affinity``: trending in the visitor's favourite category (their recent
+  items' categories) over the long window;
 * ``trending``: trending over the short window;
 * ``popular``: most interacted with, fading with the half-life.
 
@@ -34,12 +38,24 @@ PERSONAL = "personal"
 SIMILAR = "similar"
 FBT = "fbt"
 RETRAINED = "retrained"
+CONTENT = "content"
 CATEGORY = "category"
+AFFINITY = "affinity"
 TRENDING = "trending"
 POPULAR = "popular"
-STRATEGIES: tuple[str, ...] = (PERSONAL, SIMILAR, FBT, RETRAINED, CATEGORY, TRENDING, POPULAR)
+STRATEGIES: tuple[str, ...] = (
+    PERSONAL,
+    SIMILAR,
+    FBT,
+    RETRAINED,
+    CONTENT,
+    CATEGORY,
+    AFFINITY,
+    TRENDING,
+    POPULAR,
+)
 # the strategies that need a product on the page
-PRODUCT_CONTEXT = frozenset({SIMILAR, FBT, RETRAINED, CATEGORY})
+PRODUCT_CONTEXT = frozenset({SIMILAR, FBT, RETRAINED, CONTENT, CATEGORY})
 
 # A trial is scored on a strategy's top K (after removing what the visitor has seen).
 K = 10
@@ -59,32 +75,59 @@ def top(items: Iterable[Mapping[str, Any]], exclude: set[str], k: int = K) -> li
     return result
 
 
+CLICK_SUFFIX = ":click"
+# Evidence: bandit hash field -> (discounted successes, discounted trials). The
+# field is a strategy (next-item trials) or ``strategy:click`` (impressions,
+# and the clicks on them).
+Evidence = Mapping[str, tuple[float, float]]
+
+
+def _prior_draw(rng: random.Random, successes: float, trials: float, pooled: float) -> float:
+    """A draw from the Beta belief: the evidence over a prior of weight 2 at the
+    pooled rate (an unproven strategy is drawn around what the others do, not
+    around 1/2)."""
+    hits = min(max(successes, 0.0), max(trials, 0.0))
+    misses = max(trials, 0.0) - hits
+    return rng.betavariate(hits + 2 * pooled + 1e-6, misses + 2 * (1 - pooled) + 1e-6)
+
+
+def _pooled(evidence: Evidence, fields: list[str]) -> float | None:
+    hits = sum(min(*evidence.get(f, (0.0, 0.0))) for f in fields)
+    trials = sum(evidence.get(f, (0.0, 0.0))[1] for f in fields)
+    return hits / trials if trials else None
+
+
 def policy(
-    beliefs: Mapping[str, tuple[float, float]],
+    evidence: Evidence,
     *,
     exploration: float,
     seed: int = 0,
     draws: int = POLICY_DRAWS,
 ) -> dict[str, Any]:
-    """The serving policy for these Beta(alpha, beta) beliefs: a bank of joint
-    draws, one value per strategy (``STRATEGIES`` order) each, seeded so that a
-    batch run again writes the same policy."""
+    """The serving policy for this evidence: a bank of joint draws, one value per
+    strategy (``STRATEGIES`` order) each, seeded so that a batch run again
+    writes the same policy.
+
+    A strategy's value is a draw of its next-item success rate, times, once
+    the shop has clicks, a draw of its click rate relative to the pooled
+    click rate (a strategy whose items are clicked twice as often counts
+    twice as much).
+    """
     rng = random.Random(seed)
-    # Evidence over the Beta(1, 1) each belief starts from; a strategy with
-    # little of it is drawn around the pooled success rate of all strategies,
-    # not around 1/2 (an unproven strategy would otherwise win most slots).
-    evidence = [
-        (max(0.0, a - 1.0), max(0.0, b - 1.0))
-        for a, b in (beliefs.get(name, (1.0, 1.0)) for name in STRATEGIES)
-    ]
-    hits = sum(s for s, _ in evidence)
-    total = hits + sum(f for _, f in evidence)
-    pooled = hits / total if total else 0.5
-    params = [(s + 2 * pooled, f + 2 * (1 - pooled)) for s, f in evidence]
-    bank = [
-        [round(rng.betavariate(max(a, 1e-6), max(b, 1e-6)), 6) for a, b in params]
-        for _ in range(draws)
-    ]
+    next_pooled = _pooled(evidence, list(STRATEGIES))
+    click_pooled = _pooled(evidence, [s + CLICK_SUFFIX for s in STRATEGIES])
+    bank = []
+    for _ in range(draws):
+        draw = []
+        for name in STRATEGIES:
+            value = _prior_draw(rng, *evidence.get(name, (0.0, 0.0)), next_pooled or 0.5)
+            if click_pooled:
+                click = _prior_draw(
+                    rng, *evidence.get(name + CLICK_SUFFIX, (0.0, 0.0)), click_pooled
+                )
+                value *= click / click_pooled
+            draw.append(value)
+        bank.append(draw)
     return {"strategies": list(STRATEGIES), "exploration": exploration, "draws": bank}
 
 
@@ -111,10 +154,14 @@ class Policy:
             result = [uniform] * len(live)
         else:
             columns = [self.names.index(s) for s in live]
-            wins = [0] * len(live)
+            wins = [0.0] * len(live)
             for draw in self.bank:
                 values = [draw[c] for c in columns]
-                wins[values.index(max(values))] += 1
+                best = max(values)
+                tied = [i for i, v in enumerate(values) if v == best]
+                # a tie is broken uniformly at random
+                for i in tied:
+                    wins[i] += 1 / len(tied)
             n = len(self.bank)
             result = [(1 - self.exploration) * w / n + self.exploration * uniform for w in wins]
         self._chances[key] = result
@@ -161,28 +208,35 @@ def blend(
     return chosen
 
 
-def beliefs_from(raw: Mapping[str, str]) -> dict[str, tuple[float, float]]:
-    """The bandit hash (strategy -> "alpha beta") as numbers."""
+def evidence_from(raw: Mapping[str, str]) -> dict[str, tuple[float, float]]:
+    """The bandit hash (field -> "successes trials", discounted) as numbers."""
     result = {}
     for name, value in raw.items():
         try:
-            alpha, beta = (float(x) for x in str(value).split())
+            successes, trials = (float(x) for x in str(value).split())
         except ValueError:
             continue
-        result[name] = (alpha, beta)
+        result[name] = (successes, trials)
     return result
 
 
-def describe(beliefs: Mapping[str, tuple[float, float]]) -> dict[str, dict[str, float]]:
-    """Readable beliefs: the posterior mean and the (discounted) evidence."""
-    return {
-        name: {
-            "mean": round(a / (a + b), 4) if a + b else 0.0,
-            "alpha": round(a, 3),
-            "beta": round(b, 3),
+def describe(evidence: Evidence) -> dict[str, dict[str, Any]]:
+    """Readable beliefs per strategy: the posterior mean of its next-item
+    success rate and of its click rate (None before any impression), with the
+    discounted trials and impressions behind them."""
+    result: dict[str, dict[str, Any]] = {}
+    for name in STRATEGIES:
+        hits, trials = evidence.get(name, (0.0, 0.0))
+        clicks, shown = evidence.get(name + CLICK_SUFFIX, (0.0, 0.0))
+        if not trials and not shown:
+            continue
+        result[name] = {
+            "mean": round((1 + min(hits, trials)) / (2 + trials), 4),
+            "trials": round(trials, 1),
+            "click_rate": round((1 + min(clicks, shown)) / (2 + shown), 4) if shown else None,
+            "impressions": round(shown, 1),
         }
-        for name, (a, b) in sorted(beliefs.items())
-    }
+    return result
 
 
 def sources(
@@ -192,10 +246,12 @@ def sources(
     found: list[tuple[str, str]] = []
     if visitor_id:
         found.append((PERSONAL, keys.visitor_recommendations(visitor_id)))
+        found.append((AFFINITY, keys.visitor_affinity(visitor_id)))
     if product_id:
         found.append((SIMILAR, keys.product_similar(product_id)))
         found.append((FBT, keys.product_fbt(product_id)))
         found.append((RETRAINED, keys.product_retrained(product_id)))
+        found.append((CONTENT, keys.product_content(product_id)))
         if category:
             found.append((CATEGORY, keys.trending_list("long", category)))
     found.append((TRENDING, keys.trending()))

@@ -230,23 +230,14 @@ def _learn(
     visitors = sorted(learning)
     remembered = state.recent_items(r, visitors)
     seen_before = state.visitor_sets(r, keys.visitor_seen, visitors)
-    bought_before = state.visitor_sets(
-        r,
-        keys.visitor_bought,
-        sorted(
-            {v for v, rows in applied_by.items() if any(x.type == schema.PURCHASE for x in rows)}
-            | {x.previous for rows in applied_by.values() for x in rows if x.previous}
-        ),
-    )
+    bought_before = state.visitor_sets(r, keys.visitor_bought, visitors)
     products = sorted(
         {x.product_id for rows in applied_by.values() for x in rows if x.product_id}
         | {p for items in remembered.values() for p, _, _ in items[:1]}
     )
+    # The catalog's categories (the same in every partition); an event's own
+    # category counts for that event only.
     categories, repeatable = state.catalog_facts(r, products)
-    for rows in applied_by.values():
-        for x in rows:
-            if x.category and x.product_id:
-                categories[x.product_id] = x.category
     firsts = {
         name: learn.trending_buckets_in_window(landmark_ms, settings, name)[0]
         for name, _, _ in learn.trending_windows(settings)
@@ -260,7 +251,7 @@ def _learn(
         for row in applied:
             if row.strategy and row.type in (schema.IMPRESSION, schema.CLICK):
                 # attributed outcomes: an impression is a trial, a click on it a success
-                changes.reward(row.strategy, row.type == schema.CLICK, row.type)
+                changes.attributed(row.strategy, row.type == schema.CLICK)
         weighted = [row for row in applied if row.weight > 0]
         interactions = [
             learn.Interaction(row.product_id, row.ts, row.weight, row.event_id) for row in weighted
@@ -284,7 +275,6 @@ def _learn(
             ):
                 for product_id, ts in source.items():
                     target[product_id] = max(ts, target.get(product_id, 0))
-            changes.merged.setdefault(visitor_id, []).append(other)
         # The next-item trials: each new item (not seen before) judged against
         # the lists as they stood, in the context of the item before it.
         context = previous[0][0] if previous else None
@@ -330,11 +320,11 @@ def _learn(
         changes.recent[visitor_id] = learn.remember(previous, interactions, settings.recent_items)
         changes.seen[visitor_id] = seen
         changes.bought[visitor_id] = bought
-        for item in interactions:
+        for item, row in zip(interactions, weighted, strict=True):
             changes.popularity[item.product_id] = changes.popularity.get(
                 item.product_id, 0
             ) + state.to_units(item.weight * learn.decay(landmark_ms, item.ts, settings.half_life))
-            category = categories.get(item.product_id) or ""
+            category = row.category or categories.get(item.product_id) or ""
             for name, bucket_s, _ in buckets:
                 bucket = learn.trending_bucket(item.ts, bucket_s)
                 if bucket >= firsts[name]:
@@ -365,7 +355,7 @@ def _judge(
         for strategy, key in strategies.sources(visitor_id, context, categories.get(context or "")):
             ids = strategies.top(values[key], exclude)
             if ids:
-                changes.reward(strategy, product_id in ids)
+                changes.next_item(strategy, product_id in ids)
 
 
 # -- step 4: lists, derived from the committed state ------------------------------
@@ -420,6 +410,7 @@ def refresh_visitors(
     r = _redis(redis_url)
     blocked = state.unavailable(r)
     similar: dict[str, list[tuple[str, float]]] = {}
+    categories: dict[str, str] = {}
     for chunk in state.chunks(list(visitor_ids), 500):
         recent = state.recent_items(r, chunk)
         seen = state.visitor_sets(r, keys.visitor_seen, chunk)
@@ -428,20 +419,31 @@ def refresh_visitors(
             missing, state.lists(r, [keys.product_similar(p) for p in missing]), strict=True
         ):
             similar[product_id] = [(str(i["product_id"]), float(i["score"])) for i in items]
-        state.write_lists(
-            r,
-            {
-                keys.visitor_recommendations(v): learn.personal_list(
-                    recent[v],
-                    similar,
-                    settings.list_length,
-                    settings.recency_decay,
-                    exclude=blocked.union(seen.get(v, ())),
-                )
-                for v in chunk
-            },
-            settings.visitor_ttl,
+        categories.update(state.catalog_facts(r, missing)[0])
+        favourite = {
+            v: learn.favourite_category(recent[v], categories, settings.recency_decay)
+            for v in chunk
+        }
+        wanted = sorted({c for c in favourite.values() if c})
+        trending_in = dict(
+            zip(
+                wanted,
+                state.lists(r, [keys.trending_list("long", c) for c in wanted]),
+                strict=True,
+            )
         )
+        lists = {}
+        for v in chunk:
+            exclude = blocked.union(seen.get(v, ()))
+            lists[keys.visitor_recommendations(v)] = learn.personal_list(
+                recent[v], similar, settings.list_length, settings.recency_decay, exclude=exclude
+            )
+            lists[keys.visitor_affinity(v)] = [
+                item
+                for item in trending_in.get(favourite[v] or "", [])
+                if item["product_id"] not in exclude
+            ][: settings.list_length]
+        state.write_lists(r, lists, settings.visitor_ttl)
 
 
 def refresh_trending(
@@ -450,6 +452,8 @@ def refresh_trending(
     """The trending lists of both windows, globally and for these categories,
     and the popular list; each list lives as long as its window."""
     blocked = state.unavailable(r)
+    # enough to fill a list when some of the top are unavailable
+    fetch = settings.list_length + min(len(blocked), settings.list_length)
     scratch = keys.pipeline_scratch("trending")
     pipe = r.pipeline(transaction=True)
     wanted: list[tuple[str, int]] = []
@@ -458,13 +462,13 @@ def refresh_trending(
         for category in ("", *sorted(set(categories))):
             buckets = [keys.trending_window_bucket(name, b, category) for b in starts]
             pipe.zunionstore(scratch, buckets)
-            pipe.zrevrange(scratch, 0, settings.list_length + len(blocked) - 1, withscores=True)
+            pipe.zrevrange(scratch, 0, fetch - 1, withscores=True)
             pipe.delete(scratch)
             # A category's list is rewritten only when it has events: it
             # expires with its window. The global lists are rewritten every batch.
             ttl = window_s + bucket_s if category else settings.product_ttl
             wanted.append((keys.trending_list(name, category), ttl))
-    pipe.zrevrange(keys.popularity(), 0, settings.list_length + len(blocked) - 1, withscores=True)
+    pipe.zrevrange(keys.popularity(), 0, fetch - 1, withscores=True)
     replies = pipe.execute()
     by_ttl: dict[int, dict[str, list[dict[str, Any]]]] = defaultdict(dict)
     for (key, ttl), top in zip(wanted, replies[1::3], strict=False):
@@ -485,7 +489,7 @@ def _top(
 
 def refresh_policy(r: redis.Redis, seed: int, settings: PipelineSettings) -> None:
     """The serving policy from the bandit's current beliefs (seeded by the batch)."""
-    value = strategies.policy(state.beliefs(r), exploration=settings.exploration, seed=seed)
+    value = strategies.policy(state.evidence(r), exploration=settings.exploration, seed=seed)
     r.set(keys.bandit_policy(), json.dumps(value, separators=(",", ":")))
 
 
@@ -758,10 +762,11 @@ class BatchProcessor:
         with steps("similar"):
             run(refresh_products, todo.get("products", []))
             run(refresh_baskets, todo.get("baskets", []))
-        with steps("personal"):
-            run(refresh_visitors, todo.get("visitors", []))
+        # trending first: the visitors' affinity lists are read from it
         with steps("trending"):
             refresh_trending(r, clock_ms, self.settings, todo.get("categories", []))
+        with steps("personal"):
+            run(refresh_visitors, todo.get("visitors", []))
         if todo.get("bandit"):
             with steps("policy"):
                 refresh_policy(r, int(todo.get("batch", 0)), self.settings)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -194,3 +195,64 @@ def basket_pairs(
         window_s=settings.basket_window,
         limit=50,
     )
+
+
+def favourite_category(
+    recent: Sequence[Item], categories: Mapping[str, str], recency_decay: float
+) -> str | None:
+    """The category the visitor's recent items weigh most in (newest first,
+    ``recency_decay`` per step back, times each item's weight)."""
+    weights: dict[str, float] = {}
+    for step, (product_id, _, weight) in enumerate(recent):
+        category = categories.get(product_id)
+        if category:
+            weights[category] = weights.get(category, 0.0) + weight * recency_decay**step
+    if not weights:
+        return None
+    return min(weights, key=lambda c: (-weights[c], c))
+
+
+_WORD = re.compile(r"[^\W\d_]{3,}")
+
+
+def text_neighbours(
+    texts: Mapping[str, str], length: int, common_share: float = 0.05
+) -> dict[str, list[dict[str, Any]]]:
+    """Each product's neighbours by its text (title, description): TF-IDF
+    cosine over words of 3+ letters. Words of one product only, and words in
+    more than ``common_share`` of the products (at least 50, at most 200),
+    say nothing and are skipped; the cap also bounds the work (each word
+    costs at most 200² steps)."""
+    bags: dict[str, dict[str, int]] = {}
+    for product_id, text in texts.items():
+        bag: dict[str, int] = {}
+        for word in _WORD.findall(text.lower()):
+            bag[word] = bag.get(word, 0) + 1
+        if bag:
+            bags[product_id] = bag
+    n = len(bags)
+    frequency: dict[str, int] = {}
+    for bag in bags.values():
+        for word in bag:
+            frequency[word] = frequency.get(word, 0) + 1
+    limit = min(200, max(50, int(common_share * n)))
+    idf = {w: math.log(n / f) for w, f in frequency.items() if 1 < f <= limit}
+    vectors: dict[str, dict[str, float]] = {}
+    postings: dict[str, list[str]] = {}
+    for product_id, bag in bags.items():
+        vector = {w: (1 + math.log(c)) * idf[w] for w, c in bag.items() if w in idf}
+        norm = math.sqrt(sum(v * v for v in vector.values()))
+        if norm:
+            vectors[product_id] = {w: v / norm for w, v in vector.items()}
+            for word in vector:
+                postings.setdefault(word, []).append(product_id)
+    result: dict[str, list[dict[str, Any]]] = {}
+    for product_id, vector in vectors.items():
+        scores: dict[str, float] = {}
+        for word, weight in vector.items():
+            for other in postings[word]:
+                if other != product_id:
+                    scores[other] = scores.get(other, 0.0) + weight * vectors[other][word]
+        top = heapq.nsmallest(length, scores.items(), key=lambda kv: (-kv[1], kv[0]))
+        result[product_id] = [{"product_id": p, "score": round(v, 6)} for p, v in top]
+    return result

@@ -1,4 +1,5 @@
-"""Batch retraining: item neighbours from the event lake's last N days.
+"""Batch retraining: item neighbours from the event lake's last N days, and
+text neighbours from the catalog.
 
 The streaming job appends every applied-looking event to the lake (Parquet,
 partitioned by ``date``; ``lake_path``). This job reads the last ``--days``
@@ -10,6 +11,10 @@ visitors each has. Each product's top ``list_length`` neighbours are written as
 its ``retrained`` list, which the blend uses as one more strategy; the bandit
 decides how much it counts. Long-lived and slow-changing tastes that the
 streaming co-visits fade out of (a 7-day half-life) stay here.
+
+It also writes each catalog product's ``content`` list: the products whose
+title and description share its rarer words (TF-IDF cosine,
+``learn.text_neighbours``), which a new product has before any behaviour.
 
 Usage::
 
@@ -35,7 +40,7 @@ from typing import Any
 from reco_plugin import keys, schema
 from reco_plugin.scoring import PipelineSettings
 
-from . import state
+from . import learn, state
 from .session import build_session
 
 logger = logging.getLogger("spark_jobs.retrain")
@@ -111,6 +116,21 @@ def neighbours(spark, lake: str, days: int, items_per_visitor: int, settings: Pi
     )
 
 
+def catalog_texts(r) -> dict[str, str]:
+    """Each synced product's title and description, from the catalog hashes."""
+    ids = sorted(r.smembers(keys.catalog_index()))
+    texts: dict[str, str] = {}
+    for chunk in state.chunks(ids):
+        pipe = r.pipeline(transaction=False)
+        for product_id in chunk:
+            pipe.hmget(keys.catalog_product(product_id), "title", "description")
+        for product_id, (title, description) in zip(chunk, pipe.execute(), strict=True):
+            text = " ".join(filter(None, (title, description)))
+            if text:
+                texts[product_id] = text
+    return texts
+
+
 def retrain(spark, args: argparse.Namespace) -> dict[str, Any]:
     """Compute and write the retrained lists; a summary of what was done."""
     settings = args.settings
@@ -140,12 +160,23 @@ def retrain(spark, args: argparse.Namespace) -> dict[str, Any]:
         # a list outlives a missed nightly run or two
         max(settings.product_ttl, 3 * 86_400),
     )
+    texts = catalog_texts(r)
+    content = learn.text_neighbours(texts, settings.list_length)
+    state.write_lists(
+        r,
+        {
+            keys.product_content(p): [i for i in items if i["product_id"] not in blocked]
+            for p, items in content.items()
+        },
+        max(settings.product_ttl, 3 * 86_400),
+    )
     summary = {
         "finished_at": time.time(),
         "seconds": round(time.monotonic() - started, 1),
         "days": args.days,
         "products": len(lists),
         "neighbours": len(rows),
+        "content_products": len(content),
         "now_ms": schema.now_ms(),
     }
     r.set(keys.retrain_last(), json.dumps(summary))

@@ -189,8 +189,9 @@ def unavailable(r: redis.Redis) -> set[str]:
     return set(r.smembers(keys.catalog_unavailable()))
 
 
-def beliefs(r: redis.Redis) -> dict[str, tuple[float, float]]:
-    return strategies.beliefs_from(r.hgetall(keys.bandit()))
+def evidence(r: redis.Redis) -> dict[str, tuple[float, float]]:
+    """The bandit's discounted (successes, trials) per field (``strategies.Evidence``)."""
+    return strategies.evidence_from(r.hgetall(keys.bandit()))
 
 
 def lists(r: redis.Redis, list_keys: Sequence[str]) -> list[list[dict[str, Any]]]:
@@ -225,27 +226,27 @@ class BatchChanges:
     # visitor -> product -> ts_ms: what they have seen (not to show again), bought
     seen: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     bought: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
-    # user -> the anonymous visitors merged into them (login)
-    merged: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     # frequently bought together: product -> other product -> basket weight
     fbt: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     purchases: dict[str, int] = dataclasses.field(default_factory=dict)
-    # strategy -> [successes, trials] for the bandit, and the attributed
-    # impressions and clicks among them
+    # bandit field (a strategy for next-item trials, ``strategy:click`` for
+    # impressions and their clicks) -> [successes, trials]
     rewards: dict[str, list[int]] = dataclasses.field(default_factory=dict)
-    outcomes: dict[str, int] = dataclasses.field(default_factory=dict)
 
-    def reward(self, strategy: str, success: bool, kind: str | None = None) -> None:
-        if strategy not in strategies.STRATEGIES:
+    def next_item(self, strategy: str, success: bool) -> None:
+        """A next-item trial of a strategy's list."""
+        self._count(strategy, success, trial=True)
+
+    def attributed(self, strategy: str, clicked: bool) -> None:
+        """An impression (a trial) or a click on one (a success) from a strategy."""
+        self._count(strategy + strategies.CLICK_SUFFIX, clicked, trial=not clicked)
+
+    def _count(self, field: str, success: bool, *, trial: bool) -> None:
+        if field.split(":")[0] not in strategies.STRATEGIES:
             return
-        counts = self.rewards.setdefault(strategy, [0, 0])
-        if kind is None or kind == "impression":
-            counts[1] += 1
-        if success:
-            counts[0] += 1
-        if kind is not None:
-            field = f"{strategy}:{kind}s"
-            self.outcomes[field] = self.outcomes.get(field, 0) + 1
+        counts = self.rewards.setdefault(field, [0, 0])
+        counts[0] += int(success)
+        counts[1] += int(trial)
 
     def merge(self, other: BatchChanges) -> BatchChanges:
         """Add another partition's changes (partitions hold disjoint visitors)."""
@@ -266,19 +267,16 @@ class BatchChanges:
         self.newest_ts = max(self.newest_ts, other.newest_ts)
         self.seen.update(other.seen)
         self.bought.update(other.bought)
-        self.merged.update(other.merged)
         for product_id, others in other.fbt.items():
             mine = self.fbt.setdefault(product_id, {})
             for other_id, weight in others.items():
                 mine[other_id] = mine.get(other_id, 0) + weight
         for product_id, weight in other.purchases.items():
             self.purchases[product_id] = self.purchases.get(product_id, 0) + weight
-        for strategy, (successes, trials) in other.rewards.items():
-            mine_counts = self.rewards.setdefault(strategy, [0, 0])
+        for field, (successes, trials) in other.rewards.items():
+            mine_counts = self.rewards.setdefault(field, [0, 0])
             mine_counts[0] += successes
             mine_counts[1] += trials
-        for field, n in other.outcomes.items():
-            self.outcomes[field] = self.outcomes.get(field, 0) + n
         return self
 
     def touched_products(self) -> list[str]:
@@ -327,7 +325,7 @@ def commit(
             keys.product_clock(): pipe.hmget(keys.product_clock(), products) if products else [],
             keys.fbt_clock(): pipe.hmget(keys.fbt_clock(), baskets) if baskets else [],
         }
-        current_beliefs = strategies.beliefs_from(pipe.hgetall(keys.bandit()))
+        current_evidence = strategies.evidence_from(pipe.hgetall(keys.bandit()))
         pipe.multi()
         _write_changes(
             pipe,
@@ -340,14 +338,17 @@ def commit(
             settings,
         )
         if changes.rewards:
-            beliefs = updated_beliefs(current_beliefs, changes.rewards, settings)
-            pipe.hset(keys.bandit(), mapping={s: f"{a!r} {b!r}" for s, (a, b) in beliefs.items()})
-            stats = {**changes.outcomes}
-            for strategy, (successes, trials) in changes.rewards.items():
-                stats[f"{strategy}:successes"] = successes
-                stats[f"{strategy}:trials"] = trials
+            updated = updated_evidence(current_evidence, changes.rewards, settings)
+            pipe.hset(keys.bandit(), mapping={f: f"{s!r} {t!r}" for f, (s, t) in updated.items()})
+            stats: dict[str, int] = {}
+            for field, (successes, trials) in changes.rewards.items():
+                strategy, _, click = field.partition(":")
+                names = ("clicks", "impressions") if click else ("successes", "trials")
+                stats[f"{strategy}:{names[0]}"] = successes
+                stats[f"{strategy}:{names[1]}"] = trials
             for field, n in sorted(stats.items()):
-                pipe.hincrby(keys.bandit_stats(), field, n)
+                if n:
+                    pipe.hincrby(keys.bandit_stats(), field, n)
         pipe.set(keys.pipeline_clock(), clock_ms)
         pipe.set(
             keys.pipeline_pending(),
@@ -368,25 +369,34 @@ def commit(
     return True
 
 
-def updated_beliefs(
-    beliefs: Mapping[str, tuple[float, float]],
+def updated_evidence(
+    evidence: Mapping[str, tuple[float, float]],
     rewards: Mapping[str, Sequence[int]],
     settings: PipelineSettings,
 ) -> dict[str, tuple[float, float]]:
-    """Discounted Beta update: every belief fades by ``bandit_discount`` per
-    trial occasion of the batch (a next item judged, or an impression: the most
-    trials any one strategy had), then each strategy adds its successes and
-    failures."""
-    occasions = max((n for _, n in rewards.values()), default=0)
-    fade = settings.bandit_discount**occasions
-    result = {}
-    for strategy in strategies.STRATEGIES:
-        alpha, beta = beliefs.get(strategy, (1.0, 1.0))
-        successes, tried = rewards.get(strategy, (0, 0))
-        # the prior Beta(1, 1) never fades away
-        alpha = 1.0 + (alpha - 1.0) * fade + successes
-        beta = 1.0 + (beta - 1.0) * fade + max(0, tried - successes)
-        result[strategy] = (round(alpha, 9), round(beta, 9))
+    """Discounted evidence: the next-item evidence of every strategy fades by
+    ``bandit_discount`` per trial occasion of the batch (an item judged: the
+    most trials any one strategy had), the click evidence per impression of
+    the batch; then the batch's successes and trials are added. Successes and
+    trials are kept apart, so a click counted in a later batch than its
+    impression adds a success, not a failure too."""
+    result: dict[str, tuple[float, float]] = {}
+    for clicks in (False, True):
+        suffix = strategies.CLICK_SUFFIX if clicks else ""
+        fields = [name + suffix for name in strategies.STRATEGIES]
+        occasions = max((rewards.get(f, (0, 0))[1] for f in fields), default=0)
+        if clicks:
+            occasions = sum(rewards.get(f, (0, 0))[1] for f in fields)
+        fade = settings.bandit_discount**occasions
+        for field in fields:
+            successes, trials = evidence.get(field, (0.0, 0.0))
+            new_successes, new_trials = rewards.get(field, (0, 0))
+            if not (successes or trials or new_successes or new_trials):
+                continue
+            result[field] = (
+                round(successes * fade + new_successes, 9),
+                round(trials * fade + new_trials, 9),
+            )
     return result
 
 

@@ -372,8 +372,9 @@ class Stack:
             "--checkpoint",
             str(self.state_dir / "spark" / "checkpoint"),
         ]
-        if config:
-            argv += ["--config", json.dumps(config)]
+        # the demo shop's settings name the same lake (reco_retrain reads it)
+        config = {"lake_path": str(self.state_dir / "lake"), **(config or {})}
+        argv += ["--config", json.dumps(config)]
         return argv
 
     def start_spark(self, config: dict | None = None) -> None:

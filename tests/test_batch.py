@@ -156,12 +156,12 @@ def test_the_bandit_moves_weight_to_the_strategy_that_earns_rewards(batches):
     for v in visitors:
         put(r, keys.visitor_recommendations(v), [f"z{n}" for n in range(10)])
     batches.run([batches.row("page_view", v, targets[n % 10]) for n, v in enumerate(visitors)])
-    beliefs = state.beliefs(r)
-    assert beliefs["similar"] == (31.0, 1.0)
+    evidence = state.evidence(r)
+    assert evidence["similar"] == (30.0, 30.0)
     for loser in ("personal", "fbt", "retrained"):
-        assert beliefs[loser] == (1.0, 31.0)
+        assert evidence[loser] == (0.0, 30.0)
     # no list to judge (trending and popular held only what the visitors had seen)
-    assert beliefs["trending"] == (1.0, 1.0)
+    assert "trending" not in evidence
     stats = r.hgetall(keys.bandit_stats())
     assert stats["similar:successes"] == "30" and stats["personal:trials"] == "30"
     # the policy served gives similar nearly every slot it can fill
@@ -180,14 +180,15 @@ def test_the_bandit_moves_weight_to_the_strategy_that_earns_rewards(batches):
 def test_the_bandit_forgets_with_its_discount(batches):
     batches.settings = PipelineSettings.from_mapping({"bandit_discount": 0.5})
     r = batches.r
-    r.hset(keys.bandit(), mapping={"similar": "41 1", "personal": "1 41"})
+    r.hset(keys.bandit(), mapping={"personal:click": "10 40", "similar:click": "20 20"})
     batches.run([batches.row("impression", "s:a", "p1", strategy="personal")])
+    evidence = state.evidence(r)
+    # one impression: every strategy's click evidence halves once, then it is added
+    assert evidence["personal:click"] == (5.0, 21.0)
+    assert evidence["similar:click"] == (10.0, 10.0)
+    # its click, in a later batch, adds a success and no trial: no discount
     batches.run([batches.row("click", "s:a", "p1", strategy="personal")])
-    beliefs = state.beliefs(r)
-    # one trial (the impression: a failure until clicked), then its click: the
-    # old evidence halves once, for the one trial
-    assert beliefs["personal"] == (2.0, 22.0)
-    assert beliefs["similar"] == (21.0, 1.0)
+    assert state.evidence(r)["personal:click"] == (6.0, 21.0)
 
 
 def test_impressions_and_clicks_reward_the_strategy_they_came_from(batches):
@@ -197,8 +198,14 @@ def test_impressions_and_clicks_reward_the_strategy_they_came_from(batches):
     batches.run(rows)
     stats = batches.r.hgetall(keys.bandit_stats())
     assert stats["trending:impressions"] == "10" and stats["trending:clicks"] == "4"
-    assert state.beliefs(batches.r)["trending"] == (5.0, 7.0)
+    assert state.evidence(batches.r)["trending:click"] == (4.0, 10.0)
     assert not any(field.startswith("no-such") for field in stats)
+    # with clicks known, a strategy clicked more counts more in the policy
+    batches.r.hset(keys.bandit(), mapping={"similar:click": "1 10", "similar": "50 100"})
+    batches.r.hset(keys.bandit(), "trending", "50 100")
+    value = strategies.policy(state.evidence(batches.r), exploration=0.0, seed=1)
+    chances = strategies.Policy(value).chances(["similar", "trending"])
+    assert chances[1] > 0.8
 
 
 def test_frequently_bought_together_comes_from_baskets(batches):
@@ -255,3 +262,22 @@ def test_trending_per_category_over_both_windows(batches):
     assert batches.list(keys.trending_list("long", "Comedy")) == ["comedy1"]
     assert batches.list(keys.trending())[0] == "drama1"
     assert batches.list(keys.popular())[0] == "drama1"
+
+
+def test_affinity_is_trending_in_the_visitors_favourite_category(batches):
+    r = batches.r
+    for product, category in (("d1", "Drama"), ("d2", "Drama"), ("d3", "Drama"), ("c1", "Comedy")):
+        r.hset(keys.catalog_product(product), mapping={"category": category})
+    rows = [batches.row("page_view", f"s:o{n}", p) for n in range(3) for p in ("d2", "d3")]
+    rows += [batches.row("page_view", "s:o9", "c1")]
+    batches.run(rows)
+    assert sorted(batches.list(keys.trending_list("long", "Drama"))) == ["d2", "d3"]
+    # two dramas (one seen), one comedy: their favourite is drama
+    batches.run(
+        [
+            batches.row("page_view", "s:me", "c1", seconds_ago=50),
+            batches.row("page_view", "s:me", "d1", seconds_ago=40),
+            batches.row("page_view", "s:me", "d2", seconds_ago=30),
+        ]
+    )
+    assert batches.list(keys.visitor_affinity("s:me")) == ["d3"]

@@ -7,7 +7,7 @@ from reco_plugin import catalog, keys
 pytestmark = pytest.mark.django_db
 
 
-def test_out_of_stock_blocked_and_deleted_products_are_unavailable(r, make_product, settings):
+def test_the_catalog_sync_keeps_the_unavailable_and_repeatable_sets(r, make_product, settings):
     settings.RECO_PLUGIN = {
         **settings.RECO_PLUGIN,
         "PRODUCT_FIELDS": {
@@ -30,7 +30,9 @@ def test_out_of_stock_blocked_and_deleted_products_are_unavailable(r, make_produ
         Product.objects.filter(pk=2).update(in_stock=True)
         Product.objects.filter(pk=1).delete()
         catalog.sync_catalog()
-        assert r.smembers(keys.catalog_unavailable()) == {"1"}
+        # back in stock; a deleted product leaves the catalog (never served) and the sets
+        assert r.smembers(keys.catalog_unavailable()) == set()
         assert not r.exists(keys.catalog_product("1"))
+        assert not r.sismember(keys.catalog_index(), "1")
     finally:
         del Product.is_repeatable

@@ -113,3 +113,20 @@ def test_personal_list_is_not_drowned_by_one_rare_items_large_scores():
     similar = {"fav": [("a", 0.2), ("b", 0.1)], "rare": [("c", 9.0)]}
     recs = learn.personal_list([("fav", 2, 1.0), ("rare", 1, 1.0)], similar, 10, 0.85)
     assert [i["product_id"] for i in recs] == ["a", "c", "b"]
+
+
+def test_text_neighbours_share_rare_words():
+    texts = {
+        "1": "Star Wars (1977)",
+        "2": "Return of the Jedi: Star Wars VI",
+        "3": "The Empire Strikes Back, a Star Wars film",
+        "4": "Toy Story",
+        "5": "Toy Story 2",
+        "6": "!!!",
+    }
+    found = learn.text_neighbours(texts, 10)
+    assert [i["product_id"] for i in found["4"]] == ["5"]
+    assert {i["product_id"] for i in found["1"]} == {"2", "3"}
+    assert "6" not in found
+    # the more words shared (relative to length), the closer
+    assert found["5"][0]["score"] > 0.9

@@ -274,6 +274,10 @@ def test_the_lake_feeds_the_retraining_whose_neighbours_reach_the_lists(
     job(batch, 0)
     job(batch, 0)  # run again: appended again, read once
     assert "lake" in job.last["steps"]
+    titles = {"a": "Red wine glass", "b": "Wine glass set", "c": "Blue mug", "n": "Coffee mug"}
+    for product, title in titles.items():
+        r.hset(keys.catalog_product(product), mapping={"title": title})
+        r.sadd(keys.catalog_index(), product)
     args = retrain.parse_args(["--lake", lake, "--redis", redis_url, "--days", "2"])
     summary = retrain.retrain(spark, args)
     assert summary["products"] == 4
@@ -282,3 +286,6 @@ def test_the_lake_feeds_the_retraining_whose_neighbours_reach_the_lists(
     # the cosine: 6 visitors share a and b, 7 have a, 6 have b
     assert json.loads(r.get(keys.product_retrained("b")))[0]["score"] == round(6 / 42**0.5, 6)
     assert json.loads(r.get(keys.retrain_last()))["neighbours"] == 4
+    # a new product ("n": no events yet) has neighbours by its words
+    assert [i["product_id"] for i in json.loads(r.get(keys.product_content("n")))] == ["c"]
+    assert [i["product_id"] for i in json.loads(r.get(keys.product_content("a")))] == ["b"]

@@ -244,3 +244,19 @@ def test_login_carries_the_anonymous_history_over_and_the_websocket_follows(live
             if message["type"] == "recommendations" and ids(message["items"]) == ids(after):
                 pushed = message
         assert pushed is not None, "the open websocket did not follow the login"
+
+
+def test_reco_retrain_learns_from_the_lake_the_job_appends_to(live_stack):
+    result = live_stack.run_manage("reco_retrain", "--days", "90", timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    # the warm-up's products, from the Parquet files the streaming job appended
+    assert summary["products"] > 100 and summary["content_products"] > 100
+    r = live_stack.redis()
+    top = r.zrevrange(keys.popularity(), 0, 0)[0]
+    assert json.loads(r.get(keys.product_retrained(top)))
+    assert json.loads(r.get(keys.product_content(top)))
+    status = live_stack.run_manage("reco_status", "--json", timeout=60)
+    report = json.loads(status.stdout.strip().splitlines()[-1])
+    assert report["retrain"]["products"] == summary["products"]
+    assert report["bandit"]["similar"]["trials"] > 0

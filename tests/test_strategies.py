@@ -10,17 +10,29 @@ from reco_plugin.scoring import PipelineSettings
 from spark_jobs import state
 
 
-def test_a_policy_is_the_same_for_the_same_seed_and_follows_the_beliefs():
-    beliefs = {"similar": (90.0, 10.0), "personal": (10.0, 90.0)}
-    one = strategies.policy(beliefs, exploration=0.1, seed=7)
-    assert one == strategies.policy(beliefs, exploration=0.1, seed=7)
+def test_a_policy_is_the_same_for_the_same_seed_and_follows_the_evidence():
+    evidence = {"similar": (90.0, 100.0), "personal": (10.0, 100.0)}
+    one = strategies.policy(evidence, exploration=0.1, seed=7)
+    assert one == strategies.policy(evidence, exploration=0.1, seed=7)
     chances = strategies.Policy(one).chances(["personal", "similar"])
     assert chances[1] == pytest.approx(0.95)  # wins every draw; 0.1 explores half each way
     assert chances[0] == pytest.approx(0.05)
 
 
+def test_an_unproven_strategy_is_drawn_around_the_others_and_ties_split_evenly():
+    evidence = {"similar": (20.0, 100.0), "personal": (20.0, 100.0)}
+    policy = strategies.Policy(strategies.policy(evidence, exploration=0.0, seed=3))
+    # fbt has no evidence: drawn around the pooled 0.2, it wins some draws, not most
+    fbt = policy.chances(["similar", "fbt"])[1]
+    assert 0.1 < fbt < 0.6
+    tied = strategies.Policy(
+        {"strategies": list(strategies.STRATEGIES), "exploration": 0.0, "draws": [[0.0] * 10]}
+    )
+    assert tied.chances(["personal", "affinity"]) == [0.5, 0.5]
+
+
 def test_the_propensity_served_is_the_chance_the_slot_was_filled_that_way():
-    beliefs = {"similar": (6.0, 4.0), "trending": (5.0, 5.0)}
+    beliefs = {"similar": (5.0, 8.0), "trending": (4.0, 8.0)}
     policy = strategies.Policy(strategies.policy(beliefs, exploration=0.2, seed=1))
     expected = dict(
         zip(["similar", "trending"], policy.chances(["similar", "trending"]), strict=True)
@@ -63,12 +75,18 @@ def test_without_a_policy_every_strategy_is_as_likely():
     assert chosen[0][2] == 0.5
 
 
-def test_discounted_beta_update():
+def test_discounted_evidence_update():
     settings = PipelineSettings.from_mapping({"bandit_discount": 0.9})
-    beliefs = state.updated_beliefs({"similar": (11.0, 21.0)}, {"similar": [1, 2]}, settings)
-    fade = 0.9**2
-    assert beliefs["similar"] == pytest.approx((1 + 10 * fade + 1, 1 + 20 * fade + 1))
-    assert beliefs["popular"] == (1.0, 1.0)
+    updated = state.updated_evidence(
+        {"similar": (10.0, 30.0), "fbt": (5.0, 5.0)},
+        {"similar": [1, 2], "fbt": [0, 1], "popular:click": [1, 3]},
+        settings,
+    )
+    fade = 0.9**2  # two occasions: the most trials any strategy had
+    assert updated["similar"] == pytest.approx((10 * fade + 1, 30 * fade + 2))
+    assert updated["fbt"] == pytest.approx((5 * fade, 5 * fade + 1))
+    assert updated["popular:click"] == (1.0, 3.0)
+    assert "trending" not in updated
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ class RecommendedItemSerializer(serializers.Serializer):
     score = serializers.FloatField()
     strategy = serializers.CharField(
         help_text="the strategy that filled the slot: personal, similar, fbt, retrained, "
-        "category, trending or popular"
+        "content, category, affinity, trending or popular"
     )
     propensity = serializers.FloatField(
         help_text="the probability that the bandit chose this strategy for the slot; "
