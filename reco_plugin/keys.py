@@ -121,6 +121,12 @@ def bandit_policy() -> str:
     return f"{PREFIX}:bandit:policy"
 
 
+def bandit_policy_version() -> str:
+    """String: the id of the batch that wrote the policy (readers fetch the
+    policy again only when it changes)."""
+    return f"{PREFIX}:bandit:policy-version"
+
+
 def bandit_stats() -> str:
     """Hash: ``strategy:trials`` / ``strategy:successes`` / ``strategy:clicks`` /
     ``strategy:impressions``, all-time and undiscounted, for reading."""

@@ -98,16 +98,18 @@ def _scores(lists: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, dict[str
 _policy_cache: tuple[str | None, strategies.Policy] = (None, strategies.Policy(None))
 
 
-def _policy(raw: str | None) -> strategies.Policy:
-    """The bandit's serving policy, parsed once per version the pipeline writes."""
+def _policy(r: redis.Redis, version: str | None) -> strategies.Policy:
+    """The bandit's serving policy, fetched and parsed once per version the
+    pipeline writes (the policy is ~40 KB; its version a few bytes)."""
     global _policy_cache
-    if raw != _policy_cache[0]:
+    if version != _policy_cache[0]:
+        raw = r.get(keys.bandit_policy()) if version else None
         try:
             value = json.loads(raw) if raw else None
         except ValueError:
             logger.warning("reco: unreadable bandit policy in Redis")
             value = None
-        _policy_cache = (raw, strategies.Policy(value if isinstance(value, dict) else None))
+        _policy_cache = (version, strategies.Policy(value if isinstance(value, dict) else None))
     return _policy_cache[1]
 
 
@@ -138,7 +140,7 @@ def strategy_lists(visitor_id: str | None, product_id: str | None = None) -> Lis
     sources = strategies.sources(visitor_id, product_id)
     pipe = r.pipeline(transaction=False)
     pipe.mget([key for _, key in sources])
-    pipe.get(keys.bandit_policy())
+    pipe.get(keys.bandit_policy_version())
     if visitor_id:
         pipe.zrange(keys.visitor_seen(visitor_id), 0, -1)
     if product_id:
@@ -155,7 +157,7 @@ def strategy_lists(visitor_id: str | None, product_id: str | None = None) -> Lis
         if category:
             key = keys.trending_list("long", category)
             lists.append((strategies.CATEGORY, _load_list(r.get(key))))
-    return Lists(lists, exclude, _policy(replies[1]))
+    return Lists(lists, exclude, _policy(r, replies[1]))
 
 
 def blend(found: Lists, limit: int, rng: random.Random | None = None) -> list[dict[str, Any]]:

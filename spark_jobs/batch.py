@@ -36,7 +36,7 @@ from reco_plugin import keys, schema, scoring, strategies
 from reco_plugin.scoring import PipelineSettings
 
 from . import learn, state
-from .transforms import parse
+from .transforms import parse, parse_for_lake
 
 logger = logging.getLogger("spark_jobs.batch")
 
@@ -490,7 +490,10 @@ def _top(
 def refresh_policy(r: redis.Redis, seed: int, settings: PipelineSettings) -> None:
     """The serving policy from the bandit's current beliefs (seeded by the batch)."""
     value = strategies.policy(state.evidence(r), exploration=settings.exploration, seed=seed)
-    r.set(keys.bandit_policy(), json.dumps(value, separators=(",", ":")))
+    pipe = r.pipeline(transaction=True)
+    pipe.set(keys.bandit_policy(), json.dumps(value, separators=(",", ":")))
+    pipe.set(keys.bandit_policy_version(), f"{seed}:{time.time_ns()}")
+    pipe.execute()
 
 
 # -- the event lake --------------------------------------------------------------
@@ -504,6 +507,9 @@ LAKE_COLUMNS = (
     "ts",
     "category",
     "strategy",
+    "reco_id",
+    "position",
+    "propensity",
     "previous",
     "topic",
     "partition",
@@ -725,7 +731,7 @@ class BatchProcessor:
     def _lake(self, batch, steps: Steps) -> None:
         if self.settings.lake_path:
             with steps("lake"):
-                append_to_lake(parse(batch), self.settings.lake_path)
+                append_to_lake(parse_for_lake(batch), self.settings.lake_path)
 
     def _partitions(self, batch) -> int:
         conf = batch.sparkSession.conf.get("spark.sql.shuffle.partitions")

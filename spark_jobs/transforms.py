@@ -59,6 +59,22 @@ _FIELDS = (
 )
 
 
+# The event lake also keeps how a recommended item was shown, for offline
+# (inverse-propensity) evaluation of what the bandit served.
+_LAKE_FIELDS = (
+    *_FIELDS,
+    "e.context['reco_id'] as reco_id",
+    "e.context['position'] as position",
+    "cast(e.context['propensity'] as double) as propensity",
+)
+
+
+def parse_for_lake(raw: DataFrame) -> DataFrame:
+    """``parse``'s columns and the attribution of impressions and clicks
+    (``reco_id``, ``position``, ``propensity``)."""
+    return raw.selectExpr(*_PARSE).selectExpr(*_LAKE_FIELDS)
+
+
 def parse(raw: DataFrame) -> DataFrame:
     """Kafka records -> one row per record: where it came from and the event's
     core fields, null where the value is not JSON of that shape.

@@ -103,6 +103,7 @@ def put_policy(client, *preferred, exploration=0.0):
     ]
     value = {"strategies": list(strategies.STRATEGIES), "exploration": exploration, "draws": [draw]}
     client.set(keys.bandit_policy(), json.dumps(value))
+    client.set(keys.bandit_policy_version(), json.dumps([preferred, exploration]))
 
 
 def put_catalog(client, product_ids, category="Drama"):

@@ -269,6 +269,15 @@ def test_the_lake_feeds_the_retraining_whose_neighbours_reach_the_lists(
         values += [event(visitor=f"s:{n}", product=p) for p in ("a", "b")]
         values += [event(visitor=f"s:x{n}", product=p) for p in ("c", "d")]
     values.append(event(visitor="s:y", product="a"))
+    values.append(
+        schema.make_event(
+            "impression",
+            "s:y",
+            "b",
+            ts=NOW - 60_000,
+            context={"reco_id": "r1", "strategy": "similar", "position": "0", "propensity": "0.8"},
+        )
+    )
     batch = records(spark, values)
     job = processor(lake_path=lake)
     job(batch, 0)
@@ -286,6 +295,11 @@ def test_the_lake_feeds_the_retraining_whose_neighbours_reach_the_lists(
     # the cosine: 6 visitors share a and b, 7 have a, 6 have b
     assert json.loads(r.get(keys.product_retrained("b")))[0]["score"] == round(6 / 42**0.5, 6)
     assert json.loads(r.get(keys.retrain_last()))["neighbours"] == 4
+    # the lake keeps how a recommendation was shown (offline evaluation)
+    shown = spark.read.parquet(lake).where("type = 'impression'").collect()
+    assert {(x.reco_id, x.strategy, x.position, x.propensity) for x in shown} == {
+        ("r1", "similar", "0", 0.8)
+    }
     # a new product ("n": no events yet) has neighbours by its words
     assert [i["product_id"] for i in json.loads(r.get(keys.product_content("n")))] == ["c"]
     assert [i["product_id"] for i in json.loads(r.get(keys.product_content("a")))] == ["b"]
