@@ -94,7 +94,12 @@ def retrain(days: int = 30, log: Callable[[str], None] | None = None) -> dict[st
     if process.wait():
         tail = "\n".join(lines[-15:])
         raise RetrainError(f"the retraining job exited with {process.returncode}:\n{tail}")
-    try:
-        return json.loads(lines[-1])
-    except (IndexError, ValueError):
-        raise RetrainError("the retraining job printed no summary") from None
+    # the job's summary: the last line that is a JSON object (Spark and Py4J
+    # may log after it)
+    for line in reversed(lines):
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                continue
+    raise RetrainError("the retraining job printed no summary")

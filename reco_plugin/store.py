@@ -121,6 +121,11 @@ class Lists:
     lists: list[tuple[str, list[dict[str, Any]]]]
     exclude: set[str]
     policy: strategies.Policy
+    # The blend's draws are seeded by the visitor, the page and the policy's
+    # version: the same visitor on the same page sees the same list (the API,
+    # the template tag and the websocket agree) until the policy changes, and
+    # the draws are still independent of anything the visitor does next.
+    seed: str = ""
 
 
 def recommendations_for(
@@ -157,16 +162,20 @@ def strategy_lists(visitor_id: str | None, product_id: str | None = None) -> Lis
         if category:
             key = keys.trending_list("long", category)
             lists.append((strategies.CATEGORY, _load_list(r.get(key))))
-    return Lists(lists, exclude, _policy(r, replies[1]))
+    return Lists(
+        lists, exclude, _policy(r, replies[1]), f"{visitor_id}|{product_id}|{replies[1]}"
+    )
 
 
 def blend(found: Lists, limit: int, rng: random.Random | None = None) -> list[dict[str, Any]]:
-    """``strategy_lists`` as served: slots filled by the policy's draws, then
-    what the catalog cannot show dropped."""
+    """``strategy_lists`` as served: slots filled by the policy's draws (seeded
+    by ``found.seed`` unless ``rng`` is given), then what the catalog cannot
+    show dropped."""
     candidates = [
         (strategy, strategies.top(items, found.exclude, limit * CANDIDATE_FACTOR))
         for strategy, items in found.lists
     ]
+    rng = rng or random.Random(found.seed)
     chosen = strategies.blend(candidates, found.policy, limit * CANDIDATE_FACTOR, rng)
     scores = _scores(found.lists)
     return _with_display(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import threading
@@ -490,9 +491,11 @@ def _top(
 def refresh_policy(r: redis.Redis, seed: int, settings: PipelineSettings) -> None:
     """The serving policy from the bandit's current beliefs (seeded by the batch)."""
     value = strategies.policy(state.evidence(r), exploration=settings.exploration, seed=seed)
+    raw = json.dumps(value, separators=(",", ":"))
     pipe = r.pipeline(transaction=True)
-    pipe.set(keys.bandit_policy(), json.dumps(value, separators=(",", ":")))
-    pipe.set(keys.bandit_policy_version(), f"{seed}:{time.time_ns()}")
+    pipe.set(keys.bandit_policy(), raw)
+    # the version is the content's digest: the same policy, the same version
+    pipe.set(keys.bandit_policy_version(), hashlib.sha256(raw.encode()).hexdigest()[:16])
     pipe.execute()
 
 

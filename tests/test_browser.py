@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 
+from reco_plugin.strategies import STRATEGIES
 from stack.visitor import ShopVisitor
 
 from .conftest import ARTIFACTS
@@ -76,7 +77,10 @@ def test_widget_updates_live_while_the_visitor_browses(live_stack, browser):
     strategies = page.eval_on_selector_all(
         ".reco-widget [data-strategy]", "nodes => nodes.map(n => n.dataset.strategy)"
     )
-    assert "personal" in strategies
+    # the list follows the visitor: blended by the bandit, and without what
+    # they have just seen
+    assert set(strategies) <= set(STRATEGIES)
+    assert not {"50", "181", "172", "174"} & set(widget_ids(page))
     page.screenshot(path=str(ARTIFACTS / "widget-after.png"), full_page=True)
 
     # A click on a recommendation is reported with the list it came from.

@@ -58,12 +58,13 @@ def test_product_views_reach_the_visitors_websocket_and_change_their_list(live_s
     status, html = visitor.get("/products/1/")
     assert status == 200 and 'class="reco-item"' in html  # warmed: similar items on first paint
 
-    def personal_list():
-        items = visitor.get_json("/reco/api/recommendations/?limit=8")["items"]
-        return items if items and items[0]["strategy"] == "personal" else None
+    def processed():
+        # the pipeline has the view: the film is no longer served to the visitor
+        items = visitor.get_json("/reco/api/recommendations/?limit=50")["items"]
+        return items[:8] if items and "1" not in ids(items) else None
 
-    before = wait_for(personal_list, 20)
-    assert before, "the first product view never produced a personal list"
+    before = wait_for(processed, 20)
+    assert before, "the first product view never reached the visitor's list"
     viewed = {"50", "181", "172"}  # Star Wars, Return of the Jedi, Empire Strikes Back
     with visitor.websocket() as ws:
         ws.send(json.dumps({"type": "subscribe", "limit": 8}))
@@ -83,7 +84,6 @@ def test_product_views_reach_the_visitors_websocket_and_change_their_list(live_s
         assert pushed is not None, "no list reflecting the three views was pushed within 10 s"
     after = visitor.get_json("/reco/api/recommendations/?limit=8")["items"]
     assert ids(after) != ids(before)
-    assert after[0]["strategy"] == "personal"
     assert not viewed & set(ids(after)), "already-viewed items are not recommended"
 
 
@@ -208,23 +208,24 @@ def test_an_event_emitted_by_a_short_lived_process_reaches_kafka(live_stack):
 
 def test_login_carries_the_anonymous_history_over_and_the_websocket_follows(live_stack):
     username = f"shopper{uuid.uuid4().hex[:6]}"
-    live_stack.manage(
+    created = live_stack.run_manage(
         "shell",
         "-c",
         "from django.contrib.auth.models import User; "
-        f"User.objects.create_user({username!r}, password='pw')",
-        quiet=True,
+        f"print(User.objects.create_user({username!r}, password='pw').pk)",
     )
+    user = f"u:{created.stdout.strip().splitlines()[-1]}"
+    r = live_stack.redis()
     visitor = ShopVisitor(live_stack.web_url)
-    viewed = {"50", "181"}  # Star Wars, Return of the Jedi
+    viewed = {"50", "181"}  # Star Wars, Return of the Jedi: the most popular films
     for product in sorted(viewed):
         assert visitor.get(f"/products/{product}/")[0] == 200
 
-    def personal_list():
-        items = visitor.get_json("/reco/api/recommendations/?limit=8")["items"]
-        return items if items and items[0]["strategy"] == "personal" else None
+    def served():
+        return ids(visitor.get_json("/reco/api/recommendations/?limit=50")["items"])
 
-    assert wait_for(personal_list, 20), "no personal list for the anonymous visitor"
+    # the pipeline has the anonymous visitor's views: they are no longer served
+    assert wait_for(lambda: (lambda now: now and not viewed & set(now))(served()), 30)
     with visitor.websocket() as ws:
         ws.send(json.dumps({"type": "subscribe", "limit": 8}))
         assert json.loads(ws.recv(timeout=5))["type"] == "recommendations"
@@ -232,16 +233,24 @@ def test_login_carries_the_anonymous_history_over_and_the_websocket_follows(live
             "/accounts/login/", {"username": username, "password": "pw", "next": "/"}
         )
         assert status == 200 and f"Log out {username}" in page
-        # The user (no history of their own) gets a list from what they did before.
-        after = wait_for(personal_list, 20)
-        assert after, "the user's list does not reflect the browsing before the login"
-        assert not viewed & set(ids(after))
-        # The open socket now serves the user: it is pushed the user's list.
-        deadline = time.monotonic() + 10
+        # The user (no history of their own) has what they did before: their
+        # recent items, a personal list from them, and their views not served.
+        assert wait_for(lambda: r.get(keys.visitor_recommendations(user)), 30), (
+            "the user's list does not reflect the browsing before the login"
+        )
+        assert set(r.zrange(keys.visitor_seen(user), 0, -1)) >= viewed
+        after = served()
+        assert after and not viewed & set(after)
+        # The open socket now serves the user: it is pushed the user's list (the
+        # list the API serves the user at that moment).
+        deadline = time.monotonic() + 15
         pushed = None
         while pushed is None and time.monotonic() < deadline:
             message = json.loads(ws.recv(timeout=max(0.1, deadline - time.monotonic())))
-            if message["type"] == "recommendations" and ids(message["items"]) == ids(after):
+            if message["type"] != "recommendations":
+                continue
+            now = ids(visitor.get_json("/reco/api/recommendations/?limit=8")["items"])
+            if ids(message["items"]) == now:
                 pushed = message
         assert pushed is not None, "the open websocket did not follow the login"
 
