@@ -162,9 +162,7 @@ def strategy_lists(visitor_id: str | None, product_id: str | None = None) -> Lis
         if category:
             key = keys.trending_list("long", category)
             lists.append((strategies.CATEGORY, _load_list(r.get(key))))
-    return Lists(
-        lists, exclude, _policy(r, replies[1]), f"{visitor_id}|{product_id}|{replies[1]}"
-    )
+    return Lists(lists, exclude, _policy(r, replies[1]), f"{visitor_id}|{product_id}|{replies[1]}")
 
 
 def blend(found: Lists, limit: int, rng: random.Random | None = None) -> list[dict[str, Any]]:

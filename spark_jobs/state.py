@@ -250,33 +250,30 @@ class BatchChanges:
 
     def merge(self, other: BatchChanges) -> BatchChanges:
         """Add another partition's changes (partitions hold disjoint visitors)."""
-        for key, n in other.counts.items():
-            self.counts[key] = self.counts.get(key, 0) + n
         for key, offset in other.offsets.items():
             self.offsets[key] = max(self.offsets.get(key, 0), offset)
         self.applied_ids.extend(other.applied_ids)
-        self.recent.update(other.recent)
-        for product_id, others in other.pairs.items():
-            mine = self.pairs.setdefault(product_id, {})
-            for other_id, weight in others.items():
-                mine[other_id] = mine.get(other_id, 0) + weight
-        for product_id, weight in other.popularity.items():
-            self.popularity[product_id] = self.popularity.get(product_id, 0) + weight
-        for key, weight in other.trending.items():
-            self.trending[key] = self.trending.get(key, 0) + weight
         self.newest_ts = max(self.newest_ts, other.newest_ts)
+        # per visitor: whole values (a visitor is in one partition)
+        self.recent.update(other.recent)
         self.seen.update(other.seen)
         self.bought.update(other.bought)
+        # sums
+        for mine, theirs in (
+            (self.counts, other.counts),
+            (self.popularity, other.popularity),
+            (self.trending, other.trending),
+            (self.purchases, other.purchases),
+        ):
+            _add(mine, theirs)
+        for product_id, others in other.pairs.items():
+            _add(self.pairs.setdefault(product_id, {}), others)
         for product_id, others in other.fbt.items():
-            mine = self.fbt.setdefault(product_id, {})
-            for other_id, weight in others.items():
-                mine[other_id] = mine.get(other_id, 0) + weight
-        for product_id, weight in other.purchases.items():
-            self.purchases[product_id] = self.purchases.get(product_id, 0) + weight
+            _add(self.fbt.setdefault(product_id, {}), others)
         for field, (successes, trials) in other.rewards.items():
-            mine_counts = self.rewards.setdefault(field, [0, 0])
-            mine_counts[0] += successes
-            mine_counts[1] += trials
+            counts = self.rewards.setdefault(field, [0, 0])
+            counts[0] += successes
+            counts[1] += trials
         return self
 
     def touched_products(self) -> list[str]:
@@ -290,6 +287,11 @@ class BatchChanges:
 
     def touched_visitors(self) -> list[str]:
         return sorted(self.recent)
+
+
+def _add(mine: dict[Any, int], theirs: Mapping[Any, int]) -> None:
+    for key, n in theirs.items():
+        mine[key] = mine.get(key, 0) + n
 
 
 def commit(
