@@ -263,6 +263,8 @@ class Replay:
             "horizon": max(self.pipeline.get("horizon", 0), self.span_s + 2 * 86_400),
         }
         config.pop("key_prefix", None)
+        # the replay's events never reach the shop's event lake
+        config["lake_path"] = None
         try:
             PipelineSettings.from_mapping(config)
         except (TypeError, ValueError) as exc:

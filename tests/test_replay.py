@@ -87,6 +87,7 @@ def test_a_replay_finds_a_planted_pattern_that_popularity_cannot(services, setti
         **settings.RECO_PLUGIN,
         "KAFKA": {"bootstrap.servers": f"127.0.0.1:{services.ports.kafka}"},
         "REDIS_URL": services.redis_url,
+        "PIPELINE": {"lake_path": str(tmp_path / "shop-lake")},
     }
     path = write(tmp_path, planted())
     out = tmp_path / "report.json"
@@ -101,9 +102,14 @@ def test_a_replay_finds_a_planted_pattern_that_popularity_cannot(services, setti
     assert report["similar"]["hr@10"] > 0.3 and report["item_knn"]["hr@10"] > 0.3
     applied = sum(int(v) for k, v in report["counters"].items() if k.endswith(":applied"))
     assert applied == 2000
-    # The namespace is gone: no replay keys left, the shop's keys untouched.
+    # The bandit learnt which strategy finds the pattern.
+    beliefs = report["bandit"]
+    assert max(beliefs, key=lambda name: beliefs[name]["mean"]) == "similar"
+    # The namespace is gone: no replay keys left, the shop's keys untouched,
+    # and nothing was appended to the shop's event lake.
     r = services.redis()
     assert not list(r.scan_iter("reco-replay:*"))
+    assert not (tmp_path / "shop-lake").exists()
 
 
 @pytest.mark.parametrize(
