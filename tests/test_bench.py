@@ -51,3 +51,28 @@ def test_the_raw_peer_sends_the_plugins_records():
         assert event["context"] == context
         rebuilt = schema.make_event(schema.PAGE_VIEW, visitor, product, context=context)
         assert len(schema.encode(rebuilt)) == len(value)
+
+
+def test_the_second_data_set_says_how_to_fetch_it_when_missing(tmp_path):
+    from bench import datasets
+
+    with pytest.raises(datasets.DatasetMissing, match="make setup"):
+        datasets.events(tmp_path / "out.csv", days=1, cache=tmp_path)
+
+
+def test_the_ta_feng_baskets_become_a_replayable_file(tmp_path):
+    from bench import datasets
+    from reco_plugin.replay import read_rows
+
+    try:
+        datasets.wheel_path()
+    except datasets.DatasetMissing:
+        pytest.skip("make setup fetches the Ta Feng data")
+    written = datasets.events(tmp_path / "tafeng.csv", days=2)
+    rows = read_rows(tmp_path / "tafeng.csv")
+    assert len(rows) == written > 1000
+    assert {row.type for row in rows} == {"purchase"}
+    assert all(row.category for row in rows) and rows[0].ts_ms <= rows[-1].ts_ms
+    # a basket: one customer's items on a day, one second apart
+    first = [row for row in rows if row.visitor_id == rows[0].visitor_id][:2]
+    assert len(first) == 2 and first[1].ts_ms - first[0].ts_ms == 1000
