@@ -485,7 +485,8 @@ class Replay:
                 known[row.visitor_id].add(row.product_id)
             self.progress(min(start + self.tick, total), total)
         report: dict[str, Any] = {
-            "pipeline": self.pipeline,
+            # the settings tried (the replay's job never has an event lake)
+            "pipeline": {k: v for k, v in self.pipeline.items() if k != "lake_path"},
             "events": total,
             "tick_events": self.tick,
             "trials": trials,
