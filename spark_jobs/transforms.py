@@ -37,6 +37,9 @@ PARSED_COLUMNS = (
     "previous",
     "category",
     "strategy",
+    "reco_id",
+    "position",
+    "propensity",
 )
 
 # The projections as SQL text, built once: the plan is then analysed from one
@@ -54,25 +57,13 @@ _FIELDS = (
     # an identify event's earlier visitor
     f"e.context['{schema.PREVIOUS_VISITOR}'] as previous",
     "e.category",
-    # the strategy an impression or a click on a recommendation came from
+    # how a recommended item was shown (impressions and clicks): the bandit's
+    # rewards, and the event lake's record for offline evaluation
     "e.context['strategy'] as strategy",
-)
-
-
-# The event lake also keeps how a recommended item was shown, for offline
-# (inverse-propensity) evaluation of what the bandit served.
-_LAKE_FIELDS = (
-    *_FIELDS,
     "e.context['reco_id'] as reco_id",
     "e.context['position'] as position",
     "cast(e.context['propensity'] as double) as propensity",
 )
-
-
-def parse_for_lake(raw: DataFrame) -> DataFrame:
-    """``parse``'s columns and the attribution of impressions and clicks
-    (``reco_id``, ``position``, ``propensity``)."""
-    return raw.selectExpr(*_PARSE).selectExpr(*_LAKE_FIELDS)
 
 
 def parse(raw: DataFrame) -> DataFrame:
