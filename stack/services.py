@@ -26,6 +26,17 @@ class StackError(RuntimeError):
     pass
 
 
+def cluster_id() -> str:
+    """A random KRaft cluster id: 16 bytes in URL-safe base64, as Kafka makes them.
+
+    Kafka never starts one with a dash, which a command line would take for an option.
+    """
+    while True:
+        candidate = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not candidate.startswith("-"):
+            return candidate
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -272,7 +283,7 @@ class Stack:
         classpath = f"{KAFKA_LIB}/*"
         if not (data_dir / "meta.properties").exists():
             # First start: format the KRaft storage for a single standalone node.
-            subprocess.run(
+            formatted = subprocess.run(
                 [
                     java,
                     "-cp",
@@ -280,14 +291,15 @@ class Stack:
                     "kafka.tools.StorageTool",
                     "format",
                     "--standalone",
-                    "-t",
-                    base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="),
+                    f"--cluster-id={cluster_id()}",
                     "-c",
                     str(config),
                 ],
-                check=True,
                 capture_output=True,
+                text=True,
             )
+            if formatted.returncode:
+                raise RuntimeError(f"formatting Kafka's storage failed: {formatted.stderr.strip()}")
         self._start(
             Service(
                 "kafka",

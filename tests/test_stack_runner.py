@@ -1,8 +1,17 @@
 """The local stack runner starts a crashed service again, with backoff."""
 
 import time
+import uuid
 
+from stack import services
 from stack.services import PYTHON, Ports, Service, Stack
+
+
+def test_a_kraft_cluster_id_never_starts_with_a_dash(monkeypatch):
+    # 0xf8 encodes to "-" first; Kafka's storage tool would read that id as an option.
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x10" + bytes(15))])
+    monkeypatch.setattr(services.uuid, "uuid4", lambda: next(draws))
+    assert services.cluster_id() == "EAAAAAAAAAAAAAAAAAAAAA"
 
 
 def test_a_crashed_service_is_started_again_with_backoff(tmp_path):
