@@ -5,8 +5,6 @@ on free ports beside a running demo."""
 import os
 from pathlib import Path
 
-from celery.schedules import crontab
-
 BASE_DIR = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("RECO_STATE_DIR", BASE_DIR / "var" / "demo"))
 
@@ -95,6 +93,7 @@ CHANNEL_LAYERS = {
 }
 
 from demo_shop.catalog import reco_models  # noqa: E402
+from reco_plugin.schedule import beat_schedule  # noqa: E402
 
 RECO_PLUGIN = {
     "KAFKA": {"bootstrap.servers": KAFKA_BOOTSTRAP},
@@ -112,25 +111,24 @@ RECO_PLUGIN = {
     },
     # the streaming job appends events here; reco_retrain and the nightly task read it
     "PIPELINE": {"lake_path": str(STATE_DIR / "lake")},
+    # manage.py reco_stream: the checkpoint, and the Kafka connector's jars fetched by
+    # set-up (without them Spark would fetch the connector from Maven Central)
+    "SPARK": {
+        "CHECKPOINT": str(STATE_DIR / "spark" / "checkpoint"),
+        "KAFKA_CONNECTOR": os.environ.get(
+            "RECO_SPARK_KAFKA_CONNECTOR", str(BASE_DIR / "jvm" / "lib" / "spark-kafka")
+        ),
+    },
 }
 
 REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
 
 CELERY_BROKER_URL = REDIS_URL.rsplit("/", 1)[0] + "/1"
 CELERY_TASK_IGNORE_RESULT = True
-CELERY_BEAT_SCHEDULE = {
-    "reco-sync-catalog": {
-        "task": "reco_plugin.sync_catalog",
-        "schedule": float(os.environ.get("RECO_CATALOG_SYNC_SECONDS", "300")),
-    },
-    # what reco_plugin.retraining.beat_schedule() gives: the retraining nightly
-    "reco-retrain-nightly": {
-        "task": "reco_plugin.retrain",
-        "schedule": crontab(hour=3, minute=30),
-        "kwargs": {"days": 30},
-        "options": {"expires": 6 * 3600},
-    },
-}
+# the catalog sync every few minutes and the retraining nightly
+CELERY_BEAT_SCHEDULE = beat_schedule(
+    catalog_sync_seconds=float(os.environ.get("RECO_CATALOG_SYNC_SECONDS", "300"))
+)
 CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

@@ -11,7 +11,7 @@ Two sets follow the hashes for the pipeline's rules: ``catalog:unavailable``
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.apps import apps
@@ -19,7 +19,7 @@ from django.db import models
 
 from . import keys
 from .conf import reco_settings
-from .redis_client import get_redis
+from .redis_client import get_work_redis as get_redis
 
 BATCH_SIZE = 500
 
@@ -40,7 +40,7 @@ def display_fields(product: models.Model) -> dict[str, str]:
     return fields
 
 
-def _write(products: Iterable[models.Model]) -> int:
+def _write(products: Iterable[models.Model], progress: Callable[[int], None] | None = None) -> int:
     r = get_redis()
     pipe = r.pipeline(transaction=False)
     count = 0
@@ -62,6 +62,8 @@ def _write(products: Iterable[models.Model]) -> int:
         count += 1
         if count % BATCH_SIZE == 0:
             pipe.execute()
+            if progress:
+                progress(count)
     pipe.execute()
     return count
 
@@ -86,13 +88,18 @@ def sync_products(product_ids: Iterable[Any]) -> int:
     return count
 
 
-def sync_catalog() -> dict[str, int]:
-    """Sync every product and drop the hashes of deleted ones."""
+def sync_catalog(progress: Callable[[int], None] | None = None) -> dict[str, int]:
+    """Sync every product and drop the hashes of deleted ones; ``progress`` is
+    called with the count so far every ``BATCH_SIZE`` products."""
     model = product_model()
-    synced = _write(model._default_manager.order_by("pk").iterator(chunk_size=BATCH_SIZE))
+    synced = _write(model._default_manager.order_by("pk").iterator(chunk_size=BATCH_SIZE), progress)
     r = get_redis()
     present = {str(pk) for pk in model._default_manager.values_list("pk", flat=True)}
     stale = set(r.smembers(keys.catalog_index())) - present
     if stale:
         _remove(r, stale)
-    return {"synced": synced, "removed": len(stale)}
+    return {
+        "synced": synced,
+        "removed": len(stale),
+        "unavailable": r.scard(keys.catalog_unavailable()),
+    }

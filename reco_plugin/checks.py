@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Any
 
@@ -74,6 +75,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
             )
         )
     errors.extend(_event_checks())
+    errors.extend(_key_checks())
+    errors.extend(_product_field_checks())
+    errors.extend(_websocket_checks())
     if not getattr(settings, "CHANNEL_LAYERS", None):
         errors.append(
             Warning(
@@ -167,3 +171,106 @@ def _line_model_problem(config: Any) -> str | None:
         if first not in names and not hasattr(model, first):
             return f"{key} = {path!r}: {model.__name__} has no field {first!r}"
     return None
+
+
+def _key_checks() -> list[Any]:
+    """Keys of RECO_PLUGIN (and of its SPARK dict) that nothing reads: a typo, or moved."""
+    from .conf import DEFAULTS, MOVED
+    from .jobs import SPARK_DEFAULTS
+
+    errors: list[Any] = []
+    user = reco_settings.user_settings
+    for key in sorted(set(user) - set(DEFAULTS)):
+        if key in MOVED:
+            hint = f"It moved: {MOVED[key]} instead."
+        else:
+            close = difflib.get_close_matches(key, DEFAULTS, n=1)
+            hint = f"Did you mean {close[0]!r}?" if close else "See docs/settings.md."
+        errors.append(
+            Error(f"RECO_PLUGIN[{key!r}] is not a setting.", hint=hint, id="reco_plugin.E009")
+        )
+    spark = user.get("SPARK") or {}
+    if not isinstance(spark, dict):
+        errors.append(Error("RECO_PLUGIN['SPARK'] must be a dict.", id="reco_plugin.E009"))
+    else:
+        for key in sorted(set(spark) - set(SPARK_DEFAULTS)):
+            errors.append(
+                Error(
+                    f"RECO_PLUGIN['SPARK'][{key!r}] is not a setting.",
+                    hint=f"The keys are {', '.join(SPARK_DEFAULTS)}.",
+                    id="reco_plugin.E009",
+                )
+            )
+    return errors
+
+
+def _product_field_checks() -> list[Any]:
+    """PRODUCT_FIELDS naming attributes the product model lacks would sync empty values."""
+    try:
+        model = apps.get_model(reco_settings.PRODUCT_MODEL or "")
+    except (LookupError, ValueError):
+        return []  # reco_plugin.E002
+    fields = reco_settings.PRODUCT_FIELDS
+    if not isinstance(fields, dict) or "title" not in fields:
+        return [
+            Error(
+                "RECO_PLUGIN['PRODUCT_FIELDS'] must map display names to the product's "
+                "attributes, and name at least 'title'.",
+                hint='{"title": "name", "url": "get_absolute_url", "price": "price", ...}',
+                id="reco_plugin.E010",
+            )
+        ]
+    names = {f.name for f in model._meta.get_fields()}
+    errors: list[Any] = []
+    for display, attribute in fields.items():
+        if attribute not in names and not hasattr(model, attribute):
+            errors.append(
+                Error(
+                    f"RECO_PLUGIN['PRODUCT_FIELDS'][{display!r}] = {attribute!r}: "
+                    f"{model.__name__} has no such field, property or method.",
+                    hint="Map it to one of the model's attributes, or leave the key out.",
+                    id="reco_plugin.E010",
+                )
+            )
+    return errors
+
+
+def _websocket_checks() -> list[Any]:
+    """The websocket app should check the Origin header (cross-site websocket hijacking)."""
+    path = getattr(settings, "ASGI_APPLICATION", None)
+    if not path:
+        return [
+            Warning(
+                "ASGI_APPLICATION is not set: runserver (with daphne) and the websocket "
+                "push need it.",
+                hint="ASGI_APPLICATION = 'yourproject.asgi.application'; see docs/install.md.",
+                id="reco_plugin.W003",
+            )
+        ]
+    try:
+        application = import_string(path)
+    except ImportError as exc:
+        return [Error(f"ASGI_APPLICATION cannot be imported: {exc}", id="reco_plugin.E011")]
+    websocket = getattr(application, "application_mapping", {}).get("websocket")
+    if websocket is None:
+        return [
+            Warning(
+                "The ASGI application routes no websockets: the widget will poll.",
+                hint="Add reco_plugin.routing.websocket_urlpatterns; see docs/install.md.",
+                id="reco_plugin.W004",
+            )
+        ]
+    from channels.security.websocket import OriginValidator
+
+    layer, seen = websocket, 0
+    while layer is not None and seen < 20:
+        if isinstance(layer, OriginValidator):
+            return []
+        layer, seen = getattr(layer, "inner", None), seen + 1
+    return [
+        Warning(
+            "The websocket application does not check the Origin header.",
+            hint="Wrap it in channels.security.websocket.AllowedHostsOriginValidator.",
+            id="reco_plugin.W005",
+        )
+    ]

@@ -12,4 +12,13 @@ try:
 except ImportError:  # pragma: no cover
     celery = None
 
-__all__ = ["celery", "confluent_kafka"]
+
+def celery_configured() -> bool:
+    """True when the shop has a Celery app with a broker: only then are tasks
+    queued (an unconfigured app would try a local AMQP broker on every call)."""
+    if celery is None:
+        return False
+    return bool(celery.current_app.conf.broker_url)
+
+
+__all__ = ["celery", "celery_configured", "confluent_kafka"]

@@ -14,7 +14,7 @@ from typing import Any
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
-from . import schema, scoring
+from . import schema
 
 DEFAULTS: dict[str, Any] = {
     # librdkafka options for the producer, e.g. {"bootstrap.servers": "127.0.0.1:9092"}
@@ -29,6 +29,10 @@ DEFAULTS: dict[str, Any] = {
     "TOPIC_PARTITIONS": 12,
     "TOPIC_REPLICATION": 1,
     "REDIS_URL": "redis://127.0.0.1:6379/0",
+    # pages, the API and the websocket wait at most this long for Redis...
+    "REDIS_TIMEOUT_SECONDS": 0.5,
+    # ...and after a failure serve fallbacks without asking it for this long
+    "REDIS_RETRY_SECONDS": 5.0,
     # every Redis key, the update channel and the websocket groups start with it
     "KEY_PREFIX": "reco:v1",
     # "app_label.ModelName" of the shop's product
@@ -83,15 +87,13 @@ DEFAULTS: dict[str, Any] = {
     "PRODUCER_STATS_SECONDS": 10.0,
     # at process exit, how long queued events may take to reach Kafka
     "EXIT_FLUSH_SECONDS": 5.0,
-    # scoring, shared with the Spark jobs (reco_plugin.scoring)
-    "EVENT_WEIGHTS": dict(scoring.EVENT_WEIGHTS),
-    "RECENT_ITEMS": scoring.RECENT_ITEMS,
-    "COVISIT_WINDOW_SECONDS": scoring.COVISIT_WINDOW_SECONDS,
-    "TRENDING_WINDOW_SECONDS": scoring.TRENDING_WINDOW_SECONDS,
-    "CATALOG_SYNC_SECONDS": 300,
     # the streaming job's tunables, a partial dict over reco_plugin.scoring.PipelineSettings
-    # (half_life, horizon, future_tolerance, dedup_ttl, shuffle_partitions, ...)
+    # (half_life, horizon, future_tolerance, dedup_ttl, shuffle_partitions, ...): event weights, windows and every other scoring setting live here, e.g.
+    # {"event_weights": {"purchase": 8}, "covisit_window": 1800, "lake_path": "/var/reco/lake"}
     "PIPELINE": {},
+    # the Spark jobs started by reco_stream and reco_retrain (reco_plugin.jobs.SPARK_DEFAULTS):
+    # {"CHECKPOINT": "/var/reco/checkpoint", "KAFKA_CONNECTOR": None, "MASTER": None, "CONF": {}}
+    "SPARK": {},
     # reco_status reports the pipeline as behind beyond this many unprocessed events...
     "STATUS_MAX_LAG": 10_000,
     # ...or when events wait and no batch has finished for this long
@@ -131,6 +133,15 @@ class RecoSettings:
 
 
 reco_settings = RecoSettings()
+
+# Keys earlier versions had, and where their values go now (system check reco_plugin.E009).
+MOVED: dict[str, str] = {
+    "EVENT_WEIGHTS": 'set RECO_PLUGIN["PIPELINE"]["event_weights"]',
+    "RECENT_ITEMS": 'set RECO_PLUGIN["PIPELINE"]["recent_items"]',
+    "COVISIT_WINDOW_SECONDS": 'set RECO_PLUGIN["PIPELINE"]["covisit_window"]',
+    "TRENDING_WINDOW_SECONDS": 'set RECO_PLUGIN["PIPELINE"]["trending_window"]',
+    "CATALOG_SYNC_SECONDS": "pass catalog_sync_seconds to reco_plugin.schedule.beat_schedule()",
+}
 
 
 @receiver(setting_changed, dispatch_uid="reco_plugin.conf.reload")

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from . import keys
 from .compat import confluent_kafka
 from .conf import reco_settings
-from .redis_client import get_redis
+from .redis_client import get_work_redis as get_redis
 
 Offsets = dict[str, int]  # "topic:partition" -> next offset
 

@@ -17,10 +17,10 @@ def product_changed(sender: Any, instance: Any, raw: bool = False, **kwargs: Any
     product_id = str(instance.pk)
 
     def enqueue() -> None:
-        from .compat import celery
+        from .compat import celery_configured
 
         try:
-            if celery is not None:
+            if celery_configured():
                 from .tasks import sync_products
 
                 sync_products.delay([product_id])

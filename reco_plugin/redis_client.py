@@ -1,28 +1,119 @@
-"""The one place the Django side opens Redis connections."""
+"""The one place the Django side opens Redis connections, and its circuit breaker.
+
+Pages, the API and the websocket read Redis on the request path. When Redis is
+refused, hung or slow, a request must not wait for it: reads use short socket
+timeouts (``REDIS_TIMEOUT_SECONDS``), and after a failure the breaker stays
+open for ``REDIS_RETRY_SECONDS``, during which reads fail at once with
+:class:`Unavailable` instead of each waiting for its own timeout. The first read
+after that period tries Redis again (and closes the breaker if it answers).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+import threading
+import time
+from collections.abc import Iterator
 
 import redis
 import redis.asyncio
 
 from .conf import reco_settings
 
+logger = logging.getLogger(__name__)
+
+
+class Unavailable(Exception):
+    """Redis did not answer (now, or recently enough that it is not asked again yet)."""
+
+
+# Management commands, tasks and the relay may wait longer than a request.
+WORK_TIMEOUT_SECONDS = 5.0
+
+
+def _options(timeout: float | None = None) -> dict:
+    timeout = float(timeout or reco_settings.REDIS_TIMEOUT_SECONDS)
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "decode_responses": True,
+        # the breaker decides when to try again; no retries inside one request
+        "retry_on_timeout": False,
+    }
+
 
 @functools.cache
 def get_redis() -> redis.Redis:
-    return redis.Redis.from_url(
-        reco_settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2, decode_responses=True
-    )
+    """The request path's client: short timeouts; read it under ``breaker.guard()``."""
+    return redis.Redis.from_url(reco_settings.REDIS_URL, **_options())
+
+
+@functools.cache
+def get_work_redis() -> redis.Redis:
+    """For commands and tasks (catalog sync, status, counters): longer timeouts."""
+    return redis.Redis.from_url(reco_settings.REDIS_URL, **_options(WORK_TIMEOUT_SECONDS))
 
 
 def get_async_redis() -> redis.asyncio.Redis:
     # One client per event loop: an asyncio connection pool is bound to the loop it was made on.
-    return redis.asyncio.Redis.from_url(
-        reco_settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2, decode_responses=True
-    )
+    return redis.asyncio.Redis.from_url(reco_settings.REDIS_URL, **_options(WORK_TIMEOUT_SECONDS))
+
+
+class Breaker:
+    """Open after a failure for ``retry_seconds``; thread-safe, per process."""
+
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.open_until = 0.0
+        self.failures = 0
+        self.last_error = ""
+
+    @property
+    def is_open(self) -> bool:
+        return self.clock() < self.open_until
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Run a read of Redis; raises :class:`Unavailable` if Redis failed
+        now or within the last ``REDIS_RETRY_SECONDS``."""
+        if self.is_open:
+            raise Unavailable(self.last_error)
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            self.trip(exc)
+            raise Unavailable(str(exc)) from exc
+        else:
+            if self.failures:
+                with self.lock:
+                    self.failures = 0
+                logger.warning("reco: Redis answers again")
+
+    def trip(self, exc: BaseException) -> None:
+        with self.lock:
+            self.failures += 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            self.open_until = self.clock() + float(reco_settings.REDIS_RETRY_SECONDS)
+        logger.warning(
+            "reco: Redis failed (%s); serving fallbacks for %s s",
+            self.last_error,
+            reco_settings.REDIS_RETRY_SECONDS,
+        )
+
+    def reset(self) -> None:
+        with self.lock:
+            self.open_until = 0.0
+            self.failures = 0
+            self.last_error = ""
+
+
+breaker = Breaker()
 
 
 def reset() -> None:
     get_redis.cache_clear()
+    get_work_redis.cache_clear()
+    breaker.reset()

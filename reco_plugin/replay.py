@@ -234,6 +234,7 @@ class Replay:
         progress: Callable[[int, int], None] | None = None,
         job_timeout: float = 180.0,
         pipeline: dict[str, Any] | None = None,
+        spark_arguments: Sequence[str] = (),
     ) -> None:
         if tick < 1:
             raise ReplayError("--tick-events must be at least 1")
@@ -246,6 +247,8 @@ class Replay:
         self.job_timeout = job_timeout
         # the shop's pipeline settings (or those to try), partial
         self.pipeline = dict(pipeline or {})
+        # the job's Spark options (master, Kafka connector, conf): the shop's
+        self.spark_arguments = list(spark_arguments)
         self.namespace = Namespace(uuid.uuid4().hex[:10])
         # the blend's draws: the same for the same file and pipeline
         self.rng = random.Random(0)
@@ -356,6 +359,7 @@ class Replay:
             self.namespace.prefix,
             "--config",
             json.dumps(config),
+            *self.spark_arguments,
         ]
         self.job_log = workdir / "job.log"
         env = {**os.environ}

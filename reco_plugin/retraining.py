@@ -8,16 +8,12 @@ both call :func:`retrain`; Celery beat runs the task nightly with
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from . import jobs
 from .conf import reco_settings
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def beat_schedule(hour: int = 3, minute: int = 30, days: int = 30) -> dict[str, Any]:
@@ -52,37 +48,17 @@ def lake_path() -> str:
 
 def command(days: int = 30) -> list[str]:
     """The job's command line for this shop."""
-    pipeline = {k: v for k, v in (reco_settings.PIPELINE or {}).items() if k != "lake_path"}
-    return [
-        sys.executable,
-        "-m",
-        "spark_jobs.retrain",
-        "--lake",
-        lake_path(),
-        "--redis",
-        reco_settings.REDIS_URL,
-        "--days",
-        str(days),
-        "--key-prefix",
-        reco_settings.KEY_PREFIX,
-        "--config",
-        json.dumps(pipeline),
-    ]
+    return jobs.retrain_command(lake_path(), days)
 
 
 def retrain(days: int = 30, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the job to the end; its summary (products written, seconds)."""
-    env = {**os.environ}
-    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    env["PYTHONPATH"] = os.pathsep.join(
-        dict.fromkeys([str(REPO), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))])
-    )
     process = subprocess.Popen(
         command(days),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=env,
+        env=jobs.environment(),
     )
     lines: list[str] = []
     assert process.stdout is not None

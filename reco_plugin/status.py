@@ -12,7 +12,7 @@ from typing import Any
 
 from . import keys, pipeline, scoring, strategies
 from .conf import reco_settings
-from .redis_client import get_redis
+from .redis_client import get_work_redis as get_redis
 
 COUNTERS = ("read", *scoring.STATUSES)
 

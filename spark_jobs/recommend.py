@@ -37,10 +37,9 @@ import redis
 
 from reco_plugin import keys, schema
 from reco_plugin.scoring import PipelineSettings
-
-from . import state
-from .batch import BatchProcessor
-from .session import build_session
+from spark_jobs import state
+from spark_jobs.batch import BatchProcessor
+from spark_jobs.session import add_spark_arguments, build_session, spark_options
 
 logger = logging.getLogger("spark_jobs.recommend")
 QUERY_NAME = "reco_recommend"
@@ -82,7 +81,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="Redis key prefix (default reco:v1; the shop's KEY_PREFIX)",
     )
+    add_spark_arguments(parser)
     args = parser.parse_args(argv)
+    args.spark = spark_options(parser, args)
     try:
         values = json.loads(args.config) if args.config else {}
         if args.weights:
@@ -203,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shuffle_partitions=args.settings.shuffle_partitions,
         local_checkpoint="://" not in args.checkpoint
         or args.checkpoint.startswith(("file:", "hdfs:")),
+        **args.spark,
     )
     supervisor = Supervisor(spark, args)
 

@@ -39,9 +39,8 @@ from typing import Any
 
 from reco_plugin import keys, schema
 from reco_plugin.scoring import PipelineSettings
-
-from . import learn, state
-from .session import build_session
+from spark_jobs import learn, state
+from spark_jobs.session import add_spark_arguments, build_session, spark_options
 
 logger = logging.getLogger("spark_jobs.retrain")
 
@@ -57,7 +56,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--items-per-visitor", type=int, default=ITEMS_PER_VISITOR)
     parser.add_argument("--key-prefix", default=None)
     parser.add_argument("--config", default=None, help="pipeline settings as JSON (partial)")
+    add_spark_arguments(parser)
     args = parser.parse_args(argv)
+    args.spark = spark_options(parser, args)
     if args.days < 1 or args.items_per_visitor < 2:
         parser.error("--days must be >= 1 and --items-per-visitor >= 2")
     try:
@@ -190,7 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
     spark = build_session(
-        "reco-retrain", shuffle_partitions=args.settings.shuffle_partitions, kafka=False
+        "reco-retrain",
+        shuffle_partitions=args.settings.shuffle_partitions,
+        kafka=False,
+        **args.spark,
     )
     try:
         summary = retrain(spark, args)

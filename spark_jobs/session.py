@@ -7,17 +7,68 @@ import os
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-KAFKA_CONNECTOR_DIR = REPO / "jvm" / "lib" / "spark-kafka"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+CONNECTOR_ENV = "RECO_SPARK_KAFKA_CONNECTOR"
 
 
-def connector_jars() -> list[str]:
-    jars = sorted(glob.glob(str(KAFKA_CONNECTOR_DIR / "*.jar")))
-    if not jars:
+def connector_coordinates() -> str:
+    """Maven coordinates of Spark's Kafka connector matching the installed PySpark."""
+    import pyspark
+
+    return f"org.apache.spark:spark-sql-kafka-0-10_2.13:{pyspark.__version__}"
+
+
+def connector_config(connector: str | None = None) -> dict[str, str]:
+    """Spark configuration that puts the Kafka connector on the classpath.
+
+    ``connector`` (else ``$RECO_SPARK_KAFKA_CONNECTOR``) is a directory of jars
+    (an offline copy, e.g. fetched by Maven) or Maven coordinates; by default
+    Spark fetches the coordinates matching PySpark from Maven Central once
+    (``spark.jars.packages``, cached in ``~/.ivy2``).
+    """
+    connector = connector or os.environ.get(CONNECTOR_ENV) or connector_coordinates()
+    if os.path.isdir(connector):
+        jars = sorted(glob.glob(os.path.join(connector, "*.jar")))
+        if not jars:
+            raise FileNotFoundError(f"no jars in {connector} (Spark's Kafka connector)")
+        return {"spark.jars": ",".join(jars)}
+    if connector.count(":") != 2 or "/" in connector:
         raise FileNotFoundError(
-            f"Spark's Kafka connector is missing from {KAFKA_CONNECTOR_DIR}: run `make setup`"
+            f"Spark's Kafka connector {connector!r} is neither a directory of jars nor "
+            "Maven coordinates (group:artifact:version)"
         )
-    return jars
+    return {"spark.jars.packages": connector}
+
+
+def add_spark_arguments(parser) -> None:
+    """The Spark options every job takes (``reco_stream`` and ``reco_retrain`` pass the shop's)."""
+    parser.add_argument(
+        "--master", default=None, help="Spark master (default local[<cores>] or $RECO_SPARK_MASTER)"
+    )
+    parser.add_argument(
+        "--kafka-connector",
+        default=None,
+        help="directory of the Kafka connector's jars, or its Maven coordinates "
+        "(default: the coordinates matching PySpark, fetched by Spark)",
+    )
+    parser.add_argument(
+        "--spark-conf",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a Spark setting (repeatable), e.g. spark.driver.memory=4g",
+    )
+
+
+def spark_options(parser, args) -> dict:
+    """``build_session`` keywords from the options of :func:`add_spark_arguments`."""
+    conf = {}
+    for item in args.spark_conf:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            parser.error(f"--spark-conf takes KEY=VALUE, not {item!r}")
+        conf[key.strip()] = value
+    return {"master": args.master, "connector": args.kafka_connector, "conf": conf}
 
 
 def build_session(
@@ -26,23 +77,32 @@ def build_session(
     shuffle_partitions: int | None = None,
     kafka: bool = True,
     local_checkpoint: bool = True,
+    connector: str | None = None,
+    conf: dict[str, str] | None = None,
+    master: str | None = None,
 ):
     """A local SparkSession. ``shuffle_partitions`` defaults to the number of cores:
     the default of 200 makes every micro-batch take seconds on two cores.
     ``local_checkpoint``: the checkpoint is on a local disk (or HDFS), where a
-    rename is atomic."""
+    rename is atomic. ``connector``: see :func:`connector_config`; ``conf``: more
+    Spark settings, applied last."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    # The Python workers import reco_plugin's Django-free modules from the repo.
-    paths = [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    # The Python workers import reco_plugin's Django-free modules from where this is installed.
+    paths = [str(PACKAGE_ROOT)] + [
+        p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p
+    ]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     from pyspark.sql import SparkSession
 
     cores = os.cpu_count() or 2
+    # under spark-submit the master and the jars are spark-submit's to set
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    builder = SparkSession.builder.appName(app_name)
+    if master or not submitted:
+        builder = builder.master(master or os.environ.get("RECO_SPARK_MASTER", f"local[{cores}]"))
     builder = (
-        SparkSession.builder.appName(app_name)
-        .master(os.environ.get("RECO_SPARK_MASTER", f"local[{cores}]"))
-        .config("spark.sql.shuffle.partitions", str(shuffle_partitions or cores))
+        builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions or cores))
         .config("spark.default.parallelism", str(cores))
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
@@ -54,8 +114,9 @@ def build_session(
         .config("spark.python.worker.reuse", "true")
         .config("spark.executorEnv.PYTHONPATH", os.environ["PYTHONPATH"])
     )
-    if kafka:
-        builder = builder.config("spark.jars", ",".join(connector_jars()))
+    if kafka and (connector or not submitted):
+        for key, value in connector_config(connector).items():
+            builder = builder.config(key, value)
     if local_checkpoint:
         # Checkpoint files are renamed into place with FileSystem.rename: the
         # default FileContext path asks Hadoop for the link status, which on a
@@ -66,6 +127,8 @@ def build_session(
             "org.apache.spark.sql.execution.streaming.checkpointing."
             "FileSystemBasedCheckpointFileManager",
         )
+    for key, value in (conf or {}).items():
+        builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("RECO_SPARK_LOG_LEVEL", "WARN"))
     return spark

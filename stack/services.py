@@ -19,6 +19,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 KAFKA_LIB = REPO / "jvm" / "lib" / "kafka-broker"
+# Spark's Kafka connector as set-up fetched it with Maven: every job this
+# process starts (tests, benchmarks, the demo) uses it instead of fetching it again
+SPARK_KAFKA_LIB = REPO / "jvm" / "lib" / "spark-kafka"
+os.environ.setdefault("RECO_SPARK_KAFKA_CONNECTOR", str(SPARK_KAFKA_LIB))
 KAFKA_LOG_CONFIG = REPO / "jvm" / "config" / "log4j2.properties"
 
 
@@ -373,20 +377,11 @@ class Stack:
         self.manage("demo_setup")
 
     def spark_argv(self, config: dict | None = None) -> list[str]:
-        argv = [
-            PYTHON,
-            "-m",
-            "spark_jobs.recommend",
-            "--bootstrap",
-            f"127.0.0.1:{self.ports.kafka}",
-            "--redis",
-            self.redis_url,
-            "--checkpoint",
-            str(self.state_dir / "spark" / "checkpoint"),
-        ]
-        # the demo shop's settings name the same lake (reco_retrain reads it)
-        config = {"lake_path": str(self.state_dir / "lake"), **(config or {})}
-        argv += ["--config", json.dumps(config)]
+        """The shop's own launcher: ``manage.py reco_stream`` with the demo
+        settings (checkpoint and lake under the state directory)."""
+        argv = [PYTHON, str(REPO / "manage.py"), "reco_stream"]
+        if config:
+            argv += ["--config", json.dumps(config)]
         return argv
 
     def start_spark(self, config: dict | None = None) -> None:

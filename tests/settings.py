@@ -44,6 +44,7 @@ USE_TZ = True
 STATIC_URL = "/static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+ASGI_APPLICATION = "demo_shop.asgi.application"
 from demo_shop.catalog import reco_models  # noqa: E402
 
 RECO_PLUGIN = {

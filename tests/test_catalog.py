@@ -36,3 +36,34 @@ def test_the_catalog_sync_keeps_the_unavailable_and_repeatable_sets(r, make_prod
         assert not r.sismember(keys.catalog_index(), "1")
     finally:
         del Product.is_repeatable
+
+
+def test_reco_sync_catalog_copies_the_catalog_once_and_says_what_it_did(r, make_product):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    make_product(7, name="Heat", category="Crime")
+    make_product(8, in_stock=False)
+    r.sadd(keys.catalog_index(), "99")  # a product the shop deleted
+    out = StringIO()
+    call_command("reco_sync_catalog", stdout=out)
+    assert (
+        out.getvalue().strip()
+        == "synced 2 products, removed 1, 1 unavailable (out of stock or blocked)"
+    )
+    assert r.hget(keys.catalog_product("7"), "title") == "Heat"
+    assert r.hget(keys.catalog_product("7"), "category") == "Crime"
+    assert r.smembers(keys.catalog_index()) == {"7", "8"}
+
+
+def test_reco_sync_catalog_with_redis_down_fails_with_the_address(make_product, settings):
+    from django.core.management import CommandError, call_command
+
+    from stack.services import free_port
+
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "REDIS_URL": url}
+    make_product(1)
+    with pytest.raises(CommandError, match=f"Redis at {url} failed"):
+        call_command("reco_sync_catalog")

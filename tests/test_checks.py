@@ -109,3 +109,47 @@ def test_reco_retrain_without_an_event_lake_says_what_to_set(settings):
     settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "PIPELINE": {}}
     with pytest.raises(CommandError, match="lake_path"):
         call_command("reco_retrain")
+
+
+def messages_with(id_):
+    return [m for m in run_checks() if m.id == id_]
+
+
+def test_unknown_and_moved_setting_keys_are_E009(settings):
+    with with_reco(settings, DEFAULT_LIMT=4, EVENT_WEIGHTS={"purchase": 8}, SPARK={"MASTR": "x"}):
+        found = {m.msg: m.hint for m in messages_with("reco_plugin.E009")}
+    assert found["RECO_PLUGIN['DEFAULT_LIMT'] is not a setting."] == "Did you mean 'DEFAULT_LIMIT'?"
+    assert (
+        'RECO_PLUGIN["PIPELINE"]["event_weights"]'
+        in found["RECO_PLUGIN['EVENT_WEIGHTS'] is not a setting."]
+    )
+    assert "RECO_PLUGIN['SPARK']['MASTR'] is not a setting." in found
+    assert len(found) == 3
+
+
+def test_product_fields_naming_missing_attributes_are_E010(settings):
+    fields = {"title": "titel", "url": "get_absolute_url", "price": "display_price"}
+    with with_reco(settings, PRODUCT_FIELDS=fields):
+        found = [m.msg for m in messages_with("reco_plugin.E010")]
+    assert found == [
+        "RECO_PLUGIN['PRODUCT_FIELDS']['title'] = 'titel': Product has no such field, "
+        "property or method."
+    ]
+    with with_reco(settings, PRODUCT_FIELDS={"url": "get_absolute_url"}):
+        assert len(messages_with("reco_plugin.E010")) == 1  # no title at all
+
+
+def test_a_websocket_app_without_an_origin_check_is_W005(settings, tmp_path, monkeypatch):
+    module = tmp_path / "bare_asgi.py"
+    module.write_text(
+        "from channels.auth import AuthMiddlewareStack\n"
+        "from channels.routing import ProtocolTypeRouter, URLRouter\n"
+        "import reco_plugin.routing\n"
+        "application = ProtocolTypeRouter({'websocket': AuthMiddlewareStack(\n"
+        "    URLRouter(reco_plugin.routing.websocket_urlpatterns))})\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with override_settings(ASGI_APPLICATION="bare_asgi.application"):
+        assert "reco_plugin.W005" in reco_ids()
+    with override_settings(ASGI_APPLICATION=None):
+        assert "reco_plugin.W003" in reco_ids()

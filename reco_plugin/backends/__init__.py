@@ -121,7 +121,7 @@ class StatsReporter:
 
     def publish(self) -> None:
         from .. import keys
-        from ..redis_client import get_redis
+        from ..redis_client import get_work_redis as get_redis
 
         counts = self.backend.stats()
         changes = {

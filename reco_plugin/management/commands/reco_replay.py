@@ -4,6 +4,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from reco_plugin import jobs
 from reco_plugin.conf import reco_settings
 from reco_plugin.progress import ProgressBar
 from reco_plugin.replay import Replay, ReplayError, read_rows
@@ -51,6 +52,7 @@ class Command(BaseCommand):
                 log=self.stderr.write,
                 progress=lambda done, total: bar.update(done),
                 pipeline={**reco_settings.PIPELINE, **tried},
+                spark_arguments=jobs.spark_arguments(),
             )
             result = replay.run()
             bar.finish()

@@ -1,0 +1,169 @@
+"""Command lines of the Spark jobs, built from the shop's own settings.
+
+The jobs (``spark_jobs.recommend``, ``spark_jobs.retrain``) ship in the same
+distribution and never import Django; ``manage.py reco_stream`` and
+``manage.py reco_retrain`` give them the shop's Kafka, Redis, topics, key
+prefix and pipeline settings so nothing is configured twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .conf import reco_settings
+
+# where ``spark_jobs`` and ``reco_plugin`` are importable from (site-packages, or a checkout)
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+SPARK_DEFAULTS: dict[str, Any] = {
+    # Spark master; None: local[<cores>]
+    "MASTER": None,
+    # a directory holding Spark's Kafka connector jars, or Maven coordinates;
+    # None: Spark fetches the coordinates matching PySpark from Maven Central once
+    "KAFKA_CONNECTOR": None,
+    # the streaming job's checkpoint directory (local path, hdfs:// or s3a://)
+    "CHECKPOINT": None,
+    # more Spark settings, e.g. {"spark.driver.memory": "4g"}
+    "CONF": {},
+}
+
+
+class JobConfigError(ValueError):
+    """The shop's settings do not say enough to run a job; the message says what to set."""
+
+
+def spark_settings() -> dict[str, Any]:
+    """``RECO_PLUGIN["SPARK"]`` over its defaults (a partial dict is fine)."""
+    return {**SPARK_DEFAULTS, **(reco_settings.SPARK or {})}
+
+
+def kafka_bootstrap() -> str:
+    servers = (reco_settings.KAFKA or {}).get("bootstrap.servers")
+    if not servers:
+        raise JobConfigError('RECO_PLUGIN["KAFKA"] has no "bootstrap.servers"')
+    return str(servers)
+
+
+def spark_arguments() -> list[str]:
+    spark = spark_settings()
+    argv: list[str] = []
+    if spark["MASTER"]:
+        argv += ["--master", str(spark["MASTER"])]
+    if spark["KAFKA_CONNECTOR"]:
+        argv += ["--kafka-connector", str(spark["KAFKA_CONNECTOR"])]
+    for key, value in (spark["CONF"] or {}).items():
+        argv += ["--spark-conf", f"{key}={value}"]
+    return argv
+
+
+def stream_command(
+    *,
+    checkpoint: str | None = None,
+    config: dict[str, Any] | None = None,
+    starting_offsets: str | None = None,
+    bootstrap: str | None = None,
+    redis_url: str | None = None,
+    topics: list[str] | None = None,
+    key_prefix: str | None = None,
+) -> list[str]:
+    """The streaming job's command line; keywords override the shop's settings."""
+    checkpoint = checkpoint or spark_settings()["CHECKPOINT"]
+    if not checkpoint:
+        raise JobConfigError(
+            'the streaming job needs a checkpoint directory: set RECO_PLUGIN["SPARK"]'
+            '["CHECKPOINT"] (a path the job keeps across restarts) or pass --checkpoint'
+        )
+    argv = [
+        sys.executable,
+        "-m",
+        "spark_jobs.recommend",
+        "--bootstrap",
+        bootstrap or kafka_bootstrap(),
+        "--redis",
+        redis_url or reco_settings.REDIS_URL,
+        "--checkpoint",
+        str(checkpoint),
+        "--topics",
+        ",".join(topics or reco_settings.TOPICS.values()),
+        "--key-prefix",
+        key_prefix or reco_settings.KEY_PREFIX,
+        "--config",
+        json.dumps({**(reco_settings.PIPELINE or {}), **dict(config or {})}),
+    ]
+    if starting_offsets:
+        argv += ["--starting-offsets", starting_offsets]
+    return argv + spark_arguments()
+
+
+def retrain_command(lake: str, days: int) -> list[str]:
+    """The retraining job's command line over the event lake at ``lake``."""
+    pipeline = {k: v for k, v in (reco_settings.PIPELINE or {}).items() if k != "lake_path"}
+    return [
+        sys.executable,
+        "-m",
+        "spark_jobs.retrain",
+        "--lake",
+        lake,
+        "--redis",
+        reco_settings.REDIS_URL,
+        "--days",
+        str(days),
+        "--key-prefix",
+        reco_settings.KEY_PREFIX,
+        "--config",
+        json.dumps(pipeline),
+        *spark_arguments(),
+    ]
+
+
+def environment() -> dict[str, str]:
+    """The environment a job runs in: this one, with the packages importable."""
+    env = {**os.environ}
+    env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    env["PYTHONPATH"] = os.pathsep.join(
+        dict.fromkeys(
+            [str(PACKAGE_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+        )
+    )
+    return env
+
+
+def submit_command(argv: list[str]) -> list[str]:
+    """The same job as a ``spark-submit`` command line, for a cluster whose
+    driver has ``django-reco-plugin[spark]`` installed."""
+    import spark_jobs
+
+    module = argv[2]
+    script = Path(spark_jobs.__file__).parent / f"{module.rsplit('.', 1)[1]}.py"
+    rest = argv[3:]
+    spark = spark_settings()
+    submit = ["spark-submit"]
+    if spark["MASTER"]:
+        submit += ["--master", str(spark["MASTER"])]
+    connector = spark["KAFKA_CONNECTOR"]
+    if module == "spark_jobs.recommend":
+        if connector and os.path.isdir(str(connector)):
+            jars = sorted(str(p) for p in Path(str(connector)).glob("*.jar"))
+            submit += ["--jars", ",".join(jars)]
+        else:
+            from spark_jobs.session import connector_coordinates
+
+            submit += ["--packages", str(connector or connector_coordinates())]
+    for key, value in (spark["CONF"] or {}).items():
+        submit += ["--conf", f"{key}={value}"]
+    # the job's own Spark options are for local runs: spark-submit has set them
+    job_args: list[str] = []
+    skip = False
+    for arg in rest:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--master", "--kafka-connector", "--spark-conf"):
+            skip = True
+            continue
+        job_args.append(arg)
+    return [*submit, str(script), *job_args]

@@ -1,0 +1,74 @@
+"""``python manage.py reco_stream``: run the streaming job with this shop's settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from reco_plugin import jobs
+from reco_plugin.scoring import PipelineSettings
+
+
+class Command(BaseCommand):
+    help = (
+        "Start the streaming job (Kafka -> Spark -> Redis) with this shop's topics, "
+        "Redis, key prefix and pipeline settings. It runs in the foreground until "
+        "stopped (SIGTERM or Ctrl-C lets the running batch finish)."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument(
+            "--checkpoint", help='checkpoint directory (default RECO_PLUGIN["SPARK"]["CHECKPOINT"])'
+        )
+        parser.add_argument(
+            "--config",
+            help='JSON merged over RECO_PLUGIN["PIPELINE"] for this run, e.g. {"shuffle_partitions": 4}',
+        )
+        parser.add_argument(
+            "--starting-offsets",
+            choices=["earliest", "latest"],
+            help="where a new checkpoint starts reading (default earliest)",
+        )
+        parser.add_argument(
+            "--print",
+            action="store_true",
+            dest="print_only",
+            help="print the job's command line, and its spark-submit form, instead of running it",
+        )
+
+    def handle(self, *args, checkpoint, config, starting_offsets, print_only, **options):
+        try:
+            argv = jobs.stream_command(
+                checkpoint=checkpoint,
+                config=json.loads(config) if config else {},
+                starting_offsets=starting_offsets,
+            )
+        except jobs.JobConfigError as exc:
+            raise CommandError(str(exc)) from None
+        except (ValueError, AttributeError, TypeError) as exc:
+            raise CommandError(f"--config must be a JSON object: {exc}") from None
+        try:
+            PipelineSettings.from_mapping(json.loads(argv[argv.index("--config") + 1]))
+        except (ValueError, TypeError) as exc:
+            raise CommandError(f"invalid pipeline settings: {exc}") from None
+        if print_only:
+            self.stdout.write(shlex.join(argv))
+            self.stdout.write(shlex.join(jobs.submit_command(argv)))
+            return
+        if importlib.util.find_spec("pyspark") is None:
+            raise CommandError(
+                "PySpark is not installed: pip install 'django-reco-plugin[spark]' (it needs Java 17)"
+            )
+        if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
+            raise CommandError("Spark needs Java 17: no `java` on PATH and no JAVA_HOME")
+        self.stdout.write(f"starting the streaming job: {shlex.join(argv[2:])}")
+        self.stdout.flush()
+        sys.stderr.flush()
+        # the job replaces this process: signals reach it directly
+        os.execve(argv[0], argv, jobs.environment())

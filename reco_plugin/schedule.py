@@ -1,0 +1,37 @@
+"""The plugin's periodic work, as Celery beat entries.
+
+In the shop's settings (next to its Celery configuration)::
+
+    from reco_plugin.schedule import beat_schedule
+    CELERY_BEAT_SCHEDULE = {**beat_schedule(), **your_own_entries}
+
+Safe to import from a settings module: nothing here reads Django's settings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .retraining import beat_schedule as retrain_schedule
+
+
+def beat_schedule(
+    *,
+    catalog_sync_seconds: float = 300,
+    retrain_hour: int = 3,
+    retrain_minute: int = 30,
+    retrain_days: int = 30,
+) -> dict[str, Any]:
+    """The full catalog sync every ``catalog_sync_seconds`` (it repairs what a
+    lost product-save sync missed) and the retraining every night at
+    ``retrain_hour:retrain_minute`` in the Celery app's timezone; ``retrain``
+    needs ``PIPELINE["lake_path"]``: drop its entry when the shop keeps no lake."""
+    return {
+        "reco-sync-catalog": {
+            "task": "reco_plugin.sync_catalog",
+            "schedule": float(catalog_sync_seconds),
+            # a sync that waited longer than its period is superseded by the next one
+            "options": {"expires": float(catalog_sync_seconds)},
+        },
+        **retrain_schedule(hour=retrain_hour, minute=retrain_minute, days=retrain_days),
+    }

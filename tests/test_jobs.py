@@ -1,0 +1,135 @@
+"""The Spark jobs ship in the distribution and take the shop's settings."""
+
+import json
+import shlex
+import subprocess
+import sys
+import zipfile
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from reco_plugin import jobs
+from stack.services import REPO
+
+
+def value(argv, option):
+    return argv[argv.index(option) + 1]
+
+
+def test_the_streaming_command_comes_from_the_shops_settings(settings):
+    settings.RECO_PLUGIN = {
+        **settings.RECO_PLUGIN,
+        "KAFKA": {"bootstrap.servers": "kafka-1:9092,kafka-2:9092"},
+        "REDIS_URL": "redis://cache:6379/3",
+        "KEY_PREFIX": "shop2",
+        "TOPICS": {**settings.RECO_PLUGIN.get("TOPICS", {}), "page_views": "shop2.page_views"},
+        "PIPELINE": {"half_life": 3600, "shuffle_partitions": 4},
+        "SPARK": {
+            "CHECKPOINT": "/var/reco/ckpt",
+            "MASTER": "spark://m:7077",
+            "CONF": {"spark.driver.memory": "4g"},
+        },
+    }
+    argv = jobs.stream_command(config={"shuffle_partitions": 2})
+    assert argv[1:3] == ["-m", "spark_jobs.recommend"]
+    assert value(argv, "--bootstrap") == "kafka-1:9092,kafka-2:9092"
+    assert value(argv, "--redis") == "redis://cache:6379/3"
+    assert value(argv, "--key-prefix") == "shop2"
+    assert value(argv, "--checkpoint") == "/var/reco/ckpt"
+    assert value(argv, "--topics").split(",")[0] == "shop2.page_views"
+    assert json.loads(value(argv, "--config")) == {"half_life": 3600, "shuffle_partitions": 2}
+    assert value(argv, "--master") == "spark://m:7077"
+    assert value(argv, "--spark-conf") == "spark.driver.memory=4g"
+    # on a cluster: the connector from Maven, the job's own Spark options left to spark-submit
+    submit = jobs.submit_command(argv)
+    assert submit[:5] == [
+        "spark-submit",
+        "--master",
+        "spark://m:7077",
+        "--packages",
+        "org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0",
+    ]
+    assert submit[submit.index("--conf") + 1] == "spark.driver.memory=4g"
+    assert submit[7].endswith("spark_jobs/recommend.py")
+    assert "--spark-conf" not in submit and value(submit, "--key-prefix") == "shop2"
+
+
+def test_the_job_parses_the_command_the_launcher_builds(settings):
+    from spark_jobs import recommend
+
+    settings.RECO_PLUGIN = {
+        **settings.RECO_PLUGIN,
+        "KEY_PREFIX": "shop3",
+        "SPARK": {"CHECKPOINT": "/tmp/c", "CONF": {"spark.x": "1"}, "KAFKA_CONNECTOR": "/opt/jars"},
+    }
+    argv = jobs.stream_command(starting_offsets="latest")
+    args = recommend.parse_args(argv[3:])
+    assert args.settings.key_prefix == "shop3" and args.starting_offsets == "latest"
+    assert args.spark == {"master": None, "connector": "/opt/jars", "conf": {"spark.x": "1"}}
+
+
+def test_reco_stream_prints_its_command_and_refuses_without_a_checkpoint(settings):
+    out = StringIO()
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "SPARK": {"CHECKPOINT": "/tmp/ckpt"}}
+    call_command("reco_stream", "--print", "--config", '{"half_life": 86400}', stdout=out)
+    local, submit = (shlex.split(line) for line in out.getvalue().splitlines())
+    assert (
+        local[1:3] == ["-m", "spark_jobs.recommend"] and value(local, "--checkpoint") == "/tmp/ckpt"
+    )
+    assert json.loads(value(local, "--config"))["half_life"] == 86400
+    assert submit[0] == "spark-submit"
+    with pytest.raises(CommandError, match="unknown pipeline settings: half_lif"):
+        call_command("reco_stream", "--print", "--config", '{"half_lif": 60}')
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "SPARK": {}}
+    with pytest.raises(CommandError, match=r'RECO_PLUGIN\["SPARK"\]\["CHECKPOINT"\]'):
+        call_command("reco_stream")
+
+
+def test_the_kafka_connector_is_a_directory_or_maven_coordinates(tmp_path):
+    from spark_jobs.session import connector_config
+
+    (tmp_path / "a.jar").write_bytes(b"")
+    assert connector_config(str(tmp_path)) == {"spark.jars": str(tmp_path / "a.jar")}
+    assert connector_config("g:a:1") == {"spark.jars.packages": "g:a:1"}
+    with pytest.raises(FileNotFoundError, match="neither a directory of jars nor Maven"):
+        connector_config(str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="no jars in"):
+        connector_config(str(_empty(tmp_path)))
+
+
+def _empty(tmp_path):
+    path = tmp_path / "empty"
+    path.mkdir()
+    return path
+
+
+def test_the_wheel_ships_the_jobs_without_the_demo(tmp_path):
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(REPO),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("django_reco_plugin-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    for module in (
+        "spark_jobs/recommend.py",
+        "spark_jobs/retrain.py",
+        "spark_jobs/batch.py",
+        "reco_plugin/jobs.py",
+        "reco_plugin/static/reco_plugin/widget.js",
+        "reco_plugin/management/commands/reco_stream.py",
+    ):
+        assert module in names
+    assert not [n for n in names if n.startswith(("demo_shop/", "stack/", "tests/", "bench/"))]
