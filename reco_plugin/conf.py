@@ -51,6 +51,12 @@ DEFAULTS: dict[str, Any] = {
     },
     "DEFAULT_LIMIT": 8,
     "MAX_LIMIT": 50,
+    # how long a browser or CDN may keep the answers that are the same for everyone
+    # (trending, similar, a product's list for a visitor without a session)
+    "API_CACHE_SECONDS": 30,
+    # dotted path to a DRF serializer for each item (e.g. a subclass of
+    # reco_plugin.api.serializers.RecommendedItemSerializer); None: the items as stored
+    "ITEM_SERIALIZER": None,
     # widget: how often to poll the API when the websocket is unavailable
     "POLL_INTERVAL_SECONDS": 15,
     "WEBSOCKET_PATH": "/ws/reco/",

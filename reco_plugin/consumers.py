@@ -2,32 +2,70 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import threading
+import time
 from typing import Any
 
+import redis
 from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import keys, store
 from .conf import reco_settings
+from .redis_client import Unavailable, breaker, get_redis
 from .visitor import anonymous_id, visitor_id_for_scope
+
+logger = logging.getLogger(__name__)
+_version_lock = threading.Lock()
+_last_version = 0
+
+
+def _next_version() -> int:
+    """Microseconds since the epoch, strictly growing within the process: a
+    list read later has a higher version, also after a reconnect to another worker."""
+    global _last_version
+    with _version_lock:
+        _last_version = max(time.time_ns() // 1000, _last_version + 1)
+        return _last_version
+
 
 # Close codes in the application range (4000-4999).
 CLOSE_NO_VISITOR = 4401
 # The visitor logged out in this session: reconnect as who they are now.
 CLOSE_VISITOR_CHANGED = 4409
+# No channel layer: nothing can be pushed; the widget polls the API instead.
+CLOSE_NO_PUSH = 4501
+# Redis did not answer: the widget polls (and shows its fallback) and reconnects later.
+CLOSE_UNAVAILABLE = 4503
+# A socket tells the server it is open this often (the client's ping); the relay
+# counts a visitor as online for ONLINE_SECONDS after the last.
+PING_SECONDS = 25
+ONLINE_SECONDS = 90
+
+
+def _mark_online(visitor_id: str) -> None:
+    with breaker.guard():
+        get_redis().zadd(keys.websocket_visitors(), {visitor_id: time.time()})
 
 
 class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
-    """Pushes ``{"type": "recommendations", "items": [...]}`` when the visitor's list changes.
+    """Pushes ``{"type": "recommendations", "version": v, "items": [...]}`` when
+    the visitor's list changes; ``version`` grows with every list read, so a
+    client keeps the newest when two arrive out of order.
 
     The client may send ``{"type": "subscribe", "product": "<id>", "limit": n}``
     to say which product page it is on; the pushed list is then the same blend
-    the API returns for that product.
+    the API returns for that product. ``{"type": "ping"}`` is answered with
+    ``{"type": "pong"}`` (a client that hears nothing back polls instead).
     """
 
     visitor_id: str | None = None
     group: str | None = None
+    sent_version = 0
 
     async def connect(self) -> None:
         # The session may be stored in the database; resolve it off the loop.
@@ -40,17 +78,45 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
             return
         self.product_id: str | None = None
         self.limit: int = reco_settings.DEFAULT_LIMIT
-        self.group = keys.visitor_group(self.visitor_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        if self.channel_layer is None:
+            # Accepted so the close code reaches the browser (a refused
+            # handshake is only "1006" there).
+            await self.accept()
+            await self.close(code=CLOSE_NO_PUSH)
+            return
+        group = keys.visitor_group(self.visitor_id)
+        try:
+            await asyncio.wait_for(
+                self.channel_layer.group_add(group, self.channel_name),
+                float(reco_settings.REDIS_TIMEOUT_SECONDS) * 4,
+            )
+            await sync_to_async(_mark_online, thread_sensitive=False)(self.visitor_id)
+        except (Unavailable, TimeoutError, OSError, redis.RedisError) as exc:
+            logger.warning("reco: websocket refused, Redis unavailable (%s)", exc)
+            await self.accept()
+            await self.close(code=CLOSE_UNAVAILABLE)
+            return
+        self.group = group
         await self.accept()
 
     async def disconnect(self, code: int) -> None:
         if self.group:
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    self.channel_layer.group_discard(self.group, self.channel_name),
+                    float(reco_settings.REDIS_TIMEOUT_SECONDS) * 4,
+                )
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if isinstance(content, dict) and content.get("type") == "ping":
+            with contextlib.suppress(Unavailable):
+                await sync_to_async(_mark_online, thread_sensitive=False)(self.visitor_id)
+            await self.send_json({"type": "pong"})
+            return
         if not isinstance(content, dict) or content.get("type") != "subscribe":
-            await self.send_json({"type": "error", "error": 'expected {"type": "subscribe"}'})
+            await self.send_json(
+                {"type": "error", "error": 'expected {"type": "subscribe"} or {"type": "ping"}'}
+            )
             return
         product = content.get("product")
         limit = content.get("limit", reco_settings.DEFAULT_LIMIT)
@@ -89,9 +155,22 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_VISITOR_CHANGED)
 
     async def send_recommendations(self) -> None:
-        items = await sync_to_async(store.recommendations_for, thread_sensitive=False)(
-            self.visitor_id, self.product_id, self.limit
-        )
+        version = _next_version()
+        try:
+            items = await sync_to_async(store.recommendations_for, thread_sensitive=False)(
+                self.visitor_id, self.product_id, self.limit
+            )
+        except Unavailable:
+            await self.close(code=CLOSE_UNAVAILABLE)
+            return
+        if version <= self.sent_version:
+            return  # a newer read has been sent meanwhile
+        self.sent_version = version
         await self.send_json(
-            {"type": "recommendations", "product": self.product_id, "items": items}
+            {
+                "type": "recommendations",
+                "version": version,
+                "product": self.product_id,
+                "items": items,
+            }
         )

@@ -229,6 +229,12 @@ def updates_channel() -> str:
     return f"{PREFIX}:updates"
 
 
+def websocket_visitors() -> str:
+    """Sorted set: visitor id -> when (epoch seconds) a socket of theirs last
+    said it is open; the relay sends only to visitors seen recently."""
+    return f"{PREFIX}:ws:online"
+
+
 def visitor_group(visitor_id: str) -> str:
     """Channels group name for a visitor's websockets.
 

@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 
 import redis
 from channels.layers import get_channel_layer
 
 from . import keys
+from .consumers import ONLINE_SECONDS
 from .redis_client import get_async_redis
 
 logger = logging.getLogger(__name__)
@@ -28,6 +30,17 @@ logger = logging.getLogger(__name__)
 CONCURRENCY = 16
 
 
+async def online(r, visitors: list[str]) -> list[str]:
+    """The visitors of a notice with a socket open (seen within ``ONLINE_SECONDS``):
+    one round trip for the whole notice."""
+    visitors = [v for v in dict.fromkeys(visitors) if isinstance(v, str)]
+    if not visitors:
+        return []
+    seen = await r.zmscore(keys.websocket_visitors(), visitors)
+    since = time.time() - ONLINE_SECONDS
+    return [v for v, at in zip(visitors, seen, strict=True) if at is not None and at >= since]
+
+
 async def _send_all(layer, visitors: list[str]) -> None:
     limit = asyncio.Semaphore(CONCURRENCY)
 
@@ -35,7 +48,12 @@ async def _send_all(layer, visitors: list[str]) -> None:
         async with limit:
             await layer.group_send(keys.visitor_group(visitor_id), {"type": "reco.update"})
 
-    await asyncio.gather(*(send(v) for v in visitors if isinstance(v, str)))
+    await asyncio.gather(*(send(v) for v in visitors))
+
+
+async def _forget_closed(r) -> None:
+    """Drop visitors whose sockets stopped saying they are open (the set stays small)."""
+    await r.zremrangebyscore(keys.websocket_visitors(), "-inf", time.time() - ONLINE_SECONDS)
 
 
 async def relay_updates(stop: asyncio.Event | None = None) -> None:
@@ -49,7 +67,11 @@ async def relay_updates(stop: asyncio.Event | None = None) -> None:
         try:
             await pubsub.subscribe(keys.updates_channel())
             logger.info("reco_push: relaying %s", keys.updates_channel())
+            swept = 0.0
             while stop is None or not stop.is_set():
+                if time.monotonic() - swept > ONLINE_SECONDS:
+                    await _forget_closed(r)
+                    swept = time.monotonic()
                 message = await pubsub.get_message(timeout=1.0)
                 if message is None:
                     continue
@@ -58,7 +80,8 @@ async def relay_updates(stop: asyncio.Event | None = None) -> None:
                 except ValueError:
                     logger.warning("reco_push: ignoring unreadable notice")
                     continue
-                await _send_all(layer, visitors if isinstance(visitors, list) else [])
+                listening = await online(r, visitors if isinstance(visitors, list) else [])
+                await _send_all(layer, listening)
         except (ConnectionError, OSError, redis.RedisError) as exc:
             logger.warning("reco_push: Redis unavailable (%s); retrying in 1 s", exc)
             await asyncio.sleep(1.0)

@@ -2,6 +2,7 @@ import json
 
 import pytest
 from django.test import Client
+from rest_framework import serializers
 
 from reco_plugin import keys
 
@@ -130,3 +131,99 @@ def test_what_the_visitor_has_seen_is_not_served(client, r, make_product):
     put_list(r, keys.popular(), [2, 3, 4])
     items = client.get("/reco/api/recommendations/").json()["items"]
     assert [i["product_id"] for i in items] == ["3"]
+
+
+def test_trending_is_cacheable_by_anyone_and_answers_304_to_its_etag(client, r):
+    put_catalog(r, [1, 2, 3])
+    put_list(r, keys.trending(), [1, 2, 3])
+    first = client.get("/reco/api/trending/")
+    assert first["Cache-Control"] == "public, max-age=30"
+    assert first["ETag"].startswith('"') and "Cookie" in first["Vary"]
+    again = client.get("/reco/api/trending/", HTTP_IF_NONE_MATCH=first["ETag"])
+    assert again.status_code == 304 and again.content == b""
+    assert again["ETag"] == first["ETag"] and again["Cache-Control"] == first["Cache-Control"]
+    put_list(r, keys.trending(), [2, 1, 3])  # the list changed: a full answer
+    changed = client.get("/reco/api/trending/", HTTP_IF_NONE_MATCH=first["ETag"])
+    assert changed.status_code == 200 and changed["ETag"] != first["ETag"]
+    assert [i["product_id"] for i in changed.json()["items"]] == ["2", "1", "3"]
+
+
+def test_a_visitors_list_is_private_and_revalidated(client, r, make_product):
+    make_product(1)
+    put_catalog(r, [2, 3])
+    client.get("/products/1/")  # a session: the visitor's own list
+    visitor = f"s:{client.session['reco_visitor']}"
+    put_list(r, keys.visitor_recommendations(visitor), [2, 3])
+    first = client.get("/reco/api/recommendations/")
+    assert first.json()["source"] == "personal"
+    assert first["Cache-Control"] == "private, no-cache"
+    assert (
+        client.get("/reco/api/recommendations/", HTTP_IF_NONE_MATCH=first["ETag"]).status_code
+        == 304
+    )
+    # without a session (no cookie) the list depends on the product only: shareable
+    fresh = Client()
+    anonymous = fresh.get("/reco/api/recommendations/?product=1")
+    assert anonymous["Cache-Control"] == "public, max-age=30"
+
+
+def test_exclude_category_and_limit_filter_the_list(client, r):
+    put_catalog(r, [1, 2, 3, 4], category="Drama")
+    put_catalog(r, [5, 6, 7], category="Comedy")
+    put_list(r, keys.trending(), [1, 5, 2, 6, 3, 7, 4])
+    put_list(r, keys.trending_list("long", "Comedy"), [7, 6, 5])
+    body = client.get("/reco/api/trending/?exclude=1,5&limit=3").json()
+    assert [i["product_id"] for i in body["items"]] == ["2", "6", "3"]
+    body = client.get("/reco/api/recommendations/?category=Comedy&exclude=6").json()
+    assert [i["product_id"] for i in body["items"]] == ["7", "5"]
+    assert {i["category"] for i in body["items"]} == {"Comedy"}
+    too_many = ",".join(str(n) for n in range(101))
+    response = client.get(f"/reco/api/trending/?exclude={too_many}")
+    assert response.status_code == 400 and "exclude" in response.json()["detail"]
+
+
+def test_the_fallback_chain_says_which_list_a_new_visitor_got(client, r):
+    put_catalog(r, range(1, 12), category="Drama")
+    put_policy(r, "similar", "category", "trending")
+    put_list(r, keys.trending(), [9, 10, 11])
+    # the product has neighbours: those first, trending tops up
+    put_list(r, keys.product_similar("1"), [2, 3])
+    body = client.get("/reco/api/recommendations/?product=1&limit=4").json()
+    assert body["source"] == "product"
+    assert [i["product_id"] for i in body["items"]] == ["2", "3", "9", "10"]
+    # no neighbours: the product's category's trending
+    put_list(r, keys.trending_list("long", "Drama"), [5, 6])
+    body = client.get("/reco/api/recommendations/?product=4&limit=2").json()
+    assert (body["source"], [i["product_id"] for i in body["items"]]) == ("category", ["5", "6"])
+    # nothing about the product at all: global trending
+    r.delete(keys.trending_list("long", "Drama"))
+    body = client.get("/reco/api/recommendations/?product=4&limit=2").json()
+    assert (body["source"], [i["product_id"] for i in body["items"]]) == ("trending", ["9", "10"])
+
+
+def test_a_list_is_filled_when_its_first_candidates_cannot_be_shown(client, r):
+    # 30 listed, only the last 9 in the catalog: 8 asked, 8 served
+    put_catalog(r, range(22, 31))
+    put_list(r, keys.trending(), range(1, 31))
+    body = client.get("/reco/api/trending/?limit=8").json()
+    assert [i["product_id"] for i in body["items"]] == [str(n) for n in range(22, 30)]
+    body = client.get("/reco/api/recommendations/?limit=8").json()
+    assert len(body["items"]) == 8 and body["source"] == "trending"
+    assert [i["position"] for i in body["items"]] == list(range(8))
+
+
+class TitleOnly(serializers.Serializer):
+    product_id = serializers.CharField()
+    name = serializers.CharField(source="title")
+
+
+def test_the_item_serializer_is_the_shops_to_choose(client, r, settings):
+    put_catalog(r, [1])
+    put_list(r, keys.trending(), [1])
+    settings.RECO_PLUGIN = {
+        **settings.RECO_PLUGIN,
+        "ITEM_SERIALIZER": "tests.test_api.TitleOnly",
+    }
+    assert client.get("/reco/api/trending/").json()["items"] == [
+        {"product_id": "1", "name": "Film 1"}
+    ]

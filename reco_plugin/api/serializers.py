@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from .. import schema
 from ..conf import reco_settings
+from ..store import MAX_EXCLUDE
 
 
 class RecommendedItemSerializer(serializers.Serializer):
@@ -30,6 +31,15 @@ class RecommendedItemSerializer(serializers.Serializer):
 
 class RecommendationListSerializer(serializers.Serializer):
     items = RecommendedItemSerializer(many=True)
+    source = serializers.ChoiceField(
+        choices=["personal", "product", "category", "trending", "similar", "fallback"],
+        help_text="where the list came from: the visitor's own lists blended (personal); "
+        "for a visitor without history, the first of product neighbours, category "
+        "trending, global trending with items; fallback when Redis did not answer",
+    )
+    degraded = serializers.BooleanField(
+        help_text="true when Redis did not answer and the list is a fallback"
+    )
 
 
 class ContextField(serializers.Field):
@@ -119,6 +129,19 @@ class LimitSerializer(serializers.Serializer):
     limit = serializers.IntegerField(required=False, min_value=1)
     product = serializers.CharField(required=False, max_length=schema.MAX_ID_LENGTH)
     category = serializers.CharField(required=False, max_length=200)
+    exclude = serializers.CharField(
+        required=False,
+        max_length=MAX_EXCLUDE * (schema.MAX_ID_LENGTH + 1),
+        help_text=f"comma-separated product ids to leave out (at most {MAX_EXCLUDE})",
+    )
+
+    def validate_exclude(self, value: str) -> frozenset[str]:
+        ids = [part.strip() for part in value.split(",") if part.strip()]
+        if len(ids) > MAX_EXCLUDE:
+            raise serializers.ValidationError(f"at most {MAX_EXCLUDE} ids")
+        if any(len(i) > schema.MAX_ID_LENGTH for i in ids):
+            raise serializers.ValidationError(f"ids are at most {schema.MAX_ID_LENGTH} characters")
+        return frozenset(ids)
 
     def validate_limit(self, value: int) -> int:
         if value > reco_settings.MAX_LIMIT:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from typing import Any
 
 from django.apps import apps
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connections, router
+from django.http import HttpResponseNotModified
 from django.middleware.csrf import CsrfViewMiddleware
+from django.utils.cache import patch_vary_headers
+from django.utils.module_loading import import_string
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -46,6 +51,33 @@ def _query(request: Request) -> dict[str, Any]:
     return params.validated_data
 
 
+@functools.cache
+def _item_serializer(path: str | None) -> Any:
+    return import_string(path) if path else None
+
+
+def _items(items: list[dict[str, Any]]) -> Any:
+    """Items as the shop wants them: through ``ITEM_SERIALIZER`` when set."""
+    serializer = _item_serializer(reco_settings.ITEM_SERIALIZER)
+    return serializer(items, many=True).data if serializer else items
+
+
+def _listed(
+    items: list[dict[str, Any]], source: str, *, public: bool, degraded: bool = False
+) -> Response:
+    """A list response; the caller says whether a shared cache may keep it."""
+    response = Response({"items": _items(items), "source": source, "degraded": degraded})
+    if degraded:
+        response["Cache-Control"] = "no-store"
+        response["Retry-After"] = str(int(reco_settings.REDIS_RETRY_SECONDS) or 1)
+    elif public:
+        response["Cache-Control"] = f"public, max-age={reco_settings.API_CACHE_SECONDS}"
+    else:
+        # the browser keeps it, and asks again with its ETag every time
+        response["Cache-Control"] = "private, no-cache"
+    return response
+
+
 class ShopSessionUser(BaseAuthentication):
     """The user Django's AuthenticationMiddleware found for the session.
 
@@ -80,41 +112,91 @@ class RecoAPIView(APIView):
 
 
 LIMIT = OpenApiParameter("limit", int, description="how many items (default 8)")
+EXCLUDE = OpenApiParameter(
+    "exclude", str, description="comma-separated product ids to leave out (e.g. already shown)"
+)
+CATEGORY = OpenApiParameter("category", str, description="only products of this category")
 
 
-class RecommendationsView(RecoAPIView):
+class ListView(RecoAPIView):
+    """A list endpoint: an ETag on every answer (a 304 when the client has it),
+    and a fallback list, never a 5xx, when Redis does not answer."""
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        if response.status_code != 200:
+            return response
+        response.render()
+        etag = '"' + hashlib.sha256(response.content).hexdigest()[:32] + '"'
+        response["ETag"] = etag
+        patch_vary_headers(response, ["Cookie"])
+        asked = request.headers.get("If-None-Match", "")
+        if etag in {tag.strip() for tag in asked.split(",")} or asked.strip() == "*":
+            not_modified = HttpResponseNotModified()
+            for header in ("ETag", "Cache-Control", "Vary"):
+                not_modified[header] = response[header]
+            return not_modified
+        return response
+
+
+class RecommendationsView(ListView):
     @extend_schema(
-        parameters=[LIMIT, OpenApiParameter("product", str, description="product in context")],
+        parameters=[
+            LIMIT,
+            OpenApiParameter("product", str, description="product in context"),
+            CATEGORY,
+            EXCLUDE,
+        ],
         responses=RecommendationListSerializer,
     )
     def get(self, request: Request) -> Response:
         query = _query(request)
+        limit = query.get("limit", reco_settings.DEFAULT_LIMIT)
+        exclude = query.get("exclude", frozenset())
         visitor_id = visitor_id_for(request._request, create=False)
-        items = store.recommendations_for(
-            visitor_id, query.get("product"), query.get("limit", reco_settings.DEFAULT_LIMIT)
-        )
-        return Response({"items": items})
+        try:
+            found = store.recommend(
+                visitor_id,
+                query.get("product"),
+                limit,
+                exclude=exclude,
+                category=query.get("category"),
+            )
+        except store.Unavailable:
+            product = query.get("product")
+            items = store.fallback(
+                query.get("category"), limit, exclude | {product} if product else exclude
+            )
+            return _listed(items, "fallback", public=False, degraded=True)
+        return _listed(found.items, found.source, public=visitor_id is None)
 
 
-class SimilarView(RecoAPIView):
-    @extend_schema(parameters=[LIMIT], responses=RecommendationListSerializer)
+class SimilarView(ListView):
+    @extend_schema(parameters=[LIMIT, EXCLUDE], responses=RecommendationListSerializer)
     def get(self, request: Request, product_id: str) -> Response:
         query = _query(request)
-        items = store.similar_to(product_id, query.get("limit", reco_settings.DEFAULT_LIMIT))
-        return Response({"items": items})
+        limit = query.get("limit", reco_settings.DEFAULT_LIMIT)
+        exclude = query.get("exclude", frozenset())
+        try:
+            items = store.similar_to(product_id, limit, exclude=exclude)
+        except store.Unavailable:
+            items = store.fallback(None, limit, exclude | {product_id})
+            return _listed(items, "fallback", public=False, degraded=True)
+        return _listed(items, "similar", public=True)
 
 
-class TrendingView(RecoAPIView):
-    @extend_schema(
-        parameters=[LIMIT, OpenApiParameter("category", str)],
-        responses=RecommendationListSerializer,
-    )
+class TrendingView(ListView):
+    @extend_schema(parameters=[LIMIT, CATEGORY, EXCLUDE], responses=RecommendationListSerializer)
     def get(self, request: Request) -> Response:
         query = _query(request)
-        items = store.trending(
-            query.get("category"), query.get("limit", reco_settings.DEFAULT_LIMIT)
-        )
-        return Response({"items": items})
+        limit = query.get("limit", reco_settings.DEFAULT_LIMIT)
+        exclude = query.get("exclude", frozenset())
+        try:
+            items = store.trending(query.get("category"), limit, exclude=exclude)
+        except store.Unavailable:
+            items = store.fallback(query.get("category"), limit, exclude)
+            return _listed(items, "fallback", public=False, degraded=True)
+        return _listed(items, "trending", public=True)
 
 
 class _CsrfCheck(CsrfViewMiddleware):

@@ -2,8 +2,12 @@
  *
  * Configuration comes from the JSON block named by data-reco-config (no inline
  * script, so it works under a Content Security Policy). The list is replaced
- * when the visitor's websocket pushes a new one; while the websocket is down
- * the API is polled instead. Clicks on recommended items are reported with the
+ * when the visitor's websocket pushes a newer one (each push has a version; an
+ * older push never replaces a newer list); while the websocket is down, or
+ * quiet when pinged, the API is polled instead. Live items are copies of the
+ * page's <template data-reco-item> (the shop's own item.html), so the markup
+ * stays the shop's. Focus stays on the item it was on across an update, and a
+ * screen reader hears one polite "updated" notice. Clicks on recommended items are reported with the
  * reco_id and strategy they came from, and so are impressions: an item counts
  * as seen once half of it has been on screen in a visible tab; impressions are
  * sent in batches (at most every IMPRESSION_DELAY ms, and when the page is
@@ -23,25 +27,34 @@
     return node;
   }
 
-  function renderItem(item) {
-    var li = el("li", "reco-item");
+  // Close codes the server uses (reco_plugin.consumers).
+  var CLOSE_NO_PUSH = 4501;
+  var PING_INTERVAL = 25000;
+  var PONG_TIMEOUT = 10000;
+
+  function setField(node, value) {
+    if (value === undefined || value === null || value === "") {
+      if (node.tagName !== "A") node.remove();
+      return;
+    }
+    if (node.tagName === "IMG") node.src = value;
+    else if (node.tagName === "A") node.href = value;
+    else node.textContent = String(value);
+  }
+
+  function renderItem(template, item) {
+    var li = template.content.firstElementChild.cloneNode(true);
     li.dataset.productId = item.product_id;
     li.dataset.strategy = item.strategy;
-    if (item.propensity != null) li.dataset.propensity = String(item.propensity);
-    var a = el("a", "reco-item__link");
-    a.href = item.url || "#";
-    a.dataset.recoId = item.reco_id;
-    a.dataset.position = item.position;
-    if (item.image) {
-      var img = el("img", "reco-item__image");
-      img.src = item.image;
-      img.alt = "";
-      img.loading = "lazy";
-      a.appendChild(img);
+    li.dataset.propensity = item.propensity != null ? String(item.propensity) : "";
+    var link = li.querySelector("[data-reco-id]") || li.querySelector("a");
+    if (link) {
+      link.dataset.recoId = item.reco_id;
+      link.dataset.position = item.position;
     }
-    a.appendChild(el("span", "reco-item__title", item.title));
-    if (item.price) a.appendChild(el("span", "reco-item__price", item.price));
-    li.appendChild(a);
+    li.querySelectorAll("[data-reco-field]").forEach(function (node) {
+      setField(node, item[node.dataset.recoField] || (node.dataset.recoField === "url" ? "#" : ""));
+    });
     return li;
   }
 
@@ -49,7 +62,12 @@
     this.root = root;
     this.list = root.querySelector("[data-reco-list]");
     this.config = JSON.parse(document.getElementById(root.dataset.recoConfig).textContent);
+    this.template = root.querySelector("template[data-reco-item]");
+    this.status = root.querySelector("[data-reco-status]");
     this.version = 0;
+    this.pushed = 0;
+    this.pingTimer = null;
+    this.pongTimer = null;
     this.socket = null;
     this.pollTimer = null;
     this.retryDelay = 1000;
@@ -135,10 +153,22 @@
   Widget.prototype.render = function (items) {
     var signature = items.map(function (i) { return i.product_id; }).join(",");
     if (signature === this.signature) return;
+    var focused = document.activeElement;
+    var focusedItem = focused && this.list.contains(focused) ? focused.closest("[data-product-id]") : null;
+    var keepFocus = focusedItem ? focusedItem.dataset.productId : null;
+    var template = this.template;
+    // keep the list's height while it is replaced: nothing below it jumps
+    this.list.style.minHeight = this.list.offsetHeight + "px";
     var fragment = document.createDocumentFragment();
-    if (!items.length) fragment.appendChild(el("li", "reco-widget__empty", "No recommendations yet."));
-    items.forEach(function (item) { fragment.appendChild(renderItem(item)); });
+    if (!items.length) fragment.appendChild(el("li", "reco-widget__empty", this.config.empty));
+    items.forEach(function (item) { fragment.appendChild(renderItem(template, item)); });
     this.list.replaceChildren(fragment);
+    this.list.style.minHeight = "";
+    if (keepFocus !== null) {
+      var again = this.list.querySelector('[data-product-id="' + CSS.escape(keepFocus) + '"] a');
+      (again || this.list.querySelector("a") || this.root).focus({ preventScroll: true });
+    }
+    if (this.status) this.status.textContent = this.config.updated || "Recommendations updated.";
     this.observeItems();
     this.signature = signature;
     this.version += 1;
@@ -156,25 +186,60 @@
       self.retryDelay = 1000;
       self.stopPolling();
       self.root.dataset.recoLive = "websocket";
+      // the current list comes back at once: also after a reconnect
       socket.send(JSON.stringify({ type: "subscribe", product: self.config.product, limit: self.config.limit }));
+      self.pingTimer = setInterval(function () { self.ping(); }, PING_INTERVAL);
     };
     socket.onmessage = function (message) {
+      if (self.pongTimer) clearTimeout(self.pongTimer);
+      self.pongTimer = null;
       var data;
       try { data = JSON.parse(message.data); } catch (e) { return; }
-      if (data.type === "recommendations") self.render(data.items || []);
+      if (data.type !== "recommendations") return;
+      // pushes may cross on the way: an older list never replaces a newer one
+      if (typeof data.version === "number") {
+        if (data.version <= self.pushed) return;
+        self.pushed = data.version;
+      }
+      self.render(data.items || []);
     };
-    socket.onclose = function () {
-      self.socket = null;
-      self.startPolling();
-      setTimeout(function () { self.connect(); }, self.retryDelay);
-      self.retryDelay = Math.min(self.retryDelay * 2, 60000);
-    };
+    socket.onclose = function (event) { self.lost(socket, event.code); };
+  };
+
+  Widget.prototype.lost = function (socket, code) {
+    if (this.socket !== socket) return;
+    var self = this;
+    this.socket = null;
+    clearInterval(this.pingTimer);
+    clearTimeout(this.pongTimer);
+    this.pingTimer = this.pongTimer = null;
+    this.startPolling();
+    this.root.dataset.recoClosed = String(code);
+    // no channel layer on the server: pushes will never come, polling it is
+    if (code === CLOSE_NO_PUSH) return;
+    setTimeout(function () { self.connect(); }, this.retryDelay);
+    this.retryDelay = Math.min(this.retryDelay * 2, 60000);
+  };
+
+  Widget.prototype.ping = function () {
+    var socket = this.socket;
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    socket.send(JSON.stringify({ type: "ping" }));
+    if (this.pongTimer) return;
+    // a socket that cannot answer a ping is dead without knowing it (its close
+    // handshake could take minutes): poll and reconnect now
+    var self = this;
+    this.pongTimer = setTimeout(function () {
+      self.lost(socket, 0);
+      socket.close();
+    }, this.config.pongTimeout || PONG_TIMEOUT);
   };
 
   Widget.prototype.startPolling = function () {
     if (this.pollTimer) return;
     this.root.dataset.recoLive = "polling";
     this.pollTimer = setInterval(this.poll.bind(this), this.config.poll * 1000);
+    this.poll();
   };
 
   Widget.prototype.stopPolling = function () {
@@ -185,10 +250,14 @@
   Widget.prototype.poll = function () {
     var params = new URLSearchParams({ limit: this.config.limit });
     if (this.config.product) params.set("product", this.config.product);
+    // the browser revalidates with the list's ETag: an unchanged list is a 304
     var self = this;
     fetch(this.config.api + "?" + params.toString(), { credentials: "same-origin" })
       .then(function (response) { return response.ok ? response.json() : null; })
-      .then(function (data) { if (data) self.render(data.items || []); })
+      .then(function (data) {
+        // a fallback served while Redis is away does not replace a real list
+        if (data && !(data.degraded && self.signature)) self.render(data.items || []);
+      })
       .catch(function () { /* next poll tries again */ });
   };
 

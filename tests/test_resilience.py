@@ -1,0 +1,214 @@
+"""Pages, the API and the websocket when Redis is refused, hung or paused.
+
+A dead Redis costs one short timeout per REDIS_RETRY_SECONDS, not one per
+request; the API answers a fallback list (never a 5xx), the page renders, the
+websocket closes with an application code.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+import redis as redis_lib
+from django.test import override_settings
+
+from reco_plugin import keys
+from reco_plugin.consumers import CLOSE_NO_PUSH, CLOSE_UNAVAILABLE
+from stack.services import free_port
+
+from .conftest import put_catalog, put_list
+from .test_consumer import communicator, new_session
+
+pytestmark = pytest.mark.django_db
+
+TIMEOUT = 0.3
+RETRY = 2.0
+
+
+def point_at(settings, url, **more):
+    settings.RECO_PLUGIN = {
+        **settings.RECO_PLUGIN,
+        "REDIS_URL": url,
+        "REDIS_TIMEOUT_SECONDS": TIMEOUT,
+        "REDIS_RETRY_SECONDS": RETRY,
+        **more,
+    }
+
+
+def timed(call):
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
+
+
+class HungServer:
+    """Accepts connections and never answers (a hung Redis, or a black-holed route)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for conn in self.held:
+            conn.close()
+
+
+@pytest.fixture
+def hung():
+    server = HungServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def warmed(client, r):
+    """Trending served once while Redis answered: the process keeps it as its fallback."""
+    put_catalog(r, [1, 2, 3, 4])
+    put_list(r, keys.trending(), [3, 2, 1, 4])
+    response = client.get("/reco/api/trending/")
+    assert [i["product_id"] for i in response.json()["items"]] == ["3", "2", "1", "4"]
+    return ["3", "2", "1", "4"]
+
+
+def test_redis_refused_the_api_answers_the_fallback_fast(client, settings, warmed):
+    point_at(settings, f"redis://127.0.0.1:{free_port()}/0")
+    for path in (
+        "/reco/api/recommendations/?product=2",
+        "/reco/api/trending/",
+        "/reco/api/products/2/similar/",
+    ):
+        response, took = timed(lambda p=path: client.get(p))
+        assert response.status_code == 200, path
+        body = response.json()
+        assert body["degraded"] is True and body["source"] == "fallback"
+        assert response["Cache-Control"] == "no-store" and response["Retry-After"] == "2"
+        assert took < TIMEOUT + 0.5
+    # the product in context is not offered on its own page
+    response = client.get("/reco/api/recommendations/?product=2&exclude=1")
+    assert [i["product_id"] for i in response.json()["items"]] == ["3", "4"]
+    assert {i["strategy"] for i in response.json()["items"]} == {"fallback"}
+
+
+def test_a_hung_redis_costs_one_timeout_then_answers_come_at_once(client, settings, warmed, hung):
+    point_at(settings, f"redis://127.0.0.1:{hung.port}/0")
+    first, first_took = timed(lambda: client.get("/reco/api/recommendations/"))
+    assert first.status_code == 200 and first.json()["degraded"] is True
+    assert TIMEOUT * 0.8 <= first_took < TIMEOUT + 0.5
+    took = [timed(lambda: client.get("/reco/api/recommendations/"))[1] for _ in range(20)]
+    assert max(took) < 0.1, took  # the breaker is open: Redis is not asked
+    assert [i["product_id"] for i in client.get("/reco/api/trending/").json()["items"]] == warmed
+    # after REDIS_RETRY_SECONDS one request tries Redis again
+    time.sleep(RETRY)
+    _, retry_took = timed(lambda: client.get("/reco/api/recommendations/"))
+    assert retry_took >= TIMEOUT * 0.8
+
+
+def test_a_page_renders_at_once_with_redis_hung(client, settings, warmed, hung, make_product):
+    make_product(2)
+    point_at(settings, f"redis://127.0.0.1:{hung.port}/0")
+    first, first_took = timed(lambda: client.get("/products/2/"))
+    second, second_took = timed(lambda: client.get("/products/2/"))
+    for page in (first, second):
+        assert page.status_code == 200
+        html = page.content.decode()
+        html = html[html.index('class="reco-widget"') :]
+        # the last trending list, less the page's own product
+        assert 'data-product-id="3"' in html and 'data-product-id="2"' not in html
+    assert first_took < TIMEOUT + 1.0 and second_took < 0.3
+
+
+def redis_process(tmp_path):
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            shutil.which("redis-server") or "redis-server",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis_lib.Redis(port=port, decode_responses=True)
+    for _ in range(200):
+        try:
+            client.ping()
+            return process, port, client
+        except redis_lib.ConnectionError:
+            time.sleep(0.05)
+    process.kill()
+    raise RuntimeError("redis-server did not start")
+
+
+def test_redis_paused_mid_stream_then_resumed(client, settings, tmp_path):
+    process, port, own = redis_process(tmp_path)
+    try:
+        point_at(settings, f"redis://127.0.0.1:{port}/0")
+        put_catalog(own, [1, 2, 3])
+        put_list(own, keys.trending(), [1, 2, 3])
+        assert client.get("/reco/api/trending/").json()["degraded"] is False
+        os.kill(process.pid, signal.SIGSTOP)
+        paused, took = timed(lambda: client.get("/reco/api/trending/"))
+        assert paused.status_code == 200 and paused.json()["degraded"] is True
+        assert [i["product_id"] for i in paused.json()["items"]] == ["1", "2", "3"]
+        assert took < TIMEOUT + 0.5
+        os.kill(process.pid, signal.SIGCONT)
+        time.sleep(RETRY)
+        back = client.get("/reco/api/trending/")
+        assert back.json()["degraded"] is False and back.json()["source"] == "trending"
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+        process.kill()
+        process.wait(10)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_websocket_closes_with_an_application_code_when_redis_is_down(
+    settings, redis_url
+):
+    point_at(settings, f"redis://127.0.0.1:{free_port()}/0")
+    ws = communicator(await new_session("visitor-down"))
+    connected, _ = await ws.connect()
+    assert connected
+    closed = await ws.receive_output(timeout=3)
+    assert closed == {"type": "websocket.close", "code": CLOSE_UNAVAILABLE}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_without_a_channel_layer_the_websocket_says_so_instead_of_failing(redis_url):
+    from channels import layers
+
+    with override_settings(CHANNEL_LAYERS={}):
+        layers.channel_layers.backends.clear()
+        try:
+            ws = communicator(await new_session("visitor-no-layer"))
+            connected, _ = await ws.connect()
+            assert connected
+            closed = await ws.receive_output(timeout=3)
+            assert closed == {"type": "websocket.close", "code": CLOSE_NO_PUSH}
+        finally:
+            layers.channel_layers.backends.clear()
