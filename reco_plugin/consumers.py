@@ -66,6 +66,7 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
     visitor_id: str | None = None
     group: str | None = None
     sent_version = 0
+    exclude: frozenset[str] = frozenset()
 
     async def connect(self) -> None:
         # The session may be stored in the database; resolve it off the loop.
@@ -128,8 +129,19 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
                 {"type": "error", "error": f"limit must be 1..{reco_settings.MAX_LIMIT}"}
             )
             return
+        exclude = content.get("exclude", [])
+        if (
+            not isinstance(exclude, list)
+            or len(exclude) > store.MAX_EXCLUDE
+            or not all(isinstance(i, str | int) and len(str(i)) <= 64 for i in exclude)
+        ):
+            await self.send_json(
+                {"type": "error", "error": f"exclude must be up to {store.MAX_EXCLUDE} product ids"}
+            )
+            return
         self.product_id = None if product is None else str(product)
         self.limit = limit
+        self.exclude = frozenset(str(i) for i in exclude)
         await self.send_recommendations()
 
     async def reco_update(self, event: dict[str, Any]) -> None:
@@ -157,8 +169,8 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
     async def send_recommendations(self) -> None:
         version = _next_version()
         try:
-            items = await sync_to_async(store.recommendations_for, thread_sensitive=False)(
-                self.visitor_id, self.product_id, self.limit
+            found = await sync_to_async(store.recommend, thread_sensitive=False)(
+                self.visitor_id, self.product_id, self.limit, exclude=self.exclude
             )
         except Unavailable:
             await self.close(code=CLOSE_UNAVAILABLE)
@@ -171,6 +183,7 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
                 "type": "recommendations",
                 "version": version,
                 "product": self.product_id,
-                "items": items,
+                "source": found.source,
+                "items": found.items,
             }
         )

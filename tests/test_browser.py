@@ -12,6 +12,8 @@ from .conftest import ARTIFACTS
 pytestmark = [pytest.mark.stack, pytest.mark.browser]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# the visitor's own list (the product page also has a "similar" one)
+FOR_YOU = ".reco-widget[data-reco-kind='for_you']"
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +36,9 @@ def browser():
         browser.close()
 
 
-def widget_ids(page):
+def widget_ids(page, widget=FOR_YOU):
     return page.eval_on_selector_all(
-        ".reco-widget [data-product-id]", "nodes => nodes.map(n => n.dataset.productId)"
+        f"{widget} [data-product-id]", "nodes => nodes.map(n => n.dataset.productId)"
     )
 
 
@@ -46,6 +48,8 @@ def test_first_paint_shows_recommendations(live_stack, browser):
     page = context.new_page()
     page.goto(live_stack.web_url + "/products/1/")
     assert len(widget_ids(page)) >= 4
+    similar = widget_ids(page, ".reco-widget[data-reco-kind='similar']")
+    assert len(similar) >= 4 and "1" not in similar
     assert page.locator(".reco-item__title").first.inner_text().strip()
     context.close()
 
@@ -55,7 +59,7 @@ def test_widget_updates_live_while_the_visitor_browses(live_stack, browser):
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     page = context.new_page()
     page.goto(live_stack.web_url + "/products/1/")
-    page.wait_for_selector(".reco-widget[data-reco-live='websocket']", timeout=10_000)
+    page.wait_for_selector(f"{FOR_YOU}[data-reco-live='websocket']", timeout=10_000)
     first = widget_ids(page)
     assert first
     page.evaluate("window.__notReloaded = true")
@@ -67,7 +71,7 @@ def test_widget_updates_live_while_the_visitor_browses(live_stack, browser):
         other.goto(f"{live_stack.web_url}/products/{product}/")
 
     page.wait_for_function(
-        "ids => { const now = [...document.querySelectorAll('.reco-widget [data-product-id]')]"
+        'ids => { const now = [...document.querySelectorAll("' + FOR_YOU + ' [data-product-id]")]'
         ".map(n => n.dataset.productId).join(','); return now && now !== ids; }",
         arg=",".join(first),
         timeout=15_000,
@@ -75,7 +79,7 @@ def test_widget_updates_live_while_the_visitor_browses(live_stack, browser):
     assert page.evaluate("window.__notReloaded") is True
     assert widget_ids(page) != first
     strategies = page.eval_on_selector_all(
-        ".reco-widget [data-strategy]", "nodes => nodes.map(n => n.dataset.strategy)"
+        f"{FOR_YOU} [data-strategy]", "nodes => nodes.map(n => n.dataset.strategy)"
     )
     # the list follows the visitor: blended by the bandit, and without what
     # they have just seen
@@ -87,7 +91,7 @@ def test_widget_updates_live_while_the_visitor_browses(live_stack, browser):
     with page.expect_request(
         lambda r: r.url.endswith("/reco/api/events/") and '"click"' in (r.post_data or "")
     ) as request:
-        page.locator(".reco-widget a[data-reco-id]").first.click()
+        page.locator(f"{FOR_YOU} a[data-reco-id]").first.click()
     beacon = request.value.post_data_json
     assert beacon["type"] == "click"
     assert beacon["context"]["reco_id"] and beacon["context"]["strategy"] == strategies[0]
@@ -103,14 +107,14 @@ def test_widget_reports_the_items_seen_as_impressions(live_stack, browser):
     beacons = []
     page.on("request", lambda r: beacons.append(r) if r.url.endswith("/reco/api/events/") else None)
     page.goto(live_stack.web_url + "/products/1/")
-    page.wait_for_selector(".reco-widget[data-reco-live='websocket']", timeout=10_000)
+    page.wait_for_selector(f"{FOR_YOU}[data-reco-live='websocket']", timeout=10_000)
     page.wait_for_timeout(2500)
     assert beacons == [], "items below the fold were reported as seen"
     # the list as it stands once this page view has reached it (pushed)
     shown = widget_ids(page)
 
     with page.expect_response(lambda r: r.url.endswith("/reco/api/events/")) as response:
-        page.locator(".reco-widget").scroll_into_view_if_needed()
+        page.locator(FOR_YOU).scroll_into_view_if_needed()
         page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
     assert response.value.status == 202
     events = response.value.request.post_data_json["events"]
@@ -142,7 +146,86 @@ def test_widget_falls_back_to_polling_without_websocket(live_stack, browser):
     page = context.new_page()
     page.add_init_script("window.WebSocket = undefined; delete window.WebSocket;")
     page.goto(live_stack.web_url + "/products/1/")
-    page.wait_for_selector(".reco-widget[data-reco-live='polling']", timeout=10_000)
+    page.wait_for_selector(f"{FOR_YOU}[data-reco-live='polling']", timeout=10_000)
     context.close()
     visitor = ShopVisitor(live_stack.web_url)
     assert visitor.get_json("/reco/api/recommendations/?product=1")["items"]
+
+
+def test_the_product_page_passes_an_accessibility_check(live_stack, browser):
+    from axe_playwright_python.sync_playwright import Axe
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    for path, shot in (
+        ("/products/1/", "shop-product.png"),
+        ("/?category=Comedy", "shop-category.png"),
+    ):
+        page.goto(live_stack.web_url + path)
+        page.wait_for_load_state("networkidle")
+        results = Axe().run(page)
+        serious = [
+            (v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+            for v in results.response["violations"]
+            if v["impact"] in ("serious", "critical")
+        ]
+        assert serious == [], f"{path}: {serious}"
+        page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+    # the lists are lists, every image has an alt, the items are reachable by keyboard
+    assert page.locator(".reco-widget ol.reco-widget__list > li.reco-item").count() >= 1
+    page.goto(live_stack.web_url + "/products/1/")
+    assert page.locator(".reco-widget img:not([alt])").count() == 0
+    page.locator(f"{FOR_YOU} a[data-reco-id]").first.focus()
+    assert page.evaluate("document.activeElement.closest('.reco-item') !== null")
+    context.close()
+
+
+def test_an_older_push_never_replaces_a_newer_list(live_stack, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(live_stack.web_url + "/products/1/")
+    page.wait_for_selector(f"{FOR_YOU}[data-reco-live='websocket']", timeout=10_000)
+    # pushes as the server sends them, delivered out of order
+    page.evaluate(
+        """(selector) => {
+        const widget = document.querySelector(selector).recoWidget;
+        const item = (id) => ({product_id: id, title: 'Film ' + id, url: '/products/' + id + '/',
+            strategy: 'similar', propensity: 1, reco_id: 'r' + id, position: 0});
+        const push = (version, ids) => widget.socket.onmessage(
+            {data: JSON.stringify({type: 'recommendations', version, items: ids.map(item)})});
+        push(Date.now() * 1000 + 2e9, ['11', '12']);
+        push(Date.now() * 1000 + 1e9, ['21', '22']);
+    }""",
+        FOR_YOU,
+    )
+    assert widget_ids(page) == ["11", "12"]
+    # the live items are the shop's item.html: same markup as the server's
+    assert (
+        page.locator(f"{FOR_YOU} li.reco-item a.reco-item__link span.reco-item__title").count() == 2
+    )
+    assert page.locator(f"{FOR_YOU} [data-reco-status]").inner_text() == "Recommendations updated."
+    context.close()
+
+
+def test_a_socket_that_stops_answering_falls_back_to_polling(live_stack, browser):
+    context = browser.new_context()
+    page = context.new_page()
+    page.add_init_script(
+        "window.RecoWidgetOptions = {pingInterval: 500, pongTimeout: 500, poll: 1};"
+        # pings vanish on the way, as on a connection that died without a close
+        "const send = WebSocket.prototype.send;"
+        "WebSocket.prototype.send = function (data) {"
+        "  if (String(data).includes('ping')) return; return send.call(this, data); };"
+    )
+    polls = []
+    page.on(
+        "response",
+        lambda r: polls.append(r.status) if "/reco/api/recommendations/" in r.url else None,
+    )
+    page.goto(live_stack.web_url + "/products/1/")
+    page.wait_for_selector(f"{FOR_YOU}[data-reco-live='websocket']", timeout=10_000)
+    page.wait_for_selector(f"{FOR_YOU}[data-reco-closed='0']", timeout=5_000)
+    page.wait_for_timeout(2500)
+    assert polls and set(polls) <= {200, 304}, polls
+    context.close()

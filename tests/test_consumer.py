@@ -163,3 +163,34 @@ async def test_the_login_receiver_moves_the_open_websocket_to_the_user(r, django
     pushed = await ws.receive_json_from(timeout=5)
     assert [(i["product_id"], i["strategy"]) for i in pushed["items"]] == [("9", "personal")]
     await ws.disconnect()
+
+
+async def test_pushes_are_versioned_leave_out_the_pages_items_and_mark_the_visitor_online(r):
+    import time
+
+    from reco_plugin.push import online
+
+    await sync_to_async(put_catalog)(r, [1, 2, 3, 4])
+    await sync_to_async(put_list)(r, keys.product_similar("1"), [2, 3, 4])
+    key = await new_session("visitor-5")
+    ws = communicator(key)
+    assert (await ws.connect())[0]
+    await ws.send_json_to({"type": "subscribe", "product": "1", "exclude": ["3"]})
+    first = await ws.receive_json_from(timeout=5)
+    assert [i["product_id"] for i in first["items"]] == ["2", "4"]
+    assert first["source"] == "product"
+    await get_channel_layer().group_send(keys.visitor_group("s:visitor-5"), {"type": "reco.update"})
+    second = await ws.receive_json_from(timeout=5)
+    assert second["version"] > first["version"] > time.time_ns() // 1000 - 60_000_000
+    await ws.send_json_to({"type": "ping"})
+    assert await ws.receive_json_from(timeout=5) == {"type": "pong"}
+    # the relay sends to this visitor (socket open), not to one without a socket
+    import redis.asyncio
+
+    port = r.connection_pool.connection_kwargs["port"]
+    client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{port}/0", decode_responses=True)
+    assert await online(client, ["s:visitor-5", "s:nobody", 7]) == ["s:visitor-5"]
+    await client.aclose()
+    await ws.send_json_to({"type": "subscribe", "exclude": "3"})
+    assert "exclude" in (await ws.receive_json_from(timeout=5))["error"]
+    await ws.disconnect()

@@ -89,3 +89,37 @@ def test_a_bot_gets_the_list_but_no_session(request_with_session, r):
     html = render(request_with_session, "{% recommendations product=1 limit=2 %}")
     assert re.findall(r'data-product-id="(\d+)"', html) == ["2", "3"]
     assert not request_with_session.session.modified
+
+
+def test_widgets_on_one_page_do_not_repeat_each_other(request_with_session, r):
+    put_catalog(r, range(2, 12))
+    put_list(r, keys.product_similar("1"), [2, 3, 4])
+    put_list(r, keys.trending(), [2, 5, 6, 7])
+    html = render(
+        request_with_session,
+        '{% recommendations product=1 kind="similar" limit=3 %}'
+        "{% recommendations product=1 limit=3 %}",
+    )
+    similar, for_you = html.split('data-reco-kind="for_you"')
+    assert re.findall(r'data-product-id="(\d+)"', similar) == ["2", "3", "4"]
+    assert re.findall(r'data-product-id="(\d+)"', for_you) == ["5", "6", "7"]
+    # the live widget keeps leaving them out, and the stylesheet is linked once
+    config = json.loads(
+        re.findall(r'<script id="[^"]+" type="application/json">(.*?)</script>', html)[1]
+    )
+    assert config["exclude"] == ["2", "3", "4"] and config["params"]["exclude"] == "2,3,4"
+    assert (
+        config["ws"]
+        and json.loads(
+            re.findall(r'<script id="[^"]+" type="application/json">(.*?)</script>', html)[0]
+        )["ws"]
+        is None
+    )
+    assert html.count("reco_plugin/widget.css") == 1
+
+
+def test_an_unknown_kind_is_a_template_error(request_with_session):
+    from django.template import TemplateSyntaxError
+
+    with pytest.raises(TemplateSyntaxError, match="kind must be one of"):
+        render(request_with_session, '{% recommendations kind="bestsellers" %}')

@@ -15,12 +15,15 @@ def catalog(request):
     category = request.GET.get("category")
     if category:
         products = products.filter(category=category)
+    query = request.GET.get("q", "").strip()[:100]
+    if query:
+        products = products.filter(name__icontains=query)
     page = Paginator(products, 48).get_page(request.GET.get("page"))
     categories = Product.objects.order_by("category").values_list("category", flat=True).distinct()
     return render(
         request,
         "shop/catalog.html",
-        {"page": page, "categories": categories, "category": category},
+        {"page": page, "categories": categories, "category": category, "query": query},
     )
 
 

@@ -62,6 +62,8 @@
     this.root = root;
     this.list = root.querySelector("[data-reco-list]");
     this.config = JSON.parse(document.getElementById(root.dataset.recoConfig).textContent);
+    // a page may tune the timings before the widget starts (window.RecoWidgetOptions)
+    Object.assign(this.config, window.RecoWidgetOptions || {});
     this.template = root.querySelector("template[data-reco-item]");
     this.status = root.querySelector("[data-reco-status]");
     this.version = 0;
@@ -177,7 +179,9 @@
   };
 
   Widget.prototype.connect = function () {
-    if (!("WebSocket" in window)) return this.startPolling();
+    // lists that are the same for everyone are not pushed: they are polled
+    if (!this.config.ws) return this.startPolling(false);
+    if (!("WebSocket" in window)) return this.startPolling(true);
     var scheme = location.protocol === "https:" ? "wss://" : "ws://";
     var socket = new WebSocket(scheme + location.host + this.config.ws);
     var self = this;
@@ -187,8 +191,11 @@
       self.stopPolling();
       self.root.dataset.recoLive = "websocket";
       // the current list comes back at once: also after a reconnect
-      socket.send(JSON.stringify({ type: "subscribe", product: self.config.product, limit: self.config.limit }));
-      self.pingTimer = setInterval(function () { self.ping(); }, PING_INTERVAL);
+      socket.send(JSON.stringify({
+        type: "subscribe", product: self.config.product, limit: self.config.limit,
+        exclude: self.config.exclude || [],
+      }));
+      self.pingTimer = setInterval(function () { self.ping(); }, self.config.pingInterval || PING_INTERVAL);
     };
     socket.onmessage = function (message) {
       if (self.pongTimer) clearTimeout(self.pongTimer);
@@ -213,7 +220,7 @@
     clearInterval(this.pingTimer);
     clearTimeout(this.pongTimer);
     this.pingTimer = this.pongTimer = null;
-    this.startPolling();
+    this.startPolling(true);
     this.root.dataset.recoClosed = String(code);
     // no channel layer on the server: pushes will never come, polling it is
     if (code === CLOSE_NO_PUSH) return;
@@ -235,11 +242,12 @@
     }, this.config.pongTimeout || PONG_TIMEOUT);
   };
 
-  Widget.prototype.startPolling = function () {
+  Widget.prototype.startPolling = function (now) {
     if (this.pollTimer) return;
     this.root.dataset.recoLive = "polling";
     this.pollTimer = setInterval(this.poll.bind(this), this.config.poll * 1000);
-    this.poll();
+    // after a lost socket: what changed meanwhile, at once
+    if (now) this.poll();
   };
 
   Widget.prototype.stopPolling = function () {
@@ -248,8 +256,8 @@
   };
 
   Widget.prototype.poll = function () {
-    var params = new URLSearchParams({ limit: this.config.limit });
-    if (this.config.product) params.set("product", this.config.product);
+    var params = new URLSearchParams(this.config.params || {});
+    params.set("limit", this.config.limit);
     // the browser revalidates with the list's ETag: an unchanged list is a 304
     var self = this;
     fetch(this.config.api + "?" + params.toString(), { credentials: "same-origin" })
