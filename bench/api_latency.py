@@ -1,0 +1,316 @@
+"""api_latency: ``GET /reco/api/recommendations/`` under concurrency, against a
+bare Django view returning the same Redis value, in the same run.
+
+Redis runs on a free port, loaded as a busy shop's: ``PRODUCTS`` products in
+the catalog, each with its similar, bought-together and content lists, trending
+and popular lists globally and per category, a bandit policy, and ``VISITORS``
+visitors with a session in the database, a personal list, an affinity list and
+a seen set. The demo shop's ASGI application is served by uvicorn (one process,
+``DEBUG`` off, the shop's full middleware) on a free port.
+
+A client keeps ``CONCURRENCY`` keep-alive connections busy, each as one visitor
+(a session cookie), asking for the visitor's list on a random product's page
+(``?product=<id>&limit=8``); the peer asks the bare view (``bench/api_urls.py``)
+with the same sessions: the same middleware, one Redis GET of the visitor's
+stored list, returned as it is. Phases of ``PHASE_SECONDS`` alternate between
+the two (``ROUNDS`` each, after a warm-up), so drift touches both alike.
+Latency is measured by the client, from writing the request to reading the whole
+response. ``value`` is the API's p50 in ms; ``ratio`` is the API's throughput
+over the bare view's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+PRODUCTS = 2000
+VISITORS = 400
+CATEGORIES = 18
+CONCURRENCY = 8
+PHASE_SECONDS = 5.0
+ROUNDS = 3
+LIMIT = 8
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def seed_redis(url: str, rng: random.Random) -> None:
+    """The lists of a busy shop, written as the pipeline and the catalog sync write them."""
+    import redis
+
+    from reco_plugin import keys, strategies
+
+    r = redis.Redis.from_url(url)
+    pipe = r.pipeline(transaction=False)
+
+    def listed(ids):
+        return json.dumps(
+            [{"product_id": str(p), "score": round(1 / (n + 1), 4)} for n, p in enumerate(ids)]
+        )
+
+    products = range(1, PRODUCTS + 1)
+    for p in products:
+        category = f"Genre {p % CATEGORIES}"
+        pipe.hset(
+            keys.catalog_product(str(p)),
+            mapping={
+                "title": f"Product {p}",
+                "url": f"/products/{p}/",
+                "price": f"{5 + p % 40}.99",
+                "category": category,
+                "image": "",
+                "in_stock": "0" if p % 97 == 0 else "1",
+            },
+        )
+        pipe.sadd(keys.catalog_index(), str(p))
+        pipe.set(keys.product_similar(str(p)), listed(rng.sample(products, 30)))
+        pipe.set(keys.product_fbt(str(p)), listed(rng.sample(products, 10)))
+        pipe.set(keys.product_content(str(p)), listed(rng.sample(products, 20)))
+        if p % 500 == 0:
+            pipe.execute()
+    for c in range(CATEGORIES):
+        for window in ("short", "long"):
+            pipe.set(keys.trending_list(window, f"Genre {c}"), listed(rng.sample(products, 50)))
+    pipe.set(keys.trending(), listed(rng.sample(products, 50)))
+    pipe.set(keys.trending_list("long", ""), listed(rng.sample(products, 50)))
+    pipe.set(keys.popular(), listed(rng.sample(products, 50)))
+    evidence = {name: (rng.uniform(5, 50), 500.0) for name in strategies.STRATEGIES}
+    value = strategies.policy(evidence, exploration=0.05, seed=1)
+    pipe.set(keys.bandit_policy(), json.dumps(value))
+    pipe.set(keys.bandit_policy_version(), "bench-1")
+    pipe.execute()
+
+
+def seed_visitors(url: str, rng: random.Random) -> list[str]:
+    """Sessions in the shop's database, and each visitor's lists in Redis; their session keys."""
+    import redis
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from reco_plugin import keys
+    from reco_plugin.visitor import SESSION_KEY
+
+    r = redis.Redis.from_url(url)
+    pipe = r.pipeline(transaction=False)
+    products = range(1, PRODUCTS + 1)
+    sessions = []
+    for n in range(VISITORS):
+        opaque = f"bench{n:05d}"
+        session = SessionStore()
+        session[SESSION_KEY] = opaque
+        session.create()
+        sessions.append(session.session_key)
+        visitor = f"s:{opaque}"
+        items = rng.sample(products, 30)
+        pipe.set(
+            keys.visitor_recommendations(visitor),
+            json.dumps([{"product_id": str(p), "score": 1.0} for p in items]),
+        )
+        pipe.set(
+            keys.visitor_affinity(visitor),
+            json.dumps([{"product_id": str(p), "score": 1.0} for p in rng.sample(products, 20)]),
+        )
+        pipe.zadd(keys.visitor_seen(visitor), {str(p): n for p in rng.sample(products, 50)})
+    pipe.execute()
+    return sessions
+
+
+async def one_request(reader, writer, path: str, cookie: str, host: str) -> float:
+    started = time.perf_counter()
+    writer.write(
+        f"GET {path} HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n"
+        "Accept: application/json\r\n\r\n".encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = head[9:12]
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    body = await reader.readexactly(length)
+    took = time.perf_counter() - started
+    if status != b"200":
+        raise RuntimeError(f"{path}: HTTP {status.decode()} {body[:300]!r}")
+    return took
+
+
+async def phase(port: int, sessions: list[str], make_path, seconds: float, rng) -> list[float]:
+    """``CONCURRENCY`` connections asking as fast as they are answered, for ``seconds``."""
+    host = f"127.0.0.1:{port}"
+    latencies: list[float] = []
+    stop_at = time.perf_counter() + seconds
+
+    async def client(n: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while time.perf_counter() < stop_at:
+                session = sessions[(n + len(latencies) * CONCURRENCY) % len(sessions)]
+                latencies.append(
+                    await one_request(reader, writer, make_path(rng), f"sessionid={session}", host)
+                )
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client(n) for n in range(CONCURRENCY)))
+    return latencies
+
+
+def run(log: Callable[[str], None] = print) -> dict:
+    from stack.services import PYTHON, REPO, Ports, Stack, free_port, stop_process
+
+    rng = random.Random(7)
+    with tempfile.TemporaryDirectory(prefix="reco-bench-api-") as state:
+        stack = Stack(Path(state), Ports.free(), log=lambda line: None)
+        server = None
+        try:
+            log("starting Redis on a free port...")
+            stack.start_redis()
+            url = stack.redis_url
+            env = {
+                **stack.env(),
+                "DJANGO_SETTINGS_MODULE": "bench.api_settings",
+                "RECO_DB_PATH": str(Path(state) / "shop.sqlite3"),
+                "DJANGO_DEBUG": "0",
+            }
+            os.environ.update(
+                {
+                    k: env[k]
+                    for k in (
+                        "DJANGO_SETTINGS_MODULE",
+                        "RECO_DB_PATH",
+                        "RECO_REDIS_PORT",
+                        "RECO_KAFKA_PORT",
+                        "RECO_STATE_DIR",
+                        "DJANGO_DEBUG",
+                    )
+                }
+            )
+            import django
+            from django.core.management import call_command
+
+            django.setup()
+            call_command("migrate", verbosity=0, interactive=False)
+            log(f"loading {PRODUCTS} products and {VISITORS} visitors into Redis...")
+            seed_redis(url, rng)
+            sessions = seed_visitors(url, rng)
+            port = free_port()
+            server = subprocess.Popen(
+                [
+                    PYTHON,
+                    "-m",
+                    "uvicorn",
+                    "demo_shop.asgi:application",
+                    "--port",
+                    str(port),
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+            from stack.services import port_open
+
+            deadline = time.monotonic() + 30
+            while not port_open(port):
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"uvicorn did not start: {server.stderr.read().decode()[-2000:]}"
+                    )
+                time.sleep(0.1)
+
+            def api_path(r):
+                return f"/reco/api/recommendations/?product={r.randint(1, PRODUCTS)}&limit={LIMIT}"
+
+            def bare_path(r):
+                return "/bench/bare/"
+
+            # one answer of each, checked: the API's list is a real blend
+            sample = asyncio.run(_fetch_json(port, api_path(rng), sessions[0]))
+            if len(sample["items"]) != LIMIT or sample["source"] != "personal":
+                raise RuntimeError(f"unexpected API answer: {json.dumps(sample)[:500]}")
+            log(
+                f"serving on :{port}; {CONCURRENCY} connections, {ROUNDS} x {PHASE_SECONDS:.0f} s each"
+            )
+            asyncio.run(phase(port, sessions, api_path, 1.5, rng))  # warm-up
+            asyncio.run(phase(port, sessions, bare_path, 1.5, rng))
+            api: list[float] = []
+            bare: list[float] = []
+            api_seconds = bare_seconds = 0.0
+            for round_ in range(ROUNDS):
+                order = [("api", api_path), ("bare", bare_path)]
+                if round_ % 2:
+                    order.reverse()
+                for name, make_path in order:
+                    started = time.perf_counter()
+                    found = asyncio.run(phase(port, sessions, make_path, PHASE_SECONDS, rng))
+                    took = time.perf_counter() - started
+                    if name == "api":
+                        api += found
+                        api_seconds += took
+                    else:
+                        bare += found
+                        bare_seconds += took
+                    log(
+                        f"  {name:<4} {len(found) / took:7.0f} req/s  p50 {percentile(found, 50) * 1000:.2f} ms"
+                    )
+        finally:
+            if server is not None:
+                stop_process(server, grace=10)
+            stack.stop()
+    api_rps = len(api) / api_seconds
+    bare_rps = len(bare) / bare_seconds
+    return {
+        "name": "api_latency",
+        "value": round(percentile(api, 50) * 1000, 2),
+        "unit": "ms",
+        "p95_ms": round(percentile(api, 95) * 1000, 2),
+        "p99_ms": round(percentile(api, 99) * 1000, 2),
+        "requests_per_second": round(api_rps),
+        "peer": "bare Django view returning the visitor's stored list",
+        "peer_value": round(percentile(bare, 50) * 1000, 2),
+        "peer_p99_ms": round(percentile(bare, 99) * 1000, 2),
+        "peer_requests_per_second": round(bare_rps),
+        "ratio": round(api_rps / bare_rps, 3),
+        "ratio_is": "throughput of the API / throughput of the bare view",
+        "concurrency": CONCURRENCY,
+        "requests": len(api),
+        "mean_ms": round(statistics.fmean(api) * 1000, 2),
+        "server": "uvicorn, 1 process, DEBUG off; client on the same 2 cores",
+    }
+
+
+async def _fetch_json(port: int, path: str, session: str) -> dict:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nCookie: sessionid={session}\r\n\r\n".encode()
+        )
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line[15:])
+            for line in head.split(b"\r\n")
+            if line[:15].lower() == b"content-length:"
+        )
+        return json.loads(await reader.readexactly(length))
+    finally:
+        writer.close()
+
+
+if __name__ == "__main__":
+    print(json.dumps(run(log=lambda line: print(line, file=sys.stderr))))

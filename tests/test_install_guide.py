@@ -1,0 +1,296 @@
+"""docs/install.md, followed by a machine: a new Django project, the plugin
+installed from its wheel (not from this checkout), the guide's own snippets
+pasted where it says, its commands run, and a live widget in Chromium.
+
+Only the addresses of Kafka and Redis are changed, to the test stack's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+
+from reco_plugin import keys
+from stack.services import REPO, free_port, stop_process
+from stack.visitor import ShopVisitor
+
+from .conftest import ARTIFACTS
+from .test_browser import CHROMIUM, FOR_YOU, widget_ids
+
+pytestmark = [pytest.mark.stack, pytest.mark.browser]
+
+GUIDE = REPO / "docs" / "install.md"
+MARK = re.compile(r"<!-- guide: (?P<what>[^>]*?) -->\n```[a-z]*\n(?P<code>.*?)```", re.S)
+
+# the test's own shop: a product model, a product page (a shop has these already)
+MODELS = """
+from django.db import models
+from django.urls import reverse
+
+
+class Product(models.Model):
+    name = models.CharField(max_length=200)
+    price = models.DecimalField(max_digits=8, decimal_places=2)
+    category = models.CharField(max_length=50)
+    in_stock = models.BooleanField(default=True)
+
+    def get_absolute_url(self):
+        return reverse("product_detail", args=[self.pk])
+"""
+VIEWS = """
+from django.shortcuts import get_object_or_404, render
+
+from .models import Product
+
+
+def product_detail(request, pk):
+    product = get_object_or_404(Product, pk=pk)
+    return render(request, "catalog/product_detail.html", {"product": product})
+"""
+PAGE_HEAD = "<!doctype html>\n<html lang='en'><head><title>{{ product.name }}</title></head>\n<body><h1>{{ product.name }}</h1>\n"
+
+
+def guide_steps() -> list[tuple[str, str]]:
+    steps = [(m["what"].strip(), m["code"]) for m in MARK.finditer(GUIDE.read_text())]
+    assert steps, "docs/install.md has no marked snippets"
+    return steps
+
+
+def test_the_guides_snippets_are_marked_and_cover_every_file():
+    files = {what.rsplit(" ", 1)[0] for what, _ in guide_steps() if what not in ("run", "serve")}
+    assert files == {
+        "myshop/settings.py",
+        "myshop/urls.py",
+        "myshop/asgi.py",
+        "myshop/celery.py",
+        "myshop/__init__.py",
+        "catalog/templates/catalog/product_detail.html",
+    }
+
+
+def test_the_settings_reference_lists_every_setting():
+    from reco_plugin.conf import DEFAULTS
+
+    text = GUIDE.read_text().split("<!-- settings-reference -->", 1)[1]
+    documented = re.findall(r"^\| `([A-Z_]+)` \|", text, re.M)
+    assert sorted(documented) == sorted(DEFAULTS)
+
+
+def adapted(code: str, stack) -> str:
+    """The snippet with the test stack's addresses (and databases nobody else reads)."""
+    return (
+        code.replace("127.0.0.1:9092", f"127.0.0.1:{stack.ports.kafka}")
+        .replace("127.0.0.1:6379/1", f"127.0.0.1:{stack.ports.redis}/7")
+        .replace("127.0.0.1:6379/2", f"127.0.0.1:{stack.ports.redis}/8")
+        .replace("127.0.0.1:6379", f"127.0.0.1:{stack.ports.redis}")
+    )
+
+
+@contextlib.contextmanager
+def prefix(name):
+    before = keys.PREFIX
+    keys.use_prefix(name)
+    try:
+        yield
+    finally:
+        keys.use_prefix(before)
+
+
+def test_a_new_project_follows_the_guide_to_a_live_widget(live_stack, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    # 1. the package, installed from its wheel into a directory of its own
+    wheels = tmp_path / "wheels"
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site)]
+        + [str(w) for w in wheels.glob("*.whl")],
+        check=True,
+        capture_output=True,
+    )
+    timings["installed"] = time.monotonic() - started
+    project = tmp_path / "shop"
+    project.mkdir()
+    env = {
+        **{
+            k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")
+        },
+        "PYTHONPATH": str(site),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+    def run(*argv, check=True):
+        result = subprocess.run(
+            list(argv), cwd=project, env=env, capture_output=True, text=True, timeout=300
+        )
+        if check and result.returncode:
+            raise AssertionError(f"{argv} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    run(sys.executable, "-m", "django", "startproject", "myshop", ".")
+    run(sys.executable, "manage.py", "startapp", "catalog")
+    origin = run(
+        sys.executable,
+        "-c",
+        "import reco_plugin, spark_jobs; print(reco_plugin.__file__, spark_jobs.__file__)",
+    )
+    assert all(path.startswith(str(site)) for path in origin.stdout.split()), origin.stdout
+    (project / "catalog" / "models.py").write_text(MODELS)
+    (project / "catalog" / "views.py").write_text(VIEWS)
+    template = project / "catalog" / "templates" / "catalog" / "product_detail.html"
+    template.parent.mkdir(parents=True)
+    template.write_text(PAGE_HEAD)
+    settings_py = project / "myshop" / "settings.py"
+    settings_py.write_text(
+        settings_py.read_text().replace(
+            "INSTALLED_APPS = [", "INSTALLED_APPS = [\n    'catalog',", 1
+        )
+    )
+    urls_py = project / "myshop" / "urls.py"
+    urls_py.write_text(
+        urls_py.read_text()
+        + "\nfrom catalog import views as catalog_views\n"
+        + "urlpatterns += [path('products/<int:pk>/', catalog_views.product_detail, name='product_detail')]\n"
+    )
+
+    run(sys.executable, "manage.py", "makemigrations", "catalog")
+
+    # 2. the guide, step by step
+    servers: list[subprocess.Popen] = []
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    web_port = free_port()
+    try:
+        for what, code in guide_steps():
+            code = adapted(code, live_stack)
+            if what == "run":
+                for line in code.strip().splitlines():
+                    argv = line.split()
+                    if argv[0] == "python":
+                        argv[0] = sys.executable
+                    run(*argv)
+                    if argv[2:3] == ["migrate"]:
+                        run(
+                            sys.executable,
+                            "manage.py",
+                            "shell",
+                            "-c",
+                            "from catalog.models import Product\n"
+                            "for n in range(1, 21): Product.objects.create("
+                            "name=f'Lamp {n}', price=10 + n, category='Lamps' if n % 2 else 'Chairs')",
+                        )
+            elif what == "serve":
+                for n, line in enumerate(code.strip().splitlines()):
+                    argv = line.replace("-p 8000", f"-p {web_port}").split()
+                    if argv[0] == "python":
+                        argv[0] = sys.executable
+                    elif argv[0] == "daphne":
+                        argv[0] = str(Path(sys.executable).parent / "daphne")
+                    with open(logs / f"serve-{n}.log", "ab") as log:
+                        servers.append(
+                            subprocess.Popen(
+                                argv,
+                                cwd=project,
+                                env=env,
+                                stdout=log,
+                                stderr=subprocess.STDOUT,
+                                start_new_session=True,
+                            )
+                        )
+            else:
+                path, mode = what.rsplit(" ", 1)
+                target = project / path
+                if mode == "write":
+                    target.write_text(code)
+                else:
+                    target.write_text(target.read_text() + "\n" + code)
+                if path.endswith("settings.py") and mode == "append":
+                    timings.setdefault("configured", time.monotonic() - started)
+        template.write_text(template.read_text() + "</body></html>\n")
+        checked = run(sys.executable, "manage.py", "check")
+        assert "reco_plugin" not in checked.stdout + checked.stderr, checked.stderr
+
+        # 3. the shop is up: a first visitor browses, the job learns
+        web = f"http://127.0.0.1:{web_port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                ShopVisitor(web).get("/products/1/")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (logs / "serve-2.log").read_text()[-3000:]
+                time.sleep(0.3)
+        r = redis_lib.Redis(port=live_stack.ports.redis, decode_responses=True)
+        first = ShopVisitor(web)
+        for product in range(1, 13):
+            first.get(f"/products/{product}/")
+        with prefix("myshop"):
+            similar_key = keys.product_similar("1")
+            heartbeat = keys.pipeline_heartbeat()
+        deadline = time.monotonic() + 180
+        while not r.exists(similar_key):
+            for n, server in enumerate(servers):
+                assert server.poll() is None, (logs / f"serve-{n}.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (logs / "serve-0.log").read_text()[-3000:]
+            time.sleep(0.5)
+        assert r.exists(heartbeat)
+        assert json.loads(r.get(similar_key))
+
+        # 4. a second visitor sees a live widget
+        with sync_playwright() as p:
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"]
+            )
+            context = browser.new_context(viewport={"width": 1100, "height": 900})
+            page = context.new_page()
+            page.goto(web + "/products/1/")
+            page.wait_for_selector(f"{FOR_YOU}[data-reco-live='websocket']", timeout=20_000)
+            shown = widget_ids(page, ".reco-widget[data-reco-kind='similar']")
+            assert shown and set(shown) <= {str(p) for p in range(2, 13)}
+            assert (
+                page.evaluate(
+                    "getComputedStyle(document.querySelector('.reco-item__link')).borderRadius"
+                )
+                == "6px"
+            )  # widget.css, linked by the tag and served as a static file
+            timings["live_widget"] = time.monotonic() - started
+            before = widget_ids(page)
+            assert before and not set(before) & set(shown)  # the two widgets do not repeat
+            other = context.new_page()
+            other.goto(web + f"/products/{before[0]}/")
+            page.wait_for_function(
+                'ids => [...document.querySelectorAll("' + FOR_YOU + ' [data-product-id]")]'
+                ".map(n => n.dataset.productId).join(',') !== ids",
+                arg=",".join(before),
+                timeout=30_000,
+            )
+            timings["pushed"] = time.monotonic() - started
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "install-guide-shop.png"), full_page=True)
+            browser.close()
+    finally:
+        for server in reversed(servers):
+            stop_process(server, grace=30)
+        shutil.rmtree(project / "var", ignore_errors=True)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "install-guide.json").write_text(
+        json.dumps({k: round(v, 1) for k, v in timings.items()}, indent=1)
+    )
