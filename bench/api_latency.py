@@ -8,7 +8,7 @@ visitors with a session in the database, a personal list, an affinity list and
 a seen set. The demo shop's ASGI application is served by uvicorn (one process,
 ``DEBUG`` off, the shop's full middleware) on a free port.
 
-A client keeps ``CONCURRENCY`` keep-alive connections busy, each as one visitor
+A client keeps 1, then 8 (``LEVELS``) keep-alive connections busy, each as one visitor
 (a session cookie), asking for the visitor's list on a random product's page
 (``?product=<id>&limit=8``); the peer asks the bare view (``bench/api_urls.py``)
 with the same sessions: the same middleware, one Redis GET of the visitor's
@@ -36,7 +36,9 @@ from pathlib import Path
 PRODUCTS = 2000
 VISITORS = 400
 CATEGORIES = 18
-CONCURRENCY = 8
+# connections kept busy: one (a request alone), then several
+LEVELS = tuple(int(n) for n in os.environ.get("RECO_BENCH_CONCURRENCY", "1,8").split(","))
+WORKERS = int(os.environ.get("RECO_BENCH_WORKERS", "1"))
 PHASE_SECONDS = 5.0
 ROUNDS = 3
 LIMIT = 8
@@ -146,8 +148,10 @@ async def one_request(reader, writer, path: str, cookie: str, host: str) -> floa
     return took
 
 
-async def phase(port: int, sessions: list[str], make_path, seconds: float, rng) -> list[float]:
-    """``CONCURRENCY`` connections asking as fast as they are answered, for ``seconds``."""
+async def phase(
+    port: int, sessions: list[str], make_path, seconds: float, rng, concurrency: int
+) -> list[float]:
+    """``concurrency`` connections asking as fast as they are answered, for ``seconds``."""
     host = f"127.0.0.1:{port}"
     latencies: list[float] = []
     stop_at = time.perf_counter() + seconds
@@ -156,14 +160,14 @@ async def phase(port: int, sessions: list[str], make_path, seconds: float, rng) 
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             while time.perf_counter() < stop_at:
-                session = sessions[(n + len(latencies) * CONCURRENCY) % len(sessions)]
+                session = sessions[(n + len(latencies) * concurrency) % len(sessions)]
                 latencies.append(
                     await one_request(reader, writer, make_path(rng), f"sessionid={session}", host)
                 )
         finally:
             writer.close()
 
-    await asyncio.gather(*(client(n) for n in range(CONCURRENCY)))
+    await asyncio.gather(*(client(n) for n in range(concurrency)))
     return latencies
 
 
@@ -244,54 +248,66 @@ def run(log: Callable[[str], None] = print) -> dict:
             sample = asyncio.run(_fetch_json(port, api_path(rng), sessions[0]))
             if len(sample["items"]) != LIMIT or sample["source"] != "personal":
                 raise RuntimeError(f"unexpected API answer: {json.dumps(sample)[:500]}")
-            log(
-                f"serving on :{port}; {CONCURRENCY} connections, {ROUNDS} x {PHASE_SECONDS:.0f} s each"
-            )
-            asyncio.run(phase(port, sessions, api_path, 1.5, rng))  # warm-up
-            asyncio.run(phase(port, sessions, bare_path, 1.5, rng))
-            api: list[float] = []
-            bare: list[float] = []
-            api_seconds = bare_seconds = 0.0
-            for round_ in range(ROUNDS):
-                order = [("api", api_path), ("bare", bare_path)]
-                if round_ % 2:
-                    order.reverse()
-                for name, make_path in order:
-                    started = time.perf_counter()
-                    found = asyncio.run(phase(port, sessions, make_path, PHASE_SECONDS, rng))
-                    took = time.perf_counter() - started
-                    if name == "api":
-                        api += found
-                        api_seconds += took
-                    else:
-                        bare += found
-                        bare_seconds += took
-                    log(
-                        f"  {name:<4} {len(found) / took:7.0f} req/s  p50 {percentile(found, 50) * 1000:.2f} ms"
-                    )
+            log(f"serving on :{port}; {ROUNDS} x {PHASE_SECONDS:.0f} s per view and concurrency")
+            asyncio.run(phase(port, sessions, api_path, 1.5, rng, 4))  # warm-up
+            asyncio.run(phase(port, sessions, bare_path, 1.5, rng, 4))
+            measured: dict[int, dict[str, tuple[list[float], float]]] = {}
+            for level in LEVELS:
+                found: dict[str, tuple[list[float], float]] = {"api": ([], 0.0), "bare": ([], 0.0)}
+                for round_ in range(ROUNDS):
+                    order = [("api", api_path), ("bare", bare_path)]
+                    if round_ % 2:
+                        order.reverse()
+                    for name, make_path in order:
+                        started = time.perf_counter()
+                        got = asyncio.run(
+                            phase(port, sessions, make_path, PHASE_SECONDS, rng, level)
+                        )
+                        took = time.perf_counter() - started
+                        latencies, seconds = found[name]
+                        found[name] = (latencies + got, seconds + took)
+                        log(
+                            f"  {level} conn {name:<4} {len(got) / took:6.0f} req/s  "
+                            f"p50 {percentile(got, 50) * 1000:6.2f} ms  "
+                            f"p99 {percentile(got, 99) * 1000:6.2f} ms"
+                        )
+                measured[level] = found
         finally:
             if server is not None:
                 stop_process(server, grace=10)
             stack.stop()
-    api_rps = len(api) / api_seconds
-    bare_rps = len(bare) / bare_seconds
+    levels = {}
+    for level, found in measured.items():
+        (api, api_seconds), (bare, bare_seconds) = found["api"], found["bare"]
+        levels[level] = {
+            "p50_ms": round(percentile(api, 50) * 1000, 2),
+            "p99_ms": round(percentile(api, 99) * 1000, 2),
+            "mean_ms": round(statistics.fmean(api) * 1000, 2),
+            "requests_per_second": round(len(api) / api_seconds),
+            "peer_p50_ms": round(percentile(bare, 50) * 1000, 2),
+            "peer_p99_ms": round(percentile(bare, 99) * 1000, 2),
+            "peer_requests_per_second": round(len(bare) / bare_seconds),
+            "ratio": round((len(api) / api_seconds) / (len(bare) / bare_seconds), 3),
+        }
+    busiest, alone = levels[max(levels)], levels[min(levels)]
     return {
         "name": "api_latency",
-        "value": round(percentile(api, 50) * 1000, 2),
+        "value": busiest["p50_ms"],
         "unit": "ms",
-        "p95_ms": round(percentile(api, 95) * 1000, 2),
-        "p99_ms": round(percentile(api, 99) * 1000, 2),
-        "requests_per_second": round(api_rps),
+        "p99_ms": busiest["p99_ms"],
+        "concurrency": max(levels),
         "peer": "bare Django view returning the visitor's stored list",
-        "peer_value": round(percentile(bare, 50) * 1000, 2),
-        "peer_p99_ms": round(percentile(bare, 99) * 1000, 2),
-        "peer_requests_per_second": round(bare_rps),
-        "ratio": round(api_rps / bare_rps, 3),
+        "peer_value": busiest["peer_p50_ms"],
+        "ratio": busiest["ratio"],
         "ratio_is": "throughput of the API / throughput of the bare view",
-        "concurrency": CONCURRENCY,
-        "requests": len(api),
-        "mean_ms": round(statistics.fmean(api) * 1000, 2),
-        "server": "uvicorn, 1 process, DEBUG off; client on the same 2 cores",
+        "alone_p50_ms": alone["p50_ms"],
+        "alone_p99_ms": alone["p99_ms"],
+        "alone_peer_p50_ms": alone["peer_p50_ms"],
+        "plugin_ms": round(alone["p50_ms"] - alone["peer_p50_ms"], 2),
+        "plugin_ms_is": "p50 of the API minus p50 of the bare view, one connection",
+        "levels": {str(level): value for level, value in levels.items()},
+        "server": f"uvicorn, {WORKERS} process, DEBUG off, the shop's middleware; "
+        "client on the same 2 cores",
     }
 
 

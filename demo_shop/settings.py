@@ -87,7 +87,18 @@ CHANNEL_LAYERS = {
         # The layer blocks up to 5 s reading its queue; redis-py's default socket
         # timeout is also 5 s, so give the socket more or idle websockets drop.
         "CONFIG": {
-            "hosts": [{"address": REDIS_URL.rsplit("/", 1)[0] + "/2", "socket_timeout": 30}]
+            "hosts": [
+                {
+                    "address": REDIS_URL.rsplit("/", 1)[0] + "/2",
+                    "socket_timeout": 30,
+                    # redis-py's asyncio pool refuses a 101st concurrent command:
+                    # a burst of websockets opening at once needs more
+                    "max_connections": 1000,
+                }
+            ],
+            # messages waiting per server process (100 by default): a list update
+            # reaching more open widgets than that at once would be dropped
+            "capacity": 10_000,
         },
     }
 }

@@ -78,6 +78,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     errors.extend(_key_checks())
     errors.extend(_product_field_checks())
     errors.extend(_websocket_checks())
+    errors.extend(_channel_layer_checks())
     if not getattr(settings, "CHANNEL_LAYERS", None):
         errors.append(
             Warning(
@@ -273,4 +274,33 @@ def _websocket_checks() -> list[Any]:
             hint="Wrap it in channels.security.websocket.AllowedHostsOriginValidator.",
             id="reco_plugin.W005",
         )
+    ]
+
+
+def _channel_layer_checks() -> list[Any]:
+    """A Redis channel layer sized for many open widgets (what ws_fanout measures)."""
+    layer = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get("default") or {}
+    if "channels_redis" not in str(layer.get("BACKEND", "")):
+        return []
+    config = layer.get("CONFIG") or {}
+    problems = []
+    if int(config.get("capacity", 100)) < 1000:
+        problems.append(
+            "its 'capacity' (messages waiting per server process, 100 by default) drops "
+            "an update that reaches more open widgets than that at once"
+        )
+    hosts = config.get("hosts") or []
+    if any(not isinstance(h, dict) or "max_connections" not in h for h in hosts) or not hosts:
+        problems.append(
+            "its hosts use redis-py's pool of 100 connections, which refuses a burst of "
+            "websockets opening at once"
+        )
+    return [
+        Warning(
+            f"The Redis channel layer is sized for a small shop: {problem}.",
+            hint='CONFIG: {"hosts": [{"address": ..., "socket_timeout": 30, '
+            '"max_connections": 1000}], "capacity": 10000}; see docs/install.md.',
+            id="reco_plugin.W006",
+        )
+        for problem in problems
     ]

@@ -16,7 +16,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import keys, store
 from .conf import reco_settings
-from .redis_client import Unavailable, breaker, get_redis
+from .redis_client import Unavailable, get_work_redis
 from .visitor import anonymous_id, visitor_id_for_scope
 
 logger = logging.getLogger(__name__)
@@ -48,8 +48,23 @@ ONLINE_SECONDS = 90
 
 
 def _mark_online(visitor_id: str) -> None:
-    with breaker.guard():
-        get_redis().zadd(keys.websocket_visitors(), {visitor_id: time.time()})
+    """Bookkeeping off the request path (a thread): the longer timeout of
+    commands, and no tripping of the serving breaker when a burst of sockets
+    opens at once."""
+    try:
+        get_work_redis().zadd(keys.websocket_visitors(), {visitor_id: time.time()})
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        raise Unavailable(str(exc)) from exc
+
+
+async def _group_add(layer, group: str, channel: str) -> None:  # type: ignore[no-untyped-def]
+    """``group_add``, waiting for a free connection when a burst of sockets
+    has the layer's pool busy (redis-py refuses at once, it does not queue)."""
+    while True:
+        try:
+            return await layer.group_add(group, channel)
+        except redis.exceptions.MaxConnectionsError:
+            await asyncio.sleep(0.02)
 
 
 class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
@@ -88,7 +103,7 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         group = keys.visitor_group(self.visitor_id)
         try:
             await asyncio.wait_for(
-                self.channel_layer.group_add(group, self.channel_name),
+                _group_add(self.channel_layer, group, self.channel_name),
                 float(reco_settings.REDIS_TIMEOUT_SECONDS) * 4,
             )
             await sync_to_async(_mark_online, thread_sensitive=False)(self.visitor_id)

@@ -224,9 +224,18 @@ def pipeline_heartbeat() -> str:
     return f"{PREFIX}:pipeline:heartbeat"
 
 
-def updates_channel() -> str:
-    """Pub/sub channel: the pipeline publishes a visitor id whenever that visitor's list changes."""
-    return f"{PREFIX}:updates"
+def updates_channel(db: int = 0) -> str:
+    """Pub/sub channel: the pipeline publishes a visitor id whenever that visitor's list changes.
+
+    Pub/sub is shared by every database of a Redis server: a shop whose lists
+    are in database ``db`` (not 0) has the database in its channel's name, so
+    two shops on two databases never hear each other's notices."""
+    return f"{PREFIX}:updates" if not db else f"{PREFIX}:db{db}:updates"
+
+
+def db_of(client) -> int:  # type: ignore[no-untyped-def]
+    """The database number a redis-py client (sync or asyncio) talks to."""
+    return int(client.connection_pool.connection_kwargs.get("db") or 0)
 
 
 def websocket_visitors() -> str:

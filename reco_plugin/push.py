@@ -65,8 +65,9 @@ async def relay_updates(stop: asyncio.Event | None = None) -> None:
         r = get_async_redis()
         pubsub = r.pubsub(ignore_subscribe_messages=True)
         try:
-            await pubsub.subscribe(keys.updates_channel())
-            logger.info("reco_push: relaying %s", keys.updates_channel())
+            channel = keys.updates_channel(keys.db_of(r))
+            await pubsub.subscribe(channel)
+            logger.info("reco_push: relaying %s", channel)
             swept = 0.0
             while stop is None or not stop.is_set():
                 if time.monotonic() - swept > ONLINE_SECONDS:

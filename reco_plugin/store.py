@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 # How many candidates to look at per item asked for: some are filtered out
 # (already on the page, out of stock, not in the catalog).
 CANDIDATE_FACTOR = 3
+# Catalog entries read beyond those needed, in case some cannot be shown.
+DISPLAY_MARGIN = 2
 
 
 def _load_list(raw: str | None) -> list[dict[str, Any]]:
@@ -60,29 +62,34 @@ def _with_display(
     """The chosen (product, strategy, propensity, score) that the catalog can
     show (synced, in stock, not blocked, in ``category`` if given), with their
     display fields; :func:`_numbered` adds the positions and the ``reco_id``."""
-    if not chosen or limit <= 0:
-        return []
-    pipe = r.pipeline(transaction=False)
-    for product_id, _, _, _ in chosen:
-        pipe.hgetall(keys.catalog_product(product_id))
-    details = pipe.execute()
     result: list[dict[str, Any]] = []
-    for (product_id, strategy, propensity, score), fields in zip(chosen, details, strict=True):
-        if not fields or fields.get("in_stock") == "0" or fields.get("blocked") == "1":
-            continue
-        if category is not None and fields.get("category", "") != category:
-            continue
-        result.append(
-            {
-                "product_id": product_id,
-                "score": score,
-                "strategy": strategy,
-                "propensity": propensity,
-                **_display(fields),
-            }
-        )
-        if len(result) >= limit:
-            break
+    # Most candidates can be shown: read a few more than needed, and the next
+    # ones only when some could not (the catalog read is most of a request's time).
+    start = 0
+    while start < len(chosen) and len(result) < limit:
+        batch = chosen[start : start + (limit - len(result)) + DISPLAY_MARGIN]
+        start += len(batch)
+        pipe = r.pipeline(transaction=False)
+        for product_id, _, _, _ in batch:
+            pipe.hgetall(keys.catalog_product(product_id))
+        for (product_id, strategy, propensity, score), fields in zip(
+            batch, pipe.execute(), strict=True
+        ):
+            if not fields or fields.get("in_stock") == "0" or fields.get("blocked") == "1":
+                continue
+            if category is not None and fields.get("category", "") != category:
+                continue
+            result.append(
+                {
+                    "product_id": product_id,
+                    "score": score,
+                    "strategy": strategy,
+                    "propensity": propensity,
+                    **_display(fields),
+                }
+            )
+            if len(result) >= limit:
+                break
     return result
 
 
@@ -219,42 +226,69 @@ def strategy_lists(
     visitor_id: str | None, product_id: str | None = None, category: str | None = None
 ) -> Lists:
     """Every strategy's list for a visitor on a product's page (either may be
-    None), in two round trips (the second for the product's category list);
-    with ``category``, that category's trending lists are among them."""
+    None); with ``category``, that category's trending lists are among them.
+    One round trip when the product's category is the one this process saw
+    last time (a second one otherwise)."""
     r = get_redis()
     product_id = str(product_id) if product_id else None
     sources = strategies.sources(visitor_id, product_id)
+    # the product's category: its long window; a category asked for: short, then long
+    wanted: list[str] = []
+    if category is not None:
+        wanted += [keys.trending_list("short", category), keys.trending_list("long", category)]
+    guessed = _categories.get(product_id) if product_id else None
+    if guessed and guessed != category:
+        wanted.append(keys.trending_list("long", guessed))
     pipe = r.pipeline(transaction=False)
-    pipe.mget([key for _, key in sources])
+    pipe.mget([key for _, key in sources] + wanted)
     pipe.get(keys.bandit_policy_version())
     if visitor_id:
         pipe.zrange(keys.visitor_seen(visitor_id), 0, -1)
     if product_id:
         pipe.hget(keys.catalog_product(product_id), "category")
     replies = pipe.execute()
+    values = replies[0]
     lists = [
         (strategy, _load_list(value))
-        for (strategy, _), value in zip(sources, replies[0], strict=True)
+        for (strategy, _), value in zip(sources, values[: len(sources)], strict=True)
     ]
+    extra = values[len(sources) :]
     exclude = set(replies[2]) if visitor_id else set()
-    # the product's category: its long window; a category asked for: short, then long
-    wanted: list[str] = []
-    if category is not None:
-        wanted += [keys.trending_list("short", category), keys.trending_list("long", category)]
     if product_id:
         exclude.add(product_id)
-        if replies[-1] and replies[-1] != category:
-            wanted.append(keys.trending_list("long", replies[-1]))
+        actual = replies[-1] or None
+        _remember_category(product_id, actual)
+        if actual != guessed:
+            # the category changed (or was not known yet): read its list now
+            if guessed and guessed != category:
+                wanted.pop()
+                extra.pop()
+            if actual and actual != category:
+                wanted.append(keys.trending_list("long", actual))
+                extra.append(r.get(wanted[-1]))
     if wanted:
         items: list[dict[str, Any]] = []
         known: set[str] = set()
-        for value in r.mget(wanted):
+        for value in extra:
             for item in _load_list(value):
                 if str(item.get("product_id")) not in known:
                     known.add(str(item.get("product_id")))
                     items.append(item)
         lists.append((strategies.CATEGORY, items))
     return Lists(lists, exclude, _policy(r, replies[1]), f"{visitor_id}|{product_id}|{replies[1]}")
+
+
+# product -> its category as last read: lets one round trip fetch the category's
+# list too; always checked against the catalog in that same round trip.
+_categories: collections.OrderedDict[str, str | None] = collections.OrderedDict()
+_CATEGORIES_KEPT = 50_000
+
+
+def _remember_category(product_id: str, category: str | None) -> None:
+    _categories[product_id] = category
+    _categories.move_to_end(product_id)
+    if len(_categories) > _CATEGORIES_KEPT:
+        _categories.popitem(last=False)
 
 
 def blend(found: Lists, limit: int, rng: random.Random | None = None) -> list[dict[str, Any]]:

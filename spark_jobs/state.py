@@ -542,7 +542,7 @@ def write_lists(r: redis.Redis, key_values: Mapping[str, Any], ttl: int) -> None
 def notify(r: redis.Redis, visitor_ids: Sequence[str]) -> None:
     """Tell the websocket relay which visitors have a new list."""
     for chunk in chunks(list(visitor_ids), 500):
-        r.publish(keys.updates_channel(), json.dumps(list(chunk)))
+        r.publish(keys.updates_channel(keys.db_of(r)), json.dumps(list(chunk)))
 
 
 def heartbeat(r: redis.Redis, info: Mapping[str, Any], ttl: int = 15) -> None:

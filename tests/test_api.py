@@ -227,3 +227,16 @@ def test_the_item_serializer_is_the_shops_to_choose(client, r, settings):
     assert client.get("/reco/api/trending/").json()["items"] == [
         {"product_id": "1", "name": "Film 1"}
     ]
+
+
+def test_a_product_moved_to_another_category_gets_that_categorys_list(client, r):
+    put_catalog(r, [1, 2, 3], category="Drama")
+    put_catalog(r, [4, 5], category="Comedy")
+    put_list(r, keys.trending_list("long", "Drama"), [2, 3])
+    put_list(r, keys.trending_list("long", "Comedy"), [5, 4])
+    body = client.get("/reco/api/recommendations/?product=1&limit=2").json()
+    assert (body["source"], [i["product_id"] for i in body["items"]]) == ("category", ["2", "3"])
+    r.hset(keys.catalog_product("1"), "category", "Comedy")
+    for _ in range(2):  # the first read finds the change, the next one expects it
+        body = client.get("/reco/api/recommendations/?product=1&limit=2").json()
+        assert [i["product_id"] for i in body["items"]] == ["5", "4"]

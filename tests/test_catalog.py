@@ -67,3 +67,18 @@ def test_reco_sync_catalog_with_redis_down_fails_with_the_address(make_product, 
     make_product(1)
     with pytest.raises(CommandError, match=f"Redis at {url} failed"):
         call_command("reco_sync_catalog")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_product_save_without_a_celery_broker_syncs_at_once(r, make_product):
+    import time
+
+    from reco_plugin.compat import celery, celery_configured
+
+    assert celery is not None and not celery_configured()  # installed, no broker configured
+    started = time.monotonic()
+    product = make_product(5, name="Before")
+    product.name = "After"
+    product.save()
+    assert time.monotonic() - started < 0.5  # no attempt at a broker
+    assert r.hget(keys.catalog_product("5"), "title") == "After"

@@ -153,3 +153,26 @@ def test_a_websocket_app_without_an_origin_check_is_W005(settings, tmp_path, mon
         assert "reco_plugin.W005" in reco_ids()
     with override_settings(ASGI_APPLICATION=None):
         assert "reco_plugin.W003" in reco_ids()
+
+
+def test_a_small_redis_channel_layer_is_W006():
+    small = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": "redis://127.0.0.1:6379/2"}]},
+        }
+    }
+    with override_settings(CHANNEL_LAYERS=small):
+        found = [m.msg for m in run_checks() if m.id == "reco_plugin.W006"]
+    assert len(found) == 2 and "capacity" in found[0] and "100 connections" in found[1]
+    sized = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": "redis://127.0.0.1:6379/2", "max_connections": 1000}],
+                "capacity": 10_000,
+            },
+        }
+    }
+    with override_settings(CHANNEL_LAYERS=sized):
+        assert "reco_plugin.W006" not in reco_ids()

@@ -42,3 +42,12 @@ def test_visitor_group_is_a_valid_channels_group_and_hides_the_id():
     assert "abc" not in group
     assert keys.visitor_group("u:1") != keys.visitor_group("u:2")
     assert keys.visitor_group("u:1") == keys.visitor_group("u:1")
+
+
+def test_shops_on_two_databases_of_one_redis_have_two_update_channels():
+    import redis
+
+    assert keys.updates_channel() == keys.updates_channel(0) == "reco:v1:updates"
+    assert keys.updates_channel(3) == "reco:v1:db3:updates"
+    assert keys.db_of(redis.Redis.from_url("redis://127.0.0.1:1/3")) == 3
+    assert keys.db_of(redis.Redis.from_url("redis://127.0.0.1:1")) == 0

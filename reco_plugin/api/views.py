@@ -40,15 +40,13 @@ from ..visitor import is_tracked, visitor_id_for
 from .serializers import (
     BeaconBatchSerializer,
     BeaconEventSerializer,
-    LimitSerializer,
     RecommendationListSerializer,
+    list_query,
 )
 
 
 def _query(request: Request) -> dict[str, Any]:
-    params = LimitSerializer(data=request.query_params)
-    params.is_valid(raise_exception=True)
-    return params.validated_data
+    return list_query(request._request.GET)
 
 
 @functools.cache
