@@ -93,6 +93,7 @@ def seed_redis(url: str, rng: random.Random) -> None:
     value = strategies.policy(evidence, exploration=0.05, seed=1)
     pipe.set(keys.bandit_policy(), json.dumps(value))
     pipe.set(keys.bandit_policy_version(), "bench-1")
+    pipe.incr(keys.catalog_version())  # as every catalog sync does
     pipe.execute()
 
 

@@ -68,6 +68,7 @@ def seed(url: str, rng: random.Random) -> list[str]:
             [{"product_id": str(p), "score": 1.0} for p in rng.sample(range(1, PRODUCTS), 40)]
         ),
     )
+    pipe.incr(keys.catalog_version())  # as every catalog sync does
     pipe.execute()
     sessions = []
     for n in range(CLIENTS):

@@ -61,9 +61,12 @@ def _write(products: Iterable[models.Model], progress: Callable[[int], None] | N
             pipe.srem(keys.catalog_repeatable(), product_id)
         count += 1
         if count % BATCH_SIZE == 0:
+            pipe.incr(keys.catalog_version())
             pipe.execute()
             if progress:
                 progress(count)
+    # after the hashes: serving drops what it read under the previous version
+    pipe.incr(keys.catalog_version())
     pipe.execute()
     return count
 
@@ -75,6 +78,7 @@ def _remove(r, product_ids: set[str]) -> None:
     r.srem(keys.catalog_index(), *product_ids)
     r.srem(keys.catalog_repeatable(), *product_ids)
     r.srem(keys.catalog_unavailable(), *product_ids)
+    r.incr(keys.catalog_version())
 
 
 def sync_products(product_ids: Iterable[Any]) -> int:

@@ -79,6 +79,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
     errors.extend(_product_field_checks())
     errors.extend(_websocket_checks())
     errors.extend(_channel_layer_checks())
+    errors.extend(_extras_checks())
     if not getattr(settings, "CHANNEL_LAYERS", None):
         errors.append(
             Warning(
@@ -304,3 +305,32 @@ def _channel_layer_checks() -> list[Any]:
         )
         for problem in problems
     ]
+
+
+def _extras_checks() -> list[Any]:
+    """What the settings use and the installed extras lack (pip install
+    "django-reco-plugin[...]"). The Kafka producer's is E006."""
+    import importlib.util
+
+    errors: list[Any] = []
+    layer = (getattr(settings, "CHANNEL_LAYERS", None) or {}).get("default") or {}
+    if "channels_redis" in str(layer.get("BACKEND", "")) and not importlib.util.find_spec(
+        "channels_redis"
+    ):
+        errors.append(
+            Error(
+                "CHANNEL_LAYERS uses channels_redis, which is not installed.",
+                hint='pip install "django-reco-plugin[websocket]"',
+                id="reco_plugin.E012",
+            )
+        )
+    if getattr(settings, "CELERY_BROKER_URL", None) and not importlib.util.find_spec("celery"):
+        errors.append(
+            Warning(
+                "CELERY_BROKER_URL is set but Celery is not installed: products are synced "
+                "on save, and nothing runs the periodic catalog sync or the retraining.",
+                hint='pip install "django-reco-plugin[celery]"',
+                id="reco_plugin.W007",
+            )
+        )
+    return errors

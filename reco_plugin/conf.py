@@ -154,8 +154,9 @@ MOVED: dict[str, str] = {
 def _reload(*, setting: str, **kwargs: Any) -> None:
     if setting == "RECO_PLUGIN":
         reco_settings.reload()
-        from . import backends, keys, redis_client
+        from . import backends, keys, redis_client, store
 
         backends.reset_backend()
         redis_client.reset()
+        store.reset(fallback=False)
         keys.use_prefix(reco_settings.KEY_PREFIX)

@@ -17,7 +17,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from . import keys, store
 from .conf import reco_settings
 from .redis_client import Unavailable, get_work_redis
-from .visitor import anonymous_id, visitor_id_for_scope
+from .visitor import anonymous_id, is_tracked_scope, visitor_id_for_scope
 
 logger = logging.getLogger(__name__)
 _version_lock = threading.Lock()
@@ -37,6 +37,8 @@ def _next_version() -> int:
 CLOSE_NO_VISITOR = 4401
 # The visitor logged out in this session: reconnect as who they are now.
 CLOSE_VISITOR_CHANGED = 4409
+# A bot, or a visitor who opted out: nothing personal is pushed; the widget polls.
+CLOSE_NOT_TRACKED = 4403
 # No channel layer: nothing can be pushed; the widget polls the API instead.
 CLOSE_NO_PUSH = 4501
 # Redis did not answer: the widget polls (and shows its fallback) and reconnects later.
@@ -81,6 +83,7 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
     visitor_id: str | None = None
     group: str | None = None
     sent_version = 0
+    _marking: asyncio.Future | None = None
     exclude: frozenset[str] = frozenset()
 
     async def connect(self) -> None:
@@ -90,7 +93,15 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         # user's sockets a logout in this session concerns.
         self.anonymous_id = await database_sync_to_async(anonymous_id)(self.scope.get("session"))
         if not self.visitor_id:
+            # Accepted so the close code reaches the browser: the widget then
+            # polls and does not reconnect.
+            await self.accept()
             await self.close(code=CLOSE_NO_VISITOR)
+            return
+        if not await sync_to_async(is_tracked_scope, thread_sensitive=False)(self.scope):
+            # a bot or a visitor who opted out: no personal pushes, no bookkeeping
+            await self.accept()
+            await self.close(code=CLOSE_NOT_TRACKED)
             return
         self.product_id: str | None = None
         self.limit: int = reco_settings.DEFAULT_LIMIT
@@ -125,9 +136,10 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if isinstance(content, dict) and content.get("type") == "ping":
-            with contextlib.suppress(Unavailable):
-                await sync_to_async(_mark_online, thread_sensitive=False)(self.visitor_id)
+            # the pong first: the online mark must not make the client think
+            # the socket is dead when Redis is slow
             await self.send_json({"type": "pong"})
+            self._mark_online_soon()
             return
         if not isinstance(content, dict) or content.get("type") != "subscribe":
             await self.send_json(
@@ -163,6 +175,19 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         """Channel-layer message: the pipeline wrote a new list for this visitor."""
         await self.send_recommendations()
 
+    def _mark_online_soon(self) -> None:
+        """Refresh this visitor in the relay's online set, in the background;
+        one refresh at a time per socket (a slow Redis does not pile them up)."""
+        if self._marking is not None and not self._marking.done():
+            return
+        self._marking = asyncio.ensure_future(self._mark_online())
+
+    async def _mark_online(self) -> None:
+        try:
+            await sync_to_async(_mark_online, thread_sensitive=False)(self.visitor_id)
+        except Unavailable as exc:
+            logger.debug("reco: online mark skipped (%s)", exc)
+
     async def reco_identify(self, event: dict[str, Any]) -> None:
         """Channel-layer message: this anonymous visitor logged in as ``event["visitor"]``."""
         visitor_id = event.get("visitor")
@@ -173,7 +198,16 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         self.anonymous_id = self.visitor_id
         self.visitor_id = visitor_id
         self.group = keys.visitor_group(visitor_id)
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        try:
+            await asyncio.wait_for(
+                _group_add(self.channel_layer, self.group, self.channel_name),
+                float(reco_settings.REDIS_TIMEOUT_SECONDS) * 4,
+            )
+        except (TimeoutError, OSError, redis.RedisError):
+            await self.close(code=CLOSE_UNAVAILABLE)
+            return
+        # the relay sends to the user from now on, not at the next ping
+        self._mark_online_soon()
         await self.send_recommendations()
 
     async def reco_logout(self, event: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .conf import reco_settings
 
@@ -46,6 +47,13 @@ def kafka_bootstrap() -> str:
     if not servers:
         raise JobConfigError('RECO_PLUGIN["KAFKA"] has no "bootstrap.servers"')
     return str(servers)
+
+
+def redis_arguments(url: str) -> list[str]:
+    """``--redis URL``, unless the URL holds a password: then the job reads it
+    from the environment (:func:`environment`), not from a command line that
+    ``ps`` shows."""
+    return [] if urlsplit(url).password else ["--redis", url]
 
 
 def spark_arguments() -> list[str]:
@@ -83,8 +91,7 @@ def stream_command(
         "spark_jobs.recommend",
         "--bootstrap",
         bootstrap or kafka_bootstrap(),
-        "--redis",
-        redis_url or reco_settings.REDIS_URL,
+        *redis_arguments(redis_url or reco_settings.REDIS_URL),
         "--checkpoint",
         str(checkpoint),
         "--topics",
@@ -108,8 +115,7 @@ def retrain_command(lake: str, days: int) -> list[str]:
         "spark_jobs.retrain",
         "--lake",
         lake,
-        "--redis",
-        reco_settings.REDIS_URL,
+        *redis_arguments(reco_settings.REDIS_URL),
         "--days",
         str(days),
         "--key-prefix",
@@ -120,9 +126,12 @@ def retrain_command(lake: str, days: int) -> list[str]:
     ]
 
 
-def environment() -> dict[str, str]:
-    """The environment a job runs in: this one, with the packages importable."""
-    env = {**os.environ}
+def environment(redis_url: str | None = None) -> dict[str, str]:
+    """The environment a job runs in: this one, with the packages importable
+    and the Redis URL (see :func:`redis_arguments`)."""
+    from spark_jobs.session import REDIS_URL_ENV
+
+    env = {**os.environ, REDIS_URL_ENV: redis_url or reco_settings.REDIS_URL}
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     env["PYTHONPATH"] = os.pathsep.join(
         dict.fromkeys(
@@ -134,7 +143,8 @@ def environment() -> dict[str, str]:
 
 def submit_command(argv: list[str]) -> list[str]:
     """The same job as a ``spark-submit`` command line, for a cluster whose
-    driver has ``django-reco-plugin[spark]`` installed."""
+    driver and executors have ``django-reco-plugin[spark]`` installed (the
+    executors score large batches with its code)."""
     import spark_jobs
 
     module = argv[2]

@@ -163,6 +163,12 @@ def catalog_product(product_id: str) -> str:
     return f"{PREFIX}:catalog:{product_id}"
 
 
+def catalog_version() -> str:
+    """Counter: raised by every catalog sync; serving keeps display fields read
+    under the current value (a product id cannot name this key)."""
+    return f"{PREFIX}:catalog-version"
+
+
 def catalog_index() -> str:
     """Set: the ids of the products synced into the catalog hashes."""
     return f"{PREFIX}:catalog:ids"

@@ -70,6 +70,7 @@ class Breaker:
         self.open_until = 0.0
         self.failures = 0
         self.last_error = ""
+        self.probing = False
 
     @property
     def is_open(self) -> bool:
@@ -78,19 +79,30 @@ class Breaker:
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
         """Run a read of Redis; raises :class:`Unavailable` if Redis failed
-        now or within the last ``REDIS_RETRY_SECONDS``."""
-        if self.is_open:
-            raise Unavailable(self.last_error)
+        now or within the last ``REDIS_RETRY_SECONDS``. After that period one
+        caller at a time tries Redis (the others still fail at once)."""
+        with self.lock:
+            if self.clock() < self.open_until:
+                raise Unavailable(self.last_error)
+            probe = bool(self.failures)
+            if probe:
+                if self.probing:
+                    raise Unavailable(self.last_error)
+                self.probing = True
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self.trip(exc)
             raise Unavailable(str(exc)) from exc
         else:
-            if self.failures:
+            if probe:
                 with self.lock:
                     self.failures = 0
                 logger.warning("reco: Redis answers again")
+        finally:
+            if probe:
+                with self.lock:
+                    self.probing = False
 
     def trip(self, exc: BaseException) -> None:
         with self.lock:
@@ -108,6 +120,7 @@ class Breaker:
             self.open_until = 0.0
             self.failures = 0
             self.last_error = ""
+            self.probing = False
 
 
 breaker = Breaker()

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import random
+import threading
 from typing import Any
 
 import redis
@@ -58,10 +59,13 @@ def _with_display(
     chosen: list[tuple[str, str, float, float]],
     limit: int,
     category: str | None = None,
+    catalog_version: str | None = None,
 ) -> list[dict[str, Any]]:
     """The chosen (product, strategy, propensity, score) that the catalog can
     show (synced, in stock, not blocked, in ``category`` if given), with their
-    display fields; :func:`_numbered` adds the positions and the ``reco_id``."""
+    display fields; :func:`_numbered` adds the positions and the ``reco_id``.
+    Display fields read under ``catalog_version`` (the catalog sync raises it)
+    are kept in the process and used while it stays the same."""
     result: list[dict[str, Any]] = []
     # Most candidates can be shown: read a few more than needed, and the next
     # ones only when some could not (the catalog read is most of a request's time).
@@ -69,11 +73,8 @@ def _with_display(
     while start < len(chosen) and len(result) < limit:
         batch = chosen[start : start + (limit - len(result)) + DISPLAY_MARGIN]
         start += len(batch)
-        pipe = r.pipeline(transaction=False)
-        for product_id, _, _, _ in batch:
-            pipe.hgetall(keys.catalog_product(product_id))
         for (product_id, strategy, propensity, score), fields in zip(
-            batch, pipe.execute(), strict=True
+            batch, _catalog_fields(r, [c[0] for c in batch], catalog_version), strict=True
         ):
             if not fields or fields.get("in_stock") == "0" or fields.get("blocked") == "1":
                 continue
@@ -91,6 +92,45 @@ def _with_display(
             if len(result) >= limit:
                 break
     return result
+
+
+# catalog key -> (the catalog version it was read under, its fields)
+_display_cache: collections.OrderedDict[str, tuple[str, dict[str, str]]] = collections.OrderedDict()
+_DISPLAY_KEPT = 20_000
+_display_lock = threading.Lock()
+# guards the other process-wide caches below (categories, fallback lists)
+_cache_lock = threading.Lock()
+
+
+def _catalog_fields(
+    r: redis.Redis, product_ids: list[str], version: str | None
+) -> list[dict[str, str]]:
+    """Each product's catalog hash: from the process's copy when it was read
+    under ``version``, else from Redis (one round trip for all the misses).
+    Without a version (no sync has run) nothing is kept."""
+    catalog_keys = [keys.catalog_product(p) for p in product_ids]
+    found: list[dict[str, str] | None] = [None] * len(catalog_keys)
+    if version is not None:
+        with _display_lock:
+            for n, key in enumerate(catalog_keys):
+                entry = _display_cache.get(key)
+                if entry is not None and entry[0] == version:
+                    found[n] = entry[1]
+    missing = [n for n, fields in enumerate(found) if fields is None]
+    if missing:
+        pipe = r.pipeline(transaction=False)
+        for n in missing:
+            pipe.hgetall(catalog_keys[n])
+        for n, fields in zip(missing, pipe.execute(), strict=True):
+            found[n] = fields
+        if version is not None:
+            with _display_lock:
+                for n in missing:
+                    _display_cache[catalog_keys[n]] = (version, found[n] or {})
+                    _display_cache.move_to_end(catalog_keys[n])
+                while len(_display_cache) > _DISPLAY_KEPT:
+                    _display_cache.popitem(last=False)
+    return [fields or {} for fields in found]
 
 
 def _numbered(items: list[dict[str, Any]], seed: str) -> list[dict[str, Any]]:
@@ -111,11 +151,16 @@ def _single(
     exclude: set[str],
     limit: int,
     category: str | None = None,
+    catalog_version: str | None = None,
 ) -> list[dict[str, Any]]:
     scores = _scores([(strategy, items)])
     ids = strategies.top(items, exclude, limit * CANDIDATE_FACTOR)
     shown = _with_display(
-        r, [(p, strategy, 1.0, scores[strategy].get(p, 0.0)) for p in ids], limit, category
+        r,
+        [(p, strategy, 1.0, scores[strategy].get(p, 0.0)) for p in ids],
+        limit,
+        category,
+        catalog_version,
     )
     if len(shown) < limit and len(ids) < len(items):
         # the first candidates were filtered out: look deeper in the list
@@ -125,6 +170,7 @@ def _single(
             [(p, strategy, 1.0, scores[strategy].get(p, 0.0)) for p in deeper],
             limit - len(shown),
             category,
+            catalog_version,
         )
     return _numbered(shown, f"{strategy}|{category}")
 
@@ -167,6 +213,8 @@ class Lists:
     # the template tag and the websocket agree) until the policy changes, and
     # the draws are still independent of anything the visitor does next.
     seed: str = ""
+    # the catalog's version when the lists were read (display fields kept under it)
+    catalog_version: str | None = None
 
 
 @dataclasses.dataclass
@@ -242,6 +290,7 @@ def strategy_lists(
     pipe = r.pipeline(transaction=False)
     pipe.mget([key for _, key in sources] + wanted)
     pipe.get(keys.bandit_policy_version())
+    pipe.get(keys.catalog_version())
     if visitor_id:
         pipe.zrange(keys.visitor_seen(visitor_id), 0, -1)
     if product_id:
@@ -253,7 +302,7 @@ def strategy_lists(
         for (strategy, _), value in zip(sources, values[: len(sources)], strict=True)
     ]
     extra = values[len(sources) :]
-    exclude = set(replies[2]) if visitor_id else set()
+    exclude = set(replies[3]) if visitor_id else set()
     if product_id:
         exclude.add(product_id)
         actual = replies[-1] or None
@@ -275,7 +324,13 @@ def strategy_lists(
                     known.add(str(item.get("product_id")))
                     items.append(item)
         lists.append((strategies.CATEGORY, items))
-    return Lists(lists, exclude, _policy(r, replies[1]), f"{visitor_id}|{product_id}|{replies[1]}")
+    return Lists(
+        lists,
+        exclude,
+        _policy(r, replies[1]),
+        f"{visitor_id}|{product_id}|{replies[1]}",
+        replies[2],
+    )
 
 
 # product -> its category as last read: lets one round trip fetch the category's
@@ -285,10 +340,11 @@ _CATEGORIES_KEPT = 50_000
 
 
 def _remember_category(product_id: str, category: str | None) -> None:
-    _categories[product_id] = category
-    _categories.move_to_end(product_id)
-    if len(_categories) > _CATEGORIES_KEPT:
-        _categories.popitem(last=False)
+    with _cache_lock:
+        _categories[product_id] = category
+        _categories.move_to_end(product_id)
+        if len(_categories) > _CATEGORIES_KEPT:
+            _categories.popitem(last=False)
 
 
 def blend(found: Lists, limit: int, rng: random.Random | None = None) -> list[dict[str, Any]]:
@@ -332,19 +388,26 @@ def served(
             [(p, s, propensity, scores[s].get(p, 0.0)) for p, s, propensity in chosen],
             limit - len(shown),
             category,
+            found.catalog_version,
         )
         if len(shown) >= limit:
             break
     if len(shown) < limit:
         # every candidate tried was filtered out: look deeper in each list, best first
-        deeper = [
-            (str(item.get("product_id")), strategy, 1.0, float(item.get("score", 0.0)))
-            for strategy, items in found.lists
-            for item in items
-            if str(item.get("product_id")) not in found.exclude | tried
-        ]
-        unique = list({p: (p, s, w, sc) for p, s, w, sc in reversed(deeper)}.values())[::-1]
-        shown += _with_display(r, unique, limit - len(shown), category)
+        skip = found.exclude | tried
+        unique: dict[str, tuple[str, str, float, float]] = {}
+        for strategy, items in found.lists:
+            for item in items:
+                product_id = str(item.get("product_id"))
+                if product_id not in skip and product_id not in unique:
+                    unique[product_id] = (product_id, strategy, 1.0, float(item.get("score", 0.0)))
+        shown += _with_display(
+            r, list(unique.values()), limit - len(shown), category, found.catalog_version
+        )
+    _remember_trending(
+        category,
+        [i for i in shown if i["strategy"] in (strategies.TRENDING, strategies.POPULAR)],
+    )
     return Served(_numbered(shown, found.seed), source)
 
 
@@ -354,8 +417,11 @@ def similar_to(
     """Items related to a product (co-visitation). Raises :class:`Unavailable`."""
     with breaker.guard():
         r = get_redis()
-        items = _load_list(r.get(keys.product_similar(product_id)))
-        return _single(r, strategies.SIMILAR, items, {str(product_id), *exclude}, limit)
+        raw, version = r.mget(keys.product_similar(product_id), keys.catalog_version())
+        items = _load_list(raw)
+        return _single(
+            r, strategies.SIMILAR, items, {str(product_id), *exclude}, limit, None, version
+        )
 
 
 def trending(
@@ -368,30 +434,39 @@ def trending(
     from the long window when the short one has too few. Raises :class:`Unavailable`."""
     with breaker.guard():
         r = get_redis()
-        short, long = r.mget(
-            keys.trending_list("short", category or ""), keys.trending_list("long", category or "")
+        short, long, version = r.mget(
+            keys.trending_list("short", category or ""),
+            keys.trending_list("long", category or ""),
+            keys.catalog_version(),
         )
         items = _load_list(short)
         known = {str(i.get("product_id")) for i in items}
         items += [i for i in _load_list(long) if str(i.get("product_id")) not in known]
-        result = _single(r, strategies.TRENDING, items, set(exclude), limit)
+        result = _single(r, strategies.TRENDING, items, set(exclude), limit, None, version)
     _remember_trending(category, result)
     return result
 
 
-# The last trending lists this process served, per category: what a visitor
-# is shown while Redis does not answer.
+# What this process served from the trending lists, newest first, per category
+# ("" for all): what a visitor is shown while Redis does not answer.
 _last_trending: collections.OrderedDict[str, list[dict[str, Any]]] = collections.OrderedDict()
 _LAST_TRENDING_KEPT = 64
+_FALLBACK_ITEMS = 50
 
 
 def _remember_trending(category: str | None, items: list[dict[str, Any]]) -> None:
+    """Add served trending items (of ``category``, or of any) to the fallback."""
     if not items:
         return
-    _last_trending[category or ""] = items
-    _last_trending.move_to_end(category or "")
-    while len(_last_trending) > _LAST_TRENDING_KEPT:
-        _last_trending.popitem(last=False)
+    for name in {category or "", ""}:
+        with _cache_lock:
+            known = _last_trending.get(name, [])
+            ids = {item["product_id"] for item in items}
+            merged = [*items, *(i for i in known if i["product_id"] not in ids)]
+            _last_trending[name] = merged[:_FALLBACK_ITEMS]
+            _last_trending.move_to_end(name)
+            while len(_last_trending) > _LAST_TRENDING_KEPT:
+                _last_trending.popitem(last=False)
 
 
 def fallback(
@@ -399,10 +474,28 @@ def fallback(
     limit: int = 8,
     exclude: set[str] | frozenset[str] = frozenset(),
 ) -> list[dict[str, Any]]:
-    """What to show without Redis: the last trending list served for the
-    category (else the global one), less ``exclude``; possibly empty."""
-    items = _last_trending.get(category or "") or _last_trending.get("") or []
+    """What to show without Redis: the trending items this process served
+    lately (of ``category`` if it has some, else of any, then kept to the
+    category), less ``exclude``; possibly empty."""
+    with _cache_lock:
+        items = list(_last_trending.get(category or "") or _last_trending.get("") or [])
+    if category:
+        items = [i for i in items if i.get("category") == category]
     kept = [dict(item) for item in items if item["product_id"] not in exclude][:limit]
-    for item in kept:
+    for position, item in enumerate(kept):
         item["strategy"] = "fallback"
+        item["position"] = position
     return kept
+
+
+def reset(fallback: bool = True) -> None:
+    """Forget what this process read from Redis (the settings changed); the
+    fallback lists too unless ``fallback`` is False."""
+    global _policy_cache
+    with _cache_lock:
+        if fallback:
+            _last_trending.clear()
+        _categories.clear()
+    with _display_lock:
+        _display_cache.clear()
+    _policy_cache = (None, strategies.Policy(None))

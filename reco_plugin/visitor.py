@@ -100,3 +100,14 @@ def visitor_id_for(request: HttpRequest, create: bool = True) -> str | None:
 def visitor_id_for_scope(scope: Mapping[str, Any]) -> str | None:
     """The websocket connection's visitor id (never creates one)."""
     return _from(scope.get("user"), scope.get("session"), create=False)
+
+
+def is_tracked_scope(scope: Mapping[str, Any]) -> bool:
+    """:func:`is_tracked` for a websocket connection (its headers and cookies)."""
+    request = HttpRequest()
+    for name, value in scope.get("headers") or ():
+        key = name.decode("latin1").upper().replace("-", "_")
+        request.META[key if key == "CONTENT_TYPE" else f"HTTP_{key}"] = value.decode("latin1")
+    request.COOKIES = dict(scope.get("cookies") or {})
+    request.path = scope.get("path", "")
+    return is_tracked(request)

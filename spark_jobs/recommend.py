@@ -39,7 +39,7 @@ from reco_plugin import keys, schema
 from reco_plugin.scoring import PipelineSettings
 from spark_jobs import state
 from spark_jobs.batch import BatchProcessor
-from spark_jobs.session import add_spark_arguments, build_session, spark_options
+from spark_jobs.session import REDIS_URL_ENV, add_spark_arguments, build_session, spark_options
 
 logger = logging.getLogger("spark_jobs.recommend")
 QUERY_NAME = "reco_recommend"
@@ -60,7 +60,12 @@ KAFKA_SOURCE_OPTIONS = {
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bootstrap", required=True, help="Kafka bootstrap servers")
-    parser.add_argument("--redis", required=True, help="Redis URL the lists are written to")
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get(REDIS_URL_ENV),
+        help=f"Redis URL the lists are written to (default ${REDIS_URL_ENV}: a URL with a "
+        "password is better kept out of the command line)",
+    )
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory")
     parser.add_argument(
         "--topics",
@@ -83,6 +88,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     add_spark_arguments(parser)
     args = parser.parse_args(argv)
+    if not args.redis:
+        parser.error(f"the Redis URL: --redis or ${REDIS_URL_ENV}")
     args.spark = spark_options(parser, args)
     try:
         values = json.loads(args.config) if args.config else {}

@@ -31,6 +31,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -40,7 +41,7 @@ from typing import Any
 from reco_plugin import keys, schema
 from reco_plugin.scoring import PipelineSettings
 from spark_jobs import learn, state
-from spark_jobs.session import add_spark_arguments, build_session, spark_options
+from spark_jobs.session import REDIS_URL_ENV, add_spark_arguments, build_session, spark_options
 
 logger = logging.getLogger("spark_jobs.retrain")
 
@@ -51,13 +52,20 @@ ITEMS_PER_VISITOR = 50
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lake", required=True, help="the event lake's path (lake_path)")
-    parser.add_argument("--redis", required=True, help="Redis URL the lists are written to")
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get(REDIS_URL_ENV),
+        help=f"Redis URL the lists are written to (default ${REDIS_URL_ENV}: a URL with a "
+        "password is better kept out of the command line)",
+    )
     parser.add_argument("--days", type=int, default=30, help="how many days back to read")
     parser.add_argument("--items-per-visitor", type=int, default=ITEMS_PER_VISITOR)
     parser.add_argument("--key-prefix", default=None)
     parser.add_argument("--config", default=None, help="pipeline settings as JSON (partial)")
     add_spark_arguments(parser)
     args = parser.parse_args(argv)
+    if not args.redis:
+        parser.error(f"the Redis URL: --redis or ${REDIS_URL_ENV}")
     args.spark = spark_options(parser, args)
     if args.days < 1 or args.items_per_visitor < 2:
         parser.error("--days must be >= 1 and --items-per-visitor >= 2")

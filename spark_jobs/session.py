@@ -9,6 +9,8 @@ from pathlib import Path
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 CONNECTOR_ENV = "RECO_SPARK_KAFKA_CONNECTOR"
+# where the jobs find the Redis URL when it is not on their command line
+REDIS_URL_ENV = "RECO_JOB_REDIS_URL"
 
 
 def connector_coordinates() -> str:
@@ -101,19 +103,29 @@ def build_session(
     builder = SparkSession.builder.appName(app_name)
     if master or not submitted:
         builder = builder.master(master or os.environ.get("RECO_SPARK_MASTER", f"local[{cores}]"))
-    builder = (
-        builder.config("spark.sql.shuffle.partitions", str(shuffle_partitions or cores))
-        .config("spark.default.parallelism", str(cores))
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.memory", os.environ.get("RECO_SPARK_DRIVER_MEMORY", "2g"))
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.adaptive.enabled", "false")
+    defaults = {
+        "spark.sql.shuffle.partitions": str(shuffle_partitions or cores),
+        "spark.default.parallelism": str(cores),
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.driver.memory": os.environ.get("RECO_SPARK_DRIVER_MEMORY", "2g"),
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.adaptive.enabled": "false",
         # collect() with a limit reads every partition in one job, not 1, 4, 16...
-        .config("spark.sql.limit.initialNumPartitions", "100000")
-        .config("spark.python.worker.reuse", "true")
-        .config("spark.executorEnv.PYTHONPATH", os.environ["PYTHONPATH"])
-    )
+        "spark.sql.limit.initialNumPartitions": "100000",
+        "spark.python.worker.reuse": "true",
+        "spark.executorEnv.PYTHONPATH": os.environ["PYTHONPATH"],
+    }
+    if submitted:
+        # spark-submit's --conf (and the cluster's defaults) win over these
+        from pyspark import SparkConf
+
+        given = SparkConf()
+        defaults = {k: v for k, v in defaults.items() if not given.contains(k)}
+        if shuffle_partitions:
+            defaults["spark.sql.shuffle.partitions"] = str(shuffle_partitions)
+    for key, value in defaults.items():
+        builder = builder.config(key, value)
     if kafka and (connector or not submitted):
         for key, value in connector_config(connector).items():
             builder = builder.config(key, value)

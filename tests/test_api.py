@@ -240,3 +240,14 @@ def test_a_product_moved_to_another_category_gets_that_categorys_list(client, r)
     for _ in range(2):  # the first read finds the change, the next one expects it
         body = client.get("/reco/api/recommendations/?product=1&limit=2").json()
         assert [i["product_id"] for i in body["items"]] == ["5", "4"]
+
+
+def test_a_weak_etag_from_a_gzipping_proxy_still_gets_a_304(client, r):
+    put_catalog(r, [1])
+    put_list(r, keys.trending(), [1])
+    etag = client.get("/reco/api/trending/")["ETag"]
+    assert client.get("/reco/api/trending/", HTTP_IF_NONE_MATCH=f"W/{etag}").status_code == 304
+    assert (
+        client.get("/reco/api/trending/", HTTP_IF_NONE_MATCH='"other", ' + etag).status_code == 304
+    )
+    assert client.get("/reco/api/trending/", HTTP_IF_NONE_MATCH='"other"').status_code == 200

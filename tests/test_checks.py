@@ -176,3 +176,18 @@ def test_a_small_redis_channel_layer_is_W006():
     }
     with override_settings(CHANNEL_LAYERS=sized):
         assert "reco_plugin.W006" not in reco_ids()
+
+
+def test_settings_that_need_a_missing_extra_are_reported(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("channels_redis", "celery") else real(name, *a),
+    )
+    layers = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {}}}
+    with override_settings(CHANNEL_LAYERS=layers, CELERY_BROKER_URL="redis://127.0.0.1:6379/1"):
+        found = reco_ids()
+    assert {"reco_plugin.E012", "reco_plugin.W007"} <= found

@@ -32,11 +32,20 @@ def communicator(session_key=None):
     return WebsocketCommunicator(application, "/ws/reco/", headers=headers)
 
 
-async def test_connection_without_a_visitor_is_refused(redis_url):
+async def test_connection_without_a_visitor_is_closed_with_4401(redis_url):
     ws = communicator()
-    connected, code = await ws.connect()
-    assert not connected
-    assert code == 4401
+    connected, _ = await ws.connect()
+    assert connected  # accepted, so that the browser sees the code
+    assert await ws.receive_output(timeout=3) == {"type": "websocket.close", "code": 4401}
+
+
+async def test_a_visitor_who_opted_out_gets_no_live_channel(r):
+    key = await new_session("visitor-opted-out")
+    headers = [(b"cookie", f"{django_settings.SESSION_COOKIE_NAME}={key}; reco_opt_out=1".encode())]
+    ws = WebsocketCommunicator(application, "/ws/reco/", headers=headers)
+    assert (await ws.connect())[0]
+    assert await ws.receive_output(timeout=3) == {"type": "websocket.close", "code": 4403}
+    assert not await sync_to_async(r.zscore)(keys.websocket_visitors(), "s:visitor-opted-out")
 
 
 async def test_subscribe_sends_the_list_and_updates_are_pushed(r):

@@ -133,3 +133,24 @@ def test_the_wheel_ships_the_jobs_without_the_demo(tmp_path):
     ):
         assert module in names
     assert not [n for n in names if n.startswith(("demo_shop/", "stack/", "tests/", "bench/"))]
+
+
+def test_a_redis_password_stays_off_the_command_line(settings, monkeypatch):
+    from spark_jobs import recommend
+    from spark_jobs.session import REDIS_URL_ENV
+
+    url = "redis://:s3cret@cache:6379/0"
+    settings.RECO_PLUGIN = {
+        **settings.RECO_PLUGIN,
+        "REDIS_URL": url,
+        "SPARK": {"CHECKPOINT": "/tmp/c"},
+    }
+    argv = jobs.stream_command()
+    assert "--redis" not in argv and not any("s3cret" in a for a in argv)
+    env = jobs.environment()
+    assert env[REDIS_URL_ENV] == url
+    monkeypatch.setenv(REDIS_URL_ENV, url)
+    assert recommend.parse_args(argv[3:]).redis == url
+    out = StringIO()
+    call_command("reco_stream", "--print", stdout=out, stderr=StringIO())
+    assert "s3cret" not in out.getvalue()

@@ -17,7 +17,7 @@ import pytest
 import redis as redis_lib
 from django.test import override_settings
 
-from reco_plugin import keys
+from reco_plugin import keys, store
 from reco_plugin.consumers import CLOSE_NO_PUSH, CLOSE_UNAVAILABLE
 from stack.services import free_port
 
@@ -82,6 +82,7 @@ def hung():
 @pytest.fixture
 def warmed(client, r):
     """Trending served once while Redis answered: the process keeps it as its fallback."""
+    store.reset()
     put_catalog(r, [1, 2, 3, 4])
     put_list(r, keys.trending(), [3, 2, 1, 4])
     response = client.get("/reco/api/trending/")
@@ -168,6 +169,7 @@ def test_redis_paused_mid_stream_then_resumed(client, settings, tmp_path):
     process, port, own = redis_process(tmp_path)
     try:
         point_at(settings, f"redis://127.0.0.1:{port}/0")
+        store.reset()
         put_catalog(own, [1, 2, 3])
         put_list(own, keys.trending(), [1, 2, 3])
         assert client.get("/reco/api/trending/").json()["degraded"] is False
@@ -212,3 +214,23 @@ async def test_without_a_channel_layer_the_websocket_says_so_instead_of_failing(
             assert closed == {"type": "websocket.close", "code": CLOSE_NO_PUSH}
         finally:
             layers.channel_layers.backends.clear()
+
+
+def test_after_the_retry_period_one_caller_tries_redis_and_the_others_do_not_wait(settings):
+    from reco_plugin.redis_client import Breaker, Unavailable
+
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "REDIS_RETRY_SECONDS": 5.0}
+    now = [100.0]
+    breaker = Breaker(clock=lambda: now[0])
+    with pytest.raises(Unavailable), breaker.guard():
+        raise redis_lib.TimeoutError("Timeout reading from socket")
+    with pytest.raises(Unavailable, match="Timeout"), breaker.guard():
+        raise AssertionError("not run while open")
+    now[0] += 5.0
+    with breaker.guard():  # the probe
+        with pytest.raises(Unavailable), breaker.guard():
+            raise AssertionError("a second caller does not probe too")
+    # the probe succeeded: closed again
+    with breaker.guard():
+        pass
+    assert breaker.failures == 0 and not breaker.probing

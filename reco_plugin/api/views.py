@@ -13,6 +13,7 @@ from django.db import connections, router
 from django.http import HttpResponseNotModified
 from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.cache import patch_vary_headers
+from django.utils.http import parse_etags
 from django.utils.module_loading import import_string
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -128,8 +129,9 @@ class ListView(RecoAPIView):
         etag = '"' + hashlib.sha256(response.content).hexdigest()[:32] + '"'
         response["ETag"] = etag
         patch_vary_headers(response, ["Cookie"])
-        asked = request.headers.get("If-None-Match", "")
-        if etag in {tag.strip() for tag in asked.split(",")} or asked.strip() == "*":
+        # weak comparison (RFC 9110): a gzipping proxy or middleware sends W/"..."
+        asked = parse_etags(request.headers.get("If-None-Match", ""))
+        if "*" in asked or etag.removeprefix("W/") in {t.removeprefix("W/") for t in asked}:
             not_modified = HttpResponseNotModified()
             for header in ("ETag", "Cache-Control", "Vary"):
                 not_modified[header] = response[header]

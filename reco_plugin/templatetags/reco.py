@@ -14,7 +14,7 @@ from django.utils.translation import gettext_lazy as _
 
 from .. import store
 from ..conf import reco_settings
-from ..visitor import visitor_id_for
+from ..visitor import is_tracked, visitor_id_for
 
 register = template.Library()
 logger = logging.getLogger(__name__)
@@ -49,13 +49,19 @@ def recommendations(
     if kind not in KINDS:
         raise template.TemplateSyntaxError(f"recommendations kind must be one of {KINDS}")
     request = context.get("request")
-    limit = int(limit or reco_settings.DEFAULT_LIMIT)
+    limit = max(1, min(int(limit or reco_settings.DEFAULT_LIMIT), reco_settings.MAX_LIMIT))
     product_id = None if product is None else str(getattr(product, "pk", product))
+    # a category given as a model instance, or too long for the API: as text, or none
+    category = str(category)[:200] if category not in (None, "") else None
     if kind == "similar" and product_id is None:
         raise template.TemplateSyntaxError('recommendations kind="similar" needs product=')
     # what the page's earlier widgets show is not repeated by the visitor's list
     shown: list[str] = list(getattr(request, "_reco_shown", ())) if request is not None else []
     params: dict[str, str] = {}
+    visitor_id = visitor_id_for(request) if request is not None and kind == "for_you" else None
+    live = (
+        kind == "for_you" and visitor_id is not None and request is not None and is_tracked(request)
+    )
     if kind == "similar":
         api = reverse("reco_plugin:similar", args=[product_id])
     elif kind == "trending":
@@ -72,7 +78,6 @@ def recommendations(
         elif kind == "trending":
             items = store.trending(category, limit)
         else:
-            visitor_id = visitor_id_for(request) if request is not None else None
             items = store.recommend(visitor_id, product_id, limit, exclude=set(shown)).items
     except store.Unavailable:
         # Redis away (asked once per REDIS_RETRY_SECONDS): the page renders at
@@ -94,7 +99,8 @@ def recommendations(
         "params": params,
         "events": reverse("reco_plugin:events"),
         # only the visitor's own list is pushed; the others are polled
-        "ws": reco_settings.WEBSOCKET_PATH if kind == "for_you" else None,
+        # (and only when there is a visitor who may be tracked)
+        "ws": reco_settings.WEBSOCKET_PATH if live else None,
         "product": product_id,
         "exclude": shown[: store.MAX_EXCLUDE] if kind == "for_you" else [],
         "limit": limit,

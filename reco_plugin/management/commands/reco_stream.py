@@ -60,6 +60,10 @@ class Command(BaseCommand):
         if print_only:
             self.stdout.write(shlex.join(argv))
             self.stdout.write(shlex.join(jobs.submit_command(argv)))
+            if "--redis" not in argv:
+                self.stderr.write(
+                    "(the Redis URL holds a password: set it in $RECO_JOB_REDIS_URL for the job)"
+                )
             return
         if importlib.util.find_spec("pyspark") is None:
             raise CommandError(

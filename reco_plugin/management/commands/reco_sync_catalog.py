@@ -12,8 +12,8 @@ from reco_plugin.conf import reco_settings
 class Command(BaseCommand):
     help = (
         "Copy every product's display fields (PRODUCT_FIELDS) and stock to Redis once, "
-        "and drop products that no longer exist. Celery beat repeats it every "
-        "CATALOG_SYNC_SECONDS; product saves sync one product."
+        "and drop products that no longer exist. Celery beat repeats it "
+        "(reco_plugin.schedule.beat_schedule); product saves sync one product."
     )
 
     def handle(self, *args, **options):

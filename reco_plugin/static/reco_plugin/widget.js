@@ -28,7 +28,7 @@
   }
 
   // Close codes the server uses (reco_plugin.consumers).
-  var CLOSE_NO_PUSH = 4501;
+  var FINAL_CLOSES = [4401, 4403, 4501];
   var PING_INTERVAL = 25000;
   var PONG_TIMEOUT = 10000;
 
@@ -68,6 +68,7 @@
     this.status = root.querySelector("[data-reco-status]");
     this.version = 0;
     this.pushed = 0;
+    this.pushes = 0;
     this.pingTimer = null;
     this.pongTimer = null;
     this.socket = null;
@@ -144,16 +145,23 @@
     if (this.pending.length) this.flushImpressions();
   };
 
+  // What a list is for the widget: its items, and the list (reco_id) and
+  // strategy each came from, so that clicks and impressions report what was shown.
+  function signatureOf(items) {
+    return items.map(function (i) { return i.product_id + "|" + i.strategy + "|" + i.reco_id; }).join(",");
+  }
+
   Widget.prototype.currentSignature = function () {
     return Array.prototype.map
       .call(this.list.querySelectorAll("[data-product-id]"), function (li) {
-        return li.dataset.productId;
+        var link = li.querySelector("[data-reco-id]");
+        return li.dataset.productId + "|" + li.dataset.strategy + "|" + (link ? link.dataset.recoId : "");
       })
       .join(",");
   };
 
   Widget.prototype.render = function (items) {
-    var signature = items.map(function (i) { return i.product_id; }).join(",");
+    var signature = signatureOf(items);
     if (signature === this.signature) return;
     var focused = document.activeElement;
     var focusedItem = focused && this.list.contains(focused) ? focused.closest("[data-product-id]") : null;
@@ -208,6 +216,7 @@
         if (data.version <= self.pushed) return;
         self.pushed = data.version;
       }
+      self.pushes += 1;
       self.render(data.items || []);
     };
     socket.onclose = function (event) { self.lost(socket, event.code); };
@@ -222,8 +231,9 @@
     this.pingTimer = this.pongTimer = null;
     this.startPolling(true);
     this.root.dataset.recoClosed = String(code);
-    // no channel layer on the server: pushes will never come, polling it is
-    if (code === CLOSE_NO_PUSH) return;
+    // no channel layer, no visitor, or one who is not tracked: pushes will
+    // never come on this page, polling it is
+    if (FINAL_CLOSES.indexOf(code) >= 0) return;
     setTimeout(function () { self.connect(); }, this.retryDelay);
     this.retryDelay = Math.min(this.retryDelay * 2, 60000);
   };
@@ -260,11 +270,16 @@
     params.set("limit", this.config.limit);
     // the browser revalidates with the list's ETag: an unchanged list is a 304
     var self = this;
+    var pushesBefore = this.pushes;
     fetch(this.config.api + "?" + params.toString(), { credentials: "same-origin" })
       .then(function (response) { return response.ok ? response.json() : null; })
       .then(function (data) {
+        if (!data) return;
+        // a push that came meanwhile is newer than this answer
+        if (self.pushes !== pushesBefore) return;
         // a fallback served while Redis is away does not replace a real list
-        if (data && !(data.degraded && self.signature)) self.render(data.items || []);
+        if (data.degraded && self.signature) return;
+        self.render(data.items || []);
       })
       .catch(function () { /* next poll tries again */ });
   };
