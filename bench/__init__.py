@@ -27,3 +27,25 @@ def kafka_and_redis(log: Callable[[str], None]) -> Iterator[tuple]:
             raise
         finally:
             stack.stop()
+
+
+def shop_in_process(stack, state: Path, settings_module: str = "demo_shop.settings") -> dict:
+    """Configure the demo shop in this process (``DEBUG`` off, its own SQLite
+    file in ``state``, the stack's Redis), migrate it, and return the
+    environment a server process of the same shop needs."""
+    import os
+
+    env = {
+        **stack.env(),
+        "DJANGO_SETTINGS_MODULE": settings_module,
+        "RECO_DB_PATH": str(state / "shop.sqlite3"),
+        "DJANGO_DEBUG": "0",
+    }
+    names = ("DJANGO_SETTINGS_MODULE", "RECO_DB_PATH", "RECO_REDIS_PORT", "RECO_KAFKA_PORT")
+    os.environ.update({k: env[k] for k in (*names, "RECO_STATE_DIR", "DJANGO_DEBUG")})
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", verbosity=0, interactive=False)
+    return env

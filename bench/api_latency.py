@@ -173,6 +173,7 @@ async def phase(
 
 
 def run(log: Callable[[str], None] = print) -> dict:
+    from bench import shop_in_process
     from stack.services import PYTHON, REPO, Ports, Stack, free_port, stop_process
 
     rng = random.Random(7)
@@ -183,30 +184,7 @@ def run(log: Callable[[str], None] = print) -> dict:
             log("starting Redis on a free port...")
             stack.start_redis()
             url = stack.redis_url
-            env = {
-                **stack.env(),
-                "DJANGO_SETTINGS_MODULE": "bench.api_settings",
-                "RECO_DB_PATH": str(Path(state) / "shop.sqlite3"),
-                "DJANGO_DEBUG": "0",
-            }
-            os.environ.update(
-                {
-                    k: env[k]
-                    for k in (
-                        "DJANGO_SETTINGS_MODULE",
-                        "RECO_DB_PATH",
-                        "RECO_REDIS_PORT",
-                        "RECO_KAFKA_PORT",
-                        "RECO_STATE_DIR",
-                        "DJANGO_DEBUG",
-                    )
-                }
-            )
-            import django
-            from django.core.management import call_command
-
-            django.setup()
-            call_command("migrate", verbosity=0, interactive=False)
+            env = shop_in_process(stack, Path(state), "bench.api_settings")
             log(f"loading {PRODUCTS} products and {VISITORS} visitors into Redis...")
             seed_redis(url, rng)
             sessions = seed_visitors(url, rng)
