@@ -49,3 +49,29 @@ def shop_in_process(stack, state: Path, settings_module: str = "demo_shop.settin
     django.setup()
     call_command("migrate", verbosity=0, interactive=False)
     return env
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q``-th percentile of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def uvicorn_argv(port: int, workers: int = 1, *extra: str) -> list[str]:
+    """The demo shop served by uvicorn as a production shop would run it."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "demo_shop.asgi:application",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        *extra,
+    ]

@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import percentile, uvicorn_argv
+
 PRODUCTS = 2000
 VISITORS = 400
 CATEGORIES = 18
@@ -42,11 +44,6 @@ WORKERS = int(os.environ.get("RECO_BENCH_WORKERS", "1"))
 PHASE_SECONDS = 5.0
 ROUNDS = 3
 LIMIT = 8
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 def seed_redis(url: str, rng: random.Random) -> None:
@@ -174,7 +171,7 @@ async def phase(
 
 def run(log: Callable[[str], None] = print) -> dict:
     from bench import shop_in_process
-    from stack.services import PYTHON, REPO, Ports, Stack, free_port, stop_process
+    from stack.services import REPO, Ports, Stack, free_port, stop_process
 
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(prefix="reco-bench-api-") as state:
@@ -190,17 +187,7 @@ def run(log: Callable[[str], None] = print) -> dict:
             sessions = seed_visitors(url, rng)
             port = free_port()
             server = subprocess.Popen(
-                [
-                    PYTHON,
-                    "-m",
-                    "uvicorn",
-                    "demo_shop.asgi:application",
-                    "--port",
-                    str(port),
-                    "--no-access-log",
-                    "--log-level",
-                    "warning",
-                ],
+                uvicorn_argv(port, WORKERS),
                 cwd=REPO,
                 env=env,
                 stdout=subprocess.DEVNULL,

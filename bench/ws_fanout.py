@@ -30,17 +30,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import percentile, uvicorn_argv
+
 CLIENTS = 1000
 # uvicorn processes serving the websockets (one per core is the usual deployment)
 WORKERS = int(os.environ.get("RECO_BENCH_WORKERS", "1"))
 PRODUCTS = 500
 ROUNDS = 3
 TIMEOUT = 30.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 def seed(url: str, rng: random.Random) -> list[str]:
@@ -206,21 +203,7 @@ def run(log: Callable[[str], None] = print) -> dict:
             for name, argv in (
                 (
                     "web",
-                    [
-                        PYTHON,
-                        "-m",
-                        "uvicorn",
-                        "demo_shop.asgi:application",
-                        "--port",
-                        str(port),
-                        "--no-access-log",
-                        "--log-level",
-                        "warning",
-                        "--ws-max-queue",
-                        "64",
-                        "--workers",
-                        str(WORKERS),
-                    ],
+                    uvicorn_argv(port, WORKERS, "--ws-max-queue", "64"),
                 ),
                 ("push", [PYTHON, str(REPO / "manage.py"), "reco_push"]),
             ):

@@ -16,11 +16,9 @@ from stack.services import Ports, Stack, free_port
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    """A real redis-server on a free port for the whole session."""
+def start_redis_server(workdir) -> tuple[subprocess.Popen, int]:
+    """A real redis-server on a free port, answering; (process, port)."""
     port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
         [
             shutil.which("redis-server") or "redis-server",
@@ -43,12 +41,18 @@ def redis_server(tmp_path_factory):
     while True:
         try:
             client.ping()
-            break
+            return process, port
         except redis_lib.ConnectionError:
             if time.monotonic() > deadline:
                 process.kill()
                 raise
             time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    """A real redis-server on a free port for the whole session."""
+    process, port = start_redis_server(tmp_path_factory.mktemp("redis"))
     yield f"redis://127.0.0.1:{port}/0"
     process.terminate()
     process.wait(10)

@@ -6,10 +6,8 @@ websocket closes with an application code.
 """
 
 import os
-import shutil
 import signal
 import socket
-import subprocess
 import threading
 import time
 
@@ -21,7 +19,7 @@ from reco_plugin import keys, store
 from reco_plugin.consumers import CLOSE_NO_PUSH, CLOSE_UNAVAILABLE
 from stack.services import free_port
 
-from .conftest import put_catalog, put_list
+from .conftest import put_catalog, put_list, start_redis_server
 from .test_consumer import communicator, new_session
 
 pytestmark = pytest.mark.django_db
@@ -138,31 +136,8 @@ def test_a_page_renders_at_once_with_redis_hung(client, settings, warmed, hung, 
 
 
 def redis_process(tmp_path):
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            shutil.which("redis-server") or "redis-server",
-            "--port",
-            str(port),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis_lib.Redis(port=port, decode_responses=True)
-    for _ in range(200):
-        try:
-            client.ping()
-            return process, port, client
-        except redis_lib.ConnectionError:
-            time.sleep(0.05)
-    process.kill()
-    raise RuntimeError("redis-server did not start")
+    process, port = start_redis_server(tmp_path)
+    return process, port, redis_lib.Redis(port=port, decode_responses=True)
 
 
 def test_redis_paused_mid_stream_then_resumed(client, settings, tmp_path):
