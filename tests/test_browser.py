@@ -231,3 +231,33 @@ def test_a_socket_that_stops_answering_falls_back_to_polling(live_stack, browser
     page.wait_for_timeout(2500)
     assert polls and set(polls) <= {200, 304}, polls
     context.close()
+
+
+def test_a_live_update_does_not_move_the_page(live_stack, browser):
+    context = browser.new_context(viewport={"width": 1200, "height": 1400})
+    page = context.new_page()
+    page.goto(live_stack.web_url + "/products/1/")
+    page.wait_for_selector(f"{FOR_YOU}[data-reco-live='websocket']", timeout=10_000)
+    shown = len(widget_ids(page))
+    page.evaluate(
+        """() => { window.__shift = 0; new PerformanceObserver((list) => {
+            for (const e of list.getEntries()) if (!e.hadRecentInput) window.__shift += e.value;
+        }).observe({type: 'layout-shift', buffered: false}); }"""
+    )
+    # a new list of as many items, with titles of very different lengths
+    page.evaluate(
+        """([selector, count]) => {
+        const widget = document.querySelector(selector).recoWidget;
+        const items = [...Array(count).keys()].map((n) => ({product_id: String(900 + n),
+            title: n % 2 ? 'A' : 'A very long title that would take three or four lines here',
+            url: '/products/' + (900 + n) + '/', price: '9.99', strategy: 'similar',
+            propensity: 1, reco_id: 'shift', position: n}));
+        widget.socket.onmessage({data: JSON.stringify(
+            {type: 'recommendations', version: Date.now() * 1000 + 1e9, items})});
+    }""",
+        [FOR_YOU, shown],
+    )
+    page.wait_for_timeout(500)
+    assert widget_ids(page)[0] == "900"
+    assert page.evaluate("window.__shift") == 0
+    context.close()
