@@ -43,8 +43,8 @@ CLOSE_NOT_TRACKED = 4403
 CLOSE_NO_PUSH = 4501
 # Redis did not answer: the widget polls (and shows its fallback) and reconnects later.
 CLOSE_UNAVAILABLE = 4503
-# A socket tells the server it is open this often (the client's ping); the relay
-# counts a visitor as online for ONLINE_SECONDS after the last.
+# An open socket marks its visitor online this often (and on every client ping);
+# the relay counts a visitor as online for ONLINE_SECONDS after the last mark.
 PING_SECONDS = 25
 ONLINE_SECONDS = 90
 
@@ -84,6 +84,7 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
     group: str | None = None
     sent_version = 0
     _marking: asyncio.Future | None = None
+    _keeper: asyncio.Future | None = None
     exclude: frozenset[str] = frozenset()
 
     async def connect(self) -> None:
@@ -125,8 +126,12 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
             return
         self.group = group
         await self.accept()
+        # the socket keeps itself in the online set, whether or not its client pings
+        self._keeper = asyncio.ensure_future(self._keep_online())
 
     async def disconnect(self, code: int) -> None:
+        if self._keeper is not None:
+            self._keeper.cancel()
         if self.group:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
@@ -181,6 +186,11 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         if self._marking is not None and not self._marking.done():
             return
         self._marking = asyncio.ensure_future(self._mark_online())
+
+    async def _keep_online(self) -> None:
+        while True:
+            await asyncio.sleep(PING_SECONDS)
+            self._mark_online_soon()
 
     async def _mark_online(self) -> None:
         try:

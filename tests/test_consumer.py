@@ -203,3 +203,19 @@ async def test_pushes_are_versioned_leave_out_the_pages_items_and_mark_the_visit
     await ws.send_json_to({"type": "subscribe", "exclude": "3"})
     assert "exclude" in (await ws.receive_json_from(timeout=5))["error"]
     await ws.disconnect()
+
+
+async def test_an_open_socket_stays_online_without_pings(r, monkeypatch):
+    import asyncio
+
+    from reco_plugin import consumers
+
+    monkeypatch.setattr(consumers, "PING_SECONDS", 0.1)
+    key = await new_session("visitor-quiet")
+    ws = communicator(key)
+    assert (await ws.connect())[0]
+    first = await sync_to_async(r.zscore)(keys.websocket_visitors(), "s:visitor-quiet")
+    await asyncio.sleep(0.5)
+    later = await sync_to_async(r.zscore)(keys.websocket_visitors(), "s:visitor-quiet")
+    assert first and later > first  # refreshed by the server, the client said nothing
+    await ws.disconnect()
