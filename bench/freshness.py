@@ -19,15 +19,10 @@ import threading
 import time
 from pathlib import Path
 
+from bench import percentile
 from reco_plugin import schema
 from stack.services import Ports, Stack
 from stack.visitor import ShopVisitor
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def listed(message: dict) -> list[str]:

@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import kafka_and_redis
+from bench import kafka_and_redis, percentile
 from stack.services import Stack
 
 MIDDLEWARE_PATH = "reco_plugin.middleware.RecoEventMiddleware"
@@ -46,12 +46,6 @@ USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/124.0.0.0 Safari/537.36"
 )
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
 
 
 def setup_django(stack: Stack, db_path: Path) -> None:

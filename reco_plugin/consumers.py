@@ -43,7 +43,7 @@ CLOSE_NOT_TRACKED = 4403
 CLOSE_NO_PUSH = 4501
 # Redis did not answer: the widget polls (and shows its fallback) and reconnects later.
 CLOSE_UNAVAILABLE = 4503
-# An open socket marks its visitor online this often (and on every client ping);
+# An open socket marks its visitor online this often;
 # the relay counts a visitor as online for ONLINE_SECONDS after the last mark.
 PING_SECONDS = 25
 ONLINE_SECONDS = 90
@@ -141,10 +141,9 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if isinstance(content, dict) and content.get("type") == "ping":
-            # the pong first: the online mark must not make the client think
-            # the socket is dead when Redis is slow
+            # the socket's own keeper refreshes the online mark; a ping only
+            # proves the connection
             await self.send_json({"type": "pong"})
-            self._mark_online_soon()
             return
         if not isinstance(content, dict) or content.get("type") != "subscribe":
             await self.send_json(

@@ -72,10 +72,6 @@ class Breaker:
         self.last_error = ""
         self.probing = False
 
-    @property
-    def is_open(self) -> bool:
-        return self.clock() < self.open_until
-
     @contextlib.contextmanager
     def guard(self) -> Iterator[None]:
         """Run a read of Redis; raises :class:`Unavailable` if Redis failed
