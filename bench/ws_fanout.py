@@ -263,7 +263,7 @@ def run(log: Callable[[str], None] = print) -> dict:
         "peer_value": round(percentile(single, 50) * 1000) if single else None,
         "ratio": round(percentile(got, 95) / percentile(single, 50), 1) if got and single else None,
         "ratio_is": "p95 with every visitor updated / p50 of one visitor alone",
-        "server": f"uvicorn, {WORKERS} process(es), DEBUG off, Redis channel layer (capacity 10,000), one "
+        "server": f"uvicorn, {WORKERS} process(es), DEBUG off, Redis channel layer (default capacity), one "
         "relay; the 1,000 clients on the same 2 cores",
     }
 

@@ -96,9 +96,6 @@ CHANNEL_LAYERS = {
                     "max_connections": 1000,
                 }
             ],
-            # messages waiting per server process (100 by default): a list update
-            # reaching more open widgets than that at once would be dropped
-            "capacity": 10_000,
         },
     }
 }

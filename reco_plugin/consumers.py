@@ -16,7 +16,8 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
 from . import keys, store
 from .conf import reco_settings
-from .redis_client import Unavailable, get_work_redis
+from .live import live_sockets
+from .redis_client import Unavailable
 from .visitor import anonymous_id, is_tracked_scope, visitor_id_for_scope
 
 logger = logging.getLogger(__name__)
@@ -43,20 +44,6 @@ CLOSE_NOT_TRACKED = 4403
 CLOSE_NO_PUSH = 4501
 # Redis did not answer: the widget polls (and shows its fallback) and reconnects later.
 CLOSE_UNAVAILABLE = 4503
-# An open socket marks its visitor online this often;
-# the relay counts a visitor as online for ONLINE_SECONDS after the last mark.
-PING_SECONDS = 25
-ONLINE_SECONDS = 90
-
-
-def _mark_online(visitor_id: str) -> None:
-    """Bookkeeping off the request path (a thread): the longer timeout of
-    commands, and no tripping of the serving breaker when a burst of sockets
-    opens at once."""
-    try:
-        get_work_redis().zadd(keys.websocket_visitors(), {visitor_id: time.time()})
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-        raise Unavailable(str(exc)) from exc
 
 
 async def _group_add(layer, group: str, channel: str) -> None:  # type: ignore[no-untyped-def]
@@ -83,8 +70,6 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
     visitor_id: str | None = None
     group: str | None = None
     sent_version = 0
-    _marking: asyncio.Future | None = None
-    _keeper: asyncio.Future | None = None
     exclude: frozenset[str] = frozenset()
 
     async def connect(self) -> None:
@@ -118,21 +103,21 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
                 _group_add(self.channel_layer, group, self.channel_name),
                 float(reco_settings.REDIS_TIMEOUT_SECONDS) * 4,
             )
-            await sync_to_async(_mark_online, thread_sensitive=False)(self.visitor_id)
-        except (Unavailable, TimeoutError, OSError, redis.RedisError) as exc:
+            # counted among this process's open sockets: the relay's notices reach it
+            await asyncio.wait_for(
+                live_sockets().add(self), float(reco_settings.REDIS_TIMEOUT_SECONDS) * 4
+            )
+        except (TimeoutError, OSError, redis.RedisError) as exc:
             logger.warning("reco: websocket refused, Redis unavailable (%s)", exc)
             await self.accept()
             await self.close(code=CLOSE_UNAVAILABLE)
             return
         self.group = group
         await self.accept()
-        # the socket keeps itself in the online set, whether or not its client pings
-        self._keeper = asyncio.ensure_future(self._keep_online())
 
     async def disconnect(self, code: int) -> None:
-        if self._keeper is not None:
-            self._keeper.cancel()
         if self.group:
+            live_sockets().discard(self, self.visitor_id)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(
                     self.channel_layer.group_discard(self.group, self.channel_name),
@@ -141,8 +126,6 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         if isinstance(content, dict) and content.get("type") == "ping":
-            # the socket's own keeper refreshes the online mark; a ping only
-            # proves the connection
             await self.send_json({"type": "pong"})
             return
         if not isinstance(content, dict) or content.get("type") != "subscribe":
@@ -179,24 +162,6 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         """Channel-layer message: the pipeline wrote a new list for this visitor."""
         await self.send_recommendations()
 
-    def _mark_online_soon(self) -> None:
-        """Refresh this visitor in the relay's online set, in the background;
-        one refresh at a time per socket (a slow Redis does not pile them up)."""
-        if self._marking is not None and not self._marking.done():
-            return
-        self._marking = asyncio.ensure_future(self._mark_online())
-
-    async def _keep_online(self) -> None:
-        while True:
-            await asyncio.sleep(PING_SECONDS)
-            self._mark_online_soon()
-
-    async def _mark_online(self) -> None:
-        try:
-            await sync_to_async(_mark_online, thread_sensitive=False)(self.visitor_id)
-        except Unavailable as exc:
-            logger.debug("reco: online mark skipped (%s)", exc)
-
     async def reco_identify(self, event: dict[str, Any]) -> None:
         """Channel-layer message: this anonymous visitor logged in as ``event["visitor"]``."""
         visitor_id = event.get("visitor")
@@ -204,8 +169,10 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
             return
         if self.group:
             await self.channel_layer.group_discard(self.group, self.channel_name)
-        self.anonymous_id = self.visitor_id
+        previous = self.anonymous_id = self.visitor_id
         self.visitor_id = visitor_id
+        if self.group:
+            live_sockets().moved(self, previous)
         self.group = keys.visitor_group(visitor_id)
         try:
             await asyncio.wait_for(
@@ -215,8 +182,6 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         except (TimeoutError, OSError, redis.RedisError):
             await self.close(code=CLOSE_UNAVAILABLE)
             return
-        # the relay sends to the user from now on, not at the next ping
-        self._mark_online_soon()
         await self.send_recommendations()
 
     async def reco_logout(self, event: dict[str, Any]) -> None:
@@ -224,13 +189,23 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         if event.get("previous") == self.anonymous_id:
             await self.close(code=CLOSE_VISITOR_CHANGED)
 
+    def next_version(self) -> int:
+        return _next_version()
+
     async def send_recommendations(self) -> None:
-        version = _next_version()
+        version = self.next_version()
         try:
-            found = await sync_to_async(store.recommend, thread_sensitive=False)(
-                self.visitor_id, self.product_id, self.limit, exclude=self.exclude
-            )
+            found: store.Served | None = await sync_to_async(
+                store.recommend, thread_sensitive=False
+            )(self.visitor_id, self.product_id, self.limit, exclude=self.exclude)
         except Unavailable:
+            found = None
+        await self.deliver(version, found)
+
+    async def deliver(self, version: int, found: store.Served | None) -> None:
+        """Send ``found``, read as ``version``, unless a newer list went out
+        already; None means Redis did not answer: the socket closes with 4503."""
+        if found is None:
             await self.close(code=CLOSE_UNAVAILABLE)
             return
         if version <= self.sent_version:

@@ -244,10 +244,13 @@ def db_of(client) -> int:  # type: ignore[no-untyped-def]
     return int(client.connection_pool.connection_kwargs.get("db") or 0)
 
 
-def websocket_visitors() -> str:
-    """Sorted set: visitor id -> when (epoch seconds) a socket of theirs last
-    said it is open; the relay sends only to visitors seen recently."""
-    return f"{PREFIX}:ws:online"
+def live_group(db: int = 0) -> str:
+    """Channels group every ASGI process serving websockets joins: the relay
+    forwards each update notice to it once, whatever the number of visitors
+    named (see ``reco_plugin.live``). Per key prefix and database, as the
+    update channel is."""
+    digest = hashlib.sha256(f"{PREFIX}|{db}".encode()).hexdigest()[:40]
+    return f"reco.live.{digest}"
 
 
 def visitor_group(visitor_id: str) -> str:

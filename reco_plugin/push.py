@@ -1,10 +1,12 @@
-"""Relays the pipeline's update notices to the visitors' websocket groups.
+"""Relays the pipeline's update notices to the ASGI processes serving websockets.
 
 The Spark job does not import Django or Channels; after writing new lists it
 publishes the touched visitor ids on a Redis channel (``keys.updates_channel``).
-This relay, run as ``manage.py reco_push``, turns each into a channel-layer
-``group_send`` to the visitor's group, which reaches every open tab of theirs
-on any ASGI worker.
+This relay, run as ``manage.py reco_push``, forwards each notice as one
+channel-layer message to the group every websocket-serving process joins
+(``keys.live_group``); each process then refreshes the sockets it has open for
+those visitors (``reco_plugin.live``). A notice costs one message per process,
+not one per visitor, and visitors without an open socket cost nothing.
 """
 
 from __future__ import annotations
@@ -13,47 +15,29 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 
 import redis
 from channels.layers import get_channel_layer
 
 from . import keys
-from .consumers import ONLINE_SECONDS
 from .redis_client import get_async_redis
 
 logger = logging.getLogger(__name__)
 
-
-# group_send calls in flight at once: bounded so a large batch of updates
-# cannot exhaust the channel layer's connection pool.
-CONCURRENCY = 16
+# Most visitor ids in one channel-layer message (the pipeline's notices hold 500).
+IDS_PER_MESSAGE = 1000
 
 
-async def online(r, visitors: list[str]) -> list[str]:
-    """The visitors of a notice with a socket open (seen within ``ONLINE_SECONDS``):
-    one round trip for the whole notice."""
-    visitors = [v for v in dict.fromkeys(visitors) if isinstance(v, str)]
-    if not visitors:
+def visitors_of(data: bytes | str) -> list[str]:
+    """The visitor ids of a notice, without repeats; empty for an unreadable one."""
+    try:
+        visitors = json.loads(data)
+    except ValueError:
+        logger.warning("reco_push: ignoring unreadable notice")
         return []
-    seen = await r.zmscore(keys.websocket_visitors(), visitors)
-    since = time.time() - ONLINE_SECONDS
-    return [v for v, at in zip(visitors, seen, strict=True) if at is not None and at >= since]
-
-
-async def _send_all(layer, visitors: list[str]) -> None:
-    limit = asyncio.Semaphore(CONCURRENCY)
-
-    async def send(visitor_id: str) -> None:
-        async with limit:
-            await layer.group_send(keys.visitor_group(visitor_id), {"type": "reco.update"})
-
-    await asyncio.gather(*(send(v) for v in visitors))
-
-
-async def _forget_closed(r) -> None:
-    """Drop visitors whose sockets stopped saying they are open (the set stays small)."""
-    await r.zremrangebyscore(keys.websocket_visitors(), "-inf", time.time() - ONLINE_SECONDS)
+    if not isinstance(visitors, list):
+        return []
+    return list(dict.fromkeys(v for v in visitors if isinstance(v, str)))
 
 
 async def relay_updates(stop: asyncio.Event | None = None) -> None:
@@ -65,24 +49,23 @@ async def relay_updates(stop: asyncio.Event | None = None) -> None:
         r = get_async_redis()
         pubsub = r.pubsub(ignore_subscribe_messages=True)
         try:
-            channel = keys.updates_channel(keys.db_of(r))
+            db = keys.db_of(r)
+            channel, group = keys.updates_channel(db), keys.live_group(db)
             await pubsub.subscribe(channel)
             logger.info("reco_push: relaying %s", channel)
-            swept = 0.0
             while stop is None or not stop.is_set():
-                if time.monotonic() - swept > ONLINE_SECONDS:
-                    await _forget_closed(r)
-                    swept = time.monotonic()
                 message = await pubsub.get_message(timeout=1.0)
                 if message is None:
                     continue
-                try:
-                    visitors = json.loads(message["data"])
-                except ValueError:
-                    logger.warning("reco_push: ignoring unreadable notice")
-                    continue
-                listening = await online(r, visitors if isinstance(visitors, list) else [])
-                await _send_all(layer, listening)
+                visitors = visitors_of(message["data"])
+                for start in range(0, len(visitors), IDS_PER_MESSAGE):
+                    await layer.group_send(
+                        group,
+                        {
+                            "type": "reco.updates",
+                            "visitors": visitors[start : start + IDS_PER_MESSAGE],
+                        },
+                    )
         except (ConnectionError, OSError, redis.RedisError) as exc:
             logger.warning("reco_push: Redis unavailable (%s); retrying in 1 s", exc)
             await asyncio.sleep(1.0)

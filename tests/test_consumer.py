@@ -8,6 +8,7 @@ from django.conf import settings as django_settings
 from django.contrib.sessions.backends.db import SessionStore
 
 from reco_plugin import keys
+from reco_plugin.live import live_sockets
 from reco_plugin.routing import websocket_urlpatterns
 
 from .conftest import put_catalog, put_list
@@ -45,7 +46,7 @@ async def test_a_visitor_who_opted_out_gets_no_live_channel(r):
     ws = WebsocketCommunicator(application, "/ws/reco/", headers=headers)
     assert (await ws.connect())[0]
     assert await ws.receive_output(timeout=3) == {"type": "websocket.close", "code": 4403}
-    assert not await sync_to_async(r.zscore)(keys.websocket_visitors(), "s:visitor-opted-out")
+    assert live_sockets().sockets_of(["s:visitor-opted-out"]) == []
 
 
 async def test_subscribe_sends_the_list_and_updates_are_pushed(r):
@@ -174,10 +175,8 @@ async def test_the_login_receiver_moves_the_open_websocket_to_the_user(r, django
     await ws.disconnect()
 
 
-async def test_pushes_are_versioned_leave_out_the_pages_items_and_mark_the_visitor_online(r):
+async def test_pushes_are_versioned_and_leave_out_the_pages_items(r):
     import time
-
-    from reco_plugin.push import online
 
     await sync_to_async(put_catalog)(r, [1, 2, 3, 4])
     await sync_to_async(put_list)(r, keys.product_similar("1"), [2, 3, 4])
@@ -193,29 +192,78 @@ async def test_pushes_are_versioned_leave_out_the_pages_items_and_mark_the_visit
     assert second["version"] > first["version"] > time.time_ns() // 1000 - 60_000_000
     await ws.send_json_to({"type": "ping"})
     assert await ws.receive_json_from(timeout=5) == {"type": "pong"}
-    # the relay sends to this visitor (socket open), not to one without a socket
-    import redis.asyncio
-
-    port = r.connection_pool.connection_kwargs["port"]
-    client = redis.asyncio.Redis.from_url(f"redis://127.0.0.1:{port}/0", decode_responses=True)
-    assert await online(client, ["s:visitor-5", "s:nobody", 7]) == ["s:visitor-5"]
-    await client.aclose()
     await ws.send_json_to({"type": "subscribe", "exclude": "3"})
     assert "exclude" in (await ws.receive_json_from(timeout=5))["error"]
     await ws.disconnect()
 
 
-async def test_an_open_socket_stays_online_without_pings(r, monkeypatch):
-    import asyncio
+async def relayed(r, visitors):
+    """What the relay does with a notice: one message to the processes' group."""
+    db = keys.db_of(r)
+    await get_channel_layer().group_send(
+        keys.live_group(db), {"type": "reco.updates", "visitors": visitors}
+    )
 
-    from reco_plugin import consumers
 
-    monkeypatch.setattr(consumers, "PING_SECONDS", 0.1)
-    key = await new_session("visitor-quiet")
-    ws = communicator(key)
+async def test_a_notice_refreshes_the_open_sockets_of_the_visitors_it_names(r):
+    await sync_to_async(put_catalog)(r, list(range(1, 10)))
+    await sync_to_async(put_list)(r, keys.product_similar("1"), [2, 3])
+    sockets = []
+    for name in ("visitor-a", "visitor-b", "visitor-a"):  # visitor-a has two tabs
+        ws = communicator(await new_session(name))
+        assert (await ws.connect())[0]
+        await ws.send_json_to({"type": "subscribe", "product": "1", "limit": 4})
+        assert (await ws.receive_json_from(timeout=5))["source"] == "product"
+        sockets.append(ws)
+    assert len(live_sockets()) == 3
+    await sync_to_async(put_list)(r, keys.visitor_recommendations("s:visitor-a"), [7, 8])
+    await relayed(r, ["s:visitor-a", "s:nobody", 7, "s:visitor-a"])
+    for ws in (sockets[0], sockets[2]):
+        pushed = await ws.receive_json_from(timeout=5)
+        assert pushed["source"] == "personal"
+        assert {"7", "8"} <= {i["product_id"] for i in pushed["items"]}
+    assert await sockets[1].receive_nothing(timeout=0.3)  # visitor-b was not named
+    for ws in sockets:
+        await ws.disconnect()
+    assert len(live_sockets()) == 0  # and the process's listener stopped
+
+
+async def test_a_notice_for_another_shops_database_is_not_heard(r):
+    await sync_to_async(put_catalog)(r, [1, 2, 3])
+    ws = communicator(await new_session("visitor-c"))
     assert (await ws.connect())[0]
-    first = await sync_to_async(r.zscore)(keys.websocket_visitors(), "s:visitor-quiet")
-    await asyncio.sleep(0.5)
-    later = await sync_to_async(r.zscore)(keys.websocket_visitors(), "s:visitor-quiet")
-    assert first and later > first  # refreshed by the server, the client said nothing
+    await ws.send_json_to({"type": "subscribe", "product": "1"})
+    await ws.receive_json_from(timeout=5)
+    await get_channel_layer().group_send(
+        keys.live_group(keys.db_of(r) + 1), {"type": "reco.updates", "visitors": ["s:visitor-c"]}
+    )
+    assert await ws.receive_nothing(timeout=0.3)
+    await ws.disconnect()
+
+
+async def test_the_relay_forwards_the_pipelines_notices(r):
+    import asyncio
+    import json
+
+    from reco_plugin.push import relay_updates
+
+    await sync_to_async(put_catalog)(r, list(range(1, 10)))
+    ws = communicator(await new_session("visitor-d"))
+    assert (await ws.connect())[0]
+    await ws.send_json_to({"type": "subscribe", "product": "1"})
+    await ws.receive_json_from(timeout=5)
+    stop = asyncio.Event()
+    relay = asyncio.ensure_future(relay_updates(stop))
+    channel = keys.updates_channel(keys.db_of(r))
+    for _ in range(100):
+        if (await sync_to_async(r.pubsub_numsub)(channel))[0][1]:
+            break
+        await asyncio.sleep(0.05)
+    await sync_to_async(put_list)(r, keys.visitor_recommendations("s:visitor-d"), [5])
+    await sync_to_async(r.publish)(channel, "not json")  # ignored, the relay goes on
+    await sync_to_async(r.publish)(channel, json.dumps(["s:visitor-d"]))
+    pushed = await ws.receive_json_from(timeout=5)
+    assert [i["product_id"] for i in pushed["items"]][:1] == ["5"]
+    stop.set()
+    await asyncio.wait_for(relay, 5)
     await ws.disconnect()

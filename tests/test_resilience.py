@@ -171,8 +171,31 @@ async def test_the_websocket_closes_with_an_application_code_when_redis_is_down(
     ws = communicator(await new_session("visitor-down"))
     connected, _ = await ws.connect()
     assert connected
+    # the channel layer (in memory here) works: the socket opens, and its
+    # first read of Redis closes it with the code
+    await ws.send_json_to({"type": "subscribe", "product": "1"})
     closed = await ws.receive_output(timeout=3)
     assert closed == {"type": "websocket.close", "code": CLOSE_UNAVAILABLE}
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_websocket_closes_with_an_application_code_when_the_layers_redis_is_down(
+    redis_url,
+):
+    from channels import layers
+
+    dead = {"BACKEND": "channels_redis.core.RedisChannelLayer"}
+    dead["CONFIG"] = {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]}
+    with override_settings(CHANNEL_LAYERS={"default": dead}):
+        layers.channel_layers.backends.clear()
+        try:
+            ws = communicator(await new_session("visitor-layer-down"))
+            connected, _ = await ws.connect()
+            assert connected
+            closed = await ws.receive_output(timeout=5)
+            assert closed == {"type": "websocket.close", "code": CLOSE_UNAVAILABLE}
+        finally:
+            layers.channel_layers.backends.clear()
 
 
 @pytest.mark.django_db(transaction=True)
