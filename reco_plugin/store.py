@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -32,15 +33,71 @@ CANDIDATE_FACTOR = 3
 DISPLAY_MARGIN = 2
 
 
-def _load_list(raw: str | None) -> list[dict[str, Any]]:
+class Ranked:
+    """A list as the pipeline wrote it, kept as its ids in order and each id's
+    score (read-only: it is shared by the requests that read the same value).
+    Iterating it gives ``{"product_id", "score"}`` items."""
+
+    __slots__ = ("ids", "scores")
+
+    def __init__(self, ids: tuple[str, ...], scores: dict[str, float]) -> None:
+        self.ids = ids
+        self.scores = scores
+
+    @classmethod
+    def parse(cls, items: Any) -> Ranked:
+        kept = [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+        ids = tuple(str(item.get("product_id", "")) for item in kept)
+        return cls(
+            ids,
+            {p: float(item.get("score", 0.0)) for p, item in zip(ids, kept, strict=True)},
+        )
+
+    @classmethod
+    def merged(cls, parts: list[Ranked]) -> Ranked:
+        """The first list, then what the next ones add, in order."""
+        ids: list[str] = []
+        scores: dict[str, float] = {}
+        for part in parts:
+            for product_id in part.ids:
+                if product_id not in scores:
+                    ids.append(product_id)
+                    scores[product_id] = part.scores[product_id]
+        return cls(tuple(ids), scores)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return ({"product_id": p, "score": self.scores[p]} for p in self.ids)
+
+
+EMPTY = Ranked((), {})
+# value read from Redis -> its Ranked: the lists every request reads (trending,
+# popular, a product's neighbours) are parsed once per value the pipeline writes
+_parsed: collections.OrderedDict[str, Ranked] = collections.OrderedDict()
+_PARSED_KEPT = 2048
+_parsed_lock = threading.Lock()
+
+
+def _load_list(raw: str | None) -> Ranked:
     if not raw:
-        return []
+        return EMPTY
+    with _parsed_lock:
+        found = _parsed.get(raw)
+        if found is not None:
+            _parsed.move_to_end(raw)
+            return found
     try:
-        items = json.loads(raw)
-    except ValueError:
+        found = Ranked.parse(json.loads(raw))
+    except (ValueError, TypeError):
         logger.warning("reco: unreadable list in Redis")
-        return []
-    return items if isinstance(items, list) else []
+        return EMPTY
+    with _parsed_lock:
+        _parsed[raw] = found
+        while len(_parsed) > _PARSED_KEPT:
+            _parsed.popitem(last=False)
+    return found
 
 
 def _display(fields: dict[str, str]) -> dict[str, Any]:
@@ -175,9 +232,11 @@ def _single(
     return _numbered(shown, f"{strategy}|{category}")
 
 
-def _scores(lists: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, dict[str, float]]:
+def _scores(lists: list[tuple[str, Any]]) -> dict[str, dict[str, float]]:
     return {
-        strategy: {str(i.get("product_id")): float(i.get("score", 0.0)) for i in items}
+        strategy: items.scores
+        if isinstance(items, Ranked)
+        else {str(i.get("product_id")): float(i.get("score", 0.0)) for i in items}
         for strategy, items in lists
     }
 
@@ -205,7 +264,7 @@ class Lists:
     """What a blend is made of: each strategy's list as the pipeline wrote it,
     what may not be shown to the visitor, and the bandit's policy."""
 
-    lists: list[tuple[str, list[dict[str, Any]]]]
+    lists: list[tuple[str, Ranked | list[dict[str, Any]]]]
     exclude: set[str]
     policy: strategies.Policy
     # The blend's draws are seeded by the visitor, the page and the policy's
@@ -316,14 +375,7 @@ def strategy_lists(
                 wanted.append(keys.trending_list("long", actual))
                 extra.append(r.get(wanted[-1]))
     if wanted:
-        items: list[dict[str, Any]] = []
-        known: set[str] = set()
-        for value in extra:
-            for item in _load_list(value):
-                if str(item.get("product_id")) not in known:
-                    known.add(str(item.get("product_id")))
-                    items.append(item)
-        lists.append((strategies.CATEGORY, items))
+        lists.append((strategies.CATEGORY, Ranked.merged([_load_list(v) for v in extra])))
     return Lists(
         lists,
         exclude,
@@ -439,9 +491,7 @@ def trending(
             keys.trending_list("long", category or ""),
             keys.catalog_version(),
         )
-        items = _load_list(short)
-        known = {str(i.get("product_id")) for i in items}
-        items += [i for i in _load_list(long) if str(i.get("product_id")) not in known]
+        items = Ranked.merged([_load_list(short), _load_list(long)])
         result = _single(r, strategies.TRENDING, items, set(exclude), limit, None, version)
     _remember_trending(category, result)
     return result
@@ -498,4 +548,6 @@ def reset(fallback: bool = True) -> None:
         _categories.clear()
     with _display_lock:
         _display_cache.clear()
+    with _parsed_lock:
+        _parsed.clear()
     _policy_cache = (None, strategies.Policy(None))

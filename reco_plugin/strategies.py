@@ -66,8 +66,11 @@ POLICY_DRAWS = 256
 def top(items: Iterable[Mapping[str, Any]], exclude: set[str], k: int = K) -> list[str]:
     """The first ``k`` product ids of a list, skipping ``exclude``."""
     result: list[str] = []
-    for item in items:
-        product_id = str(item.get("product_id", ""))
+    # a list read by the serving path carries its ids already (store.Ranked)
+    ids = getattr(items, "ids", None)
+    if ids is None:
+        ids = (str(item.get("product_id", "")) for item in items)
+    for product_id in ids:
         if product_id and product_id not in exclude:
             result.append(product_id)
             if len(result) == k:

@@ -95,3 +95,27 @@ def test_discounted_evidence_update():
 def test_bad_bandit_settings_are_refused(values):
     with pytest.raises(ValueError):
         PipelineSettings.from_mapping(values)
+
+
+def test_a_list_value_read_again_is_parsed_once_and_reads_the_same():
+    import json
+
+    from reco_plugin import store
+
+    raw = json.dumps(
+        [{"product_id": 3, "score": 0.5}, "junk", {"product_id": "7", "score": 0.25}, {}]
+    )
+    first = store._load_list(raw)
+    assert store._load_list(raw) is first  # parsed once per value
+    assert first.ids == ("3", "7", "") and first.scores["7"] == 0.25
+    assert list(first)[:2] == [
+        {"product_id": "3", "score": 0.5},
+        {"product_id": "7", "score": 0.25},
+    ]
+    assert strategies.top(first, {"3"}) == ["7"]  # the empty id is never a candidate
+    assert store._load_list("{not json") is store.EMPTY
+    assert len(store._load_list('{"a": 1}')) == 0
+    merged = store.Ranked.merged(
+        [first, store._load_list('[{"product_id": "9"}, {"product_id": "3", "score": 9}]')]
+    )
+    assert merged.ids == ("3", "7", "", "9") and merged.scores["3"] == 0.5  # first list wins
