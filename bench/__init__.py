@@ -75,3 +75,29 @@ def uvicorn_argv(port: int, workers: int = 1, *extra: str) -> list[str]:
         "warning",
         *extra,
     ]
+
+
+def gunicorn_argv(port: int, workers: int = 1, threads: int = 4) -> list[str]:
+    """The demo shop's pages and API served by gunicorn (WSGI, threads keep
+    connections alive), as a shop that serves only websockets from an ASGI
+    server would run them."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "demo_shop.wsgi:application",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--worker-class",
+        "gthread",
+        "--threads",
+        str(threads),
+        "--keep-alive",
+        "30",
+        "--log-level",
+        "warning",
+    ]

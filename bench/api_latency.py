@@ -5,8 +5,10 @@ Redis runs on a free port, loaded as a busy shop's: ``PRODUCTS`` products in
 the catalog, each with its similar, bought-together and content lists, trending
 and popular lists globally and per category, a bandit policy, and ``VISITORS``
 visitors with a session in the database, a personal list, an affinity list and
-a seen set. The demo shop's ASGI application is served by uvicorn (one process,
-``DEBUG`` off, the shop's full middleware) on a free port.
+a seen set. The demo shop (``DEBUG`` off, its full middleware) is served on a
+free port by uvicorn (one process, Django's ASGI handler: the deployment of the
+install guide), then by gunicorn (one process, four threads, Django's WSGI
+handler: pages and API from a WSGI server, websockets from an ASGI server).
 
 A client keeps 1, then 8 (``LEVELS``) keep-alive connections busy, each as one visitor
 (a session cookie), asking for the visitor's list on a random product's page
@@ -15,8 +17,9 @@ with the same sessions: the same middleware, one Redis GET of the visitor's
 stored list, returned as it is. Phases of ``PHASE_SECONDS`` alternate between
 the two (``ROUNDS`` each, after a warm-up), so drift touches both alike.
 Latency is measured by the client, from writing the request to reading the whole
-response. ``value`` is the API's p50 in ms; ``ratio`` is the API's throughput
-over the bare view's.
+response. ``value`` is the API's p50 in ms under uvicorn at the highest level;
+``ratio`` is the API's throughput over the bare view's there; ``wsgi`` has the
+same figures under gunicorn.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import percentile, uvicorn_argv
+from bench import percentile
 
 PRODUCTS = 2000
 VISITORS = 400
@@ -169,83 +172,64 @@ async def phase(
     return latencies
 
 
-def run(log: Callable[[str], None] = print) -> dict:
-    from bench import shop_in_process
-    from stack.services import REPO, Ports, Stack, free_port, stop_process
+def api_path(r: random.Random) -> str:
+    return f"/reco/api/recommendations/?product={r.randint(1, PRODUCTS)}&limit={LIMIT}"
 
-    rng = random.Random(7)
-    with tempfile.TemporaryDirectory(prefix="reco-bench-api-") as state:
-        stack = Stack(Path(state), Ports.free(), log=lambda line: None)
-        server = None
-        try:
-            log("starting Redis on a free port...")
-            stack.start_redis()
-            url = stack.redis_url
-            env = shop_in_process(stack, Path(state), "bench.api_settings")
-            log(f"loading {PRODUCTS} products and {VISITORS} visitors into Redis...")
-            seed_redis(url, rng)
-            sessions = seed_visitors(url, rng)
-            port = free_port()
-            server = subprocess.Popen(
-                uvicorn_argv(port, WORKERS),
-                cwd=REPO,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-            )
-            from stack.services import port_open
 
-            deadline = time.monotonic() + 30
-            while not port_open(port):
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"uvicorn did not start: {server.stderr.read().decode()[-2000:]}"
-                    )
-                time.sleep(0.1)
+def bare_path(r: random.Random) -> str:
+    return "/bench/bare/"
 
-            def api_path(r):
-                return f"/reco/api/recommendations/?product={r.randint(1, PRODUCTS)}&limit={LIMIT}"
 
-            def bare_path(r):
-                return "/bench/bare/"
+def serve(argv: Callable[[int], list[str]], env: dict) -> tuple[subprocess.Popen, int]:
+    """Start a server of the shop (``argv(port)``) on a free port and wait for it."""
+    from stack.services import REPO, free_port, port_open
 
-            # one answer of each, checked: the API's list is a real blend
-            sample = asyncio.run(_fetch_json(port, api_path(rng), sessions[0]))
-            if len(sample["items"]) != LIMIT or sample["source"] != "personal":
-                raise RuntimeError(f"unexpected API answer: {json.dumps(sample)[:500]}")
-            log(f"serving on :{port}; {ROUNDS} x {PHASE_SECONDS:.0f} s per view and concurrency")
-            asyncio.run(phase(port, sessions, api_path, 1.5, rng, 4))  # warm-up
-            asyncio.run(phase(port, sessions, bare_path, 1.5, rng, 4))
-            measured: dict[int, dict[str, tuple[list[float], float]]] = {}
-            for level in LEVELS:
-                found: dict[str, tuple[list[float], float]] = {"api": ([], 0.0), "bare": ([], 0.0)}
-                for round_ in range(ROUNDS):
-                    order = [("api", api_path), ("bare", bare_path)]
-                    if round_ % 2:
-                        order.reverse()
-                    for name, make_path in order:
-                        started = time.perf_counter()
-                        got = asyncio.run(
-                            phase(port, sessions, make_path, PHASE_SECONDS, rng, level)
-                        )
-                        took = time.perf_counter() - started
-                        latencies, seconds = found[name]
-                        found[name] = (latencies + got, seconds + took)
-                        log(
-                            f"  {level} conn {name:<4} {len(got) / took:6.0f} req/s  "
-                            f"p50 {percentile(got, 50) * 1000:6.2f} ms  "
-                            f"p99 {percentile(got, 99) * 1000:6.2f} ms"
-                        )
-                measured[level] = found
-        finally:
-            if server is not None:
-                stop_process(server, grace=10)
-            stack.stop()
+    port = free_port()
+    server = subprocess.Popen(
+        argv(port),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while not port_open(port):
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the server did not start: {server.stderr.read().decode()[-2000:]}")
+        time.sleep(0.1)
+    return server, port
+
+
+def measure(port: int, sessions: list[str], rng: random.Random, log, label: str) -> dict:
+    """Each level of concurrency, the API and the bare view in alternating phases."""
+    # one answer, checked: the API's list is a real blend
+    sample = asyncio.run(_fetch_json(port, api_path(rng), sessions[0]))
+    if len(sample["items"]) != LIMIT or sample["source"] != "personal":
+        raise RuntimeError(f"unexpected API answer: {json.dumps(sample)[:500]}")
+    log(f"{label} on :{port}; {ROUNDS} x {PHASE_SECONDS:.0f} s per view and concurrency")
+    asyncio.run(phase(port, sessions, api_path, 1.5, rng, 4))  # warm-up
+    asyncio.run(phase(port, sessions, bare_path, 1.5, rng, 4))
     levels = {}
-    for level, found in measured.items():
+    for level in LEVELS:
+        found: dict[str, tuple[list[float], float]] = {"api": ([], 0.0), "bare": ([], 0.0)}
+        for round_ in range(ROUNDS):
+            order = [("api", api_path), ("bare", bare_path)]
+            if round_ % 2:
+                order.reverse()
+            for name, make_path in order:
+                started = time.perf_counter()
+                got = asyncio.run(phase(port, sessions, make_path, PHASE_SECONDS, rng, level))
+                took = time.perf_counter() - started
+                latencies, seconds = found[name]
+                found[name] = (latencies + got, seconds + took)
+                log(
+                    f"  {level} conn {name:<4} {len(got) / took:6.0f} req/s  "
+                    f"p50 {percentile(got, 50) * 1000:6.2f} ms  "
+                    f"p99 {percentile(got, 99) * 1000:6.2f} ms"
+                )
         (api, api_seconds), (bare, bare_seconds) = found["api"], found["bare"]
-        levels[level] = {
+        levels[str(level)] = {
             "p50_ms": round(percentile(api, 50) * 1000, 2),
             "p99_ms": round(percentile(api, 99) * 1000, 2),
             "mean_ms": round(statistics.fmean(api) * 1000, 2),
@@ -255,25 +239,72 @@ def run(log: Callable[[str], None] = print) -> dict:
             "peer_requests_per_second": round(len(bare) / bare_seconds),
             "ratio": round((len(api) / api_seconds) / (len(bare) / bare_seconds), 3),
         }
-    busiest, alone = levels[max(levels)], levels[min(levels)]
+    return levels
+
+
+# The servers measured, each with the bare view beside the API: the ASGI server
+# the install guide runs everything with (Django's ASGI handler hops threads
+# for each sync middleware), and a WSGI server for pages and API with the
+# websockets left to the ASGI server.
+SERVERS = {
+    "uvicorn": f"uvicorn, {WORKERS} process, Django's ASGI handler",
+    "gunicorn": f"gunicorn, {WORKERS} process x 4 threads, Django's WSGI handler",
+}
+
+
+def run(log: Callable[[str], None] = print) -> dict:
+    from bench import gunicorn_argv, shop_in_process, uvicorn_argv
+    from stack.services import Ports, Stack, stop_process
+
+    argv = {
+        "uvicorn": lambda port: uvicorn_argv(port, WORKERS),
+        "gunicorn": lambda port: gunicorn_argv(port, WORKERS),
+    }
+    rng = random.Random(7)
+    measured: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="reco-bench-api-") as state:
+        stack = Stack(Path(state), Ports.free(), log=lambda line: None)
+        try:
+            log("starting Redis on a free port...")
+            stack.start_redis()
+            env = shop_in_process(stack, Path(state), "bench.api_settings")
+            log(f"loading {PRODUCTS} products and {VISITORS} visitors into Redis...")
+            seed_redis(stack.redis_url, rng)
+            sessions = seed_visitors(stack.redis_url, rng)
+            for name in SERVERS:
+                server, port = serve(argv[name], env)
+                try:
+                    measured[name] = measure(port, sessions, rng, log, name)
+                finally:
+                    stop_process(server, grace=10)
+        finally:
+            stack.stop()
+    top, alone = str(max(LEVELS)), str(min(LEVELS))
+    headline = measured["uvicorn"]
     return {
         "name": "api_latency",
-        "value": busiest["p50_ms"],
+        "value": headline[top]["p50_ms"],
         "unit": "ms",
-        "p99_ms": busiest["p99_ms"],
-        "concurrency": max(levels),
+        "p99_ms": headline[top]["p99_ms"],
+        "concurrency": max(LEVELS),
         "peer": "bare Django view returning the visitor's stored list",
-        "peer_value": busiest["peer_p50_ms"],
-        "ratio": busiest["ratio"],
+        "peer_value": headline[top]["peer_p50_ms"],
+        "ratio": headline[top]["ratio"],
         "ratio_is": "throughput of the API / throughput of the bare view",
-        "alone_p50_ms": alone["p50_ms"],
-        "alone_p99_ms": alone["p99_ms"],
-        "alone_peer_p50_ms": alone["peer_p50_ms"],
-        "plugin_ms": round(alone["p50_ms"] - alone["peer_p50_ms"], 2),
+        "alone_p50_ms": headline[alone]["p50_ms"],
+        "alone_p99_ms": headline[alone]["p99_ms"],
+        "alone_peer_p50_ms": headline[alone]["peer_p50_ms"],
+        "plugin_ms": round(headline[alone]["p50_ms"] - headline[alone]["peer_p50_ms"], 2),
         "plugin_ms_is": "p50 of the API minus p50 of the bare view, one connection",
-        "levels": {str(level): value for level, value in levels.items()},
-        "server": f"uvicorn, {WORKERS} process, DEBUG off, the shop's middleware; "
-        "client on the same 2 cores",
+        "levels": headline,
+        "server": SERVERS["uvicorn"]
+        + ", DEBUG off, the shop's middleware; client on the same 2 cores",
+        "wsgi": {
+            "server": SERVERS["gunicorn"],
+            "alone_p50_ms": measured["gunicorn"][alone]["p50_ms"],
+            "alone_peer_p50_ms": measured["gunicorn"][alone]["peer_p50_ms"],
+            "levels": measured["gunicorn"],
+        },
     }
 
 
