@@ -48,12 +48,19 @@ CLOSE_UNAVAILABLE = 4503
 
 async def _group_add(layer, group: str, channel: str) -> None:  # type: ignore[no-untyped-def]
     """``group_add``, waiting for a free connection when a burst of sockets
-    has the layer's pool busy (redis-py refuses at once, it does not queue)."""
+    has the layer's pool busy (redis-py refuses at once, it does not queue),
+    and trying once more on a connection error: after the layer's Redis
+    restarted, the pool's first connection is a stale one."""
+    retried = False
     while True:
         try:
             return await layer.group_add(group, channel)
         except redis.exceptions.MaxConnectionsError:
             await asyncio.sleep(0.02)
+        except redis.exceptions.ConnectionError:
+            if retried:
+                raise
+            retried = True
 
 
 class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
@@ -71,6 +78,15 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
     group: str | None = None
     sent_version = 0
     exclude: frozenset[str] = frozenset()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # also when the consumer ends without a disconnect (its channel
+            # layer failed): the process's listener must not keep it
+            if self.group:
+                live_sockets().discard(self, self.visitor_id)
 
     async def connect(self) -> None:
         # The session may be stored in the database; resolve it off the loop.

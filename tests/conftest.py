@@ -16,9 +16,9 @@ from stack.services import Ports, Stack, free_port
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 
-def start_redis_server(workdir) -> tuple[subprocess.Popen, int]:
-    """A real redis-server on a free port, answering; (process, port)."""
-    port = free_port()
+def start_redis_server(workdir, port: int | None = None) -> tuple[subprocess.Popen, int]:
+    """A real redis-server on ``port`` (a free one by default), answering; (process, port)."""
+    port = port or free_port()
     process = subprocess.Popen(
         [
             shutil.which("redis-server") or "redis-server",

@@ -199,6 +199,52 @@ async def test_the_websocket_closes_with_an_application_code_when_the_layers_red
 
 
 @pytest.mark.django_db(transaction=True)
+async def test_live_updates_resume_after_the_layers_redis_restarts(r, tmp_path):
+    from asgiref.sync import sync_to_async
+    from channels import layers
+    from channels.layers import get_channel_layer
+
+    from reco_plugin.live import live_sockets
+
+    process, port = start_redis_server(tmp_path)
+    layer = {"BACKEND": "channels_redis.core.RedisChannelLayer"}
+    layer["CONFIG"] = {"hosts": [{"address": f"redis://127.0.0.1:{port}/0", "max_connections": 50}]}
+    try:
+        with override_settings(CHANNEL_LAYERS={"default": layer}):
+            layers.channel_layers.backends.clear()
+            await sync_to_async(put_catalog)(r, [1, 2, 3, 4, 5])
+            session = await new_session("visitor-restart")
+            ws = communicator(session)
+            assert (await ws.connect())[0]
+            await ws.send_json_to({"type": "subscribe", "product": "1"})
+            await ws.receive_json_from(timeout=5)
+            process.kill()
+            process.wait(10)
+            # the socket's own channel fails with the layer: it ends (the
+            # widget reconnects), and the process's listener lets it go
+            with pytest.raises(redis_lib.ConnectionError):
+                await ws.receive_output(timeout=5)
+            assert len(live_sockets()) == 0
+            process, _ = await sync_to_async(start_redis_server)(tmp_path, port)
+            again = communicator(session)
+            assert (await again.connect())[0]
+            await again.send_json_to({"type": "subscribe", "product": "1"})
+            await again.receive_json_from(timeout=5)
+            await sync_to_async(put_list)(r, keys.visitor_recommendations("s:visitor-restart"), [4])
+            await get_channel_layer().group_send(
+                keys.live_group(keys.db_of(r)),
+                {"type": "reco.updates", "visitors": ["s:visitor-restart"]},
+            )
+            pushed = await again.receive_json_from(timeout=5)
+            assert pushed["source"] == "personal" and pushed["items"][0]["product_id"] == "4"
+            await again.disconnect()
+    finally:
+        layers.channel_layers.backends.clear()
+        process.kill()
+        process.wait(10)
+
+
+@pytest.mark.django_db(transaction=True)
 async def test_without_a_channel_layer_the_websocket_says_so_instead_of_failing(redis_url):
     from channels import layers
 
