@@ -244,6 +244,13 @@ def db_of(client) -> int:  # type: ignore[no-untyped-def]
     return int(client.connection_pool.connection_kwargs.get("db") or 0)
 
 
+def tuning() -> str:
+    """String (JSON): the active tuning version staff saved in the admin:
+    ``{"version", "pipeline": {...}, "strategies": {...}}``; the job applies
+    ``pipeline`` from its next micro-batch, the serving path ``strategies``."""
+    return f"{PREFIX}:tuning"
+
+
 def live_group(db: int = 0) -> str:
     """Channels group every ASGI process serving websockets joins: the relay
     forwards each update notice to it once, whatever the number of visitors

@@ -23,7 +23,7 @@ def beat_schedule(
     retrain_days: int = 30,
 ) -> dict[str, Any]:
     """The full catalog sync every ``catalog_sync_seconds`` (it repairs what a
-    lost product-save sync missed) and the retraining every night at
+    lost product-save sync missed), the active tuning published as often, and the retraining every night at
     ``retrain_hour:retrain_minute`` in the Celery app's timezone; ``retrain``
     needs ``PIPELINE["lake_path"]``: drop its entry when the shop keeps no lake."""
     return {
@@ -31,6 +31,12 @@ def beat_schedule(
             "task": "reco_plugin.sync_catalog",
             "schedule": float(catalog_sync_seconds),
             # a sync that waited longer than its period is superseded by the next one
+            "options": {"expires": float(catalog_sync_seconds)},
+        },
+        # the active tuning version, again: a Redis restarted empty gets it back
+        "reco-publish-tuning": {
+            "task": "reco_plugin.publish_tuning",
+            "schedule": float(catalog_sync_seconds),
             "options": {"expires": float(catalog_sync_seconds)},
         },
         **retrain_schedule(hour=retrain_hour, minute=retrain_minute, days=retrain_days),

@@ -172,9 +172,61 @@ class PipelineSettings:
             raise ValueError("bandit_discount must be in (0, 1]")
         # a batch's weights are scaled by 2 ** (age / half_life), ages up to two horizons
         if (2 * self.horizon + self.future_tolerance) / self.half_life > 900:
-            raise ValueError("half_life must be at least 1/900 of 2 * horizon + future_tolerance")
+            least = -(-(2 * self.horizon + self.future_tolerance) // 900)
+            raise ValueError(
+                f"half_life must be at least {least} seconds "
+                "(1/900 of 2 * horizon + future_tolerance)"
+            )
         if not 0 < self.recency_decay <= 1:
             raise ValueError("recency_decay must be in (0, 1]")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def tuned(self, overrides: Mapping[str, Any] | None) -> PipelineSettings:
+        """These settings with the staff's tuning (``LIVE_TUNABLES`` only) on
+        top; raises ValueError naming what is wrong."""
+        overrides = dict(overrides or {})
+        fixed = sorted(set(overrides) - set(LIVE_TUNABLES))
+        if fixed:
+            raise ValueError(f"not tunable while the job runs: {', '.join(fixed)}")
+        if "event_weights" in overrides:
+            weights = dict(overrides["event_weights"] or {})
+            bad = sorted(set(weights) - set(schema.EVENT_TYPES))
+            if bad:
+                raise ValueError(f"event_weights: unknown event types {', '.join(bad)}")
+            overrides["event_weights"] = {
+                **self.event_weights,
+                **{k: float(v) for k, v in weights.items()},
+            }
+        tuned = dataclasses.replace(self, **overrides)
+        tuned.validate()
+        return tuned
+
+
+# What staff may change in the admin while the streaming job runs (applied from
+# its next micro-batch); the rest is fixed by RECO_PLUGIN["PIPELINE"] at start.
+LIVE_TUNABLES: tuple[str, ...] = (
+    "event_weights",
+    "covisit_window",
+    "recent_items",
+    "half_life",
+    "recency_decay",
+    "list_length",
+    "trending_window",
+    "trending_long_window",
+    "product_ttl",
+    "visitor_ttl",
+    "exploration",
+)
+
+
+def parse_tuning(raw: str | bytes | None) -> dict[str, Any]:
+    """The published tuning (``keys.tuning``) as a dict with ``version``,
+    ``pipeline`` and ``strategies``; empty when nothing is published."""
+    if not raw:
+        return {}
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("the published tuning is not a JSON object")
+    return value

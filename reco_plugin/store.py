@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from . import keys, strategies
+from . import keys, scoring, strategies
 from .redis_client import Unavailable, breaker, get_redis
 
 __all__ = ["Served", "Unavailable", "fallback", "recommend", "similar_to", "trending"]
@@ -241,22 +241,48 @@ def _scores(lists: list[tuple[str, Any]]) -> dict[str, dict[str, float]]:
     }
 
 
-_policy_cache: tuple[str | None, strategies.Policy] = (None, strategies.Policy(None))
+_policy_cache: tuple[tuple[str | None, str | None], strategies.Policy] = (
+    (None, None),
+    strategies.Policy(None),
+)
 
 
-def _policy(r: redis.Redis, version: str | None) -> strategies.Policy:
-    """The bandit's serving policy, fetched and parsed once per version the
-    pipeline writes (the policy is ~40 KB; its version a few bytes)."""
+def _policy(r: redis.Redis, version: str | None, tuning: str | None) -> strategies.Policy:
+    """The bandit's serving policy with the staff's tuning of the strategies,
+    fetched and parsed once per version of either (the policy is ~40 KB; its
+    version a few bytes; the tuning under 1 KB)."""
     global _policy_cache
-    if version != _policy_cache[0]:
+    if (version, tuning) != _policy_cache[0]:
         raw = r.get(keys.bandit_policy()) if version else None
         try:
             value = json.loads(raw) if raw else None
         except ValueError:
             logger.warning("reco: unreadable bandit policy in Redis")
             value = None
-        _policy_cache = (version, strategies.Policy(value if isinstance(value, dict) else None))
+        _policy_cache = (
+            (version, tuning),
+            strategies.Policy(value if isinstance(value, dict) else None, _overrides(tuning)),
+        )
     return _policy_cache[1]
+
+
+def _overrides(tuning: str | None) -> dict[str, Any]:
+    """The strategies' part of the published tuning; nothing when it cannot be read."""
+    try:
+        return strategies.check_overrides(scoring.parse_tuning(tuning).get("strategies"))
+    except (ValueError, TypeError, AttributeError) as exc:
+        logger.error("reco: the published tuning's strategies are ignored (%s)", exc)
+        return {}
+
+
+def _tuning_version(tuning: str | None) -> str:
+    """``|<version>`` of the published tuning, in the blend's seed: a new
+    tuning draws anew (and changes the ETag); nothing without one."""
+    try:
+        version = scoring.parse_tuning(tuning).get("version")
+    except ValueError:
+        return ""
+    return f"|{version}" if version is not None else ""
 
 
 @dataclasses.dataclass
@@ -348,7 +374,7 @@ def strategy_lists(
         wanted.append(keys.trending_list("long", guessed))
     pipe = r.pipeline(transaction=False)
     pipe.mget([key for _, key in sources] + wanted)
-    pipe.get(keys.bandit_policy_version())
+    pipe.mget(keys.bandit_policy_version(), keys.tuning())
     pipe.get(keys.catalog_version())
     if visitor_id:
         pipe.zrange(keys.visitor_seen(visitor_id), 0, -1)
@@ -379,8 +405,8 @@ def strategy_lists(
     return Lists(
         lists,
         exclude,
-        _policy(r, replies[1]),
-        f"{visitor_id}|{product_id}|{replies[1]}",
+        _policy(r, *replies[1]),
+        f"{visitor_id}|{product_id}|{replies[1][0]}{_tuning_version(replies[1][1])}",
         replies[2],
     )
 
@@ -413,8 +439,10 @@ def served(
     topping up; what the catalog cannot show is dropped and replaced."""
     r = get_redis()
     depth = limit * CANDIDATE_FACTOR
+    # what staff turned off is never served, not even to top a list up
+    lists = [(s, items) for s, items in found.lists if found.policy.enabled(s)]
     candidates = [
-        (strategy, strategies.top(items, found.exclude, depth)) for strategy, items in found.lists
+        (strategy, strategies.top(items, found.exclude, depth)) for strategy, items in lists
     ]
     if any(ids for strategy, ids in candidates if strategy in PERSONAL_STRATEGIES):
         tiers: list[tuple[str, list[tuple[str, list[str]]]]] = [("personal", candidates)]
@@ -423,7 +451,7 @@ def served(
             (name, [(s, ids) for s, ids in candidates if s in members]) for name, members in CHAIN
         ]
     rng = rng or random.Random(found.seed)
-    scores = _scores(found.lists)
+    scores = _scores(lists)
     shown: list[dict[str, Any]] = []
     tried: set[str] = set()
     source = "trending"
@@ -448,7 +476,7 @@ def served(
         # every candidate tried was filtered out: look deeper in each list, best first
         skip = found.exclude | tried
         unique: dict[str, tuple[str, str, float, float]] = {}
-        for strategy, items in found.lists:
+        for strategy, items in lists:
             for item in items:
                 product_id = str(item.get("product_id"))
                 if product_id not in skip and product_id not in unique:
@@ -550,4 +578,4 @@ def reset(fallback: bool = True) -> None:
         _display_cache.clear()
     with _parsed_lock:
         _parsed.clear()
-    _policy_cache = (None, strategies.Policy(None))
+    _policy_cache = ((None, None), strategies.Policy(None))

@@ -134,41 +134,95 @@ def policy(
     return {"strategies": list(STRATEGIES), "exploration": exploration, "draws": bank}
 
 
+LEARNT = "learnt"
+OFF = "off"
+
+
+def check_overrides(values: Mapping[str, Any] | None) -> dict[str, str | float]:
+    """Staff's choice per strategy: ``"learnt"`` (the bandit decides, the
+    default), ``"off"``, or a fixed weight >= 0 (1 weighs as much as an average
+    learnt strategy). Returns the normalised mapping; raises ValueError."""
+    result: dict[str, str | float] = {}
+    for name, value in (values or {}).items():
+        if name not in STRATEGIES:
+            raise ValueError(f"unknown strategy {name!r}")
+        if value in (LEARNT, OFF):
+            result[name] = value
+            continue
+        try:
+            weight = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected 'learnt', 'off' or a weight >= 0") from None
+        if not weight >= 0 or weight == float("inf"):
+            raise ValueError(f"{name}: a weight must be a number >= 0")
+        result[name] = weight
+    return result
+
+
 class Policy:
     """A policy as served: the chance of each strategy among those that have
-    candidates left, computed once per set of strategies and kept."""
+    candidates left, computed once per set of strategies and kept.
 
-    def __init__(self, value: Mapping[str, Any] | None) -> None:
+    ``overrides`` (see :func:`check_overrides`) are the staff's tuning: an
+    ``off`` strategy is never drawn; a strategy with a fixed weight ``w`` takes
+    ``w / (sum of fixed weights + number of learnt strategies)`` of the slots,
+    and the learnt ones share the rest by the bandit's draws.
+    """
+
+    def __init__(
+        self, value: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None
+    ) -> None:
         value = value or {}
         self.names = list(value.get("strategies", ()))
         self.bank = [list(draw) for draw in value.get("draws", ())]
         self.exploration = float(value.get("exploration", 0.05))
+        self.overrides = check_overrides(overrides)
         self._chances: dict[tuple[str, ...], list[float]] = {}
 
+    def enabled(self, strategy: str) -> bool:
+        return self.overrides.get(strategy) != OFF
+
     def chances(self, live: Sequence[str]) -> list[float]:
-        """Probability that each of ``live`` fills the next slot: the share of
-        draws it wins among them, mixed with a uniform choice."""
+        """Probability that each of ``live`` (enabled strategies) fills the next slot."""
         key = tuple(live)
         found = self._chances.get(key)
         if found is not None:
             return found
-        uniform = 1.0 / len(live)
-        if not self.bank or any(s not in self.names for s in live):
-            result = [uniform] * len(live)
+        fixed = {s: w for s in live if isinstance(w := self.overrides.get(s), float)}
+        learnt = [s for s in live if s not in fixed]
+        learnt_chances = dict(zip(learnt, self._learnt(learnt), strict=True))
+        total = sum(fixed.values()) + len(learnt)
+        if not fixed:
+            result = [learnt_chances[s] for s in live]
+        elif total <= 0:  # every strategy left weighs 0: any of them
+            result = [1.0 / len(live)] * len(live)
         else:
-            columns = [self.names.index(s) for s in live]
-            wins = [0.0] * len(live)
-            for draw in self.bank:
-                values = [draw[c] for c in columns]
-                best = max(values)
-                tied = [i for i, v in enumerate(values) if v == best]
-                # a tie is broken uniformly at random
-                for i in tied:
-                    wins[i] += 1 / len(tied)
-            n = len(self.bank)
-            result = [(1 - self.exploration) * w / n + self.exploration * uniform for w in wins]
+            result = [
+                fixed[s] / total if s in fixed else len(learnt) / total * learnt_chances[s]
+                for s in live
+            ]
         self._chances[key] = result
         return result
+
+    def _learnt(self, live: Sequence[str]) -> list[float]:
+        """The bandit's chances among ``live``: the share of draws each wins,
+        mixed with a uniform choice."""
+        if not live:
+            return []
+        uniform = 1.0 / len(live)
+        if not self.bank or any(s not in self.names for s in live):
+            return [uniform] * len(live)
+        columns = [self.names.index(s) for s in live]
+        wins = [0.0] * len(live)
+        for draw in self.bank:
+            values = [draw[c] for c in columns]
+            best = max(values)
+            tied = [i for i, v in enumerate(values) if v == best]
+            # a tie is broken uniformly at random
+            for i in tied:
+                wins[i] += 1 / len(tied)
+        n = len(self.bank)
+        return [(1 - self.exploration) * w / n + self.exploration * uniform for w in wins]
 
 
 def blend(
@@ -184,7 +238,9 @@ def blend(
     """
     draw = (rng or random).random
     current = policy_value if isinstance(policy_value, Policy) else Policy(policy_value)
-    queues = {strategy: list(ids) for strategy, ids in candidates if ids}
+    queues = {
+        strategy: list(ids) for strategy, ids in candidates if ids and current.enabled(strategy)
+    }
     order = [s for s in STRATEGIES if s in queues] + sorted(set(queues) - set(STRATEGIES))
     used: set[str] = set()
     chosen: list[tuple[str, str, float]] = []

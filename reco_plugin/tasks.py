@@ -27,3 +27,11 @@ def sync_products(product_ids: list[str]) -> int:
 def retrain(days: int = 30) -> dict:
     """The batch retraining job (nightly with ``retraining.beat_schedule()``)."""
     return retraining.retrain(days)
+
+
+@shared_task(name="reco_plugin.publish_tuning", ignore_result=True)
+def publish_tuning() -> bool:
+    """Publish the active tuning version again (Redis may have lost it)."""
+    from . import tuning
+
+    return tuning.publish()

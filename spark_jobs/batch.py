@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 import redis
 
 from reco_plugin import keys, schema, scoring, strategies
-from reco_plugin.scoring import PipelineSettings
+from reco_plugin.scoring import PipelineSettings, parse_tuning
 
 from . import learn, state
 from .transforms import PARSED_COLUMNS, parse
@@ -642,7 +642,10 @@ class BatchProcessor:
         max_backoff: float = 30.0,
     ) -> None:
         self.redis_url = redis_url
-        self.settings = settings
+        # the settings the job started with; self.settings adds the tuning
+        # staff published in the admin, read again before every batch
+        self.base = self.settings = settings
+        self._tuning: Any = None
         self.stopping = stopping or threading.Event()
         self.max_backoff = max_backoff
         self.query_id: str | None = None
@@ -681,10 +684,27 @@ class BatchProcessor:
             time.sleep(0.01)
         return self.query_id
 
+    def apply_tuning(self, r) -> PipelineSettings:
+        """``self.settings``: the starting settings with the published tuning
+        (``keys.tuning``) on top; a tuning that cannot be applied is logged
+        and the starting settings are kept."""
+        raw = r.get(keys.tuning())
+        if raw != self._tuning:
+            self._tuning = raw
+            try:
+                published = parse_tuning(raw)
+                self.settings = self.base.tuned(published.get("pipeline"))
+                if published:
+                    logger.info("tuning version %s applied", published.get("version"))
+            except (ValueError, TypeError, AttributeError) as exc:
+                logger.error("the published tuning is not applied: %s", exc)
+                self.settings = self.base
+        return self.settings
+
     def process(self, batch, batch_id: int) -> None:
         steps = Steps()
-        settings = self.settings
         r = _redis(self.redis_url)
+        settings = self.apply_tuning(r)
         query_id = self._query_id()
         fence = state.committed_batch(r, query_id)
         if fence is not None and fence >= batch_id:

@@ -304,3 +304,25 @@ def test_the_lake_feeds_the_retraining_whose_neighbours_reach_the_lists(
     # a new product ("n": no events yet) has neighbours by its words
     assert [i["product_id"] for i in json.loads(r.get(keys.product_content("n")))] == ["c"]
     assert [i["product_id"] for i in json.loads(r.get(keys.product_content("a")))] == ["b"]
+
+
+def test_a_weight_published_by_staff_changes_the_lists_from_the_next_batch(spark, processor, r):
+    def trending():
+        return [i["product_id"] for i in json.loads(r.get(keys.trending()))]
+
+    p = processor()
+    p(records(spark, [event("purchase", "s:a", "1"), event("page_view", "s:b", "2")]), 0)
+    assert trending()[:2] == ["1", "2"]  # a purchase weighs 5, a view 1
+    r.set(
+        keys.tuning(),
+        json.dumps({"version": 7, "pipeline": {"event_weights": {"purchase": 0.5}}}),
+    )
+    p(records(spark, [event("purchase", "s:c", "3"), event("page_view", "s:d", "4")]), 1)
+    listed = trending()
+    assert listed.index("4") < listed.index("3")  # the purchase now weighs 0.5
+    assert p.settings.event_weights["purchase"] == 0.5 and p.settings.event_weights["click"] == 1.5
+    # a tuning the job cannot apply is logged and the starting settings are kept
+    r.set(keys.tuning(), json.dumps({"version": 8, "pipeline": {"list_length": -1}}))
+    p(records(spark, [event("purchase", "s:e", "5")]), 2)
+    assert p.settings == p.base
+    assert r.hget(keys.pipeline_counters(), "page_views:applied") == "5"

@@ -1,0 +1,140 @@
+"""What staff tune in the admin (``reco_plugin.tuning`` publishes it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from . import scoring
+
+# event type -> the model field holding its weight
+WEIGHT_FIELDS: dict[str, str] = {
+    event_type: f"weight_{event_type}" for event_type in scoring.EVENT_WEIGHTS
+}
+# the pipeline settings a version may set (scoring.LIVE_TUNABLES, less the weights)
+PIPELINE_FIELDS: tuple[str, ...] = (
+    "covisit_window",
+    "recent_items",
+    "half_life",
+    "recency_decay",
+    "list_length",
+    "trending_window",
+    "trending_long_window",
+    "product_ttl",
+    "visitor_ttl",
+    "exploration",
+)
+
+
+def _weight() -> models.FloatField:
+    return models.FloatField(null=True, blank=True, validators=[MinValueValidator(0.0)])
+
+
+def _seconds(help_text: str) -> models.PositiveIntegerField:
+    return models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text=help_text
+    )
+
+
+class Tuning(models.Model):
+    """One version of the staff's tuning. Versions are never edited: a change
+    is a new version, which becomes the active one when saved (the newest is
+    active), so the list of versions is the audit trail and a roll-back is a
+    new version copying an older one. An empty field keeps the value of
+    ``RECO_PLUGIN["PIPELINE"]`` (or its default)."""
+
+    note = models.CharField(
+        max_length=200, blank=True, help_text="What this version changes, and why."
+    )
+
+    weight_page_view = _weight()
+    weight_click = _weight()
+    weight_add_to_cart = _weight()
+    weight_remove_from_cart = _weight()
+    weight_purchase = _weight()
+    weight_impression = _weight()
+
+    covisit_window = _seconds(
+        "Seconds: two items a visitor saw at most this far apart are related."
+    )
+    recent_items = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Each event is paired with at most this many of the visitor's other items.",
+    )
+    half_life = _seconds("Seconds: what was learnt counts half after this long.")
+    recency_decay = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.01), MaxValueValidator(1.0)],
+        help_text="A visitor's n-th most recent item counts this to the power n in their list.",
+    )
+    list_length = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(500)],
+        help_text="Items in each list the pipeline writes.",
+    )
+    trending_window = _seconds("Seconds of events in the short trending lists.")
+    trending_long_window = _seconds("Seconds of events in the long trending lists.")
+    product_ttl = _seconds("Seconds a product's lists live after its last event.")
+    visitor_ttl = _seconds("Seconds a visitor's lists live after their last event.")
+    exploration = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Share of slots filled by a random strategy, so every strategy keeps being judged.",
+    )
+    # strategy -> "learnt" | "off" | a fixed weight (strategies.check_overrides)
+    strategies = models.JSONField(default=dict, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+    # what this version changed from the one active before it
+    changes = models.TextField(blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-pk"]
+        get_latest_by = "pk"
+        verbose_name = "tuning version"
+
+    def __str__(self) -> str:
+        return f"version {self.pk}" + (f": {self.note}" if self.note else "")
+
+    def pipeline(self) -> dict[str, Any]:
+        """The pipeline settings this version sets (``PipelineSettings.tuned``)."""
+        values: dict[str, Any] = {
+            name: getattr(self, name) for name in PIPELINE_FIELDS if getattr(self, name) is not None
+        }
+        weights = {
+            event_type: getattr(self, field)
+            for event_type, field in WEIGHT_FIELDS.items()
+            if getattr(self, field) is not None
+        }
+        if weights:
+            values["event_weights"] = weights
+        return values
+
+    def published(self) -> dict[str, Any]:
+        """What is written to Redis for the job and the serving path."""
+        return {
+            "version": self.pk,
+            "pipeline": self.pipeline(),
+            "strategies": dict(self.strategies),
+        }
+
+    def values(self) -> dict[str, Any]:
+        """The tunable fields, to copy this version into a new one."""
+        names = (*WEIGHT_FIELDS.values(), *PIPELINE_FIELDS, "strategies")
+        return {name: getattr(self, name) for name in names}
