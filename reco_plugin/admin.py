@@ -1,4 +1,5 @@
-"""The app's admin section (``/admin/reco_plugin/``): tuning versions."""
+"""The app's admin section (``/admin/reco_plugin/``): tuning versions, and
+forgetting visitors."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.http import HttpRequest
 
-from . import scoring, strategies, tuning
-from .models import PIPELINE_FIELDS, WEIGHT_FIELDS, Tuning
+from . import privacy, scoring, strategies, tuning
+from .models import PIPELINE_FIELDS, WEIGHT_FIELDS, ForgottenVisitor, Tuning
 
 TUNED_FIELDS = (*WEIGHT_FIELDS.values(), *PIPELINE_FIELDS)
 
@@ -185,3 +186,73 @@ class TuningAdmin(admin.ModelAdmin):
     def strategies_chosen(self, obj: Tuning) -> str:
         chosen = obj.strategies or {}
         return ", ".join(f"{s} {chosen.get(s, strategies.LEARNT)}" for s in strategies.STRATEGIES)
+
+
+class ForgetForm(forms.ModelForm):
+    visitor = forms.CharField(
+        max_length=200,
+        help_text="A visitor id (u:<user pk>, s:<id>) or a username. Their lists and profile "
+        "are deleted from Redis at once, and their earlier events are not learnt again.",
+    )
+
+    class Meta:
+        model = ForgottenVisitor
+        fields: list[str] = []
+
+    def clean_visitor(self) -> str:
+        try:
+            return privacy.visitor_id_of(self.cleaned_data["visitor"])
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+@admin.register(ForgottenVisitor)
+class ForgottenVisitorAdmin(admin.ModelAdmin):
+    """Adding one forgets the visitor; the list is the record of who asked when."""
+
+    form = ForgetForm
+    list_display = ("__str__", "keys_deleted", "requested_by", "requested_at")
+    search_fields = ["visitor_digest"]  # searched by id, see get_search_results
+    readonly_fields = ("visitor_digest", "keys_deleted", "requested_by", "requested_at")
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return ["visitor"] if obj is None else list(self.readonly_fields)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        visitor_id = form.cleaned_data["visitor"]
+        try:
+            result = privacy.forget(visitor_id)
+        except Exception as exc:  # Redis down: queue it rather than lose the request
+            from .compat import celery_configured
+
+            if not celery_configured():
+                raise
+            from .tasks import forget
+
+            forget.delay(visitor_id)
+            self.message_user(
+                request,
+                f"Redis did not answer ({exc}); the request is queued and retried.",
+                messages.WARNING,
+            )
+            result = {"keys_deleted": 0}
+        obj.visitor_digest = ForgottenVisitor.digest(visitor_id)
+        obj.keys_deleted = result["keys_deleted"]
+        obj.requested_by = request.user
+        obj.save()
+
+    def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> Any:
+        """Search by the visitor's id: matched through its digest."""
+        if search_term:
+            try:
+                visitor_id = privacy.visitor_id_of(search_term)
+            except ValueError:
+                return queryset.none(), False
+            return queryset.filter(visitor_digest=ForgottenVisitor.digest(visitor_id)), False
+        return queryset, False

@@ -58,6 +58,23 @@ def visitor_bought(visitor_id: str) -> str:
     return f"{PREFIX}:visitor:{visitor_id}:bought"
 
 
+def visitor_forgotten(visitor_id: str) -> str:
+    """String, TTL the pipeline's horizon: when (epoch ms) the visitor was
+    forgotten; the pipeline ignores their events up to then."""
+    return f"{PREFIX}:forgotten:{visitor_id}"
+
+
+def visitor_keys(visitor_id: str) -> list[str]:
+    """Every key holding something of one visitor (``reco_forget`` deletes them)."""
+    return [
+        visitor_recommendations(visitor_id),
+        visitor_recent(visitor_id),
+        visitor_seen(visitor_id),
+        visitor_affinity(visitor_id),
+        visitor_bought(visitor_id),
+    ]
+
+
 def product_fbt(product_id: str) -> str:
     """JSON list: items frequently bought together with a product."""
     return f"{PREFIX}:product:{product_id}:fbt"

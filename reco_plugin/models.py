@@ -138,3 +138,33 @@ class Tuning(models.Model):
         """The tunable fields, to copy this version into a new one."""
         names = (*WEIGHT_FIELDS.values(), *PIPELINE_FIELDS, "strategies")
         return {name: getattr(self, name) for name in names}
+
+
+class ForgottenVisitor(models.Model):
+    """A request to forget a visitor, kept as the record that it was done.
+    The visitor id itself is not kept, only a digest to find a request by."""
+
+    visitor_digest = models.CharField(max_length=64, db_index=True, editable=False)
+    keys_deleted = models.PositiveIntegerField(default=0, editable=False)
+    requested_at = models.DateTimeField(auto_now_add=True)
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+
+    class Meta:
+        ordering = ["-pk"]
+        verbose_name = "forgotten visitor"
+
+    def __str__(self) -> str:
+        return f"visitor {self.visitor_digest[:12]}…"
+
+    @staticmethod
+    def digest(visitor_id: str) -> str:
+        import hashlib
+
+        return hashlib.sha256(visitor_id.encode()).hexdigest()

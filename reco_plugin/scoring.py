@@ -46,12 +46,15 @@ STATUS_DUPLICATE = "duplicate"
 STATUS_MALFORMED = "malformed"
 STATUS_TOO_OLD = "too_old"
 STATUS_FUTURE = "future"
+# an event of a visitor who was forgotten after it happened (reco_forget)
+STATUS_FORGOTTEN = "forgotten"
 STATUSES: tuple[str, ...] = (
     STATUS_APPLIED,
     STATUS_DUPLICATE,
     STATUS_MALFORMED,
     STATUS_TOO_OLD,
     STATUS_FUTURE,
+    STATUS_FORGOTTEN,
 )
 
 

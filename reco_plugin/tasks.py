@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import redis
 from celery import shared_task
 
 from . import catalog, retraining
+
+# Redis not answering (redis-py's own exception types, not the builtins)
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 @shared_task(name="reco_plugin.sync_catalog", ignore_result=True)
@@ -15,7 +19,7 @@ def sync_catalog() -> dict[str, int]:
 @shared_task(
     name="reco_plugin.sync_products",
     ignore_result=True,
-    autoretry_for=(ConnectionError,),
+    autoretry_for=TRANSIENT,
     retry_backoff=True,
     max_retries=5,
 )
@@ -35,3 +39,18 @@ def publish_tuning() -> bool:
     from . import tuning
 
     return tuning.publish()
+
+
+@shared_task(
+    name="reco_plugin.forget",
+    ignore_result=True,
+    acks_late=True,  # a forget lost with its worker is done again
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=10,
+)
+def forget(visitor_id: str) -> dict:
+    """Forget a visitor (``privacy.forget``); retried while Redis does not answer."""
+    from . import privacy
+
+    return privacy.forget(visitor_id)

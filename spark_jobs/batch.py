@@ -198,6 +198,24 @@ def score_partition(
                 ids.add(row.event_id)
                 kept.append(row)
         firsts[visitor_id] = kept
+    # a forgotten visitor's events up to the moment they were forgotten are not
+    # learnt again (from Kafka's retention, or a checkpoint read again)
+    gone = state.forgotten(
+        r,
+        sorted(
+            {*firsts, *(row.previous for kept in firsts.values() for row in kept if row.previous)}
+        ),
+    )
+    if gone:
+        for visitor_id, kept in firsts.items():
+            left = []
+            for row in kept:
+                until = gone.get(visitor_id, gone.get(row.previous or "", -1))
+                if row.ts <= until:
+                    count(row, scoring.STATUS_FORGOTTEN)
+                else:
+                    left.append(row)
+            firsts[visitor_id] = left
     already = state.seen(
         r, [row.event_id for kept in firsts.values() for row in kept], now_ms, settings
     )
@@ -646,6 +664,8 @@ class BatchProcessor:
         # staff published in the admin, read again before every batch
         self.base = self.settings = settings
         self._tuning: Any = None
+        # when the batch being processed started (wall clock, ms)
+        self.started_ms = 0
         self.stopping = stopping or threading.Event()
         self.max_backoff = max_backoff
         self.query_id: str | None = None
@@ -703,6 +723,7 @@ class BatchProcessor:
 
     def process(self, batch, batch_id: int) -> None:
         steps = Steps()
+        self.started_ms = schema.now_ms()
         r = _redis(self.redis_url)
         settings = self.apply_tuning(r)
         query_id = self._query_id()
@@ -858,6 +879,8 @@ class BatchProcessor:
             refresh_trending(r, clock_ms, self.settings, todo.get("categories", []))
         with steps("personal"):
             run(refresh_visitors, todo.get("visitors", []))
+            # forgotten while this batch ran: what it wrote for them goes again
+            state.sweep_forgotten(r, todo.get("visitors", []), self.started_ms)
         if todo.get("bandit"):
             with steps("policy"):
                 refresh_policy(r, int(todo.get("batch", 0)), self.settings)

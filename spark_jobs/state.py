@@ -167,6 +167,28 @@ def visitor_sets(
     return result
 
 
+def forgotten(r: redis.Redis, visitor_ids: Sequence[str]) -> dict[str, int]:
+    """Visitor -> when (epoch ms) they were forgotten, for those who were."""
+    found: dict[str, int] = {}
+    for part in chunks(list(visitor_ids)):
+        for visitor_id, value in zip(
+            part, r.mget([keys.visitor_forgotten(v) for v in part]), strict=True
+        ):
+            if value is not None:
+                found[visitor_id] = int(value)
+    return found
+
+
+def sweep_forgotten(r: redis.Redis, visitor_ids: Sequence[str], since_ms: int) -> int:
+    """Delete again what a batch that started at ``since_ms`` wrote for
+    visitors forgotten while it ran (it may have read their events before the
+    tombstone was set); how many were."""
+    gone = {v for v, at in forgotten(r, visitor_ids).items() if at >= since_ms}
+    if gone:
+        r.delete(*(key for v in gone for key in keys.visitor_keys(v)))
+    return len(gone)
+
+
 def catalog_facts(r: redis.Redis, product_ids: Sequence[str]) -> tuple[dict[str, str], set[str]]:
     """The catalog's category of each product (where synced), and which are repeatable."""
     if not product_ids:

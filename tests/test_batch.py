@@ -76,9 +76,9 @@ class Batches:
         )
         self.batch_id += 1
         # every list the batch changes, as the job writes them (on the driver)
-        batch.BatchProcessor(self.redis_url, settings)._lists(
-            self.r, None, state.pending(self.r), clock_ms, batch.Steps(), spread=False
-        )
+        processor = batch.BatchProcessor(self.redis_url, settings)
+        processor.started_ms = self.now
+        processor._lists(self.r, None, state.pending(self.r), clock_ms, batch.Steps(), spread=False)
         return changes
 
     def list(self, key):

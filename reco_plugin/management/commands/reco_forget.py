@@ -1,0 +1,40 @@
+"""``python manage.py reco_forget VISITOR``: delete every trace of a visitor in Redis."""
+
+from __future__ import annotations
+
+import json
+
+import redis
+from django.core.management.base import BaseCommand, CommandError
+
+from reco_plugin import privacy
+from reco_plugin.conf import reco_settings
+
+
+class Command(BaseCommand):
+    help = (
+        "Delete every list and profile of a visitor in Redis and leave a tombstone so the "
+        "pipeline does not learn them again from older events. VISITOR is a visitor id "
+        "(u:<user pk>, s:<id>) or a username."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("visitor", help="u:<user pk>, s:<id>, or a username")
+        parser.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    def handle(self, *args, **options):
+        try:
+            result = privacy.forget(privacy.visitor_id_of(options["visitor"]))
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        except (redis.RedisError, OSError) as exc:
+            raise CommandError(f"Redis at {reco_settings.REDIS_URL} failed: {exc}") from None
+        if options["json"]:
+            self.stdout.write(json.dumps(result))
+        else:
+            self.stdout.write(
+                self.style.SUCCESS(
+                    f"forgot {result['visitor']}: {result['keys_deleted']} keys deleted; "
+                    "their earlier events will not be learnt again"
+                )
+            )

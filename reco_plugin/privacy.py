@@ -1,0 +1,58 @@
+"""Forgetting a visitor: every key of theirs in Redis, and a tombstone so the
+pipeline does not learn them again from events it reads later (Kafka keeps
+events for its retention; a checkpoint may be read again).
+
+Lists and counts of products (co-visitation, trending, popularity) are sums
+over many visitors and name nobody; they stay. Events the visitor sends after
+being forgotten are new data, unless they opt out (``OPT_OUT``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import keys, schema
+from .redis_client import get_work_redis
+from .tuning import effective_settings
+
+
+def visitor_id_of(who: str) -> str:
+    """A visitor id (``u:<pk>``, ``s:<id>``), or a user's username: their id.
+    Raises ValueError for anything else."""
+    who = who.strip()
+    if schema.is_visitor_id(who):
+        return who
+    from django.contrib.auth import get_user_model
+
+    user = (
+        get_user_model()._default_manager.filter(**{get_user_model().USERNAME_FIELD: who}).first()
+    )
+    if user is None:
+        raise ValueError(f"{who!r} is neither a visitor id (u:<pk>, s:<id>) nor a username")
+    return f"u:{user.pk}"
+
+
+def forget(visitor_id: str) -> dict[str, Any]:
+    """Delete everything of ``visitor_id`` in Redis and leave the tombstone;
+    what was deleted. Raises ValueError for a malformed id, and Redis's
+    errors when it does not answer (the task retries)."""
+    if not schema.is_visitor_id(visitor_id):
+        raise ValueError(f"{visitor_id!r} is not a visitor id (u:<pk> or s:<id>)")
+    settings = effective_settings()
+    now_ms = schema.now_ms()
+    r = get_work_redis()
+    pipe = r.pipeline(transaction=True)
+    # the tombstone first: a batch reading their events from now on drops them;
+    # a batch that read them before sweeps what it wrote when it ends
+    pipe.set(
+        keys.visitor_forgotten(visitor_id),
+        now_ms,
+        ex=settings.horizon + settings.future_tolerance,
+    )
+    visitor_keys = keys.visitor_keys(visitor_id)
+    for key in visitor_keys:
+        pipe.exists(key)
+    pipe.delete(*visitor_keys)
+    replies = pipe.execute()
+    deleted = [key for key, found in zip(visitor_keys, replies[1:-1], strict=True) if found]
+    return {"visitor": visitor_id, "keys_deleted": len(deleted), "forgotten_at_ms": now_ms}
