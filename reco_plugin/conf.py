@@ -102,6 +102,9 @@ DEFAULTS: dict[str, Any] = {
     "SPARK": {},
     # reco_status reports the pipeline as behind beyond this many unprocessed events...
     "STATUS_MAX_LAG": 10_000,
+    # a bearer token a Prometheus scraper sends to GET /reco/metrics (staff
+    # sessions need none); None: staff only
+    "METRICS_TOKEN": None,
     # ...or when events wait and no batch has finished for this long
     "STATUS_MAX_STALL_SECONDS": 60,
 }

@@ -17,6 +17,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from . import keys, store
 from .conf import reco_settings
 from .live import live_sockets
+from .metrics import PUSHES
 from .redis_client import Unavailable
 from .visitor import anonymous_id, is_tracked_scope, visitor_id_for_scope
 
@@ -222,6 +223,7 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
         """Send ``found``, read as ``version``, unless a newer list went out
         already; None means Redis did not answer: the socket closes with 4503."""
         if found is None:
+            PUSHES.labels("unavailable").inc()
             await self.close(code=CLOSE_UNAVAILABLE)
             return
         if version <= self.sent_version:
@@ -236,3 +238,4 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
                 "items": found.items,
             }
         )
+        PUSHES.labels("sent").inc()

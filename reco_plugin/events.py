@@ -8,6 +8,7 @@ from typing import Any
 from . import schema
 from .backends import get_backend
 from .conf import reco_settings
+from .metrics import EMITTED
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,7 @@ def emit(event_type: str, visitor_id: str, product_id: Any, **fields: Any) -> di
     try:
         event = schema.make_event(event_type, visitor_id, product_id, **fields)
         send(event)
+        EMITTED.labels(event_type).inc()
     except Exception:
         logger.exception("reco: could not emit %s event", event_type)
         return None
@@ -38,3 +40,4 @@ def emit_many(events: list[dict[str, Any]]) -> None:
     """Hand already-validated events to the backend."""
     for event in events:
         send(event)
+        EMITTED.labels(event["type"]).inc()

@@ -2,6 +2,7 @@ from django.urls import path
 from drf_spectacular.views import SpectacularAPIView
 
 from .api import views
+from .metrics import metrics_view
 
 app_name = "reco_plugin"
 
@@ -13,4 +14,5 @@ urlpatterns = [
     # a beacon posted without the slash is answered too (APPEND_SLASH cannot redirect a POST)
     path("api/events", views.EventsView.as_view()),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("metrics", metrics_view, name="metrics"),
 ]

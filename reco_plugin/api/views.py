@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import time
 from typing import Any
 
 from django.apps import apps
@@ -36,6 +37,7 @@ from rest_framework.views import APIView
 from .. import store
 from ..conf import reco_settings
 from ..events import emit_many
+from ..metrics import API_SECONDS
 from ..schema import make_event
 from ..visitor import is_tracked, visitor_id_for
 from .serializers import (
@@ -100,6 +102,13 @@ class RecoAPIView(APIView):
     # The API serves the session's visitor; no token or basic auth.
     authentication_classes: list[Any] = [ShopSessionUser]
     permission_classes: list[Any] = []
+
+    def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return super().dispatch(request, *args, **kwargs)
+        finally:
+            API_SECONDS.labels(type(self).__name__).observe(time.perf_counter() - started)
 
     def handle_exception(self, exc: Exception) -> Response:
         response = super().handle_exception(exc)
