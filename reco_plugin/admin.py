@@ -1,5 +1,5 @@
-"""The app's admin section (``/admin/reco_plugin/``): tuning versions, and
-forgetting visitors."""
+"""The app's admin section (``/admin/reco_plugin/``): tuning versions,
+merchandising rules, and forgetting visitors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from django.contrib import admin, messages
 from django.http import HttpRequest
 
 from . import privacy, scoring, strategies, tuning
-from .models import PIPELINE_FIELDS, WEIGHT_FIELDS, ForgottenVisitor, Tuning
+from .models import PIPELINE_FIELDS, WEIGHT_FIELDS, ForgottenVisitor, Rule, Tuning
 
 TUNED_FIELDS = (*WEIGHT_FIELDS.values(), *PIPELINE_FIELDS)
 
@@ -160,6 +160,47 @@ class TuningAdmin(admin.ModelAdmin):
                 messages.WARNING,
             )
 
+    def get_urls(self) -> list[Any]:
+        from django.urls import path
+
+        preview = self.admin_site.admin_view(self.preview_view)
+        return [
+            path("preview/", preview, name="reco_plugin_preview"),
+            *super().get_urls(),
+        ]
+
+    def preview_view(self, request: HttpRequest) -> Any:
+        """Each strategy's list and the blended one for a visitor and/or a
+        product, with scores, the blend's chances and the rules that touched items."""
+        from django.core.exceptions import PermissionDenied
+        from django.template.response import TemplateResponse
+
+        from .preview import preview
+
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        asked = {
+            name: request.GET.get(name, "").strip() for name in ("visitor", "product", "category")
+        }
+        try:
+            limit = min(max(int(request.GET.get("limit") or 8), 1), 50)
+        except ValueError:
+            limit = 8
+        result = (
+            preview(asked["visitor"], asked["product"], asked["category"], limit)
+            if any(asked.values())
+            else None
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Preview recommendations",
+            "opts": self.model._meta,
+            "asked": asked,
+            "limit": limit,
+            "result": result,
+        }
+        return TemplateResponse(request, "admin/reco_plugin/preview.html", context)
+
     @admin.action(description="Roll back to the selected version", permissions=["add"])
     def roll_back(self, request: HttpRequest, queryset: Any) -> None:
         if queryset.count() != 1:
@@ -256,3 +297,43 @@ class ForgottenVisitorAdmin(admin.ModelAdmin):
                 return queryset.none(), False
             return queryset.filter(visitor_digest=ForgottenVisitor.digest(visitor_id)), False
         return queryset, False
+
+
+@admin.register(Rule)
+class RuleAdmin(admin.ModelAdmin):
+    """Pins, boosts and blocks; every change is published to Redis when it
+    commits (and kept in the object's admin history)."""
+
+    list_display = ("__str__", "enabled", "in_effect", "starts_at", "ends_at", "note", "created_by")
+    list_filter = ("enabled", "action", "scope")
+    search_fields = ("product_id", "scope_value", "note")
+    actions = ["enable", "disable"]
+    fieldsets = [
+        (None, {"fields": ["enabled", "action", "product_id", "position", "factor"]}),
+        ("Where", {"fields": ["scope", "scope_value"]}),
+        ("When", {"fields": ["starts_at", "ends_at"], "description": "Empty: from now, for good."}),
+        (None, {"fields": ["note"]}),
+    ]
+
+    def save_model(self, request: HttpRequest, obj: Rule, form: Any, change: bool) -> None:
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    @admin.display(boolean=True, description="in effect now")
+    def in_effect(self, obj: Rule) -> bool:
+        import time
+
+        return obj.enabled and obj.as_rule().live(int(time.time() * 1000))
+
+    @admin.action(description="Enable the selected rules", permissions=["change"])
+    def enable(self, request: HttpRequest, queryset: Any) -> None:
+        for rule in queryset:
+            rule.enabled = True
+            rule.save(update_fields=["enabled", "updated_at"])
+
+    @admin.action(description="Disable the selected rules", permissions=["change"])
+    def disable(self, request: HttpRequest, queryset: Any) -> None:
+        for rule in queryset:
+            rule.enabled = False
+            rule.save(update_fields=["enabled", "updated_at"])

@@ -18,6 +18,12 @@ class RecoPluginConfig(AppConfig):
 
         keys.use_prefix(reco_settings.KEY_PREFIX)
 
+        from .models import Rule
+        from .tuning import rules_changed
+
+        post_save.connect(rules_changed, sender=Rule, dispatch_uid="reco_plugin.rules_saved")
+        post_delete.connect(rules_changed, sender=Rule, dispatch_uid="reco_plugin.rules_deleted")
+
         user_logged_in.connect(tracking.user_logged_in, dispatch_uid="reco_plugin.identify")
         user_logged_out.connect(tracking.user_logged_out, dispatch_uid="reco_plugin.logout")
         product = self._model(reco_settings.PRODUCT_MODEL)

@@ -268,6 +268,13 @@ def tuning() -> str:
     return f"{PREFIX}:tuning"
 
 
+def rules() -> str:
+    """String (JSON list): the enabled merchandising rules (``reco_plugin.rules``),
+    published by the admin; the serving path reads it with every list, the job
+    keeps global blocks out of what it writes."""
+    return f"{PREFIX}:rules"
+
+
 def live_group(db: int = 0) -> str:
     """Channels group every ASGI process serving websockets joins: the relay
     forwards each update notice to it once, whatever the number of visitors

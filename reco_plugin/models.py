@@ -168,3 +168,106 @@ class ForgottenVisitor(models.Model):
         import hashlib
 
         return hashlib.sha256(visitor_id.encode()).hexdigest()
+
+
+class Rule(models.Model):
+    """A merchandising rule (``reco_plugin.rules``): pin, boost or block one
+    product, everywhere, in a category, or on one product's page, optionally
+    between two times. Published to Redis whenever rules change."""
+
+    ACTIONS = [
+        ("pin", "pin at a position"),
+        ("boost", "boost by a factor"),
+        ("block", "block"),
+    ]
+    SCOPES = [
+        ("global", "everywhere"),
+        ("category", "in a category"),
+        ("product", "on a product's page"),
+    ]
+
+    enabled = models.BooleanField(default=True)
+    action = models.CharField(max_length=8, choices=ACTIONS)
+    product_id = models.CharField(
+        "product", max_length=64, help_text="The id of the product the rule pins, boosts or blocks."
+    )
+    scope = models.CharField(max_length=8, choices=SCOPES, default="global")
+    scope_value = models.CharField(
+        "category or product page",
+        max_length=200,
+        blank=True,
+        help_text="The category name, or the id of the product whose page it applies on.",
+    )
+    position = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Pin: the position, 1 is first."
+    )
+    factor = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Boost: its rank is divided by this (2 takes the 7th item to about the 4th; "
+        "below 1 moves it down).",
+    )
+    starts_at = models.DateTimeField(null=True, blank=True)
+    ends_at = models.DateTimeField(null=True, blank=True)
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+
+    class Meta:
+        ordering = ["-pk"]
+
+    def __str__(self) -> str:
+        where = {"global": "everywhere", "category": f"in {self.scope_value}"}.get(
+            self.scope, f"on product {self.scope_value}"
+        )
+        how = {"pin": f" at {self.position}", "boost": f" x{self.factor:g}" if self.factor else ""}
+        return f"{self.action} {self.product_id}{how.get(self.action, '')} {where}"
+
+    def as_rule(self) -> Any:
+        from . import rules
+
+        def ms(value: Any) -> int | None:
+            return None if value is None else int(value.timestamp() * 1000)
+
+        return rules.Rule(
+            id=self.pk or 0,
+            action=self.action,
+            product_id=str(self.product_id).strip(),
+            scope=self.scope,
+            scope_value="" if self.scope == "global" else self.scope_value.strip(),
+            position=self.position if self.action == "pin" else None,
+            factor=self.factor if self.action == "boost" else None,
+            starts_ms=ms(self.starts_at),
+            ends_ms=ms(self.ends_at),
+        )
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        try:
+            self.as_rule().check()
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+        from .conf import reco_settings
+
+        label = reco_settings.PRODUCT_MODEL
+        if label:
+            from django.apps import apps
+
+            product = apps.get_model(label)
+            ids = [self.product_id] + ([self.scope_value] if self.scope == "product" else [])
+            for value in ids:
+                try:
+                    found = product._default_manager.filter(pk=value).exists()
+                except (ValueError, TypeError):
+                    found = False
+                if not found:
+                    raise ValidationError(f"no product with the id {value!r}")

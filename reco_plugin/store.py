@@ -14,12 +14,14 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import redis
 
 from . import keys, scoring, strategies
+from . import rules as rules_
 from .redis_client import Unavailable, breaker, get_redis
 
 __all__ = ["Served", "Unavailable", "fallback", "recommend", "similar_to", "trending"]
@@ -300,6 +302,11 @@ class Lists:
     seed: str = ""
     # the catalog's version when the lists were read (display fields kept under it)
     catalog_version: str | None = None
+    # the merchandising rules published (``reco_plugin.rules``), and the page
+    # they are judged on: its product and that product's category
+    rules: list[rules_.Rule] = dataclasses.field(default_factory=list)
+    product_id: str | None = None
+    category: str | None = None
 
 
 @dataclasses.dataclass
@@ -374,7 +381,7 @@ def strategy_lists(
         wanted.append(keys.trending_list("long", guessed))
     pipe = r.pipeline(transaction=False)
     pipe.mget([key for _, key in sources] + wanted)
-    pipe.mget(keys.bandit_policy_version(), keys.tuning())
+    pipe.mget(keys.bandit_policy_version(), keys.tuning(), keys.rules())
     pipe.get(keys.catalog_version())
     if visitor_id:
         pipe.zrange(keys.visitor_seen(visitor_id), 0, -1)
@@ -388,6 +395,7 @@ def strategy_lists(
     ]
     extra = values[len(sources) :]
     exclude = set(replies[3]) if visitor_id else set()
+    actual = None
     if product_id:
         exclude.add(product_id)
         actual = replies[-1] or None
@@ -402,13 +410,57 @@ def strategy_lists(
                 extra.append(r.get(wanted[-1]))
     if wanted:
         lists.append((strategies.CATEGORY, Ranked.merged([_load_list(v) for v in extra])))
+    policy_version, tuning, published_rules = replies[1]
     return Lists(
         lists,
         exclude,
-        _policy(r, *replies[1]),
-        f"{visitor_id}|{product_id}|{replies[1][0]}{_tuning_version(replies[1][1])}",
+        _policy(r, policy_version, tuning),
+        f"{visitor_id}|{product_id}|{policy_version}{_tuning_version(tuning)}",
         replies[2],
+        _rules(published_rules),
+        product_id,
+        actual,
     )
+
+
+_rules_cache: tuple[str | None, list[rules_.Rule]] = (None, [])
+
+
+def _rules(raw: str | None) -> list[rules_.Rule]:
+    """The published rules, parsed once per value."""
+    global _rules_cache
+    if raw != _rules_cache[0]:
+        try:
+            parsed = rules_.parse(raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.error("reco: the published rules are ignored (%s)", exc)
+            parsed = []
+        _rules_cache = (raw, parsed)
+    return _rules_cache[1]
+
+
+def _apply_rules(
+    r: redis.Redis,
+    shown: list[dict[str, Any]],
+    active: list[rules_.Rule],
+    exclude: set[str] | frozenset[str],
+    limit: int,
+    category: str | None,
+    catalog_version: str | None,
+) -> list[dict[str, Any]]:
+    """Boosts, then pins (a pinned product the catalog can show, and not left
+    out for this visitor or page, goes to its position)."""
+    if not active:
+        return shown
+    shown = rules_.boosted(shown, active)
+    placed = []
+    for position, product_id, rule_id in rules_.pins(active):
+        if product_id in exclude:
+            continue
+        found = _with_display(r, [(product_id, "pinned", 1.0, 0.0)], 1, category, catalog_version)
+        if found:
+            placed.append((position, found[0], rule_id))
+    return rules_.pinned(shown, placed, limit) if placed else shown
 
 
 # product -> its category as last read: lets one round trip fetch the category's
@@ -431,7 +483,12 @@ def blend(found: Lists, limit: int, rng: random.Random | None = None) -> list[di
 
 
 def served(
-    found: Lists, limit: int, rng: random.Random | None = None, category: str | None = None
+    found: Lists,
+    limit: int,
+    rng: random.Random | None = None,
+    category: str | None = None,
+    *,
+    explain: bool = False,
 ) -> Served:
     """Slots filled by the policy's draws (seeded by ``found.seed`` unless
     ``rng`` is given) from every list when the visitor has lists of their own,
@@ -441,9 +498,11 @@ def served(
     depth = limit * CANDIDATE_FACTOR
     # what staff turned off is never served, not even to top a list up
     lists = [(s, items) for s, items in found.lists if found.policy.enabled(s)]
-    candidates = [
-        (strategy, strategies.top(items, found.exclude, depth)) for strategy, items in lists
-    ]
+    active = rules_.in_effect(
+        found.rules, int(time.time() * 1000), found.product_id, category or found.category
+    )
+    exclude = found.exclude | rules_.blocked(active)
+    candidates = [(strategy, strategies.top(items, exclude, depth)) for strategy, items in lists]
     if any(ids for strategy, ids in candidates if strategy in PERSONAL_STRATEGIES):
         tiers: list[tuple[str, list[tuple[str, list[str]]]]] = [("personal", candidates)]
     else:
@@ -474,7 +533,7 @@ def served(
             break
     if len(shown) < limit:
         # every candidate tried was filtered out: look deeper in each list, best first
-        skip = found.exclude | tried
+        skip = exclude | tried
         unique: dict[str, tuple[str, str, float, float]] = {}
         for strategy, items in lists:
             for item in items:
@@ -484,11 +543,44 @@ def served(
         shown += _with_display(
             r, list(unique.values()), limit - len(shown), category, found.catalog_version
         )
+    shown = _apply_rules(r, shown, active, exclude, limit, category, found.catalog_version)
+    if not explain:
+        _unexplained(shown)
     _remember_trending(
         category,
         [i for i in shown if i["strategy"] in (strategies.TRENDING, strategies.POPULAR)],
     )
     return Served(_numbered(shown, found.seed), source)
+
+
+def _ruled_single(
+    r: redis.Redis,
+    strategy: str,
+    items: Ranked,
+    exclude: set[str],
+    limit: int,
+    version: str | None,
+    published: str | None,
+    product_id: str | None,
+    category: str | None,
+) -> list[dict[str, Any]]:
+    """One strategy's list as served, with the rules that hold on its page."""
+    active = rules_.in_effect(_rules(published), int(time.time() * 1000), product_id, category)
+    exclude = exclude | rules_.blocked(active)
+    shown = _single(r, strategy, items, exclude, limit, None, version)
+    if not active:
+        return shown
+    return _numbered(
+        _unexplained(_apply_rules(r, shown, active, exclude, limit, None, version)),
+        f"{strategy}|{category}",
+    )
+
+
+def _unexplained(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Served items without the ids of the rules that touched them (the preview shows those)."""
+    for item in items:
+        item.pop("rules", None)
+    return items
 
 
 def similar_to(
@@ -497,10 +589,19 @@ def similar_to(
     """Items related to a product (co-visitation). Raises :class:`Unavailable`."""
     with breaker.guard():
         r = get_redis()
-        raw, version = r.mget(keys.product_similar(product_id), keys.catalog_version())
-        items = _load_list(raw)
-        return _single(
-            r, strategies.SIMILAR, items, {str(product_id), *exclude}, limit, None, version
+        raw, version, published = r.mget(
+            keys.product_similar(product_id), keys.catalog_version(), keys.rules()
+        )
+        return _ruled_single(
+            r,
+            strategies.SIMILAR,
+            _load_list(raw),
+            {str(product_id), *exclude},
+            limit,
+            version,
+            published,
+            str(product_id),
+            None,
         )
 
 
@@ -514,13 +615,16 @@ def trending(
     from the long window when the short one has too few. Raises :class:`Unavailable`."""
     with breaker.guard():
         r = get_redis()
-        short, long, version = r.mget(
+        short, long, version, published = r.mget(
             keys.trending_list("short", category or ""),
             keys.trending_list("long", category or ""),
             keys.catalog_version(),
+            keys.rules(),
         )
         items = Ranked.merged([_load_list(short), _load_list(long)])
-        result = _single(r, strategies.TRENDING, items, set(exclude), limit, None, version)
+        result = _ruled_single(
+            r, strategies.TRENDING, items, set(exclude), limit, version, published, None, category
+        )
     _remember_trending(category, result)
     return result
 

@@ -35,10 +35,10 @@ def retrain(days: int = 30) -> dict:
 
 @shared_task(name="reco_plugin.publish_tuning", ignore_result=True)
 def publish_tuning() -> bool:
-    """Publish the active tuning version again (Redis may have lost it)."""
+    """Publish the active tuning version and the rules again (Redis may have lost them)."""
     from . import tuning
 
-    return tuning.publish()
+    return tuning.publish() and tuning.publish_rules()
 
 
 @shared_task(

@@ -74,6 +74,25 @@ def publish(version: Any = None) -> bool:
     return True
 
 
+def publish_rules() -> bool:
+    """Write the enabled merchandising rules to Redis; False when Redis did not answer."""
+    from . import rules
+    from .models import Rule
+
+    enabled = [rule.as_rule() for rule in Rule.objects.filter(enabled=True).order_by("pk")]
+    try:
+        get_work_redis().set(keys.rules(), rules.dumps(enabled))
+    except (redis.RedisError, OSError) as exc:
+        logger.error("reco: rules not published, Redis unavailable (%s)", exc)
+        return False
+    return True
+
+
+def rules_changed(**kwargs: Any) -> None:
+    """``post_save``/``post_delete`` of a rule: publish them all once the change commits."""
+    transaction.on_commit(publish_rules)
+
+
 def differences(before: Any, after: Any) -> str:
     """What ``after`` changes from ``before`` (either may be None), one line per field."""
     old = before.values() if before is not None else {}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -24,10 +25,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from reco_plugin import keys, strategies
+from reco_plugin import keys, rules, strategies
 from reco_plugin.scoring import PipelineSettings
 
 from .learn import Item
+
+logger = logging.getLogger(__name__)
 
 CHUNK = 1000
 # Weights learnt in a batch are summed as integers of 1e-9 units: integer sums do
@@ -207,8 +210,18 @@ def catalog_facts(r: redis.Redis, product_ids: Sequence[str]) -> tuple[dict[str,
 
 
 def unavailable(r: redis.Redis) -> set[str]:
-    """Products never to list (out of stock or blocked)."""
-    return set(r.smembers(keys.catalog_unavailable()))
+    """Products never to list: out of stock or blocked in the catalog, or
+    blocked everywhere by a merchandising rule that holds now."""
+    pipe = r.pipeline(transaction=False)
+    pipe.smembers(keys.catalog_unavailable())
+    pipe.get(keys.rules())
+    members, published = pipe.execute()
+    try:
+        blocked = rules.blocked_everywhere(rules.parse(published), int(time.time() * 1000))
+    except (ValueError, TypeError, KeyError) as exc:
+        logger.error("the published rules are ignored: %s", exc)
+        blocked = set()
+    return {*members, *blocked}
 
 
 def evidence(r: redis.Redis) -> dict[str, tuple[float, float]]:

@@ -14,7 +14,8 @@ class RecommendedItemSerializer(serializers.Serializer):
     score = serializers.FloatField()
     strategy = serializers.CharField(
         help_text="the strategy that filled the slot: personal, similar, fbt, retrained, "
-        "content, category, affinity, trending or popular"
+        "content, category, affinity, trending or popular; pinned for a product a "
+        "merchandising rule put at its position"
     )
     propensity = serializers.FloatField(
         help_text="the probability that the bandit chose this strategy for the slot; "

@@ -1,0 +1,173 @@
+"""Merchandising rules staff set in the admin: pin, boost, block. Django-free:
+the serving path and the Spark job both read them.
+
+A rule names a product, an action and where it applies (``scope``):
+everywhere (``global``), on lists shown in a ``category`` (the context
+product's category, or the category asked for), or on the page of one
+``product``; and optionally when (``starts_ms``, ``ends_ms``, epoch ms).
+
+- **block**: the product is never served there. Global blocks are also kept
+  out of every list the pipeline writes.
+- **boost** (``factor`` > 1 moves up, < 1 moves down): a served product's rank
+  is divided by the factor, so ``2`` takes the 7th item to about the 4th.
+- **pin** (``position``, 1 is first): the product is put at that position,
+  whatever the blend chose, when the catalog can show it.
+
+The admin publishes the enabled rules to Redis (``keys.rules``) as one JSON list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+PIN, BOOST, BLOCK = "pin", "boost", "block"
+ACTIONS = (PIN, BOOST, BLOCK)
+GLOBAL, CATEGORY, PRODUCT = "global", "category", "product"
+SCOPES = (GLOBAL, CATEGORY, PRODUCT)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    id: int
+    action: str
+    product_id: str
+    scope: str = GLOBAL
+    # the category, or the context product's id; "" for global
+    scope_value: str = ""
+    position: int | None = None
+    factor: float | None = None
+    starts_ms: int | None = None
+    ends_ms: int | None = None
+
+    @classmethod
+    def from_mapping(cls, value: Mapping[str, Any]) -> Rule:
+        rule = cls(
+            id=int(value["id"]),
+            action=str(value["action"]),
+            product_id=str(value["product_id"]),
+            scope=str(value.get("scope") or GLOBAL),
+            scope_value=str(value.get("scope_value") or ""),
+            position=None if value.get("position") is None else int(value["position"]),
+            factor=None if value.get("factor") is None else float(value["factor"]),
+            starts_ms=None if value.get("starts_ms") is None else int(value["starts_ms"]),
+            ends_ms=None if value.get("ends_ms") is None else int(value["ends_ms"]),
+        )
+        rule.check()
+        return rule
+
+    def check(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(ACTIONS)}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}")
+        if self.scope != GLOBAL and not self.scope_value:
+            raise ValueError(f"a {self.scope} rule needs the {self.scope} it applies to")
+        if self.action == PIN and not (self.position and self.position >= 1):
+            raise ValueError("a pin needs a position of 1 or more")
+        if self.action == BOOST and not (self.factor and self.factor > 0):
+            raise ValueError("a boost needs a factor above 0")
+        if self.starts_ms and self.ends_ms and self.ends_ms <= self.starts_ms:
+            raise ValueError("a rule must end after it starts")
+
+    def live(self, now_ms: int) -> bool:
+        return (self.starts_ms is None or self.starts_ms <= now_ms) and (
+            self.ends_ms is None or now_ms < self.ends_ms
+        )
+
+    def applies(self, product: str | None, category: str | None) -> bool:
+        """Whether the rule holds on a list shown on ``product``'s page, in ``category``."""
+        if self.scope == GLOBAL:
+            return True
+        if self.scope == CATEGORY:
+            return category is not None and self.scope_value == category
+        return product is not None and self.scope_value == product
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def parse(raw: str | bytes | None) -> list[Rule]:
+    """The published rules; a malformed entry raises ValueError."""
+    if not raw:
+        return []
+    value = json.loads(raw)
+    if not isinstance(value, list):
+        raise ValueError("the published rules are not a JSON list")
+    return [Rule.from_mapping(item) for item in value]
+
+
+def dumps(rules: Iterable[Rule]) -> str:
+    return json.dumps([rule.as_dict() for rule in rules], sort_keys=True)
+
+
+def in_effect(
+    rules: Sequence[Rule], now_ms: int, product: str | None, category: str | None
+) -> list[Rule]:
+    """The rules that hold now on a list shown on ``product``'s page in ``category``."""
+    return [r for r in rules if r.live(now_ms) and r.applies(product, category)]
+
+
+def blocked_everywhere(rules: Sequence[Rule], now_ms: int) -> set[str]:
+    """Products a global block keeps out of every list (the pipeline's part)."""
+    return {
+        r.product_id for r in rules if r.action == BLOCK and r.scope == GLOBAL and r.live(now_ms)
+    }
+
+
+def blocked(rules: Sequence[Rule]) -> set[str]:
+    return {r.product_id for r in rules if r.action == BLOCK}
+
+
+def boosted(items: list[dict[str, Any]], rules: Sequence[Rule]) -> list[dict[str, Any]]:
+    """``items`` reordered by rank / factor of the boosts that hold (stable);
+    each moved item says which rules touched it (``rules``)."""
+    factors: dict[str, float] = {}
+    touched: dict[str, list[int]] = {}
+    for rule in rules:
+        if rule.action == BOOST and rule.factor:
+            factors[rule.product_id] = factors.get(rule.product_id, 1.0) * rule.factor
+            touched.setdefault(rule.product_id, []).append(rule.id)
+    if not factors:
+        return items
+    ranked = sorted(
+        enumerate(items),
+        key=lambda pair: ((pair[0] + 1) / factors.get(pair[1]["product_id"], 1.0), pair[0]),
+    )
+    result = []
+    for _, item in ranked:
+        if item["product_id"] in touched:
+            item = {**item, "rules": [*item.get("rules", ()), *touched[item["product_id"]]]}
+        result.append(item)
+    return result
+
+
+def pins(rules: Sequence[Rule]) -> list[tuple[int, str, int]]:
+    """(position from 0, product, rule id) of the pins that hold, by position;
+    one pin per position and per product (the lowest rule id wins)."""
+    taken_positions: set[int] = set()
+    taken_products: set[str] = set()
+    result = []
+    for rule in sorted((r for r in rules if r.action == PIN), key=lambda r: (r.position, r.id)):
+        position = int(rule.position or 1) - 1
+        if position in taken_positions or rule.product_id in taken_products:
+            continue
+        taken_positions.add(position)
+        taken_products.add(rule.product_id)
+        result.append((position, rule.product_id, rule.id))
+    return result
+
+
+def pinned(
+    items: list[dict[str, Any]], placed: Sequence[tuple[int, dict[str, Any], int]], limit: int
+) -> list[dict[str, Any]]:
+    """``items`` with each pinned item (position, item, rule id) put at its
+    position (or at the end when the list is shorter), cut to ``limit``."""
+    ids = {item["product_id"] for _, item, _ in placed}
+    result = [item for item in items if item["product_id"] not in ids]
+    for position, item, rule_id in sorted(placed, key=lambda p: p[0]):
+        entry = {**item, "strategy": PIN + "ned", "rules": [rule_id]}
+        result.insert(min(position, len(result)), entry)
+    return result[:limit]

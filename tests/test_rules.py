@@ -1,0 +1,170 @@
+"""Merchandising rules: the rules themselves, the admin, the serving path,
+the pipeline, and the preview that shows what they touched."""
+
+import json
+import time
+
+import pytest
+
+from reco_plugin import keys, rules, store
+from reco_plugin.models import Rule
+
+from .conftest import put_catalog, put_list, put_policy
+from .test_batch import Batches
+
+pytestmark = pytest.mark.django_db
+NOW = int(time.time() * 1000)
+
+
+def rule(id, action, product, scope="global", value="", **more):
+    return rules.Rule(
+        id=id, action=action, product_id=product, scope=scope, scope_value=value, **more
+    )
+
+
+def publish(r, *items):
+    r.set(keys.rules(), rules.dumps(items))
+    store.reset()
+
+
+def ids(items):
+    return [i["product_id"] for i in items]
+
+
+def test_a_rule_holds_where_and_when_it_says():
+    in_drama = rule(1, "block", "5", "category", "Drama", starts_ms=NOW - 1000, ends_ms=NOW + 1000)
+    assert rules.in_effect([in_drama], NOW, "1", "Drama") == [in_drama]
+    assert rules.in_effect([in_drama], NOW, "1", "Comedy") == []
+    assert rules.in_effect([in_drama], NOW + 2000, "1", "Drama") == []  # ended
+    on_page = rule(2, "pin", "9", "product", "1", position=1)
+    assert rules.in_effect([on_page], NOW, "1", None) == [on_page]
+    assert rules.in_effect([on_page], NOW, "2", None) == []
+    for bad, message in [
+        (rule(3, "pin", "9"), "position"),
+        (rule(4, "boost", "9", factor=0), "factor"),
+        (rule(5, "block", "9", "category"), "needs the category"),
+        (rule(6, "block", "9", starts_ms=NOW, ends_ms=NOW), "end after it starts"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            bad.check()
+
+
+def test_boosts_move_items_up_by_their_factor_and_pins_take_their_place():
+    items = [{"product_id": str(n)} for n in range(1, 9)]
+    moved = rules.boosted(items, [rule(1, "boost", "7", factor=2.0)])
+    assert ids(moved)[:5] == ["1", "2", "3", "7", "4"] and moved[3]["rules"] == [1]
+    placed = rules.pinned(items, [(0, {"product_id": "42"}, 9), (2, {"product_id": "3"}, 8)], 5)
+    assert ids(placed) == ["42", "1", "3", "2", "4"]
+    assert placed[0]["strategy"] == "pinned" and placed[0]["rules"] == [9]
+
+
+def test_the_serving_path_applies_blocks_pins_and_boosts_on_their_pages(r, redis_url):
+    put_catalog(r, range(1, 30))
+    put_catalog(r, [99], category="Comedy")
+    put_list(r, keys.product_similar("1"), range(2, 20))
+    put_policy(r, "similar")
+    before = ids(store.recommend("s:v", "1", 6).items)
+    assert before[:3] == ["2", "3", "4"]
+    publish(
+        r,
+        rule(1, "block", "3"),
+        rule(2, "pin", "99", "product", "1", position=1),
+        rule(3, "boost", "7", "category", "Drama", factor=3.0),
+        rule(4, "block", "2", "product", "8"),  # another page
+        rule(5, "pin", "25", starts_ms=NOW + 3_600_000, position=2),  # not yet
+    )
+    after = store.recommend("s:v", "1", 6).items
+    # 3 blocked; 7 boosted x3 from 5th to 2nd of the blend; 99 pinned first;
+    # the block of 2 holds on another page, the pin of 25 not yet
+    assert ids(after) == ["99", "2", "7", "4", "5", "6"]
+    assert after[0]["strategy"] == "pinned" and after[2]["strategy"] == "similar"
+    assert "rules" not in after[0]  # the public answer does not name rules
+    # the same rules on the other endpoints
+    assert "3" not in ids(store.similar_to("1", 6)) and ids(store.similar_to("1", 6))[0] == "99"
+    put_list(r, keys.trending(), [3, 4, 5])
+    assert ids(store.trending(limit=3)) == ["4", "5"]
+
+
+def test_a_global_block_is_kept_out_of_what_the_pipeline_writes(redis_url, r):
+    r.set(keys.rules(), rules.dumps([rule(1, "block", "2")]))
+    batches = Batches(redis_url)
+    batches.run([batches.row("purchase", f"s:{n}", p) for n in range(3) for p in ("1", "2", "3")])
+    written = batches.list(keys.trending())
+    assert "2" not in written and {"1", "3"} <= set(written)
+
+
+@pytest.fixture
+def staff(client, django_user_model):
+    user = django_user_model.objects.create_superuser("merch", password="x")
+    client.force_login(user)
+    return user
+
+
+def test_staff_add_rules_in_the_admin_and_they_are_published(
+    client, staff, r, redis_url, make_product, django_capture_on_commit_callbacks
+):
+    from demo_shop.catalog.models import Product
+
+    for pk in (5, 1):
+        if not Product.objects.filter(pk=pk).exists():
+            make_product(pk)
+    add = "/admin/reco_plugin/rule/add/"
+    form = {
+        "enabled": "on",
+        "action": "pin",
+        "product_id": "5",
+        "position": "2",
+        "scope": "product",
+    }
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = client.post(add, {**form, "scope_value": "1"})
+    assert answer.status_code == 302
+    saved = Rule.objects.get()
+    assert saved.created_by == staff
+    assert json.loads(r.get(keys.rules())) == [
+        {
+            "id": saved.pk,
+            "action": "pin",
+            "product_id": "5",
+            "position": 2,
+            "scope": "product",
+            "scope_value": "1",
+        }
+    ]
+    refused = client.post(add, {**form, "scope_value": "1", "position": ""}).content.decode()
+    assert "a pin needs a position" in refused
+    refused = client.post(add, {**form, "scope_value": "777"}).content.decode()
+    assert "no product with the id &#x27;777&#x27;" in refused
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(
+            "/admin/reco_plugin/rule/",
+            {"action": "disable", "_selected_action": [saved.pk]},
+        )
+    assert json.loads(r.get(keys.rules())) == []  # disabled: no longer published
+
+
+def test_the_preview_shows_each_strategy_the_blend_and_the_rules(client, staff, r, redis_url):
+    put_catalog(r, range(1, 30))
+    put_list(r, keys.product_similar("1"), range(2, 12))
+    put_list(r, keys.trending(), range(12, 20))
+    put_list(r, keys.visitor_recommendations("s:seen"), range(20, 26))
+    r.zadd(keys.visitor_seen("s:seen"), {"2": 1})
+    publish(r, rule(7, "pin", "29", position=1), rule(8, "block", "4"))
+    page = client.get(
+        "/admin/reco_plugin/tuning/preview/", {"visitor": "s:seen", "product": "1", "limit": 5}
+    ).content.decode()
+    assert 'id="reco-served"' in page and "pinned" in page and "#7" in page
+    assert 'data-strategy="similar"' in page and 'data-strategy="personal"' in page
+    assert "seen, bought, or on the page" in page and "blocked by a rule" in page
+    assert "#8: block 4 everywhere" in page
+    assert (
+        "neither a visitor id"
+        in client.get("/admin/reco_plugin/tuning/preview/", {"visitor": "???"}).content.decode()
+    )
+    assert "Preview recommendations" in client.get("/admin/reco_plugin/rule/").content.decode()
+
+
+def test_the_preview_is_for_staff_only(client, django_user_model, redis_url):
+    client.force_login(django_user_model.objects.create_user("shopper", password="x"))
+    answer = client.get("/admin/reco_plugin/tuning/preview/", {"product": "1"})
+    assert answer.status_code == 302 and "/admin/login/" in answer["Location"]
