@@ -1,5 +1,5 @@
 """The app's admin section (``/admin/reco_plugin/``): tuning versions,
-merchandising rules, and forgetting visitors."""
+merchandising rules, experiments and their reports, and forgetting visitors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ from django.contrib import admin, messages
 from django.http import HttpRequest
 
 from . import privacy, scoring, strategies, tuning
-from .models import PIPELINE_FIELDS, WEIGHT_FIELDS, ForgottenVisitor, Rule, Tuning
+from .models import (
+    PIPELINE_FIELDS,
+    WEIGHT_FIELDS,
+    Experiment,
+    ExperimentArm,
+    ForgottenVisitor,
+    Rule,
+    Tuning,
+)
 
 TUNED_FIELDS = (*WEIGHT_FIELDS.values(), *PIPELINE_FIELDS)
 
@@ -337,3 +345,144 @@ class RuleAdmin(admin.ModelAdmin):
         for rule in queryset:
             rule.enabled = False
             rule.save(update_fields=["enabled", "updated_at"])
+
+
+class ArmFormSet(forms.BaseInlineFormSet):
+    def clean(self) -> None:
+        super().clean()
+        kept = [
+            f.cleaned_data
+            for f in self.forms
+            if f.cleaned_data and not f.cleaned_data.get("DELETE", False)
+        ]
+        if len(kept) < 2:
+            raise forms.ValidationError("An experiment needs at least two arms.")
+        total = sum(float(arm.get("share") or 0) for arm in kept)
+        if abs(total - 100.0) > 1e-6:
+            raise forms.ValidationError(f"The arms' shares add up to {total:g}, not 100.")
+
+
+class ArmInline(admin.TabularInline):
+    model = ExperimentArm
+    formset = ArmFormSet
+    extra = 2
+    min_num = 0
+
+
+class ExperimentForm(forms.ModelForm):
+    class Meta:
+        model = Experiment
+        fields = ["name", "hypothesis", "starts_at", "ends_at"]
+
+    def clean(self) -> dict[str, Any]:
+        from django.db.models import Q
+
+        cleaned = super().clean()
+        starts, ends = cleaned.get("starts_at"), cleaned.get("ends_at")
+        if starts and ends and ends <= starts:
+            self.add_error("ends_at", "An experiment must end after it starts.")
+        elif starts:
+            others = Experiment.objects.exclude(pk=self.instance.pk).filter(
+                Q(ends_at__isnull=True) | Q(ends_at__gt=starts)
+            )
+            if ends:
+                others = others.filter(starts_at__lt=ends)
+            clash = others.first()
+            if clash is not None:
+                raise forms.ValidationError(
+                    f"It overlaps “{clash}”: one experiment runs at a time (end that one first)."
+                )
+        return cleaned
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(admin.ModelAdmin):
+    """Experiments between tuning versions; the report compares the arms."""
+
+    form = ExperimentForm
+    inlines = [ArmInline]
+    list_display = ("name", "starts_at", "ends_at", "running", "report_link")
+    actions = ["stop"]
+
+    def save_model(self, request: HttpRequest, obj: Experiment, form: Any, change: bool) -> None:
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        from django.db import transaction
+
+        transaction.on_commit(tuning.publish_experiment)
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        super().delete_model(request, obj)
+        from django.db import transaction
+
+        transaction.on_commit(tuning.publish_experiment)
+
+    @admin.display(boolean=True, description="running")
+    def running(self, obj: Experiment) -> bool:
+        import time
+
+        return obj.definition().running(int(time.time() * 1000)) if obj.arms.exists() else False
+
+    @admin.display(description="report")
+    def report_link(self, obj: Experiment) -> str:
+        from django.urls import reverse
+        from django.utils.html import format_html
+
+        return format_html(
+            '<a href="{}">report</a>', reverse("admin:reco_plugin_experiment_report", args=[obj.pk])
+        )
+
+    @admin.action(description="Stop the selected experiments now", permissions=["change"])
+    def stop(self, request: HttpRequest, queryset: Any) -> None:
+        from django.db import transaction
+        from django.utils import timezone
+
+        now = timezone.now()
+        for experiment in queryset:
+            if experiment.ends_at is None or experiment.ends_at > now:
+                experiment.ends_at = max(now, experiment.starts_at)
+                experiment.save(update_fields=["ends_at"])
+        transaction.on_commit(tuning.publish_experiment)
+
+    def get_urls(self) -> list[Any]:
+        from django.urls import path
+
+        report = self.admin_site.admin_view(self.report_view)
+        return [
+            path("<int:pk>/report/", report, name="reco_plugin_experiment_report"),
+            *super().get_urls(),
+        ]
+
+    def report_view(self, request: HttpRequest, pk: int) -> Any:
+        from django.core.exceptions import PermissionDenied
+        from django.shortcuts import get_object_or_404
+        from django.template.response import TemplateResponse
+
+        from . import experiments
+        from .redis_client import get_work_redis
+
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        experiment = get_object_or_404(Experiment, pk=pk)
+        error, result = None, None
+        if experiment.arms.count() < 2:
+            error = "This experiment has fewer than two arms."
+        else:
+            try:
+                result = experiments.read_report(get_work_redis(), experiment.definition())
+            except Exception as exc:  # Redis down: say so, do not fail the page
+                error = f"Redis did not answer: {exc}"
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Report: {experiment}",
+            "opts": self.model._meta,
+            "experiment": experiment,
+            "report": result,
+            "error": error,
+            "refresh_seconds": 30,
+        }
+        return TemplateResponse(request, "admin/reco_plugin/experiment_report.html", context)

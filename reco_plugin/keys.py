@@ -268,6 +268,21 @@ def tuning() -> str:
     return f"{PREFIX}:tuning"
 
 
+def experiment() -> str:
+    """String (JSON): the experiment staff scheduled (``reco_plugin.experiments``)."""
+    return f"{PREFIX}:experiment"
+
+
+def experiment_counts(experiment_id: int) -> str:
+    """Hash: ``<arm>:impressions`` / ``<arm>:clicks`` -> count, written by the job."""
+    return f"{PREFIX}:experiment:{experiment_id}:counts"
+
+
+def experiment_visitors(experiment_id: int, arm: int, name: str) -> str:
+    """Set: the visitors of an arm who were ``exposed`` / ``carted`` / ``purchased``."""
+    return f"{PREFIX}:experiment:{experiment_id}:{arm}:{name}"
+
+
 def rules() -> str:
     """String (JSON list): the enabled merchandising rules (``reco_plugin.rules``),
     published by the admin; the serving path reads it with every list, the job

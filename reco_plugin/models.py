@@ -271,3 +271,70 @@ class Rule(models.Model):
                     found = False
                 if not found:
                     raise ValidationError(f"no product with the id {value!r}")
+
+
+class Experiment(models.Model):
+    """An A/B test between tuning versions (``reco_plugin.experiments``)."""
+
+    name = models.CharField(max_length=120)
+    hypothesis = models.TextField(blank=True, help_text="What you expect, and why.")
+    starts_at = models.DateTimeField(help_text="From when visitors are split between the arms.")
+    ends_at = models.DateTimeField(null=True, blank=True, help_text="Empty: until stopped.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+
+    class Meta:
+        ordering = ["-starts_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def definition(self) -> Any:
+        """As the serving path and the job read it."""
+        from . import experiments
+
+        def ms(value: Any) -> int | None:
+            return None if value is None else int(value.timestamp() * 1000)
+
+        return experiments.Experiment(
+            id=self.pk,
+            arms=tuple(
+                experiments.Arm(
+                    name=arm.name,
+                    share=arm.share,
+                    tuning=arm.tuning_id,
+                    strategies=dict(arm.tuning.strategies or {}),
+                )
+                for arm in self.arms.select_related("tuning").order_by("pk")
+            ),
+            starts_ms=ms(self.starts_at) or 0,
+            ends_ms=ms(self.ends_at),
+        )
+
+
+class ExperimentArm(models.Model):
+    experiment = models.ForeignKey(Experiment, on_delete=models.CASCADE, related_name="arms")
+    name = models.CharField(max_length=60, help_text="The first arm is the control.")
+    tuning = models.ForeignKey(
+        Tuning,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Its strategy choices are what this arm's visitors are served.",
+    )
+    share = models.FloatField(
+        validators=[MinValueValidator(0.1), MaxValueValidator(100.0)],
+        help_text="Percent of the visitors; the arms add up to 100.",
+    )
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.share:g}%)"

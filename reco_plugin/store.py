@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from . import keys, scoring, strategies
+from . import experiments, keys, scoring, strategies
 from . import rules as rules_
 from .redis_client import Unavailable, breaker, get_redis
 
@@ -192,11 +192,12 @@ def _catalog_fields(
     return [fields or {} for fields in found]
 
 
-def _numbered(items: list[dict[str, Any]], seed: str) -> list[dict[str, Any]]:
+def _numbered(items: list[dict[str, Any]], seed: str, tag: str = "") -> list[dict[str, Any]]:
     """Positions, and one ``reco_id`` for the list: derived from what is shown
-    (and to whom), so the same list has the same id and a cache's ETag holds."""
+    (and to whom), so the same list has the same id and a cache's ETag holds;
+    ``tag`` first (an experiment's arm)."""
     shown = "|".join(item["product_id"] for item in items)
-    reco_id = hashlib.sha256(f"{seed}|{shown}".encode()).hexdigest()[:16]
+    reco_id = tag + hashlib.sha256(f"{seed}|{shown}".encode()).hexdigest()[:16]
     for position, item in enumerate(items):
         item["position"] = position
         item["reco_id"] = reco_id
@@ -243,27 +244,32 @@ def _scores(lists: list[tuple[str, Any]]) -> dict[str, dict[str, float]]:
     }
 
 
-_policy_cache: tuple[tuple[str | None, str | None], strategies.Policy] = (
-    (None, None),
+_policy_cache: tuple[tuple[Any, ...], strategies.Policy] = (
+    (None, None, None),
     strategies.Policy(None),
 )
 
 
-def _policy(r: redis.Redis, version: str | None, tuning: str | None) -> strategies.Policy:
-    """The bandit's serving policy with the staff's tuning of the strategies,
-    fetched and parsed once per version of either (the policy is ~40 KB; its
-    version a few bytes; the tuning under 1 KB)."""
+def _policy(
+    r: redis.Redis, version: str | None, tuning: str | None, arm: Any = None
+) -> strategies.Policy:
+    """The bandit's serving policy with the staff's tuning of the strategies
+    (or, for a visitor in an experiment, their arm's), fetched and parsed once
+    per version of each (the policy is ~40 KB; its version a few bytes; the
+    tuning under 1 KB)."""
     global _policy_cache
-    if (version, tuning) != _policy_cache[0]:
+    key = (version, tuning, None if arm is None else json.dumps(dict(arm), sort_keys=True))
+    if key != _policy_cache[0]:
         raw = r.get(keys.bandit_policy()) if version else None
         try:
             value = json.loads(raw) if raw else None
         except ValueError:
             logger.warning("reco: unreadable bandit policy in Redis")
             value = None
+        overrides = _overrides(tuning) if arm is None else strategies.check_overrides(arm)
         _policy_cache = (
-            (version, tuning),
-            strategies.Policy(value if isinstance(value, dict) else None, _overrides(tuning)),
+            key,
+            strategies.Policy(value if isinstance(value, dict) else None, overrides),
         )
     return _policy_cache[1]
 
@@ -307,6 +313,8 @@ class Lists:
     rules: list[rules_.Rule] = dataclasses.field(default_factory=list)
     product_id: str | None = None
     category: str | None = None
+    # ``x<experiment>.<arm>.`` for a visitor in a running experiment: their reco_ids start with it
+    tag: str = ""
 
 
 @dataclasses.dataclass
@@ -381,7 +389,7 @@ def strategy_lists(
         wanted.append(keys.trending_list("long", guessed))
     pipe = r.pipeline(transaction=False)
     pipe.mget([key for _, key in sources] + wanted)
-    pipe.mget(keys.bandit_policy_version(), keys.tuning(), keys.rules())
+    pipe.mget(keys.bandit_policy_version(), keys.tuning(), keys.rules(), keys.experiment())
     pipe.get(keys.catalog_version())
     if visitor_id:
         pipe.zrange(keys.visitor_seen(visitor_id), 0, -1)
@@ -410,17 +418,43 @@ def strategy_lists(
                 extra.append(r.get(wanted[-1]))
     if wanted:
         lists.append((strategies.CATEGORY, Ranked.merged([_load_list(v) for v in extra])))
-    policy_version, tuning, published_rules = replies[1]
+    policy_version, tuning, published_rules, published_experiment = replies[1]
+    # a visitor in a running experiment: their arm's strategy choices, and
+    # lists whose reco_id names the arm
+    experiment = _experiment(published_experiment)
+    arm = None
+    if experiment is not None and visitor_id and experiment.running(int(time.time() * 1000)):
+        arm = experiment.arm_of(visitor_id)
     return Lists(
         lists,
         exclude,
-        _policy(r, policy_version, tuning),
-        f"{visitor_id}|{product_id}|{policy_version}{_tuning_version(tuning)}",
+        _policy(
+            r, policy_version, tuning, None if arm is None else experiment.arms[arm].strategies
+        ),
+        f"{visitor_id}|{product_id}|{policy_version}{_tuning_version(tuning)}"
+        + ("" if arm is None else f"|x{experiment.id}.{arm}"),
         replies[2],
         _rules(published_rules),
         product_id,
         actual,
+        "" if arm is None else experiments.tag(experiment.id, arm),
     )
+
+
+_experiment_cache: tuple[str | None, experiments.Experiment | None] = (None, None)
+
+
+def _experiment(raw: str | None) -> experiments.Experiment | None:
+    """The published experiment, parsed once per value."""
+    global _experiment_cache
+    if raw != _experiment_cache[0]:
+        try:
+            parsed = experiments.parse(raw)
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.error("reco: the published experiment is ignored (%s)", exc)
+            parsed = None
+        _experiment_cache = (raw, parsed)
+    return _experiment_cache[1]
 
 
 _rules_cache: tuple[str | None, list[rules_.Rule]] = (None, [])
@@ -550,7 +584,7 @@ def served(
         category,
         [i for i in shown if i["strategy"] in (strategies.TRENDING, strategies.POPULAR)],
     )
-    return Served(_numbered(shown, found.seed), source)
+    return Served(_numbered(shown, found.seed, found.tag), source)
 
 
 def _ruled_single(
@@ -682,4 +716,4 @@ def reset(fallback: bool = True) -> None:
         _display_cache.clear()
     with _parsed_lock:
         _parsed.clear()
-    _policy_cache = ((None, None), strategies.Policy(None))
+    _policy_cache = ((None, None, None), strategies.Policy(None))

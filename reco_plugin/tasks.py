@@ -35,10 +35,11 @@ def retrain(days: int = 30) -> dict:
 
 @shared_task(name="reco_plugin.publish_tuning", ignore_result=True)
 def publish_tuning() -> bool:
-    """Publish the active tuning version and the rules again (Redis may have lost them)."""
+    """Publish the active tuning version, the rules and the current experiment
+    again (Redis may have lost them; an experiment's start and end pass)."""
     from . import tuning
 
-    return tuning.publish() and tuning.publish_rules()
+    return all([tuning.publish(), tuning.publish_rules(), tuning.publish_experiment()])
 
 
 @shared_task(

@@ -88,6 +88,36 @@ def publish_rules() -> bool:
     return True
 
 
+def current_experiment() -> Any:
+    """The experiment running now, else the next one scheduled; None if neither."""
+    from django.db.models import Q
+    from django.utils import timezone
+
+    from .models import Experiment
+
+    now = timezone.now()
+    not_over = Experiment.objects.filter(Q(ends_at__isnull=True) | Q(ends_at__gt=now))
+    return (
+        not_over.filter(starts_at__lte=now).order_by("-starts_at").first()
+        or not_over.filter(starts_at__gt=now).order_by("starts_at").first()
+    )
+
+
+def publish_experiment() -> bool:
+    """Write the current experiment (or nothing) to Redis; False when Redis did not answer."""
+    experiment = current_experiment()
+    try:
+        r = get_work_redis()
+        if experiment is None or experiment.arms.count() < 2:
+            r.delete(keys.experiment())
+        else:
+            r.set(keys.experiment(), json.dumps(experiment.definition().as_dict(), sort_keys=True))
+    except (redis.RedisError, OSError) as exc:
+        logger.error("reco: experiment not published, Redis unavailable (%s)", exc)
+        return False
+    return True
+
+
 def rules_changed(**kwargs: Any) -> None:
     """``post_save``/``post_delete`` of a rule: publish them all once the change commits."""
     transaction.on_commit(publish_rules)

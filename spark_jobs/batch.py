@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from reco_plugin import keys, schema, scoring, strategies
+from reco_plugin import experiments, keys, schema, scoring, strategies
 from reco_plugin.scoring import PipelineSettings, parse_tuning
 
 from . import learn, state
@@ -100,7 +100,7 @@ def _anonymous(visitor_id: Any) -> bool:
 
 
 # Positions in a parsed row (``transforms.PARSED_COLUMNS``, then ``later_copy``).
-PREVIOUS, CATEGORY, STRATEGY = 9, 10, 11
+PREVIOUS, CATEGORY, STRATEGY, RECO_ID = 9, 10, 11, 12
 LATER_COPY = len(PARSED_COLUMNS)
 
 
@@ -119,6 +119,7 @@ class Applied(NamedTuple):
     type: str
     category: str | None
     strategy: str | None
+    reco_id: str | None = None
 
 
 def score_partition(
@@ -128,6 +129,7 @@ def score_partition(
     settings: PipelineSettings,
     landmark_ms: int,
     now_ms: int,
+    experiment: experiments.Experiment | None = None,
 ) -> Iterator[state.BatchChanges]:
     """Parsed rows (``transforms.PARSED_COLUMNS``, optionally a ``later_copy``
     flag after them) of whole visitors ->
@@ -176,6 +178,7 @@ def score_partition(
                     type_,
                     row[CATEGORY] or None,
                     row[STRATEGY] or None,
+                    row[RECO_ID] if len(row) > RECO_ID else None,
                 )
             )
             continue
@@ -231,7 +234,7 @@ def score_partition(
                 changes.applied_ids.append(row.event_id)
                 changes.newest_ts = max(changes.newest_ts, row.ts)
         applied_by[visitor_id] = applied
-    _learn(r, applied_by, changes, settings, landmark_ms)
+    _learn(r, applied_by, changes, settings, landmark_ms, experiment)
     yield changes
 
 
@@ -241,6 +244,7 @@ def _learn(
     changes: state.BatchChanges,
     settings: PipelineSettings,
     landmark_ms: int,
+    experiment: experiments.Experiment | None = None,
 ) -> None:
     """What the applied events teach: pairs, baskets, popularity, trending, the
     visitors' memories, and the bandit's rewards (judged on the lists as they
@@ -274,6 +278,8 @@ def _learn(
             if row.strategy and row.type in (schema.IMPRESSION, schema.CLICK):
                 # attributed outcomes: an impression is a trial, a click on it a success
                 changes.attributed(row.strategy, row.type == schema.CLICK)
+            if experiment is not None and experiment.running(row.ts):
+                changes.in_experiment(experiment, row)
         weighted = [row for row in applied if row.weight > 0]
         interactions = [
             learn.Interaction(row.product_id, row.ts, row.weight, row.event_id) for row in weighted
@@ -664,6 +670,9 @@ class BatchProcessor:
         # staff published in the admin, read again before every batch
         self.base = self.settings = settings
         self._tuning: Any = None
+        # the experiment staff scheduled (its arms are counted while it runs)
+        self._experiment_raw: Any = None
+        self.experiment: experiments.Experiment | None = None
         # when the batch being processed started (wall clock, ms)
         self.started_ms = 0
         self.stopping = stopping or threading.Event()
@@ -708,7 +717,14 @@ class BatchProcessor:
         """``self.settings``: the starting settings with the published tuning
         (``keys.tuning``) on top; a tuning that cannot be applied is logged
         and the starting settings are kept."""
-        raw = r.get(keys.tuning())
+        raw, experiment = r.mget(keys.tuning(), keys.experiment())
+        if experiment != self._experiment_raw:
+            self._experiment_raw = experiment
+            try:
+                self.experiment = experiments.parse(experiment)
+            except (ValueError, TypeError, KeyError) as exc:
+                logger.error("the published experiment is not counted: %s", exc)
+                self.experiment = None
         if raw != self._tuning:
             self._tuning = raw
             try:
@@ -747,6 +763,7 @@ class BatchProcessor:
             "settings": settings,
             "landmark_ms": landmark_ms,
             "now_ms": now_ms,
+            "experiment": self.experiment,
         }
         parsed = parse(batch)
         rows: list[Any] = []

@@ -25,7 +25,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from reco_plugin import keys, rules, strategies
+from reco_plugin import experiments, keys, rules, schema, strategies
 from reco_plugin.scoring import PipelineSettings
 
 from .learn import Item
@@ -267,6 +267,30 @@ class BatchChanges:
     # bandit field (a strategy for next-item trials, ``strategy:click`` for
     # impressions and their clicks) -> [successes, trials]
     rewards: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    # the running experiment: its id, ``<arm>:impressions``/``<arm>:clicks``
+    # -> count, and (arm, exposed/carted/purchased) -> visitors
+    experiment_id: int | None = None
+    experiment_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    experiment_visitors: dict[tuple[int, str], set[str]] = dataclasses.field(default_factory=dict)
+
+    def in_experiment(self, experiment: experiments.Experiment, row: Any) -> None:
+        """Count an applied event for the arm it belongs to: impressions and
+        clicks by the arm their list was served to (its ``reco_id``),
+        add-to-carts and purchases by the visitor's arm."""
+        self.experiment_id = experiment.id
+        if row.type in (schema.IMPRESSION, schema.CLICK):
+            arm = experiments.arm_in(row.reco_id, experiment.id)
+            if arm is None or arm >= len(experiment.arms):
+                return
+            name = "impressions" if row.type == schema.IMPRESSION else "clicks"
+            field = f"{arm}:{name}"
+            self.experiment_counts[field] = self.experiment_counts.get(field, 0) + 1
+            if row.type == schema.IMPRESSION:
+                self.experiment_visitors.setdefault((arm, "exposed"), set()).add(row.visitor_id)
+        elif row.type in (schema.ADD_TO_CART, schema.PURCHASE):
+            arm = experiment.arm_of(row.visitor_id)
+            name = "carted" if row.type == schema.ADD_TO_CART else "purchased"
+            self.experiment_visitors.setdefault((arm, name), set()).add(row.visitor_id)
 
     def next_item(self, strategy: str, success: bool) -> None:
         """A next-item trial of a strategy's list."""
@@ -305,6 +329,11 @@ class BatchChanges:
             _add(self.pairs.setdefault(product_id, {}), others)
         for product_id, others in other.fbt.items():
             _add(self.fbt.setdefault(product_id, {}), others)
+        if other.experiment_id is not None:
+            self.experiment_id = other.experiment_id
+            _add(self.experiment_counts, other.experiment_counts)
+            for key, visitors in other.experiment_visitors.items():
+                self.experiment_visitors.setdefault(key, set()).update(visitors)
         for field, (successes, trials) in other.rewards.items():
             counts = self.rewards.setdefault(field, [0, 0])
             counts[0] += successes
@@ -386,6 +415,13 @@ def commit(
             for field, n in sorted(stats.items()):
                 if n:
                     pipe.hincrby(keys.bandit_stats(), field, n)
+        if changes.experiment_id is not None:
+            for field, n in sorted(changes.experiment_counts.items()):
+                pipe.hincrby(keys.experiment_counts(changes.experiment_id), field, n)
+            for (arm, name), visitors in sorted(changes.experiment_visitors.items()):
+                pipe.sadd(
+                    keys.experiment_visitors(changes.experiment_id, arm, name), *sorted(visitors)
+                )
         pipe.set(keys.pipeline_clock(), clock_ms)
         pipe.set(
             keys.pipeline_pending(),

@@ -15,8 +15,9 @@ SETTINGS = PipelineSettings()
 class Batches:
     """Feeds rows shaped like ``transforms.parse``'s through the batch's steps."""
 
-    def __init__(self, redis_url, settings=SETTINGS):
+    def __init__(self, redis_url, settings=SETTINGS, experiment=None):
         self.settings = settings
+        self.experiment = experiment
         self.redis_url = redis_url
         self.r = state.connect(redis_url)
         self.batch_id = 0
@@ -32,6 +33,7 @@ class Batches:
         seconds_ago=60,
         category=None,
         strategy=None,
+        reco_id=None,
     ):
         self.offset += 1
         return (
@@ -47,6 +49,7 @@ class Batches:
             previous,
             category,
             strategy,
+            reco_id,
         )
 
     def run(self, rows):
@@ -60,6 +63,7 @@ class Batches:
                 settings=settings,
                 landmark_ms=landmark,
                 now_ms=self.now,
+                experiment=self.experiment,
             )
         )
         clock_ms = max(clock, changes.newest_ts)

@@ -326,3 +326,32 @@ def test_a_weight_published_by_staff_changes_the_lists_from_the_next_batch(spark
     p(records(spark, [event("purchase", "s:e", "5")]), 2)
     assert p.settings == p.base
     assert r.hget(keys.pipeline_counters(), "page_views:applied") == "5"
+
+
+def test_the_job_counts_the_published_experiments_arms(spark, processor, r):
+    from reco_plugin import experiments
+
+    experiment = experiments.Experiment(
+        id=5,
+        arms=(experiments.Arm("control", 50.0), experiments.Arm("treatment", 50.0)),
+        starts_ms=NOW - 3_600_000,
+    )
+    r.set(keys.experiment(), json.dumps(experiment.as_dict()))
+    visitor = "s:exp"
+    arm = experiment.arm_of(visitor)
+    shown = {"strategy": "similar", "reco_id": experiments.tag(5, arm) + "ab"}
+    values = [
+        schema.make_event("impression", visitor, "1", context=shown),
+        schema.make_event("click", visitor, "1", context=shown),
+        schema.make_event("purchase", visitor, "1"),
+    ]
+    p = processor()
+    p(records(spark, values), 0)
+    p(records(spark, values), 0)  # the batch again: counted once
+    result = experiments.read_report(r, experiment)["arms"][arm]
+    assert (result["impressions"], result["clicks"], result["exposed"], result["purchased"]) == (
+        1,
+        1,
+        1,
+        1,
+    )

@@ -1,0 +1,226 @@
+"""A/B experiments between tuning versions. Django-free: the serving path,
+the Spark job and the admin's report share it.
+
+An experiment has arms, each a tuning version and a share of the traffic.
+A visitor's arm is a stable hash of the experiment and the visitor id, so the
+same visitor sees the same arm on every page, process and day, and the job
+can tell it without asking anyone. While the experiment runs, the lists a
+visitor is served follow their arm's strategy choices (the pipeline's own
+settings stay those of the active version), and their ``reco_id`` says the
+arm (``x<experiment>.<arm>.<id>``): an impression or a click is attributed to
+the arm whose list it came from; add-to-carts and purchases to the visitor's
+arm.
+
+The job counts per arm (exactly once, in its batch transaction): impressions
+and clicks, and the visitors who saw a recommendation (``exposed``), added to
+cart (``carted``) and bought (``purchased``). :func:`report` turns them into
+rates with 95% intervals and says whether each arm differs from the first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from . import keys, strategies
+
+COUNTS = ("impressions", "clicks")
+VISITOR_SETS = ("exposed", "carted", "purchased")
+# 95% two-sided
+Z = 1.959963984540054
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    name: str
+    share: float
+    tuning: int | None = None
+    strategies: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    id: int
+    arms: tuple[Arm, ...]
+    starts_ms: int
+    ends_ms: int | None = None
+
+    @classmethod
+    def from_mapping(cls, value: Mapping[str, Any]) -> Experiment:
+        arms = tuple(
+            Arm(
+                name=str(a["name"]),
+                share=float(a["share"]),
+                tuning=None if a.get("tuning") is None else int(a["tuning"]),
+                strategies=dict(a.get("strategies") or {}),
+            )
+            for a in value["arms"]
+        )
+        experiment = cls(
+            id=int(value["id"]),
+            arms=arms,
+            starts_ms=int(value["starts_ms"]),
+            ends_ms=None if value.get("ends_ms") is None else int(value["ends_ms"]),
+        )
+        experiment.check()
+        return experiment
+
+    def check(self) -> None:
+        if len(self.arms) < 2:
+            raise ValueError("an experiment needs at least two arms")
+        if any(a.share <= 0 for a in self.arms):
+            raise ValueError("every arm needs a share above 0")
+        if abs(sum(a.share for a in self.arms) - 100.0) > 1e-6:
+            raise ValueError("the arms' shares must add up to 100")
+        if self.ends_ms is not None and self.ends_ms <= self.starts_ms:
+            raise ValueError("an experiment must end after it starts")
+        for arm in self.arms:
+            strategies.check_overrides(arm.strategies)
+
+    def running(self, now_ms: int) -> bool:
+        return self.starts_ms <= now_ms and (self.ends_ms is None or now_ms < self.ends_ms)
+
+    def arm_of(self, visitor_id: str) -> int:
+        """The visitor's arm (an index): the same for the same visitor, always."""
+        digest = hashlib.sha256(f"{self.id}|{visitor_id}".encode()).digest()
+        point = int.from_bytes(digest[:8], "big") / 2**64 * 100.0
+        total = 0.0
+        for index, arm in enumerate(self.arms):
+            total += arm.share
+            if point < total:
+                return index
+        return len(self.arms) - 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "starts_ms": self.starts_ms,
+            "ends_ms": self.ends_ms,
+            "arms": [dataclasses.asdict(a) | {"strategies": dict(a.strategies)} for a in self.arms],
+        }
+
+
+def parse(raw: str | bytes | None) -> Experiment | None:
+    if not raw:
+        return None
+    return Experiment.from_mapping(json.loads(raw))
+
+
+def tag(experiment_id: int, arm: int) -> str:
+    """The ``reco_id`` prefix of lists served to an arm."""
+    return f"x{experiment_id}.{arm}."
+
+
+def arm_in(reco_id: Any, experiment_id: int) -> int | None:
+    """The arm a ``reco_id`` was served to in this experiment, if it was."""
+    if not isinstance(reco_id, str) or not reco_id.startswith(f"x{experiment_id}."):
+        return None
+    try:
+        return int(reco_id.split(".")[1])
+    except (IndexError, ValueError):
+        return None
+
+
+def wilson(successes: int, trials: int) -> tuple[float, float, float] | None:
+    """The rate and its 95% Wilson interval; None without trials."""
+    if trials <= 0:
+        return None
+    p = successes / trials
+    denominator = 1 + Z * Z / trials
+    centre = (p + Z * Z / (2 * trials)) / denominator
+    half = Z * math.sqrt(p * (1 - p) / trials + Z * Z / (4 * trials * trials)) / denominator
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def z_test(a: tuple[int, int], b: tuple[int, int]) -> float | None:
+    """Two-sided p-value of the difference of two proportions (pooled z-test)."""
+    (x1, n1), (x2, n2) = a, b
+    if n1 <= 0 or n2 <= 0:
+        return None
+    pooled = (x1 + x2) / (n1 + n2)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if spread == 0:
+        return 1.0
+    z = (x1 / n1 - x2 / n2) / spread
+    return math.erfc(abs(z) / math.sqrt(2))
+
+
+def report(
+    experiment: Experiment, counts: Mapping[str, int], sets: Mapping[tuple[int, str], int]
+) -> dict[str, Any]:
+    """Per arm: impressions, CTR, add-to-cart and conversion rates of the
+    exposed visitors with 95% intervals, and against the first arm (the
+    control) a p-value and a plain statement for CTR and conversion.
+
+    ``counts``: ``"<arm>:impressions"`` / ``"<arm>:clicks"`` -> n; ``sets``:
+    (arm, ``exposed`` / ``carted_exposed`` / ``purchased_exposed``) -> visitors."""
+    arms = []
+    for index, arm in enumerate(experiment.arms):
+        impressions = int(counts.get(f"{index}:impressions", 0))
+        clicks = int(counts.get(f"{index}:clicks", 0))
+        exposed = int(sets.get((index, "exposed"), 0))
+        carted = int(sets.get((index, "carted_exposed"), 0))
+        bought = int(sets.get((index, "purchased_exposed"), 0))
+        arms.append(
+            {
+                "name": arm.name,
+                "share": arm.share,
+                "tuning": arm.tuning,
+                "impressions": impressions,
+                "clicks": clicks,
+                "exposed": exposed,
+                "carted": carted,
+                "purchased": bought,
+                "ctr": wilson(clicks, impressions),
+                "add_to_cart": wilson(carted, exposed),
+                "conversion": wilson(bought, exposed),
+            }
+        )
+    control = arms[0]
+    for arm in arms[1:]:
+        arm["versus_control"] = {
+            "ctr": _compare(
+                (arm["clicks"], arm["impressions"]), (control["clicks"], control["impressions"])
+            ),
+            "conversion": _compare(
+                (arm["purchased"], arm["exposed"]), (control["purchased"], control["exposed"])
+            ),
+        }
+    return {"id": experiment.id, "arms": arms}
+
+
+def _compare(arm: tuple[int, int], control: tuple[int, int]) -> dict[str, Any]:
+    p = z_test(arm, control)
+    if p is None:
+        return {"p_value": None, "statement": "no data yet"}
+    rate, base = arm[0] / arm[1], control[0] / control[1]
+    direction = "higher" if rate > base else "lower"
+    if p < 0.05:
+        statement = f"significantly {direction} than the control (p = {p:.3f})"
+    else:
+        statement = f"not significantly different from the control yet (p = {p:.2f})"
+    return {"p_value": p, "statement": statement, "difference": rate - base}
+
+
+def read_report(r: Any, experiment: Experiment) -> dict[str, Any]:
+    """:func:`report` on what the job counted in Redis (one round trip)."""
+    pipe = r.pipeline(transaction=False)
+    pipe.hgetall(keys.experiment_counts(experiment.id))
+    for arm in range(len(experiment.arms)):
+        exposed = keys.experiment_visitors(experiment.id, arm, "exposed")
+        pipe.scard(exposed)
+        for name in ("carted", "purchased"):
+            pipe.sintercard(2, [exposed, keys.experiment_visitors(experiment.id, arm, name)])
+    replies = pipe.execute()
+    counts = {str(k): int(v) for k, v in (replies[0] or {}).items()}
+    sets: dict[tuple[int, str], int] = {}
+    for arm in range(len(experiment.arms)):
+        exposed, carted, bought = replies[1 + 3 * arm : 4 + 3 * arm]
+        sets[(arm, "exposed")] = int(exposed)
+        sets[(arm, "carted_exposed")] = int(carted)
+        sets[(arm, "purchased_exposed")] = int(bought)
+    return report(experiment, counts, sets)

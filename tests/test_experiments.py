@@ -1,0 +1,194 @@
+"""Experiments: the split, the job's counts per arm, serving by arm, the
+admin, and the report's statistics."""
+
+import json
+import time
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from reco_plugin import experiments, keys, store, tuning
+from reco_plugin.models import Experiment, Tuning
+
+from .conftest import put_catalog, put_list, put_policy
+from .test_batch import Batches
+
+pytestmark = pytest.mark.django_db
+NOW = int(time.time() * 1000)
+
+
+def trial(id=3, second=None, shares=(50.0, 50.0), **more):
+    arms = (
+        experiments.Arm("control", shares[0]),
+        experiments.Arm("treatment", shares[1], strategies=second or {}),
+    )
+    return experiments.Experiment(id=id, arms=arms, starts_ms=NOW - 60_000, **more)
+
+
+def test_a_visitor_keeps_their_arm_and_the_traffic_splits_by_share():
+    experiment = trial(shares=(20.0, 80.0))
+    arms = [experiment.arm_of(f"s:{n}") for n in range(20_000)]
+    assert arms == [experiment.arm_of(f"s:{n}") for n in range(20_000)]
+    assert 0.18 < arms.count(0) / len(arms) < 0.22
+    assert trial(id=4).arm_of("s:1") in (0, 1)
+    for bad in (
+        dict(arms=(experiments.Arm("a", 100.0),)),
+        dict(arms=(experiments.Arm("a", 60.0), experiments.Arm("b", 30.0))),
+        dict(arms=(experiments.Arm("a", 50.0), experiments.Arm("b", 50.0, strategies={"x": 1}))),
+    ):
+        with pytest.raises(ValueError):
+            experiments.Experiment(id=1, starts_ms=0, **bad).check()
+
+
+def test_the_report_gives_intervals_and_says_whether_a_difference_is_significant():
+    p, low, high = experiments.wilson(50, 1000)
+    assert (
+        p == 0.05
+        and low == pytest.approx(0.0381, abs=1e-4)
+        and high == pytest.approx(0.0653, abs=1e-4)
+    )
+    counts = {"0:impressions": 10_000, "0:clicks": 300, "1:impressions": 10_000, "1:clicks": 420}
+    sets = {
+        (0, "exposed"): 2000,
+        (0, "purchased_exposed"): 40,
+        (1, "exposed"): 2000,
+        (1, "purchased_exposed"): 44,
+    }
+    result = experiments.report(trial(), counts, sets)
+    versus = result["arms"][1]["versus_control"]
+    assert versus["ctr"]["statement"].startswith("significantly higher")
+    assert versus["conversion"]["statement"].startswith("not significantly different")
+    assert result["arms"][0]["ctr"][0] == 0.03 and result["arms"][1]["conversion"][0] == 0.022
+
+
+def test_the_job_counts_each_arms_impressions_clicks_and_conversions(redis_url, r):
+    experiment = trial()
+    batches = Batches(redis_url, experiment=experiment)
+    visitors = [f"s:e{n}" for n in range(40)]
+    rows = []
+    for v in visitors:
+        arm = experiment.arm_of(v)
+        reco_id = experiments.tag(experiment.id, arm) + "abc"
+        rows.append(batches.row("impression", v, "1", strategy="similar", reco_id=reco_id))
+        rows.append(batches.row("impression", v, "2", strategy="similar", reco_id=reco_id))
+        if arm == 1:
+            rows.append(batches.row("click", v, "2", strategy="similar", reco_id=reco_id))
+            rows.append(batches.row("purchase", v, "2"))
+    # an impression of another experiment's list, or of no experiment, is not counted
+    rows.append(batches.row("impression", "s:other", "1", strategy="similar", reco_id="x99.0.abc"))
+    rows.append(batches.row("impression", "s:other", "1", strategy="similar", reco_id="abc"))
+    batches.run(rows)
+    treated = sum(experiment.arm_of(v) for v in visitors)
+    result = experiments.read_report(r, experiment)
+    control, treatment = result["arms"]
+    assert (control["impressions"], control["clicks"]) == (2 * (40 - treated), 0)
+    assert (treatment["impressions"], treatment["clicks"]) == (2 * treated, treated)
+    assert (control["exposed"], treatment["exposed"]) == (40 - treated, treated)
+    assert (control["purchased"], treatment["purchased"]) == (0, treated)
+    assert treatment["conversion"][0] == 1.0
+
+
+def test_a_visitor_is_served_their_arms_choices_with_the_arm_in_the_reco_id(r, redis_url):
+    store.reset()
+    put_catalog(r, range(1, 40))
+    put_list(r, keys.product_similar("1"), range(2, 20))
+    put_list(r, keys.trending(), range(20, 39))
+    put_policy(r, "similar", "trending")
+    experiment = trial(second={"similar": "off"})
+    r.set(keys.experiment(), json.dumps(experiment.as_dict()))
+    by_arm = {}
+    for n in range(40):
+        visitor = f"s:served{n}"
+        by_arm.setdefault(experiment.arm_of(visitor), visitor)
+    control = store.recommend(by_arm[0], "1", 6).items
+    treated = store.recommend(by_arm[1], "1", 6).items
+    assert {i["strategy"] for i in control} == {"similar"}
+    assert {i["strategy"] for i in treated} == {"trending"}
+    assert treated[0]["reco_id"].startswith("x3.1.") and control[0]["reco_id"].startswith("x3.0.")
+    assert not store.recommend(None, "1", 6).items[0]["reco_id"].startswith("x")
+    r.set(keys.experiment(), json.dumps(trial(ends_ms=NOW - 1000).as_dict()))  # over
+    assert not store.recommend(by_arm[1], "1", 6).items[0]["reco_id"].startswith("x")
+
+
+@pytest.fixture
+def staff(client, django_user_model):
+    user = django_user_model.objects.create_superuser("analyst", password="x")
+    client.force_login(user)
+    return user
+
+
+def arms_form(*arms, initial=0):
+    data = {
+        "arms-TOTAL_FORMS": str(len(arms)),
+        "arms-INITIAL_FORMS": str(initial),
+        "arms-MIN_NUM_FORMS": "0",
+        "arms-MAX_NUM_FORMS": "1000",
+    }
+    for n, (name, version, share) in enumerate(arms):
+        data.update(
+            {
+                f"arms-{n}-name": name,
+                f"arms-{n}-tuning": str(version),
+                f"arms-{n}-share": str(share),
+            }
+        )
+    return data
+
+
+def when(minutes):
+    moment = timezone.localtime(timezone.now() + timedelta(minutes=minutes))
+    return {"date": moment.strftime("%Y-%m-%d"), "time": moment.strftime("%H:%M:%S")}
+
+
+def experiment_form(name, starts, ends=None, *arms):
+    data = {
+        "name": name,
+        "hypothesis": "",
+        "starts_at_0": starts["date"],
+        "starts_at_1": starts["time"],
+    }
+    if ends:
+        data.update({"ends_at_0": ends["date"], "ends_at_1": ends["time"]})
+    return {**data, **arms_form(*arms)}
+
+
+def test_staff_run_an_experiment_and_read_its_report(
+    client, staff, r, redis_url, django_capture_on_commit_callbacks
+):
+    base = tuning.save_version(Tuning(note="control"))
+    bold = tuning.save_version(Tuning(note="bold", strategies={"similar": "off"}))
+    add = "/admin/reco_plugin/experiment/add/"
+    refused = client.post(
+        add, experiment_form("x", when(-1), None, ("a", base.pk, 60), ("b", bold.pk, 30))
+    )
+    assert "add up to 90, not 100" in refused.content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = client.post(
+            add, experiment_form("bold", when(-1), None, ("a", base.pk, 50), ("b", bold.pk, 50))
+        )
+    assert answer.status_code == 302
+    saved = Experiment.objects.get()
+    published = json.loads(r.get(keys.experiment()))
+    assert published["id"] == saved.pk and [a["share"] for a in published["arms"]] == [50.0, 50.0]
+    assert published["arms"][1]["strategies"] == {"similar": "off"}
+    clash = client.post(
+        add, experiment_form("other", when(5), None, ("a", base.pk, 50), ("b", bold.pk, 50))
+    )
+    assert "one experiment runs at a time" in clash.content.decode()
+    r.hset(keys.experiment_counts(saved.pk), mapping={"0:impressions": 100, "0:clicks": 3})
+    report = client.get(f"/admin/reco_plugin/experiment/{saved.pk}/report/").content.decode()
+    assert 'id="reco-report"' in report and "3.00% (" in report and "(control)" in report
+    assert "no data yet" in report
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post(
+            "/admin/reco_plugin/experiment/", {"action": "stop", "_selected_action": [saved.pk]}
+        )
+    saved.refresh_from_db()
+    assert saved.ends_at is not None and r.get(keys.experiment()) is None
+
+
+def test_the_report_is_for_staff_only(client, django_user_model, redis_url):
+    client.force_login(django_user_model.objects.create_user("shopper", password="x"))
+    answer = client.get("/admin/reco_plugin/experiment/1/report/")
+    assert answer.status_code == 302 and "/admin/login/" in answer["Location"]
