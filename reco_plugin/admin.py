@@ -13,6 +13,7 @@ from . import privacy, scoring, strategies, tuning
 from .models import (
     PIPELINE_FIELDS,
     WEIGHT_FIELDS,
+    Dashboard,
     Experiment,
     ExperimentArm,
     ForgottenVisitor,
@@ -486,3 +487,51 @@ class ExperimentAdmin(admin.ModelAdmin):
             "refresh_seconds": 30,
         }
         return TemplateResponse(request, "admin/reco_plugin/experiment_report.html", context)
+
+
+@admin.register(Dashboard)
+class DashboardAdmin(admin.ModelAdmin):
+    """``/admin/reco_plugin/dashboard/``: charts of the pipeline and the
+    recommendations' performance, refreshing themselves."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.is_active and request.user.is_staff
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)
+
+    def get_urls(self) -> list[Any]:
+        from django.urls import path
+
+        data = self.admin_site.admin_view(self.data_view)
+        return [path("data/", data, name="reco_plugin_dashboard_data"), *super().get_urls()]
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        from django.template.response import TemplateResponse
+
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Recommendations dashboard",
+            "opts": self.model._meta,
+            "refresh_seconds": 10,
+        }
+        return TemplateResponse(request, "admin/reco_plugin/dashboard.html", context)
+
+    def data_view(self, request: HttpRequest) -> Any:
+        from django.http import JsonResponse
+
+        from . import dashboard
+
+        try:
+            return JsonResponse(dashboard.data())
+        except Exception as exc:  # Redis down: the page says so and keeps trying
+            return JsonResponse({"error": f"Redis did not answer: {exc}"}, status=503)

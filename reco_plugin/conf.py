@@ -107,6 +107,11 @@ DEFAULTS: dict[str, Any] = {
     "METRICS_TOKEN": None,
     # ...or when events wait and no batch has finished for this long
     "STATUS_MAX_STALL_SECONDS": 60,
+    # ...or when a batch writes its lists this long after its newest event
+    "STATUS_MAX_FRESHNESS_SECONDS": 60,
+    # dotted path to hook(problems, report), called by the periodic roll-up
+    # (reco_plugin.roll_up) when reco_status would report a problem
+    "ALERT_HOOK": None,
 }
 
 

@@ -216,6 +216,19 @@ def pipeline_clock() -> str:
     return f"{PREFIX}:pipeline:clock"
 
 
+def pipeline_history() -> str:
+    """List (JSON, newest first, capped): per batch when it finished, how long it
+    took, its rows, the records applied per topic and its freshness; the
+    admin's dashboard draws it."""
+    return f"{PREFIX}:pipeline:history"
+
+
+def stats_history() -> str:
+    """List (JSON, newest first, capped): a sample every ``reco_plugin.roll_up``
+    of the Kafka lag, CTR by strategy and the bandit's beliefs; the dashboard draws it."""
+    return f"{PREFIX}:stats:history"
+
+
 def pipeline_last_batch() -> str:
     """Hash: id, time, duration, rows and per-step timings of the last micro-batch."""
     return f"{PREFIX}:pipeline:last-batch"

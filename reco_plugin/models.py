@@ -338,3 +338,12 @@ class ExperimentArm(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.share:g}%)"
+
+
+class Dashboard(Tuning):
+    """No data of its own: the admin's dashboard page, listed in the app's section."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "dashboard"
+        verbose_name_plural = "dashboard"

@@ -18,12 +18,14 @@ from .retraining import beat_schedule as retrain_schedule
 def beat_schedule(
     *,
     catalog_sync_seconds: float = 300,
+    roll_up_seconds: float = 15,
     retrain_hour: int = 3,
     retrain_minute: int = 30,
     retrain_days: int = 30,
 ) -> dict[str, Any]:
     """The full catalog sync every ``catalog_sync_seconds`` (it repairs what a
-    lost product-save sync missed), the active tuning published as often, and the retraining every night at
+    lost product-save sync missed), the active tuning published as often, a
+    sample for the admin's dashboard every ``roll_up_seconds``, and the retraining every night at
     ``retrain_hour:retrain_minute`` in the Celery app's timezone; ``retrain``
     needs ``PIPELINE["lake_path"]``: drop its entry when the shop keeps no lake."""
     return {
@@ -38,6 +40,12 @@ def beat_schedule(
             "task": "reco_plugin.publish_tuning",
             "schedule": float(catalog_sync_seconds),
             "options": {"expires": float(catalog_sync_seconds)},
+        },
+        # a sample for the admin's dashboard
+        "reco-roll-up": {
+            "task": "reco_plugin.roll_up",
+            "schedule": float(roll_up_seconds),
+            "options": {"expires": float(roll_up_seconds)},
         },
         **retrain_schedule(hour=retrain_hour, minute=retrain_minute, days=retrain_days),
     }

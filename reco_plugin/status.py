@@ -7,12 +7,17 @@ Everything here is read from Redis (what the streaming job records) and Kafka
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
+
+from django.utils.module_loading import import_string
 
 from . import keys, pipeline, scoring, strategies
 from .conf import reco_settings
 from .redis_client import get_work_redis as get_redis
+
+logger = logging.getLogger(__name__)
 
 COUNTERS = ("read", *scoring.STATUSES)
 
@@ -130,8 +135,78 @@ def pipeline_status(kafka_timeout: float = 5.0) -> dict[str, Any]:
             age = time.time() - float(report["last_batch"].get("finished_at", 0))
             if age > reco_settings.STATUS_MAX_STALL_SECONDS:
                 problems.append(f"{total} events wait and no batch has finished for {age:.0f} s")
+    batch = report.get("last_batch") or {}
+    freshness = batch.get("freshness_ms")
+    if isinstance(freshness, int | float):
+        report["freshness_ms"] = freshness
+        if freshness > reco_settings.STATUS_MAX_FRESHNESS_SECONDS * 1000:
+            problems.append(
+                f"the last batch wrote lists {freshness / 1000:.0f} s after its newest event "
+                f"(STATUS_MAX_FRESHNESS_SECONDS is {reco_settings.STATUS_MAX_FRESHNESS_SECONDS})"
+            )
+    report["celery"] = celery_status()
+    if report["celery"].get("configured") and not report["celery"]["ok"]:
+        problems.append("no Celery worker answers: catalog syncs and retraining do not run")
+    report["channel_layer"] = channel_layer_status()
+    if report["channel_layer"].get("configured") and not report["channel_layer"]["ok"]:
+        problems.append(
+            f"the channel layer does not answer: no live updates "
+            f"({report['channel_layer'].get('error')})"
+        )
     report["ok"] = not problems
     return report
+
+
+def celery_status(timeout: float = 1.0) -> dict[str, Any]:
+    """Whether the shop's Celery workers answer a ping (when Celery is set up)."""
+    from .compat import celery, celery_configured
+
+    if not celery_configured():
+        return {"ok": True, "configured": False}
+    try:
+        replies = celery.current_app.control.ping(timeout=timeout) or []
+    except Exception as exc:  # the broker is down
+        return {"ok": False, "configured": True, "workers": 0, "error": str(exc)}
+    return {"ok": bool(replies), "configured": True, "workers": len(replies)}
+
+
+def channel_layer_status(timeout: float = 2.0) -> dict[str, Any]:
+    """A message through the channel layer and back (what every push relies on)."""
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    if layer is None:
+        return {"ok": False, "configured": False}
+
+    async def round_trip() -> bool:
+        import asyncio
+
+        channel = await layer.new_channel()
+        await layer.send(channel, {"type": "reco.status"})
+        message = await asyncio.wait_for(layer.receive(channel), timeout)
+        return message.get("type") == "reco.status"
+
+    try:
+        ok = async_to_sync(round_trip)()
+    except Exception as exc:
+        return {"ok": False, "configured": True, "backend": type(layer).__name__, "error": str(exc)}
+    return {"ok": ok, "configured": True, "backend": type(layer).__name__}
+
+
+def alert(report: dict[str, Any]) -> None:
+    """When ``report`` has problems: log them at error level and call ``ALERT_HOOK``
+    (a dotted path to ``hook(problems, report)``), if set."""
+    if not report.get("problems"):
+        return
+    logger.error("reco: %s", "; ".join(report["problems"]))
+    path = reco_settings.ALERT_HOOK
+    if not path:
+        return
+    try:
+        import_string(path)(list(report["problems"]), report)
+    except Exception:
+        logger.exception("reco: the ALERT_HOOK %s failed", path)
 
 
 def format_status(report: dict[str, Any]) -> str:
@@ -153,6 +228,16 @@ def format_status(report: dict[str, Any]) -> str:
         if job.get("last_error"):
             detail += f", last error: {job['last_error']}"
     component("job", job, detail)
+    celery_part = report.get("celery") or {}
+    if celery_part.get("configured"):
+        component(
+            "celery",
+            celery_part,
+            celery_part.get("error") or f"{celery_part.get('workers')} workers",
+        )
+    layer = report.get("channel_layer") or {}
+    if layer.get("configured"):
+        component("channels", layer, layer.get("error") or layer.get("backend", ""))
     batch = report.get("last_batch")
     if batch:
         age = time.time() - float(batch.get("finished_at", 0))

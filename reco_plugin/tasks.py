@@ -55,3 +55,11 @@ def forget(visitor_id: str) -> dict:
     from . import privacy
 
     return privacy.forget(visitor_id)
+
+
+@shared_task(name="reco_plugin.roll_up", ignore_result=True, autoretry_for=TRANSIENT, max_retries=2)
+def roll_up() -> dict:
+    """A sample for the admin's dashboard (lag, CTR by strategy and arm, beliefs)."""
+    from . import dashboard
+
+    return dashboard.roll_up()

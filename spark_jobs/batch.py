@@ -654,6 +654,20 @@ def is_transient(exc: BaseException) -> bool:
     )
 
 
+# A batch whose newest event is older than this replays history (a warm-up, a
+# replay, a backfill): its freshness says nothing about the live pipeline.
+LIVE_WINDOW_MS = 3_600_000
+
+
+def _freshness(finished: float, newest_ts: int) -> int | None:
+    """Milliseconds from the newest event applied to its lists being written;
+    None for a batch of history."""
+    if not newest_ts:
+        return None
+    age = int(finished * 1000) - newest_ts
+    return age if age <= LIVE_WINDOW_MS else None
+
+
 class BatchProcessor:
     """The ``foreachBatch`` function. Redis outages are waited out with backoff."""
 
@@ -811,12 +825,18 @@ class BatchProcessor:
         self._lake(batch, batch_id, steps, rows if small else None)
         products, visitors = todo.get("products", []), todo.get("visitors", [])
         counts = {status: 0 for status in scoring.STATUSES}
-        for (_, status), n in changes.counts.items():
+        applied_by_topic: dict[str, int] = {}
+        for (topic, status), n in changes.counts.items():
             counts[status] += n
+            if status == scoring.STATUS_APPLIED:
+                applied_by_topic[topic] = applied_by_topic.get(topic, 0) + n
+        finished = time.time()
         self.last = {
             "batch": batch_id,
             "query": query_id,
-            "finished_at": time.time(),
+            "finished_at": finished,
+            "freshness_ms": _freshness(finished, changes.newest_ts),
+            "applied_by_topic": applied_by_topic,
             "seconds": steps.total(),
             "rows": size,
             "path": "driver" if small else "executors",

@@ -590,12 +590,28 @@ def pending(r: redis.Redis) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
+# Batches kept in the history the admin's dashboard draws
+HISTORY_KEPT = 720
+
+
 def record_batch(r: redis.Redis, info: Mapping[str, Any]) -> None:
-    """The last batch's id, time, size and step timings, for ``reco_status``."""
-    r.hset(
+    """The last batch's id, time, size and step timings, for ``reco_status``,
+    and a line of the batch history (``keys.pipeline_history``)."""
+    pipe = r.pipeline(transaction=False)
+    pipe.hset(
         keys.pipeline_last_batch(),
-        mapping={k: json.dumps(v) if isinstance(v, dict) else v for k, v in info.items()},
+        mapping={
+            k: json.dumps(v) if isinstance(v, dict) else ("" if v is None else v)
+            for k, v in info.items()
+        },
     )
+    line = {
+        name: info.get(name)
+        for name in ("batch", "finished_at", "seconds", "rows", "freshness_ms", "applied_by_topic")
+    }
+    pipe.lpush(keys.pipeline_history(), json.dumps(line))
+    pipe.ltrim(keys.pipeline_history(), 0, HISTORY_KEPT - 1)
+    pipe.execute()
 
 
 # -- derived lists -------------------------------------------------------------

@@ -261,3 +261,90 @@ def test_a_live_update_does_not_move_the_page(live_stack, browser):
     assert widget_ids(page)[0] == "900"
     assert page.evaluate("window.__shift") == 0
     context.close()
+
+
+SCHEDULE_EXPERIMENT = """
+from datetime import timedelta
+from django.utils import timezone
+from reco_plugin import tuning
+from reco_plugin.models import Experiment, Tuning
+control = tuning.save_version(Tuning(note="control"))
+treatment = tuning.save_version(Tuning(note="no content lists", strategies={"content": "off"}))
+tuning.publish(treatment)
+experiment = Experiment.objects.create(
+    name="content lists off", starts_at=timezone.now() - timedelta(minutes=1)
+)
+experiment.arms.create(name="control", tuning=control, share=50)
+experiment.arms.create(name="no content", tuning=treatment, share=50)
+assert tuning.publish_experiment()
+print(experiment.pk)
+"""
+
+STOP_EXPERIMENTS = """
+from django.utils import timezone
+from reco_plugin import tuning
+from reco_plugin.models import Experiment
+Experiment.objects.filter(ends_at__isnull=True).update(ends_at=timezone.now())
+assert tuning.publish_experiment()
+"""
+
+
+def admin_login(browser, live_stack):
+    import os
+
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(live_stack.web_url + "/admin/login/?next=/admin/")
+    page.fill("#id_username", "staff")
+    page.fill("#id_password", os.environ.get("RECO_DEMO_STAFF_PASSWORD", "reco-demo"))
+    page.click("input[type=submit]")
+    page.wait_for_url("**/admin/")
+    return context, page
+
+
+def test_the_experiment_report_and_the_dashboard_in_chromium(live_stack, browser):
+    experiment_id = live_stack.manage("shell", "-c", SCHEDULE_EXPERIMENT, quiet=True).split()[-1]
+    try:
+        # shoppers in both arms see lists and scroll to them (impressions)
+        for n in range(6):
+            shopper = browser.new_context(viewport={"width": 1200, "height": 900})
+            page = shopper.new_page()
+            page.goto(live_stack.web_url + f"/products/{n + 1}/")
+            page.wait_for_selector(f"{FOR_YOU}[data-reco-live='websocket']", timeout=10_000)
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+            page.wait_for_timeout(2500)
+            shopper.close()
+        context, page = admin_login(browser, live_stack)
+        report = f"{live_stack.web_url}/admin/reco_plugin/experiment/{experiment_id}/report/"
+        impressions = 0
+        for _ in range(30):  # the job counts them from Kafka within a few batches
+            page.goto(report)
+            cells = page.eval_on_selector_all(
+                "#reco-report tbody tr", "rows => rows.map(r => Number(r.cells[2].innerText))"
+            )
+            impressions = sum(cells)
+            if impressions:
+                break
+            page.wait_for_timeout(1000)
+        assert len(cells) == 2 and impressions > 0
+        assert "(control)" in page.inner_text("#reco-report")
+        page.screenshot(path=str(ARTIFACTS / "admin-experiment-report.png"), full_page=True)
+
+        page.goto(live_stack.web_url + "/admin/reco_plugin/dashboard/")
+        page.wait_for_function(
+            "document.getElementById('reco-dashboard-status').textContent.includes('batches')",
+            timeout=20_000,
+        )
+        drawn = page.evaluate(
+            "Object.values(Chart.instances).map(c => [c.canvas.id, c.data.datasets.length,"
+            " c.data.labels.length])"
+        )
+        by_id = {canvas: (sets, points) for canvas, sets, points in drawn}
+        assert len(by_id) == 6
+        assert by_id["reco-chart-events"][0] >= 1 and by_id["reco-chart-events"][1] >= 2
+        assert by_id["reco-chart-experiment"][1] == 2  # the two arms
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(ARTIFACTS / "admin-dashboard.png"), full_page=True)
+        context.close()
+    finally:
+        live_stack.manage("shell", "-c", STOP_EXPERIMENTS, quiet=True)

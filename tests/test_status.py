@@ -41,3 +41,40 @@ def test_status_for_people(nothing_running, capsys):
         call_command("reco_status", "--timeout", "1")
     out = capsys.readouterr().out
     assert "redis      DOWN" in out and "kafka      DOWN" in out and "PROBLEM:" in out
+
+
+ALERTS = []
+
+
+def record_alert(problems, report):
+    ALERTS.append((problems, report["ok"]))
+
+
+def test_status_covers_the_channel_layer_and_celery_and_alerts_when_behind(
+    settings, redis_url, r, caplog
+):
+    import time
+
+    from reco_plugin import keys, status
+
+    r.hset(
+        keys.pipeline_last_batch(),
+        mapping={"batch": 3, "finished_at": time.time(), "seconds": 0.2, "freshness_ms": 95_000},
+    )
+    report = status.pipeline_status(kafka_timeout=0.5)
+    assert report["channel_layer"] == {
+        "ok": True,
+        "configured": True,
+        "backend": "InMemoryChannelLayer",
+    }
+    assert report["celery"]["configured"] is False  # the tests run without a broker
+    assert report["freshness_ms"] == 95_000
+    assert any("95 s after its newest event" in p for p in report["problems"])
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "ALERT_HOOK": "tests.test_status.record_alert"}
+    ALERTS.clear()
+    with caplog.at_level("ERROR", logger="reco_plugin.status"):
+        status.alert(report)
+    assert ALERTS == [(report["problems"], False)]
+    assert any("95 s after its newest event" in m for m in caplog.messages)
+    text = status.format_status(report)
+    assert "channels" in text and "InMemoryChannelLayer" in text

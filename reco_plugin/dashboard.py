@@ -1,0 +1,103 @@
+"""The admin dashboard's data: the job's batch history, and samples of what
+only a look from outside shows (Kafka lag, CTR by strategy, the bandit's
+beliefs, the running experiment), taken by the ``reco_plugin.roll_up`` task."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from . import experiments, keys
+from .redis_client import get_work_redis
+
+SAMPLES_KEPT = 720
+# the dashboard takes a sample itself when the newest is older than this
+STALE_SECONDS = 60
+
+
+def roll_up() -> dict[str, Any]:
+    """One sample of the lag, CTR and conversion by strategy and by arm, and
+    the bandit's beliefs, added to ``keys.stats_history``."""
+    from .status import alert, pipeline_status
+    from .tuning import current_experiment
+
+    report = pipeline_status(kafka_timeout=2.0)
+    alert(report)
+    lag = report.get("lag") or {}
+    sample: dict[str, Any] = {
+        "at": time.time(),
+        "lag": lag.get("total"),
+        "lag_by_topic": {t: sum(p.values()) for t, p in (lag.get("topics") or {}).items()},
+        "strategies": {
+            name: {
+                "belief": belief.get("mean"),
+                "impressions": belief.get("all_impressions", 0),
+                "clicks": belief.get("all_clicks", 0),
+            }
+            for name, belief in (report.get("bandit") or {}).items()
+        },
+    }
+    r = get_work_redis()
+    experiment = current_experiment()
+    if experiment is not None and experiment.arms.count() >= 2:
+        result = experiments.read_report(r, experiment.definition())
+        sample["experiment"] = {
+            "name": experiment.name,
+            "arms": [
+                {
+                    "name": arm["name"],
+                    "ctr": arm["ctr"][0] if arm["ctr"] else None,
+                    "conversion": arm["conversion"][0] if arm["conversion"] else None,
+                }
+                for arm in result["arms"]
+            ],
+        }
+    pipe = r.pipeline(transaction=False)
+    pipe.lpush(keys.stats_history(), json.dumps(sample))
+    pipe.ltrim(keys.stats_history(), 0, SAMPLES_KEPT - 1)
+    pipe.execute()
+    return sample
+
+
+def data(points: int = 240) -> dict[str, Any]:
+    """What the dashboard's charts draw, oldest first."""
+    r = get_work_redis()
+    samples = [json.loads(v) for v in r.lrange(keys.stats_history(), 0, points - 1)]
+    if not samples or time.time() - float(samples[0].get("at", 0)) > STALE_SECONDS:
+        samples.insert(0, roll_up())
+    batches = [json.loads(v) for v in r.lrange(keys.pipeline_history(), 0, points)]
+    batches.reverse()
+    samples.reverse()
+    topics = sorted({t for b in batches for t in (b.get("applied_by_topic") or {})})
+    series: dict[str, Any] = {"batches": [], "topics": topics}
+    previous = None
+    for batch in batches:
+        at = float(batch.get("finished_at") or 0)
+        interval = at - float(previous["finished_at"]) if previous else None
+        applied = batch.get("applied_by_topic") or {}
+        series["batches"].append(
+            {
+                "at": at,
+                "seconds": batch.get("seconds"),
+                "rows": batch.get("rows"),
+                "rows_per_second": (batch.get("rows") or 0) / interval if interval else None,
+                "freshness_ms": batch.get("freshness_ms"),
+                "events_per_second": {
+                    t: applied.get(t, 0) / interval if interval else None for t in series["topics"]
+                },
+            }
+        )
+        previous = batch
+    latest = samples[-1] if samples else {}
+    series["lag"] = [{"at": s["at"], "total": s.get("lag")} for s in samples]
+    series["strategies"] = {
+        name: {
+            "belief": v.get("belief"),
+            "ctr": v["clicks"] / v["impressions"] if v.get("impressions") else None,
+        }
+        for name, v in (latest.get("strategies") or {}).items()
+    }
+    series["experiment"] = latest.get("experiment")
+    series["sampled_at"] = latest.get("at")
+    return series
