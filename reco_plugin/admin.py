@@ -191,6 +191,9 @@ class TuningAdmin(admin.ModelAdmin):
         asked = {
             name: request.GET.get(name, "").strip() for name in ("visitor", "product", "category")
         }
+        if asked["visitor"] and not request.user.has_perm("reco_plugin.preview_visitor"):
+            # a visitor's list shows what they saw and bought
+            raise PermissionDenied
         try:
             limit = min(max(int(request.GET.get("limit") or 8), 1), 50)
         except ValueError:
@@ -364,10 +367,30 @@ class ArmFormSet(forms.BaseInlineFormSet):
 
 
 class ArmInline(admin.TabularInline):
+    """The arms; fixed once the experiment started (the split and the counts
+    per arm depend on them)."""
+
     model = ExperimentArm
     formset = ArmFormSet
     extra = 2
     min_num = 0
+
+    def _started(self, obj: Any) -> bool:
+        from django.utils import timezone
+
+        return obj is not None and obj.pk is not None and obj.starts_at <= timezone.now()
+
+    def get_extra(self, request: HttpRequest, obj: Any = None, **kwargs: Any) -> int:
+        return 0 if self._started(obj) else self.extra
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not self._started(obj) and super().has_add_permission(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not self._started(obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return not self._started(obj) and super().has_delete_permission(request, obj)
 
 
 class ExperimentForm(forms.ModelForm):
@@ -445,8 +468,10 @@ class ExperimentAdmin(admin.ModelAdmin):
         now = timezone.now()
         for experiment in queryset:
             if experiment.ends_at is None or experiment.ends_at > now:
-                experiment.ends_at = max(now, experiment.starts_at)
-                experiment.save(update_fields=["ends_at"])
+                # one that had not started yet is over before it started
+                experiment.starts_at = min(experiment.starts_at, now)
+                experiment.ends_at = now
+                experiment.save(update_fields=["starts_at", "ends_at"])
         transaction.on_commit(tuning.publish_experiment)
 
     def get_urls(self) -> list[Any]:
@@ -512,8 +537,14 @@ class DashboardAdmin(admin.ModelAdmin):
     def get_urls(self) -> list[Any]:
         from django.urls import path
 
+        # only the page and its data: not the change and history pages of the
+        # tuning versions this proxy model stands on
+        page = self.admin_site.admin_view(self.changelist_view)
         data = self.admin_site.admin_view(self.data_view)
-        return [path("data/", data, name="reco_plugin_dashboard_data"), *super().get_urls()]
+        return [
+            path("", page, name="reco_plugin_dashboard_changelist"),
+            path("data/", data, name="reco_plugin_dashboard_data"),
+        ]
 
     def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
         from django.template.response import TemplateResponse

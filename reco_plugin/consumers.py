@@ -120,10 +120,6 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
                 _group_add(self.channel_layer, group, self.channel_name),
                 float(reco_settings.REDIS_TIMEOUT_SECONDS) * 4,
             )
-            # counted among this process's open sockets: the relay's notices reach it
-            await asyncio.wait_for(
-                live_sockets().add(self), float(reco_settings.REDIS_TIMEOUT_SECONDS) * 4
-            )
         except (TimeoutError, OSError, redis.RedisError) as exc:
             logger.warning("reco: websocket refused, Redis unavailable (%s)", exc)
             await self.accept()
@@ -131,6 +127,15 @@ class RecommendationsConsumer(AsyncJsonWebsocketConsumer):
             return
         self.group = group
         await self.accept()
+        try:
+            # counted among this process's open sockets (once accepted: a push
+            # never precedes the handshake), so the relay's notices reach it
+            await asyncio.wait_for(
+                live_sockets().add(self), float(reco_settings.REDIS_TIMEOUT_SECONDS) * 4
+            )
+        except (TimeoutError, OSError, redis.RedisError) as exc:
+            logger.warning("reco: live updates unavailable (%s)", exc)
+            await self.close(code=CLOSE_UNAVAILABLE)
 
     async def disconnect(self, code: int) -> None:
         if self.group:

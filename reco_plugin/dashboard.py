@@ -47,7 +47,7 @@ def roll_up() -> dict[str, Any]:
             "arms": [
                 {
                     "name": arm["name"],
-                    "ctr": arm["ctr"][0] if arm["ctr"] else None,
+                    "ctr": arm["ctr"],
                     "conversion": arm["conversion"][0] if arm["conversion"] else None,
                 }
                 for arm in result["arms"]

@@ -29,7 +29,7 @@ from typing import Any
 from . import keys, strategies
 
 COUNTS = ("impressions", "clicks")
-VISITOR_SETS = ("exposed", "carted", "purchased")
+VISITOR_SETS = ("exposed", "clicked", "carted", "purchased")
 # 95% two-sided
 Z = 1.959963984540054
 
@@ -110,6 +110,11 @@ def parse(raw: str | bytes | None) -> Experiment | None:
     return Experiment.from_mapping(json.loads(raw))
 
 
+def member(experiment_id: int, visitor_id: str) -> str:
+    """How a visitor is kept in an arm's sets: a digest, not the id itself."""
+    return hashlib.sha256(f"member|{experiment_id}|{visitor_id}".encode()).hexdigest()[:24]
+
+
 def tag(experiment_id: int, arm: int) -> str:
     """The ``reco_id`` prefix of lists served to an arm."""
     return f"x{experiment_id}.{arm}."
@@ -120,15 +125,17 @@ def arm_in(reco_id: Any, experiment_id: int) -> int | None:
     if not isinstance(reco_id, str) or not reco_id.startswith(f"x{experiment_id}."):
         return None
     try:
-        return int(reco_id.split(".")[1])
+        arm = int(reco_id.split(".")[1])
     except (IndexError, ValueError):
         return None
+    return arm if arm >= 0 else None
 
 
 def wilson(successes: int, trials: int) -> tuple[float, float, float] | None:
     """The rate and its 95% Wilson interval; None without trials."""
     if trials <= 0:
         return None
+    successes = min(max(successes, 0), trials)
     p = successes / trials
     denominator = 1 + Z * Z / trials
     centre = (p + Z * Z / (2 * trials)) / denominator
@@ -141,6 +148,7 @@ def z_test(a: tuple[int, int], b: tuple[int, int]) -> float | None:
     (x1, n1), (x2, n2) = a, b
     if n1 <= 0 or n2 <= 0:
         return None
+    x1, x2 = min(max(x1, 0), n1), min(max(x2, 0), n2)
     pooled = (x1 + x2) / (n1 + n2)
     spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
     if spread == 0:
@@ -152,17 +160,20 @@ def z_test(a: tuple[int, int], b: tuple[int, int]) -> float | None:
 def report(
     experiment: Experiment, counts: Mapping[str, int], sets: Mapping[tuple[int, str], int]
 ) -> dict[str, Any]:
-    """Per arm: impressions, CTR, add-to-cart and conversion rates of the
-    exposed visitors with 95% intervals, and against the first arm (the
-    control) a p-value and a plain statement for CTR and conversion.
+    """Per arm: impressions, clicks and CTR; among the exposed visitors (the
+    unit the split randomises), the share who clicked, added to cart and
+    bought, with 95% intervals; and against the first arm (the control) a
+    p-value and a plain statement for the click and conversion rates.
 
     ``counts``: ``"<arm>:impressions"`` / ``"<arm>:clicks"`` -> n; ``sets``:
-    (arm, ``exposed`` / ``carted_exposed`` / ``purchased_exposed``) -> visitors."""
+    (arm, ``exposed`` / ``clicked_exposed`` / ``carted_exposed`` /
+    ``purchased_exposed``) -> visitors."""
     arms = []
     for index, arm in enumerate(experiment.arms):
         impressions = int(counts.get(f"{index}:impressions", 0))
         clicks = int(counts.get(f"{index}:clicks", 0))
         exposed = int(sets.get((index, "exposed"), 0))
+        clickers = int(sets.get((index, "clicked_exposed"), 0))
         carted = int(sets.get((index, "carted_exposed"), 0))
         bought = int(sets.get((index, "purchased_exposed"), 0))
         arms.append(
@@ -173,9 +184,13 @@ def report(
                 "impressions": impressions,
                 "clicks": clicks,
                 "exposed": exposed,
+                "clickers": clickers,
                 "carted": carted,
                 "purchased": bought,
-                "ctr": wilson(clicks, impressions),
+                # clicks per impression, as shown; impressions of one visitor are
+                # not independent, so the interval and the test are per visitor
+                "ctr": clicks / impressions if impressions else None,
+                "click_rate": wilson(clickers, exposed),
                 "add_to_cart": wilson(carted, exposed),
                 "conversion": wilson(bought, exposed),
             }
@@ -183,8 +198,8 @@ def report(
     control = arms[0]
     for arm in arms[1:]:
         arm["versus_control"] = {
-            "ctr": _compare(
-                (arm["clicks"], arm["impressions"]), (control["clicks"], control["impressions"])
+            "click_rate": _compare(
+                (arm["clickers"], arm["exposed"]), (control["clickers"], control["exposed"])
             ),
             "conversion": _compare(
                 (arm["purchased"], arm["exposed"]), (control["purchased"], control["exposed"])
@@ -213,14 +228,15 @@ def read_report(r: Any, experiment: Experiment) -> dict[str, Any]:
     for arm in range(len(experiment.arms)):
         exposed = keys.experiment_visitors(experiment.id, arm, "exposed")
         pipe.scard(exposed)
-        for name in ("carted", "purchased"):
+        for name in ("clicked", "carted", "purchased"):
             pipe.sintercard(2, [exposed, keys.experiment_visitors(experiment.id, arm, name)])
     replies = pipe.execute()
     counts = {str(k): int(v) for k, v in (replies[0] or {}).items()}
     sets: dict[tuple[int, str], int] = {}
     for arm in range(len(experiment.arms)):
-        exposed, carted, bought = replies[1 + 3 * arm : 4 + 3 * arm]
+        exposed, clicked, carted, bought = replies[1 + 4 * arm : 5 + 4 * arm]
         sets[(arm, "exposed")] = int(exposed)
+        sets[(arm, "clicked_exposed")] = int(clicked)
         sets[(arm, "carted_exposed")] = int(carted)
         sets[(arm, "purchased_exposed")] = int(bought)
     return report(experiment, counts, sets)

@@ -56,6 +56,11 @@ EMITTED = Counter(
 class ShopCollector:
     """Figures every process of the shop shares, read from Redis (and Kafka for the lag)."""
 
+    def describe(self) -> list[Metric]:
+        # Nothing to describe ahead: registering must not read Redis and Kafka
+        # (every process imports this module when it starts).
+        return []
+
     def collect(self) -> Iterator[Metric]:
         from .status import PRODUCER_COUNTS, pipeline_status
 

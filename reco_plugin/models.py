@@ -108,6 +108,9 @@ class Tuning(models.Model):
         ordering = ["-pk"]
         get_latest_by = "pk"
         verbose_name = "tuning version"
+        permissions = [
+            ("preview_visitor", "Can preview a visitor's recommendations (shows their history)")
+        ]
 
     def __str__(self) -> str:
         return f"version {self.pk}" + (f": {self.note}" if self.note else "")
@@ -165,9 +168,11 @@ class ForgottenVisitor(models.Model):
 
     @staticmethod
     def digest(visitor_id: str) -> str:
-        import hashlib
+        """Keyed by the shop's SECRET_KEY: an id cannot be found from it by
+        trying every user pk."""
+        from django.utils.crypto import salted_hmac
 
-        return hashlib.sha256(visitor_id.encode()).hexdigest()
+        return salted_hmac("reco_plugin.forgotten", visitor_id, algorithm="sha256").hexdigest()
 
 
 class Rule(models.Model):

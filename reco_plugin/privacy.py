@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import keys, schema
+from . import experiments, keys, schema
 from .redis_client import get_work_redis
 from .tuning import effective_settings
 
@@ -53,6 +53,20 @@ def forget(visitor_id: str) -> dict[str, Any]:
     for key in visitor_keys:
         pipe.exists(key)
     pipe.delete(*visitor_keys)
+    # and out of every experiment's sets of visitors (kept as digests)
+    from django.db.models import Count
+
+    from .models import Experiment
+
+    for experiment_id, arms in Experiment.objects.annotate(n=Count("arms")).values_list("pk", "n"):
+        member = experiments.member(experiment_id, visitor_id)
+        for arm in range(arms):
+            for name in experiments.VISITOR_SETS:
+                pipe.srem(keys.experiment_visitors(experiment_id, arm, name), member)
     replies = pipe.execute()
-    deleted = [key for key, found in zip(visitor_keys, replies[1:-1], strict=True) if found]
+    deleted = [
+        key
+        for key, found in zip(visitor_keys, replies[1 : 1 + len(visitor_keys)], strict=True)
+        if found
+    ]
     return {"visitor": visitor_id, "keys_deleted": len(deleted), "forgotten_at_ms": now_ms}

@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 PIN, BOOST, BLOCK = "pin", "boost", "block"
 ACTIONS = (PIN, BOOST, BLOCK)
@@ -90,13 +93,20 @@ class Rule:
 
 
 def parse(raw: str | bytes | None) -> list[Rule]:
-    """The published rules; a malformed entry raises ValueError."""
+    """The published rules. A malformed entry is left out (and logged), the
+    others still hold; raises ValueError when the whole value is unreadable."""
     if not raw:
         return []
     value = json.loads(raw)
     if not isinstance(value, list):
         raise ValueError("the published rules are not a JSON list")
-    return [Rule.from_mapping(item) for item in value]
+    found = []
+    for item in value:
+        try:
+            found.append(Rule.from_mapping(item))
+        except (ValueError, TypeError, KeyError) as exc:
+            logger.error("reco: a published rule is left out (%s): %r", exc, item)
+    return found
 
 
 def dumps(rules: Iterable[Rule]) -> str:
@@ -111,9 +121,13 @@ def in_effect(
 
 
 def blocked_everywhere(rules: Sequence[Rule], now_ms: int) -> set[str]:
-    """Products a global block keeps out of every list (the pipeline's part)."""
+    """Products a global block without an end keeps out of every list the
+    pipeline writes (a list may outlive a block that ends; serving filters
+    those)."""
     return {
-        r.product_id for r in rules if r.action == BLOCK and r.scope == GLOBAL and r.live(now_ms)
+        r.product_id
+        for r in rules
+        if r.action == BLOCK and r.scope == GLOBAL and r.ends_ms is None and r.live(now_ms)
     }
 
 

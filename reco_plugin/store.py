@@ -79,10 +79,14 @@ EMPTY = Ranked((), {})
 # popular, a product's neighbours) are parsed once per value the pipeline writes
 _parsed: collections.OrderedDict[str, Ranked] = collections.OrderedDict()
 _PARSED_KEPT = 2048
+# and at most this many items over all of them (~100 bytes each, with the raw value)
+_PARSED_ITEMS_KEPT = 100_000
+_parsed_items = 0
 _parsed_lock = threading.Lock()
 
 
 def _load_list(raw: str | None) -> Ranked:
+    global _parsed_items
     if not raw:
         return EMPTY
     with _parsed_lock:
@@ -96,9 +100,12 @@ def _load_list(raw: str | None) -> Ranked:
         logger.warning("reco: unreadable list in Redis")
         return EMPTY
     with _parsed_lock:
+        if raw in _parsed:  # parsed meanwhile by another thread
+            return _parsed[raw]
         _parsed[raw] = found
-        while len(_parsed) > _PARSED_KEPT:
-            _parsed.popitem(last=False)
+        _parsed_items += len(found)
+        while len(_parsed) > _PARSED_KEPT or _parsed_items > _PARSED_ITEMS_KEPT:
+            _parsed_items -= len(_parsed.popitem(last=False)[1])
     return found
 
 
@@ -244,10 +251,11 @@ def _scores(lists: list[tuple[str, Any]]) -> dict[str, dict[str, float]]:
     }
 
 
-_policy_cache: tuple[tuple[Any, ...], strategies.Policy] = (
-    (None, None, None),
-    strategies.Policy(None),
-)
+# (policy version, tuning, an arm's choices) -> Policy; a few entries: the
+# current policy with the tuning and each arm of a running experiment
+_policies: collections.OrderedDict[tuple[Any, ...], strategies.Policy] = collections.OrderedDict()
+_POLICIES_KEPT = 16
+_policy_lock = threading.Lock()
 
 
 def _policy(
@@ -257,9 +265,10 @@ def _policy(
     (or, for a visitor in an experiment, their arm's), fetched and parsed once
     per version of each (the policy is ~40 KB; its version a few bytes; the
     tuning under 1 KB)."""
-    global _policy_cache
     key = (version, tuning, None if arm is None else json.dumps(dict(arm), sort_keys=True))
-    if key != _policy_cache[0]:
+    with _policy_lock:
+        found = _policies.get(key)
+    if found is None:
         raw = r.get(keys.bandit_policy()) if version else None
         try:
             value = json.loads(raw) if raw else None
@@ -267,11 +276,12 @@ def _policy(
             logger.warning("reco: unreadable bandit policy in Redis")
             value = None
         overrides = _overrides(tuning) if arm is None else strategies.check_overrides(arm)
-        _policy_cache = (
-            key,
-            strategies.Policy(value if isinstance(value, dict) else None, overrides),
-        )
-    return _policy_cache[1]
+        found = strategies.Policy(value if isinstance(value, dict) else None, overrides)
+        with _policy_lock:
+            _policies[key] = found
+            while len(_policies) > _POLICIES_KEPT:
+                _policies.popitem(last=False)
+    return found
 
 
 def _overrides(tuning: str | None) -> dict[str, Any]:
@@ -623,9 +633,11 @@ def similar_to(
     """Items related to a product (co-visitation). Raises :class:`Unavailable`."""
     with breaker.guard():
         r = get_redis()
-        raw, version, published = r.mget(
-            keys.product_similar(product_id), keys.catalog_version(), keys.rules()
-        )
+        pipe = r.pipeline(transaction=False)
+        pipe.mget(keys.product_similar(product_id), keys.catalog_version(), keys.rules())
+        # the product's category: the rules of its category hold on its page
+        pipe.hget(keys.catalog_product(str(product_id)), "category")
+        (raw, version, published), category = pipe.execute()
         return _ruled_single(
             r,
             strategies.SIMILAR,
@@ -635,7 +647,7 @@ def similar_to(
             version,
             published,
             str(product_id),
-            None,
+            category or None,
         )
 
 
@@ -707,13 +719,17 @@ def fallback(
 def reset(fallback: bool = True) -> None:
     """Forget what this process read from Redis (the settings changed); the
     fallback lists too unless ``fallback`` is False."""
-    global _policy_cache
+    global _rules_cache, _experiment_cache
+    _rules_cache, _experiment_cache = (None, []), (None, None)
     with _cache_lock:
         if fallback:
             _last_trending.clear()
         _categories.clear()
     with _display_lock:
         _display_cache.clear()
+    global _parsed_items
     with _parsed_lock:
         _parsed.clear()
-    _policy_cache = ((None, None, None), strategies.Policy(None))
+        _parsed_items = 0
+    with _policy_lock:
+        _policies.clear()

@@ -753,10 +753,12 @@ class BatchProcessor:
 
     def process(self, batch, batch_id: int) -> None:
         steps = Steps()
-        self.started_ms = schema.now_ms()
         r = _redis(self.redis_url)
         settings = self.apply_tuning(r)
         query_id = self._query_id()
+        # when this batch first ran (kept for its re-runs): a visitor forgotten
+        # since may have had their events scored by it, so its lists sweep them
+        self.started_ms = state.batch_time(r, query_id, batch_id, schema.now_ms())
         fence = state.committed_batch(r, query_id)
         if fence is not None and fence >= batch_id:
             # Committed before a crash: only the lists may be missing.

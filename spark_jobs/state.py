@@ -285,12 +285,14 @@ class BatchChanges:
             name = "impressions" if row.type == schema.IMPRESSION else "clicks"
             field = f"{arm}:{name}"
             self.experiment_counts[field] = self.experiment_counts.get(field, 0) + 1
-            if row.type == schema.IMPRESSION:
-                self.experiment_visitors.setdefault((arm, "exposed"), set()).add(row.visitor_id)
+            name = "exposed" if row.type == schema.IMPRESSION else "clicked"
         elif row.type in (schema.ADD_TO_CART, schema.PURCHASE):
             arm = experiment.arm_of(row.visitor_id)
             name = "carted" if row.type == schema.ADD_TO_CART else "purchased"
-            self.experiment_visitors.setdefault((arm, name), set()).add(row.visitor_id)
+        else:
+            return
+        member = experiments.member(experiment.id, row.visitor_id)
+        self.experiment_visitors.setdefault((arm, name), set()).add(member)
 
     def next_item(self, strategy: str, success: bool) -> None:
         """A next-item trial of a strategy's list."""

@@ -136,13 +136,14 @@ def read_all(bootstrap: str, topics: Iterable[str], timeout: float = 30.0) -> li
 def redis_state(client: redis.Redis) -> dict[str, Any]:
     """Every list, count and counter in a Redis database; the wall-clock
     bookkeeping (seen ids in processing-time buckets, the batch's wall clock,
-    timings, heartbeat) is left out."""
+    timings and their history, heartbeat) is left out."""
     result: dict[str, Any] = {}
     for key in sorted(client.scan_iter(count=1000)):
         if ":pipeline:seen:" in key or key in (
             keys.pipeline_last_batch(),
             keys.pipeline_heartbeat(),
             keys.pipeline_batch_time(),
+            keys.pipeline_history(),
         ):
             continue
         kind = client.type(key)

@@ -80,3 +80,13 @@ def test_with_redis_down_the_data_says_so(client, django_user_model, settings):
     client.force_login(django_user_model.objects.create_superuser("root", password="x"))
     answer = client.get("/admin/reco_plugin/dashboard/data/")
     assert answer.status_code == 503 and "Redis did not answer" in answer.json()["error"]
+
+
+def test_the_dashboard_has_no_pages_of_the_model_it_stands_on(client, django_user_model, redis_url):
+    from reco_plugin.metrics import ShopCollector
+    from reco_plugin.models import Tuning
+
+    version = Tuning.objects.create(note="x")
+    client.force_login(django_user_model.objects.create_user("clerk", password="x", is_staff=True))
+    assert client.get(f"/admin/reco_plugin/dashboard/{version.pk}/change/").status_code == 404
+    assert ShopCollector().describe() == []  # registering it reads nothing

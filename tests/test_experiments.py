@@ -51,15 +51,21 @@ def test_the_report_gives_intervals_and_says_whether_a_difference_is_significant
     counts = {"0:impressions": 10_000, "0:clicks": 300, "1:impressions": 10_000, "1:clicks": 420}
     sets = {
         (0, "exposed"): 2000,
+        (0, "clicked_exposed"): 200,
         (0, "purchased_exposed"): 40,
         (1, "exposed"): 2000,
+        (1, "clicked_exposed"): 280,
         (1, "purchased_exposed"): 44,
     }
     result = experiments.report(trial(), counts, sets)
     versus = result["arms"][1]["versus_control"]
-    assert versus["ctr"]["statement"].startswith("significantly higher")
+    assert versus["click_rate"]["statement"].startswith("significantly higher")
     assert versus["conversion"]["statement"].startswith("not significantly different")
-    assert result["arms"][0]["ctr"][0] == 0.03 and result["arms"][1]["conversion"][0] == 0.022
+    assert result["arms"][0]["ctr"] == 0.03 and result["arms"][1]["conversion"][0] == 0.022
+    assert result["arms"][1]["click_rate"][0] == 0.14
+    # more clicks than impressions (a browser that reports no impressions) is clamped
+    assert experiments.wilson(5, 3)[0] == 1.0 and experiments.z_test((5, 3), (1, 3)) is not None
+    assert experiments.arm_in("x3.-1.abc", 3) is None
 
 
 def test_the_job_counts_each_arms_impressions_clicks_and_conversions(redis_url, r):
@@ -86,7 +92,11 @@ def test_the_job_counts_each_arms_impressions_clicks_and_conversions(redis_url, 
     assert (treatment["impressions"], treatment["clicks"]) == (2 * treated, treated)
     assert (control["exposed"], treatment["exposed"]) == (40 - treated, treated)
     assert (control["purchased"], treatment["purchased"]) == (0, treated)
-    assert treatment["conversion"][0] == 1.0
+    assert (control["clickers"], treatment["clickers"]) == (0, treated)
+    assert treatment["conversion"][0] == 1.0 and treatment["click_rate"][0] == 1.0
+    # the sets hold digests, never the visitor ids
+    members = r.smembers(keys.experiment_visitors(experiment.id, 1, "exposed"))
+    assert members and not any(m.startswith("s:") for m in members)
 
 
 def test_a_visitor_is_served_their_arms_choices_with_the_arm_in_the_reco_id(r, redis_url):
@@ -178,7 +188,7 @@ def test_staff_run_an_experiment_and_read_its_report(
     assert "one experiment runs at a time" in clash.content.decode()
     r.hset(keys.experiment_counts(saved.pk), mapping={"0:impressions": 100, "0:clicks": 3})
     report = client.get(f"/admin/reco_plugin/experiment/{saved.pk}/report/").content.decode()
-    assert 'id="reco-report"' in report and "3.00% (" in report and "(control)" in report
+    assert 'id="reco-report"' in report and "3.00%" in report and "(control)" in report
     assert "no data yet" in report
     with django_capture_on_commit_callbacks(execute=True):
         client.post(
@@ -192,3 +202,34 @@ def test_the_report_is_for_staff_only(client, django_user_model, redis_url):
     client.force_login(django_user_model.objects.create_user("shopper", password="x"))
     answer = client.get("/admin/reco_plugin/experiment/1/report/")
     assert answer.status_code == 302 and "/admin/login/" in answer["Location"]
+
+
+def test_forgetting_a_visitor_takes_them_out_of_the_experiments_sets(r, redis_url):
+    from reco_plugin import privacy
+
+    base = tuning.save_version(Tuning(note="a"))
+    saved = Experiment.objects.create(name="e", starts_at=timezone.now())
+    saved.arms.create(name="a", tuning=base, share=50)
+    saved.arms.create(name="b", tuning=base, share=50)
+    experiment = saved.definition()
+    arm = experiment.arm_of("s:gone")
+    key = keys.experiment_visitors(saved.pk, arm, "exposed")
+    r.sadd(key, experiments.member(saved.pk, "s:gone"), experiments.member(saved.pk, "s:stays"))
+    privacy.forget("s:gone")
+    assert r.smembers(key) == {experiments.member(saved.pk, "s:stays")}
+
+
+def test_arms_are_fixed_once_the_experiment_started(client, staff, redis_url):
+    base = tuning.save_version(Tuning(note="a"))
+    saved = Experiment.objects.create(name="started", starts_at=timezone.now() - timedelta(hours=1))
+    saved.arms.create(name="a", tuning=base, share=50)
+    saved.arms.create(name="b", tuning=base, share=50)
+    page = client.get(f"/admin/reco_plugin/experiment/{saved.pk}/change/").content.decode()
+    assert 'name="arms-0-share"' not in page  # shown, not editable
+    upcoming = Experiment.objects.create(name="later", starts_at=timezone.now() + timedelta(days=9))
+    client.post(
+        "/admin/reco_plugin/experiment/", {"action": "stop", "_selected_action": [upcoming.pk]}
+    )
+    upcoming.refresh_from_db()
+    assert upcoming.ends_at is not None and upcoming.ends_at <= timezone.now()
+    assert tuning.current_experiment() == saved

@@ -234,4 +234,7 @@ def test_status_reports_the_job_down_with_kafka_and_redis_up(services, backlog):
     assert report["problems"] == [
         "the streaming job is down (no heartbeat in Redis)",
         f"the pipeline is behind: {waiting} events not processed (STATUS_MAX_LAG is 10000)",
+        # the shop has a Celery broker, and no worker runs here
+        "no Celery worker answers: catalog syncs and retraining do not run",
     ]
+    assert report["channel_layer"]["ok"] and report["celery"]["workers"] == 0

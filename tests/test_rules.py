@@ -168,3 +168,27 @@ def test_the_preview_is_for_staff_only(client, django_user_model, redis_url):
     client.force_login(django_user_model.objects.create_user("shopper", password="x"))
     answer = client.get("/admin/reco_plugin/tuning/preview/", {"product": "1"})
     assert answer.status_code == 302 and "/admin/login/" in answer["Location"]
+
+
+def test_a_malformed_rule_is_left_out_and_the_others_still_hold(r, redis_url):
+    good = rule(1, "block", "3").as_dict()
+    r.set(keys.rules(), json.dumps([good, {"id": 2, "action": "pin", "product_id": "4"}]))
+    store.reset()
+    assert [x.id for x in rules.parse(r.get(keys.rules()))] == [1]
+    # a block that ends is not baked into the pipeline's lists (they may outlive it)
+    ending = rule(3, "block", "5", ends_ms=NOW + 60_000)
+    assert rules.blocked_everywhere([rule(1, "block", "3"), ending], NOW) == {"3"}
+
+
+def test_previewing_a_visitor_needs_its_own_permission(client, django_user_model, redis_url):
+    from django.contrib.auth.models import Permission
+
+    clerk = django_user_model.objects.create_user("clerk", password="x", is_staff=True)
+    clerk.user_permissions.add(Permission.objects.get(codename="view_tuning"))
+    client.force_login(clerk)
+    preview = "/admin/reco_plugin/tuning/preview/"
+    assert client.get(preview, {"product": "1"}).status_code == 200
+    assert client.get(preview, {"visitor": "s:someone"}).status_code == 403
+    clerk.user_permissions.add(Permission.objects.get(codename="preview_visitor"))
+    client.force_login(clerk)
+    assert client.get(preview, {"visitor": "s:someone"}).status_code == 200

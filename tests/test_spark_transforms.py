@@ -70,11 +70,11 @@ def test_every_record_is_counted_by_what_the_batch_does_with_it(spark, processor
 
 def state_of(url):
     """Every list, count and counter (not the wall-clock bookkeeping: seen ids,
-    batch time, timings)."""
+    batch time, timings and their history)."""
     r = redis_lib.Redis.from_url(url, decode_responses=True)
     result = {}
     for key in sorted(r.keys("*")):
-        if ":seen:" in key or key.endswith(("last-batch", "batch-time")):
+        if ":seen:" in key or key.endswith(("last-batch", "batch-time", "pipeline:history")):
             continue
         kind = r.type(key)
         if kind == "string":

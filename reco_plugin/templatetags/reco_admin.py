@@ -16,3 +16,9 @@ def rate(value: Any) -> str:
         return "—"
     p, low, high = value
     return f"{p * 100:.2f}% ({low * 100:.2f}–{high * 100:.2f}%)"
+
+
+@register.filter
+def percent(value: Any) -> str:
+    """A share as ``12.30%``; a dash without data."""
+    return "—" if value is None else f"{value * 100:.2f}%"
