@@ -112,24 +112,23 @@ class LiveSockets:
             self.discard(socket, socket.visitor_id)
             raise
 
-    def discard(self, socket: Socket, visitor_id: str | None) -> None:
-        """Count ``socket`` (known as ``visitor_id``) out."""
+    def _remove(self, socket: Socket, visitor_id: str | None) -> None:
         sockets = self.by_visitor.get(visitor_id or "")
         if sockets is not None:
             sockets.discard(socket)
             if not sockets:
                 del self.by_visitor[visitor_id or ""]
+
+    def discard(self, socket: Socket, visitor_id: str | None) -> None:
+        """Count ``socket`` (known as ``visitor_id``) out."""
+        self._remove(socket, visitor_id)
         if not self.by_visitor and self._task is not None:
             self._task.cancel()
             self._task = None
 
     def moved(self, socket: Socket, previous: str | None) -> None:
         """``socket``'s visitor changed from ``previous`` (a login)."""
-        old = self.by_visitor.get(previous or "")
-        if old is not None:
-            old.discard(socket)
-            if not old:
-                del self.by_visitor[previous or ""]
+        self._remove(socket, previous)
         if socket.visitor_id:
             self.by_visitor.setdefault(socket.visitor_id, set()).add(socket)
 

@@ -15,18 +15,23 @@ WEIGHT_FIELDS: dict[str, str] = {
     event_type: f"weight_{event_type}" for event_type in scoring.EVENT_WEIGHTS
 }
 # the pipeline settings a version may set (scoring.LIVE_TUNABLES, less the weights)
-PIPELINE_FIELDS: tuple[str, ...] = (
-    "covisit_window",
-    "recent_items",
-    "half_life",
-    "recency_decay",
-    "list_length",
-    "trending_window",
-    "trending_long_window",
-    "product_ttl",
-    "visitor_ttl",
-    "exploration",
-)
+PIPELINE_FIELDS: tuple[str, ...] = tuple(f for f in scoring.LIVE_TUNABLES if f != "event_weights")
+
+
+def _created_by() -> models.ForeignKey:
+    return models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        editable=False,
+    )
+
+
+def _ms(value: Any) -> int | None:
+    """A datetime as epoch milliseconds."""
+    return None if value is None else int(value.timestamp() * 1000)
 
 
 def _weight() -> models.FloatField:
@@ -93,14 +98,7 @@ class Tuning(models.Model):
     strategies = models.JSONField(default=dict, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        editable=False,
-    )
+    created_by = _created_by()
     # what this version changed from the one active before it
     changes = models.TextField(blank=True, editable=False)
 
@@ -150,14 +148,7 @@ class ForgottenVisitor(models.Model):
     visitor_digest = models.CharField(max_length=64, db_index=True, editable=False)
     keys_deleted = models.PositiveIntegerField(default=0, editable=False)
     requested_at = models.DateTimeField(auto_now_add=True)
-    requested_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        editable=False,
-    )
+    requested_by = _created_by()
 
     class Meta:
         ordering = ["-pk"]
@@ -217,14 +208,7 @@ class Rule(models.Model):
     note = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        editable=False,
-    )
+    created_by = _created_by()
 
     class Meta:
         ordering = ["-pk"]
@@ -239,9 +223,6 @@ class Rule(models.Model):
     def as_rule(self) -> Any:
         from . import rules
 
-        def ms(value: Any) -> int | None:
-            return None if value is None else int(value.timestamp() * 1000)
-
         return rules.Rule(
             id=self.pk or 0,
             action=self.action,
@@ -250,8 +231,8 @@ class Rule(models.Model):
             scope_value="" if self.scope == "global" else self.scope_value.strip(),
             position=self.position if self.action == "pin" else None,
             factor=self.factor if self.action == "boost" else None,
-            starts_ms=ms(self.starts_at),
-            ends_ms=ms(self.ends_at),
+            starts_ms=_ms(self.starts_at),
+            ends_ms=_ms(self.ends_at),
         )
 
     def clean(self) -> None:
@@ -286,14 +267,7 @@ class Experiment(models.Model):
     starts_at = models.DateTimeField(help_text="From when visitors are split between the arms.")
     ends_at = models.DateTimeField(null=True, blank=True, help_text="Empty: until stopped.")
     created_at = models.DateTimeField(auto_now_add=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL,
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        editable=False,
-    )
+    created_by = _created_by()
 
     class Meta:
         ordering = ["-starts_at"]
@@ -304,9 +278,6 @@ class Experiment(models.Model):
     def definition(self) -> Any:
         """As the serving path and the job read it."""
         from . import experiments
-
-        def ms(value: Any) -> int | None:
-            return None if value is None else int(value.timestamp() * 1000)
 
         return experiments.Experiment(
             id=self.pk,
@@ -319,8 +290,8 @@ class Experiment(models.Model):
                 )
                 for arm in self.arms.select_related("tuning").order_by("pk")
             ),
-            starts_ms=ms(self.starts_at) or 0,
-            ends_ms=ms(self.ends_at),
+            starts_ms=_ms(self.starts_at) or 0,
+            ends_ms=_ms(self.ends_at),
         )
 
 

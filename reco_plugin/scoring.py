@@ -131,11 +131,7 @@ class PipelineSettings:
         if unknown:
             raise ValueError(f"unknown pipeline settings: {', '.join(unknown)}")
         if "event_weights" in values:
-            weights = dict(values["event_weights"] or {})
-            bad = sorted(set(weights) - set(schema.EVENT_TYPES))
-            if bad:
-                raise ValueError(f"event_weights: unknown event types {', '.join(bad)}")
-            values["event_weights"] = {**EVENT_WEIGHTS, **{k: float(v) for k, v in weights.items()}}
+            values["event_weights"] = _weights(EVENT_WEIGHTS, values["event_weights"])
         settings = cls(**values)
         settings.validate()
         return settings
@@ -194,17 +190,19 @@ class PipelineSettings:
         if fixed:
             raise ValueError(f"not tunable while the job runs: {', '.join(fixed)}")
         if "event_weights" in overrides:
-            weights = dict(overrides["event_weights"] or {})
-            bad = sorted(set(weights) - set(schema.EVENT_TYPES))
-            if bad:
-                raise ValueError(f"event_weights: unknown event types {', '.join(bad)}")
-            overrides["event_weights"] = {
-                **self.event_weights,
-                **{k: float(v) for k, v in weights.items()},
-            }
+            overrides["event_weights"] = _weights(self.event_weights, overrides["event_weights"])
         tuned = dataclasses.replace(self, **overrides)
         tuned.validate()
         return tuned
+
+
+def _weights(base: Mapping[str, float], given: Mapping[str, Any] | None) -> dict[str, float]:
+    """``base`` with the weights ``given`` (a partial mapping) on top."""
+    weights = dict(given or {})
+    bad = sorted(set(weights) - set(schema.EVENT_TYPES))
+    if bad:
+        raise ValueError(f"event_weights: unknown event types {', '.join(bad)}")
+    return {**base, **{k: float(v) for k, v in weights.items()}}
 
 
 # What staff may change in the admin while the streaming job runs (applied from
