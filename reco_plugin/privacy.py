@@ -16,6 +16,28 @@ from .redis_client import get_work_redis
 from .tuning import effective_settings
 
 
+def cleanup(days: int = 30) -> dict[str, int]:
+    """Delete the sets of visitors (digests) of experiments that ended more
+    than ``days`` ago: their reports keep the impression and click counts,
+    no longer the per-visitor rates. How many experiments and sets."""
+    from datetime import timedelta
+
+    from django.db.models import Count
+    from django.utils import timezone
+
+    from .models import Experiment
+
+    ended = Experiment.objects.filter(ends_at__lt=timezone.now() - timedelta(days=days))
+    names = [
+        keys.experiment_visitors(experiment_id, arm, name)
+        for experiment_id, arms in ended.annotate(n=Count("arms")).values_list("pk", "n")
+        for arm in range(arms)
+        for name in experiments.VISITOR_SETS
+    ]
+    deleted = get_work_redis().delete(*names) if names else 0
+    return {"experiments": ended.count(), "sets_deleted": int(deleted)}
+
+
 def visitor_id_of(who: str) -> str:
     """A visitor id (``u:<pk>``, ``s:<id>``), or a user's username: their id.
     Raises ValueError for anything else."""

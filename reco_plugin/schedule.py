@@ -25,7 +25,8 @@ def beat_schedule(
 ) -> dict[str, Any]:
     """The full catalog sync every ``catalog_sync_seconds`` (it repairs what a
     lost product-save sync missed), the active tuning published as often, a
-    sample for the admin's dashboard every ``roll_up_seconds``, and the retraining every night at
+    sample for the admin's dashboard every ``roll_up_seconds``, the daily
+    cleanup of ended experiments' visitor sets, and the retraining every night at
     ``retrain_hour:retrain_minute`` in the Celery app's timezone; ``retrain``
     needs ``PIPELINE["lake_path"]``: drop its entry when the shop keeps no lake."""
     return {
@@ -46,6 +47,12 @@ def beat_schedule(
             "task": "reco_plugin.roll_up",
             "schedule": float(roll_up_seconds),
             "options": {"expires": float(roll_up_seconds)},
+        },
+        # the per-visitor sets of experiments long over, daily
+        "reco-cleanup": {
+            "task": "reco_plugin.cleanup",
+            "schedule": 24 * 3600.0,
+            "options": {"expires": 3600.0},
         },
         **retrain_schedule(hour=retrain_hour, minute=retrain_minute, days=retrain_days),
     }

@@ -63,3 +63,11 @@ def roll_up() -> dict:
     from . import dashboard
 
     return dashboard.roll_up()
+
+
+@shared_task(name="reco_plugin.cleanup", ignore_result=True, autoretry_for=TRANSIENT, max_retries=3)
+def cleanup(days: int = 30) -> dict:
+    """Delete the per-visitor sets of experiments that ended ``days`` ago."""
+    from . import privacy
+
+    return privacy.cleanup(days)

@@ -233,3 +233,30 @@ def test_arms_are_fixed_once_the_experiment_started(client, staff, redis_url):
     upcoming.refresh_from_db()
     assert upcoming.ends_at is not None and upcoming.ends_at <= timezone.now()
     assert tuning.current_experiment() == saved
+
+
+def test_the_cleanup_deletes_the_visitor_sets_of_experiments_long_over(r, redis_url):
+    from reco_plugin import tasks
+    from reco_plugin.schedule import beat_schedule
+
+    base = tuning.save_version(Tuning(note="a"))
+    old = Experiment.objects.create(
+        name="old",
+        starts_at=timezone.now() - timedelta(days=90),
+        ends_at=timezone.now() - timedelta(days=40),
+    )
+    recent = Experiment.objects.create(
+        name="recent",
+        starts_at=timezone.now() - timedelta(days=20),
+        ends_at=timezone.now() - timedelta(days=10),
+    )
+    for experiment in (old, recent):
+        experiment.arms.create(name="a", tuning=base, share=50)
+        experiment.arms.create(name="b", tuning=base, share=50)
+        r.sadd(keys.experiment_visitors(experiment.pk, 1, "exposed"), "digest")
+        r.hset(keys.experiment_counts(experiment.pk), "1:impressions", 5)
+    assert beat_schedule()["reco-cleanup"]["task"] == tasks.cleanup.name
+    assert tasks.cleanup(30) == {"experiments": 1, "sets_deleted": 1}
+    assert not r.exists(keys.experiment_visitors(old.pk, 1, "exposed"))
+    assert r.exists(keys.experiment_visitors(recent.pk, 1, "exposed"))
+    assert r.hget(keys.experiment_counts(old.pk), "1:impressions") == "5"  # counts stay
