@@ -23,7 +23,8 @@ def roll_up() -> dict[str, Any]:
     from .tuning import current_experiment
 
     report = pipeline_status(kafka_timeout=2.0)
-    alert(report)
+    r = get_work_redis()
+    alert(report, r)
     lag = report.get("lag") or {}
     sample: dict[str, Any] = {
         "at": time.time(),
@@ -38,7 +39,6 @@ def roll_up() -> dict[str, Any]:
             for name, belief in (report.get("bandit") or {}).items()
         },
     }
-    r = get_work_redis()
     experiment = current_experiment()
     if experiment is not None and experiment.arms.count() >= 2:
         result = experiments.read_report(r, experiment.definition())

@@ -223,6 +223,12 @@ def pipeline_history() -> str:
     return f"{PREFIX}:pipeline:history"
 
 
+def alerted_at() -> str:
+    """String, TTL ``status.ALERT_EVERY_SECONDS``: when the current incident was
+    last raised (absent: none is, or it may be raised again)."""
+    return f"{PREFIX}:stats:alerted-at"
+
+
 def stats_history() -> str:
     """List (JSON, newest first, capped): a sample every ``reco_plugin.roll_up``
     of the Kafka lag, CTR by strategy and the bandit's beliefs; the dashboard draws it."""

@@ -194,19 +194,33 @@ def channel_layer_status(timeout: float = 2.0) -> dict[str, Any]:
     return {"ok": ok, "configured": True, "backend": type(layer).__name__}
 
 
-def alert(report: dict[str, Any]) -> None:
-    """When ``report`` has problems: log them at error level and call ``ALERT_HOOK``
-    (a dotted path to ``hook(problems, report)``), if set."""
+# While problems last, they are raised again at most this often (a periodic
+# check must not page someone every few seconds about the same incident).
+ALERT_EVERY_SECONDS = 300
+
+
+def alert(report: dict[str, Any], r: Any = None) -> bool:
+    """When ``report`` has problems: log them at error level and call
+    ``ALERT_HOOK`` (a dotted path to ``hook(problems, report)``), if set.
+    With Redis (``r``), an incident is raised when it starts and then at most
+    every ``ALERT_EVERY_SECONDS`` while it lasts; whether it was raised now."""
     if not report.get("problems"):
-        return
+        if r is not None:
+            r.delete(keys.alerted_at())
+        return False
+    if r is not None:
+        # SET NX with a TTL: the first caller in the period raises it
+        if not r.set(keys.alerted_at(), time.time(), nx=True, ex=ALERT_EVERY_SECONDS):
+            return False
     logger.error("reco: %s", "; ".join(report["problems"]))
     path = reco_settings.ALERT_HOOK
     if not path:
-        return
+        return True
     try:
         import_string(path)(list(report["problems"]), report)
     except Exception:
         logger.exception("reco: the ALERT_HOOK %s failed", path)
+    return True
 
 
 def format_status(report: dict[str, Any]) -> str:

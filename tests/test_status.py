@@ -73,8 +73,12 @@ def test_status_covers_the_channel_layer_and_celery_and_alerts_when_behind(
     settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "ALERT_HOOK": "tests.test_status.record_alert"}
     ALERTS.clear()
     with caplog.at_level("ERROR", logger="reco_plugin.status"):
-        status.alert(report)
+        assert status.alert(report, r) is True
+        assert status.alert(report, r) is False  # the same incident, just raised
     assert ALERTS == [(report["problems"], False)]
+    assert status.alert({"problems": []}, r) is False and not r.exists(keys.alerted_at())
+    assert status.alert(report, r) is True  # a new incident is raised at once
+    assert len(ALERTS) == 2
     assert any("95 s after its newest event" in m for m in caplog.messages)
     text = status.format_status(report)
     assert "channels" in text and "InMemoryChannelLayer" in text
