@@ -293,14 +293,39 @@ def _overrides(tuning: str | None) -> dict[str, Any]:
         return {}
 
 
-def _tuning_version(tuning: str | None) -> str:
-    """``|<version>`` of the published tuning, in the blend's seed: a new
-    tuning draws anew (and changes the ETag); nothing without one."""
-    try:
-        version = scoring.parse_tuning(tuning).get("version")
-    except ValueError:
-        return ""
+class _ParsedOnce:
+    """A value published in Redis (a few keys every list reads), parsed once
+    per value it takes; what cannot be parsed is logged and read as
+    ``fallback``."""
+
+    def __init__(self, parse: Any, fallback: Any, what: str) -> None:
+        self.parse, self.fallback, self.what = parse, fallback, what
+        self.last: tuple[Any, Any] = (None, fallback)
+
+    def __call__(self, raw: str | None) -> Any:
+        last = self.last  # one read: another thread may replace it meanwhile
+        if raw == last[0]:
+            return last[1]
+        try:
+            parsed = self.parse(raw)
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            logger.error("reco: the published %s is ignored (%s)", self.what, exc)
+            parsed = self.fallback
+        self.last = (raw, parsed)
+        return parsed
+
+    def reset(self) -> None:
+        self.last = (None, self.fallback)
+
+
+def _seed_part(tuning: str | None) -> str:
+    version = scoring.parse_tuning(tuning).get("version")
     return f"|{version}" if version is not None else ""
+
+
+# ``|<version>`` of the published tuning, in the blend's seed: a new tuning
+# draws anew (and changes the ETag); nothing without one
+_tuning_version = _ParsedOnce(_seed_part, "", "tuning")
 
 
 @dataclasses.dataclass
@@ -451,36 +476,8 @@ def strategy_lists(
     )
 
 
-_experiment_cache: tuple[str | None, experiments.Experiment | None] = (None, None)
-
-
-def _experiment(raw: str | None) -> experiments.Experiment | None:
-    """The published experiment, parsed once per value."""
-    global _experiment_cache
-    if raw != _experiment_cache[0]:
-        try:
-            parsed = experiments.parse(raw)
-        except (ValueError, TypeError, KeyError) as exc:
-            logger.error("reco: the published experiment is ignored (%s)", exc)
-            parsed = None
-        _experiment_cache = (raw, parsed)
-    return _experiment_cache[1]
-
-
-_rules_cache: tuple[str | None, list[rules_.Rule]] = (None, [])
-
-
-def _rules(raw: str | None) -> list[rules_.Rule]:
-    """The published rules, parsed once per value."""
-    global _rules_cache
-    if raw != _rules_cache[0]:
-        try:
-            parsed = rules_.parse(raw)
-        except (ValueError, TypeError, KeyError) as exc:
-            logger.error("reco: the published rules are ignored (%s)", exc)
-            parsed = []
-        _rules_cache = (raw, parsed)
-    return _rules_cache[1]
+_experiment = _ParsedOnce(experiments.parse, None, "experiment")
+_rules = _ParsedOnce(rules_.parse, [], "rules")
 
 
 def _apply_rules(
@@ -719,8 +716,8 @@ def fallback(
 def reset(fallback: bool = True) -> None:
     """Forget what this process read from Redis (the settings changed); the
     fallback lists too unless ``fallback`` is False."""
-    global _rules_cache, _experiment_cache
-    _rules_cache, _experiment_cache = (None, []), (None, None)
+    for parsed in (_tuning_version, _experiment, _rules):
+        parsed.reset()
     with _cache_lock:
         if fallback:
             _last_trending.clear()
