@@ -364,6 +364,20 @@ class ArmFormSet(forms.BaseInlineFormSet):
         total = sum(float(arm.get("share") or 0) for arm in kept)
         if abs(total - 100.0) > 1e-6:
             raise forms.ValidationError(f"The arms' shares add up to {total:g}, not 100.")
+        control = kept[0]
+        for arm in kept[1:]:
+            if not (control.get("tuning") and arm.get("tuning")):
+                continue
+            differing = arm["tuning"].shared_differences(control["tuning"])
+            if differing:
+                raise forms.ValidationError(
+                    f"Arm “{arm.get('name')}” uses a version that differs from the control’s in "
+                    f"{', '.join(n.replace('_', ' ') for n in differing)}. What the pipeline "
+                    f"learns from those is shared by every arm, so an experiment cannot compare "
+                    f"them: its arms may differ only in the strategies, exploration, recency "
+                    f"decay and visitor TTL. Compare the others by activating a version for a "
+                    f"while and watching the dashboard."
+                )
 
 
 class ArmInline(admin.TabularInline):

@@ -4,12 +4,15 @@ the Spark job and the admin's report share it.
 An experiment has arms, each a tuning version and a share of the traffic.
 A visitor's arm is a stable hash of the experiment and the visitor id, so the
 same visitor sees the same arm on every page, process and day, and the job
-can tell it without asking anyone. While the experiment runs, the lists a
-visitor is served follow their arm's strategy choices (the pipeline's own
-settings stay those of the active version), and their ``reco_id`` says the
-arm (``x<experiment>.<arm>.<id>``): an impression or a click is attributed to
-the arm whose list it came from; add-to-carts and purchases to the visitor's
-arm.
+can tell it without asking anyone. While the experiment runs, a visitor's
+lists follow their arm's version: its strategy choices and exploration when
+they are served, its recency decay and visitor TTL when the job writes their
+personal lists (``scoring.ARM_TUNABLES``). What the job learns for everyone
+(event weights, windows, half-life, the shared lists' length and TTL) is one
+for all arms, so the arms' versions must agree on it (the admin checks).
+Their ``reco_id`` says the arm (``x<experiment>.<arm>.<id>``): an impression
+or a click is attributed to the arm whose list it came from; add-to-carts and
+purchases to the visitor's arm.
 
 The job counts per arm (exactly once, in its batch transaction): impressions
 and clicks, and the visitors who saw a recommendation (``exposed``), added to
@@ -26,7 +29,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from . import keys, strategies
+from . import keys, scoring, strategies
 
 COUNTS = ("impressions", "clicks")
 VISITOR_SETS = ("exposed", "clicked", "carted", "purchased")
@@ -40,6 +43,8 @@ class Arm:
     share: float
     tuning: int | None = None
     strategies: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # the version's values of scoring.ARM_TUNABLES (with the defaults filled in)
+    pipeline: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +62,7 @@ class Experiment:
                 share=float(a["share"]),
                 tuning=None if a.get("tuning") is None else int(a["tuning"]),
                 strategies=dict(a.get("strategies") or {}),
+                pipeline=dict(a.get("pipeline") or {}),
             )
             for a in value["arms"]
         )
@@ -80,6 +86,14 @@ class Experiment:
             raise ValueError("an experiment must end after it starts")
         for arm in self.arms:
             strategies.check_overrides(arm.strategies)
+            shared = sorted(set(arm.pipeline) - set(scoring.ARM_TUNABLES))
+            if shared:
+                raise ValueError(f"arm {arm.name}: all arms share {', '.join(shared)}")
+            scoring.PipelineSettings().tuned(arm.pipeline)
+
+    def settings(self, arm: int, base: scoring.PipelineSettings) -> scoring.PipelineSettings:
+        """``base`` (the job's settings) with the arm's own values on top."""
+        return base.tuned(self.arms[arm].pipeline)
 
     def running(self, now_ms: int) -> bool:
         return self.starts_ms <= now_ms and (self.ends_ms is None or now_ms < self.ends_ms)
@@ -100,7 +114,11 @@ class Experiment:
             "id": self.id,
             "starts_ms": self.starts_ms,
             "ends_ms": self.ends_ms,
-            "arms": [dataclasses.asdict(a) | {"strategies": dict(a.strategies)} for a in self.arms],
+            "arms": [
+                dataclasses.asdict(a)
+                | {"strategies": dict(a.strategies), "pipeline": dict(a.pipeline)}
+                for a in self.arms
+            ],
         }
 
 

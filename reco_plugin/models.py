@@ -135,6 +135,30 @@ class Tuning(models.Model):
             "strategies": dict(self.strategies),
         }
 
+    def settings(self) -> Any:
+        """The pipeline settings of this version: defaults, under
+        ``RECO_PLUGIN["PIPELINE"]``, under its values."""
+        from .conf import reco_settings
+        from .scoring import PipelineSettings
+
+        return PipelineSettings.from_mapping(reco_settings.PIPELINE).tuned(self.pipeline())
+
+    def own_values(self) -> dict[str, Any]:
+        """Its values of what an experiment's arm may set for its own visitors
+        (``scoring.ARM_TUNABLES``), defaults filled in."""
+        from .scoring import ARM_TUNABLES
+
+        settings = self.settings()
+        return {name: getattr(settings, name) for name in ARM_TUNABLES}
+
+    def shared_differences(self, other: Tuning) -> list[str]:
+        """The settings all arms share (``scoring.SHARED_TUNABLES``) on which
+        this version and ``other`` differ."""
+        from .scoring import SHARED_TUNABLES
+
+        mine, theirs = self.settings(), other.settings()
+        return [n for n in SHARED_TUNABLES if getattr(mine, n) != getattr(theirs, n)]
+
     def values(self) -> dict[str, Any]:
         """The tunable fields, to copy this version into a new one."""
         names = (*WEIGHT_FIELDS.values(), *PIPELINE_FIELDS, "strategies")
@@ -287,6 +311,7 @@ class Experiment(models.Model):
                     share=arm.share,
                     tuning=arm.tuning_id,
                     strategies=dict(arm.tuning.strategies or {}),
+                    pipeline=arm.tuning.own_values(),
                 )
                 for arm in self.arms.select_related("tuning").order_by("pk")
             ),

@@ -265,7 +265,7 @@ def _policy(
     (or, for a visitor in an experiment, their arm's), fetched and parsed once
     per version of each (the policy is ~40 KB; its version a few bytes; the
     tuning under 1 KB)."""
-    key = (version, tuning, None if arm is None else json.dumps(dict(arm), sort_keys=True))
+    key = (version, tuning, None if arm is None else json.dumps(arm, sort_keys=True))
     with _policy_lock:
         found = _policies.get(key)
     if found is None:
@@ -275,8 +275,14 @@ def _policy(
         except ValueError:
             logger.warning("reco: unreadable bandit policy in Redis")
             value = None
-        overrides = _overrides(tuning) if arm is None else strategies.check_overrides(arm)
-        found = strategies.Policy(value if isinstance(value, dict) else None, overrides)
+        if arm is None:
+            overrides, exploration = _overrides(tuning), None
+        else:
+            overrides = strategies.check_overrides(arm["strategies"])
+            exploration = arm["pipeline"].get("exploration")
+        found = strategies.Policy(
+            value if isinstance(value, dict) else None, overrides, exploration
+        )
         with _policy_lock:
             _policies[key] = found
             while len(_policies) > _POLICIES_KEPT:
@@ -463,9 +469,7 @@ def strategy_lists(
     return Lists(
         lists,
         exclude,
-        _policy(
-            r, policy_version, tuning, None if arm is None else experiment.arms[arm].strategies
-        ),
+        _policy(r, policy_version, tuning, None if arm is None else _arm(experiment.arms[arm])),
         f"{visitor_id}|{product_id}|{policy_version}{_tuning_version(tuning)}"
         + ("" if arm is None else f"|x{experiment.id}.{arm}"),
         replies[2],
@@ -474,6 +478,11 @@ def strategy_lists(
         actual,
         "" if arm is None else experiments.tag(experiment.id, arm),
     )
+
+
+def _arm(arm: experiments.Arm) -> dict[str, Any]:
+    """What of an arm's version the serving path applies."""
+    return {"strategies": dict(arm.strategies), "pipeline": dict(arm.pipeline)}
 
 
 _experiment = _ParsedOnce(experiments.parse, None, "experiment")

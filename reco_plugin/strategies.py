@@ -170,12 +170,18 @@ class Policy:
     """
 
     def __init__(
-        self, value: Mapping[str, Any] | None, overrides: Mapping[str, Any] | None = None
+        self,
+        value: Mapping[str, Any] | None,
+        overrides: Mapping[str, Any] | None = None,
+        exploration: float | None = None,
     ) -> None:
         value = value or {}
         self.names = list(value.get("strategies", ()))
         self.bank = [list(draw) for draw in value.get("draws", ())]
-        self.exploration = float(value.get("exploration", 0.05))
+        # the pipeline's (the active version's), unless an experiment's arm has its own
+        self.exploration = float(
+            value.get("exploration", 0.05) if exploration is None else exploration
+        )
         self.overrides = check_overrides(overrides)
         self._chances: dict[tuple[str, ...], list[float]] = {}
 

@@ -430,11 +430,21 @@ def refresh_baskets(product_ids: Iterable[str], *, redis_url: str, settings: Pip
 
 
 def refresh_visitors(
-    visitor_ids: Iterable[str], *, redis_url: str, settings: PipelineSettings
+    visitor_ids: Iterable[str],
+    *,
+    redis_url: str,
+    settings: PipelineSettings,
+    experiment: experiments.Experiment | None = None,
 ) -> None:
     """Rewrite the personal lists of these visitors from their recent items,
-    without what they have seen or may not be shown."""
+    without what they have seen or may not be shown. A visitor in the running
+    ``experiment`` gets their arm's recency decay and visitor TTL."""
     keys.use_prefix(settings.key_prefix)  # also in a fresh executor process
+    arms = (
+        [experiment.settings(i, settings) for i in range(len(experiment.arms))]
+        if experiment is not None
+        else []
+    )
     r = _redis(redis_url)
     blocked = state.unavailable(r)
     similar: dict[str, list[tuple[str, float]]] = {}
@@ -460,18 +470,21 @@ def refresh_visitors(
                 strict=True,
             )
         )
-        lists = {}
+        by_ttl: dict[int, dict[str, Any]] = defaultdict(dict)
         for v in chunk:
+            own = arms[experiment.arm_of(v)] if experiment is not None else settings
             exclude = blocked.union(seen.get(v, ()))
+            lists = by_ttl[own.visitor_ttl]
             lists[keys.visitor_recommendations(v)] = learn.personal_list(
-                recent[v], similar, settings.list_length, settings.recency_decay, exclude=exclude
+                recent[v], similar, own.list_length, own.recency_decay, exclude=exclude
             )
             lists[keys.visitor_affinity(v)] = [
                 item
                 for item in trending_in.get(favourite[v] or "", [])
                 if item["product_id"] not in exclude
-            ][: settings.list_length]
-        state.write_lists(r, lists, settings.visitor_ttl)
+            ][: own.list_length]
+        for ttl, lists in by_ttl.items():
+            state.write_lists(r, lists, ttl)
 
 
 def refresh_trending(
@@ -894,21 +907,21 @@ class BatchProcessor:
     ) -> None:
         """The lists a committed batch changes (``todo``: its pending record)."""
         options = {"redis_url": self.redis_url, "settings": self.settings}
-        run: Callable[[Callable[..., None], Sequence[str]], None]
+        run: Callable[..., None]
         if spread:
             context = batch.sparkSession.sparkContext
             partitions = self._partitions(batch)
 
-            def run(function, ids):
+            def run(function, ids, **more):
                 if ids:
                     context.parallelize(list(ids), partitions).foreachPartition(
-                        functools.partial(function, **options)
+                        functools.partial(function, **options, **more)
                     )
         else:
 
-            def run(function, ids):
+            def run(function, ids, **more):
                 if ids:
-                    function(ids, **options)
+                    function(ids, **options, **more)
 
         with steps("similar"):
             run(refresh_products, todo.get("products", []))
@@ -917,7 +930,10 @@ class BatchProcessor:
         with steps("trending"):
             refresh_trending(r, clock_ms, self.settings, todo.get("categories", []))
         with steps("personal"):
-            run(refresh_visitors, todo.get("visitors", []))
+            experiment = self.experiment
+            if experiment is not None and not experiment.running(int(time.time() * 1000)):
+                experiment = None
+            run(refresh_visitors, todo.get("visitors", []), experiment=experiment)
             # forgotten while this batch ran: what it wrote for them goes again
             state.sweep_forgotten(r, todo.get("visitors", []), self.started_ms)
         if todo.get("bandit"):

@@ -82,6 +82,7 @@ class Batches:
         # every list the batch changes, as the job writes them (on the driver)
         processor = batch.BatchProcessor(self.redis_url, settings)
         processor.started_ms = self.now
+        processor.experiment = self.experiment
         processor._lists(self.r, None, state.pending(self.r), clock_ms, batch.Steps(), spread=False)
         return changes
 

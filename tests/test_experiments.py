@@ -121,6 +121,44 @@ def test_a_visitor_is_served_their_arms_choices_with_the_arm_in_the_reco_id(r, r
     assert not store.recommend(by_arm[1], "1", 6).items[0]["reco_id"].startswith("x")
 
 
+def test_each_arm_gets_its_own_visitor_ttl_recency_decay_and_exploration(r, redis_url):
+    store.reset()
+    arms = (
+        experiments.Arm("control", 50.0, pipeline={"visitor_ttl": 3600}),
+        experiments.Arm(
+            "treatment",
+            50.0,
+            pipeline={"visitor_ttl": 7200, "recency_decay": 0.2, "exploration": 1.0},
+        ),
+    )
+    experiment = experiments.Experiment(id=6, arms=arms, starts_ms=NOW - 60_000)
+    by_arm = {}
+    for n in range(40):
+        by_arm.setdefault(experiment.arm_of(f"s:own{n}"), f"s:own{n}")
+    batches = Batches(redis_url, experiment=experiment)
+    rows = []
+    for n in range(4):  # others teach what goes with 1 and with 5
+        rows += [batches.row("page_view", f"s:teach{n}", p) for p in ("1", "2", "5", "6")]
+    for visitor in by_arm.values():
+        rows.append(batches.row("page_view", visitor, "1", seconds_ago=120))
+        rows.append(batches.row("page_view", visitor, "5", seconds_ago=60))
+    batches.run(rows)
+    # the job writes each visitor's list with their arm's TTL
+    ttls = [r.ttl(keys.visitor_recommendations(by_arm[arm])) for arm in (0, 1)]
+    assert 3500 < ttls[0] <= 3600 and 7100 < ttls[1] <= 7200
+    # the serving path explores as each arm's version says: the treatment draws
+    # uniformly; the control keeps the published policy's rate
+    put_catalog(r, range(1, 40))
+    put_policy(r, "similar")
+    r.set(keys.experiment(), json.dumps(experiment.as_dict()))
+    assert store.strategy_lists(by_arm[1], "1").policy.exploration == 1.0
+    assert store.strategy_lists(by_arm[0], "1").policy.exploration == 0.0  # the policy's
+    # an arm may not set what all arms share
+    shared = experiments.Arm("b", 50.0, pipeline={"event_weights": {"click": 9}})
+    with pytest.raises(ValueError, match="all arms share event_weights"):
+        experiments.Experiment(id=7, arms=(arms[0], shared), starts_ms=0).check()
+
+
 @pytest.fixture
 def staff(client, django_user_model):
     user = django_user_model.objects.create_superuser("analyst", password="x")
@@ -173,6 +211,16 @@ def test_staff_run_an_experiment_and_read_its_report(
         add, experiment_form("x", when(-1), None, ("a", base.pk, 60), ("b", bold.pk, 30))
     )
     assert "add up to 90, not 100" in refused.content.decode()
+    # arms share what the pipeline learns: versions differing in it are refused
+    heavy = tuning.save_version(Tuning(note="heavy", weight_purchase=9.0, exploration=0.5))
+    refused = client.post(
+        add, experiment_form("x", when(-1), None, ("a", base.pk, 50), ("b", heavy.pk, 50))
+    )
+    assert "differs from the control’s in event weights" in refused.content.decode()
+    assert not Experiment.objects.exists()
+    bold = tuning.save_version(
+        Tuning(note="bold", strategies={"similar": "off"}, exploration=0.5, visitor_ttl=7200)
+    )
     with django_capture_on_commit_callbacks(execute=True):
         answer = client.post(
             add, experiment_form("bold", when(-1), None, ("a", base.pk, 50), ("b", bold.pk, 50))
@@ -182,6 +230,11 @@ def test_staff_run_an_experiment_and_read_its_report(
     published = json.loads(r.get(keys.experiment()))
     assert published["id"] == saved.pk and [a["share"] for a in published["arms"]] == [50.0, 50.0]
     assert published["arms"][1]["strategies"] == {"similar": "off"}
+    assert published["arms"][1]["pipeline"] == {
+        "exploration": 0.5,
+        "visitor_ttl": 7200,
+        "recency_decay": base.settings().recency_decay,
+    }
     clash = client.post(
         add, experiment_form("other", when(5), None, ("a", base.pk, 50), ("b", bold.pk, 50))
     )
