@@ -6,12 +6,19 @@ everywhere (``global``), on lists shown in a ``category`` (the context
 product's category, or the category asked for), or on the page of one
 ``product``; and optionally when (``starts_ms``, ``ends_ms``, epoch ms).
 
-- **block**: the product is never served there. Global blocks are also kept
-  out of every list the pipeline writes.
+- **block**: the product is never served there.
 - **boost** (``factor`` > 1 moves up, < 1 moves down): a served product's rank
   is divided by the factor, so ``2`` takes the 7th item to about the 4th.
 - **pin** (``position``, 1 is first): the product is put at that position,
   whatever the blend chose, when the catalog can show it.
+
+Both sides apply them. Serving applies every rule to every list it serves. The
+pipeline applies blocks and boosts when it cuts the lists it writes to their
+length (:class:`Shortlist`), each list under the rules of the page it is shown
+on: a product's similar and bought-together lists under the global rules and
+those of the product's page and category; a category's trending lists under
+the global rules and the category's; the global trending and the visitors'
+own lists (shown on any page) under the global rules. Pins need no list.
 
 The admin publishes the enabled rules to Redis (``keys.rules``) as one JSON list.
 """
@@ -129,6 +136,63 @@ def blocked_everywhere(rules: Sequence[Rule], now_ms: int) -> set[str]:
         for r in rules
         if r.action == BLOCK and r.scope == GLOBAL and r.ends_ms is None and r.live(now_ms)
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class Shortlist:
+    """How the pipeline cuts a ranked list of candidates to the length it
+    writes, under the rules that hold on the page the list is shown on:
+
+    - a product blocked there for good (no end) is left out;
+    - one blocked until some time is kept, beyond the length (serving leaves
+      it out while the block holds, and the list is still full), so that it
+      comes back when the block ends without waiting for the list's next
+      rewrite;
+    - a boosted product is kept when its boosted rank (rank / factor) is
+      within the length, even if its own rank is not, so that serving, which
+      applies the boost to the list it reads, has it to move up.
+
+    The items keep their scores and order: boosts are applied once, when the
+    list is served (they may change before the list is rewritten)."""
+
+    removed: frozenset[str] = frozenset()
+    held: frozenset[str] = frozenset()
+    factors: Mapping[str, float] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rules: Sequence[Rule]) -> Shortlist:
+        """The shortlist of the rules that hold on a page (:func:`in_effect`)."""
+        removed = {r.product_id for r in rules if r.action == BLOCK and r.ends_ms is None}
+        held = {r.product_id for r in rules if r.action == BLOCK} - removed
+        factors: dict[str, float] = {}
+        for rule in rules:
+            if rule.action == BOOST and rule.factor:
+                factors[rule.product_id] = factors.get(rule.product_id, 1.0) * rule.factor
+        return cls(frozenset(removed), frozenset(held), factors)
+
+    def depth(self, length: int) -> int:
+        """How many of the best candidates to look at for a list of ``length``."""
+        most = max((f for f in self.factors.values() if f > 1), default=1.0)
+        # (enough to fill the list when some of the best are left out, within reason)
+        return int(length * most) + min(len(self.removed) + len(self.held), 4 * length) + 1
+
+    def cut(self, ranked: Sequence[dict[str, Any]], length: int) -> list[dict[str, Any]]:
+        """``ranked`` (best first) cut to ``length`` items plus the held ones."""
+        items = [item for item in ranked if item["product_id"] not in self.removed]
+        if not self.factors and not self.held:
+            return items[:length]
+        order = sorted(
+            range(len(items)),
+            key=lambda i: ((i + 1) / self.factors.get(items[i]["product_id"], 1.0), i),
+        )
+        kept: set[int] = set()
+        counted = 0
+        for i in order:
+            if counted == length:
+                break
+            kept.add(i)
+            counted += items[i]["product_id"] not in self.held
+        return [item for i, item in enumerate(items) if i in kept]
 
 
 def blocked(rules: Sequence[Rule]) -> set[str]:

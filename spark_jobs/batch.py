@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from reco_plugin import experiments, keys, schema, scoring, strategies
+from reco_plugin import experiments, keys, rules, schema, scoring, strategies
 from reco_plugin.scoring import PipelineSettings, parse_tuning
 
 from . import learn, state
@@ -400,7 +400,7 @@ def refresh_products(
     ``baskets``, their frequently-bought-together lists from their baskets)."""
     keys.use_prefix(settings.key_prefix)  # also in a fresh executor process
     r = _redis(redis_url)
-    blocked = state.unavailable(r)
+    merchandise = state.merchandise(r)
     source, weights, target = (
         (keys.product_bought_with, keys.purchases(), keys.product_fbt)
         if baskets
@@ -410,19 +410,16 @@ def refresh_products(
         neighbours = state.neighbours(r, chunk, settings.neighbours_kept, source)
         wanted = [*chunk, *(other for pairs in neighbours.values() for other, _ in pairs)]
         pop = state.popularity(r, wanted, weights)
-        state.write_lists(
-            r,
-            {
-                target(p): learn.similar_list(
-                    p,
-                    [(o, w) for o, w in neighbours[p] if o not in blocked],
-                    pop,
-                    settings.list_length,
-                )
-                for p in chunk
-            },
-            settings.product_ttl,
-        )
+        categories = state.catalog_facts(r, chunk)[0]
+        lists = {}
+        for p in chunk:
+            # cut under the rules of the product's page, where the list is shown
+            shortlist = merchandise.shortlist(p, categories.get(p))
+            ranked = learn.similar_list(
+                p, neighbours[p], pop, shortlist.depth(settings.list_length)
+            )
+            lists[target(p)] = shortlist.cut(ranked, settings.list_length)
+        state.write_lists(r, lists, settings.product_ttl)
 
 
 def refresh_baskets(product_ids: Iterable[str], *, redis_url: str, settings: PipelineSettings):
@@ -446,7 +443,8 @@ def refresh_visitors(
         else []
     )
     r = _redis(redis_url)
-    blocked = state.unavailable(r)
+    # a visitor's own lists are shown on any page: the global rules
+    shortlist = state.merchandise(r).shortlist()
     similar: dict[str, list[tuple[str, float]]] = {}
     categories: dict[str, str] = {}
     for chunk in state.chunks(list(visitor_ids), 500):
@@ -473,16 +471,24 @@ def refresh_visitors(
         by_ttl: dict[int, dict[str, Any]] = defaultdict(dict)
         for v in chunk:
             own = arms[experiment.arm_of(v)] if experiment is not None else settings
-            exclude = blocked.union(seen.get(v, ()))
+            exclude = shortlist.removed.union(seen.get(v, ()))
             lists = by_ttl[own.visitor_ttl]
-            lists[keys.visitor_recommendations(v)] = learn.personal_list(
-                recent[v], similar, own.list_length, own.recency_decay, exclude=exclude
+            ranked = learn.personal_list(
+                recent[v],
+                similar,
+                shortlist.depth(own.list_length),
+                own.recency_decay,
+                exclude=exclude,
             )
-            lists[keys.visitor_affinity(v)] = [
-                item
-                for item in trending_in.get(favourite[v] or "", [])
-                if item["product_id"] not in exclude
-            ][: own.list_length]
+            lists[keys.visitor_recommendations(v)] = shortlist.cut(ranked, own.list_length)
+            lists[keys.visitor_affinity(v)] = shortlist.cut(
+                [
+                    item
+                    for item in trending_in.get(favourite[v] or "", [])
+                    if item["product_id"] not in exclude
+                ],
+                own.list_length,
+            )
         for ttl, lists in by_ttl.items():
             state.write_lists(r, lists, ttl)
 
@@ -492,40 +498,39 @@ def refresh_trending(
 ) -> None:
     """The trending lists of both windows, globally and for these categories,
     and the popular list; each list lives as long as its window."""
-    blocked = state.unavailable(r)
-    # enough to fill a list when some of the top are unavailable
-    fetch = settings.list_length + min(len(blocked), settings.list_length)
+    merchandise = state.merchandise(r)
+    # each list cut under the rules of where it is shown: a category's in that
+    # category, the global ones anywhere
+    everywhere = merchandise.shortlist()
+    shortlists = {c: merchandise.shortlist(None, c) for c in sorted(set(categories))}
+    length = settings.list_length
     scratch = keys.pipeline_scratch("trending")
     pipe = r.pipeline(transaction=True)
-    wanted: list[tuple[str, int]] = []
+    wanted: list[tuple[str, int, rules.Shortlist]] = []
     for name, bucket_s, window_s in learn.trending_windows(settings):
         starts = learn.trending_buckets_in_window(clock_ms, settings, name)
-        for category in ("", *sorted(set(categories))):
+        for category in ("", *shortlists):
+            shortlist = shortlists[category] if category else everywhere
             buckets = [keys.trending_window_bucket(name, b, category) for b in starts]
             pipe.zunionstore(scratch, buckets)
-            pipe.zrevrange(scratch, 0, fetch - 1, withscores=True)
+            pipe.zrevrange(scratch, 0, shortlist.depth(length) - 1, withscores=True)
             pipe.delete(scratch)
             # A category's list is rewritten only when it has events: it
             # expires with its window. The global lists are rewritten every batch.
             ttl = window_s + bucket_s if category else settings.product_ttl
-            wanted.append((keys.trending_list(name, category), ttl))
-    pipe.zrevrange(keys.popularity(), 0, fetch - 1, withscores=True)
+            wanted.append((keys.trending_list(name, category), ttl, shortlist))
+    pipe.zrevrange(keys.popularity(), 0, everywhere.depth(length) - 1, withscores=True)
     replies = pipe.execute()
     by_ttl: dict[int, dict[str, list[dict[str, Any]]]] = defaultdict(dict)
-    for (key, ttl), top in zip(wanted, replies[1::3], strict=False):
-        by_ttl[ttl][key] = _top(top, blocked, settings.list_length, 4)
-    by_ttl[settings.product_ttl][keys.popular()] = _top(
-        replies[-1], blocked, settings.list_length, 6
-    )
+    for (key, ttl, shortlist), top in zip(wanted, replies[1::3], strict=False):
+        by_ttl[ttl][key] = shortlist.cut(_scored(top, 4), length)
+    by_ttl[settings.product_ttl][keys.popular()] = everywhere.cut(_scored(replies[-1], 6), length)
     for ttl, key_values in by_ttl.items():
         state.write_lists(r, key_values, ttl)
 
 
-def _top(
-    scored: Iterable[tuple[str, float]], blocked: set[str], length: int, digits: int
-) -> list[dict[str, Any]]:
-    items = [{"product_id": p, "score": round(s, digits)} for p, s in scored if p not in blocked]
-    return items[:length]
+def _scored(scored: Iterable[tuple[str, float]], digits: int) -> list[dict[str, Any]]:
+    return [{"product_id": p, "score": round(s, digits)} for p, s in scored]
 
 
 def refresh_policy(r: redis.Redis, seed: int, settings: PipelineSettings) -> None:

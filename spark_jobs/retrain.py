@@ -79,8 +79,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def neighbours(spark, lake: str, days: int, items_per_visitor: int, settings: PipelineSettings):
-    """DataFrame (product_id, other, score, rank) of each product's top neighbours."""
+def neighbours(
+    spark,
+    lake: str,
+    days: int,
+    items_per_visitor: int,
+    settings: PipelineSettings,
+    depth: int | None = None,
+):
+    """DataFrame (product_id, other, score, rank) of each product's top
+    ``depth`` neighbours (by default, as many as a list holds)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -120,7 +128,7 @@ def neighbours(spark, lake: str, days: int, items_per_visitor: int, settings: Pi
     best = Window.partitionBy("product_id").orderBy(F.col("score").desc(), F.col("other"))
     return (
         scored.withColumn("rank", F.row_number().over(best))
-        .where(F.col("rank") <= settings.list_length)
+        .where(F.col("rank") <= (depth or settings.list_length))
         .select("product_id", "other", "score", "rank")
     )
 
@@ -148,8 +156,12 @@ def retrain(spark, args: argparse.Namespace) -> dict[str, Any]:
     if not Path(args.lake).exists() and "://" not in args.lake:
         raise SystemExit(f"the event lake {args.lake} does not exist yet (no events appended)")
     logger.info("reading the last %d days of %s", args.days, args.lake)
+    r = state.connect(args.redis)
+    merchandise = state.merchandise(r)
+    length = settings.list_length
+    depth = merchandise.depth(length)
     rows = (
-        neighbours(spark, args.lake, args.days, args.items_per_visitor, settings)
+        neighbours(spark, args.lake, args.days, args.items_per_visitor, settings, depth)
         .orderBy("product_id", "rank")
         .collect()
     )
@@ -158,27 +170,20 @@ def retrain(spark, args: argparse.Namespace) -> dict[str, Any]:
         lists.setdefault(row.product_id, []).append(
             {"product_id": row.other, "score": round(float(row.score), 6)}
         )
-    r = state.connect(args.redis)
-    blocked = state.unavailable(r)
-    state.write_lists(
-        r,
-        {
-            keys.product_retrained(p): [i for i in items if i["product_id"] not in blocked]
-            for p, items in lists.items()
-        },
-        # a list outlives a missed nightly run or two
-        max(settings.product_ttl, 3 * 86_400),
-    )
-    texts = catalog_texts(r)
-    content = learn.text_neighbours(texts, settings.list_length)
-    state.write_lists(
-        r,
-        {
-            keys.product_content(p): [i for i in items if i["product_id"] not in blocked]
-            for p, items in content.items()
-        },
-        max(settings.product_ttl, 3 * 86_400),
-    )
+    content = learn.text_neighbours(catalog_texts(r), depth)
+    # each product's lists cut under the rules of its page
+    categories = state.catalog_facts(r, sorted({*lists, *content}))[0]
+
+    def cut(found: dict[str, list[dict[str, Any]]], key) -> dict[str, Any]:
+        return {
+            key(p): merchandise.shortlist(p, categories.get(p)).cut(items, length)
+            for p, items in found.items()
+        }
+
+    # a list outlives a missed nightly run or two
+    ttl = max(settings.product_ttl, 3 * 86_400)
+    state.write_lists(r, cut(lists, keys.product_retrained), ttl)
+    state.write_lists(r, cut(content, keys.product_content), ttl)
     summary = {
         "finished_at": time.time(),
         "seconds": round(time.monotonic() - started, 1),

@@ -209,19 +209,55 @@ def catalog_facts(r: redis.Redis, product_ids: Sequence[str]) -> tuple[dict[str,
     return categories, repeatable
 
 
-def unavailable(r: redis.Redis) -> set[str]:
-    """Products never to list: out of stock or blocked in the catalog, or
-    blocked everywhere by a merchandising rule that holds now."""
+@dataclasses.dataclass(frozen=True)
+class Merchandise:
+    """What may be listed, read once per list refresh: the products the
+    catalog cannot show (out of stock, blocked there), and the merchandising
+    rules that hold now."""
+
+    unavailable: frozenset[str]
+    rules: tuple[rules.Rule, ...]
+    now_ms: int
+
+    def blocked(self) -> set[str]:
+        """Products no list may hold: unavailable, or blocked everywhere for good."""
+        return {*self.unavailable, *rules.blocked_everywhere(self.rules, self.now_ms)}
+
+    def shortlist(self, product: str | None = None, category: str | None = None) -> rules.Shortlist:
+        """How to cut a list shown on ``product``'s page in ``category``
+        (neither: a list shown on any page, under the global rules only)."""
+        holding = (
+            rules.in_effect(self.rules, self.now_ms, product, category)
+            if product or category
+            else [r for r in self.rules if r.scope == rules.GLOBAL and r.live(self.now_ms)]
+        )
+        found = rules.Shortlist.of(holding)
+        return dataclasses.replace(found, removed=found.removed | self.unavailable)
+
+    def depth(self, length: int) -> int:
+        """How many candidates any list of ``length`` may need, whatever its page."""
+        live = [r for r in self.rules if r.live(self.now_ms)]
+        found = rules.Shortlist.of(live)
+        return dataclasses.replace(found, removed=found.removed | self.unavailable).depth(length)
+
+
+def merchandise(r: redis.Redis) -> Merchandise:
     pipe = r.pipeline(transaction=False)
     pipe.smembers(keys.catalog_unavailable())
     pipe.get(keys.rules())
     members, published = pipe.execute()
     try:
-        blocked = rules.blocked_everywhere(rules.parse(published), int(time.time() * 1000))
+        found = tuple(rules.parse(published))
     except (ValueError, TypeError, KeyError) as exc:
         logger.error("the published rules are ignored: %s", exc)
-        blocked = set()
-    return {*members, *blocked}
+        found = ()
+    return Merchandise(frozenset(members), found, int(time.time() * 1000))
+
+
+def unavailable(r: redis.Redis) -> set[str]:
+    """Products never to list: out of stock or blocked in the catalog, or
+    blocked everywhere by a merchandising rule that holds now."""
+    return merchandise(r).blocked()
 
 
 def evidence(r: redis.Redis) -> dict[str, tuple[float, float]]:

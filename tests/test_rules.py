@@ -93,6 +93,58 @@ def test_a_global_block_is_kept_out_of_what_the_pipeline_writes(redis_url, r):
     assert "2" not in written and {"1", "3"} <= set(written)
 
 
+def test_a_shortlist_leaves_out_holds_back_and_keeps_what_a_boost_lifts():
+    ranked = [{"product_id": str(n), "score": 10 - n} for n in range(1, 10)]
+    found = rules.Shortlist.of(
+        [
+            rule(1, "block", "1"),  # for good: left out
+            rule(2, "block", "2", ends_ms=NOW + 60_000),  # until soon: kept beyond the length
+            rule(3, "boost", "8", factor=4.0),  # 7th once 1 is out: rank 7 / 4 is within 3
+            rule(4, "boost", "3", factor=0.25),  # 2nd: rank 2 / 0.25 is not
+        ]
+    )
+    assert ids(found.cut(ranked, 3)) == ["2", "4", "5", "8"]  # the scores' order is kept
+    assert found.depth(3) == 3 * 4 + 2 + 1
+    assert ids(rules.Shortlist().cut(ranked, 3)) == ["1", "2", "3"]
+
+
+def test_the_pipeline_cuts_each_list_under_the_rules_of_its_page(redis_url, r):
+    from reco_plugin.scoring import PipelineSettings
+
+    put_catalog(r, range(1, 10))
+    put_catalog(r, range(20, 23), category="Comedy")
+    put_policy(r, "similar")
+    publish(
+        r,
+        rule(1, "block", "2", "product", "1"),  # on 1's page, for good
+        rule(2, "block", "3", ends_ms=NOW + 3_600_000),  # everywhere, for an hour
+        rule(3, "boost", "7", "category", "Drama", factor=3.0),
+        rule(4, "block", "4", "category", "Comedy"),  # not where 1 is shown
+    )
+    batches = Batches(redis_url, settings=PipelineSettings(list_length=3))
+    rows = []
+    # k is viewed with 1 by 10 - k visitors: 1's neighbours rank 2, 3, 4, ..., 8
+    for k in range(2, 9):
+        for n in range(10 - k):
+            visitor = f"s:k{k}n{n}"
+            rows += [
+                batches.row("page_view", visitor, "1", seconds_ago=90, category="Drama"),
+                batches.row("page_view", visitor, str(k), seconds_ago=60, category="Drama"),
+            ]
+    batches.run(rows)
+    # 2 left out on 1's page; 3 kept beyond the three (blocked only for an hour);
+    # 7 kept as its boost lifts it (5th once 2 is out, 5 / 3 is within three)
+    assert batches.list(keys.product_similar("1")) == ["3", "4", "5", "7"]
+    # served: 3 held back by its block, 7 moved up by its boost, still three items
+    assert ids(store.similar_to("1", 3)) == ["4", "7", "5"]
+    # the global lists follow the global rules only; Drama's also its boost
+    trending = batches.list(keys.trending_list("long", ""))
+    drama = batches.list(keys.trending_list("long", "Drama"))
+    assert trending[:4] == ["1", "2", "3", "4"] and "7" not in trending
+    # (in Drama, 7's boosted rank, 7 / 3, comes before the held 3's, and fills the list)
+    assert drama == ["1", "2", "7"]
+
+
 @pytest.fixture
 def staff(client, django_user_model):
     user = django_user_model.objects.create_superuser("merch", password="x")

@@ -6,7 +6,7 @@ import json
 import pytest
 import redis as redis_lib
 
-from reco_plugin import keys, schema
+from reco_plugin import keys, rules, schema
 from reco_plugin.scoring import PipelineSettings
 from spark_jobs.batch import BatchProcessor
 from spark_jobs.transforms import parse
@@ -288,6 +288,8 @@ def test_the_lake_feeds_the_retraining_whose_neighbours_reach_the_lists(
     for product, title in titles.items():
         r.hset(keys.catalog_product(product), mapping={"title": title})
         r.sadd(keys.catalog_index(), product)
+    # a rule: c is not shown on n's page (it still is on d's)
+    r.set(keys.rules(), rules.dumps([rules.Rule(1, "block", "c", "product", "n")]))
     args = retrain.parse_args(["--lake", lake, "--redis", redis_url, "--days", "2"])
     summary = retrain.retrain(spark, args)
     assert summary["products"] == 4
@@ -301,8 +303,10 @@ def test_the_lake_feeds_the_retraining_whose_neighbours_reach_the_lists(
     assert {(x.reco_id, x.strategy, x.position, x.propensity) for x in shown} == {
         ("r1", "similar", "0", 0.8)
     }
-    # a new product ("n": no events yet) has neighbours by its words
-    assert [i["product_id"] for i in json.loads(r.get(keys.product_content("n")))] == ["c"]
+    # a new product ("n": no events yet) has neighbours by its words, c, which
+    # its page's rule keeps out
+    assert json.loads(r.get(keys.product_content("n"))) == []
+    assert [i["product_id"] for i in json.loads(r.get(keys.product_content("c")))] == ["n"]
     assert [i["product_id"] for i in json.loads(r.get(keys.product_content("a")))] == ["b"]
 
 
