@@ -342,3 +342,13 @@ def producer_stats() -> str:
 def retrain_last() -> str:
     """String (JSON): when the batch retraining job last ran, and what it wrote."""
     return f"{PREFIX}:retrain:last"
+
+
+def retrain_running() -> str:
+    """String (JSON, TTL): the retraining job running now (pid, start)."""
+    return f"{PREFIX}:retrain:running"
+
+
+def retrain_failed() -> str:
+    """String (JSON): when the retraining job last failed, and why."""
+    return f"{PREFIX}:retrain:failed"

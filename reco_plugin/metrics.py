@@ -74,6 +74,15 @@ class ShopCollector:
         up.add_metric(["kafka"], float(bool(report.get("kafka", {}).get("ok"))))
         up.add_metric(["job"], float(bool(report.get("job", {}).get("ok"))))
         yield up
+        queries = GaugeMetricFamily(
+            "reco_spark_query_ok",
+            "Whether each Spark query is well (1): the streaming one runs, the last "
+            "retraining did not fail.",
+            labels=["query", "kind"],
+        )
+        for query in report.get("queries") or ():
+            queries.add_metric([query["name"], query["kind"]], float(bool(query.get("ok"))))
+        yield queries
         records = CounterMetricFamily(
             "reco_pipeline_records",
             "Kafka records the streaming job read, by topic and what it did with them.",

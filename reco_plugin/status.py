@@ -82,6 +82,8 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         pipe.hgetall(keys.bandit())
         pipe.hgetall(keys.bandit_stats())
         pipe.get(keys.retrain_last())
+        pipe.get(keys.retrain_running())
+        pipe.get(keys.retrain_failed())
         (
             heartbeat,
             last_batch,
@@ -92,6 +94,8 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
             beliefs,
             outcomes,
             retrained,
+            retraining,
+            retrain_failed,
         ) = pipe.execute()
         report["redis"] = {"ok": True, "url": reco_settings.REDIS_URL}
         processed = {k: int(v) for k, v in offsets.items()}
@@ -103,6 +107,8 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         report["producers"] = {name: int(producers.get(name, 0)) for name in PRODUCER_COUNTS}
         report["bandit"] = _bandit(beliefs, outcomes)
         report["retrain"] = json.loads(retrained) if retrained else None
+        report["retrain_running"] = json.loads(retraining) if retraining else None
+        report["retrain_failed"] = json.loads(retrain_failed) if retrain_failed else None
         if job is None:
             problems.append("the streaming job is down (no heartbeat in Redis)")
         elif not job.get("active"):
@@ -137,6 +143,10 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
             age = time.time() - float(report["last_batch"].get("finished_at", 0))
             if age > reco_settings.STATUS_MAX_STALL_SECONDS:
                 problems.append(f"{total} events wait and no batch has finished for {age:.0f} s")
+    report["queries"] = _queries(report)
+    for query in report["queries"]:
+        if query.get("problem"):
+            problems.append(query["problem"])
     batch = report.get("last_batch") or {}
     freshness = batch.get("freshness_ms")
     if isinstance(freshness, int | float):
@@ -158,6 +168,48 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
             )
     report["ok"] = not problems
     return report
+
+
+def _queries(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each Spark query of the shop: the streaming one (from its heartbeat, the
+    last batch and the lag), and the retraining (a batch job) when it has run."""
+    job = report.get("job") or {}
+    batch = report.get("last_batch") or {}
+    found = [
+        {
+            "name": job.get("name") or "reco_recommend",
+            "kind": "streaming",
+            "ok": bool(job.get("ok")),
+            "state": job.get("message") if job.get("pid") else "down",
+            "id": job.get("query"),
+            "run_id": job.get("run_id"),
+            "last_batch": batch.get("batch"),
+            "last_batch_at": batch.get("finished_at"),
+            "lag": (report.get("lag") or {}).get("total"),
+            "behind_latest": job.get("behind_latest"),
+            "input_rows_per_second": job.get("input_rows_per_second"),
+        }
+    ]
+    last, running, failed = (
+        report.get(k) for k in ("retrain", "retrain_running", "retrain_failed")
+    )
+    if last or running or failed:
+        retrain: dict[str, Any] = {"name": "reco-retrain", "kind": "batch", "ok": True}
+        if last:
+            retrain.update(
+                last_run_at=last.get("finished_at"),
+                seconds=last.get("seconds"),
+                products=last.get("products"),
+            )
+        if running:
+            retrain.update(state="running", started_at=running.get("started_at"))
+        else:
+            retrain["state"] = "idle"
+        if failed and float(failed.get("at", 0)) > float((last or {}).get("finished_at", 0)):
+            retrain.update(ok=False, failed_at=failed.get("at"), error=failed.get("error"))
+            retrain["problem"] = f"the last retraining failed: {failed.get('error')}"
+        found.append(retrain)
+    return found
 
 
 def celery_status(timeout: float = 1.0) -> dict[str, Any]:
@@ -226,6 +278,37 @@ def alert(report: dict[str, Any], r: Any = None) -> bool:
     return True
 
 
+def _ago(moment: Any) -> str:
+    seconds = time.time() - float(moment)
+    return f"{seconds:.0f} s ago" if seconds < 5400 else f"{seconds / 3600:.1f} h ago"
+
+
+def _query_line(query: dict[str, Any]) -> str:
+    """One Spark query, for people."""
+    text = f"{query['name']} ({query['kind']}"
+    if query.get("id"):
+        text += f", id {query['id']}"
+    text += f"): {query.get('state') or 'down'}"
+    if query["kind"] == "streaming":
+        if query.get("last_batch_at"):
+            text += f", batch {query.get('last_batch')} finished {_ago(query['last_batch_at'])}"
+        if query.get("lag") is not None:
+            text += f", lag {query['lag']}"
+        if query.get("input_rows_per_second") is not None:
+            text += f", {float(query['input_rows_per_second']):.1f} records/s in"
+        return text
+    if query.get("started_at"):
+        text += f" since {_ago(query['started_at'])}"
+    if query.get("last_run_at"):
+        text += (
+            f", last run {_ago(query['last_run_at'])}: {query.get('products')} products "
+            f"in {query.get('seconds')} s"
+        )
+    if query.get("error"):
+        text += f", FAILED {_ago(query['failed_at'])}: {query['error']}"
+    return text
+
+
 def format_status(report: dict[str, Any]) -> str:
     """The report for people."""
     lines = []
@@ -245,6 +328,8 @@ def format_status(report: dict[str, Any]) -> str:
         if job.get("last_error"):
             detail += f", last error: {job['last_error']}"
     component("job", job, detail)
+    for query in report.get("queries") or ():
+        component("query", query, _query_line(query))
     celery_part = report.get("celery") or {}
     if celery_part.get("configured"):
         component(
@@ -289,13 +374,6 @@ def format_status(report: dict[str, Any]) -> str:
                 f"{b['all_trials']:>9}{b['all_successes']:>8}{b['all_impressions']:>8}"
                 f"{b['all_clicks']:>8}"
             )
-    retrain = report.get("retrain")
-    if retrain:
-        age = (time.time() - float(retrain.get("finished_at", 0))) / 3600
-        lines.append(
-            f"retrained: {retrain.get('products')} products from {retrain.get('days')} days, "
-            f"{age:.1f} h ago"
-        )
     counters = report.get("counters") or {}
     if counters:
         lines.append("")

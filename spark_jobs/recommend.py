@@ -142,9 +142,13 @@ class Supervisor:
     def beat(self, query) -> None:
         status = query.status if query is not None and query.isActive else {}
         progress = (query.lastProgress if status else None) or {}
+        sources = progress.get("sources") or [{}]
+        behind = (sources[0].get("metrics") or {}).get("maxOffsetsBehindLatest")
         info = {
             "pid": os.getpid(),
+            "name": QUERY_NAME,
             "query": self.processor.query_id,
+            "run_id": str(query.runId) if status else None,
             "active": bool(status),
             "message": status.get("message", "restarting"),
             "waiting_for_redis": self.processor.waiting_for_redis,
@@ -155,6 +159,9 @@ class Supervisor:
             "input_rows_per_second": progress.get("inputRowsPerSecond"),
             "processed_rows_per_second": progress.get("processedRowsPerSecond"),
             "trigger_ms": progress.get("durationMs"),
+            # Spark's own reading of the Kafka source: records not yet read
+            # behind the latest offset, at its last trigger
+            "behind_latest": None if behind is None else int(float(behind)),
         }
         try:
             state.heartbeat(self.redis, info)

@@ -28,6 +28,7 @@ Celery task ``reco_plugin.retrain`` on a schedule (nightly by default).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -37,6 +38,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import redis
 
 from reco_plugin import keys, schema
 from reco_plugin.scoring import PipelineSettings
@@ -209,12 +212,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         kafka=False,
         **args.spark,
     )
+    r = state.connect(args.redis)
+    keys.use_prefix(args.settings.key_prefix)
+    _mark(r, keys.retrain_running(), {"pid": os.getpid(), "started_at": time.time()}, RUNNING_TTL)
     try:
         summary = retrain(spark, args)
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        _mark(r, keys.retrain_failed(), {"at": time.time(), "error": error})
+        raise
     finally:
         spark.stop()
+        with contextlib.suppress(redis.RedisError):
+            r.delete(keys.retrain_running())
     print(json.dumps(summary))
     return 0
+
+
+# a run longer than this is reported as gone (killed without a word)
+RUNNING_TTL = 6 * 3600
+
+
+def _mark(r, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
+    """For ``reco_status``: a run started or failed (lost when Redis is down)."""
+    try:
+        r.set(key, json.dumps(value), ex=ttl)
+    except redis.RedisError as exc:
+        logger.warning("could not record the run in Redis: %s", exc)
 
 
 if __name__ == "__main__":

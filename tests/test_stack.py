@@ -173,12 +173,21 @@ def test_reco_status_on_the_running_stack(live_stack):
     report = wait_for(healthy, 30) or status()[1]
     assert report["ok"], report["problems"]
     assert report["job"]["ok"] and report["lag"]["total"] == 0
+    streaming = report["queries"][0]
+    assert (streaming["name"], streaming["kind"], streaming["ok"]) == (
+        "reco_recommend",
+        "streaming",
+        True,
+    )
+    assert streaming["id"] == report["job"]["query"] and streaming["run_id"]
+    assert streaming["last_batch"] == report["last_batch"]["batch"] and streaming["lag"] == 0
     views = report["counters"]["page_views"]
     # the warm-up's views: every one read was applied (its ids are all new)
     assert views["read"] == views["applied"] >= 20000
     assert report["last_batch"]["batch"] >= 1
     human = live_stack.run_manage("reco_status", timeout=60).stdout
     assert "job        ok" in human and "all good" in human
+    assert "query      ok    reco_recommend (streaming, id " in human
 
 
 def test_reco_status_counts_what_the_shops_processes_delivered(live_stack):
@@ -269,4 +278,16 @@ def test_reco_retrain_learns_from_the_lake_the_job_appends_to(live_stack):
     status = live_stack.run_manage("reco_status", "--json", timeout=60)
     report = json.loads(status.stdout.strip().splitlines()[-1])
     assert report["retrain"]["products"] == summary["products"]
+    retraining = [q for q in report["queries"] if q["kind"] == "batch"]
+    assert retraining == [
+        {
+            "name": "reco-retrain",
+            "kind": "batch",
+            "ok": True,
+            "state": "idle",
+            "last_run_at": summary["finished_at"],
+            "seconds": summary["seconds"],
+            "products": summary["products"],
+        }
+    ]
     assert report["bandit"]["similar"]["trials"] > 0

@@ -82,3 +82,38 @@ def test_status_covers_the_channel_layer_and_celery_and_alerts_when_behind(
     assert any("95 s after its newest event" in m for m in caplog.messages)
     text = status.format_status(report)
     assert "channels" in text and "InMemoryChannelLayer" in text
+
+
+def test_a_failed_retraining_is_recorded_and_reported_until_a_run_succeeds(
+    redis_url, r, monkeypatch, settings
+):
+    import time
+
+    from reco_plugin import keys, status
+    from spark_jobs import retrain
+
+    class Session:
+        stopped = False
+
+        def stop(self):
+            Session.stopped = True
+
+    def no_lake(spark, args):
+        assert json.loads(r.get(keys.retrain_running()))["pid"]  # marked while it runs
+        raise SystemExit("the event lake /nowhere does not exist yet (no events appended)")
+
+    monkeypatch.setattr(retrain, "build_session", lambda *a, **k: Session())
+    monkeypatch.setattr(retrain, "retrain", no_lake)
+    with pytest.raises(SystemExit):
+        retrain.main(["--lake", "/nowhere", "--redis", redis_url])
+    assert Session.stopped and not r.exists(keys.retrain_running())
+    report = status.pipeline_status(kafka_timeout=0.5, services=False)
+    (query,) = [q for q in report["queries"] if q["kind"] == "batch"]
+    assert query["ok"] is False and "/nowhere does not exist" in query["error"]
+    assert any(p.startswith("the last retraining failed: SystemExit") for p in report["problems"])
+    assert "reco-retrain (batch): idle, FAILED" in status.format_status(report)
+    # a run that succeeds after it clears the problem
+    r.set(keys.retrain_last(), json.dumps({"finished_at": time.time() + 1, "products": 3}))
+    report = status.pipeline_status(kafka_timeout=0.5, services=False)
+    (query,) = [q for q in report["queries"] if q["kind"] == "batch"]
+    assert query["ok"] and not any("retraining" in p for p in report["problems"])
