@@ -17,19 +17,34 @@ def product_changed(sender: Any, instance: Any, raw: bool = False, **kwargs: Any
     product_id = str(instance.pk)
 
     def enqueue() -> None:
+        from .catalog import sync_products as sync_now
         from .compat import celery_configured
 
         try:
             if celery_configured():
+                from kombu.exceptions import OperationalError as BrokerUnavailable
+
                 from .tasks import sync_products
 
-                sync_products.delay([product_id])
-            else:
-                from .catalog import sync_products as sync_now
-
-                sync_now([product_id])
+                try:
+                    # one quick try: a broker that refuses is answered at once,
+                    # not after kombu's default retries (seconds, in the request)
+                    with sync_products.app.pool.acquire(block=True, timeout=2) as connection:
+                        connection.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+                        sync_products.apply_async(
+                            ([product_id],), retry=False, connection=connection
+                        )
+                    return
+                except BrokerUnavailable as exc:
+                    # the broker is down: sync here rather than lose the change
+                    logger.warning(
+                        "reco: the Celery broker is unavailable (%s); syncing product %s now",
+                        exc,
+                        product_id,
+                    )
+            sync_now([product_id])
         except Exception:
             # The periodic full sync repairs what a lost hand-over missed.
-            logger.exception("reco: could not queue the sync of product %s", product_id)
+            logger.exception("reco: could not sync product %s", product_id)
 
     transaction.on_commit(enqueue)

@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import redis
 from celery import shared_task
+from kombu.exceptions import OperationalError as BrokerUnavailable
 
 from . import catalog, retraining
 
-# Redis not answering (redis-py's own exception types, not the builtins)
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OSError)
+# Redis or the broker not answering (redis-py's and kombu's own exception
+# types, not the builtins)
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, BrokerUnavailable, OSError)
 
 
-@shared_task(name="reco_plugin.sync_catalog", ignore_result=True)
+@shared_task(
+    name="reco_plugin.sync_catalog",
+    ignore_result=True,
+    acks_late=True,  # a sync lost with its worker is done again (it is idempotent)
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    max_retries=5,
+)
 def sync_catalog() -> dict[str, int]:
     return catalog.sync_catalog()
 
@@ -19,6 +28,7 @@ def sync_catalog() -> dict[str, int]:
 @shared_task(
     name="reco_plugin.sync_products",
     ignore_result=True,
+    acks_late=True,
     autoretry_for=TRANSIENT,
     retry_backoff=True,
     max_retries=5,

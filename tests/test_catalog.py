@@ -1,6 +1,9 @@
 """The catalog sync keeps the sets the pipeline's rules read."""
 
+import json
+
 import pytest
+import redis
 
 from reco_plugin import catalog, keys
 
@@ -82,6 +85,44 @@ def test_a_product_save_without_a_celery_broker_syncs_at_once(r, make_product):
     product.save()
     assert time.monotonic() - started < 0.5  # no attempt at a broker
     assert r.hget(keys.catalog_product("9105"), "title") == "After"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_product_save_with_the_celery_broker_down_syncs_at_once(
+    r, redis_url, make_product, caplog
+):
+    import time
+
+    from reco_plugin.compat import celery, celery_configured
+    from stack.services import free_port
+
+    app = celery.current_app
+    app.conf.broker_url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    try:
+        assert celery_configured()
+        started = time.monotonic()
+        with caplog.at_level("WARNING", logger="reco_plugin.receivers"):
+            product = make_product(9106, name="Before")
+            product.name = "After"
+            product.save()
+        assert time.monotonic() - started < 3
+        assert r.hget(keys.catalog_product("9106"), "title") == "After"
+        assert any("broker is unavailable" in m for m in caplog.messages)
+        # with the broker up, the save queues the task instead
+        broker = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/9")
+        broker.flushdb()
+        app.conf.broker_url = redis_url.rsplit("/", 1)[0] + "/9"
+        app.pool.force_close_all()
+        app._pool = None  # a pool for the new broker
+        product.name = "Queued"
+        product.save()
+        (message,) = [json.loads(m) for m in broker.lrange("celery", 0, -1)]
+        assert message["headers"]["task"] == "reco_plugin.sync_products"
+        assert r.hget(keys.catalog_product("9106"), "title") == "After"  # for the worker to do
+    finally:
+        app.conf.broker_url = None
+        app.pool.force_close_all()
+        app._pool = None
 
 
 def test_served_display_fields_follow_every_catalog_sync(client, r, make_product):
