@@ -131,6 +131,17 @@ def _event_checks() -> list[Any]:
                     id="reco_plugin.E007",
                 )
             )
+    from .visitor import REQUEST_FIELDS
+
+    asked = reco_settings.EVENT_REQUEST_FIELDS
+    if not isinstance(asked, list | tuple) or set(asked) - set(REQUEST_FIELDS):
+        errors.append(
+            Error(
+                f"RECO_PLUGIN['EVENT_REQUEST_FIELDS'] is {asked!r}.",
+                hint=f"a list of any of {', '.join(REQUEST_FIELDS)} (none by default)",
+                id="reco_plugin.E013",
+            )
+        )
     try:
         for pattern in reco_settings.BOT_USER_AGENTS:
             re.compile(pattern)

@@ -88,6 +88,10 @@ DEFAULTS: dict[str, Any] = {
     ],
     # dotted path to a callable(request) -> bool: True when the visitor opted out
     "OPT_OUT": "reco_plugin.visitor.default_opt_out",
+    # what of the request the shop's events also carry in their context, for a
+    # shop whose privacy policy allows it: any of "ip", "user_agent", "email"
+    # (the logged-in user's); none by default
+    "EVENT_REQUEST_FIELDS": [],
     # how often each process adds its producer counts (delivered, failed,
     # dropped) to Redis for reco_status
     "PRODUCER_STATS_SECONDS": 10.0,

@@ -11,7 +11,7 @@ from . import schema
 from .conf import reco_settings
 from .events import emit
 from .tracking import current_request
-from .visitor import visitor_id_for
+from .visitor import request_fields, visitor_id_for
 
 
 def product_id_of(request: HttpRequest, response: HttpResponseBase) -> str | None:
@@ -29,7 +29,9 @@ def _context(request: HttpRequest) -> dict[str, str]:
     context = {"page": request.path[:512]}
     referrer = request.META.get("HTTP_REFERER")
     if referrer:
-        context["referrer"] = referrer[:512]
+        # without its query and fragment, which may hold what a visitor typed
+        context["referrer"] = referrer.split("#", 1)[0].split("?", 1)[0][:512]
+    context.update(request_fields(request))
     return context
 
 

@@ -29,7 +29,14 @@ from django.http import HttpRequest
 from . import schema
 from .conf import reco_settings
 from .events import emit
-from .visitor import SESSION_KEY, anonymous_id, is_tracked, new_anonymous_id, visitor_id_for
+from .visitor import (
+    SESSION_KEY,
+    anonymous_id,
+    is_tracked,
+    new_anonymous_id,
+    request_fields,
+    visitor_id_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +103,7 @@ def track(
             quantity=quantity,
             price=_number(price),
             category=category,
-            context=context,
+            context={**(context or {}), **request_fields(request)} or None,
         )
     except (schema.InvalidEvent, TypeError, ValueError) as exc:
         logger.warning("reco: %s event not recorded: %s", event_type, exc)
@@ -191,6 +198,9 @@ def _line_event(
     if visitor_id is None or quantity <= 0:
         return
     product_id = _product_id(_path(instance, config["PRODUCT"]))
+    # the request's fields (EVENT_REQUEST_FIELDS) when the row is its visitor's
+    request = current_request.get()
+    mine = request is not None and visitor_id == visitor_id_for(request, create=False)
     try:
         event = schema.make_event(
             event_type,
@@ -198,6 +208,7 @@ def _line_event(
             product_id,
             quantity=quantity,
             price=_number(_path(instance, config.get("PRICE"))) if config.get("PRICE") else None,
+            context=(request_fields(request) if mine else None) or None,
         )
     except (schema.InvalidEvent, TypeError, ValueError) as exc:
         logger.warning("reco: %s event not recorded: %s", event_type, exc)

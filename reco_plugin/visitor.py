@@ -22,6 +22,9 @@ from django.utils.module_loading import import_string
 
 from .conf import reco_settings
 
+# What of the request ``EVENT_REQUEST_FIELDS`` may add to an event's context.
+REQUEST_FIELDS = ("ip", "user_agent", "email")
+
 SESSION_KEY = "reco_visitor"
 # A visitor who sets this cookie to "1" is not tracked (with the default OPT_OUT).
 OPT_OUT_COOKIE = "reco_opt_out"
@@ -111,3 +114,22 @@ def is_tracked_scope(scope: Mapping[str, Any]) -> bool:
     request.COOKIES = dict(scope.get("cookies") or {})
     request.path = scope.get("path", "")
     return is_tracked(request)
+
+
+def request_fields(request: HttpRequest | None) -> dict[str, str]:
+    """The request's IP address, user agent and user's e-mail, as far as
+    ``EVENT_REQUEST_FIELDS`` asks (nothing by default), for an event's context."""
+    wanted = reco_settings.EVENT_REQUEST_FIELDS
+    if not wanted or request is None:
+        return {}
+    found = {}
+    if "ip" in wanted and request.META.get("REMOTE_ADDR"):
+        found["ip"] = str(request.META["REMOTE_ADDR"])
+    if "user_agent" in wanted and request.META.get("HTTP_USER_AGENT"):
+        found["user_agent"] = str(request.META["HTTP_USER_AGENT"])[:512]
+    user = getattr(request, "user", None)
+    if "email" in wanted and user is not None and user.is_authenticated:
+        email = getattr(user, "email", "")
+        if email:
+            found["email"] = str(email)[:512]
+    return found

@@ -232,6 +232,27 @@ def test_click_beacon_is_emitted_for_the_session_visitor(browser_client, backend
     assert opaque not in browser_client.session.session_key  # opaque, not the session key
 
 
+def test_the_beacon_takes_the_request_fields_from_the_request_never_the_page(
+    browser_client, backend, settings
+):
+    from reco_plugin.backends import get_backend
+
+    def last_context():
+        # (a settings change starts a new backend)
+        return get_backend().events()[-1]["context"]
+
+    body = {"type": "click", "product_id": "42", "context": {"reco_id": "a", "ip": "10.0.0.1"}}
+    assert post_events(browser_client, body, REMOTE_ADDR="203.0.113.7").status_code == 202
+    assert last_context() == {"reco_id": "a"}
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "EVENT_REQUEST_FIELDS": ["ip"]}
+    assert post_events(browser_client, body, REMOTE_ADDR="203.0.113.7").status_code == 202
+    assert last_context() == {"reco_id": "a", "ip": "203.0.113.7"}
+    # the request's fields count against the context's keys
+    full = {"type": "click", "product_id": "42", "context": {f"k{n}": "v" for n in range(16)}}
+    refused = post_events(browser_client, full, REMOTE_ADDR="203.0.113.7")
+    assert refused.status_code == 400 and "at most 15 keys" in refused.content.decode()
+
+
 def test_a_numeric_product_id_is_taken_as_its_string(browser_client, backend):
     assert post_events(browser_client, {"type": "click", "product_id": 42}).status_code == 202
     assert backend.events()[0]["product_id"] == "42"

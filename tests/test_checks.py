@@ -103,6 +103,14 @@ def test_bad_tracking_settings_are_E008(settings):
             assert "reco_plugin.E008" in reco_ids(), changes
 
 
+def test_an_unknown_request_field_for_events_is_E013(settings):
+    for value in (["ip", "cookies"], "ip"):
+        with with_reco(settings, EVENT_REQUEST_FIELDS=value):
+            assert "reco_plugin.E013" in reco_ids(), value
+    with with_reco(settings, EVENT_REQUEST_FIELDS=["ip", "user_agent", "email"]):
+        assert "reco_plugin.E013" not in reco_ids()
+
+
 def test_reco_retrain_without_an_event_lake_says_what_to_set(settings):
     from django.core.management import CommandError, call_command
 

@@ -16,6 +16,37 @@ def test_product_page_view_emits_a_page_view(client, backend, make_product):
     assert event["context"] == {"page": "/products/7/", "referrer": "http://testserver/"}
 
 
+def test_events_carry_the_ip_user_agent_or_email_only_when_a_setting_asks(
+    client, backend, make_product, settings
+):
+    from reco_plugin.backends import get_backend
+
+    def last_context():
+        # (a settings change starts a new backend)
+        return get_backend().events()[-1]["context"]
+
+    make_product(7)
+    user = get_user_model().objects.create_user("bea", email="bea@example.org", password="x")
+    client.force_login(user)
+    headers = {"HTTP_USER_AGENT": "Mozilla/5.0 (X11)", "REMOTE_ADDR": "203.0.113.9"}
+    client.get("/products/7/", HTTP_REFERER="https://search.example/?q=bea+smith#top", **headers)
+    # by default none of them, and the referrer without what was typed into it
+    assert last_context() == {
+        "page": "/products/7/",
+        "referrer": "https://search.example/",
+    }
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "EVENT_REQUEST_FIELDS": ["ip", "user_agent"]}
+    client.get("/products/7/", **headers)
+    assert last_context() == {
+        "page": "/products/7/",
+        "ip": "203.0.113.9",
+        "user_agent": "Mozilla/5.0 (X11)",
+    }
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "EVENT_REQUEST_FIELDS": ["email"]}
+    client.get("/products/7/", **headers)
+    assert last_context() == {"page": "/products/7/", "email": "bea@example.org"}
+
+
 def test_logged_in_visitor_is_the_user(client, backend, make_product):
     make_product(7)
     user = get_user_model().objects.create_user("ann", password="x")

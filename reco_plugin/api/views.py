@@ -38,8 +38,8 @@ from .. import store
 from ..conf import reco_settings
 from ..events import emit_many
 from ..metrics import API_SECONDS
-from ..schema import make_event
-from ..visitor import is_tracked, visitor_id_for
+from ..schema import MAX_CONTEXT_KEYS, make_event
+from ..visitor import REQUEST_FIELDS, is_tracked, request_fields, visitor_id_for
 from .serializers import (
     BeaconBatchSerializer,
     BeaconEventSerializer,
@@ -352,11 +352,19 @@ class EventsView(RecoAPIView):
         visitor_id = visitor_id_for(request._request)
         if visitor_id is None:
             raise PermissionDenied("no session: enable SessionMiddleware")
+        asked = request_fields(request._request)  # EVENT_REQUEST_FIELDS: none by default
+        contexts = []
+        for item in items:
+            # the request's own fields come from the request, never from the page
+            sent = {k: v for k, v in (item.get("context") or {}).items() if k not in REQUEST_FIELDS}
+            if len(sent) + len(asked) > MAX_CONTEXT_KEYS:
+                raise ValidationError(
+                    {"context": [f"at most {MAX_CONTEXT_KEYS - len(asked)} keys on this shop"]}
+                )
+            contexts.append({**sent, **asked} or None)
         events = [
-            make_event(
-                item["type"], visitor_id, known[item["product_id"]], context=item.get("context")
-            )
-            for item in items
+            make_event(item["type"], visitor_id, known[item["product_id"]], context=context)
+            for item, context in zip(items, contexts, strict=True)
         ]
         emit_many(events)
         return Response({"accepted": len(events)}, status=status.HTTP_202_ACCEPTED)
