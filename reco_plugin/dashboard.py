@@ -35,6 +35,8 @@ def roll_up() -> dict[str, Any]:
                 "belief": belief.get("mean"),
                 "impressions": belief.get("all_impressions", 0),
                 "clicks": belief.get("all_clicks", 0),
+                "carts": belief.get("all_carts", 0),
+                "purchases": belief.get("all_purchases", 0),
             }
             for name, belief in (report.get("bandit") or {}).items()
         },
@@ -95,6 +97,9 @@ def data(points: int = 240) -> dict[str, Any]:
         name: {
             "belief": v.get("belief"),
             "ctr": v["clicks"] / v["impressions"] if v.get("impressions") else None,
+            # purchases of products clicked in its lists, per click
+            "conversion": v.get("purchases", 0) / v["clicks"] if v.get("clicks") else None,
+            "carts_per_click": v.get("carts", 0) / v["clicks"] if v.get("clicks") else None,
         }
         for name, v in (latest.get("strategies") or {}).items()
     }

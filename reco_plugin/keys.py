@@ -64,6 +64,13 @@ def visitor_forgotten(visitor_id: str) -> str:
     return f"{PREFIX}:forgotten:{visitor_id}"
 
 
+def visitor_clicked(visitor_id: str) -> str:
+    """Hash: product -> the strategy of the recommendation the visitor last
+    clicked it in (TTL ``attribution_window``), to attribute a later add-to-cart
+    or purchase."""
+    return f"{PREFIX}:visitor:{visitor_id}:clicked"
+
+
 def visitor_keys(visitor_id: str) -> list[str]:
     """Every key holding something of one visitor (``reco_forget`` deletes them)."""
     return [
@@ -72,6 +79,7 @@ def visitor_keys(visitor_id: str) -> list[str]:
         visitor_seen(visitor_id),
         visitor_affinity(visitor_id),
         visitor_bought(visitor_id),
+        visitor_clicked(visitor_id),
     ]
 
 
@@ -146,7 +154,8 @@ def bandit_policy_version() -> str:
 
 def bandit_stats() -> str:
     """Hash: ``strategy:trials`` / ``strategy:successes`` / ``strategy:clicks`` /
-    ``strategy:impressions``, all-time and undiscounted, for reading."""
+    ``strategy:impressions`` / ``strategy:carts`` / ``strategy:purchases`` (of
+    products clicked in its lists), all-time and undiscounted, for reading."""
     return f"{PREFIX}:bandit:stats"
 
 

@@ -112,6 +112,9 @@ class PipelineSettings:
     product_ttl: int = 30 * 24 * 3600
     # a visitor's recent items and personal list live this long after their last event
     visitor_ttl: int = 2 * 24 * 3600
+    # an add-to-cart or purchase of a product the visitor clicked in a
+    # recommendation within this long counts for the strategy that listed it
+    attribution_window: int = 7 * 24 * 3600
     # batches of at most this many records are scored in one pass on the driver;
     # larger (catch-up) batches are spread over the executors
     driver_batch_rows: int = 5000
@@ -156,6 +159,7 @@ class PipelineSettings:
             "dedup_ttl",
             "product_ttl",
             "visitor_ttl",
+            "attribution_window",
             "driver_batch_rows",
             "max_offsets_per_trigger",
         ):

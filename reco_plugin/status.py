@@ -49,14 +49,15 @@ PRODUCER_COUNTS = ("delivered", "failed", "dropped")
 def _bandit(evidence: dict[str, str], outcomes: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Per strategy: the blend's current beliefs (posterior means of its
     next-item success rate and click rate, with the discounted evidence) and
-    its all-time trials, successes, impressions and clicks."""
+    its all-time trials, successes, impressions, clicks, and the add-to-carts
+    and purchases of products clicked in its lists."""
     result: dict[str, dict[str, Any]] = {}
     for name, belief in strategies.describe(strategies.evidence_from(evidence)).items():
         result[name] = {
             **belief,
             **{
                 f"all_{kind}": int(outcomes.get(f"{name}:{kind}", 0))
-                for kind in ("trials", "successes", "impressions", "clicks")
+                for kind in ("trials", "successes", "impressions", "clicks", "carts", "purchases")
             },
         }
     return result

@@ -30,7 +30,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import redis
@@ -257,6 +257,17 @@ def _learn(
     remembered = state.recent_items(r, visitors)
     seen_before = state.visitor_sets(r, keys.visitor_seen, visitors)
     bought_before = state.visitor_sets(r, keys.visitor_bought, visitors)
+    # what they clicked in recommendations, for visitors who click, add to
+    # cart, buy, or log in (and so bring their earlier clicks along)
+    clicking = sorted(
+        {
+            visitor_id
+            for visitor_id, rows in applied_by.items()
+            if any(row.type in ATTRIBUTED or row.previous for row in rows)
+        }
+        | {row.previous for rows in applied_by.values() for row in rows if row.previous}
+    )
+    clicked_before = state.visitor_hashes(r, keys.visitor_clicked, clicking)
     products = sorted(
         {x.product_id for rows in applied_by.values() for x in rows if x.product_id}
         | {p for items in remembered.values() for p, _, _ in items[:1]}
@@ -280,6 +291,7 @@ def _learn(
                 changes.attributed(row.strategy, row.type == schema.CLICK)
             if experiment is not None and experiment.running(row.ts):
                 changes.in_experiment(experiment, row)
+        _attribute(visitor_id, applied, clicked_before, changes)
         weighted = [row for row in applied if row.weight > 0]
         interactions = [
             learn.Interaction(row.product_id, row.ts, row.weight, row.event_id) for row in weighted
@@ -363,6 +375,43 @@ def _learn(
                         )
     if trials:
         _judge(r, trials, categories, changes)
+
+
+# The events last-click attribution looks at, and how many clicked products a
+# visitor's attribution memory keeps (the latest).
+ATTRIBUTED = frozenset({schema.CLICK, schema.ADD_TO_CART, schema.PURCHASE})
+CLICKS_KEPT = 200
+
+
+def _attribute(
+    visitor_id: str,
+    applied: Sequence[Applied],
+    clicked_before: Mapping[str, Mapping[str, str]],
+    changes: state.BatchChanges,
+) -> None:
+    """Last-click attribution: a product clicked in a strategy's list, then
+    added to the cart or bought (within ``attribution_window``), counts as a
+    conversion of that strategy. A login brings the clicks made before it."""
+    rows = [row for row in applied if row.type in ATTRIBUTED or row.previous]
+    if not rows:
+        return
+    clicked = dict(changes.clicked.get(visitor_id, clicked_before.get(visitor_id, {})))
+    changed = False
+    for row in sorted(rows, key=lambda row: (row.ts, row.offset)):
+        if row.previous:
+            earlier = changes.clicked.get(row.previous, clicked_before.get(row.previous, {}))
+            if earlier:
+                clicked = {**earlier, **clicked}
+                changed = True
+        elif row.type == schema.CLICK:
+            if row.strategy and row.product_id:
+                clicked.pop(row.product_id, None)  # the latest click last
+                clicked[row.product_id] = row.strategy
+                changed = True
+        elif row.product_id in clicked:
+            changes.converted(clicked[row.product_id], row.type)
+    if changed:
+        changes.clicked[visitor_id] = dict(list(clicked.items())[-CLICKS_KEPT:])
 
 
 def _judge(

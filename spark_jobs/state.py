@@ -170,6 +170,19 @@ def visitor_sets(
     return result
 
 
+def visitor_hashes(
+    r: redis.Redis, key: Callable[[str], str], visitor_ids: Sequence[str]
+) -> dict[str, dict[str, str]]:
+    """Each visitor's hash under ``key(visitor)``."""
+    result: dict[str, dict[str, str]] = {}
+    for chunk in chunks(list(visitor_ids)):
+        pipe = r.pipeline(transaction=False)
+        for visitor_id in chunk:
+            pipe.hgetall(key(visitor_id))
+        result.update(zip(chunk, pipe.execute(), strict=True))
+    return result
+
+
 def forgotten(r: redis.Redis, visitor_ids: Sequence[str]) -> dict[str, int]:
     """Visitor -> when (epoch ms) they were forgotten, for those who were."""
     found: dict[str, int] = {}
@@ -303,6 +316,11 @@ class BatchChanges:
     # bandit field (a strategy for next-item trials, ``strategy:click`` for
     # impressions and their clicks) -> [successes, trials]
     rewards: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    # visitor -> product -> the strategy they last clicked it in (whole values)
+    clicked: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    # ``<strategy>:carts`` / ``<strategy>:purchases`` -> add-to-carts and
+    # purchases of products clicked in that strategy's lists
+    conversions: dict[str, int] = dataclasses.field(default_factory=dict)
     # the running experiment: its id, ``<arm>:impressions``/``<arm>:clicks``
     # -> count, and (arm, exposed/carted/purchased) -> visitors
     experiment_id: int | None = None
@@ -330,6 +348,13 @@ class BatchChanges:
         member = experiments.member(experiment.id, row.visitor_id)
         self.experiment_visitors.setdefault((arm, name), set()).add(member)
 
+    def converted(self, strategy: str, event_type: str) -> None:
+        """An add-to-cart or purchase of a product clicked in ``strategy``'s list."""
+        if strategy not in strategies.STRATEGIES:
+            return
+        field = f"{strategy}:{'purchases' if event_type == schema.PURCHASE else 'carts'}"
+        self.conversions[field] = self.conversions.get(field, 0) + 1
+
     def next_item(self, strategy: str, success: bool) -> None:
         """A next-item trial of a strategy's list."""
         self._count(strategy, success, trial=True)
@@ -355,9 +380,11 @@ class BatchChanges:
         self.recent.update(other.recent)
         self.seen.update(other.seen)
         self.bought.update(other.bought)
+        self.clicked.update(other.clicked)
         # sums
         for mine, theirs in (
             (self.counts, other.counts),
+            (self.conversions, other.conversions),
             (self.popularity, other.popularity),
             (self.trending, other.trending),
             (self.purchases, other.purchases),
@@ -453,6 +480,8 @@ def commit(
             for field, n in sorted(stats.items()):
                 if n:
                     pipe.hincrby(keys.bandit_stats(), field, n)
+        for field, n in sorted(changes.conversions.items()):
+            pipe.hincrby(keys.bandit_stats(), field, n)
         if changes.experiment_id is not None:
             for field, n in sorted(changes.experiment_counts.items()):
                 pipe.hincrby(keys.experiment_counts(changes.experiment_id), field, n)
@@ -604,6 +633,11 @@ def _write_changes(
             ex=settings.visitor_ttl,
         )
     _write_visitor_sets(pipe, changes, settings)
+    for visitor_id, clicked in sorted(changes.clicked.items()):
+        pipe.delete(keys.visitor_clicked(visitor_id))
+        if clicked:
+            pipe.hset(keys.visitor_clicked(visitor_id), mapping=clicked)
+            pipe.expire(keys.visitor_clicked(visitor_id), settings.attribution_window)
     # With no new weights the clock may stay before the landmark: nothing to move.
     new_fade = decay(clock_ms, landmark_ms, settings.half_life) if changes.newest_ts else 1.0
     for pairs, key, clock_key in (

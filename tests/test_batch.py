@@ -286,3 +286,34 @@ def test_affinity_is_trending_in_the_visitors_favourite_category(batches):
         ]
     )
     assert batches.list(keys.visitor_affinity("s:me")) == ["d3"]
+
+
+def test_carts_and_purchases_count_for_the_strategy_whose_list_was_clicked(batches):
+    r = batches.r
+    batches.run(
+        [
+            batches.row("impression", "s:a", "2", seconds_ago=50, strategy="similar"),
+            batches.row("click", "s:a", "2", seconds_ago=40, strategy="similar"),
+            batches.row("purchase", "s:a", "2", seconds_ago=30),
+            batches.row("purchase", "s:a", "9", seconds_ago=30),  # never clicked in a list
+            # an anonymous visitor clicks, logs in...
+            batches.row("click", "s:b", "3", seconds_ago=40, strategy="trending"),
+            batches.row("identify", "u:7", None, previous="s:b", seconds_ago=20),
+        ]
+    )
+    # ...and, a batch later, adds it to the cart and buys it as the user
+    batches.run(
+        [
+            batches.row("add_to_cart", "u:7", "3", seconds_ago=10),
+            batches.row("purchase", "u:7", "3", seconds_ago=5),
+            # a later click in another list takes the credit
+            batches.row("click", "s:a", "2", seconds_ago=4, strategy="trending"),
+            batches.row("add_to_cart", "s:a", "2", seconds_ago=3),
+        ]
+    )
+    stats = r.hgetall(keys.bandit_stats())
+    assert (stats["similar:purchases"], stats["similar:clicks"]) == ("1", "1")
+    assert "similar:carts" not in stats
+    assert (stats["trending:carts"], stats["trending:purchases"]) == ("2", "1")
+    assert r.hgetall(keys.visitor_clicked("u:7")) == {"3": "trending"}
+    assert 0 < r.ttl(keys.visitor_clicked("u:7")) <= batches.settings.attribution_window

@@ -35,7 +35,15 @@ def test_the_data_turns_the_batch_history_into_rates(r, redis_url):
             "applied_by_topic": {"page_views": 20, "impressions": 10},
         },
     )
-    r.hset(keys.bandit_stats(), mapping={"similar:impressions": 200, "similar:clicks": 10})
+    r.hset(
+        keys.bandit_stats(),
+        mapping={
+            "similar:impressions": 200,
+            "similar:clicks": 10,
+            "similar:carts": 4,
+            "similar:purchases": 2,
+        },
+    )
     r.hset(keys.bandit(), mapping={"similar": "5.0 50.0", "similar:click": "10.0 200.0"})
     found = dashboard.data()
     assert found["topics"] == ["impressions", "page_views"]
@@ -48,6 +56,8 @@ def test_the_data_turns_the_batch_history_into_rates(r, redis_url):
     }
     assert second["freshness_ms"] == 700
     assert found["strategies"]["similar"]["ctr"] == 0.05
+    assert found["strategies"]["similar"]["conversion"] == 0.2  # purchases per click
+    assert found["strategies"]["similar"]["carts_per_click"] == 0.4
     assert found["lag"] and found["sampled_at"] >= now  # sampled now: nothing was
     assert r.llen(keys.stats_history()) == 1
     assert dashboard.data()["sampled_at"] == found["sampled_at"]  # fresh enough: not again

@@ -54,6 +54,7 @@
     var names = Object.keys(data.strategies || {});
     draw("reco-chart-strategies", "bar", names, [
       { label: "CTR", data: names.map(function (s) { return data.strategies[s].ctr; }), backgroundColor: palette[0] },
+      { label: "conversion (purchases per click)", data: names.map(function (s) { return data.strategies[s].conversion; }), backgroundColor: palette[2] },
       { label: "belief (success rate)", data: names.map(function (s) { return data.strategies[s].belief; }), backgroundColor: palette[1] },
     ]);
     var experiment = data.experiment;
