@@ -8,7 +8,7 @@ import json
 import time
 from typing import Any
 
-from . import experiments, keys
+from . import experiments, keys, scoring, strategies
 from .redis_client import get_work_redis
 
 SAMPLES_KEPT = 720
@@ -25,6 +25,7 @@ def roll_up() -> dict[str, Any]:
     report = pipeline_status(kafka_timeout=2.0)
     r = get_work_redis()
     alert(report, r)
+    shares = blend_shares(r)
     lag = report.get("lag") or {}
     sample: dict[str, Any] = {
         "at": time.time(),
@@ -37,6 +38,7 @@ def roll_up() -> dict[str, Any]:
                 "clicks": belief.get("all_clicks", 0),
                 "carts": belief.get("all_carts", 0),
                 "purchases": belief.get("all_purchases", 0),
+                "share": shares.get(name),
             }
             for name, belief in (report.get("bandit") or {}).items()
         },
@@ -60,6 +62,21 @@ def roll_up() -> dict[str, Any]:
     pipe.ltrim(keys.stats_history(), 0, SAMPLES_KEPT - 1)
     pipe.execute()
     return sample
+
+
+def blend_shares(r: Any) -> dict[str, float]:
+    """The bandit's current weights: the chance that each strategy fills a
+    slot of a list, under the published policy and the staff's strategy
+    choices, when every strategy has candidates."""
+    raw_policy, raw_tuning = r.mget(keys.bandit_policy(), keys.tuning())
+    try:
+        value = json.loads(raw_policy) if raw_policy else None
+        choices = scoring.parse_tuning(raw_tuning).get("strategies")
+        policy = strategies.Policy(value if isinstance(value, dict) else None, choices)
+    except (ValueError, TypeError, AttributeError):
+        return {}
+    live = [s for s in strategies.STRATEGIES if policy.enabled(s)]
+    return dict(zip(live, policy.chances(live), strict=True))
 
 
 def data(points: int = 240) -> dict[str, Any]:
@@ -100,6 +117,7 @@ def data(points: int = 240) -> dict[str, Any]:
             # purchases of products clicked in its lists, per click
             "conversion": v.get("purchases", 0) / v["clicks"] if v.get("clicks") else None,
             "carts_per_click": v.get("carts", 0) / v["clicks"] if v.get("clicks") else None,
+            "share": v.get("share"),
         }
         for name, v in (latest.get("strategies") or {}).items()
     }

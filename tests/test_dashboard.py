@@ -8,6 +8,8 @@ import pytest
 from reco_plugin import dashboard, keys, tasks
 from reco_plugin.schedule import beat_schedule
 
+from .conftest import put_policy
+
 pytestmark = pytest.mark.django_db
 
 
@@ -45,6 +47,8 @@ def test_the_data_turns_the_batch_history_into_rates(r, redis_url):
         },
     )
     r.hset(keys.bandit(), mapping={"similar": "5.0 50.0", "similar:click": "10.0 200.0"})
+    put_policy(r, "similar", "trending")  # the bandit prefers similar
+    r.set(keys.tuning(), json.dumps({"version": 1, "strategies": {"popular": "off"}}))
     found = dashboard.data()
     assert found["topics"] == ["impressions", "page_views"]
     first, second = found["batches"]
@@ -58,6 +62,10 @@ def test_the_data_turns_the_batch_history_into_rates(r, redis_url):
     assert found["strategies"]["similar"]["ctr"] == 0.05
     assert found["strategies"]["similar"]["conversion"] == 0.2  # purchases per click
     assert found["strategies"]["similar"]["carts_per_click"] == 0.4
+    # the blend's current weights: similar wins every draw but the exploration's
+    shares = dashboard.blend_shares(r)
+    assert "popular" not in shares and sum(shares.values()) == pytest.approx(1.0)
+    assert shares["similar"] == max(shares.values()) and found["strategies"]["similar"]["share"]
     assert found["lag"] and found["sampled_at"] >= now  # sampled now: nothing was
     assert r.llen(keys.stats_history()) == 1
     assert dashboard.data()["sampled_at"] == found["sampled_at"]  # fresh enough: not again

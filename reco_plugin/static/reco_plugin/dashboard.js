@@ -56,6 +56,7 @@
       { label: "CTR", data: names.map(function (s) { return data.strategies[s].ctr; }), backgroundColor: palette[0] },
       { label: "conversion (purchases per click)", data: names.map(function (s) { return data.strategies[s].conversion; }), backgroundColor: palette[2] },
       { label: "belief (success rate)", data: names.map(function (s) { return data.strategies[s].belief; }), backgroundColor: palette[1] },
+      { label: "share of the blend", data: names.map(function (s) { return data.strategies[s].share; }), backgroundColor: palette[3] },
     ]);
     var experiment = data.experiment;
     var arms = experiment ? experiment.arms : [];
