@@ -127,17 +127,6 @@ def in_effect(
     return [r for r in rules if r.live(now_ms) and r.applies(product, category)]
 
 
-def blocked_everywhere(rules: Sequence[Rule], now_ms: int) -> set[str]:
-    """Products a global block without an end keeps out of every list the
-    pipeline writes (a list may outlive a block that ends; serving filters
-    those)."""
-    return {
-        r.product_id
-        for r in rules
-        if r.action == BLOCK and r.scope == GLOBAL and r.ends_ms is None and r.live(now_ms)
-    }
-
-
 @dataclasses.dataclass(frozen=True)
 class Shortlist:
     """How the pipeline cuts a ranked list of candidates to the length it

@@ -459,7 +459,7 @@ def refresh_products(
         neighbours = state.neighbours(r, chunk, settings.neighbours_kept, source)
         wanted = [*chunk, *(other for pairs in neighbours.values() for other, _ in pairs)]
         pop = state.popularity(r, wanted, weights)
-        categories = state.catalog_facts(r, chunk)[0]
+        categories = state.catalog_facts(r, chunk)[0] if merchandise.by_category else {}
         lists = {}
         for p in chunk:
             # cut under the rules of the product's page, where the list is shown

@@ -175,7 +175,9 @@ def retrain(spark, args: argparse.Namespace) -> dict[str, Any]:
         )
     content = learn.text_neighbours(catalog_texts(r), depth)
     # each product's lists cut under the rules of its page
-    categories = state.catalog_facts(r, sorted({*lists, *content}))[0]
+    categories = (
+        state.catalog_facts(r, sorted({*lists, *content}))[0] if merchandise.by_category else {}
+    )
 
     def cut(found: dict[str, list[dict[str, Any]]], key) -> dict[str, Any]:
         return {

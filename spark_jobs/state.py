@@ -156,31 +156,34 @@ def popularity(
     return dict(zip(wanted, r.zmscore(key or keys.popularity(), wanted), strict=True))
 
 
+def _per_visitor(
+    r: redis.Redis, visitor_ids: Sequence[str], read: Callable[[Any, str], Any]
+) -> dict[str, Any]:
+    """Visitor -> the reply of ``read(pipeline, visitor)``, pipelined by chunks."""
+    result: dict[str, Any] = {}
+    for chunk in chunks(list(visitor_ids)):
+        pipe = r.pipeline(transaction=False)
+        for visitor_id in chunk:
+            read(pipe, visitor_id)
+        result.update(zip(chunk, pipe.execute(), strict=True))
+    return result
+
+
 def visitor_sets(
     r: redis.Redis, key: Callable[[str], str], visitor_ids: Sequence[str]
 ) -> dict[str, dict[str, int]]:
     """Each visitor's sorted set under ``key(visitor)`` as product -> ts_ms."""
-    result: dict[str, dict[str, int]] = {}
-    for chunk in chunks(list(visitor_ids)):
-        pipe = r.pipeline(transaction=False)
-        for visitor_id in chunk:
-            pipe.zrange(key(visitor_id), 0, -1, withscores=True)
-        for visitor_id, members in zip(chunk, pipe.execute(), strict=True):
-            result[visitor_id] = {p: int(ts) for p, ts in members}
-    return result
+    found = _per_visitor(
+        r, visitor_ids, lambda pipe, v: pipe.zrange(key(v), 0, -1, withscores=True)
+    )
+    return {v: {p: int(ts) for p, ts in members} for v, members in found.items()}
 
 
 def visitor_hashes(
     r: redis.Redis, key: Callable[[str], str], visitor_ids: Sequence[str]
 ) -> dict[str, dict[str, str]]:
     """Each visitor's hash under ``key(visitor)``."""
-    result: dict[str, dict[str, str]] = {}
-    for chunk in chunks(list(visitor_ids)):
-        pipe = r.pipeline(transaction=False)
-        for visitor_id in chunk:
-            pipe.hgetall(key(visitor_id))
-        result.update(zip(chunk, pipe.execute(), strict=True))
-    return result
+    return _per_visitor(r, visitor_ids, lambda pipe, v: pipe.hgetall(key(v)))
 
 
 def forgotten(r: redis.Redis, visitor_ids: Sequence[str]) -> dict[str, int]:
@@ -232,9 +235,10 @@ class Merchandise:
     rules: tuple[rules.Rule, ...]
     now_ms: int
 
-    def blocked(self) -> set[str]:
-        """Products no list may hold: unavailable, or blocked everywhere for good."""
-        return {*self.unavailable, *rules.blocked_everywhere(self.rules, self.now_ms)}
+    @property
+    def by_category(self) -> bool:
+        """Whether a rule holds in a category (a list's category then matters)."""
+        return any(r.scope == rules.CATEGORY for r in self.rules)
 
     def shortlist(self, product: str | None = None, category: str | None = None) -> rules.Shortlist:
         """How to cut a list shown on ``product``'s page in ``category``
@@ -265,12 +269,6 @@ def merchandise(r: redis.Redis) -> Merchandise:
         logger.error("the published rules are ignored: %s", exc)
         found = ()
     return Merchandise(frozenset(members), found, int(time.time() * 1000))
-
-
-def unavailable(r: redis.Redis) -> set[str]:
-    """Products never to list: out of stock or blocked in the catalog, or
-    blocked everywhere by a merchandising rule that holds now."""
-    return merchandise(r).blocked()
 
 
 def evidence(r: redis.Redis) -> dict[str, tuple[float, float]]:
