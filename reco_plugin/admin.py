@@ -152,6 +152,26 @@ class TuningAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: Tuning, form: Any, change: bool) -> None:
         tuning.save_version(obj, request.user)
         self._published(request, obj)
+        self._warn_experiment(request, obj)
+
+    def _warn_experiment(self, request: HttpRequest, obj: Tuning) -> None:
+        """Staff who change what every arm shares while an experiment runs (or
+        is scheduled) are told that its arms now run on these values."""
+        experiment = tuning.current_experiment()
+        if experiment is None:
+            return
+        differing = sorted(
+            {n for arm in experiment.arms.all() for n in arm.tuning.shared_differences(obj)}
+        )
+        if differing:
+            self.message_user(
+                request,
+                f"The experiment “{experiment}” compares versions whose "
+                f"{', '.join(n.replace('_', ' ') for n in differing)} differ from this one's: "
+                "its arms now all run on this version's values for those, and its report "
+                "mixes both periods.",
+                messages.WARNING,
+            )
 
     def _published(self, request: HttpRequest, obj: Tuning) -> None:
         if tuning.publish(obj):
@@ -364,18 +384,22 @@ class ArmFormSet(forms.BaseInlineFormSet):
         total = sum(float(arm.get("share") or 0) for arm in kept)
         if abs(total - 100.0) > 1e-6:
             raise forms.ValidationError(f"The arms' shares add up to {total:g}, not 100.")
-        control = kept[0]
-        for arm in kept[1:]:
-            if not (control.get("tuning") and arm.get("tuning")):
+        # What the pipeline learns for everyone follows the active version:
+        # an arm whose version says otherwise would be reported as testing it.
+        active = tuning.active()
+        for arm in kept:
+            if not arm.get("tuning"):
                 continue
-            differing = arm["tuning"].shared_differences(control["tuning"])
+            differing = arm["tuning"].shared_differences(active)
             if differing:
                 raise forms.ValidationError(
-                    f"Arm “{arm.get('name')}” uses a version that differs from the control’s in "
-                    f"{', '.join(n.replace('_', ' ') for n in differing)}. What the pipeline "
-                    f"learns from those is shared by every arm, so an experiment cannot compare "
-                    f"them: its arms may differ only in the strategies, exploration, recency "
-                    f"decay and visitor TTL. Compare the others by activating a version for a "
+                    f"Arm “{arm.get('name')}” uses version {arm['tuning'].pk}, which differs "
+                    f"from the active version"
+                    f"{f' ({active.pk})' if active is not None else ''} in "
+                    f"{', '.join(n.replace('_', ' ') for n in differing)}. The pipeline learns "
+                    f"those for every arm with the active version’s values, so an experiment "
+                    f"cannot compare them: arms may differ only in the strategies, exploration "
+                    f"and recency decay. Compare the others by activating a version for a "
                     f"while and watching the dashboard."
                 )
 

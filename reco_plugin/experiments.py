@@ -6,10 +6,11 @@ A visitor's arm is a stable hash of the experiment and the visitor id, so the
 same visitor sees the same arm on every page, process and day, and the job
 can tell it without asking anyone. While the experiment runs, a visitor's
 lists follow their arm's version: its strategy choices and exploration when
-they are served, its recency decay and visitor TTL when the job writes their
-personal lists (``scoring.ARM_TUNABLES``). What the job learns for everyone
-(event weights, windows, half-life, the shared lists' length and TTL) is one
-for all arms, so the arms' versions must agree on it (the admin checks).
+they are served, its recency decay when the job writes their personal lists
+(``scoring.ARM_TUNABLES``). What the job learns, keeps and writes for everyone
+(event weights, windows, half-life, lists' length, TTLs) is one for all arms,
+that of the active version, so the arms' versions must agree with it (the
+admin checks).
 Their ``reco_id`` says the arm (``x<experiment>.<arm>.<id>``): an impression
 or a click is attributed to the arm whose list it came from; add-to-carts and
 purchases to the visitor's arm.

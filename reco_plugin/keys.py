@@ -65,9 +65,9 @@ def visitor_forgotten(visitor_id: str) -> str:
 
 
 def visitor_clicked(visitor_id: str) -> str:
-    """Hash: product -> the strategy of the recommendation the visitor last
-    clicked it in (TTL ``attribution_window``), to attribute a later add-to-cart
-    or purchase."""
+    """Hash: product -> ``"<strategy> <ts_ms>"`` of the recommendation the
+    visitor last clicked it in (TTL ``attribution_window``), to attribute a
+    later add-to-cart or purchase."""
     return f"{PREFIX}:visitor:{visitor_id}:clicked"
 
 

@@ -151,12 +151,19 @@ class Tuning(models.Model):
         settings = self.settings()
         return {name: getattr(settings, name) for name in ARM_TUNABLES}
 
-    def shared_differences(self, other: Tuning) -> list[str]:
+    def shared_differences(self, other: Tuning | None) -> list[str]:
         """The settings all arms share (``scoring.SHARED_TUNABLES``) on which
-        this version and ``other`` differ."""
-        from .scoring import SHARED_TUNABLES
+        this version and ``other`` (None: the defaults and the shop's settings)
+        differ."""
+        from .conf import reco_settings
+        from .scoring import SHARED_TUNABLES, PipelineSettings
 
-        mine, theirs = self.settings(), other.settings()
+        mine = self.settings()
+        theirs = (
+            other.settings()
+            if other is not None
+            else PipelineSettings.from_mapping(reco_settings.PIPELINE)
+        )
         return [n for n in SHARED_TUNABLES if getattr(mine, n) != getattr(theirs, n)]
 
     def values(self) -> dict[str, Any]:

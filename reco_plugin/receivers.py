@@ -22,6 +22,7 @@ def product_changed(sender: Any, instance: Any, raw: bool = False, **kwargs: Any
 
         try:
             if celery_configured():
+                from kombu.exceptions import LimitExceeded
                 from kombu.exceptions import OperationalError as BrokerUnavailable
 
                 from .tasks import sync_products
@@ -30,12 +31,12 @@ def product_changed(sender: Any, instance: Any, raw: bool = False, **kwargs: Any
                     # one quick try: a broker that refuses is answered at once,
                     # not after kombu's default retries (seconds, in the request)
                     with sync_products.app.pool.acquire(block=True, timeout=2) as connection:
-                        connection.ensure_connection(max_retries=1, interval_start=0, timeout=2)
+                        connection.ensure_connection(max_retries=0, timeout=2)
                         sync_products.apply_async(
                             ([product_id],), retry=False, connection=connection
                         )
                     return
-                except BrokerUnavailable as exc:
+                except (BrokerUnavailable, LimitExceeded) as exc:
                     # the broker is down: sync here rather than lose the change
                     logger.warning(
                         "reco: the Celery broker is unavailable (%s); syncing product %s now",

@@ -12,13 +12,11 @@ product's category, or the category asked for), or on the page of one
 - **pin** (``position``, 1 is first): the product is put at that position,
   whatever the blend chose, when the catalog can show it.
 
-Both sides apply them. Serving applies every rule to every list it serves. The
-pipeline applies blocks and boosts when it cuts the lists it writes to their
-length (:class:`Shortlist`), each list under the rules of the page it is shown
-on: a product's similar and bought-together lists under the global rules and
-those of the product's page and category; a category's trending lists under
-the global rules and the category's; the global trending and the visitors'
-own lists (shown on any page) under the global rules. Pins need no list.
+Serving applies every rule to every list it serves. The pipeline applies the
+blocks when it cuts the lists it writes to their length (:class:`Shortlist`),
+each list under the blocks of where it is shown (a product's lists: its page
+and category; a category's trending: the category; the rest: everywhere), so
+that a list is still full once serving has left out what is blocked.
 
 The admin publishes the enabled rules to Redis (``keys.rules``) as one JSON list.
 """
@@ -127,61 +125,48 @@ def in_effect(
     return [r for r in rules if r.live(now_ms) and r.applies(product, category)]
 
 
+def depth(length: int, left_out: int) -> int:
+    """Candidates enough for a list of ``length`` when up to ``left_out`` of
+    them may be left out or held (within reason)."""
+    return length + min(left_out, 4 * length) + 1
+
+
 @dataclasses.dataclass(frozen=True)
 class Shortlist:
     """How the pipeline cuts a ranked list of candidates to the length it
-    writes, under the rules that hold on the page the list is shown on:
+    writes, under the blocks that hold where the list is shown:
 
-    - a product blocked there for good (no end) is left out;
-    - one blocked until some time is kept, beyond the length (serving leaves
-      it out while the block holds, and the list is still full), so that it
-      comes back when the block ends without waiting for the list's next
-      rewrite;
-    - a boosted product is kept when its boosted rank (rank / factor) is
-      within the length, even if its own rank is not, so that serving, which
-      applies the boost to the list it reads, has it to move up.
+    - a product blocked everywhere for good (a global block with no end), or
+      that the catalog cannot show, is left out, and the next candidate
+      takes its place;
+    - a product blocked only for a while, or only on some pages (a category,
+      a product's page), is kept beyond the length: serving leaves it out
+      where and while the block holds, and the list is still full; it is
+      back when the block ends, and other pages, and the lists the pipeline
+      derives from this one (a visitor's), still have it.
 
-    The items keep their scores and order: boosts are applied once, when the
-    list is served (they may change before the list is rewritten)."""
+    Boosts and pins act when a list is served, on what it holds."""
 
     removed: frozenset[str] = frozenset()
     held: frozenset[str] = frozenset()
-    factors: Mapping[str, float] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def of(cls, rules: Sequence[Rule]) -> Shortlist:
-        """The shortlist of the rules that hold on a page (:func:`in_effect`)."""
-        removed = {r.product_id for r in rules if r.action == BLOCK and r.ends_ms is None}
-        held = {r.product_id for r in rules if r.action == BLOCK} - removed
-        factors: dict[str, float] = {}
-        for rule in rules:
-            if rule.action == BOOST and rule.factor:
-                factors[rule.product_id] = factors.get(rule.product_id, 1.0) * rule.factor
-        return cls(frozenset(removed), frozenset(held), factors)
 
     def depth(self, length: int) -> int:
         """How many of the best candidates to look at for a list of ``length``."""
-        most = max((f for f in self.factors.values() if f > 1), default=1.0)
-        # (enough to fill the list when some of the best are left out, within reason)
-        return int(length * most) + min(len(self.removed) + len(self.held), 4 * length) + 1
+        return depth(length, len(self.held) + len(self.removed))
 
     def cut(self, ranked: Sequence[dict[str, Any]], length: int) -> list[dict[str, Any]]:
-        """``ranked`` (best first) cut to ``length`` items plus the held ones."""
-        items = [item for item in ranked if item["product_id"] not in self.removed]
-        if not self.factors and not self.held:
-            return items[:length]
-        order = sorted(
-            range(len(items)),
-            key=lambda i: ((i + 1) / self.factors.get(items[i]["product_id"], 1.0), i),
-        )
-        kept: set[int] = set()
+        """``ranked`` (best first) cut to ``length`` items plus the held ones among them."""
+        kept = []
         counted = 0
-        for i in order:
+        for item in ranked:
             if counted == length:
                 break
-            kept.add(i)
-            counted += items[i]["product_id"] not in self.held
-        return [item for i, item in enumerate(items) if i in kept]
+            product_id = item["product_id"]
+            if product_id in self.removed:
+                continue
+            kept.append(item)
+            counted += product_id not in self.held
+        return kept
 
 
 def blocked(rules: Sequence[Rule]) -> set[str]:

@@ -226,11 +226,12 @@ LIVE_TUNABLES: tuple[str, ...] = (
 )
 
 # The tunables that act only on one visitor's own lists (how their recent items
-# are weighed into their list, how long it lives, how much the blend
+# are weighed into their list and favourite category, how much the blend
 # explores): each arm of an experiment can have its own. The others shape what
-# the pipeline learns or writes for every visitor (co-visitation, trending,
-# event weights, the length of the shared lists), so all arms share them.
-ARM_TUNABLES: tuple[str, ...] = ("recency_decay", "visitor_ttl", "exploration")
+# the pipeline learns, keeps or writes for every visitor (co-visitation,
+# trending, event weights, lists' length, what is kept how long), so all arms
+# share them.
+ARM_TUNABLES: tuple[str, ...] = ("recency_decay", "exploration")
 SHARED_TUNABLES: tuple[str, ...] = tuple(n for n in LIVE_TUNABLES if n not in ARM_TUNABLES)
 
 

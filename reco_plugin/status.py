@@ -171,6 +171,10 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
     return report
 
 
+# a retraining running longer than this is reported (killed without a word?)
+RETRAIN_HOURS = 6
+
+
 def _queries(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Each Spark query of the shop: the streaming one (from its heartbeat, the
     last batch and the lag), and the retraining (a batch job) when it has run."""
@@ -204,11 +208,22 @@ def _queries(report: dict[str, Any]) -> list[dict[str, Any]]:
             )
         if running:
             retrain.update(state="running", started_at=running.get("started_at"))
+            hours = (time.time() - float(running.get("started_at", 0))) / 3600
+            if hours > RETRAIN_HOURS:
+                retrain["ok"] = False
+                retrain["problem"] = (
+                    f"the retraining started {hours:.1f} h ago (pid {running.get('pid')}) and "
+                    "has not finished: was it killed?"
+                )
         else:
             retrain["state"] = "idle"
         if failed and float(failed.get("at", 0)) > float((last or {}).get("finished_at", 0)):
-            retrain.update(ok=False, failed_at=failed.get("at"), error=failed.get("error"))
-            retrain["problem"] = f"the last retraining failed: {failed.get('error')}"
+            retrain.update(failed_at=failed.get("at"), error=failed.get("error"))
+            if failed.get("skipped"):
+                retrain["skipped"] = True
+            else:
+                retrain["ok"] = False
+                retrain["problem"] = f"the last retraining failed: {failed.get('error')}"
         found.append(retrain)
     return found
 
@@ -306,7 +321,8 @@ def _query_line(query: dict[str, Any]) -> str:
             f"in {query.get('seconds')} s"
         )
     if query.get("error"):
-        text += f", FAILED {_ago(query['failed_at'])}: {query['error']}"
+        outcome = "skipped" if query.get("skipped") else "FAILED"
+        text += f", {outcome} {_ago(query['failed_at'])}: {query['error']}"
     return text
 
 

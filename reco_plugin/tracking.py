@@ -91,8 +91,13 @@ def track(
         raise ValueError(
             f"reco_plugin.track: event type must be one of {', '.join(sorted(TRACKABLE_TYPES))}"
         )
+    # the request's own fields (EVENT_REQUEST_FIELDS) only for its own visitor
+    fields: dict[str, str] = {}
     if visitor_id is None:
         visitor_id = visitor_id_for(request) if request is not None else None
+        fields = request_fields(request)
+    elif request is not None and visitor_id == visitor_id_for(request, create=False):
+        fields = request_fields(request)
     if visitor_id is None:
         return None
     try:
@@ -103,7 +108,7 @@ def track(
             quantity=quantity,
             price=_number(price),
             category=category,
-            context={**(context or {}), **request_fields(request)} or None,
+            context={**(context or {}), **fields} or None,
         )
     except (schema.InvalidEvent, TypeError, ValueError) as exc:
         logger.warning("reco: %s event not recorded: %s", event_type, exc)

@@ -291,7 +291,7 @@ def _learn(
                 changes.attributed(row.strategy, row.type == schema.CLICK)
             if experiment is not None and experiment.running(row.ts):
                 changes.in_experiment(experiment, row)
-        _attribute(visitor_id, applied, clicked_before, changes)
+        _attribute(visitor_id, applied, clicked_before, changes, settings.attribution_window * 1000)
         weighted = [row for row in applied if row.weight > 0]
         interactions = [
             learn.Interaction(row.product_id, row.ts, row.weight, row.event_id) for row in weighted
@@ -388,30 +388,48 @@ def _attribute(
     applied: Sequence[Applied],
     clicked_before: Mapping[str, Mapping[str, str]],
     changes: state.BatchChanges,
+    window_ms: int,
 ) -> None:
     """Last-click attribution: a product clicked in a strategy's list, then
-    added to the cart or bought (within ``attribution_window``), counts as a
-    conversion of that strategy. A login brings the clicks made before it."""
+    added to the cart or bought within ``window_ms``, counts as a conversion
+    of that strategy. A login brings the clicks made before it (the later
+    click of a product wins)."""
     rows = [row for row in applied if row.type in ATTRIBUTED or row.previous]
     if not rows:
         return
-    clicked = dict(changes.clicked.get(visitor_id, clicked_before.get(visitor_id, {})))
+
+    def parsed(raw: Mapping[str, str]) -> dict[str, tuple[str, int]]:
+        found = {}
+        for product_id, value in raw.items():
+            strategy, _, ts = value.partition(" ")
+            if ts.isdigit():
+                found[product_id] = (strategy, int(ts))
+        return found
+
+    def known(visitor: str) -> dict[str, tuple[str, int]]:
+        if visitor in changes.clicked:
+            return parsed(changes.clicked[visitor])
+        return parsed(clicked_before.get(visitor, {}))
+
+    clicked = known(visitor_id)
     changed = False
     for row in sorted(rows, key=lambda row: (row.ts, row.offset)):
         if row.previous:
-            earlier = changes.clicked.get(row.previous, clicked_before.get(row.previous, {}))
-            if earlier:
-                clicked = {**earlier, **clicked}
-                changed = True
+            for product_id, (strategy, ts) in known(row.previous).items():
+                if ts > clicked.get(product_id, ("", -1))[1]:
+                    clicked[product_id] = (strategy, ts)
+                    changed = True
         elif row.type == schema.CLICK:
             if row.strategy and row.product_id:
-                clicked.pop(row.product_id, None)  # the latest click last
-                clicked[row.product_id] = row.strategy
+                clicked[row.product_id] = (row.strategy, row.ts)
                 changed = True
         elif row.product_id in clicked:
-            changes.converted(clicked[row.product_id], row.type)
+            strategy, ts = clicked[row.product_id]
+            if 0 <= row.ts - ts <= window_ms:
+                changes.converted(strategy, row.type)
     if changed:
-        changes.clicked[visitor_id] = dict(list(clicked.items())[-CLICKS_KEPT:])
+        latest = sorted(clicked.items(), key=lambda kv: kv[1][1])[-CLICKS_KEPT:]
+        changes.clicked[visitor_id] = {p: f"{s} {ts}" for p, (s, ts) in latest}
 
 
 def _judge(
@@ -484,7 +502,7 @@ def refresh_visitors(
 ) -> None:
     """Rewrite the personal lists of these visitors from their recent items,
     without what they have seen or may not be shown. A visitor in the running
-    ``experiment`` gets their arm's recency decay and visitor TTL."""
+    ``experiment`` gets their arm's recency decay."""
     keys.use_prefix(settings.key_prefix)  # also in a fresh executor process
     arms = (
         [experiment.settings(i, settings) for i in range(len(experiment.arms))]
@@ -505,9 +523,9 @@ def refresh_visitors(
         ):
             similar[product_id] = [(str(i["product_id"]), float(i["score"])) for i in items]
         categories.update(state.catalog_facts(r, missing)[0])
+        own = {v: arms[experiment.arm_of(v)] if experiment else settings for v in chunk}
         favourite = {
-            v: learn.favourite_category(recent[v], categories, settings.recency_decay)
-            for v in chunk
+            v: learn.favourite_category(recent[v], categories, own[v].recency_decay) for v in chunk
         }
         wanted = sorted({c for c in favourite.values() if c})
         trending_in = dict(
@@ -517,29 +535,23 @@ def refresh_visitors(
                 strict=True,
             )
         )
-        by_ttl: dict[int, dict[str, Any]] = defaultdict(dict)
+        length = settings.list_length
+        lists = {}
         for v in chunk:
-            own = arms[experiment.arm_of(v)] if experiment is not None else settings
-            exclude = shortlist.removed.union(seen.get(v, ()))
-            lists = by_ttl[own.visitor_ttl]
+            exclude = set(seen.get(v, ()))  # (the cut leaves out what is blocked)
             ranked = learn.personal_list(
-                recent[v],
-                similar,
-                shortlist.depth(own.list_length),
-                own.recency_decay,
-                exclude=exclude,
+                recent[v], similar, shortlist.depth(length), own[v].recency_decay, exclude=exclude
             )
-            lists[keys.visitor_recommendations(v)] = shortlist.cut(ranked, own.list_length)
+            lists[keys.visitor_recommendations(v)] = shortlist.cut(ranked, length)
             lists[keys.visitor_affinity(v)] = shortlist.cut(
                 [
                     item
                     for item in trending_in.get(favourite[v] or "", [])
                     if item["product_id"] not in exclude
                 ],
-                own.list_length,
+                length,
             )
-        for ttl, lists in by_ttl.items():
-            state.write_lists(r, lists, ttl)
+        state.write_lists(r, lists, settings.visitor_ttl)
 
 
 def refresh_trending(

@@ -157,7 +157,7 @@ def retrain(spark, args: argparse.Namespace) -> dict[str, Any]:
     keys.use_prefix(settings.key_prefix)
     started = time.monotonic()
     if not Path(args.lake).exists() and "://" not in args.lake:
-        raise SystemExit(f"the event lake {args.lake} does not exist yet (no events appended)")
+        raise LakeMissing(f"the event lake {args.lake} does not exist yet (no events appended)")
     logger.info("reading the last %d days of %s", args.days, args.lake)
     r = state.connect(args.redis)
     merchandise = state.merchandise(r)
@@ -205,40 +205,46 @@ def retrain(spark, args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+class LakeMissing(SystemExit):
+    """Nothing to learn from yet: the streaming job has appended no events."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     args = parse_args(argv)
-    spark = build_session(
-        "reco-retrain",
-        shuffle_partitions=args.settings.shuffle_partitions,
-        kafka=False,
-        **args.spark,
-    )
     r = state.connect(args.redis)
     keys.use_prefix(args.settings.key_prefix)
-    _mark(r, keys.retrain_running(), {"pid": os.getpid(), "started_at": time.time()}, RUNNING_TTL)
+    # kept until the run ends: a run killed without a word stays "running",
+    # which reco_status reports once it is older than any run should be
+    _mark(r, keys.retrain_running(), {"pid": os.getpid(), "started_at": time.time()})
+    spark = None
     try:
+        spark = build_session(
+            "reco-retrain",
+            shuffle_partitions=args.settings.shuffle_partitions,
+            kafka=False,
+            **args.spark,
+        )
         summary = retrain(spark, args)
     except BaseException as exc:
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-        _mark(r, keys.retrain_failed(), {"at": time.time(), "error": error})
+        # a shop with no events yet has nothing to retrain on: skipped, not failed
+        skipped = isinstance(exc, LakeMissing)
+        _mark(r, keys.retrain_failed(), {"at": time.time(), "error": error, "skipped": skipped})
         raise
     finally:
-        spark.stop()
+        if spark is not None:
+            spark.stop()
         with contextlib.suppress(redis.RedisError):
             r.delete(keys.retrain_running())
     print(json.dumps(summary))
     return 0
 
 
-# a run longer than this is reported as gone (killed without a word)
-RUNNING_TTL = 6 * 3600
-
-
-def _mark(r, key: str, value: dict[str, Any], ttl: int | None = None) -> None:
+def _mark(r, key: str, value: dict[str, Any]) -> None:
     """For ``reco_status``: a run started or failed (lost when Redis is down)."""
     try:
-        r.set(key, json.dumps(value), ex=ttl)
+        r.set(key, json.dumps(value))
     except redis.RedisError as exc:
         logger.warning("could not record the run in Redis: %s", exc)
 

@@ -225,37 +225,55 @@ def catalog_facts(r: redis.Redis, product_ids: Sequence[str]) -> tuple[dict[str,
     return categories, repeatable
 
 
-@dataclasses.dataclass(frozen=True)
 class Merchandise:
     """What may be listed, read once per list refresh: the products the
-    catalog cannot show (out of stock, blocked there), and the merchandising
-    rules that hold now."""
+    catalog cannot show (out of stock, blocked there), and the blocks of the
+    merchandising rules that hold now, indexed by where they hold."""
 
-    unavailable: frozenset[str]
-    rules: tuple[rules.Rule, ...]
-    now_ms: int
+    def __init__(
+        self, unavailable: frozenset[str], published: Sequence[rules.Rule], now_ms: int
+    ) -> None:
+        blocks = [r for r in published if r.action == rules.BLOCK and r.live(now_ms)]
+        # never listed: the catalog's, and global blocks for good
+        self.removed = frozenset(
+            {
+                *unavailable,
+                *(r.product_id for r in blocks if r.scope == rules.GLOBAL and r.ends_ms is None),
+            }
+        )
+        self.everywhere = rules.Shortlist(
+            self.removed,
+            frozenset(r.product_id for r in blocks if r.scope == rules.GLOBAL) - self.removed,
+        )
+        self.in_category: dict[str, set[str]] = {}
+        self.on_page: dict[str, set[str]] = {}
+        for rule in blocks:
+            if rule.scope == rules.CATEGORY:
+                self.in_category.setdefault(rule.scope_value, set()).add(rule.product_id)
+            elif rule.scope == rules.PRODUCT:
+                self.on_page.setdefault(rule.scope_value, set()).add(rule.product_id)
 
     @property
     def by_category(self) -> bool:
-        """Whether a rule holds in a category (a list's category then matters)."""
-        return any(r.scope == rules.CATEGORY for r in self.rules)
+        """Whether a block holds in a category (a list's category then matters)."""
+        return bool(self.in_category)
 
     def shortlist(self, product: str | None = None, category: str | None = None) -> rules.Shortlist:
         """How to cut a list shown on ``product``'s page in ``category``
         (neither: a list shown on any page, under the global rules only)."""
-        holding = (
-            rules.in_effect(self.rules, self.now_ms, product, category)
-            if product or category
-            else [r for r in self.rules if r.scope == rules.GLOBAL and r.live(self.now_ms)]
+        scoped = self.on_page.get(product or "", set()) | self.in_category.get(
+            category or "", set()
         )
-        found = rules.Shortlist.of(holding)
-        return dataclasses.replace(found, removed=found.removed | self.unavailable)
+        if not scoped:
+            return self.everywhere
+        return rules.Shortlist(self.removed, self.everywhere.held | (scoped - self.removed))
 
     def depth(self, length: int) -> int:
         """How many candidates any list of ``length`` may need, whatever its page."""
-        live = [r for r in self.rules if r.live(self.now_ms)]
-        found = rules.Shortlist.of(live)
-        return dataclasses.replace(found, removed=found.removed | self.unavailable).depth(length)
+        scoped = max(
+            (len(s) for s in (*self.in_category.values(), *self.on_page.values())), default=0
+        )
+        return rules.depth(length, len(self.removed) + len(self.everywhere.held) + scoped)
 
 
 def merchandise(r: redis.Redis) -> Merchandise:
@@ -264,10 +282,10 @@ def merchandise(r: redis.Redis) -> Merchandise:
     pipe.get(keys.rules())
     members, published = pipe.execute()
     try:
-        found = tuple(rules.parse(published))
+        found = rules.parse(published)
     except (ValueError, TypeError, KeyError) as exc:
         logger.error("the published rules are ignored: %s", exc)
-        found = ()
+        found = []
     return Merchandise(frozenset(members), found, int(time.time() * 1000))
 
 
@@ -314,7 +332,8 @@ class BatchChanges:
     # bandit field (a strategy for next-item trials, ``strategy:click`` for
     # impressions and their clicks) -> [successes, trials]
     rewards: dict[str, list[int]] = dataclasses.field(default_factory=dict)
-    # visitor -> product -> the strategy they last clicked it in (whole values)
+    # visitor -> product -> "<strategy> <ts_ms>" of their last click on it in a
+    # recommendation (whole values, the latest CLICKS_KEPT)
     clicked: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     # ``<strategy>:carts`` / ``<strategy>:purchases`` -> add-to-carts and
     # purchases of products clicked in that strategy's lists

@@ -315,5 +315,27 @@ def test_carts_and_purchases_count_for_the_strategy_whose_list_was_clicked(batch
     assert (stats["similar:purchases"], stats["similar:clicks"]) == ("1", "1")
     assert "similar:carts" not in stats
     assert (stats["trending:carts"], stats["trending:purchases"]) == ("2", "1")
-    assert r.hgetall(keys.visitor_clicked("u:7")) == {"3": "trending"}
+    strategy, ts = r.hget(keys.visitor_clicked("u:7"), "3").split()
+    assert strategy == "trending" and int(ts) == batches.now - 40_000
     assert 0 < r.ttl(keys.visitor_clicked("u:7")) <= batches.settings.attribution_window
+
+
+def test_attribution_keeps_to_its_window_and_the_latest_click_across_a_login(redis_url):
+    from reco_plugin.scoring import PipelineSettings
+
+    batches = Batches(redis_url, settings=PipelineSettings(attribution_window=600))
+    r = batches.r
+    batches.run(
+        [
+            # the user clicked 4 in "similar" long ago, then, anonymous, in "fbt"
+            batches.row("click", "u:8", "4", seconds_ago=3000, strategy="similar"),
+            batches.row("click", "s:c", "4", seconds_ago=100, strategy="fbt"),
+            batches.row("identify", "u:8", None, previous="s:c", seconds_ago=90),
+            batches.row("purchase", "u:8", "4", seconds_ago=80),
+            # clicked 5 too long before buying it (window: 600 s)
+            batches.row("click", "s:d", "5", seconds_ago=3000, strategy="similar"),
+            batches.row("purchase", "s:d", "5", seconds_ago=60),
+        ]
+    )
+    stats = r.hgetall(keys.bandit_stats())
+    assert stats.get("fbt:purchases") == "1" and "similar:purchases" not in stats

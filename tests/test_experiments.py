@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from reco_plugin import experiments, keys, store, tuning
+from reco_plugin import experiments, keys, store, strategies, tuning
 from reco_plugin.models import Experiment, Tuning
 
 from .conftest import put_catalog, put_list, put_policy
@@ -121,15 +121,11 @@ def test_a_visitor_is_served_their_arms_choices_with_the_arm_in_the_reco_id(r, r
     assert not store.recommend(by_arm[1], "1", 6).items[0]["reco_id"].startswith("x")
 
 
-def test_each_arm_gets_its_own_visitor_ttl_recency_decay_and_exploration(r, redis_url):
+def test_each_arm_gets_its_own_recency_decay_and_exploration(r, redis_url):
     store.reset()
     arms = (
-        experiments.Arm("control", 50.0, pipeline={"visitor_ttl": 3600}),
-        experiments.Arm(
-            "treatment",
-            50.0,
-            pipeline={"visitor_ttl": 7200, "recency_decay": 0.2, "exploration": 1.0},
-        ),
+        experiments.Arm("control", 50.0, pipeline={"recency_decay": 1.0, "exploration": 0.3}),
+        experiments.Arm("treatment", 50.0, pipeline={"recency_decay": 0.2, "exploration": 1.0}),
     )
     experiment = experiments.Experiment(id=6, arms=arms, starts_ms=NOW - 60_000)
     by_arm = {}
@@ -137,26 +133,31 @@ def test_each_arm_gets_its_own_visitor_ttl_recency_decay_and_exploration(r, redi
         by_arm.setdefault(experiment.arm_of(f"s:own{n}"), f"s:own{n}")
     batches = Batches(redis_url, experiment=experiment)
     rows = []
-    for n in range(4):  # others teach what goes with 1 and with 5
-        rows += [batches.row("page_view", f"s:teach{n}", p) for p in ("1", "2", "5", "6")]
-    for visitor in by_arm.values():
+    for n in range(4):  # others teach that 2 goes with 1, and 6 with 5
+        rows += [batches.row("page_view", f"s:a{n}", p) for p in ("1", "2")]
+        rows += [batches.row("page_view", f"s:b{n}", p) for p in ("5", "6")]
+    for visitor in by_arm.values():  # each arm's visitor views 1, then 5
         rows.append(batches.row("page_view", visitor, "1", seconds_ago=120))
         rows.append(batches.row("page_view", visitor, "5", seconds_ago=60))
     batches.run(rows)
-    # the job writes each visitor's list with their arm's TTL
-    ttls = [r.ttl(keys.visitor_recommendations(by_arm[arm])) for arm in (0, 1)]
-    assert 3500 < ttls[0] <= 3600 and 7100 < ttls[1] <= 7200
-    # the serving path explores as each arm's version says: the treatment draws
-    # uniformly; the control keeps the published policy's rate
+    # without decay 1's and 5's neighbours weigh alike (2 first by its id); the
+    # treatment's decay of 0.2 puts 5's, the more recent, well ahead
+    control, treatment = (batches.personal(by_arm[arm]) for arm in (0, 1))
+    assert control == ["2", "6"] and treatment == ["6", "2"]
+    scores = json.loads(r.get(keys.visitor_recommendations(by_arm[1])))
+    assert scores[1]["score"] == pytest.approx(0.2 * scores[0]["score"])
+    # the serving path explores as each arm's version says
     put_catalog(r, range(1, 40))
     put_policy(r, "similar")
     r.set(keys.experiment(), json.dumps(experiment.as_dict()))
     assert store.strategy_lists(by_arm[1], "1").policy.exploration == 1.0
-    assert store.strategy_lists(by_arm[0], "1").policy.exploration == 0.0  # the policy's
+    assert store.strategy_lists(by_arm[0], "1").policy.exploration == 0.3
+    assert store.strategy_lists(None, "1").policy.exploration == 0.0  # outside: the policy's
     # an arm may not set what all arms share
-    shared = experiments.Arm("b", 50.0, pipeline={"event_weights": {"click": 9}})
-    with pytest.raises(ValueError, match="all arms share event_weights"):
-        experiments.Experiment(id=7, arms=(arms[0], shared), starts_ms=0).check()
+    for value in ({"event_weights": {"click": 9}}, {"visitor_ttl": 60}):
+        shared = experiments.Arm("b", 50.0, pipeline=value)
+        with pytest.raises(ValueError, match="all arms share"):
+            experiments.Experiment(id=7, arms=(arms[0], shared), starts_ms=0).check()
 
 
 @pytest.fixture
@@ -211,15 +212,18 @@ def test_staff_run_an_experiment_and_read_its_report(
         add, experiment_form("x", when(-1), None, ("a", base.pk, 60), ("b", bold.pk, 30))
     )
     assert "add up to 90, not 100" in refused.content.decode()
-    # arms share what the pipeline learns: versions differing in it are refused
+    # arms share what the pipeline learns, with the active version's values:
+    # a version differing from it there is refused
     heavy = tuning.save_version(Tuning(note="heavy", weight_purchase=9.0, exploration=0.5))
     refused = client.post(
         add, experiment_form("x", when(-1), None, ("a", base.pk, 50), ("b", heavy.pk, 50))
+    ).content.decode()
+    assert f"“a” uses version {base.pk}, which differs from the active version ({heavy.pk})" in (
+        refused
     )
-    assert "differs from the control’s in event weights" in refused.content.decode()
-    assert not Experiment.objects.exists()
+    assert "in event weights" in refused and not Experiment.objects.exists()
     bold = tuning.save_version(
-        Tuning(note="bold", strategies={"similar": "off"}, exploration=0.5, visitor_ttl=7200)
+        Tuning(note="bold", strategies={"similar": "off"}, exploration=0.5, recency_decay=0.5)
     )
     with django_capture_on_commit_callbacks(execute=True):
         answer = client.post(
@@ -230,11 +234,17 @@ def test_staff_run_an_experiment_and_read_its_report(
     published = json.loads(r.get(keys.experiment()))
     assert published["id"] == saved.pk and [a["share"] for a in published["arms"]] == [50.0, 50.0]
     assert published["arms"][1]["strategies"] == {"similar": "off"}
-    assert published["arms"][1]["pipeline"] == {
-        "exploration": 0.5,
-        "visitor_ttl": 7200,
+    assert published["arms"][1]["pipeline"] == {"exploration": 0.5, "recency_decay": 0.5}
+    assert published["arms"][0]["pipeline"] == {
+        "exploration": base.settings().exploration,
         "recency_decay": base.settings().recency_decay,
     }
+    # a version that changes what the arms share, saved while it runs, warns
+    form = {"note": "", "weight_purchase": "7"}
+    form.update({f"strategy_{s}": "learnt" for s in strategies.STRATEGIES})
+    warned = client.post("/admin/reco_plugin/tuning/add/", form, follow=True).content.decode()
+    assert "its arms now all run on this version" in warned and "event weights" in warned
+    tuning.save_version(Tuning(note="back", strategies={"similar": "off"}))
     clash = client.post(
         add, experiment_form("other", when(5), None, ("a", base.pk, 50), ("b", bold.pk, 50))
     )

@@ -8,6 +8,7 @@ import pytest
 
 from reco_plugin import keys, rules, store
 from reco_plugin.models import Rule
+from spark_jobs.state import Merchandise
 
 from .conftest import put_catalog, put_list, put_policy
 from .test_batch import Batches
@@ -93,33 +94,27 @@ def test_a_global_block_is_kept_out_of_what_the_pipeline_writes(redis_url, r):
     assert "2" not in written and {"1", "3"} <= set(written)
 
 
-def test_a_shortlist_leaves_out_holds_back_and_keeps_what_a_boost_lifts():
+def test_a_shortlist_leaves_out_what_is_blocked_for_good_and_holds_the_rest():
     ranked = [{"product_id": str(n), "score": 10 - n} for n in range(1, 10)]
-    found = rules.Shortlist.of(
-        [
-            rule(1, "block", "1"),  # for good: left out
-            rule(2, "block", "2", ends_ms=NOW + 60_000),  # until soon: kept beyond the length
-            rule(3, "boost", "8", factor=4.0),  # 7th once 1 is out: rank 7 / 4 is within 3
-            rule(4, "boost", "3", factor=0.25),  # 2nd: rank 2 / 0.25 is not
-        ]
-    )
-    assert ids(found.cut(ranked, 3)) == ["2", "4", "5", "8"]  # the scores' order is kept
-    assert found.depth(3) == 3 * 4 + 2 + 1
+    found = rules.Shortlist(removed=frozenset({"1"}), held=frozenset({"2", "9"}))
+    assert ids(found.cut(ranked, 3)) == ["2", "3", "4", "5"]  # 2 kept beyond the three
+    assert found.depth(3) == 3 + 3 + 1
     assert ids(rules.Shortlist().cut(ranked, 3)) == ["1", "2", "3"]
 
 
-def test_the_pipeline_cuts_each_list_under_the_rules_of_its_page(redis_url, r):
+def test_the_pipeline_cuts_each_list_under_the_blocks_of_where_it_is_shown(redis_url, r):
     from reco_plugin.scoring import PipelineSettings
 
     put_catalog(r, range(1, 10))
-    put_catalog(r, range(20, 23), category="Comedy")
     put_policy(r, "similar")
     publish(
         r,
         rule(1, "block", "2", "product", "1"),  # on 1's page, for good
         rule(2, "block", "3", ends_ms=NOW + 3_600_000),  # everywhere, for an hour
-        rule(3, "boost", "7", "category", "Drama", factor=3.0),
-        rule(4, "block", "4", "category", "Comedy"),  # not where 1 is shown
+        rule(3, "block", "4", "category", "Drama"),  # in 1's category, for good
+        rule(4, "block", "5", "category", "Comedy"),  # not where 1 is shown
+        rule(5, "block", "8"),  # everywhere, for good
+        rule(6, "boost", "7", factor=3.0),  # acts when served
     )
     batches = Batches(redis_url, settings=PipelineSettings(list_length=3))
     rows = []
@@ -132,17 +127,15 @@ def test_the_pipeline_cuts_each_list_under_the_rules_of_its_page(redis_url, r):
                 batches.row("page_view", visitor, str(k), seconds_ago=60, category="Drama"),
             ]
     batches.run(rows)
-    # 2 left out on 1's page; 3 kept beyond the three (blocked only for an hour);
-    # 7 kept as its boost lifts it (5th once 2 is out, 5 / 3 is within three)
-    assert batches.list(keys.product_similar("1")) == ["3", "4", "5", "7"]
-    # served: 3 held back by its block, 7 moved up by its boost, still three items
-    assert ids(store.similar_to("1", 3)) == ["4", "7", "5"]
-    # the global lists follow the global rules only; Drama's also its boost
-    trending = batches.list(keys.trending_list("long", ""))
-    drama = batches.list(keys.trending_list("long", "Drama"))
-    assert trending[:4] == ["1", "2", "3", "4"] and "7" not in trending
-    # (in Drama, 7's boosted rank, 7 / 3, comes before the held 3's, and fills the list)
-    assert drama == ["1", "2", "7"]
+    # 8 never listed; 2, 3 and 4 kept beyond the three, as only 1's page, only
+    # for an hour, only Drama holds them back: the list is full once served
+    assert batches.list(keys.product_similar("1")) == ["2", "3", "4", "5", "6", "7"]
+    assert ids(store.similar_to("1", 3)) == ["5", "7", "6"]  # 7 boosted x3: 3 / 3 ties 5
+    # the global trending counts 2 and 4 (blocked on a page, in a category) as
+    # items, and holds 3 (blocked everywhere for an hour) beyond them
+    assert batches.list(keys.trending_list("long", "")) == ["1", "2", "3", "4"]
+    # a visitor's own list (shown anywhere) still has 2, which only 1's page blocks
+    assert "2" in batches.personal("s:k3n0") and "8" not in batches.personal("s:k3n0")
 
 
 @pytest.fixture
@@ -229,7 +222,7 @@ def test_a_malformed_rule_is_left_out_and_the_others_still_hold(r, redis_url):
     assert [x.id for x in rules.parse(r.get(keys.rules()))] == [1]
     # a block that ends is not baked into the pipeline's lists (they may outlive it)
     ending = rule(3, "block", "5", ends_ms=NOW + 60_000)
-    found = rules.Shortlist.of([rule(1, "block", "3"), ending])
+    found = Merchandise(frozenset(), [rule(1, "block", "3"), ending], NOW).shortlist()
     assert (found.removed, found.held) == ({"3"}, {"5"})
 
 

@@ -288,8 +288,8 @@ def test_the_lake_feeds_the_retraining_whose_neighbours_reach_the_lists(
     for product, title in titles.items():
         r.hset(keys.catalog_product(product), mapping={"title": title})
         r.sadd(keys.catalog_index(), product)
-    # a rule: c is not shown on n's page (it still is on d's)
-    r.set(keys.rules(), rules.dumps([rules.Rule(1, "block", "c", "product", "n")]))
+    # a rule: n is never shown, anywhere
+    r.set(keys.rules(), rules.dumps([rules.Rule(1, "block", "n")]))
     args = retrain.parse_args(["--lake", lake, "--redis", redis_url, "--days", "2"])
     summary = retrain.retrain(spark, args)
     assert summary["products"] == 4
@@ -303,10 +303,10 @@ def test_the_lake_feeds_the_retraining_whose_neighbours_reach_the_lists(
     assert {(x.reco_id, x.strategy, x.position, x.propensity) for x in shown} == {
         ("r1", "similar", "0", 0.8)
     }
-    # a new product ("n": no events yet) has neighbours by its words, c, which
-    # its page's rule keeps out
-    assert json.loads(r.get(keys.product_content("n"))) == []
-    assert [i["product_id"] for i in json.loads(r.get(keys.product_content("c")))] == ["n"]
+    # a new product ("n": no events yet) has neighbours by its words; being
+    # blocked for good, it is in nobody's list
+    assert [i["product_id"] for i in json.loads(r.get(keys.product_content("n")))] == ["c"]
+    assert json.loads(r.get(keys.product_content("c"))) == []
     assert [i["product_id"] for i in json.loads(r.get(keys.product_content("a")))] == ["b"]
 
 

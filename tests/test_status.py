@@ -100,20 +100,40 @@ def test_a_failed_retraining_is_recorded_and_reported_until_a_run_succeeds(
 
     def no_lake(spark, args):
         assert json.loads(r.get(keys.retrain_running()))["pid"]  # marked while it runs
-        raise SystemExit("the event lake /nowhere does not exist yet (no events appended)")
+        raise retrain.LakeMissing("the event lake /nowhere does not exist yet")
+
+    def retraining():
+        report = status.pipeline_status(kafka_timeout=0.5, services=False)
+        (query,) = [q for q in report["queries"] if q["kind"] == "batch"]
+        return report, query
 
     monkeypatch.setattr(retrain, "build_session", lambda *a, **k: Session())
     monkeypatch.setattr(retrain, "retrain", no_lake)
     with pytest.raises(SystemExit):
         retrain.main(["--lake", "/nowhere", "--redis", redis_url])
     assert Session.stopped and not r.exists(keys.retrain_running())
-    report = status.pipeline_status(kafka_timeout=0.5, services=False)
-    (query,) = [q for q in report["queries"] if q["kind"] == "batch"]
-    assert query["ok"] is False and "/nowhere does not exist" in query["error"]
-    assert any(p.startswith("the last retraining failed: SystemExit") for p in report["problems"])
+    # no events yet: skipped, which is not a problem
+    report, query = retraining()
+    assert query["ok"] and query["skipped"] and "/nowhere does not exist" in query["error"]
+    assert not any("retraining" in p for p in report["problems"])
+    assert "reco-retrain (batch): idle, skipped" in status.format_status(report)
+
+    def no_java(*args, **kwargs):
+        raise RuntimeError("Java gateway process exited before sending its port number")
+
+    monkeypatch.setattr(retrain, "build_session", no_java)
+    with pytest.raises(RuntimeError):
+        retrain.main(["--lake", "/nowhere", "--redis", redis_url])
+    report, query = retraining()
+    assert query["ok"] is False and "Java gateway" in query["error"]
+    assert any(p.startswith("the last retraining failed: RuntimeError") for p in report["problems"])
     assert "reco-retrain (batch): idle, FAILED" in status.format_status(report)
     # a run that succeeds after it clears the problem
     r.set(keys.retrain_last(), json.dumps({"finished_at": time.time() + 1, "products": 3}))
-    report = status.pipeline_status(kafka_timeout=0.5, services=False)
-    (query,) = [q for q in report["queries"] if q["kind"] == "batch"]
+    report, query = retraining()
     assert query["ok"] and not any("retraining" in p for p in report["problems"])
+    # a run that started 7 hours ago and never ended (killed) is reported
+    r.set(keys.retrain_running(), json.dumps({"pid": 42, "started_at": time.time() - 7 * 3600}))
+    report, query = retraining()
+    assert query["state"] == "running" and not query["ok"]
+    assert any("started 7.0 h ago (pid 42)" in p for p in report["problems"])

@@ -101,6 +101,16 @@ def test_track_emits_for_the_requests_visitor_on_commit(backend, films):
     assert backend.sent == []
 
 
+def test_track_adds_the_requests_fields_only_to_its_own_visitors_events(backend, films, settings):
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "EVENT_REQUEST_FIELDS": ["ip"]}
+    request = request_with_session(REMOTE_ADDR="198.51.100.4")
+    own = reco_plugin.track(request, "click", films[0], context={"page": "/x/"})
+    assert own["context"] == {"page": "/x/", "ip": "198.51.100.4"}
+    # staff recording a customer's purchase: not the staff member's address
+    other = reco_plugin.track(request, "purchase", films[0], visitor_id="u:999")
+    assert "context" not in other
+
+
 def test_track_refuses_an_unknown_type_and_skips_untracked_visitors(backend):
     with pytest.raises(ValueError, match="event type"):
         reco_plugin.track(request_with_session(), "identify", "1")
