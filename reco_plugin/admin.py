@@ -72,6 +72,25 @@ class TuningForm(forms.ModelForm, metaclass=_StrategyFields):
         except ValueError as exc:
             self.add_error(None, str(exc))
             return cleaned
+        # a field out of its range is named next to it (the model's own
+        # validators, and a ceiling on weights); the whole is checked once they pass
+        for name in TUNED_FIELDS:
+            value = cleaned.get(name)
+            if value is None:
+                continue
+            try:
+                for validator in Tuning._meta.get_field(name).validators:
+                    validator(value)
+            except forms.ValidationError:
+                return cleaned  # reported on the field by the model's validation
+            if name.startswith("weight_") and value > scoring.MAX_EVENT_WEIGHT:
+                self.add_error(
+                    name,
+                    f"At most {scoring.MAX_EVENT_WEIGHT:g} (a purchase weighs "
+                    f"{scoring.EVENT_WEIGHTS['purchase']:g} by default).",
+                )
+        if self.errors:
+            return cleaned
         draft = Tuning(**{name: cleaned.get(name) for name in TUNED_FIELDS})
         for problem in tuning.check(draft.pipeline(), self.instance.strategies):
             self.add_error(None, problem)

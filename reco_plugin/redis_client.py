@@ -126,3 +126,17 @@ def reset() -> None:
     get_redis.cache_clear()
     get_work_redis.cache_clear()
     breaker.reset()
+
+
+def shown_url(url: str | None = None) -> str:
+    """The Redis URL (the shop's by default) as it may be shown or logged: its
+    password, if any, replaced by ``***``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    url = reco_settings.REDIS_URL if url is None else url
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))

@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -171,6 +172,18 @@ class Shortlist:
 
 def blocked(rules: Sequence[Rule]) -> set[str]:
     return {r.product_id for r in rules if r.action == BLOCK}
+
+
+def reach(rules: Sequence[Rule], limit: int) -> int:
+    """How many items to rank for ``limit`` to be served under these rules: an
+    item a boost of ``f`` lifts into the first ``limit`` ranks up to
+    ``limit * f`` (at most four times the limit)."""
+    factors: dict[str, float] = {}
+    for rule in rules:
+        if rule.action == BOOST and rule.factor:
+            factors[rule.product_id] = factors.get(rule.product_id, 1.0) * rule.factor
+    most = max(factors.values(), default=1.0)
+    return min(math.ceil(limit * most), 4 * limit) if most > 1 else limit
 
 
 def boosted(items: list[dict[str, Any]], rules: Sequence[Rule]) -> list[dict[str, Any]]:

@@ -58,6 +58,12 @@ STATUSES: tuple[str, ...] = (
 )
 
 
+# The largest weight an event type may have (a purchase weighs 5 by default):
+# weights are summed as integers of 1e-9, and a weight beyond reason drowns
+# every other signal.
+MAX_EVENT_WEIGHT = 100.0
+
+
 @dataclasses.dataclass(frozen=True)
 class PipelineSettings:
     """Every tunable of the streaming job. Times are seconds unless named otherwise."""
@@ -140,8 +146,11 @@ class PipelineSettings:
         return settings
 
     def validate(self) -> None:
-        if any(w < 0 for w in self.event_weights.values()):
-            raise ValueError("event_weights must be >= 0")
+        for event_type, weight in self.event_weights.items():
+            if not 0 <= weight <= MAX_EVENT_WEIGHT:
+                raise ValueError(
+                    f"event_weights: {event_type} must be between 0 and {MAX_EVENT_WEIGHT:g}"
+                )
         for name in (
             "recent_items",
             "covisit_window",
@@ -166,9 +175,14 @@ class PipelineSettings:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
         if self.trending_window < self.trending_bucket:
-            raise ValueError("trending_window must be at least one trending_bucket")
+            raise ValueError(
+                f"trending_window must be at least one trending_bucket ({self.trending_bucket} s)"
+            )
         if self.trending_long_window < self.trending_long_bucket:
-            raise ValueError("trending_long_window must be at least one trending_long_bucket")
+            raise ValueError(
+                "trending_long_window must be at least one trending_long_bucket "
+                f"({self.trending_long_bucket} s)"
+            )
         if not 0 <= self.exploration <= 1:
             raise ValueError("exploration must be in [0, 1]")
         if not 0 < self.bandit_discount <= 1:

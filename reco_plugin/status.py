@@ -16,6 +16,7 @@ from django.utils.module_loading import import_string
 from . import keys, pipeline, scoring, strategies
 from .conf import reco_settings
 from .redis_client import get_work_redis as get_redis
+from .redis_client import shown_url
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
             retraining,
             retrain_failed,
         ) = pipe.execute()
-        report["redis"] = {"ok": True, "url": reco_settings.REDIS_URL}
+        report["redis"] = {"ok": True, "url": shown_url()}
         processed = {k: int(v) for k, v in offsets.items()}
         job = json.loads(heartbeat) if heartbeat else None
         report["job"] = {"ok": bool(job and job.get("active")), **(job or {})}
@@ -117,7 +118,7 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         elif job.get("waiting_for_redis"):
             problems.append("the streaming job is waiting for Redis")
     except Exception as exc:
-        report["redis"] = {"ok": False, "url": reco_settings.REDIS_URL, "error": str(exc)}
+        report["redis"] = {"ok": False, "url": shown_url(), "error": str(exc)}
         problems.append(f"Redis is unreachable: {exc}")
     try:
         ends = pipeline.end_offsets(timeout=kafka_timeout)
@@ -343,7 +344,8 @@ def format_status(report: dict[str, Any]) -> str:
     if job.get("pid"):
         detail = f"pid {job['pid']}, {job.get('message', '')}, restarts {job.get('restarts', 0)}"
         if job.get("last_error"):
-            detail += f", last error: {job['last_error']}"
+            when = f" {_ago(job['last_error_at'])}" if job.get("last_error_at") else ""
+            detail += f", last error{when}: {job['last_error']}"
     component("job", job, detail)
     for query in report.get("queries") or ():
         component("query", query, _query_line(query))

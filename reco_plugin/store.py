@@ -499,9 +499,9 @@ def _apply_rules(
     catalog_version: str | None,
 ) -> list[dict[str, Any]]:
     """Boosts, then pins (a pinned product the catalog can show, and not left
-    out for this visitor or page, goes to its position)."""
+    out for this visitor or page, goes to its position); the first ``limit``."""
     if not active:
-        return shown
+        return shown[:limit]
     shown = rules_.boosted(shown, active)
     placed = []
     for position, product_id, rule_id in rules_.pins(active):
@@ -510,7 +510,7 @@ def _apply_rules(
         found = _with_display(r, [(product_id, "pinned", 1.0, 0.0)], 1, category, catalog_version)
         if found:
             placed.append((position, found[0], rule_id))
-    return rules_.pinned(shown, placed, limit) if placed else shown
+    return rules_.pinned(shown, placed, limit) if placed else shown[:limit]
 
 
 # product -> its category as last read: lets one round trip fetch the category's
@@ -545,12 +545,14 @@ def served(
     else from the first tier of the fallback chain with items, the next tiers
     topping up; what the catalog cannot show is dropped and replaced."""
     r = get_redis()
-    depth = limit * CANDIDATE_FACTOR
     # what staff turned off is never served, not even to top a list up
     lists = [(s, items) for s, items in found.lists if found.policy.enabled(s)]
     active = rules_.in_effect(
         found.rules, int(time.time() * 1000), found.product_id, category or found.category
     )
+    # ranked deeper than the limit when a boost may lift an item into it
+    take = rules_.reach(active, limit)
+    depth = take * CANDIDATE_FACTOR
     exclude = found.exclude | rules_.blocked(active)
     candidates = [(strategy, strategies.top(items, exclude, depth)) for strategy, items in lists]
     if any(ids for strategy, ids in candidates if strategy in PERSONAL_STRATEGIES):
@@ -575,13 +577,13 @@ def served(
         shown += _with_display(
             r,
             [(p, s, propensity, scores[s].get(p, 0.0)) for p, s, propensity in chosen],
-            limit - len(shown),
+            take - len(shown),
             category,
             found.catalog_version,
         )
-        if len(shown) >= limit:
+        if len(shown) >= take:
             break
-    if len(shown) < limit:
+    if len(shown) < take:
         # every candidate tried was filtered out: look deeper in each list, best first
         skip = exclude | tried
         unique: dict[str, tuple[str, str, float, float]] = {}
@@ -591,7 +593,7 @@ def served(
                 if product_id not in skip and product_id not in unique:
                     unique[product_id] = (product_id, strategy, 1.0, float(item.get("score", 0.0)))
         shown += _with_display(
-            r, list(unique.values()), limit - len(shown), category, found.catalog_version
+            r, list(unique.values()), take - len(shown), category, found.catalog_version
         )
     shown = _apply_rules(r, shown, active, exclude, limit, category, found.catalog_version)
     if not explain:
@@ -617,7 +619,7 @@ def _ruled_single(
     """One strategy's list as served, with the rules that hold on its page."""
     active = rules_.in_effect(_rules(published), int(time.time() * 1000), product_id, category)
     exclude = exclude | rules_.blocked(active)
-    shown = _single(r, strategy, items, exclude, limit, None, version)
+    shown = _single(r, strategy, items, exclude, rules_.reach(active, limit), None, version)
     if not active:
         return shown
     return _numbered(

@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -127,6 +128,22 @@ def build_query(spark, args: argparse.Namespace, processor: BatchProcessor):
     return query
 
 
+# The line of a Python traceback that names the exception ("ValueError: ...").
+_RAISED = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit|Interrupt)): .*$", re.MULTILINE)
+
+
+def cause(error: BaseException | None) -> str:
+    """What a failed query died of, in one line: Spark wraps a Python error
+    raised in the batch function in its own message, whose first line only says
+    a traceback follows; the exception's own line is the last of those."""
+    if error is None:
+        return "query stopped"
+    text = str(error)
+    named = [match.group(0) for match in _RAISED.finditer(text)]
+    first = (text.splitlines() or [type(error).__name__])[0]
+    return (named[-1] if named else first).strip()[:500]
+
+
 class Supervisor:
     """Keeps the query running and the heartbeat fresh until told to stop."""
 
@@ -138,6 +155,7 @@ class Supervisor:
         self.redis = state.connect(args.redis)
         self.restarts = 0
         self.last_error: str | None = None
+        self.last_error_at: float | None = None
 
     def beat(self, query) -> None:
         status = query.status if query is not None and query.isActive else {}
@@ -154,6 +172,7 @@ class Supervisor:
             "waiting_for_redis": self.processor.waiting_for_redis,
             "restarts": self.restarts,
             "last_error": self.last_error,
+            "last_error_at": self.last_error_at,
             "last_batch": self.processor.last.get("batch"),
             # Spark's own view of the last trigger: input rate, and where the time went
             "input_rows_per_second": progress.get("inputRowsPerSecond"),
@@ -186,7 +205,8 @@ class Supervisor:
                 self._stop(query)
                 break
             self.restarts += 1
-            self.last_error = str(error).splitlines()[0][:500] if error else "query stopped"
+            self.last_error = cause(error)
+            self.last_error_at = time.time()
             if time.monotonic() - started > 60:
                 backoff = 1.0
             logger.error(

@@ -154,3 +154,18 @@ def test_a_redis_password_stays_off_the_command_line(settings, monkeypatch):
     out = StringIO()
     call_command("reco_stream", "--print", stdout=out, stderr=StringIO())
     assert "s3cret" not in out.getvalue()
+
+
+def test_a_failed_query_is_reported_by_the_exception_it_died_of():
+    from spark_jobs.recommend import cause
+
+    wrapped = RuntimeError(
+        "[STREAM_FAILED] Query [id = 1, runId = 2] terminated with exception: An exception "
+        "was raised by the Python Proxy. Return Message: Traceback (most recent call last):\n"
+        '  File "/site/spark_jobs/state.py", line 43, in to_units\n'
+        "    return round(weight * WEIGHT_UNITS)\n"
+        "OverflowError: cannot convert float infinity to integer\n"
+    )
+    assert cause(wrapped) == "OverflowError: cannot convert float infinity to integer"
+    assert cause(RuntimeError("Kafka topic gone\nat ...")) == "Kafka topic gone"
+    assert cause(None) == "query stopped"

@@ -86,6 +86,18 @@ def test_the_serving_path_applies_blocks_pins_and_boosts_on_their_pages(r, redis
     assert ids(store.trending(limit=3)) == ["4", "5"]
 
 
+def test_a_boost_lifts_an_item_from_beyond_the_limit_into_a_short_list(r, redis_url):
+    put_catalog(r, range(1, 30))
+    put_list(r, keys.product_similar("1"), range(2, 20))
+    put_policy(r, "similar")
+    assert "12" not in ids(store.similar_to("1", 3))
+    publish(r, rule(1, "boost", "12", factor=4.0))
+    # 12 is 11th: 11 / 4 ranks it between the 2nd and the 3rd, whatever the limit
+    assert ids(store.similar_to("1", 3)) == ["2", "3", "12"]
+    assert ids(store.recommend("s:v", "1", 3).items) == ["2", "3", "12"]
+    assert ids(store.similar_to("1", 6)) == ["2", "3", "12", "4", "5", "6"]
+
+
 def test_a_global_block_is_kept_out_of_what_the_pipeline_writes(redis_url, r):
     r.set(keys.rules(), rules.dumps([rule(1, "block", "2")]))
     batches = Batches(redis_url)

@@ -137,3 +137,21 @@ def test_a_failed_retraining_is_recorded_and_reported_until_a_run_succeeds(
     report, query = retraining()
     assert query["state"] == "running" and not query["ok"]
     assert any("started 7.0 h ago (pid 42)" in p for p in report["problems"])
+
+
+def test_status_never_shows_the_redis_password(settings, capsys):
+    from reco_plugin.redis_client import reset, shown_url
+
+    assert shown_url("redis://default:s3cret@db:6379/0") == "redis://default:***@db:6379/0"
+    assert shown_url("redis://:s3cret@db:6379/0") == "redis://:***@db:6379/0"
+    assert shown_url("redis://db:6379/0") == "redis://db:6379/0"
+    url = f"redis://default:s3cret@127.0.0.1:{free_port()}/0"
+    with override_settings(RECO_PLUGIN={**settings.RECO_PLUGIN, "REDIS_URL": url}):
+        reset()
+        with pytest.raises(SystemExit):
+            call_command("reco_status", "--timeout", "1")
+        with pytest.raises(SystemExit):
+            call_command("reco_status", "--json", "--timeout", "1")
+    reset()
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "default:***@127.0.0.1" in out

@@ -77,7 +77,8 @@ def test_staff_save_a_version_which_is_published_at_once(client, staff, r):
     ("values", "message"),
     [
         ({"weight_click": "-1"}, "greater than or equal to 0"),
-        ({"trending_window": "30"}, "trending window must be at least one trending bucket"),
+        ({"weight_purchase": "1e308"}, "At most 100 (a purchase weighs 5 by default)."),
+        ({"trending_window": "30"}, "trending window must be at least one trending bucket (60 s)"),
         ({"exploration": "1.5"}, "less than or equal to 1"),
         ({"half_life": "3600"}, "half life must be at least 17281 seconds"),
         (
@@ -92,7 +93,9 @@ def test_a_bad_value_is_refused_with_a_message_and_nothing_is_published(
 ):
     answer = client.post(ADD, form(**values))
     assert answer.status_code == 200  # the form again, with the message
-    assert message in answer.content.decode()
+    page = answer.content.decode()
+    assert message in page
+    assert page.count('class="errorlist') == 1  # said once, where it belongs
     assert not Tuning.objects.exists() and published(r) is None
 
 

@@ -8,7 +8,7 @@ import redis
 from django.core.management.base import BaseCommand, CommandError
 
 from reco_plugin import privacy
-from reco_plugin.conf import reco_settings
+from reco_plugin.redis_client import shown_url
 
 
 class Command(BaseCommand):
@@ -28,7 +28,7 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         except (redis.RedisError, OSError) as exc:
-            raise CommandError(f"Redis at {reco_settings.REDIS_URL} failed: {exc}") from None
+            raise CommandError(f"Redis at {shown_url()} failed: {exc}") from None
         if options["json"]:
             self.stdout.write(json.dumps(result))
         else:

@@ -6,7 +6,7 @@ import redis
 from django.core.management.base import BaseCommand, CommandError
 
 from reco_plugin import catalog
-from reco_plugin.conf import reco_settings
+from reco_plugin.redis_client import shown_url
 
 
 class Command(BaseCommand):
@@ -22,7 +22,7 @@ class Command(BaseCommand):
         except LookupError as exc:
             raise CommandError(f"RECO_PLUGIN['PRODUCT_MODEL'] is not usable: {exc}") from None
         except redis.RedisError as exc:
-            raise CommandError(f"Redis at {reco_settings.REDIS_URL} failed: {exc}") from None
+            raise CommandError(f"Redis at {shown_url()} failed: {exc}") from None
         self.stdout.write(
             self.style.SUCCESS(
                 f"synced {result['synced']} products, removed {result['removed']}, "
