@@ -259,7 +259,14 @@ class TuningAdmin(admin.ModelAdmin):
                 request, "Select exactly one version to roll back to.", messages.ERROR
             )
             return
-        copy = tuning.roll_back(queryset.get(), request.user)
+        chosen = queryset.get()
+        current = tuning.active()
+        if current is not None and current.pk == chosen.pk:
+            self.message_user(
+                request, f"Version {chosen.pk} is the active one already.", messages.WARNING
+            )
+            return
+        copy = tuning.roll_back(chosen, request.user)
         self.log_addition(request, copy, [{"added": {}}])
         self._published(request, copy)
 
@@ -283,7 +290,7 @@ class TuningAdmin(admin.ModelAdmin):
 class ForgetForm(forms.ModelForm):
     visitor = forms.CharField(
         max_length=200,
-        help_text="A visitor id (u:<user pk>, s:<id>) or a username. Their lists and profile "
+        help_text="A visitor id (u:&lt;user pk&gt;, s:&lt;id&gt;) or a username. Their lists and profile "
         "are deleted from Redis at once, and their earlier events are not learnt again.",
     )
 
@@ -327,7 +334,7 @@ class ForgottenVisitorAdmin(admin.ModelAdmin):
                 raise
             from .tasks import forget
 
-            forget.delay(visitor_id)
+            forget.delay(visitor_id, recorded=True)
             self.message_user(
                 request,
                 f"Redis did not answer ({exc}); the request is queued and retried.",
@@ -379,15 +386,29 @@ class RuleAdmin(admin.ModelAdmin):
 
     @admin.action(description="Enable the selected rules", permissions=["change"])
     def enable(self, request: HttpRequest, queryset: Any) -> None:
-        for rule in queryset:
-            rule.enabled = True
-            rule.save(update_fields=["enabled", "updated_at"])
+        self._switch(request, queryset, True)
 
     @admin.action(description="Disable the selected rules", permissions=["change"])
     def disable(self, request: HttpRequest, queryset: Any) -> None:
+        self._switch(request, queryset, False)
+
+    def _switch(self, request: HttpRequest, queryset: Any, enabled: bool) -> None:
+        """Enable or disable rules, each change in its history; say how many."""
+        changed = 0
         for rule in queryset:
-            rule.enabled = False
+            if rule.enabled == enabled:
+                continue
+            rule.enabled = enabled
             rule.save(update_fields=["enabled", "updated_at"])
+            self.log_change(request, rule, [{"changed": {"fields": ["enabled"]}}])
+            changed += 1
+        state = "enabled" if enabled else "disabled"
+        self.message_user(
+            request,
+            f"{changed} rule{'s' if changed != 1 else ''} {state}; "
+            f"{queryset.count() - changed} already {state}.",
+            messages.SUCCESS,
+        )
 
 
 class ArmFormSet(forms.BaseInlineFormSet):
@@ -523,13 +544,23 @@ class ExperimentAdmin(admin.ModelAdmin):
         from django.utils import timezone
 
         now = timezone.now()
+        stopped = []
         for experiment in queryset:
             if experiment.ends_at is None or experiment.ends_at > now:
                 # one that had not started yet is over before it started
                 experiment.starts_at = min(experiment.starts_at, now)
                 experiment.ends_at = now
                 experiment.save(update_fields=["starts_at", "ends_at"])
+                self.log_change(
+                    request, experiment, [{"changed": {"fields": ["starts_at", "ends_at"]}}]
+                )
+                stopped.append(f"“{experiment}”")
         transaction.on_commit(tuning.publish_experiment)
+        self.message_user(
+            request,
+            f"Stopped {', '.join(stopped)}." if stopped else "They had all ended already.",
+            messages.SUCCESS if stopped else messages.WARNING,
+        )
 
     def get_urls(self) -> list[Any]:
         from django.urls import path

@@ -54,6 +54,17 @@ def visitor_id_of(who: str) -> str:
     return f"u:{user.pk}"
 
 
+def record(visitor_id: str, keys_deleted: int, user: Any = None) -> Any:
+    """The admin's record of a forget (a digest of the id, never the id)."""
+    from .models import ForgottenVisitor
+
+    return ForgottenVisitor.objects.create(
+        visitor_digest=ForgottenVisitor.digest(visitor_id),
+        keys_deleted=keys_deleted,
+        requested_by=user,
+    )
+
+
 def forget(visitor_id: str) -> dict[str, Any]:
     """Delete everything of ``visitor_id`` in Redis and leave the tombstone;
     what was deleted. Raises ValueError for a malformed id, and Redis's

@@ -60,11 +60,16 @@ def publish_tuning() -> bool:
     retry_backoff=True,
     max_retries=10,
 )
-def forget(visitor_id: str) -> dict:
-    """Forget a visitor (``privacy.forget``); retried while Redis does not answer."""
+def forget(visitor_id: str, recorded: bool = False) -> dict:
+    """Forget a visitor (``privacy.forget``); retried while Redis does not
+    answer. Listed in the admin's "Forgotten visitors" unless ``recorded``
+    there already (the admin queues it when Redis does not answer)."""
     from . import privacy
 
-    return privacy.forget(visitor_id)
+    result = privacy.forget(visitor_id)
+    if not recorded:
+        privacy.record(visitor_id, result["keys_deleted"])
+    return result
 
 
 @shared_task(name="reco_plugin.roll_up", ignore_result=True, autoretry_for=TRANSIENT, max_retries=2)

@@ -80,6 +80,10 @@ def test_the_command_takes_a_visitor_id_or_a_username(redis_url, r, django_user_
     result = json.loads(capsys.readouterr().out)
     assert result["visitor"] == f"u:{user.pk}" and result["keys_deleted"] >= 2
     assert traces(r, f"u:{user.pk}") == []
+    # listed in the admin like a forget done there, by the id's digest
+    (done,) = ForgottenVisitor.objects.all()
+    assert done.visitor_digest == ForgottenVisitor.digest(f"u:{user.pk}")
+    assert done.keys_deleted == result["keys_deleted"] and done.requested_by is None
     with pytest.raises(CommandError, match="neither a visitor id"):
         call_command("reco_forget", "nobody-by-that-name")
 
@@ -91,6 +95,9 @@ def test_the_task_forgets_and_retries_on_redis_errors(redis_url, r):
 
     browse(Batches(redis_url), "s:t", ["1"])
     assert tasks.forget("s:t")["keys_deleted"] >= 2 and traces(r, "s:t") == []
+    assert ForgottenVisitor.objects.filter(visitor_digest=ForgottenVisitor.digest("s:t")).exists()
+    tasks.forget("s:u", recorded=True)  # queued by the admin, which keeps the record
+    assert not ForgottenVisitor.objects.filter(visitor_digest=ForgottenVisitor.digest("s:u"))
     assert redis.ConnectionError in tasks.forget.autoretry_for
     assert tasks.forget.acks_late
 

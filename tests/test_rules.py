@@ -193,11 +193,15 @@ def test_staff_add_rules_in_the_admin_and_they_are_published(
     refused = client.post(add, {**form, "scope_value": "777"}).content.decode()
     assert "no product with the id &#x27;777&#x27;" in refused
     with django_capture_on_commit_callbacks(execute=True):
-        client.post(
+        answer = client.post(
             "/admin/reco_plugin/rule/",
             {"action": "disable", "_selected_action": [saved.pk]},
+            follow=True,
         )
+    assert "1 rule disabled; 0 already disabled." in answer.content.decode()
     assert json.loads(r.get(keys.rules())) == []  # disabled: no longer published
+    history = client.get(f"/admin/reco_plugin/rule/{saved.pk}/history/").content.decode()
+    assert "Changed enabled." in history
 
 
 def test_the_preview_shows_each_strategy_the_blend_and_the_rules(client, staff, r, redis_url):

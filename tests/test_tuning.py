@@ -129,6 +129,9 @@ def test_roll_back_adds_a_copy_of_the_older_version_and_publishes_it(client, sta
     )
     history = client.get(LIST).content.decode()
     assert history.count("merchandiser") >= 3  # who made each version
+    again = client.post(LIST, {"action": "roll_back", "_selected_action": [copy.pk]}, follow=True)
+    assert f"Version {copy.pk} is the active one already." in again.content.decode()
+    assert Tuning.objects.latest() == copy  # no "no change" version
 
 
 def test_people_who_are_not_staff_cannot_reach_the_tuning(client, django_user_model):

@@ -25,6 +25,8 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         try:
             result = privacy.forget(privacy.visitor_id_of(options["visitor"]))
+            # listed in the admin's "Forgotten visitors" like the admin's own
+            privacy.record(result["visitor"], result["keys_deleted"])
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         except (redis.RedisError, OSError) as exc:
