@@ -414,6 +414,8 @@ class RuleAdmin(admin.ModelAdmin):
 class ArmFormSet(forms.BaseInlineFormSet):
     def clean(self) -> None:
         super().clean()
+        if any(f.errors for f in self.forms):
+            return  # each arm's own errors say what to fix first
         kept = [
             f.cleaned_data
             for f in self.forms
@@ -421,6 +423,11 @@ class ArmFormSet(forms.BaseInlineFormSet):
         ]
         if len(kept) < 2:
             raise forms.ValidationError("An experiment needs at least two arms.")
+        names = [str(arm.get("name", "")).strip().lower() for arm in kept]
+        if len(set(names)) < len(names):
+            raise forms.ValidationError(
+                "Two arms have the same name: the report could not tell them apart."
+            )
         total = sum(float(arm.get("share") or 0) for arm in kept)
         if abs(total - 100.0) > 1e-6:
             raise forms.ValidationError(f"The arms' shares add up to {total:g}, not 100.")

@@ -273,7 +273,19 @@ class Rule(models.Model):
             self.as_rule().check()
         except ValueError as exc:
             raise ValidationError(str(exc)) from None
+        from django.utils import timezone
+
         from .conf import reco_settings
+
+        if self.action == "pin" and self.position and self.position > reco_settings.MAX_LIMIT:
+            raise ValidationError(
+                f"a pin at {self.position} is never seen: lists are at most "
+                f"{reco_settings.MAX_LIMIT} long (MAX_LIMIT)"
+            )
+        if self.ends_at is not None and self.ends_at <= timezone.now() and self.enabled:
+            raise ValidationError(
+                "it ends in the past, so it would never hold (disable it instead)"
+            )
 
         label = reco_settings.PRODUCT_MODEL
         if label:

@@ -66,6 +66,7 @@ def preview(visitor: str, product: str, category: str, limit: int) -> dict[str, 
         )
     result.update(
         {
+            "notes": _notes(visitor_id, product, found),
             "source": served.source,
             "served": served.items,
             "lists": lists,
@@ -74,6 +75,36 @@ def preview(visitor: str, product: str, category: str, limit: int) -> dict[str, 
         }
     )
     return result
+
+
+def _notes(visitor_id: str | None, product: str, found: store.Lists) -> list[str]:
+    """What staff should know to read the preview right."""
+    from . import keys
+    from .models import Experiment
+
+    notes = []
+    if product and not get_redis().exists(keys.catalog_product(product)):
+        notes.append(
+            f"Product {product!r} is not in the catalog the pipeline reads (synced by "
+            "reco_sync_catalog): the lists below are those of a page without it."
+        )
+    if visitor_id and not any(
+        len(items) for s, items in found.lists if s in store.PERSONAL_STRATEGIES
+    ):
+        notes.append(
+            f"{visitor_id} has no list of their own (no recent history, or forgotten): "
+            "they are served the fallback chain."
+        )
+    if found.tag:
+        experiment_id, arm = (int(part) for part in found.tag[1:].split(".")[:2])
+        experiment = Experiment.objects.filter(pk=experiment_id).first()
+        arms = list(experiment.arms.order_by("pk")) if experiment else []
+        if arm < len(arms):
+            notes.append(
+                f"{visitor_id} is in the experiment “{experiment}”, arm “{arms[arm].name}” "
+                f"(version {arms[arm].tuning_id}): its strategy choices apply here."
+            )
+    return notes
 
 
 def _titles(product_ids: set[str]) -> dict[str, str]:

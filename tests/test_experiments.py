@@ -212,6 +212,14 @@ def test_staff_run_an_experiment_and_read_its_report(
         add, experiment_form("x", when(-1), None, ("a", base.pk, 60), ("b", bold.pk, 30))
     )
     assert "add up to 90, not 100" in refused.content.decode()
+    refused = client.post(
+        add, experiment_form("x", when(-1), None, ("a", base.pk, 150), ("b", bold.pk, -50))
+    ).content.decode()
+    assert "less than or equal to 100" in refused and "shares add up to" not in refused
+    refused = client.post(
+        add, experiment_form("x", when(-1), None, ("a", base.pk, 50), ("A", bold.pk, 50))
+    ).content.decode()
+    assert "Two arms have the same name" in refused
     # arms share what the pipeline learns, with the active version's values:
     # a version differing from it there is refused
     heavy = tuning.save_version(Tuning(note="heavy", weight_purchase=9.0, exploration=0.5))
@@ -239,6 +247,10 @@ def test_staff_run_an_experiment_and_read_its_report(
         "exploration": base.settings().exploration,
         "recency_decay": base.settings().recency_decay,
     }
+    # the preview says which arm a visitor is in
+    visitor = next(f"s:p{n}" for n in range(50) if saved.definition().arm_of(f"s:p{n}") == 1)
+    page = client.get("/admin/reco_plugin/tuning/preview/", {"visitor": visitor}).content.decode()
+    assert f"{visitor} is in the experiment “bold”, arm “b” (version {bold.pk})" in page
     # a version that changes what the arms share, saved while it runs, warns
     form = {"note": "", "weight_purchase": "7"}
     form.update({f"strategy_{s}": "learnt" for s in strategies.STRATEGIES})

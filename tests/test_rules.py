@@ -192,6 +192,11 @@ def test_staff_add_rules_in_the_admin_and_they_are_published(
     assert "a pin needs a position" in refused
     refused = client.post(add, {**form, "scope_value": "777"}).content.decode()
     assert "no product with the id &#x27;777&#x27;" in refused
+    refused = client.post(add, {**form, "scope_value": "1", "position": "51"}).content.decode()
+    assert "a pin at 51 is never seen: lists are at most 50 long" in refused
+    past = {"ends_at_0": "2020-01-01", "ends_at_1": "00:00:00"}
+    refused = client.post(add, {**form, "scope_value": "1", **past}).content.decode()
+    assert "it ends in the past" in refused
     with django_capture_on_commit_callbacks(execute=True):
         answer = client.post(
             "/admin/reco_plugin/rule/",
@@ -217,7 +222,12 @@ def test_the_preview_shows_each_strategy_the_blend_and_the_rules(client, staff, 
     assert 'id="reco-served"' in page and "pinned" in page and "#7" in page
     assert 'data-strategy="similar"' in page and 'data-strategy="personal"' in page
     assert "seen, bought, or on the page" in page and "blocked by a rule" in page
-    assert "#8: block 4 everywhere" in page
+    assert "#8: block 4 everywhere" in page and "has no list of their own" not in page
+    odd = client.get(
+        "/admin/reco_plugin/tuning/preview/", {"visitor": "s:new", "product": "999999"}
+    ).content.decode()
+    assert "Product &#x27;999999&#x27; is not in the catalog" in odd
+    assert "s:new has no list of their own" in odd
     assert (
         "neither a visitor id"
         in client.get("/admin/reco_plugin/tuning/preview/", {"visitor": "???"}).content.decode()

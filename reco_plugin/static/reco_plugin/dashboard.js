@@ -65,7 +65,7 @@
       : "Experiment: none running";
     draw("reco-chart-experiment", "bar", arms.map(function (a) { return a.name; }), [
       { label: "CTR", data: arms.map(function (a) { return a.ctr; }), backgroundColor: palette[0] },
-      { label: "conversion", data: arms.map(function (a) { return a.conversion; }), backgroundColor: palette[2] },
+      { label: "conversion (buyers per exposed visitor)", data: arms.map(function (a) { return a.conversion; }), backgroundColor: palette[2] },
     ]);
     status.textContent = batches.length + " batches, " + lag.length + " samples; updated " +
       new Date().toLocaleTimeString() + ", every " + every / 1000 + " s.";
