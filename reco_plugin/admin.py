@@ -50,7 +50,7 @@ class TuningForm(forms.ModelForm, metaclass=_StrategyFields):
 
     class Meta:
         model = Tuning
-        fields = ["note", *TUNED_FIELDS]
+        fields = ["note", "draft", *TUNED_FIELDS]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -104,7 +104,7 @@ class TuningAdmin(admin.ModelAdmin):
     roll-back adds a copy of an older one."""
 
     form = TuningForm
-    list_display = ("__str__", "is_active", "created_by", "created_at", "summary")
+    list_display = ("__str__", "is_active", "draft", "created_by", "created_at", "summary")
     list_display_links = ("__str__",)
     actions = ["roll_back"]
     readonly_fields = ("strategies_chosen", "changes", "created_by", "created_at")
@@ -115,7 +115,7 @@ class TuningAdmin(admin.ModelAdmin):
             f"{k.replace('_', ' ')} {v:g}" for k, v in defaults.event_weights.items()
         )
         sections: list[Any] = [
-            (None, {"fields": ["note"]}),
+            (None, {"fields": ["note", "draft"]}),
             (
                 "Event weights",
                 {
@@ -170,6 +170,14 @@ class TuningAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Tuning, form: Any, change: bool) -> None:
         tuning.save_version(obj, request.user)
+        if obj.draft:
+            self.message_user(
+                request,
+                f"Version {obj.pk} is saved as a draft: not applied. Use it as an "
+                "experiment's arm, or activate it with “Roll back to the selected version”.",
+                messages.SUCCESS,
+            )
+            return
         self._published(request, obj)
         self._warn_experiment(request, obj)
 

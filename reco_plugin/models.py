@@ -46,13 +46,19 @@ def _seconds(help_text: str) -> models.PositiveIntegerField:
 
 class Tuning(models.Model):
     """One version of the staff's tuning. Versions are never edited: a change
-    is a new version, which becomes the active one when saved (the newest is
-    active), so the list of versions is the audit trail and a roll-back is a
-    new version copying an older one. An empty field keeps the value of
+    is a new version, which becomes the active one when saved (the newest that
+    is not a draft is active), so the list of versions is the audit trail and
+    a roll-back is a new version copying an older one. A draft is kept for an
+    experiment's arm, not applied. An empty field keeps the value of
     ``RECO_PLUGIN["PIPELINE"]`` (or its default)."""
 
     note = models.CharField(
         max_length=200, blank=True, help_text="What this version changes, and why."
+    )
+    draft = models.BooleanField(
+        default=False,
+        help_text="Keep it for an experiment's arm without applying it. "
+        "“Roll back to the selected version” activates a copy of it later.",
     )
 
     weight_page_view = _weight()

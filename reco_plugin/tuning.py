@@ -28,10 +28,11 @@ logger = logging.getLogger(__name__)
 
 
 def active() -> Any:
-    """The active tuning version (the newest), or None before the first."""
+    """The active tuning version (the newest that is not a draft), or None
+    before the first."""
     from .models import Tuning
 
-    return Tuning.objects.order_by("-pk").first()
+    return Tuning.objects.filter(draft=False).order_by("-pk").first()
 
 
 @functools.cache
@@ -142,10 +143,10 @@ def _shown(value: Any) -> str:
 
 
 def save_version(version: Any, user: Any = None) -> Any:
-    """Save ``version`` as the new active one, noting what it changes. The
-    caller publishes it (:func:`publish`), at once so it can tell staff
-    whether Redis took it; the periodic task publishes the active version
-    again in any case."""
+    """Save ``version`` as the new active one (unless it is a draft), noting
+    what it changes from the active one. The caller publishes it
+    (:func:`publish`), at once so it can tell staff whether Redis took it; the
+    periodic task publishes the active version again in any case."""
     with transaction.atomic():
         version.changes = differences(active(), version)
         version.created_by = user if user is not None and user.is_authenticated else None
@@ -158,7 +159,7 @@ def roll_back(to: Any, user: Any = None) -> Any:
     """A new active version with the values of ``to``."""
     from .models import Tuning
 
-    copy = Tuning(note=f"rolled back to version {to.pk}", **to.values())
+    copy = Tuning(note=f"rolled back to version {to.pk}", draft=False, **to.values())
     return save_version(copy, user)
 
 

@@ -134,6 +134,22 @@ def test_roll_back_adds_a_copy_of_the_older_version_and_publishes_it(client, sta
     assert Tuning.objects.latest() == copy  # no "no change" version
 
 
+def test_a_draft_is_kept_for_an_experiment_and_applied_only_when_activated(client, staff, r):
+    client.post(ADD, form(note="live", weight_click="4"))
+    live = Tuning.objects.get()
+    answer = client.post(
+        ADD, form(note="to try", draft="on", strategy_trending="off"), follow=True
+    ).content.decode()
+    draft = Tuning.objects.latest("pk")
+    assert draft.draft and "saved as a draft: not applied" in answer
+    assert tuning.active() == live and published(r)["version"] == live.pk
+    # activated later: a copy, no longer a draft
+    client.post(LIST, {"action": "roll_back", "_selected_action": [draft.pk]})
+    active = tuning.active()
+    assert active.pk > draft.pk and not active.draft and published(r)["version"] == active.pk
+    assert active.strategies == {"trending": "off"} and active.weight_click is None
+
+
 def test_people_who_are_not_staff_cannot_reach_the_tuning(client, django_user_model):
     assert client.get(LIST).status_code == 302  # to the admin's login
     shopper = django_user_model.objects.create_user("shopper", password="x")
