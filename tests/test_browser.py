@@ -313,20 +313,29 @@ def test_the_experiment_report_and_the_dashboard_in_chromium(live_stack, browser
             page.wait_for_selector(f"{FOR_YOU}[data-reco-live='websocket']", timeout=10_000)
             page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
             page.wait_for_timeout(2500)
+            if n % 2 == 0:  # and half of them click a recommendation
+                with page.expect_request(
+                    lambda r: (
+                        r.url.endswith("/reco/api/events/") and '"click"' in (r.post_data or "")
+                    )
+                ):
+                    page.locator(f"{FOR_YOU} a[data-reco-id]").first.click()
             shopper.close()
         context, page = admin_login(browser, live_stack)
         report = f"{live_stack.web_url}/admin/reco_plugin/experiment/{experiment_id}/report/"
-        impressions = 0
+        counted = (0, 0)
         for _ in range(30):  # the job counts them from Kafka within a few batches
             page.goto(report)
             cells = page.eval_on_selector_all(
-                "#reco-report tbody tr", "rows => rows.map(r => Number(r.cells[2].innerText))"
+                "#reco-report tbody tr",
+                "rows => rows.map(r => [Number(r.cells[2].innerText), Number(r.cells[3].innerText)])",
             )
-            impressions = sum(cells)
-            if impressions:
+            counted = (sum(c[0] for c in cells), sum(c[1] for c in cells))
+            if counted[0] and counted[1] >= 3:
                 break
             page.wait_for_timeout(1000)
-        assert len(cells) == 2 and impressions > 0
+        # impressions, and the three clicks, counted for the arms they were served to
+        assert len(cells) == 2 and counted[0] > 0 and counted[1] == 3
         assert "(control)" in page.inner_text("#reco-report")
         page.screenshot(path=str(ARTIFACTS / "admin-experiment-report.png"), full_page=True)
 

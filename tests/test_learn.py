@@ -102,8 +102,10 @@ def test_partial_settings_keep_the_other_defaults_and_bad_ones_are_refused():
         PipelineSettings.from_mapping({"nope": 1})
     with pytest.raises(ValueError, match="event types"):
         PipelineSettings.from_mapping({"event_weights": {"like": 1}})
-    with pytest.raises(ValueError, match=">= 0"):
+    with pytest.raises(ValueError, match="click must be between 0 and 100"):
         PipelineSettings.from_mapping({"event_weights": {"click": -1}})
+    with pytest.raises(ValueError, match="purchase must be between 0 and 100"):
+        PipelineSettings.from_mapping({"event_weights": {"purchase": 1e308}})
     with pytest.raises(ValueError, match="half_life"):
         PipelineSettings.from_mapping({"half_life": 0})
 
