@@ -277,6 +277,7 @@ class TuningAdmin(admin.ModelAdmin):
         copy = tuning.roll_back(chosen, request.user)
         self.log_addition(request, copy, [{"added": {}}])
         self._published(request, copy)
+        self._warn_experiment(request, copy)
 
     @admin.display(boolean=True, description="active")
     def is_active(self, obj: Tuning) -> bool:
@@ -442,8 +443,13 @@ class ArmFormSet(forms.BaseInlineFormSet):
         # What the pipeline learns for everyone follows the active version:
         # an arm whose version says otherwise would be reported as testing it.
         active = tuning.active()
-        for arm in kept:
-            if not arm.get("tuning"):
+        changed = [
+            f.cleaned_data
+            for f in self.forms
+            if f.cleaned_data and (f.has_changed() or f.instance.pk is None)
+        ]
+        for arm in changed:
+            if not arm.get("tuning") or arm.get("DELETE"):
                 continue
             differing = arm["tuning"].shared_differences(active)
             if differing:

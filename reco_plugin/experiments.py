@@ -26,11 +26,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
 
 from . import keys, scoring, strategies
+
+logger = logging.getLogger(__name__)
 
 COUNTS = ("impressions", "clicks")
 VISITOR_SETS = ("exposed", "clicked", "carted", "purchased")
@@ -63,7 +66,7 @@ class Experiment:
                 share=float(a["share"]),
                 tuning=None if a.get("tuning") is None else int(a["tuning"]),
                 strategies=dict(a.get("strategies") or {}),
-                pipeline=dict(a.get("pipeline") or {}),
+                pipeline=_own(a.get("pipeline") or {}),
             )
             for a in value["arms"]
         )
@@ -121,6 +124,15 @@ class Experiment:
                 for a in self.arms
             ],
         }
+
+
+def _own(values: Mapping[str, Any]) -> dict[str, Any]:
+    """An arm's published settings that are its own (``scoring.ARM_TUNABLES``);
+    others (published by an earlier release) are shared by all arms: left out."""
+    dropped = sorted(set(values) - set(scoring.ARM_TUNABLES))
+    if dropped:
+        logger.warning("reco: an arm's %s are shared by all arms: ignored", ", ".join(dropped))
+    return {k: v for k, v in values.items() if k in scoring.ARM_TUNABLES}
 
 
 def parse(raw: str | bytes | None) -> Experiment | None:

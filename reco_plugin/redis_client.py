@@ -131,12 +131,15 @@ def reset() -> None:
 def shown_url(url: str | None = None) -> str:
     """The Redis URL (the shop's by default) as it may be shown or logged: its
     password, if any, replaced by ``***``."""
+    import re
     from urllib.parse import urlsplit, urlunsplit
 
     url = reco_settings.REDIS_URL if url is None else url
     parts = urlsplit(url)
-    if not parts.password:
-        return url
-    user = f"{parts.username}:" if parts.username else ":"
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}***@{host}"))
+    # redis-py also takes ?password=... in the query
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", parts.query)
+    netloc = parts.netloc
+    if parts.password:
+        user = f"{parts.username}:" if parts.username else ":"
+        netloc = f"{user}***@{netloc.rsplit('@', 1)[1]}"
+    return urlunsplit(parts._replace(netloc=netloc, query=query))

@@ -27,7 +27,7 @@ import dataclasses
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -174,15 +174,16 @@ def blocked(rules: Sequence[Rule]) -> set[str]:
     return {r.product_id for r in rules if r.action == BLOCK}
 
 
-def reach(rules: Sequence[Rule], limit: int) -> int:
+def reach(rules: Sequence[Rule], limit: int, listed: Callable[[str], bool]) -> int:
     """How many items to rank for ``limit`` to be served under these rules: an
     item a boost of ``f`` lifts into the first ``limit`` ranks up to
-    ``limit * f`` (at most four times the limit)."""
+    ``limit * f`` (at most four times the limit); only boosted products
+    ``listed`` (among the candidates) count."""
     factors: dict[str, float] = {}
     for rule in rules:
         if rule.action == BOOST and rule.factor:
             factors[rule.product_id] = factors.get(rule.product_id, 1.0) * rule.factor
-    most = max(factors.values(), default=1.0)
+    most = max((f for p, f in factors.items() if f > 1 and listed(p)), default=1.0)
     return min(math.ceil(limit * most), 4 * limit) if most > 1 else limit
 
 

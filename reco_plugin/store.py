@@ -489,6 +489,12 @@ _experiment = _ParsedOnce(experiments.parse, None, "experiment")
 _rules = _ParsedOnce(rules_.parse, [], "rules")
 
 
+def _holds(items: Ranked | list[dict[str, Any]], product_id: str) -> bool:
+    if isinstance(items, Ranked):
+        return product_id in items.scores
+    return any(str(item.get("product_id")) == product_id for item in items)
+
+
 def _apply_rules(
     r: redis.Redis,
     shown: list[dict[str, Any]],
@@ -550,8 +556,8 @@ def served(
     active = rules_.in_effect(
         found.rules, int(time.time() * 1000), found.product_id, category or found.category
     )
-    # ranked deeper than the limit when a boost may lift an item into it
-    take = rules_.reach(active, limit)
+    # ranked deeper than the limit when a boost may lift a listed item into it
+    take = rules_.reach(active, limit, lambda p: any(_holds(items, p) for _, items in lists))
     depth = take * CANDIDATE_FACTOR
     exclude = found.exclude | rules_.blocked(active)
     candidates = [(strategy, strategies.top(items, exclude, depth)) for strategy, items in lists]
@@ -583,7 +589,7 @@ def served(
         )
         if len(shown) >= take:
             break
-    if len(shown) < take:
+    if len(shown) < limit:
         # every candidate tried was filtered out: look deeper in each list, best first
         skip = exclude | tried
         unique: dict[str, tuple[str, str, float, float]] = {}
@@ -619,7 +625,8 @@ def _ruled_single(
     """One strategy's list as served, with the rules that hold on its page."""
     active = rules_.in_effect(_rules(published), int(time.time() * 1000), product_id, category)
     exclude = exclude | rules_.blocked(active)
-    shown = _single(r, strategy, items, exclude, rules_.reach(active, limit), None, version)
+    take = rules_.reach(active, limit, lambda p: _holds(items, p))
+    shown = _single(r, strategy, items, exclude, take, None, version)
     if not active:
         return shown
     return _numbered(

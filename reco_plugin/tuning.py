@@ -40,7 +40,13 @@ def effective_settings() -> PipelineSettings:
     """Defaults, under ``RECO_PLUGIN["PIPELINE"]``, under the active version."""
     base = PipelineSettings.from_mapping(reco_settings.PIPELINE)
     version = active()
-    return base.tuned(version.pipeline()) if version is not None else base
+    if version is None:
+        return base
+    try:
+        return base.tuned(version.pipeline())
+    except ValueError as exc:  # saved under older limits
+        logger.error("reco: tuning version %s is not applied: %s", version.pk, exc)
+        return base
 
 
 def check(pipeline: dict[str, Any], strategy_choices: dict[str, Any]) -> list[str]:

@@ -205,7 +205,7 @@ def retrain(spark, args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
-class LakeMissing(SystemExit):
+class LakeMissing(Exception):
     """Nothing to learn from yet: the streaming job has appended no events."""
 
 
@@ -226,11 +226,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             **args.spark,
         )
         summary = retrain(spark, args)
+    except LakeMissing as exc:
+        # a shop with no events yet has nothing to retrain on: skipped, not failed
+        _mark(r, keys.retrain_failed(), {"at": time.time(), "error": str(exc), "skipped": True})
+        logger.warning("skipped: %s", exc)
+        summary = {"skipped": str(exc), "now_ms": schema.now_ms()}
     except BaseException as exc:
         error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-        # a shop with no events yet has nothing to retrain on: skipped, not failed
-        skipped = isinstance(exc, LakeMissing)
-        _mark(r, keys.retrain_failed(), {"at": time.time(), "error": error, "skipped": skipped})
+        _mark(r, keys.retrain_failed(), {"at": time.time(), "error": error})
         raise
     finally:
         if spark is not None:

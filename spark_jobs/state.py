@@ -228,17 +228,27 @@ def catalog_facts(r: redis.Redis, product_ids: Sequence[str]) -> tuple[dict[str,
 class Merchandise:
     """What may be listed, read once per list refresh: the products the
     catalog cannot show (out of stock, blocked there), and the blocks of the
-    merchandising rules that hold now, indexed by where they hold."""
+    merchandising rules that hold now or will, indexed by where they hold."""
 
     def __init__(
         self, unavailable: frozenset[str], published: Sequence[rules.Rule], now_ms: int
     ) -> None:
-        blocks = [r for r in published if r.action == rules.BLOCK and r.live(now_ms)]
-        # never listed: the catalog's, and global blocks for good
+        # blocks holding now or later (one that starts later is held already,
+        # so that the lists are full when it does)
+        blocks = [
+            r
+            for r in published
+            if r.action == rules.BLOCK and (r.ends_ms is None or now_ms < r.ends_ms)
+        ]
+        # never listed: the catalog's, and global blocks for good, from now on
         self.removed = frozenset(
             {
                 *unavailable,
-                *(r.product_id for r in blocks if r.scope == rules.GLOBAL and r.ends_ms is None),
+                *(
+                    r.product_id
+                    for r in blocks
+                    if r.scope == rules.GLOBAL and r.ends_ms is None and r.live(now_ms)
+                ),
             }
         )
         self.everywhere = rules.Shortlist(

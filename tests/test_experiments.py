@@ -158,6 +158,10 @@ def test_each_arm_gets_its_own_recency_decay_and_exploration(r, redis_url):
         shared = experiments.Arm("b", 50.0, pipeline=value)
         with pytest.raises(ValueError, match="all arms share"):
             experiments.Experiment(id=7, arms=(arms[0], shared), starts_ms=0).check()
+    # as published by an earlier release (with the visitor TTL): read without it
+    earlier = experiment.as_dict()
+    earlier["arms"][1]["pipeline"]["visitor_ttl"] = 60
+    assert experiments.parse(json.dumps(earlier)).arms[1].pipeline == arms[1].pipeline
 
 
 @pytest.fixture

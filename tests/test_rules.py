@@ -248,8 +248,9 @@ def test_a_malformed_rule_is_left_out_and_the_others_still_hold(r, redis_url):
     assert [x.id for x in rules.parse(r.get(keys.rules()))] == [1]
     # a block that ends is not baked into the pipeline's lists (they may outlive it)
     ending = rule(3, "block", "5", ends_ms=NOW + 60_000)
-    found = Merchandise(frozenset(), [rule(1, "block", "3"), ending], NOW).shortlist()
-    assert (found.removed, found.held) == ({"3"}, {"5"})
+    later = rule(4, "block", "6", starts_ms=NOW + 60_000)  # held already: lists stay full
+    found = Merchandise(frozenset(), [rule(1, "block", "3"), ending, later], NOW).shortlist()
+    assert (found.removed, found.held) == ({"3"}, {"5", "6"})
 
 
 def test_previewing_a_visitor_needs_its_own_permission(client, django_user_model, redis_url):

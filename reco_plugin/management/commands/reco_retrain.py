@@ -25,6 +25,10 @@ class Command(BaseCommand):
             summary = retrain(days, log=lambda line: self.stdout.write(line))
         except RetrainError as exc:
             raise CommandError(str(exc)) from None
+        if summary.get("skipped"):
+            self.stdout.write(self.style.WARNING(f"skipped: {summary['skipped']}"))
+            self.stdout.write(json.dumps(summary))
+            return
         self.stdout.write(
             self.style.SUCCESS(
                 f"retrained: {summary['products']} products, {summary['neighbours']} "
