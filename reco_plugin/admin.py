@@ -72,8 +72,8 @@ class TuningForm(forms.ModelForm, metaclass=_StrategyFields):
         except ValueError as exc:
             self.add_error(None, str(exc))
             return cleaned
-        # a field out of its range is named next to it (the model's own
-        # validators, and a ceiling on weights); the whole is checked once they pass
+        # a field out of its range is named next to it (by the model's own
+        # validation); the whole is checked once they all pass
         for name in TUNED_FIELDS:
             value = cleaned.get(name)
             if value is None:
@@ -83,14 +83,6 @@ class TuningForm(forms.ModelForm, metaclass=_StrategyFields):
                     validator(value)
             except forms.ValidationError:
                 return cleaned  # reported on the field by the model's validation
-            if name.startswith("weight_") and value > scoring.MAX_EVENT_WEIGHT:
-                self.add_error(
-                    name,
-                    f"At most {scoring.MAX_EVENT_WEIGHT:g} (a purchase weighs "
-                    f"{scoring.EVENT_WEIGHTS['purchase']:g} by default).",
-                )
-        if self.errors:
-            return cleaned
         draft = Tuning(**{name: cleaned.get(name) for name in TUNED_FIELDS})
         for problem in tuning.check(draft.pipeline(), self.instance.strategies):
             self.add_error(None, problem)
@@ -187,9 +179,8 @@ class TuningAdmin(admin.ModelAdmin):
         experiment = tuning.current_experiment()
         if experiment is None:
             return
-        differing = sorted(
-            {n for arm in experiment.arms.all() for n in arm.tuning.shared_differences(obj)}
-        )
+        arms = experiment.arms.select_related("tuning")
+        differing = sorted({n for arm in arms for n in arm.tuning.shared_differences(obj)})
         if differing:
             self.message_user(
                 request,
@@ -279,10 +270,16 @@ class TuningAdmin(admin.ModelAdmin):
         self._published(request, copy)
         self._warn_experiment(request, copy)
 
+    def get_queryset(self, request: HttpRequest) -> Any:
+        """Each row knows the active version's pk (one subquery, not one query a row)."""
+        from django.db.models import Subquery
+
+        newest = Tuning.objects.filter(draft=False).order_by("-pk").values("pk")[:1]
+        return super().get_queryset(request).annotate(active_pk=Subquery(newest))
+
     @admin.display(boolean=True, description="active")
     def is_active(self, obj: Tuning) -> bool:
-        current = tuning.active()
-        return current is not None and current.pk == obj.pk
+        return obj.pk == getattr(obj, "active_pk", None)
 
     @admin.display(description="changes")
     def summary(self, obj: Tuning) -> str:
@@ -350,10 +347,7 @@ class ForgottenVisitorAdmin(admin.ModelAdmin):
                 messages.WARNING,
             )
             result = {"keys_deleted": 0}
-        obj.visitor_digest = ForgottenVisitor.digest(visitor_id)
-        obj.keys_deleted = result["keys_deleted"]
-        obj.requested_by = request.user
-        obj.save()
+        obj.record(visitor_id, result["keys_deleted"], request.user)
 
     def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> Any:
         """Search by the visitor's id: matched through its digest."""
@@ -546,9 +540,11 @@ class ExperimentAdmin(admin.ModelAdmin):
 
     @admin.display(boolean=True, description="running")
     def running(self, obj: Experiment) -> bool:
-        import time
+        from django.utils import timezone
 
-        return obj.definition().running(int(time.time() * 1000)) if obj.arms.exists() else False
+        now = timezone.now()
+        live = obj.starts_at <= now and (obj.ends_at is None or now < obj.ends_at)
+        return live and obj.arms.exists()
 
     @admin.display(description="report")
     def report_link(self, obj: Experiment) -> str:

@@ -8,7 +8,7 @@ import json
 import time
 from typing import Any
 
-from . import experiments, keys, scoring, strategies
+from . import experiments, keys, store, strategies
 from .redis_client import get_work_redis
 
 SAMPLES_KEPT = 720
@@ -68,13 +68,7 @@ def blend_shares(r: Any) -> dict[str, float]:
     """The bandit's current weights: the chance that each strategy fills a
     slot of a list, under the published policy and the staff's strategy
     choices, when every strategy has candidates."""
-    raw_policy, raw_tuning = r.mget(keys.bandit_policy(), keys.tuning())
-    try:
-        value = json.loads(raw_policy) if raw_policy else None
-        choices = scoring.parse_tuning(raw_tuning).get("strategies")
-        policy = strategies.Policy(value if isinstance(value, dict) else None, choices)
-    except (ValueError, TypeError, AttributeError):
-        return {}
+    policy = store.current_policy(r)
     live = [s for s in strategies.STRATEGIES if policy.enabled(s)]
     return dict(zip(live, policy.chances(live), strict=True))
 

@@ -34,8 +34,23 @@ def _ms(value: Any) -> int | None:
     return None if value is None else int(value.timestamp() * 1000)
 
 
+def _between(low: float, high: float, help_text: str = "", **high_options: Any) -> Any:
+    """An optional number between ``low`` and ``high``."""
+    return models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(low), MaxValueValidator(high, **high_options)],
+        help_text=help_text,
+    )
+
+
 def _weight() -> models.FloatField:
-    return models.FloatField(null=True, blank=True, validators=[MinValueValidator(0.0)])
+    return _between(
+        0.0,
+        scoring.MAX_EVENT_WEIGHT,
+        message=f"At most {scoring.MAX_EVENT_WEIGHT:g} (a purchase weighs "
+        f"{scoring.EVENT_WEIGHTS['purchase']:g} by default).",
+    )
 
 
 def _seconds(help_text: str) -> models.PositiveIntegerField:
@@ -78,11 +93,8 @@ class Tuning(models.Model):
         help_text="Each event is paired with at most this many of the visitor's other items.",
     )
     half_life = _seconds("Seconds: what was learnt counts half after this long.")
-    recency_decay = models.FloatField(
-        null=True,
-        blank=True,
-        validators=[MinValueValidator(0.01), MaxValueValidator(1.0)],
-        help_text="A visitor's n-th most recent item counts this to the power n in their list.",
+    recency_decay = _between(
+        0.01, 1.0, "A visitor's n-th most recent item counts this to the power n in their list."
     )
     list_length = models.PositiveIntegerField(
         null=True,
@@ -94,11 +106,10 @@ class Tuning(models.Model):
     trending_long_window = _seconds("Seconds of events in the long trending lists.")
     product_ttl = _seconds("Seconds a product's lists live after its last event.")
     visitor_ttl = _seconds("Seconds a visitor's lists live after their last event.")
-    exploration = models.FloatField(
-        null=True,
-        blank=True,
-        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
-        help_text="Share of slots filled by a random strategy, so every strategy keeps being judged.",
+    exploration = _between(
+        0.0,
+        1.0,
+        "Share of slots filled by a random strategy, so every strategy keeps being judged.",
     )
     # strategy -> "learnt" | "off" | a fixed weight (strategies.check_overrides)
     strategies = models.JSONField(default=dict, blank=True)
@@ -193,6 +204,14 @@ class ForgottenVisitor(models.Model):
 
     def __str__(self) -> str:
         return f"visitor {self.visitor_digest[:12]}…"
+
+    def record(self, visitor_id: str, keys_deleted: int, user: Any = None) -> ForgottenVisitor:
+        """Saved as the record of a forget (a digest of the id, never the id)."""
+        self.visitor_digest = self.digest(visitor_id)
+        self.keys_deleted = keys_deleted
+        self.requested_by = user
+        self.save()
+        return self
 
     @staticmethod
     def digest(visitor_id: str) -> str:

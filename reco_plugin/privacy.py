@@ -22,20 +22,26 @@ def cleanup(days: int = 30) -> dict[str, int]:
     no longer the per-visitor rates. How many experiments and sets."""
     from datetime import timedelta
 
-    from django.db.models import Count
     from django.utils import timezone
 
     from .models import Experiment
 
     ended = Experiment.objects.filter(ends_at__lt=timezone.now() - timedelta(days=days))
-    names = [
-        keys.experiment_visitors(experiment_id, arm, name)
-        for experiment_id, arms in ended.annotate(n=Count("arms")).values_list("pk", "n")
+    names = [key for _, key in _visitor_sets(ended)]
+    deleted = get_work_redis().delete(*names) if names else 0
+    return {"experiments": ended.count(), "sets_deleted": int(deleted)}
+
+
+def _visitor_sets(queryset: Any) -> list[tuple[int, str]]:
+    """(experiment id, key) of every set of visitors of these experiments' arms."""
+    from django.db.models import Count
+
+    return [
+        (experiment_id, keys.experiment_visitors(experiment_id, arm, name))
+        for experiment_id, arms in queryset.annotate(n=Count("arms")).values_list("pk", "n")
         for arm in range(arms)
         for name in experiments.VISITOR_SETS
     ]
-    deleted = get_work_redis().delete(*names) if names else 0
-    return {"experiments": ended.count(), "sets_deleted": int(deleted)}
 
 
 def visitor_id_of(who: str) -> str:
@@ -58,11 +64,7 @@ def record(visitor_id: str, keys_deleted: int, user: Any = None) -> Any:
     """The admin's record of a forget (a digest of the id, never the id)."""
     from .models import ForgottenVisitor
 
-    return ForgottenVisitor.objects.create(
-        visitor_digest=ForgottenVisitor.digest(visitor_id),
-        keys_deleted=keys_deleted,
-        requested_by=user,
-    )
+    return ForgottenVisitor().record(visitor_id, keys_deleted, user)
 
 
 def forget(visitor_id: str) -> dict[str, Any]:
@@ -87,15 +89,10 @@ def forget(visitor_id: str) -> dict[str, Any]:
         pipe.exists(key)
     pipe.delete(*visitor_keys)
     # and out of every experiment's sets of visitors (kept as digests)
-    from django.db.models import Count
-
     from .models import Experiment
 
-    for experiment_id, arms in Experiment.objects.annotate(n=Count("arms")).values_list("pk", "n"):
-        member = experiments.member(experiment_id, visitor_id)
-        for arm in range(arms):
-            for name in experiments.VISITOR_SETS:
-                pipe.srem(keys.experiment_visitors(experiment_id, arm, name), member)
+    for experiment_id, key in _visitor_sets(Experiment.objects.all()):
+        pipe.srem(key, experiments.member(experiment_id, visitor_id))
     replies = pipe.execute()
     deleted = [
         key

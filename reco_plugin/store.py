@@ -290,6 +290,12 @@ def _policy(
     return found
 
 
+def current_policy(r: redis.Redis) -> strategies.Policy:
+    """The policy served now to a visitor in no experiment (one round trip)."""
+    version, tuning = r.mget(keys.bandit_policy_version(), keys.tuning())
+    return _policy(r, version, tuning)
+
+
 def _overrides(tuning: str | None) -> dict[str, Any]:
     """The strategies' part of the published tuning; nothing when it cannot be read."""
     try:

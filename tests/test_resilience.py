@@ -182,18 +182,23 @@ async def test_the_websocket_closes_with_an_application_code_when_redis_is_down(
 async def test_the_websocket_closes_with_an_application_code_when_the_layers_redis_is_down(
     redis_url,
 ):
-    from channels import layers
-
     dead = {"BACKEND": "channels_redis.core.RedisChannelLayer"}
     dead["CONFIG"] = {"hosts": [f"redis://127.0.0.1:{free_port()}/0"]}
-    with override_settings(CHANNEL_LAYERS={"default": dead}):
+    closed = await closed_under({"default": dead}, "visitor-layer-down", wait=5)
+    assert closed == {"type": "websocket.close", "code": CLOSE_UNAVAILABLE}
+
+
+async def closed_under(channel_layers, visitor, wait):
+    """What a websocket accepted under these CHANNEL_LAYERS receives next."""
+    from channels import layers
+
+    with override_settings(CHANNEL_LAYERS=channel_layers):
         layers.channel_layers.backends.clear()
         try:
-            ws = communicator(await new_session("visitor-layer-down"))
+            ws = communicator(await new_session(visitor))
             connected, _ = await ws.connect()
             assert connected
-            closed = await ws.receive_output(timeout=5)
-            assert closed == {"type": "websocket.close", "code": CLOSE_UNAVAILABLE}
+            return await ws.receive_output(timeout=wait)
         finally:
             layers.channel_layers.backends.clear()
 
@@ -246,18 +251,8 @@ async def test_live_updates_resume_after_the_layers_redis_restarts(r, tmp_path):
 
 @pytest.mark.django_db(transaction=True)
 async def test_without_a_channel_layer_the_websocket_says_so_instead_of_failing(redis_url):
-    from channels import layers
-
-    with override_settings(CHANNEL_LAYERS={}):
-        layers.channel_layers.backends.clear()
-        try:
-            ws = communicator(await new_session("visitor-no-layer"))
-            connected, _ = await ws.connect()
-            assert connected
-            closed = await ws.receive_output(timeout=3)
-            assert closed == {"type": "websocket.close", "code": CLOSE_NO_PUSH}
-        finally:
-            layers.channel_layers.backends.clear()
+    closed = await closed_under({}, "visitor-no-layer", wait=3)
+    assert closed == {"type": "websocket.close", "code": CLOSE_NO_PUSH}
 
 
 def test_after_the_retry_period_one_caller_tries_redis_and_the_others_do_not_wait(settings):
