@@ -98,7 +98,7 @@ DEFAULTS: dict[str, Any] = {
     # at process exit, how long queued events may take to reach Kafka
     "EXIT_FLUSH_SECONDS": 5.0,
     # the streaming job's tunables, a partial dict over reco_plugin.scoring.PipelineSettings
-    # (half_life, horizon, future_tolerance, dedup_ttl, shuffle_partitions, ...): event weights, windows and every other scoring setting live here, e.g.
+    # (half_life, horizon, future_tolerance, dedup_records, shuffle_partitions, ...): event weights, windows and every other scoring setting live here, e.g.
     # {"event_weights": {"purchase": 8}, "covisit_window": 1800, "lake_path": "/var/reco/lake"}
     "PIPELINE": {},
     # the Spark jobs started by reco_stream and reco_retrain (reco_plugin.jobs.SPARK_DEFAULTS):

@@ -210,9 +210,43 @@ def pipeline_offsets() -> str:
     return f"{PREFIX}:pipeline:offsets"
 
 
+def pipeline_topic_ids() -> str:
+    """Hash: topic -> its id (Kafka's topic UUID): the life of the topic the
+    offsets in ``pipeline_offsets`` belong to."""
+    return f"{PREFIX}:pipeline:topic-ids"
+
+
 def pipeline_committed_batch() -> str:
-    """String: id of the last micro-batch whose state changes were committed (the fence)."""
+    """Hash: query id -> its last micro-batch whose state changes were committed
+    (for operators and the lists' order; the offsets decide what is applied)."""
     return f"{PREFIX}:pipeline:committed-batch"
+
+
+def pipeline_commit_seq() -> str:
+    """String: how many batches have committed; lists carry the number of the
+    commit they derive from, and a list of an older commit never overwrites a newer."""
+    return f"{PREFIX}:pipeline:commit-seq"
+
+
+def pipeline_recovery() -> str:
+    """Hash: ``rewinds``, ``records_reapplied``, ``records_skipped`` (read again,
+    already applied), and the JSON of the ``last_rewind`` and ``last_expired``."""
+    return f"{PREFIX}:pipeline:recovery"
+
+
+def pipeline_lease() -> str:
+    """String, TTL ~15 s: the token of the one streaming job allowed to write."""
+    return f"{PREFIX}:pipeline:lease"
+
+
+def pipeline_lease_info() -> str:
+    """String (JSON): the lease's owner and since when it holds it."""
+    return f"{PREFIX}:pipeline:lease-info"
+
+
+def pipeline_standby() -> str:
+    """Hash: token -> JSON of a copy of the job that waits for the lease."""
+    return f"{PREFIX}:pipeline:standby"
 
 
 def pipeline_counters() -> str:
@@ -265,9 +299,15 @@ def pipeline_scratch(name: str) -> str:
     return f"{PREFIX}:pipeline:scratch:{name}"
 
 
-def seen_events(bucket_start_s: int) -> str:
-    """Set: event ids applied in one processing-time bucket (de-duplication)."""
-    return f"{PREFIX}:pipeline:seen:{bucket_start_s}"
+def seen_events(topic: str, partition: int, bucket: int) -> str:
+    """Set: ids of the events applied from one stretch of a partition's offsets
+    (``bucket`` = offset // the stretch's length), for de-duplication."""
+    return f"{PREFIX}:pipeline:seen:{topic}:{partition}:{bucket}"
+
+
+def seen_index() -> str:
+    """Sorted set: the de-duplication buckets that exist, by their start (s)."""
+    return f"{PREFIX}:pipeline:seen:index"
 
 
 def pipeline_heartbeat() -> str:

@@ -48,6 +48,8 @@ STATUS_TOO_OLD = "too_old"
 STATUS_FUTURE = "future"
 # an event of a visitor who was forgotten after it happened (reco_forget)
 STATUS_FORGOTTEN = "forgotten"
+# deleted by Kafka's retention before the job read it: counted, never ``read``
+STATUS_EXPIRED = "expired"
 STATUSES: tuple[str, ...] = (
     STATUS_APPLIED,
     STATUS_DUPLICATE,
@@ -55,6 +57,7 @@ STATUSES: tuple[str, ...] = (
     STATUS_TOO_OLD,
     STATUS_FUTURE,
     STATUS_FORGOTTEN,
+    STATUS_EXPIRED,
 )
 
 
@@ -112,8 +115,11 @@ class PipelineSettings:
     horizon: int = 90 * 24 * 3600
     # events stamped more than this ahead of the wall clock are counted as future
     future_tolerance: int = 5 * 60
-    # an event id seen within this long (processing time) is a duplicate
-    dedup_ttl: int = 6 * 3600
+    # an event id applied at most this many records earlier in the same
+    # partition (a copy has the original's key, so its partition) is a
+    # duplicate: a beacon sent twice, a producer's copy. Memory: ~80 bytes an
+    # id, at most this many ids per partition (docs/production.md)
+    dedup_records: int = 100_000
     # product state (neighbours, similar list) lives this long after its last event
     product_ttl: int = 30 * 24 * 3600
     # a visitor's recent items and personal list live this long after their last event
@@ -127,6 +133,9 @@ class PipelineSettings:
     max_offsets_per_trigger: int = 20000
     # None: the number of cores of a local master
     shuffle_partitions: int | None = None
+    # the job's lease in Redis lasts this long unless renewed (every second):
+    # a second copy of the job takes over this long after the first dies
+    lease_ttl: int = 15
     # the Redis key prefix (keys.use_prefix) the job reads and writes under;
     # set from the shop's KEY_PREFIX by the launcher, or by a replay
     key_prefix: str = "reco:v1"
@@ -137,6 +146,11 @@ class PipelineSettings:
         values = dict(values or {})
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
+        if "dedup_ttl" in unknown:
+            raise ValueError(
+                "dedup_ttl is replaced by dedup_records: duplicates are found within a number "
+                "of records of their partition, not a time"
+            )
         if unknown:
             raise ValueError(f"unknown pipeline settings: {', '.join(unknown)}")
         if "event_weights" in values:
@@ -165,12 +179,13 @@ class PipelineSettings:
             "basket_window",
             "trials_per_visitor",
             "horizon",
-            "dedup_ttl",
+            "dedup_records",
             "product_ttl",
             "visitor_ttl",
             "attribution_window",
             "driver_batch_rows",
             "max_offsets_per_trigger",
+            "lease_ttl",
         ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")

@@ -64,6 +64,65 @@ def _bandit(evidence: dict[str, str], outcomes: dict[str, str]) -> dict[str, dic
     return result
 
 
+def _recovery(raw: dict[str, str]) -> dict[str, Any]:
+    """What the job re-applied from Kafka after Redis lost state (rewinds), left
+    out as read again, and the last records Kafka deleted before it read them."""
+    result: dict[str, Any] = {
+        name: int(raw.get(name, 0)) for name in ("rewinds", "records_reapplied", "records_skipped")
+    }
+    for name in ("last_rewind", "last_expired"):
+        result[name] = json.loads(raw[name]) if raw.get(name) else None
+    return result
+
+
+# How long records Kafka deleted before the job read them stay a problem
+EXPIRED_PROBLEM_HOURS = 24
+
+
+def _lease(owner: str | None, info: str | None, standby: dict[str, str]) -> dict[str, Any]:
+    """Which copy of the job holds the lease, and which wait for it."""
+    details = json.loads(info) if info else {}
+    waiting = []
+    for token, raw in sorted(standby.items()):
+        entry = json.loads(raw)
+        if time.time() - float(entry.get("at", 0)) < 15:  # still waiting
+            waiting.append({"token": token, **entry})
+    return {
+        "owner": owner,
+        "since": details.get("since") if details.get("owner") == owner else None,
+        "waiting": waiting,
+    }
+
+
+# The memory policies under which Redis never evicts the pipeline's keys.
+SAFE_MEMORY_POLICIES = frozenset({"noeviction"})
+
+
+def redis_durability(r: Any) -> dict[str, Any]:
+    """Redis's persistence and memory policy, and the problems they pose: an
+    evicting policy drops the pipeline's state (offsets, counters) without a word."""
+    found: dict[str, Any] = {"problems": []}
+    try:
+        config = r.config_get("maxmemory*")
+        persistence = r.info("persistence")
+    except Exception as exc:  # CONFIG may be renamed or refused (a managed Redis)
+        found["config"] = f"not readable: {exc}"
+        return found
+    policy = config.get("maxmemory-policy")
+    maxmemory = int(config.get("maxmemory") or 0)
+    found.update(
+        maxmemory=maxmemory,
+        maxmemory_policy=policy,
+        aof=bool(persistence.get("aof_enabled")),
+    )
+    if maxmemory and policy not in SAFE_MEMORY_POLICIES:
+        found["problems"].append(
+            f"Redis evicts keys when full (maxmemory-policy {policy}): the pipeline's state "
+            "can be dropped; set maxmemory-policy noeviction (docs/production.md)"
+        )
+    return found
+
+
 def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dict[str, Any]:
     """One JSON-ready dict: components, counters, lag, last batch, and
     ``problems``; with ``services``, also a ping of the Celery workers and a
@@ -86,6 +145,9 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         pipe.get(keys.retrain_last())
         pipe.get(keys.retrain_running())
         pipe.get(keys.retrain_failed())
+        pipe.hgetall(keys.pipeline_recovery())
+        pipe.mget(keys.pipeline_lease(), keys.pipeline_lease_info())
+        pipe.hgetall(keys.pipeline_standby())
         (
             heartbeat,
             last_batch,
@@ -98,8 +160,14 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
             retrained,
             retraining,
             retrain_failed,
+            recovered,
+            (lease, lease_info),
+            standby,
         ) = pipe.execute()
-        report["redis"] = {"ok": True, "url": shown_url()}
+        report["redis"] = {"ok": True, "url": shown_url(), **redis_durability(r)}
+        problems.extend(report["redis"].pop("problems"))
+        report["recovery"] = _recovery(recovered)
+        report["lease"] = _lease(lease, lease_info, standby)
         processed = {k: int(v) for k, v in offsets.items()}
         job = json.loads(heartbeat) if heartbeat else None
         report["job"] = {"ok": bool(job and job.get("active")), **(job or {})}
@@ -111,6 +179,19 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         report["retrain"] = json.loads(retrained) if retrained else None
         report["retrain_running"] = json.loads(retraining) if retraining else None
         report["retrain_failed"] = json.loads(retrain_failed) if retrain_failed else None
+        last_expired = report["recovery"]["last_expired"]
+        if last_expired and time.time() - float(last_expired.get("at", 0)) < (
+            EXPIRED_PROBLEM_HOURS * 3600
+        ):
+            total = sum(
+                int(v) for k, v in counters.items() if k.endswith(f":{scoring.STATUS_EXPIRED}")
+            )
+            problems.append(
+                f"{total} events were deleted by Kafka's retention before the job read them "
+                f"(the last {_ago(last_expired['at'])}: "
+                + ", ".join(f"{t} {n}" for t, n in last_expired["topics"].items())
+                + ")"
+            )
         if job is None:
             problems.append("the streaming job is down (no heartbeat in Redis)")
         elif not job.get("active"):
@@ -336,7 +417,13 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(f"{name:<10} {state:<5} {detail}")
 
     redis_part = report.get("redis") or {}
-    component("redis", redis_part, redis_part.get("error") or redis_part.get("url", ""))
+    redis_detail = redis_part.get("error") or redis_part.get("url", "")
+    if redis_part.get("maxmemory_policy"):
+        redis_detail += (
+            f", {'AOF' if redis_part.get('aof') else 'no AOF'}, "
+            f"maxmemory-policy {redis_part['maxmemory_policy']}"
+        )
+    component("redis", redis_part, redis_detail)
     kafka = report.get("kafka") or {}
     component("kafka", kafka, kafka.get("error") or f"{kafka.get('partitions', 0)} partitions")
     job = report.get("job") or {}
@@ -347,6 +434,25 @@ def format_status(report: dict[str, Any]) -> str:
             when = f" {_ago(job['last_error_at'])}" if job.get("last_error_at") else ""
             detail += f", last error{when}: {job['last_error']}"
     component("job", job, detail)
+    lease = report.get("lease") or {}
+    if lease.get("owner") or lease.get("waiting"):
+        since = f" since {_ago(lease['since'])}" if lease.get("since") else ""
+        lines.append(f"{'lease':<16} held by {lease.get('owner') or 'nobody'}{since}")
+        for waiting in lease.get("waiting") or ():
+            lines.append(
+                f"{'':<16} waiting for it: {waiting['token']} "
+                f"(since {_ago(waiting.get('waiting_since') or waiting['at'])})"
+            )
+    recovery = report.get("recovery") or {}
+    if recovery.get("rewinds") or recovery.get("records_skipped"):
+        text = (
+            f"{recovery['rewinds']} rewinds, {recovery['records_reapplied']} records applied "
+            f"again from Kafka, {recovery['records_skipped']} read again and left out"
+        )
+        last = recovery.get("last_rewind")
+        if last:
+            text += f"; last rewind {_ago(last['at'])}: {last['reason']}"
+        lines.append(f"{'recovery':<16} {text}")
     for query in report.get("queries") or ():
         component("query", query, _query_line(query))
     celery_part = report.get("celery") or {}

@@ -19,6 +19,11 @@ or, on a cluster::
 The job does not exit when Redis or Kafka go away: a batch waits for Redis with
 backoff, and a query that fails (Kafka unreachable, for instance) is started
 again from its checkpoint with backoff. SIGTERM lets the running batch finish.
+
+Redis, not the checkpoint, says what has been applied (``spark_jobs.recovery``):
+with no checkpoint the query starts from the offsets Redis holds, and when
+Redis has lost state the query is rewound to them with a fresh checkpoint. Only
+the copy of the job that holds the lease in Redis runs its query; another waits.
 """
 
 from __future__ import annotations
@@ -33,19 +38,23 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
 from reco_plugin import keys, schema
 from reco_plugin.scoring import PipelineSettings
-from spark_jobs import state
+from spark_jobs import recovery, state
 from spark_jobs.batch import BatchProcessor
 from spark_jobs.session import REDIS_URL_ENV, add_spark_arguments, build_session, spark_options
 
 logger = logging.getLogger("spark_jobs.recommend")
 QUERY_NAME = "reco_recommend"
 
-# Options of Spark's Kafka source. A task reads a known offset range, but its
+# Options of Spark's Kafka source. failOnDataLoss=false: records Kafka deleted
+# (retention) before the job read them do not stop the job; the batch after
+# them counts them as expired against the offsets Redis holds (recovery.judge),
+# and reco_status reports it. A task reads a known offset range, but its
 # consumer's last fetch asks for more than the range holds, and the broker then
 # waits fetch.max.wait.ms (500 ms by default) for data that is not coming: half a
 # second per partition per batch, which was most of the freshness delay and
@@ -108,12 +117,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def build_query(spark, args: argparse.Namespace, processor: BatchProcessor):
+def build_query(
+    spark, args: argparse.Namespace, processor: BatchProcessor, starting: str | None = None
+):
+    """The streaming query; ``starting``: its startingOffsets when its checkpoint is new."""
     raw = (
         spark.readStream.format("kafka")
         .option("kafka.bootstrap.servers", args.bootstrap)
         .option("subscribe", args.topics)
-        .option("startingOffsets", args.starting_offsets)
+        .option("startingOffsets", starting or args.starting_offsets)
         .option("maxOffsetsPerTrigger", args.settings.max_offsets_per_trigger)
         .options(**KAFKA_SOURCE_OPTIONS)
         .load()
@@ -144,18 +156,60 @@ def cause(error: BaseException | None) -> str:
     return (named[-1] if named else first).strip()[:500]
 
 
+def _end_offsets(progress: Any) -> dict[tuple[str, int], int]:
+    """Where a query's last progress left its Kafka source: (topic, partition) -> offset."""
+    try:
+        sources = (progress or {}).get("sources") or []
+        end = sources[0].get("endOffset") if sources else None
+        if isinstance(end, str):
+            end = json.loads(end)
+        return {(t, int(p)): int(o) for t, parts in (end or {}).items() for p, o in parts.items()}
+    except (ValueError, TypeError, AttributeError, IndexError):
+        return {}
+
+
+class Checkpoint:
+    """The query's checkpoint directory, on any file system Spark's Hadoop knows."""
+
+    def __init__(self, spark, location: str) -> None:
+        jvm = spark.sparkContext._jvm
+        self.location = location
+        self.path = jvm.org.apache.hadoop.fs.Path(location)
+        self.fs = self.path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        self._offsets = jvm.org.apache.hadoop.fs.Path(location + "/offsets")
+
+    def exists(self) -> bool:
+        """Whether a query has planned a batch in it."""
+        return bool(self.fs.exists(self._offsets)) and len(self.fs.listStatus(self._offsets)) > 0
+
+    def remove(self) -> None:
+        self.fs.delete(self.path, True)
+
+
 class Supervisor:
-    """Keeps the query running and the heartbeat fresh until told to stop."""
+    """Keeps the query running and the heartbeat fresh until told to stop;
+    holds the lease, and rewinds the query when Redis has lost state."""
 
     def __init__(self, spark, args: argparse.Namespace) -> None:
         self.spark = spark
         self.args = args
         self.stopping = threading.Event()
-        self.processor = BatchProcessor(args.redis, args.settings, stopping=self.stopping)
         self.redis = state.connect(args.redis)
+        self.lease = recovery.Lease(self.redis, ttl=args.settings.lease_ttl)
+        self.kafka = recovery.KafkaLog(args.bootstrap, args.topics.split(","))
+        self.processor = BatchProcessor(
+            args.redis, args.settings, kafka=self.kafka, lease=self.lease, stopping=self.stopping
+        )
+        self.checkpoint = Checkpoint(spark, args.checkpoint)
+        self.query = None
+        self.processor.planned = lambda: _end_offsets(
+            self.query.lastProgress if self.query is not None else None
+        )
         self.restarts = 0
+        self.rewinds = 0
         self.last_error: str | None = None
         self.last_error_at: float | None = None
+        self.waiting_since: float | None = None
 
     def beat(self, query) -> None:
         status = query.status if query is not None and query.isActive else {}
@@ -171,6 +225,8 @@ class Supervisor:
             "message": status.get("message", "restarting"),
             "waiting_for_redis": self.processor.waiting_for_redis,
             "restarts": self.restarts,
+            "rewinds": self.rewinds,
+            "lease": self.lease.token,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at,
             "last_batch": self.processor.last.get("batch"),
@@ -187,16 +243,90 @@ class Supervisor:
         except redis.RedisError:
             pass  # the batch's own retries report the outage
 
+    def hold_lease(self) -> bool:
+        """Take the lease, or wait for it (saying so) until the job is stopped."""
+        said = 0.0
+        while not self.stopping.is_set():
+            try:
+                if self.lease.acquire():
+                    if self.waiting_since is not None:
+                        logger.info("the lease is this job's now (%s)", self.lease.token)
+                        self.lease.leave_standby()
+                    self.waiting_since = None
+                    return True
+                holder = self.lease.holder()
+                if self.waiting_since is None:
+                    self.waiting_since = time.time()
+                self.lease.standby(
+                    {"pid": os.getpid(), "waiting_since": self.waiting_since, "holder": holder}
+                )
+                if time.monotonic() - said > 30:
+                    said = time.monotonic()
+                    logger.warning(
+                        "another copy of the job holds the lease (%s, since %s): this one "
+                        "waits until it is released or expires",
+                        holder.get("owner"),
+                        time.strftime("%H:%M:%S", time.localtime(holder["since"]))
+                        if holder.get("since")
+                        else "unknown",
+                    )
+            except redis.RedisError as exc:
+                logger.warning("waiting for Redis to take the lease: %s", exc)
+            self.stopping.wait(1.0)
+        return False
+
+    def starting_offsets(self) -> str | None:
+        """With no checkpoint, where Redis stands (None: the query's own checkpoint,
+        or Redis holds nothing yet, and ``--starting-offsets`` applies)."""
+        if self.checkpoint.exists():
+            return None
+        held = recovery.position(self.redis)
+        if not held.offsets:
+            return None
+        partitions = self.kafka.partitions()
+        starting = recovery.starting_offsets(held, partitions, self.kafka.topic_ids())
+        logger.warning(
+            "no checkpoint at %s: starting from the offsets Redis holds", self.args.checkpoint
+        )
+        return starting
+
+    def rewind(self, rewind: recovery.Rewind) -> str:
+        """A fresh checkpoint, and the startingOffsets of the rewound query."""
+        self.rewinds += 1
+        logger.error(
+            "rewinding: %s; starting again from Redis's offsets with a fresh checkpoint, "
+            "%d records to apply again",
+            rewind.reason,
+            rewind.reapplied,
+        )
+        recovery.record_rewind(self.redis, rewind.reason, rewind.reapplied, rewind.offsets)
+        self.checkpoint.remove()
+        held = recovery.Position(rewind.offsets, recovery.position(self.redis).topic_ids)
+        self.processor.rewound_to = dict(rewind.offsets)
+        return recovery.starting_offsets(held, self.kafka.partitions(), self.kafka.topic_ids())
+
     def run(self) -> int:
         backoff = 1.0
+        starting: str | None = None
         while not self.stopping.is_set():
+            if not self.hold_lease():
+                break
             query = None
             started = time.monotonic()
+            self.processor.rewind = None
+            self.processor.lease_lost = False
             try:
-                query = build_query(self.spark, self.args, self.processor)
+                self.processor.topic_ids = self.kafka.topic_ids()
+                starting = starting or self.starting_offsets()
+                query = self.query = build_query(self.spark, self.args, self.processor, starting)
+                starting = None
                 logger.info("query %s (%s) started", QUERY_NAME, query.id)
                 while query.isActive and not self.stopping.is_set():
                     self.beat(query)
+                    if not self._renew():
+                        self.processor.lease_lost = True
+                        query.stop()
+                        break
                     query.awaitTermination(1.0)
                 error = query.exception()
             except Exception as exc:  # the query could not even start (Kafka down...)
@@ -204,6 +334,16 @@ class Supervisor:
             if self.stopping.is_set():
                 self._stop(query)
                 break
+            if self.processor.rewind is not None:
+                try:
+                    starting = self.rewind(self.processor.rewind)
+                    continue
+                except Exception as exc:  # Kafka or Redis away: the failure path retries
+                    error = exc
+            if self.processor.lease_lost:
+                logger.error("this job lost the lease: it stops writing and waits for it")
+                self.beat(None)
+                continue
             self.restarts += 1
             self.last_error = cause(error)
             self.last_error_at = time.time()
@@ -218,6 +358,14 @@ class Supervisor:
             self.stopping.wait(backoff)
             backoff = min(backoff * 2, 30.0)
         return 0
+
+    def _renew(self) -> bool:
+        """Renew the lease; False only when another copy holds it (an outage of
+        Redis is the batches' to wait out)."""
+        try:
+            return self.lease.acquire()
+        except redis.RedisError:
+            return True
 
     def _stop(self, query, grace: float = 30.0) -> None:
         if query is None or not query.isActive:
@@ -252,7 +400,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return supervisor.run()
     finally:
         try:
-            supervisor.redis.delete(keys.pipeline_heartbeat())
+            if supervisor.lease.since is not None:
+                supervisor.redis.delete(keys.pipeline_heartbeat())
+            supervisor.lease.leave_standby()
+            supervisor.lease.release()
         except redis.RedisError:
             pass
         spark.stop()

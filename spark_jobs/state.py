@@ -3,21 +3,25 @@
 Keys come from ``reco_plugin.keys``. Two kinds of writes:
 
 * **State** (co-visitation weights, popularity, trending buckets, visitors'
-  recent items, seen event ids, counters, offsets, the clock) changes only in
-  :func:`commit`: one MULTI/EXEC transaction that also advances the fence (the
-  last committed batch id of the query). A batch that Spark runs again after a
-  crash finds the fence at its id and changes nothing: every event changes the
-  state once.
+  recent items, seen event ids, counters, the clock) changes only in
+  :func:`commit`: one MULTI/EXEC transaction that also stores the next Kafka
+  offset of every partition the batch read (``spark_jobs.recovery``). The
+  offsets decide what is applied: a record at or below them is in the state
+  already, so every event changes the state once, whatever reads it again.
 * **Lists** (similar, personal, trending) are derived from the state and written
-  whole with SET, so writing them again gives the same lists.
+  whole with SET, so writing them again gives the same lists; a list carries the
+  commit it derives from and never overwrites one of a later commit, and only
+  the job holding the lease writes them (:func:`write_lists`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -26,7 +30,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from reco_plugin import experiments, keys, rules, schema, strategies
-from reco_plugin.scoring import PipelineSettings
+from reco_plugin.scoring import STATUS_EXPIRED, PipelineSettings
 
 from .learn import Item
 
@@ -47,9 +51,19 @@ def from_units(units: int) -> float:
     return units / WEIGHT_UNITS
 
 
-# Processing-time buckets of seen event ids: a bucket expires one bucket after
-# the de-duplication window has passed over it.
-SEEN_BUCKETS = 12
+# De-duplication (the same event id at two offsets: a beacon sent twice, a
+# producer's copy). A copy carries its original's key (the visitor), so it is in
+# the same partition, later: the ids of applied events are kept for the last
+# ``dedup_records`` offsets of each partition, in SEEN_BUCKETS stretches. Whether
+# a record is a copy depends on offsets only, never on where batches begin, and
+# memory is a fixed budget per partition, whatever the time or the backlog.
+SEEN_BUCKETS = 4
+
+
+@functools.cache
+def client(url: str) -> redis.Redis:
+    """One client per process and URL (driver, and each reused Python worker)."""
+    return connect(url)
 
 
 def connect(url: str) -> redis.Redis:
@@ -77,11 +91,6 @@ def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
 # -- reading -----------------------------------------------------------------
 
 
-def committed_batch(r: redis.Redis, query_id: str) -> int | None:
-    raw = r.hget(keys.pipeline_committed_batch(), query_id)
-    return int(raw) if raw is not None else None
-
-
 def batch_time(r: redis.Redis, query_id: str, batch_id: int, now_ms: int) -> int:
     """The wall clock (ms) this batch is judged by: ``now_ms`` on its first run,
     the same value when Spark runs it again."""
@@ -99,26 +108,36 @@ def clock(r: redis.Redis) -> int:
     return int(raw) if raw else 0
 
 
-def _seen_bucket_seconds(settings: PipelineSettings) -> int:
-    return max(60, settings.dedup_ttl // SEEN_BUCKETS)
+def _seen_stretch(settings: PipelineSettings) -> int:
+    return max(1, settings.dedup_records // SEEN_BUCKETS)
 
 
 def seen(
-    r: redis.Redis, event_ids: Sequence[str], now_ms: int, settings: PipelineSettings
+    r: redis.Redis,
+    events: Sequence[tuple[str, str, int, int]],
+    settings: PipelineSettings,
 ) -> set[str]:
-    """The ids among ``event_ids`` applied within the de-duplication window."""
-    if not event_ids:
+    """The ids among ``events`` (id, topic, partition, offset) applied before
+    within ``dedup_records`` offsets of them (in whole stretches)."""
+    if not events:
         return set()
-    size = _seen_bucket_seconds(settings)
-    newest = now_ms // 1000 // size * size
-    buckets = range(newest - settings.dedup_ttl // size * size - size, newest + 1, size)
+    stretch = _seen_stretch(settings)
+    by_partition: dict[tuple[str, int], list[tuple[str, int]]] = defaultdict(list)
+    for event_id, topic, partition, offset in events:
+        by_partition[(topic, partition)].append((event_id, offset))
+    asked: list[tuple[int, Sequence[tuple[str, int]]]] = []
+    pipe = r.pipeline(transaction=False)
+    for (topic, partition), rows in sorted(by_partition.items()):
+        low = (min(o for _, o in rows) - settings.dedup_records) // stretch
+        for bucket in range(max(0, low), max(o for _, o in rows) // stretch + 1):
+            for chunk in chunks(rows):
+                pipe.smismember(keys.seen_events(topic, partition, bucket), [i for i, _ in chunk])
+                asked.append((bucket, chunk))
     found: set[str] = set()
-    for chunk in chunks(list(event_ids)):
-        pipe = r.pipeline(transaction=False)
-        for bucket in buckets:
-            pipe.smismember(keys.seen_events(bucket), chunk)
-        for flags in pipe.execute():
-            found.update(event_id for event_id, flag in zip(chunk, flags, strict=True) if flag)
+    for (bucket, chunk), flags in zip(asked, pipe.execute(), strict=True):
+        for (event_id, offset), flag in zip(chunk, flags, strict=True):
+            if flag and bucket >= (offset - settings.dedup_records) // stretch:
+                found.add(event_id)
     return found
 
 
@@ -324,8 +343,14 @@ class BatchChanges:
     """
 
     counts: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    # (topic, partition) -> the next offset after the batch's last record, and
+    # its first record's offset (the batch follows on from Redis, or not)
     offsets: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
-    applied_ids: list[str] = dataclasses.field(default_factory=list)
+    first_offsets: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
+    # topic -> records read again that Redis holds already (left out)
+    skipped: dict[str, int] = dataclasses.field(default_factory=dict)
+    # (event id, topic, partition, offset) of the applied events, for de-duplication
+    applied_ids: list[tuple[str, str, int, int]] = dataclasses.field(default_factory=list)
     recent: dict[str, list[Item]] = dataclasses.field(default_factory=dict)
     # product -> other product -> co-visitation weight
     pairs: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
@@ -401,6 +426,9 @@ class BatchChanges:
         """Add another partition's changes (partitions hold disjoint visitors)."""
         for key, offset in other.offsets.items():
             self.offsets[key] = max(self.offsets.get(key, 0), offset)
+        for key, offset in other.first_offsets.items():
+            self.first_offsets[key] = min(self.first_offsets.get(key, offset), offset)
+        _add(self.skipped, other.skipped)
         self.applied_ids.extend(other.applied_ids)
         self.newest_ts = max(self.newest_ts, other.newest_ts)
         # per visitor: whole values (a visitor is in one partition)
@@ -452,8 +480,9 @@ def _add(mine: dict[Any, int], theirs: Mapping[Any, int]) -> None:
 
 def commit(
     r: redis.Redis,
-    query_id: str,
-    batch_id: int,
+    lease: str,
+    held: Mapping[tuple[str, int], int],
+    batch: tuple[str, int],
     changes: BatchChanges,
     *,
     landmark_ms: int,
@@ -461,30 +490,56 @@ def commit(
     previous_clock_ms: int,
     now_ms: int,
     settings: PipelineSettings,
-) -> bool:
+    topic_ids: Mapping[str, str] | None = None,
+    new_lives: Sequence[str] = (),
+) -> int:
     """Apply ``changes`` (weights at ``landmark_ms``), move the clock to
-    ``clock_ms`` and advance the fence to ``batch_id``, in one transaction.
+    ``clock_ms`` and store the batch's offsets, in one transaction; the number
+    of this commit (lists carry it).
 
-    Returns False (and changes nothing) if the fence is already at or past
-    ``batch_id``: the batch was committed before.
+    ``held`` is the offsets Redis held when the batch was scored: if Redis
+    holds other offsets now (restored, failed over, written by another copy),
+    nothing is written and :class:`recovery.Moved` is raised; if the job no
+    longer holds the ``lease``, :class:`recovery.LeaseLost`. ``batch`` is the
+    (query id, batch id), recorded for operators. ``topic_ids``: the life of
+    each topic the offsets belong to; the offsets of ``new_lives`` (topics
+    created again) are dropped first.
     """
-    fence_key = keys.pipeline_committed_batch()
+    from .recovery import LeaseLost, Moved, parse_field
+
     products = changes.touched_products()
     baskets = changes.touched_baskets()
     with r.pipeline(transaction=True) as pipe:
-        pipe.watch(fence_key)
-        fence = pipe.hget(fence_key, query_id)
-        if fence is not None and int(fence) >= batch_id:
+        pipe.watch(keys.pipeline_lease(), keys.pipeline_offsets())
+        if pipe.get(keys.pipeline_lease()) != lease:
             pipe.unwatch()
-            return False
-        # Only the job writes these, and only under the fence: read here, they
+            raise LeaseLost("another copy of the job holds the lease")
+        now_held = pipe.hgetall(keys.pipeline_offsets())
+        if {parse_field(k): int(v) for k, v in now_held.items()} != dict(held):
+            pipe.unwatch()
+            raise Moved("Redis's offsets changed while the batch was scored")
+        # Only the job writes these, and only under the lease: read here, they
         # are the values the batch builds on.
         clocks = {
             keys.product_clock(): pipe.hmget(keys.product_clock(), products) if products else [],
             keys.fbt_clock(): pipe.hmget(keys.fbt_clock(), baskets) if baskets else [],
         }
         current_evidence = strategies.evidence_from(pipe.hgetall(keys.bandit()))
+        seq = int(pipe.get(keys.pipeline_commit_seq()) or 0) + 1
+        expired_seen = _expired_seen(
+            pipe,
+            {tp: max(o, held.get(tp, 0)) for tp, o in changes.offsets.items()},
+            settings,
+        )
+        # offsets only move forward (a batch read again may end below Redis's)
+        changes.offsets = {
+            tp: offset if tp[0] in new_lives else max(offset, held.get(tp, 0))
+            for tp, offset in changes.offsets.items()
+        }
         pipe.multi()
+        old_life = [name for name in now_held if parse_field(name)[0] in set(new_lives)]
+        if old_life:
+            pipe.hdel(keys.pipeline_offsets(), *old_life)
         _write_changes(
             pipe,
             changes,
@@ -495,34 +550,53 @@ def commit(
             now_ms,
             settings,
         )
+        if expired_seen:
+            pipe.delete(*expired_seen)
+            pipe.zrem(keys.seen_index(), *expired_seen)
+        if topic_ids:
+            pipe.hset(keys.pipeline_topic_ids(), mapping=dict(topic_ids))
         if changes.rewards:
             updated = updated_evidence(current_evidence, changes.rewards, settings)
             pipe.hset(keys.bandit(), mapping={f: f"{s!r} {t!r}" for f, (s, t) in updated.items()})
             stats: dict[str, int] = {}
-            for field, (successes, trials) in changes.rewards.items():
-                strategy, _, click = field.partition(":")
+            for field_name, (successes, trials) in changes.rewards.items():
+                strategy, _, click = field_name.partition(":")
                 names = ("clicks", "impressions") if click else ("successes", "trials")
                 stats[f"{strategy}:{names[0]}"] = successes
                 stats[f"{strategy}:{names[1]}"] = trials
-            for field, n in sorted(stats.items()):
+            for field_name, n in sorted(stats.items()):
                 if n:
-                    pipe.hincrby(keys.bandit_stats(), field, n)
-        for field, n in sorted(changes.conversions.items()):
-            pipe.hincrby(keys.bandit_stats(), field, n)
+                    pipe.hincrby(keys.bandit_stats(), field_name, n)
+        for field_name, n in sorted(changes.conversions.items()):
+            pipe.hincrby(keys.bandit_stats(), field_name, n)
         if changes.experiment_id is not None:
-            for field, n in sorted(changes.experiment_counts.items()):
-                pipe.hincrby(keys.experiment_counts(changes.experiment_id), field, n)
+            for field_name, n in sorted(changes.experiment_counts.items()):
+                pipe.hincrby(keys.experiment_counts(changes.experiment_id), field_name, n)
             for (arm, name), visitors in sorted(changes.experiment_visitors.items()):
                 pipe.sadd(
                     keys.experiment_visitors(changes.experiment_id, arm, name), *sorted(visitors)
                 )
+        skipped = sum(changes.skipped.values())
+        if skipped:
+            pipe.hincrby(keys.pipeline_recovery(), "records_skipped", skipped)
+        expired = {
+            topic: n for (topic, status), n in changes.counts.items() if status == "expired" and n
+        }
+        if expired:
+            pipe.hset(
+                keys.pipeline_recovery(),
+                "last_expired",
+                json.dumps({"at": time.time(), "topics": dict(sorted(expired.items()))}),
+            )
         pipe.set(keys.pipeline_clock(), clock_ms)
+        pipe.set(keys.pipeline_commit_seq(), seq)
         pipe.set(
             keys.pipeline_pending(),
             json.dumps(
                 {
-                    "query": query_id,
-                    "batch": batch_id,
+                    "query": batch[0],
+                    "batch": batch[1],
+                    "seq": seq,
                     "products": products,
                     "baskets": baskets,
                     "categories": changes.touched_categories(),
@@ -531,9 +605,29 @@ def commit(
                 }
             ),
         )
-        pipe.hset(fence_key, query_id, batch_id)
+        pipe.hset(keys.pipeline_committed_batch(), batch[0], batch[1])
         pipe.execute()
-    return True
+    return seq
+
+
+def _expired_seen(
+    pipe: Any, offsets: Mapping[tuple[str, int], int], settings: PipelineSettings
+) -> list[str]:
+    """The de-duplication stretches of these partitions no later record can look in."""
+    if not offsets:
+        return []
+    stretch = _seen_stretch(settings)
+    oldest = {
+        keys.seen_events(topic, partition, 0).rpartition(":")[0]: (
+            (offset - settings.dedup_records) // stretch
+        )
+        for (topic, partition), offset in offsets.items()
+    }
+    return [
+        key
+        for key, bucket in pipe.zrange(keys.seen_index(), 0, -1, withscores=True)
+        if bucket < oldest.get(key.rpartition(":")[0], -1)
+    ]
 
 
 def updated_evidence(
@@ -639,7 +733,8 @@ def _write_changes(
     counters: dict[str, int] = {}
     for (topic, status), n in changes.counts.items():
         counters[f"{topic}:{status}"] = counters.get(f"{topic}:{status}", 0) + n
-        counters[f"{topic}:read"] = counters.get(f"{topic}:read", 0) + n
+        if status != STATUS_EXPIRED:
+            counters[f"{topic}:read"] = counters.get(f"{topic}:read", 0) + n
     for field, n in sorted(counters.items()):
         pipe.hincrby(keys.pipeline_counters(), field, n)
     if changes.offsets:
@@ -648,11 +743,14 @@ def _write_changes(
             mapping={f"{t}:{p}": o for (t, p), o in sorted(changes.offsets.items())},
         )
     if changes.applied_ids:
-        size = _seen_bucket_seconds(settings)
-        bucket = keys.seen_events(now_ms // 1000 // size * size)
-        for chunk in chunks(changes.applied_ids):
-            pipe.sadd(bucket, *chunk)
-        pipe.expire(bucket, settings.dedup_ttl + 2 * size)
+        stretch = _seen_stretch(settings)
+        by_bucket: dict[str, list[str]] = defaultdict(list)
+        for event_id, topic, partition, offset in changes.applied_ids:
+            by_bucket[keys.seen_events(topic, partition, offset // stretch)].append(event_id)
+        for key, ids in sorted(by_bucket.items()):
+            for chunk in chunks(ids):
+                pipe.sadd(key, *chunk)
+            pipe.zadd(keys.seen_index(), {key: int(key.rpartition(":")[2])})
     for visitor_id, items in sorted(changes.recent.items()):
         pipe.set(
             keys.visitor_recent(visitor_id),
@@ -685,8 +783,25 @@ def _write_changes(
 
 
 def pending(r: redis.Redis) -> dict[str, Any] | None:
+    """The lists the last commit still owes, if it does."""
     raw = r.get(keys.pipeline_pending())
     return json.loads(raw) if raw else None
+
+
+def lists_written(r: redis.Redis, seq: int) -> None:
+    """Commit ``seq``'s lists are written: nothing is owed (unless a later commit is)."""
+    with r.pipeline(transaction=True) as pipe:
+        try:
+            pipe.watch(keys.pipeline_pending())
+            owed = pending(pipe)  # type: ignore[arg-type]
+            if owed and int(owed.get("seq", 0)) <= seq:
+                pipe.multi()
+                pipe.delete(keys.pipeline_pending())
+                pipe.execute()
+            else:
+                pipe.unwatch()
+        except redis.WatchError:
+            pass
 
 
 # Batches kept in the history the admin's dashboard draws
@@ -716,13 +831,63 @@ def record_batch(r: redis.Redis, info: Mapping[str, Any]) -> None:
 # -- derived lists -------------------------------------------------------------
 
 
-def write_lists(r: redis.Redis, key_values: Mapping[str, Any], ttl: int) -> None:
-    pipe = r.pipeline(transaction=False)
-    for n, (key, value) in enumerate(key_values.items(), 1):
-        pipe.set(key, json.dumps(value), ex=ttl)
-        if n % CHUNK == 0:
-            pipe.execute()
-    pipe.execute()
+@dataclasses.dataclass(frozen=True)
+class Writer:
+    """Who writes lists: the job's lease token and the commit they derive from."""
+
+    lease: str
+    seq: int
+
+
+# SET each list only while the writer holds the lease and no later commit has
+# begun writing its lists: a task of an old batch, or of a copy of the job that
+# lost its lease, cannot bring back an old list (or a forgotten visitor's).
+_GUARDED_SET = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local seq = tonumber(ARGV[2])
+if tonumber(redis.call('GET', KEYS[2]) or '0') > seq then return -2 end
+for i = 3, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[3])
+end
+return #KEYS - 2
+"""
+
+
+class StaleWriter(Exception):
+    """A list write refused: the writer lost the lease or a later commit wrote."""
+
+
+def write_lists(
+    r: redis.Redis, key_values: Mapping[str, Any], ttl: int, writer: Writer | None = None
+) -> None:
+    """SET each list (JSON) with ``ttl``; with a ``writer``, only as it may
+    (raises :class:`StaleWriter` otherwise). The retraining writes its own
+    lists without one."""
+    items = list(key_values.items())
+    if writer is None:
+        pipe = r.pipeline(transaction=False)
+        for n, (key, value) in enumerate(items, 1):
+            pipe.set(key, json.dumps(value), ex=ttl)
+            if n % CHUNK == 0:
+                pipe.execute()
+        pipe.execute()
+        return
+    script = _guarded_set(r)
+    for chunk in chunks(items):
+        # ARGV[3] is the TTL; values follow from ARGV[4] (KEYS[i] <-> ARGV[i+1])
+        result = script(
+            keys=[keys.pipeline_lease(), keys.pipeline_commit_seq(), *(k for k, _ in chunk)],
+            args=[writer.lease, writer.seq, ttl, *(json.dumps(v) for _, v in chunk)],
+        )
+        if int(result) < 0:
+            raise StaleWriter(
+                "the job lost its lease" if int(result) == -1 else "a later commit wrote its lists"
+            )
+
+
+@functools.cache
+def _guarded_set(r: redis.Redis) -> Any:
+    return r.register_script(_GUARDED_SET)
 
 
 def notify(r: redis.Redis, visitor_ids: Sequence[str]) -> None:

@@ -133,18 +133,32 @@ def read_all(bootstrap: str, topics: Iterable[str], timeout: float = 30.0) -> li
         consumer.close()
 
 
+def bookkeeping() -> tuple[str, ...]:
+    """The job's keys about its own runs, not about the events: the batch's
+    wall clock, timings and their history, heartbeat, lease, the numbers of
+    batches and commits, the record of recoveries."""
+    return (
+        keys.pipeline_last_batch(),
+        keys.pipeline_heartbeat(),
+        keys.pipeline_batch_time(),
+        keys.pipeline_history(),
+        keys.pipeline_lease(),
+        keys.pipeline_lease_info(),
+        keys.pipeline_standby(),
+        keys.pipeline_committed_batch(),
+        keys.pipeline_commit_seq(),
+        keys.pipeline_recovery(),
+    )
+
+
 def redis_state(client: redis.Redis) -> dict[str, Any]:
-    """Every list, count and counter in a Redis database; the wall-clock
-    bookkeeping (seen ids in processing-time buckets, the batch's wall clock,
-    timings and their history, heartbeat) is left out."""
+    """Every list, count and counter in a Redis database; the de-duplication
+    ids (their buckets depend on where batches begin) and the job's
+    :func:`bookkeeping` are left out."""
     result: dict[str, Any] = {}
+    skipped = set(bookkeeping())
     for key in sorted(client.scan_iter(count=1000)):
-        if ":pipeline:seen:" in key or key in (
-            keys.pipeline_last_batch(),
-            keys.pipeline_heartbeat(),
-            keys.pipeline_batch_time(),
-            keys.pipeline_history(),
-        ):
+        if ":pipeline:seen:" in key or key in skipped:
             continue
         kind = client.type(key)
         if kind == "string":
@@ -155,8 +169,6 @@ def redis_state(client: redis.Redis) -> dict[str, Any]:
             value = client.zrange(key, 0, -1, withscores=True)
         elif kind == "hash":
             value = client.hgetall(key)
-            if key == keys.pipeline_committed_batch():
-                value = sorted(value.values())  # keyed by each checkpoint's query id
         else:
             value = sorted(client.smembers(key))
         result[key] = value

@@ -349,10 +349,14 @@ class Stack:
                     "127.0.0.1",
                     "--dir",
                     str(redis_dir),
-                    "--save",
-                    "60 1000",
+                    # durable by default: every write in the append-only
+                    # file within a second (docs/production.md); snapshots too
                     "--appendonly",
-                    "no",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                    "--save",
+                    "300 1",
                     "--protected-mode",
                     "yes",
                 ],

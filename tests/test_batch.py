@@ -7,7 +7,7 @@ import pytest
 
 from reco_plugin import keys, schema, strategies
 from reco_plugin.scoring import PipelineSettings
-from spark_jobs import batch, state
+from spark_jobs import batch, recovery, score, state
 
 SETTINGS = PipelineSettings()
 
@@ -23,6 +23,8 @@ class Batches:
         self.batch_id = 0
         self.offset = 0
         self.now = schema.now_ms()
+        self.lease = recovery.Lease(self.r)
+        assert self.lease.acquire()
 
     def row(
         self,
@@ -52,25 +54,33 @@ class Batches:
             reco_id,
         )
 
+    def again(self, row):
+        """The same event at a later offset (a beacon sent twice, a producer's copy)."""
+        self.offset += 1
+        return (*row[:2], self.offset, *row[3:])
+
     def run(self, rows):
         settings = self.settings
         clock = state.clock(self.r)
-        landmark = batch.landmark(clock, self.now, settings)
+        landmark = score.landmark(clock, self.now, settings)
+        held = recovery.position(self.r)
         changes = next(
-            batch.score_partition(
+            score.score_partition(
                 rows,
                 redis_url=self.redis_url,
                 settings=settings,
                 landmark_ms=landmark,
                 now_ms=self.now,
+                held=held.as_fields(),
                 experiment=self.experiment,
             )
         )
         clock_ms = max(clock, changes.newest_ts)
         assert state.commit(
             self.r,
-            "q",
-            self.batch_id,
+            self.lease.token,
+            held.offsets,
+            ("q", self.batch_id),
             changes,
             landmark_ms=landmark,
             clock_ms=clock_ms,
@@ -80,7 +90,7 @@ class Batches:
         )
         self.batch_id += 1
         # every list the batch changes, as the job writes them (on the driver)
-        processor = batch.BatchProcessor(self.redis_url, settings)
+        processor = batch.BatchProcessor(self.redis_url, settings, lease=self.lease)
         processor.started_ms = self.now
         processor.experiment = self.experiment
         processor._lists(self.r, None, state.pending(self.r), clock_ms, batch.Steps(), spread=False)
@@ -130,7 +140,7 @@ def test_identify_keeps_the_users_own_history_and_counts_once(batches):
     identify = batches.row("identify", "u:8", None, previous="s:anon8", seconds_ago=1)
     batches.run([identify])
     assert batches.recent("u:8") == ["6", "5"]  # newest first
-    batches.run([identify])  # the same event again: a duplicate
+    batches.run([batches.again(identify)])  # the same event again: a duplicate
     counters = batches.r.hgetall(keys.pipeline_counters())
     assert counters["page_views:duplicate"] == "1"
     assert batches.recent("u:8") == ["6", "5"]
@@ -339,3 +349,32 @@ def test_attribution_keeps_to_its_window_and_the_latest_click_across_a_login(red
     )
     stats = r.hgetall(keys.bandit_stats())
     assert stats.get("fbt:purchases") == "1" and "similar:purchases" not in stats
+
+
+def test_a_record_read_again_is_left_out_by_its_offset_uncounted(batches):
+    first = batches.row("page_view", "s:again", "1")
+    batches.run([first, batches.row("page_view", "s:again", "2")])
+    before = batches.r.hgetall(keys.pipeline_counters())
+    changes = batches.run([first])  # a checkpoint read it again
+    assert changes.skipped == {"page_views": 1} and not changes.counts
+    assert batches.r.hgetall(keys.pipeline_counters()) == before
+    assert batches.r.hget(keys.pipeline_recovery(), "records_skipped") == "1"
+    # the offsets never move back
+    assert batches.r.hget(keys.pipeline_offsets(), "page_views:0") == str(batches.offset + 1)
+
+
+def test_a_copy_is_found_within_dedup_records_of_its_partition_whatever_its_age(redis_url):
+    batches = Batches(redis_url, PipelineSettings(dedup_records=8))
+    now = batches.row("page_view", "s:copy", "1", seconds_ago=60)
+    old = batches.row("page_view", "s:copy", "2", seconds_ago=30 * 24 * 3600)
+    batches.run([now, old])
+    changes = batches.run([batches.again(now), batches.again(old)])
+    assert changes.counts == {("page_views", "duplicate"): 2}
+    # twelve records later, beyond the window (in whole stretches of 8 / 4): applied
+    batches.offset += 12
+    changes = batches.run([batches.again(now)])
+    assert changes.counts == {("page_views", "applied"): 1}
+    # the stretches no later record can look in are gone
+    assert batches.r.zrange(keys.seen_index(), 0, -1) == [
+        keys.seen_events("page_views", 0, 8),
+    ]

@@ -1,0 +1,337 @@
+"""Where Redis stands against Kafka, and what the job does about it.
+
+Kafka is the record; Redis is a fold of it. Every commit stores, with the state
+it changes, the next offset of each partition it has applied (``Position``), so
+Redis always says exactly which events it contains. The job trusts that, not its
+checkpoint:
+
+* A record at or below Redis's offset is already in the state: it is left out
+  (a lost, older or second checkpoint reads it again; nothing is applied twice).
+* A batch that starts past Redis's offset means Redis lost state (an older
+  snapshot, a failover to a lagging replica, a flush): :class:`Rewind` stops the
+  query, and it starts again with a fresh checkpoint from Redis's offsets, so
+  Kafka applies what Redis lacks, exactly once.
+* Records Kafka deleted (retention) before the job read them are counted as
+  ``expired`` (the earliest retained offset past Redis's offset).
+* Offsets compare within one life of a topic: Redis keeps the topic's id (Kafka's
+  topic UUID) beside them, and a topic deleted and created again starts afresh.
+
+One job writes: :class:`Lease` is an owner token in Redis, renewed by the
+job's heartbeat and checked under ``WATCH`` in each commit; a second copy waits
+until it expires.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+
+from reco_plugin import keys
+
+logger = logging.getLogger("spark_jobs.recovery")
+
+TopicPartition = tuple[str, int]
+
+
+def field(tp: TopicPartition) -> str:
+    return f"{tp[0]}:{tp[1]}"
+
+
+def parse_field(name: str) -> TopicPartition:
+    topic, _, partition = name.rpartition(":")
+    return topic, int(partition)
+
+
+# -- what Redis holds ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """The next offset Redis holds of each partition, and the id of the topic's
+    life those offsets belong to (absent for a state written before ids were kept)."""
+
+    offsets: Mapping[TopicPartition, int]
+    topic_ids: Mapping[str, str]
+
+    def as_fields(self) -> dict[str, int]:
+        """``topic:partition`` -> offset, the form the executors are given."""
+        return {field(tp): offset for tp, offset in self.offsets.items()}
+
+    def without(self, topics: Iterable[str]) -> Position:
+        """This position with no offsets of ``topics`` (a new life of them)."""
+        gone = set(topics)
+        return Position(
+            {tp: o for tp, o in self.offsets.items() if tp[0] not in gone},
+            {t: i for t, i in self.topic_ids.items() if t not in gone},
+        )
+
+
+def position(r: redis.Redis) -> Position:
+    pipe = r.pipeline(transaction=False)
+    pipe.hgetall(keys.pipeline_offsets())
+    pipe.hgetall(keys.pipeline_topic_ids())
+    offsets, topic_ids = pipe.execute()
+    return Position({parse_field(k): int(v) for k, v in offsets.items()}, topic_ids)
+
+
+# -- what Kafka holds --------------------------------------------------------------
+
+
+class KafkaLog:
+    """The driver's view of the event topics in Kafka: their partitions, ids and
+    earliest retained offsets. Asked only when a batch does not follow on from
+    Redis (and once when the job starts), never on the hot path."""
+
+    def __init__(self, bootstrap: str, topics: Iterable[str], timeout: float = 15.0) -> None:
+        self.bootstrap = bootstrap
+        self.topics = sorted(set(topics))
+        self.timeout = timeout
+
+    def _config(self) -> dict[str, Any]:
+        return {"bootstrap.servers": self.bootstrap, "log_level": 0}
+
+    def topic_ids(self) -> dict[str, str]:
+        """Topic -> its id (Kafka's topic UUID), for the topics that exist."""
+        from confluent_kafka import KafkaException, TopicCollection
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self._config())
+        futures = admin.describe_topics(TopicCollection(self.topics), request_timeout=self.timeout)
+        found = {}
+        for topic, future in futures.items():
+            try:
+                found[topic] = str(future.result(self.timeout).topic_id)
+            except KafkaException as exc:
+                logger.warning("topic %s is not described: %s", topic, exc)
+        return found
+
+    def partitions(self) -> dict[str, list[int]]:
+        from confluent_kafka.admin import AdminClient
+
+        metadata = AdminClient(self._config()).list_topics(timeout=self.timeout)
+        return {
+            topic: sorted(metadata.topics[topic].partitions)
+            for topic in self.topics
+            if topic in metadata.topics and metadata.topics[topic].error is None
+        }
+
+    def earliest(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The earliest offset Kafka still holds of each partition."""
+        from confluent_kafka import Consumer
+        from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+        consumer = Consumer({**self._config(), "group.id": "reco-recovery"})
+        try:
+            return {
+                tp: consumer.get_watermark_offsets(
+                    KafkaTopicPartition(*tp), timeout=self.timeout, cached=False
+                )[0]
+                for tp in tps
+            }
+        finally:
+            consumer.close()
+
+
+# -- judging a batch against Redis ----------------------------------------------------
+
+
+class Rewind(Exception):
+    """Redis lacks events the query has passed: start it again from ``offsets``."""
+
+    def __init__(self, offsets: Mapping[TopicPartition, int], reapplied: int, reason: str):
+        super().__init__(reason)
+        self.offsets = dict(offsets)
+        self.reapplied = reapplied
+        self.reason = reason
+
+
+class LeaseLost(Exception):
+    """Another copy of the job holds the lease: this one stops writing."""
+
+
+class Moved(Exception):
+    """Redis's offsets changed while the batch was scored (a restore, a failover):
+    the batch is judged again against them."""
+
+
+@dataclasses.dataclass
+class Verdict:
+    """What a scored batch means for Redis: records Kafka deleted before they
+    were read, per partition (committed as ``expired``)."""
+
+    expired: dict[TopicPartition, int]
+
+
+def judge(
+    first_offsets: Mapping[TopicPartition, int],
+    held: Position,
+    log: KafkaLog,
+    *,
+    planned: Mapping[TopicPartition, int] | None = None,
+    absent: Mapping[TopicPartition, int] | None = None,
+) -> Verdict:
+    """Compare a batch's first offset of each partition with Redis's.
+
+    Raises :class:`Rewind` when Redis lacks records Kafka still holds before the
+    batch. ``planned``: where the query stood before this batch (its last
+    progress), to count what a rewind applies again. ``absent``: offsets the
+    query was just rewound to which Kafka does not hold (transaction markers,
+    compaction); a batch that starts past them is not a gap.
+    """
+    # (nothing can be missing before a partition's offset 0)
+    ahead = {tp: first for tp, first in first_offsets.items() if first > held.offsets.get(tp, 0)}
+    if not ahead:
+        return Verdict({})
+    earliest = log.earliest(sorted(ahead))
+    expired: dict[TopicPartition, int] = {}
+    rewind: dict[TopicPartition, int] = {}
+    for tp, first in sorted(ahead.items()):
+        low = earliest[tp]
+        start = held.offsets.get(tp)
+        if start is None:
+            # Redis has nothing of this partition: it starts at what Kafka holds.
+            if first > low:
+                rewind[tp] = low
+            continue
+        if low > start:
+            expired[tp] = min(low, first) - start
+        resume = max(start, low)
+        if first > resume and (absent or {}).get(tp) != resume:
+            rewind[tp] = resume
+    if not rewind:
+        return Verdict(expired)
+    # Everything starts again from where Redis stands (or, where Redis holds
+    # nothing of a partition, from Kafka's earliest).
+    offsets = {**held.offsets, **rewind}
+    stood = {**(planned or {}), **first_offsets}
+    reapplied = sum(max(0, stood.get(tp, offset) - offset) for tp, offset in offsets.items())
+    where = ", ".join(f"{field(tp)} at {first_offsets[tp]}" for tp in sorted(rewind))
+    raise Rewind(
+        offsets,
+        reapplied,
+        f"Redis holds less than the query has read ({where}; Redis at "
+        + ", ".join(f"{field(tp)}={held.offsets.get(tp, 'nothing')}" for tp in sorted(rewind))
+        + ")",
+    )
+
+
+def starting_offsets(
+    held: Position, partitions: Mapping[str, Iterable[int]], topic_ids: Mapping[str, str]
+) -> str:
+    """Spark's ``startingOffsets`` JSON for every partition of the topics: Redis's
+    offset, or the earliest (-2) where Redis holds none of this life of the topic."""
+    result: dict[str, dict[str, int]] = {}
+    for topic, parts in sorted(partitions.items()):
+        same_life = held.topic_ids.get(topic) in (None, topic_ids.get(topic))
+        result[topic] = {
+            str(p): held.offsets.get((topic, p), -2) if same_life else -2 for p in parts
+        }
+    return json.dumps(result)
+
+
+# -- the record of recoveries ----------------------------------------------------------
+
+
+def record_rewind(r: redis.Redis, reason: str, reapplied: int, offsets: Mapping) -> None:
+    pipe = r.pipeline(transaction=True)
+    pipe.hincrby(keys.pipeline_recovery(), "rewinds", 1)
+    pipe.hincrby(keys.pipeline_recovery(), "records_reapplied", reapplied)
+    pipe.hset(
+        keys.pipeline_recovery(),
+        "last_rewind",
+        json.dumps(
+            {
+                "at": time.time(),
+                "reason": reason,
+                "records_reapplied": reapplied,
+                "from": {field(tp): o for tp, o in sorted(offsets.items())},
+            }
+        ),
+    )
+    pipe.execute()
+
+
+# -- one writer --------------------------------------------------------------------------
+
+
+class Lease:
+    """The right to write the pipeline's state: ``keys.pipeline_lease`` holds the
+    owner's token for ``ttl`` seconds, renewed by its heartbeat. A second copy of
+    the job waits (:meth:`acquire` returns False) and says who holds it."""
+
+    def __init__(self, r: redis.Redis, ttl: float = 15.0) -> None:
+        self.r = r
+        self.ttl_ms = int(ttl * 1000)
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.since: float | None = None
+
+    def acquire(self) -> bool:
+        """Take the lease if nobody holds it (or keep it); True if this job holds it."""
+        if self.r.set(keys.pipeline_lease(), self.token, nx=True, px=self.ttl_ms):
+            self.since = time.time()
+            self.r.set(
+                keys.pipeline_lease_info(),
+                json.dumps({"owner": self.token, "since": self.since}),
+                px=self.ttl_ms * 4,
+            )
+            return True
+        return self.renew()
+
+    def renew(self) -> bool:
+        """Extend the lease if this job holds it; False if it does not."""
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(keys.pipeline_lease())
+                if pipe.get(keys.pipeline_lease()) != self.token:
+                    pipe.unwatch()
+                    self.since = None
+                    return False
+                pipe.multi()
+                pipe.pexpire(keys.pipeline_lease(), self.ttl_ms)
+                pipe.pexpire(keys.pipeline_lease_info(), self.ttl_ms * 4)
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def holder(self) -> dict[str, Any]:
+        """Who holds the lease now (owner, since), as far as Redis says."""
+        owner, info = self.r.mget(keys.pipeline_lease(), keys.pipeline_lease_info())
+        details = json.loads(info) if info else {}
+        return {
+            "owner": owner,
+            "since": details.get("since") if details.get("owner") == owner else None,
+        }
+
+    def standby(self, info: Mapping[str, Any]) -> None:
+        """Say in Redis that this copy waits for the lease (``reco_status`` shows it)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(keys.pipeline_standby(), self.token, json.dumps({**info, "at": time.time()}))
+        pipe.expire(keys.pipeline_standby(), 60)
+        pipe.execute()
+
+    def leave_standby(self) -> None:
+        self.r.hdel(keys.pipeline_standby(), self.token)
+
+    def release(self) -> None:
+        """Give the lease up (a clean stop): a waiting copy takes over at once."""
+        with self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(keys.pipeline_lease())
+                if pipe.get(keys.pipeline_lease()) == self.token:
+                    pipe.multi()
+                    pipe.delete(keys.pipeline_lease(), keys.pipeline_lease_info())
+                    pipe.execute()
+                else:
+                    pipe.unwatch()
+            except redis.WatchError:
+                pass
