@@ -336,3 +336,21 @@ def _extras_checks() -> list[Any]:
             )
         )
     return errors
+
+
+@register(Tags.compatibility, deploy=True)
+def check_redis_durability(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """``check --deploy``: the shop's Redis must keep the pipeline's state. An
+    evicting memory policy drops it (offsets, counters, weights) without a word;
+    skipped when Redis does not answer (``reco_status`` says so)."""
+    from .redis_client import get_work_redis
+    from .status import redis_durability
+
+    try:
+        found = redis_durability(get_work_redis())
+    except Exception:
+        return []
+    return [
+        Warning(problem, hint="See docs/production.md, Redis.", id="reco_plugin.W008")
+        for problem in found["problems"]
+    ]

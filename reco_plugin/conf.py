@@ -26,6 +26,8 @@ DEFAULTS: dict[str, Any] = {
     },
     # topic role -> topic name (SPEC §5)
     "TOPICS": dict(schema.DEFAULT_TOPICS),
+    # the record of forgotten visitors (one partition, compacted, kept for good)
+    "FORGOTTEN_TOPIC": schema.FORGOTTEN_TOPIC,
     "TOPIC_PARTITIONS": 12,
     "TOPIC_REPLICATION": 1,
     "REDIS_URL": "redis://127.0.0.1:6379/0",

@@ -98,6 +98,8 @@ def stream_command(
         ",".join(topics or reco_settings.TOPICS.values()),
         "--key-prefix",
         key_prefix or reco_settings.KEY_PREFIX,
+        "--forgotten-topic",
+        reco_settings.FORGOTTEN_TOPIC,
         "--config",
         json.dumps({**(reco_settings.PIPELINE or {}), **dict(config or {})}),
     ]
@@ -131,7 +133,15 @@ def environment(redis_url: str | None = None) -> dict[str, str]:
     and the Redis URL (see :func:`redis_arguments`)."""
     from spark_jobs.session import REDIS_URL_ENV
 
-    env = {**os.environ, REDIS_URL_ENV: redis_url or reco_settings.REDIS_URL}
+    from . import keys
+    from .privacy import forget_secret
+
+    env = {
+        **os.environ,
+        REDIS_URL_ENV: redis_url or reco_settings.REDIS_URL,
+        # forgotten visitors are known by digests under the shop's secret
+        keys.FORGET_SECRET_ENV: forget_secret(),
+    }
     env.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     env["PYTHONPATH"] = os.pathsep.join(
         dict.fromkeys(

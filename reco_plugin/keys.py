@@ -8,6 +8,7 @@ count or flush them (``redis-cli --scan --pattern 'reco:v1:*'``).
 from __future__ import annotations
 
 import hashlib
+import hmac
 
 DEFAULT_PREFIX = "reco:v1"
 PREFIX = DEFAULT_PREFIX
@@ -58,10 +59,37 @@ def visitor_bought(visitor_id: str) -> str:
     return f"{PREFIX}:visitor:{visitor_id}:bought"
 
 
-def visitor_forgotten(visitor_id: str) -> str:
-    """String, TTL the pipeline's horizon: when (epoch ms) the visitor was
-    forgotten; the pipeline ignores their events up to then."""
-    return f"{PREFIX}:forgotten:{visitor_id}"
+# The environment variable the streaming job (driver and executors) finds the
+# digests' secret in (``reco_stream`` sets it from the shop's SECRET_KEY).
+FORGET_SECRET_ENV = "RECO_FORGET_SECRET"
+
+
+def visitor_digest(visitor_id: str, secret: str = "") -> str:
+    """How a forgotten visitor is named where it lasts (tombstones, the forget
+    records in Kafka): an HMAC of the id under the shop's ``secret``."""
+    return hmac.new(secret.encode(), visitor_id.encode(), hashlib.sha256).hexdigest()
+
+
+def visitor_forgotten(digest: str) -> str:
+    """String, TTL the pipeline's horizon: when (epoch ms) the visitor of this
+    digest (``visitor_digest``) was forgotten; the pipeline ignores their
+    events up to then."""
+    return f"{PREFIX}:forgotten:{digest}"
+
+
+def visitor_of(key: str) -> str | None:
+    """The visitor whose key (``visitor_keys``) this is; None for another key."""
+    head = f"{PREFIX}:visitor:"
+    if not key.startswith(head):
+        return None
+    visitor, _, _ = key[len(head) :].rpartition(":")
+    return visitor or None
+
+
+def pipeline_forgotten_offset() -> str:
+    """String: the next offset of the forget records' topic whose tombstones
+    Redis holds (the job reads the rest before every batch)."""
+    return f"{PREFIX}:pipeline:forgotten-offset"
 
 
 def visitor_clicked(visitor_id: str) -> str:

@@ -119,6 +119,12 @@ class ShopCollector:
             if name in strategies.STRATEGIES and belief.get("mean") is not None:
                 share.add_metric([name], float(belief["mean"]))
         yield share
+        recovery = report.get("recovery") or {}
+        for name, text in (
+            ("rewinds", "Times the job rewound to rebuild state Redis had lost."),
+            ("records_reapplied", "Records applied again from Kafka by rewinds."),
+        ):
+            yield CounterMetricFamily(f"reco_{name}", text, value=recovery.get(name, 0))
 
 
 def _batch(last: dict[str, Any], job: dict[str, Any]) -> Iterator[Metric]:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
-from . import keys
+from . import keys, schema
 from .compat import confluent_kafka
 from .conf import reco_settings
 from .redis_client import get_work_redis as get_redis
@@ -72,3 +73,42 @@ def wait_until_processed(
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+
+
+class ForgetNotRecorded(OSError):
+    """Kafka did not take the record of a forget (the forget in Redis stands)."""
+
+
+def record_forget(digest: str, at_ms: int, timeout: float = 10.0) -> bool:
+    """Write the record of a forget to Kafka (``FORGOTTEN_TOPIC``) and wait
+    until Kafka has it, so that a Redis restored from an older snapshot
+    forgets the visitor again. True when written; False when the shop's events
+    do not go to Kafka (a test backend keeps it). Raises ForgetNotRecorded."""
+    from .backends import get_backend
+
+    backend = get_backend()
+    topic = reco_settings.FORGOTTEN_TOPIC
+    if not hasattr(backend, "producer"):  # not Kafka
+        backend.send(topic, digest, {"digest": digest, "at": at_ms})
+        return False
+    outcome: list[Any] = []
+    producer = confluent_kafka.Producer(
+        {
+            **reco_settings.KAFKA,
+            "enable.idempotence": True,
+            "message.timeout.ms": int(timeout * 1000),
+        }
+    )
+    producer.produce(
+        topic,
+        schema.forget_record(digest, at_ms),
+        digest.encode(),
+        on_delivery=lambda err, msg: outcome.append(err),
+    )
+    left = producer.flush(timeout + 1)
+    if left or not outcome or outcome[0] is not None:
+        raise ForgetNotRecorded(
+            f"Kafka did not take the record of the forget in {topic}: "
+            f"{outcome[0] if outcome else 'no answer'}"
+        )
+    return True

@@ -67,20 +67,36 @@ def record(visitor_id: str, keys_deleted: int, user: Any = None) -> Any:
     return ForgottenVisitor().record(visitor_id, keys_deleted, user)
 
 
+def forget_secret() -> str:
+    """The key of the digests forgotten visitors are known by: derived from
+    SECRET_KEY (``reco_stream`` gives it to the job as ``RECO_FORGET_SECRET``),
+    or that variable where it is set (a job started by other means)."""
+    import os
+
+    from django.utils.crypto import salted_hmac
+
+    return os.environ.get(keys.FORGET_SECRET_ENV) or (
+        salted_hmac("reco_plugin.forget", "tombstones").hexdigest()
+    )
+
+
 def forget(visitor_id: str) -> dict[str, Any]:
-    """Delete everything of ``visitor_id`` in Redis and leave the tombstone;
-    what was deleted. Raises ValueError for a malformed id, and Redis's
-    errors when it does not answer (the task retries)."""
+    """Delete everything of ``visitor_id`` in Redis, leave the tombstone, and
+    record the forget in Kafka (so a Redis restored from an older snapshot
+    forgets them again); what was deleted. Raises ValueError for a malformed
+    id, Redis's errors when it does not answer and
+    ``pipeline.ForgetNotRecorded`` when Kafka does not (the task retries)."""
     if not schema.is_visitor_id(visitor_id):
         raise ValueError(f"{visitor_id!r} is not a visitor id (u:<pk> or s:<id>)")
     settings = effective_settings()
     now_ms = schema.now_ms()
+    digest = keys.visitor_digest(visitor_id, forget_secret())
     r = get_work_redis()
     pipe = r.pipeline(transaction=True)
     # the tombstone first: a batch reading their events from now on drops them;
     # a batch that read them before sweeps what it wrote when it ends
     pipe.set(
-        keys.visitor_forgotten(visitor_id),
+        keys.visitor_forgotten(digest),
         now_ms,
         ex=settings.horizon + settings.future_tolerance,
     )
@@ -99,4 +115,12 @@ def forget(visitor_id: str) -> dict[str, Any]:
         for key, found in zip(visitor_keys, replies[1 : 1 + len(visitor_keys)], strict=True)
         if found
     ]
-    return {"visitor": visitor_id, "keys_deleted": len(deleted), "forgotten_at_ms": now_ms}
+    from .pipeline import record_forget
+
+    recorded = record_forget(digest, now_ms)
+    return {
+        "visitor": visitor_id,
+        "keys_deleted": len(deleted),
+        "forgotten_at_ms": now_ms,
+        "recorded_in_kafka": recorded,
+    }

@@ -58,6 +58,28 @@ TOPIC_ROLE: dict[str, str] = {
 }
 DEFAULT_TOPICS: dict[str, str] = {role: role for role in dict.fromkeys(TOPIC_ROLE.values())}
 
+# The record of forgotten visitors (one partition, compacted): key and value the
+# digest of the visitor (``keys.visitor_digest``) and when they were forgotten,
+# so that a Redis restored from an older snapshot forgets them again.
+FORGOTTEN_TOPIC = "reco_forgotten"
+
+
+def forget_record(digest: str, at_ms: int) -> bytes:
+    return json.dumps({"digest": digest, "at": at_ms}, separators=(",", ":")).encode()
+
+
+def parse_forget_record(value: bytes | None) -> tuple[str, int] | None:
+    """(digest, when) of a forget record; None for anything else."""
+    try:
+        record = json.loads(value or b"")
+        digest, at = record["digest"], record["at"]
+    except (ValueError, TypeError, KeyError):
+        return None
+    if isinstance(digest, str) and len(digest) == 64 and isinstance(at, int):
+        return digest, at
+    return None
+
+
 # Types a browser may report through the beacon; the others come from the
 # server (middleware, model signals) only.
 BEACON_TYPES: frozenset[str] = frozenset({CLICK, IMPRESSION})

@@ -5,6 +5,8 @@ from __future__ import annotations
 from .compat import confluent_kafka
 from .conf import reco_settings
 
+FORGOTTEN_CONFIG = {"cleanup.policy": "compact", "retention.ms": "-1"}
+
 
 def ensure_topics(create: bool = True, timeout: float = 15.0) -> dict[str, str]:
     """Return topic -> "exists" | "created" | "missing"."""
@@ -14,7 +16,8 @@ def ensure_topics(create: bool = True, timeout: float = 15.0) -> dict[str, str]:
 
     admin = AdminClient(dict(reco_settings.KAFKA))
     existing = set(admin.list_topics(timeout=timeout).topics)
-    wanted = sorted(set(reco_settings.TOPICS.values()))
+    forgotten = reco_settings.FORGOTTEN_TOPIC
+    wanted = sorted({*reco_settings.TOPICS.values(), forgotten})
     report = {topic: "exists" for topic in wanted if topic in existing}
     missing = [topic for topic in wanted if topic not in existing]
     if not create:
@@ -25,8 +28,10 @@ def ensure_topics(create: bool = True, timeout: float = 15.0) -> dict[str, str]:
             [
                 NewTopic(
                     t,
-                    num_partitions=reco_settings.TOPIC_PARTITIONS,
+                    num_partitions=1 if t == forgotten else reco_settings.TOPIC_PARTITIONS,
                     replication_factor=reco_settings.TOPIC_REPLICATION,
+                    # forget records are kept for good, the latest per visitor
+                    config=FORGOTTEN_CONFIG if t == forgotten else {},
                 )
                 for t in missing
             ],

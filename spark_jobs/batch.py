@@ -41,6 +41,7 @@ from reco_plugin import experiments, keys, schema, scoring
 from reco_plugin.scoring import PipelineSettings, parse_tuning
 
 from . import lake, lists, recovery, state
+from .forgotten import ForgetLog
 from .score import identified_in, landmark, later_copy, owner, score_partition
 from .transforms import parse
 
@@ -124,6 +125,7 @@ class BatchProcessor:
         *,
         kafka: recovery.KafkaLog | None = None,
         lease: recovery.Lease | None = None,
+        forgets: ForgetLog | None = None,
         stopping: threading.Event | None = None,
         max_backoff: float = 30.0,
     ) -> None:
@@ -148,6 +150,7 @@ class BatchProcessor:
         self.catching_up = False
         self.kafka = kafka
         self.lease = lease
+        self.forgets = forgets
         # Kafka's topic ids (the life of each topic the offsets belong to)
         self.topic_ids: dict[str, str] = {}
         # where the query stood before this batch (Spark's last progress)
@@ -231,6 +234,9 @@ class BatchProcessor:
         # when this batch first ran (kept for its re-runs): a visitor forgotten
         # since may have had their events scored by it, so its lists sweep them
         self.started_ms = state.batch_time(r, query_id, batch_id, schema.now_ms())
+        # the tombstones of forgets Redis lacks, before any event is scored
+        if self.forgets is not None:
+            self.forgets.catch_up(r, settings)
         # lists the last commit owes (the job died while writing them)
         owed = state.pending(r)
         if owed:
@@ -280,26 +286,10 @@ class BatchProcessor:
             if renewed:
                 held = held.without(renewed)
                 changes = scored(held)
-        with steps("recovery"):
-            verdict = recovery.judge(
-                changes.first_offsets,
-                held,
-                self.kafka,
-                planned=self.planned(),
-                absent=self.rewound_to,
-            )
-        self.rewound_to = {}
-        for (topic, partition), n in verdict.expired.items():
-            logger.error(
-                "%d records of %s:%d were deleted by Kafka's retention before the job read them",
-                n,
-                topic,
-                partition,
-            )
-            key = (topic, scoring.STATUS_EXPIRED)
-            changes.counts[key] = changes.counts.get(key, 0) + n
         size = sum(changes.counts.values()) + sum(changes.skipped.values())
         self.catching_up = size > settings.driver_batch_rows
+        with steps("recovery"):
+            self._judge(changes, held)
         clock_ms = max(previous_clock, changes.newest_ts)
         if not changes.counts and all(
             offset <= held.offsets.get(tp, 0) for tp, offset in changes.offsets.items()
@@ -371,6 +361,28 @@ class BatchProcessor:
             self.last["seconds"],
             steps.seconds,
         )
+
+    def _judge(self, changes: state.BatchChanges, held: recovery.Position) -> None:
+        """Whether the batch follows on from what Redis holds: raises
+        :class:`recovery.Rewind` if Redis lost state; counts what Kafka
+        deleted before it was read as expired."""
+        verdict = recovery.judge(
+            changes.first_offsets,
+            held,
+            self.kafka,
+            planned=self.planned(),
+            absent=self.rewound_to,
+        )
+        self.rewound_to = {}
+        for (topic, partition), n in verdict.expired.items():
+            logger.error(
+                "%d records of %s:%d were deleted by Kafka's retention before the job read them",
+                n,
+                topic,
+                partition,
+            )
+            key = (topic, scoring.STATUS_EXPIRED)
+            changes.counts[key] = changes.counts.get(key, 0) + n
 
     def _this_life(self, read: recovery.Position) -> recovery.Position:
         """Redis's position without the offsets of a topic's earlier life."""

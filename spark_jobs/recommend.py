@@ -46,6 +46,7 @@ from reco_plugin import keys, schema
 from reco_plugin.scoring import PipelineSettings
 from spark_jobs import recovery, state
 from spark_jobs.batch import BatchProcessor
+from spark_jobs.forgotten import ForgetLog
 from spark_jobs.session import REDIS_URL_ENV, add_spark_arguments, build_session, spark_options
 
 logger = logging.getLogger("spark_jobs.recommend")
@@ -83,6 +84,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="comma-separated event topics",
     )
     parser.add_argument("--starting-offsets", default="earliest")
+    parser.add_argument(
+        "--forgotten-topic",
+        default=schema.FORGOTTEN_TOPIC,
+        help="the topic of forget records (the shop's FORGOTTEN_TOPIC)",
+    )
     parser.add_argument(
         "--config",
         default=None,
@@ -198,7 +204,12 @@ class Supervisor:
         self.lease = recovery.Lease(self.redis, ttl=args.settings.lease_ttl)
         self.kafka = recovery.KafkaLog(args.bootstrap, args.topics.split(","))
         self.processor = BatchProcessor(
-            args.redis, args.settings, kafka=self.kafka, lease=self.lease, stopping=self.stopping
+            args.redis,
+            args.settings,
+            kafka=self.kafka,
+            lease=self.lease,
+            forgets=ForgetLog(args.bootstrap, args.forgotten_topic),
+            stopping=self.stopping,
         )
         self.checkpoint = Checkpoint(spark, args.checkpoint)
         self.query = None
@@ -327,6 +338,10 @@ class Supervisor:
                         self.processor.lease_lost = True
                         query.stop()
                         break
+                    if self._redis_behind(query):
+                        query.stop()
+                        break
+                    self._forgets_when_idle(query)
                     query.awaitTermination(1.0)
                 error = query.exception()
             except Exception as exc:  # the query could not even start (Kafka down...)
@@ -358,6 +373,30 @@ class Supervisor:
             self.stopping.wait(backoff)
             backoff = min(backoff * 2, 30.0)
         return 0
+
+    def _redis_behind(self, query) -> bool:
+        """Whether Redis lost what the query's batches committed (then
+        ``processor.rewind`` says from where to start again)."""
+        if query.status.get("isTriggerActive"):
+            return False  # a batch is being committed: judged by the batch itself
+        try:
+            held = self.processor._this_life(recovery.position(self.redis))
+        except redis.RedisError:
+            return False
+        rewind = recovery.behind(held, _end_offsets(query.lastProgress))
+        if rewind is not None:
+            self.processor.rewind = rewind
+        return rewind is not None
+
+    def _forgets_when_idle(self, query) -> None:
+        """The tombstones Redis lacks, between batches too: a shop with no
+        traffic forgets again at once after a restore."""
+        if query.status.get("isTriggerActive") or self.processor.forgets is None:
+            return
+        try:
+            self.processor.forgets.catch_up(self.redis, self.processor.settings)
+        except Exception as exc:  # Kafka or Redis away: the next batch tries again
+            logger.debug("forget records not read: %s", exc)
 
     def _renew(self) -> bool:
         """Renew the lease; False only when another copy holds it (an outage of

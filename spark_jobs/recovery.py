@@ -224,6 +224,29 @@ def judge(
     )
 
 
+def behind(held: Position, planned: Mapping[TopicPartition, int]) -> Rewind | None:
+    """A rewind if Redis holds less than the query's last batch ended at (the
+    query's progress: every batch that ended committed its offsets), without
+    waiting for a batch to show it: a shop with no traffic gets its state back too."""
+    lost = {
+        tp: held.offsets.get(tp, 0) for tp, end in planned.items() if end > held.offsets.get(tp, 0)
+    }
+    if not lost:
+        return None
+    # where Redis holds nothing of a partition it is read from Kafka's earliest
+    offsets = {**held.offsets, **{tp: o for tp, o in lost.items() if tp in held.offsets}}
+    return Rewind(
+        offsets,
+        sum(planned[tp] - o for tp, o in lost.items()),
+        "Redis holds less than the query's last batch ended at ("
+        + ", ".join(
+            f"{field(tp)} at {planned[tp]}, Redis at {held.offsets.get(tp, 'nothing')}"
+            for tp in sorted(lost)
+        )
+        + ")",
+    )
+
+
 def starting_offsets(
     held: Position, partitions: Mapping[str, Iterable[int]], topic_ids: Mapping[str, str]
 ) -> str:

@@ -11,6 +11,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 CONNECTOR_ENV = "RECO_SPARK_KAFKA_CONNECTOR"
 # where the jobs find the Redis URL when it is not on their command line
 REDIS_URL_ENV = "RECO_JOB_REDIS_URL"
+FORGET_SECRET_ENV = "RECO_FORGET_SECRET"  # reco_plugin.keys.FORGET_SECRET_ENV
 
 
 def connector_coordinates() -> str:
@@ -116,6 +117,9 @@ def build_session(
         "spark.python.worker.reuse": "true",
         "spark.executorEnv.PYTHONPATH": os.environ["PYTHONPATH"],
     }
+    # the executors check tombstones by the shop's digests (Spark redacts the value)
+    if os.environ.get(FORGET_SECRET_ENV):
+        defaults[f"spark.executorEnv.{FORGET_SECRET_ENV}"] = os.environ[FORGET_SECRET_ENV]
     if submitted:
         # spark-submit's --conf (and the cluster's defaults) win over these
         from pyspark import SparkConf

@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -205,12 +206,17 @@ def visitor_hashes(
     return _per_visitor(r, visitor_ids, lambda pipe, v: pipe.hgetall(key(v)))
 
 
+def digest(visitor_id: str) -> str:
+    """The digest a forgotten visitor is known by (under the shop's secret)."""
+    return keys.visitor_digest(visitor_id, os.environ.get(keys.FORGET_SECRET_ENV, ""))
+
+
 def forgotten(r: redis.Redis, visitor_ids: Sequence[str]) -> dict[str, int]:
     """Visitor -> when (epoch ms) they were forgotten, for those who were."""
     found: dict[str, int] = {}
     for part in chunks(list(visitor_ids)):
         for visitor_id, value in zip(
-            part, r.mget([keys.visitor_forgotten(v) for v in part]), strict=True
+            part, r.mget([keys.visitor_forgotten(digest(v)) for v in part]), strict=True
         ):
             if value is not None:
                 found[visitor_id] = int(value)
@@ -511,7 +517,8 @@ def commit(
     baskets = changes.touched_baskets()
     with r.pipeline(transaction=True) as pipe:
         pipe.watch(keys.pipeline_lease(), keys.pipeline_offsets())
-        if pipe.get(keys.pipeline_lease()) != lease:
+        owner = pipe.get(keys.pipeline_lease())
+        if owner not in (lease, None):
             pipe.unwatch()
             raise LeaseLost("another copy of the job holds the lease")
         now_held = pipe.hgetall(keys.pipeline_offsets())
@@ -537,6 +544,10 @@ def commit(
             for tp, offset in changes.offsets.items()
         }
         pipe.multi()
+        if owner is None:
+            # expired (Redis paused, restored): nobody took it, so it is ours
+            # again (WATCH fails this commit if another copy takes it first)
+            pipe.set(keys.pipeline_lease(), lease, px=settings.lease_ttl * 1000)
         old_life = [name for name in now_held if parse_field(name)[0] in set(new_lives)]
         if old_life:
             pipe.hdel(keys.pipeline_offsets(), *old_life)
@@ -839,11 +850,12 @@ class Writer:
     seq: int
 
 
-# SET each list only while the writer holds the lease and no later commit has
+# SET each list only while no other writer holds the lease and no later commit has
 # begun writing its lists: a task of an old batch, or of a copy of the job that
 # lost its lease, cannot bring back an old list (or a forgotten visitor's).
 _GUARDED_SET = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+local owner = redis.call('GET', KEYS[1])
+if owner and owner ~= ARGV[1] then return -1 end
 local seq = tonumber(ARGV[2])
 if tonumber(redis.call('GET', KEYS[2]) or '0') > seq then return -2 end
 for i = 3, #KEYS do

@@ -9,8 +9,11 @@ given.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import random
+import re
 import signal
 import subprocess
 import time
@@ -23,6 +26,8 @@ import redis
 from reco_plugin import keys, schema
 
 from .services import PYTHON, REPO, Stack, stop_process
+
+DAY_MS = 24 * 3600 * 1000
 
 
 def produce(
@@ -151,13 +156,22 @@ def bookkeeping() -> tuple[str, ...]:
     )
 
 
-def redis_state(client: redis.Redis) -> dict[str, Any]:
-    """Every list, count and counter in a Redis database; the de-duplication
-    ids (their buckets depend on where batches begin) and the job's
+def totals(counters: Mapping[str, int]) -> dict[str, int]:
+    """``topic:status`` counters summed by status over the topics."""
+    result: dict[str, int] = {}
+    for field, n in counters.items():
+        status = field.rpartition(":")[2]
+        result[status] = result.get(status, 0) + n
+    return result
+
+
+def redis_state(client: redis.Redis, match: str | None = None) -> dict[str, Any]:
+    """Every list, count and counter in a Redis database (of the keys that
+    ``match`` a pattern); the de-duplication ids and the job's
     :func:`bookkeeping` are left out."""
     result: dict[str, Any] = {}
     skipped = set(bookkeeping())
-    for key in sorted(client.scan_iter(count=1000)):
+    for key in sorted(client.scan_iter(match=match, count=1000)):
         if ":pipeline:seen:" in key or key in skipped:
             continue
         kind = client.type(key)
@@ -185,11 +199,12 @@ class JobRun:
         db: int,
         config: Mapping[str, Any] | None = None,
         topics: Iterable[str] | None = None,
+        redis_port: int | None = None,
     ):
         self.stack = stack
         self.topics = list(topics or schema.DEFAULT_TOPICS.values())
         self.name = name
-        self.redis_url = f"redis://127.0.0.1:{stack.ports.redis}/{db}"
+        self.redis_url = f"redis://127.0.0.1:{redis_port or stack.ports.redis}/{db}"
         self.checkpoint = stack.state_dir / "jobs" / name / "checkpoint"
         self.log = stack.logs / f"job-{name}.log"
         self.config = dict(config or {})
@@ -246,6 +261,14 @@ class JobRun:
     def processed(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.redis.hgetall(keys.pipeline_offsets()).items()}
 
+    def recovery(self) -> dict[str, str]:
+        return self.redis.hgetall(keys.pipeline_recovery())
+
+    def log_text(self) -> str:
+        with contextlib.suppress(OSError):
+            return Path(self.log).read_text(errors="replace")
+        return ""
+
     def counters(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.redis.hgetall(keys.pipeline_counters()).items()}
 
@@ -276,3 +299,222 @@ class JobRun:
         with contextlib.suppress(OSError):
             return "\n".join(Path(self.log).read_text(errors="replace").splitlines()[-lines:])
         return ""
+
+
+def skewed_history(now_ms: int, seed: int = 11):
+    """A month of traffic, each partition of page_views holding a different stretch
+    of it (partition p: days p*2 .. p*2+8 ago), the way a backlog after downtime or
+    a replay of old history arrives. Plus re-sent copies, malformed records and
+    one event stamped years ahead.
+
+    Returns (records, expected counters).
+    """
+    rng = random.Random(seed)
+    records = []
+    sent_events = []
+    for partition in range(12):
+        start = now_ms - (partition * 2 + 8) * DAY_MS - 2 * 3600 * 1000  # ends 2 h ago or more
+        for n in range(1200):
+            visitor = f"s:v{partition}-{rng.randint(0, 80)}"
+            product = str(rng.choice([rng.randint(1, 40), rng.randint(1, 400)]))
+            ts = start + n * 8 * DAY_MS // 1200 + rng.randint(0, 5000)
+            event = schema.make_event(schema.PAGE_VIEW, visitor, product, ts=ts)
+            if rng.random() < 0.1:
+                event = schema.make_event(schema.ADD_TO_CART, visitor, product, ts=ts, quantity=1)
+            sent_events.append((partition, event))
+    # Producer retries and double beacons: copies of 300 events, sent after all
+    # the originals (so in later batches).
+    copies = rng.sample(sent_events, 300)
+    records.extend(
+        (
+            schema.topic_for(event["type"]),
+            partition,
+            event["visitor_id"].encode(),
+            schema.encode(event),
+        )
+        for partition, event in sent_events + copies
+    )
+    malformed = [b"{not json", b'{"schema": 1, "type": "page_view"}', b"[]"]
+    for value in malformed:
+        records.append(("page_views", 3, b"s:x", value))
+    future = schema.make_event(schema.PAGE_VIEW, "s:clock", "7", ts=now_ms + 3 * 365 * DAY_MS)
+    records.append(("page_views", 5, b"s:clock", schema.encode(future)))
+    # A burst of current traffic after the far-future event: it must still be learnt.
+    for n in range(200):
+        event = schema.make_event(
+            schema.PAGE_VIEW, f"s:now-{n % 20}", str(500 + n % 7), ts=now_ms - 60_000 + n
+        )
+        records.append(("page_views", 5, event["visitor_id"].encode(), schema.encode(event)))
+    applied = len(sent_events) + 200
+    expected = {
+        "applied": applied,
+        "duplicate": len(copies),
+        "malformed": 3,
+        "future": 1,
+        "too_old": 0,
+    }
+    return records, expected
+
+
+# -- comparing the state of two runs of the same events ------------------------------
+
+
+# Keys whose value depends on where the batches began, by design (named, and
+# bounded by ``compare_folds``): the lists are derived from the state as it
+# stood when each was last written; the bandit judges each batch's next items
+# against the lists as they stood, and fades its evidence per batch.
+BANDIT_KEYS = ("bandit", "bandit:stats", "bandit:policy", "bandit:policy-version")
+# Floats summed in another order, or decayed in other steps, agree to this much.
+RELATIVE_TOLERANCE = 1e-6
+
+
+@dataclasses.dataclass
+class FoldDiff:
+    """How the state of a run differs from an uninterrupted run of the same events."""
+
+    # state keys (everything but the lists, the bandit and bookkeeping) that differ
+    state: list[str]
+    # the lists: how many were compared, the mean and the least share of their
+    # products both runs list (Jaccard)
+    lists: int
+    list_overlap_mean: float
+    list_overlap_min: float
+    # the bandit: the largest difference of a strategy's next-item hit rate
+    hit_rate_difference: float
+    # co-visitation and basket weights: how many products have them, which
+    # differ (a visitor's repeated views of one product pair once per batch),
+    # and by how much at most (relative; a pair only one run has counts 1)
+    pair_keys: int = 0
+    pairs_differ: list[str] = dataclasses.field(default_factory=list)
+    pair_weight_difference: float = 0.0
+    # the lists that overlap least, with their overlap
+    least_overlapping: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+
+    def describe(self) -> str:
+        return (
+            f"{len(self.state)} state keys differ (e.g. {self.state[:5]}); "
+            f"{len(self.pairs_differ)} of {self.pair_keys} products' pair weights differ "
+            f"(e.g. {self.pairs_differ[:3]}), by {self.pair_weight_difference:.4f} at most; "
+            f"{self.lists} lists "
+            f"overlap {self.list_overlap_mean:.3f} on average, {self.list_overlap_min:.3f} at "
+            f"least (e.g. {self.least_overlapping[:3]}); hit rates differ by "
+            f"{self.hit_rate_difference:.4f} at most"
+        )
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= RELATIVE_TOLERANCE * max(abs(a), abs(b), 1e-12)
+
+
+def _same_scores(a: list, b: list, scale_a: float = 1.0, scale_b: float = 1.0) -> bool:
+    return _score_difference(a, b, scale_a, scale_b) <= RELATIVE_TOLERANCE
+
+
+def _score_difference(a: list, b: list, scale_a: float = 1.0, scale_b: float = 1.0) -> float:
+    """The largest relative difference of two sorted sets' scores (1: a member only one has)."""
+    mine, theirs = dict(a), dict(b)
+    worst = 0.0
+    for member in mine.keys() | theirs.keys():
+        if member not in mine or member not in theirs:
+            return 1.0
+        x, y = mine[member] * scale_a, theirs[member] * scale_b
+        worst = max(worst, abs(x - y) / max(abs(x), abs(y), 1e-12))
+    return worst
+
+
+def _hit_rates(stats: Mapping[str, str]) -> dict[str, float]:
+    rates = {}
+    for field, trials in stats.items():
+        if field.endswith(":trials") and int(trials):
+            name = field.rpartition(":")[0]
+            rates[name] = int(stats.get(f"{name}:successes", 0)) / int(trials)
+    return rates
+
+
+def compare_folds(mine: redis.Redis, theirs: redis.Redis, settings: Any = None) -> FoldDiff:
+    """Compare two Redis databases the job folded the same events into.
+
+    The state must agree: counters, offsets, the clock, visitors' memories,
+    seen and bought items, clicks, experiment counts exactly; popularity,
+    purchases and trending buckets to ``RELATIVE_TOLERANCE``; co-visitation and
+    basket weights to it once each is decayed to the clock (each product's is
+    kept at the clock of its last batch). Trending buckets before the window
+    are left out (a batch writes them or not by its landmark; nothing reads
+    them and they expire). The lists and the bandit depend on the cut: the
+    overlap of the lists and the largest difference of hit rates are returned
+    for the caller to bound.
+    """
+    from reco_plugin.scoring import PipelineSettings
+    from spark_jobs.learn import decay, trending_buckets_in_window, trending_windows
+
+    settings = settings or PipelineSettings()
+    # the pipeline's keys only (a Celery broker may share the database)
+    a, b = (redis_state(r, f"{keys.PREFIX}:*") for r in (mine, theirs))
+    clock = int(a.get(keys.pipeline_clock()) or 0)
+    live_buckets = {
+        name: set(trending_buckets_in_window(clock, settings, name))
+        for name, _, _ in trending_windows(settings)
+    }
+    clocks = {
+        side: {
+            key: {p: int(t) for p, t in (state.get(key) or {}).items()}
+            for key in (keys.product_clock(), keys.fbt_clock())
+        }
+        for side, state in (("a", a), ("b", b))
+    }
+    bandit = {f"{keys.PREFIX}:{name}" for name in BANDIT_KEYS}
+    differ: list[str] = []
+    overlaps: list[float] = []
+    named: list[tuple[str, float]] = []
+    pair_keys = 0
+    pairs_differ: list[str] = []
+    pair_difference = 0.0
+    for key in sorted(set(a) | set(b)):
+        if key in bandit or key in (keys.product_clock(), keys.fbt_clock()):
+            continue
+        trending = re.match(
+            rf"{re.escape(keys.PREFIX)}:trending:(\w+):(?:cat:.*:)?bucket:(\d+)$", key
+        )
+        if trending and int(trending.group(2)) not in live_buckets.get(trending.group(1), ()):
+            continue
+        x, y = a.get(key), b.get(key)
+        if isinstance(x or y, str) and (x or y).startswith("[{"):
+            listed = [{i["product_id"] for i in json.loads(v or "[]")} for v in (x, y)]
+            union = listed[0] | listed[1]
+            overlaps.append(len(listed[0] & listed[1]) / len(union) if union else 1.0)
+            named.append((key, round(overlaps[-1], 3)))
+            continue
+        if x is None or y is None:
+            differ.append(key)
+        elif key.endswith((":covisits", ":bought-with")):
+            product = key.split(":")[-2]
+            clock_key = keys.product_clock() if key.endswith("covisits") else keys.fbt_clock()
+            scale = [
+                decay(clock, clocks[side][clock_key].get(product, clock), settings.half_life)
+                for side in ("a", "b")
+            ]
+            pair_keys += 1
+            difference = _score_difference(x, y, *scale)
+            if difference > RELATIVE_TOLERANCE:
+                pairs_differ.append(key)
+                pair_difference = max(pair_difference, difference)
+        elif isinstance(x, list) and x and isinstance(x[0], tuple):
+            if not _same_scores(x, y):
+                differ.append(key)
+        elif x != y:
+            differ.append(key)
+    stats = [_hit_rates(state.get(keys.bandit_stats()) or {}) for state in (a, b)]
+    return FoldDiff(
+        state=differ,
+        lists=len(overlaps),
+        list_overlap_mean=sum(overlaps) / len(overlaps) if overlaps else 1.0,
+        list_overlap_min=min(overlaps, default=1.0),
+        hit_rate_difference=max(
+            (abs(stats[0].get(n, 0.0) - stats[1].get(n, 0.0)) for n in {*stats[0], *stats[1]}),
+            default=0.0,
+        ),
+        pair_keys=pair_keys,
+        pairs_differ=pairs_differ,
+        pair_weight_difference=pair_difference,
+        least_overlapping=sorted(named, key=lambda kv: kv[1])[:10],
+    )

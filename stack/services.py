@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -120,6 +121,7 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir).resolve()
+        self.forget_secret = hashlib.sha256(f"reco-forget:{self.state_dir}".encode()).hexdigest()
         self.logs = self.state_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
 
@@ -144,6 +146,9 @@ class Stack:
             RECO_REDIS_PORT=str(self.ports.redis),
             RECO_WEB_PORT=str(self.ports.web),
             RECO_CATALOG_SYNC_SECONDS=str(self.catalog_sync_seconds),
+            # one secret for the digests of forgotten visitors, whichever
+            # process (the shop, reco_stream, a job started alone) computes them
+            RECO_FORGET_SECRET=self.forget_secret,
         )
         env.pop("RECO_REDIS_URL", None)
         env.pop("RECO_KAFKA_BOOTSTRAP", None)

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
+from reco_plugin import schema
+from stack.pipeline import JobRun, end_offsets, produce, skewed_history
 from stack.services import Ports, Stack, free_port
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -150,3 +152,45 @@ def live_stack(tmp_path_factory):
     stack.stop()
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "stack-logs.json").write_text(failed_logs)
+
+
+# -- the streaming job alone on real Kafka and Redis (test_pipeline, test_recovery) --
+
+# Small batches, so a backlog takes many of them and faults land mid-stream;
+# both paths (driver and executors) are used. A short lease: a job started again
+# after a SIGKILL waits for its predecessor's lease to expire.
+JOB_CONFIG = {"max_offsets_per_trigger": 1500, "driver_batch_rows": 1000, "lease_ttl": 4}
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory):
+    """Kafka and Redis only, on free ports, for the streaming job's tests (each
+    job gets its own Redis database), with the topics created."""
+    stack = Stack(tmp_path_factory.mktemp("pipeline"), Ports.free(), log=lambda line: None)
+    try:
+        stack.start_kafka()
+        stack.start_redis()
+        stack.manage("reco_topics", quiet=True)
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def backlog(services):
+    records, expected = skewed_history(schema.now_ms())
+    bootstrap = f"127.0.0.1:{services.ports.kafka}"
+    assert produce(bootstrap, records) == len(records)
+    return end_offsets(bootstrap), expected
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(services, backlog):
+    targets, _ = backlog
+    job = JobRun(services, "uninterrupted", db=1, config=JOB_CONFIG)
+    job.start()
+    try:
+        job.wait_processed(targets, timeout=300)
+    finally:
+        job.stop()
+    return job

@@ -1,6 +1,8 @@
 """Settings for the unit tests: the demo shop's apps, in-memory event backend and
 channel layer, and a real Redis started by the ``redis_server`` fixture."""
 
+import os
+
 SECRET_KEY = "tests"
 DEBUG = False
 ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
@@ -57,3 +59,7 @@ RECO_PLUGIN = {
 REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"
+
+# The job's side (run in these tests' process) and the shop's side know
+# forgotten visitors by digests under one secret, as reco_stream arranges.
+os.environ.setdefault("RECO_FORGET_SECRET", "tests-forget-secret")

@@ -198,3 +198,25 @@ def test_settings_that_need_a_missing_extra_are_reported(monkeypatch):
     with override_settings(CHANNEL_LAYERS=layers, CELERY_BROKER_URL="redis://127.0.0.1:6379/1"):
         found = reco_ids()
     assert {"reco_plugin.E012", "reco_plugin.W007"} <= found
+
+
+def test_check_deploy_warns_of_a_redis_that_evicts_the_pipelines_keys(redis_url, r):
+    """W008 on a real Redis: with maxmemory set, any policy but noeviction."""
+
+    def deploy_ids():
+        return {m.id for m in run_checks(include_deployment_checks=True) if m.id}
+
+    assert "reco_plugin.W008" not in deploy_ids()
+    before = r.config_get("maxmemory*")
+    try:
+        r.config_set("maxmemory", 512 * 1024 * 1024)
+        r.config_set("maxmemory-policy", "allkeys-lru")
+        warnings = [
+            m for m in run_checks(include_deployment_checks=True) if m.id == "reco_plugin.W008"
+        ]
+        assert len(warnings) == 1 and "allkeys-lru" in warnings[0].msg
+        r.config_set("maxmemory-policy", "noeviction")
+        assert "reco_plugin.W008" not in deploy_ids()
+    finally:
+        r.config_set("maxmemory", before["maxmemory"])
+        r.config_set("maxmemory-policy", before["maxmemory-policy"])

@@ -155,3 +155,26 @@ def test_status_never_shows_the_redis_password(settings, capsys):
     reset()
     out = capsys.readouterr().out
     assert "s3cret" not in out and "default:***@127.0.0.1" in out
+
+
+def test_status_shows_the_lease_the_copies_waiting_and_the_rewinds(redis_url, r):
+    from reco_plugin import status
+    from spark_jobs import recovery, state
+
+    holder = recovery.Lease(state.connect(redis_url))
+    waiting = recovery.Lease(state.connect(redis_url))
+    assert holder.acquire() and not waiting.acquire()
+    waiting.standby({"pid": 4242, "waiting_since": 0})
+    recovery.record_rewind(r, "Redis holds less than the query has read", 1234, {("v", 0): 7})
+    report = status.pipeline_status(kafka_timeout=0.5, services=False)
+    assert report["lease"]["owner"] == holder.token
+    assert [w["pid"] for w in report["lease"]["waiting"]] == [4242]
+    assert report["recovery"]["rewinds"] == 1 and report["recovery"]["records_reapplied"] == 1234
+    assert report["recovery"]["last_rewind"]["from"] == {"v:0": 7}
+    text = status.format_status(report)
+    assert f"held by {holder.token}" in text and f"waiting for it: {waiting.token}" in text
+    assert "1 rewinds, 1234 records applied again from Kafka" in text
+    # a rewind is not a problem in itself (the state was rebuilt)
+    assert not any("rewind" in p for p in report["problems"])
+    holder.release()
+    assert waiting.acquire()
