@@ -80,7 +80,7 @@ def run(events: int = 200_000, batch: int = 20_000, log=print) -> dict:
             job = JobRun(stack, "throughput", db=1, config={"max_offsets_per_trigger": batch})
             job.start()
             started = time.monotonic()
-            job.wait_until(lambda: job.committed_batch() >= 0, 300, "the first batch")
+            job.wait_until(lambda: job.commits() >= 1, 300, "the first batch")
             first_done = time.monotonic()
             first_applied = applied_so_far(job)
             job.wait_processed(targets, timeout=900)

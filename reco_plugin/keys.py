@@ -267,6 +267,12 @@ def pipeline_lease() -> str:
     return f"{PREFIX}:pipeline:lease"
 
 
+def pipeline_lease_epoch() -> str:
+    """String: how many times the lease has been taken; a commit watches it
+    (renewing the lease does not change it, a new owner does)."""
+    return f"{PREFIX}:pipeline:lease-epoch"
+
+
 def pipeline_lease_info() -> str:
     """String (JSON): the lease's owner and since when it holds it."""
     return f"{PREFIX}:pipeline:lease-info"
@@ -334,7 +340,8 @@ def seen_events(topic: str, partition: int, bucket: int) -> str:
 
 
 def seen_index() -> str:
-    """Sorted set: the de-duplication buckets that exist, by their start (s)."""
+    """Sorted set: the de-duplication sets that exist (``seen_events``), scored
+    by their stretch of offsets."""
     return f"{PREFIX}:pipeline:seen:index"
 
 

@@ -117,7 +117,7 @@ class PipelineSettings:
     future_tolerance: int = 5 * 60
     # an event id applied at most this many records earlier in the same
     # partition (a copy has the original's key, so its partition) is a
-    # duplicate: a beacon sent twice, a producer's copy. Memory: ~80 bytes an
+    # duplicate: a beacon sent twice, a producer's copy. Memory: ~93 bytes an
     # id, at most this many ids per partition (docs/production.md)
     dedup_records: int = 100_000
     # product state (neighbours, similar list) lives this long after its last event

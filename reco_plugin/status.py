@@ -187,8 +187,8 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
                 int(v) for k, v in counters.items() if k.endswith(f":{scoring.STATUS_EXPIRED}")
             )
             problems.append(
-                f"{total} events were deleted by Kafka's retention before the job read them "
-                f"(the last {_ago(last_expired['at'])}: "
+                "events were deleted by Kafka's retention before the job read them: "
+                f"{total} in all, the last {_ago(last_expired['at'])} ("
                 + ", ".join(f"{t} {n}" for t, n in last_expired["topics"].items())
                 + ")"
             )

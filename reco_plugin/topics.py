@@ -20,6 +20,13 @@ def ensure_topics(create: bool = True, timeout: float = 15.0) -> dict[str, str]:
     wanted = sorted({*reco_settings.TOPICS.values(), forgotten})
     report = {topic: "exists" for topic in wanted if topic in existing}
     missing = [topic for topic in wanted if topic not in existing]
+    if forgotten in existing and not _compacted(admin, forgotten, timeout):
+        # made by a producer (auto-created): its records would expire
+        if create:
+            _compact(admin, forgotten, timeout)
+            report[forgotten] = "exists (made compacted, kept for good)"
+        else:
+            report[forgotten] = "exists but is not compacted: run manage.py reco_topics"
     if not create:
         report.update({topic: "missing" for topic in missing})
         return report
@@ -41,3 +48,27 @@ def ensure_topics(create: bool = True, timeout: float = 15.0) -> dict[str, str]:
             future.result(timeout)
             report[topic] = "created"
     return report
+
+
+def _compacted(admin, topic: str, timeout: float) -> bool:
+    from confluent_kafka.admin import ConfigResource
+
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+    config = admin.describe_configs([resource])[resource].result(timeout)
+    return all(
+        config[name].value == value for name, value in FORGOTTEN_CONFIG.items() if name in config
+    )
+
+
+def _compact(admin, topic: str, timeout: float) -> None:
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    resource = ConfigResource(
+        ConfigResource.Type.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+            for name, value in FORGOTTEN_CONFIG.items()
+        ],
+    )
+    admin.incremental_alter_configs([resource])[resource].result(timeout)

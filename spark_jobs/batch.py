@@ -160,6 +160,9 @@ class BatchProcessor:
         self.lease_lost = False
         # the offsets of the last rewind, until a batch has followed on from them
         self.rewound_to: dict[tuple[str, int], int] = {}
+        # a partition Redis holds nothing of is read from Kafka's earliest
+        # (False: from wherever the query started, --starting-offsets latest)
+        self.from_earliest = True
 
     def __call__(self, batch, batch_id: int) -> None:
         delay = 0.5
@@ -175,14 +178,19 @@ class BatchProcessor:
                 self.lease_lost = True
                 raise
             except Exception as exc:
+                # raised in a list task on an executor, it arrives as Spark's text
+                if "StaleWriter" in str(exc) or "LeaseLost" in str(exc):
+                    self.lease_lost = True
+                    raise
                 if not is_transient(exc) or self.stopping.is_set():
                     raise
-                self.waiting_for_redis = not isinstance(exc, recovery.Moved)
+                moved = isinstance(exc, recovery.Moved | redis.WatchError)
+                self.waiting_for_redis = not moved
                 logger.warning(
                     "batch %d: %s; running it again in %.1f s",
                     batch_id,
-                    "Redis's offsets moved under it"
-                    if isinstance(exc, recovery.Moved)
+                    "Redis's offsets or lease changed under it"
+                    if moved
                     else f"Redis unavailable ({str(exc).splitlines()[0][:200]})",
                     delay,
                 )
@@ -316,6 +324,7 @@ class BatchProcessor:
                 topic_ids=self.topic_ids,
                 new_lives=sorted({t for t, _ in read.offsets} - {t for t, _ in held.offsets}),
             )
+        self.rewound_to = {}  # a batch followed on from the rewind
         todo = state.pending(r) or {}
         self._lists(r, batch, todo, clock_ms, steps, spread=not small)
         products, visitors = todo.get("products", []), todo.get("visitors", [])
@@ -372,8 +381,8 @@ class BatchProcessor:
             self.kafka,
             planned=self.planned(),
             absent=self.rewound_to,
+            from_earliest=self.from_earliest,
         )
-        self.rewound_to = {}
         for (topic, partition), n in verdict.expired.items():
             logger.error(
                 "%d records of %s:%d were deleted by Kafka's retention before the job read them",
@@ -480,7 +489,7 @@ class BatchProcessor:
             state.sweep_forgotten(r, todo.get("visitors", []), self.started_ms)
         if todo.get("bandit"):
             with steps("policy"):
-                lists.refresh_policy(r, int(todo.get("batch", 0)), self.settings)
+                lists.refresh_policy(r, writer.seq, self.settings)
         with steps("notify"):
             state.notify(r, todo.get("visitors", []))
         state.lists_written(r, writer.seq)

@@ -27,11 +27,14 @@ from . import state
 
 logger = logging.getLogger("spark_jobs.forgotten")
 
+# forget records applied (and their offset kept) at a time
+CHUNK = 1000
+
 
 class ForgetLog:
     """The topic of forget records, read on the driver."""
 
-    def __init__(self, bootstrap: str, topic: str, timeout: float = 10.0) -> None:
+    def __init__(self, bootstrap: str, topic: str, timeout: float = 5.0) -> None:
         self.bootstrap = bootstrap
         self.topic = topic
         self.timeout = timeout
@@ -54,11 +57,16 @@ class ForgetLog:
             )
         return self._consumer
 
-    def catch_up(self, r: redis.Redis, settings: Any) -> int:
+    def catch_up(self, r: redis.Redis, settings: Any, wait: bool = True) -> int:
         """Write the tombstones of the records Redis lacks; how many it lacked
-        (their visitors' keys deleted again)."""
-        with self._lock:
+        (their visitors' keys deleted again). ``wait=False``: return at once if
+        a batch is catching up already."""
+        if not self._lock.acquire(blocking=wait):
+            return 0
+        try:
             return self._catch_up(r, settings)
+        finally:
+            self._lock.release()
 
     def _catch_up(self, r: redis.Redis, settings: Any) -> int:
         from confluent_kafka import KafkaException, TopicPartition
@@ -82,24 +90,35 @@ class ForgetLog:
         start = max(held, low)
         if start >= high:
             return 0
-        records: dict[str, int] = {}
+        lacked = 0
         consumer.assign([TopicPartition(self.topic, 0, start)])
         try:
-            deadline = time.monotonic() + self.timeout
             position = start
-            while position < high and time.monotonic() < deadline:
-                message = consumer.poll(0.5)
-                if message is None or message.error():
-                    continue
-                position = message.offset() + 1
-                found = schema.parse_forget_record(message.value())
-                if found is not None:
-                    records[found[0]] = max(found[1], records.get(found[0], 0))
+            while position < high:
+                # what was read is applied, and its offset kept, as it goes
+                records, position = self._read(consumer, position, high)
+                lacked += self._apply(r, records, position, settings)
         finally:
             consumer.unassign()
-        if position < high:
-            raise TimeoutError(f"the forget records of {self.topic} were not read to {high}")
-        return self._apply(r, records, position, settings)
+        return lacked
+
+    def _read(self, consumer: Any, position: int, high: int) -> tuple[dict[str, int], int]:
+        """Up to ``CHUNK`` records from ``position``: digest -> when, and where it stopped."""
+        records: dict[str, int] = {}
+        deadline = time.monotonic() + self.timeout
+        while position < high and len(records) < CHUNK:
+            if time.monotonic() > deadline:
+                raise redis.TimeoutError(  # retried like an outage
+                    f"the forget records of {self.topic} were not read to {high}"
+                )
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                continue
+            position = message.offset() + 1
+            found = schema.parse_forget_record(message.value())
+            if found is not None:
+                records[found[0]] = max(found[1], records.get(found[0], 0))
+        return records, position
 
     def _apply(self, r: redis.Redis, records: dict[str, int], upto: int, settings: Any) -> int:
         digests = sorted(records)

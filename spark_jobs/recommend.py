@@ -2,8 +2,8 @@
 
 Reads the shop's event topics and, per micro-batch (``spark_jobs.batch``),
 counts every record by what happens to it, applies each new event to the state
-in Redis exactly once (a fenced transaction per batch), and rewrites the lists
-of the touched products and visitors.
+in Redis exactly once (a transaction per batch with the Kafka offsets it
+reaches), and rewrites the lists of the touched products and visitors.
 
 Usage::
 
@@ -83,7 +83,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=",".join(schema.DEFAULT_TOPICS.values()),
         help="comma-separated event topics",
     )
-    parser.add_argument("--starting-offsets", default="earliest")
+    parser.add_argument(
+        "--starting-offsets",
+        default="earliest",
+        choices=["earliest", "latest"],
+        help="where a partition Redis holds nothing of is read from: earliest (an empty "
+        "Redis is rebuilt from all Kafka retains) or latest (history is not read)",
+    )
     parser.add_argument(
         "--forgotten-topic",
         default=schema.FORGOTTEN_TOPIC,
@@ -189,7 +195,8 @@ class Checkpoint:
         return bool(self.fs.exists(self._offsets)) and len(self.fs.listStatus(self._offsets)) > 0
 
     def remove(self) -> None:
-        self.fs.delete(self.path, True)
+        if not self.fs.delete(self.path, True) and self.fs.exists(self.path):
+            raise OSError(f"the checkpoint {self.location} could not be removed")
 
 
 class Supervisor:
@@ -200,6 +207,7 @@ class Supervisor:
         self.spark = spark
         self.args = args
         self.stopping = threading.Event()
+        self.lease_lost = threading.Event()
         self.redis = state.connect(args.redis)
         self.lease = recovery.Lease(self.redis, ttl=args.settings.lease_ttl)
         self.kafka = recovery.KafkaLog(args.bootstrap, args.topics.split(","))
@@ -211,6 +219,7 @@ class Supervisor:
             forgets=ForgetLog(args.bootstrap, args.forgotten_topic),
             stopping=self.stopping,
         )
+        self.processor.from_earliest = args.starting_offsets == "earliest"
         self.checkpoint = Checkpoint(spark, args.checkpoint)
         self.query = None
         self.processor.planned = lambda: _end_offsets(
@@ -295,7 +304,9 @@ class Supervisor:
         if not held.offsets:
             return None
         partitions = self.kafka.partitions()
-        starting = recovery.starting_offsets(held, partitions, self.kafka.topic_ids())
+        starting = recovery.starting_offsets(
+            held, partitions, self.kafka.topic_ids(), self.processor.from_earliest
+        )
         logger.warning(
             "no checkpoint at %s: starting from the offsets Redis holds", self.args.checkpoint
         )
@@ -314,9 +325,12 @@ class Supervisor:
         self.checkpoint.remove()
         held = recovery.Position(rewind.offsets, recovery.position(self.redis).topic_ids)
         self.processor.rewound_to = dict(rewind.offsets)
-        return recovery.starting_offsets(held, self.kafka.partitions(), self.kafka.topic_ids())
+        return recovery.starting_offsets(
+            held, self.kafka.partitions(), self.kafka.topic_ids(), self.processor.from_earliest
+        )
 
     def run(self) -> int:
+        threading.Thread(target=self.keep_lease, name="reco-lease", daemon=True).start()
         backoff = 1.0
         starting: str | None = None
         while not self.stopping.is_set():
@@ -329,12 +343,14 @@ class Supervisor:
             try:
                 self.processor.topic_ids = self.kafka.topic_ids()
                 starting = starting or self.starting_offsets()
+                self.processor.query_id = None  # a fresh checkpoint is a new query
                 query = self.query = build_query(self.spark, self.args, self.processor, starting)
                 starting = None
                 logger.info("query %s (%s) started", QUERY_NAME, query.id)
                 while query.isActive and not self.stopping.is_set():
                     self.beat(query)
-                    if not self._renew():
+                    if self.lease_lost.is_set():
+                        self.lease_lost.clear()
                         self.processor.lease_lost = True
                         query.stop()
                         break
@@ -376,16 +392,30 @@ class Supervisor:
 
     def _redis_behind(self, query) -> bool:
         """Whether Redis lost what the query's batches committed (then
-        ``processor.rewind`` says from where to start again)."""
+        ``processor.rewind`` says from where to start again). Partitions where
+        Kafka holds nothing to read again have their offsets moved forward."""
         if query.status.get("isTriggerActive"):
             return False  # a batch is being committed: judged by the batch itself
+        planned = _end_offsets(query.lastProgress)
+        if query.status.get("isTriggerActive"):
+            return False  # a batch began after the progress was read
         try:
-            held = self.processor._this_life(recovery.position(self.redis))
-        except redis.RedisError:
+            read = recovery.position(self.redis)
+            held = self.processor._this_life(read)
+            if not any(end > held.offsets.get(tp, 0) for tp, end in planned.items()):
+                return False
+            rewind, forward, expired = recovery.behind(held, planned, self.kafka)
+            if forward:
+                state.advance(self.redis, self.lease.token, read.offsets, forward, expired)
+                if expired:
+                    logger.error(
+                        "records deleted by Kafka's retention before the job read them: %s",
+                        ", ".join(f"{recovery.field(tp)} {n}" for tp, n in sorted(expired.items())),
+                    )
+        except Exception as exc:  # Redis or Kafka away: the batches wait them out
+            logger.debug("Redis's offsets not compared with the query's: %s", exc)
             return False
-        rewind = recovery.behind(held, _end_offsets(query.lastProgress))
-        if rewind is not None:
-            self.processor.rewind = rewind
+        self.processor.rewind = rewind
         return rewind is not None
 
     def _forgets_when_idle(self, query) -> None:
@@ -394,17 +424,23 @@ class Supervisor:
         if query.status.get("isTriggerActive") or self.processor.forgets is None:
             return
         try:
-            self.processor.forgets.catch_up(self.redis, self.processor.settings)
+            self.processor.forgets.catch_up(self.redis, self.processor.settings, wait=False)
         except Exception as exc:  # Kafka or Redis away: the next batch tries again
             logger.debug("forget records not read: %s", exc)
 
-    def _renew(self) -> bool:
-        """Renew the lease; False only when another copy holds it (an outage of
-        Redis is the batches' to wait out)."""
-        try:
-            return self.lease.acquire()
-        except redis.RedisError:
-            return True
+    def keep_lease(self) -> None:
+        """Renew the lease every second while this job holds it, on a thread of
+        its own (nothing the query or Kafka does can delay it past its TTL);
+        ``lease_lost`` says when another copy has it."""
+        while not self.stopping.wait(1.0):
+            if self.lease.since is None:
+                continue  # not holding it: hold_lease takes it
+            try:
+                # (taken again if it expired while Redis was away and nobody took it)
+                if not self.lease.acquire():
+                    self.lease_lost.set()
+            except redis.RedisError:
+                pass  # an outage: the batches wait it out, and the commit checks
 
     def _stop(self, query, grace: float = 30.0) -> None:
         if query is None or not query.isActive:
@@ -435,6 +471,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     logger.info("writing to %s with %s", args.redis, args.settings.to_json())
+    if not os.environ.get(keys.FORGET_SECRET_ENV):
+        logger.warning(
+            "%s is not set: forgotten visitors are looked up by digests under no secret, "
+            "which match the shop's only if it runs without one too (reco_stream sets it; "
+            "docs/production.md)",
+            keys.FORGET_SECRET_ENV,
+        )
     try:
         return supervisor.run()
     finally:

@@ -5,8 +5,9 @@ it changes, the next offset of each partition it has applied (``Position``), so
 Redis always says exactly which events it contains. The job trusts that, not its
 checkpoint:
 
-* A record at or below Redis's offset is already in the state: it is left out
-  (a lost, older or second checkpoint reads it again; nothing is applied twice).
+* A record below Redis's offset (the next one to apply) is in the state
+  already: it is left out (a lost, older or second checkpoint reads it again;
+  nothing is applied twice).
 * A batch that starts past Redis's offset means Redis lost state (an older
   snapshot, a failover to a lagging replica, a flush): :class:`Rewind` stops the
   query, and it starts again with a fresh checkpoint from Redis's offsets, so
@@ -91,7 +92,7 @@ class KafkaLog:
     earliest retained offsets. Asked only when a batch does not follow on from
     Redis (and once when the job starts), never on the hot path."""
 
-    def __init__(self, bootstrap: str, topics: Iterable[str], timeout: float = 15.0) -> None:
+    def __init__(self, bootstrap: str, topics: Iterable[str], timeout: float = 5.0) -> None:
         self.bootstrap = bootstrap
         self.topics = sorted(set(topics))
         self.timeout = timeout
@@ -123,6 +124,26 @@ class KafkaLog:
             for topic in self.topics
             if topic in metadata.topics and metadata.topics[topic].error is None
         }
+
+    def first_record(self, tp: TopicPartition, start: int, end: int) -> int | None:
+        """The offset of the first record Kafka holds in [start, end) of a
+        partition; None if there is none (transaction markers only)."""
+        from confluent_kafka import Consumer
+        from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+        consumer = Consumer(
+            {**self._config(), "group.id": "reco-recovery", "enable.auto.commit": False}
+        )
+        try:
+            consumer.assign([KafkaTopicPartition(tp[0], tp[1], start)])
+            deadline = time.monotonic() + self.timeout
+            while time.monotonic() < deadline:
+                message = consumer.poll(0.5)
+                if message is not None and not message.error():
+                    return message.offset() if message.offset() < end else None
+            return None
+        finally:
+            consumer.close()
 
     def earliest(self, tps: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """The earliest offset Kafka still holds of each partition."""
@@ -178,6 +199,7 @@ def judge(
     *,
     planned: Mapping[TopicPartition, int] | None = None,
     absent: Mapping[TopicPartition, int] | None = None,
+    from_earliest: bool = True,
 ) -> Verdict:
     """Compare a batch's first offset of each partition with Redis's.
 
@@ -185,7 +207,9 @@ def judge(
     batch. ``planned``: where the query stood before this batch (its last
     progress), to count what a rewind applies again. ``absent``: offsets the
     query was just rewound to which Kafka does not hold (transaction markers,
-    compaction); a batch that starts past them is not a gap.
+    compaction); a batch that starts past them is not a gap. ``from_earliest``:
+    a partition Redis holds nothing of is read from Kafka's earliest offset
+    (else from wherever the query started: ``--starting-offsets latest``).
     """
     # (nothing can be missing before a partition's offset 0)
     ahead = {tp: first for tp, first in first_offsets.items() if first > held.offsets.get(tp, 0)}
@@ -199,7 +223,7 @@ def judge(
         start = held.offsets.get(tp)
         if start is None:
             # Redis has nothing of this partition: it starts at what Kafka holds.
-            if first > low:
+            if first > low and from_earliest:
                 rewind[tp] = low
             continue
         if low > start:
@@ -224,39 +248,65 @@ def judge(
     )
 
 
-def behind(held: Position, planned: Mapping[TopicPartition, int]) -> Rewind | None:
-    """A rewind if Redis holds less than the query's last batch ended at (the
-    query's progress: every batch that ended committed its offsets), without
-    waiting for a batch to show it: a shop with no traffic gets its state back too."""
-    lost = {
-        tp: held.offsets.get(tp, 0) for tp, end in planned.items() if end > held.offsets.get(tp, 0)
-    }
+def behind(
+    held: Position, planned: Mapping[TopicPartition, int], log: KafkaLog
+) -> tuple[Rewind | None, dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """Whether Redis holds less than the query's last batch ended at (every
+    batch that ended committed its offsets), without waiting for a batch to
+    show it: a shop with no traffic gets its state back too.
+
+    Returns the rewind (None if nothing Kafka holds is missing), and the
+    partitions whose offsets Redis may move forward as nothing is there to read
+    (partition -> the query's offset), with what expired there before it was read.
+    """
+    lost = {tp: end for tp, end in planned.items() if end > held.offsets.get(tp, 0)}
     if not lost:
-        return None
-    # where Redis holds nothing of a partition it is read from Kafka's earliest
-    offsets = {**held.offsets, **{tp: o for tp, o in lost.items() if tp in held.offsets}}
-    return Rewind(
-        offsets,
-        sum(planned[tp] - o for tp, o in lost.items()),
+        return None, {}, {}
+    earliest = log.earliest(sorted(lost))
+    forward: dict[TopicPartition, int] = {}
+    expired: dict[TopicPartition, int] = {}
+    missing: dict[TopicPartition, int] = {}
+    for tp, end in sorted(lost.items()):
+        start = held.offsets.get(tp)
+        low = earliest[tp]
+        resume = max(start or 0, low)
+        if low >= end or log.first_record(tp, resume, end) is None:
+            # retention deleted them, or only transaction markers are there
+            forward[tp] = end
+            if start is not None and low > start:
+                expired[tp] = min(low, end) - start
+        else:
+            missing[tp] = resume
+    if not missing:
+        return None, forward, expired
+    rewind = Rewind(
+        {**held.offsets, **forward, **missing},
+        sum(lost[tp] - offset for tp, offset in missing.items()),
         "Redis holds less than the query's last batch ended at ("
         + ", ".join(
-            f"{field(tp)} at {planned[tp]}, Redis at {held.offsets.get(tp, 'nothing')}"
-            for tp in sorted(lost)
+            f"{field(tp)} at {lost[tp]}, Redis at {held.offsets.get(tp, 'nothing')}"
+            for tp in sorted(missing)
         )
         + ")",
     )
+    return rewind, forward, expired
 
 
 def starting_offsets(
-    held: Position, partitions: Mapping[str, Iterable[int]], topic_ids: Mapping[str, str]
+    held: Position,
+    partitions: Mapping[str, Iterable[int]],
+    topic_ids: Mapping[str, str],
+    from_earliest: bool = True,
 ) -> str:
-    """Spark's ``startingOffsets`` JSON for every partition of the topics: Redis's
-    offset, or the earliest (-2) where Redis holds none of this life of the topic."""
+    """Spark's ``startingOffsets`` JSON for every partition of the topics:
+    Redis's offset, or where Redis holds none of this life of the topic, the
+    earliest (-2; ``from_earliest``) or the latest (-1)."""
+    unknown = -2 if from_earliest else -1
     result: dict[str, dict[str, int]] = {}
     for topic, parts in sorted(partitions.items()):
         same_life = held.topic_ids.get(topic) in (None, topic_ids.get(topic))
         result[topic] = {
-            str(p): held.offsets.get((topic, p), -2) if same_life else -2 for p in parts
+            str(p): held.offsets.get((topic, p), unknown) if same_life else unknown for p in parts
         }
     return json.dumps(result)
 
@@ -297,9 +347,40 @@ class Lease:
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.since: float | None = None
 
+    # SET NX and a new epoch in one step; renewing and giving up only by the owner
+    _ACQUIRE = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('INCR', KEYS[2])
+  return 1
+end
+return 0
+"""
+    _RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+    _RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1], KEYS[2])
+end
+return 0
+"""
+
     def acquire(self) -> bool:
         """Take the lease if nobody holds it (or keep it); True if this job holds it."""
-        if self.r.set(keys.pipeline_lease(), self.token, nx=True, px=self.ttl_ms):
+        taken = self.r.eval(
+            self._ACQUIRE,
+            2,
+            keys.pipeline_lease(),
+            keys.pipeline_lease_epoch(),
+            self.token,
+            self.ttl_ms,
+        )
+        if int(taken):
             self.since = time.time()
             self.r.set(
                 keys.pipeline_lease_info(),
@@ -310,21 +391,22 @@ class Lease:
         return self.renew()
 
     def renew(self) -> bool:
-        """Extend the lease if this job holds it; False if it does not."""
-        with self.r.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(keys.pipeline_lease())
-                if pipe.get(keys.pipeline_lease()) != self.token:
-                    pipe.unwatch()
-                    self.since = None
-                    return False
-                pipe.multi()
-                pipe.pexpire(keys.pipeline_lease(), self.ttl_ms)
-                pipe.pexpire(keys.pipeline_lease_info(), self.ttl_ms * 4)
-                pipe.execute()
-                return True
-            except redis.WatchError:
-                return False
+        """Extend the lease if this job holds it; False if it does not. (Not a
+        change a commit's WATCH sees: the epoch stays.)"""
+        held = int(
+            self.r.eval(
+                self._RENEW,
+                2,
+                keys.pipeline_lease(),
+                keys.pipeline_lease_info(),
+                self.token,
+                self.ttl_ms,
+                self.ttl_ms * 4,
+            )
+        )
+        if not held:
+            self.since = None
+        return bool(held)
 
     def holder(self) -> dict[str, Any]:
         """Who holds the lease now (owner, since), as far as Redis says."""
@@ -347,14 +429,4 @@ class Lease:
 
     def release(self) -> None:
         """Give the lease up (a clean stop): a waiting copy takes over at once."""
-        with self.r.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(keys.pipeline_lease())
-                if pipe.get(keys.pipeline_lease()) == self.token:
-                    pipe.multi()
-                    pipe.delete(keys.pipeline_lease(), keys.pipeline_lease_info())
-                    pipe.execute()
-                else:
-                    pipe.unwatch()
-            except redis.WatchError:
-                pass
+        self.r.eval(self._RELEASE, 2, keys.pipeline_lease(), keys.pipeline_lease_info(), self.token)

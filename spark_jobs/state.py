@@ -6,7 +6,7 @@ Keys come from ``reco_plugin.keys``. Two kinds of writes:
   recent items, seen event ids, counters, the clock) changes only in
   :func:`commit`: one MULTI/EXEC transaction that also stores the next Kafka
   offset of every partition the batch read (``spark_jobs.recovery``). The
-  offsets decide what is applied: a record at or below them is in the state
+  offsets decide what is applied: a record below them is in the state
   already, so every event changes the state once, whatever reads it again.
 * **Lists** (similar, personal, trending) are derived from the state and written
   whole with SET, so writing them again gives the same lists; a list carries the
@@ -516,7 +516,8 @@ def commit(
     products = changes.touched_products()
     baskets = changes.touched_baskets()
     with r.pipeline(transaction=True) as pipe:
-        pipe.watch(keys.pipeline_lease(), keys.pipeline_offsets())
+        # the lease's epoch changes when it changes hands, not when it is renewed
+        pipe.watch(keys.pipeline_lease_epoch(), keys.pipeline_offsets())
         owner = pipe.get(keys.pipeline_lease())
         if owner not in (lease, None):
             pipe.unwatch()
@@ -548,6 +549,7 @@ def commit(
             # expired (Redis paused, restored): nobody took it, so it is ours
             # again (WATCH fails this commit if another copy takes it first)
             pipe.set(keys.pipeline_lease(), lease, px=settings.lease_ttl * 1000)
+            pipe.incr(keys.pipeline_lease_epoch())
         old_life = [name for name in now_held if parse_field(name)[0] in set(new_lives)]
         if old_life:
             pipe.hdel(keys.pipeline_offsets(), *old_life)
@@ -639,6 +641,47 @@ def _expired_seen(
         for key, bucket in pipe.zrange(keys.seen_index(), 0, -1, withscores=True)
         if bucket < oldest.get(key.rpartition(":")[0], -1)
     ]
+
+
+def advance(
+    r: redis.Redis,
+    lease: str,
+    held: Mapping[tuple[str, int], int],
+    offsets: Mapping[tuple[str, int], int],
+    expired: Mapping[tuple[str, int], int],
+) -> bool:
+    """Move Redis's offsets of partitions where Kafka holds nothing more to read
+    (``offsets``), counting what retention deleted there before it was read as
+    expired; only under the lease and if Redis still holds ``held``. Whether done."""
+    from .recovery import LeaseLost, parse_field
+
+    with r.pipeline(transaction=True) as pipe:
+        pipe.watch(keys.pipeline_lease_epoch(), keys.pipeline_offsets())
+        if pipe.get(keys.pipeline_lease()) not in (lease, None):
+            pipe.unwatch()
+            raise LeaseLost("another copy of the job holds the lease")
+        now_held = pipe.hgetall(keys.pipeline_offsets())
+        if {parse_field(k): int(v) for k, v in now_held.items()} != dict(held):
+            pipe.unwatch()
+            return False
+        pipe.multi()
+        pipe.hset(
+            keys.pipeline_offsets(),
+            mapping={f"{t}:{p}": o for (t, p), o in sorted(offsets.items())},
+        )
+        by_topic: dict[str, int] = {}
+        for (topic, _), n in expired.items():
+            by_topic[topic] = by_topic.get(topic, 0) + n
+        for topic, n in sorted(by_topic.items()):
+            pipe.hincrby(keys.pipeline_counters(), f"{topic}:{STATUS_EXPIRED}", n)
+        if by_topic:
+            pipe.hset(
+                keys.pipeline_recovery(),
+                "last_expired",
+                json.dumps({"at": time.time(), "topics": by_topic}),
+            )
+        pipe.execute()
+    return True
 
 
 def updated_evidence(

@@ -149,6 +149,7 @@ def bookkeeping() -> tuple[str, ...]:
         keys.pipeline_history(),
         keys.pipeline_lease(),
         keys.pipeline_lease_info(),
+        keys.pipeline_lease_epoch(),
         keys.pipeline_standby(),
         keys.pipeline_committed_batch(),
         keys.pipeline_commit_seq(),
@@ -254,9 +255,9 @@ class JobRun:
         if self.process and self.process.poll() is None:
             stop_process(self.process, 60)
 
-    def committed_batch(self) -> int:
-        values = self.redis.hvals(keys.pipeline_committed_batch())
-        return max((int(v) for v in values), default=-1)
+    def commits(self) -> int:
+        """How many batches have committed (a rewind's new query counts on)."""
+        return int(self.redis.get(keys.pipeline_commit_seq()) or 0)
 
     def processed(self) -> dict[str, int]:
         return {k: int(v) for k, v in self.redis.hgetall(keys.pipeline_offsets()).items()}

@@ -44,8 +44,8 @@ def test_sigkill_mid_stream_gives_the_same_state_as_an_uninterrupted_run(
     try:
         for _ in range(3):
             # Kill shortly after a batch commits: the next batch is running.
-            seen = job.committed_batch()
-            job.wait_until(lambda seen=seen: job.committed_batch() > seen, 120, "a batch")
+            seen = job.commits()
+            job.wait_until(lambda seen=seen: job.commits() > seen, 120, "a batch")
             time.sleep(random.uniform(0.2, 0.8))
             job.kill()
             kills += 1

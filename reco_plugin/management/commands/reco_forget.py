@@ -8,6 +8,7 @@ import redis
 from django.core.management.base import BaseCommand, CommandError
 
 from reco_plugin import privacy
+from reco_plugin.pipeline import ForgetNotRecorded
 from reco_plugin.redis_client import shown_url
 
 
@@ -24,11 +25,20 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            result = privacy.forget(privacy.visitor_id_of(options["visitor"]))
+            visitor_id = privacy.visitor_id_of(options["visitor"])
+            result = privacy.forget(visitor_id)
             # listed in the admin's "Forgotten visitors" like the admin's own
             privacy.record(result["visitor"], result["keys_deleted"])
         except ValueError as exc:
             raise CommandError(str(exc)) from None
+        except ForgetNotRecorded as exc:
+            # forgotten in Redis already: kept in the admin's list, and said
+            privacy.record(visitor_id, 0)
+            raise CommandError(
+                f"{visitor_id} is forgotten in Redis, but {exc}: a Redis restored from an "
+                "older snapshot would bring them back. Run the command again when Kafka "
+                "answers."
+            ) from None
         except (redis.RedisError, OSError) as exc:
             raise CommandError(f"Redis at {shown_url()} failed: {exc}") from None
         if options["json"]:

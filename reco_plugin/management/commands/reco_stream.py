@@ -33,7 +33,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--starting-offsets",
             choices=["earliest", "latest"],
-            help="where a new checkpoint starts reading (default earliest)",
+            help="where a partition Redis holds nothing of is read from: earliest (default; "
+            "an empty Redis is rebuilt from all Kafka retains) or latest (history is not read)",
         )
         parser.add_argument(
             "--print",

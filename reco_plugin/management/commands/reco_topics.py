@@ -17,5 +17,7 @@ class Command(BaseCommand):
             raise CommandError(f"cannot reach Kafka: {exc}") from exc
         for topic, state in sorted(report.items()):
             self.stdout.write(f"{topic}: {state}")
-        if check and any(state == "missing" for state in report.values()):
-            raise CommandError("some topics are missing: run manage.py reco_topics")
+        if check and any(
+            state == "missing" or "not compacted" in state for state in report.values()
+        ):
+            raise CommandError("some topics are missing or wrong: run manage.py reco_topics")
