@@ -238,14 +238,23 @@ def judge(
     offsets = {**held.offsets, **rewind}
     stood = {**(planned or {}), **first_offsets}
     reapplied = sum(max(0, stood.get(tp, offset) - offset) for tp, offset in offsets.items())
-    where = ", ".join(f"{field(tp)} at {first_offsets[tp]}" for tp in sorted(rewind))
     raise Rewind(
         offsets,
         reapplied,
-        f"Redis holds less than the query has read ({where}; Redis at "
-        + ", ".join(f"{field(tp)}={held.offsets.get(tp, 'nothing')}" for tp in sorted(rewind))
-        + ")",
+        "Redis holds less than the query has read (" + _where(first_offsets, held, rewind) + ")",
     )
+
+
+def _where(
+    read: Mapping[TopicPartition, int], held: Position, partitions: Iterable[TopicPartition]
+) -> str:
+    """Where the query and Redis stand on (the first few of) these partitions."""
+    listed = sorted(partitions)
+    text = ", ".join(
+        f"{field(tp)} at {read[tp]}, Redis at {held.offsets.get(tp, 'nothing')}"
+        for tp in listed[:4]
+    )
+    return text + (f" and {len(listed) - 4} more partitions" if len(listed) > 4 else "")
 
 
 def behind(
@@ -283,10 +292,7 @@ def behind(
         {**held.offsets, **forward, **missing},
         sum(lost[tp] - offset for tp, offset in missing.items()),
         "Redis holds less than the query's last batch ended at ("
-        + ", ".join(
-            f"{field(tp)} at {lost[tp]}, Redis at {held.offsets.get(tp, 'nothing')}"
-            for tp in sorted(missing)
-        )
+        + _where(lost, held, missing)
         + ")",
     )
     return rewind, forward, expired
@@ -304,7 +310,8 @@ def starting_offsets(
     unknown = -2 if from_earliest else -1
     result: dict[str, dict[str, int]] = {}
     for topic, parts in sorted(partitions.items()):
-        same_life = held.topic_ids.get(topic) in (None, topic_ids.get(topic))
+        known = topic_ids.get(topic)  # (None: Kafka did not say; Redis is trusted)
+        same_life = known is None or held.topic_ids.get(topic) in (None, known)
         result[topic] = {
             str(p): held.offsets.get((topic, p), unknown) if same_life else unknown for p in parts
         }
