@@ -21,6 +21,7 @@ from reco_plugin import experiments, keys, rules, strategies
 from reco_plugin.scoring import PipelineSettings
 
 from . import learn, state
+from .merchandise import read_merchandise
 
 
 def refresh_products(
@@ -35,7 +36,7 @@ def refresh_products(
     ``baskets``, their frequently-bought-together lists from their baskets)."""
     keys.use_prefix(settings.key_prefix)  # also in a fresh executor process
     r = state.client(redis_url)
-    merchandise = state.merchandise(r)
+    merchandise = read_merchandise(r)
     source, weights, target = (
         (keys.product_bought_with, keys.purchases(), keys.product_fbt)
         if baskets
@@ -88,7 +89,7 @@ def refresh_visitors(
     )
     r = state.client(redis_url)
     # a visitor's own lists are shown on any page: the global rules
-    shortlist = state.merchandise(r).shortlist()
+    shortlist = read_merchandise(r).shortlist()
     similar: dict[str, list[tuple[str, float]]] = {}
     categories: dict[str, str] = {}
     for chunk in state.chunks(list(visitor_ids), 500):
@@ -140,7 +141,7 @@ def refresh_trending(
 ) -> None:
     """The trending lists of both windows, globally and for these categories,
     and the popular list; each list lives as long as its window."""
-    merchandise = state.merchandise(r)
+    merchandise = read_merchandise(r)
     # each list cut under the rules of where it is shown: a category's in that
     # category, the global ones anywhere
     everywhere = merchandise.shortlist()

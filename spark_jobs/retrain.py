@@ -44,6 +44,7 @@ import redis
 from reco_plugin import keys, schema
 from reco_plugin.scoring import PipelineSettings
 from spark_jobs import learn, state
+from spark_jobs.merchandise import read_merchandise
 from spark_jobs.session import REDIS_URL_ENV, add_spark_arguments, build_session, spark_options
 
 logger = logging.getLogger("spark_jobs.retrain")
@@ -160,7 +161,7 @@ def retrain(spark, args: argparse.Namespace) -> dict[str, Any]:
         raise LakeMissing(f"the event lake {args.lake} does not exist yet (no events appended)")
     logger.info("reading the last %d days of %s", args.days, args.lake)
     r = state.connect(args.redis)
-    merchandise = state.merchandise(r)
+    merchandise = read_merchandise(r)
     length = settings.list_length
     depth = merchandise.depth(length)
     rows = (

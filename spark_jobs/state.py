@@ -30,7 +30,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from reco_plugin import experiments, keys, rules, schema, strategies
+from reco_plugin import experiments, keys, schema, strategies
 from reco_plugin.scoring import STATUS_EXPIRED, PipelineSettings
 
 from .learn import Item
@@ -248,80 +248,6 @@ def catalog_facts(r: redis.Redis, product_ids: Sequence[str]) -> tuple[dict[str,
         categories.update((p, c) for p, c in zip(chunk, found, strict=True) if c)
         repeatable.update(p for p, flag in zip(chunk, flags, strict=True) if flag)
     return categories, repeatable
-
-
-class Merchandise:
-    """What may be listed, read once per list refresh: the products the
-    catalog cannot show (out of stock, blocked there), and the blocks of the
-    merchandising rules that hold now or will, indexed by where they hold."""
-
-    def __init__(
-        self, unavailable: frozenset[str], published: Sequence[rules.Rule], now_ms: int
-    ) -> None:
-        # blocks holding now or later (one that starts later is held already,
-        # so that the lists are full when it does)
-        blocks = [
-            r
-            for r in published
-            if r.action == rules.BLOCK and (r.ends_ms is None or now_ms < r.ends_ms)
-        ]
-        # never listed: the catalog's, and global blocks for good, from now on
-        self.removed = frozenset(
-            {
-                *unavailable,
-                *(
-                    r.product_id
-                    for r in blocks
-                    if r.scope == rules.GLOBAL and r.ends_ms is None and r.live(now_ms)
-                ),
-            }
-        )
-        self.everywhere = rules.Shortlist(
-            self.removed,
-            frozenset(r.product_id for r in blocks if r.scope == rules.GLOBAL) - self.removed,
-        )
-        self.in_category: dict[str, set[str]] = {}
-        self.on_page: dict[str, set[str]] = {}
-        for rule in blocks:
-            if rule.scope == rules.CATEGORY:
-                self.in_category.setdefault(rule.scope_value, set()).add(rule.product_id)
-            elif rule.scope == rules.PRODUCT:
-                self.on_page.setdefault(rule.scope_value, set()).add(rule.product_id)
-
-    @property
-    def by_category(self) -> bool:
-        """Whether a block holds in a category (a list's category then matters)."""
-        return bool(self.in_category)
-
-    def shortlist(self, product: str | None = None, category: str | None = None) -> rules.Shortlist:
-        """How to cut a list shown on ``product``'s page in ``category``
-        (neither: a list shown on any page, under the global rules only)."""
-        scoped = self.on_page.get(product or "", set()) | self.in_category.get(
-            category or "", set()
-        )
-        if not scoped:
-            return self.everywhere
-        return rules.Shortlist(self.removed, self.everywhere.held | (scoped - self.removed))
-
-    def depth(self, length: int) -> int:
-        """How many candidates any list of ``length`` may need, whatever its page."""
-        scoped = max(
-            (len(s) for s in (*self.in_category.values(), *self.on_page.values())), default=0
-        )
-        return rules.depth(length, len(self.removed) + len(self.everywhere.held) + scoped)
-
-
-def merchandise(r: redis.Redis) -> Merchandise:
-    pipe = r.pipeline(transaction=False)
-    pipe.smembers(keys.catalog_unavailable())
-    pipe.get(keys.rules())
-    members, published = pipe.execute()
-    try:
-        found = rules.parse(published)
-    except (ValueError, TypeError, KeyError) as exc:
-        logger.error("the published rules are ignored: %s", exc)
-        found = []
-    return Merchandise(frozenset(members), found, int(time.time() * 1000))
 
 
 def evidence(r: redis.Redis) -> dict[str, tuple[float, float]]:

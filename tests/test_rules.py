@@ -8,7 +8,7 @@ import pytest
 
 from reco_plugin import keys, rules, store
 from reco_plugin.models import Rule
-from spark_jobs.state import Merchandise
+from spark_jobs.merchandise import Merchandise
 
 from .conftest import put_catalog, put_list, put_policy
 from .test_batch import Batches
