@@ -115,7 +115,11 @@ def refresh_visitors(
         )
         length = settings.list_length
         lists = {}
+        # a visitor forgotten since (their memory gone) gets no lists back
+        gone = state.forgotten(r, [v for v in chunk if not recent[v]])
         for v in chunk:
+            if v in gone:
+                continue
             exclude = set(seen.get(v, ()))  # (the cut leaves out what is blocked)
             ranked = learn.personal_list(
                 recent[v], similar, shortlist.depth(length), own[v].recency_decay, exclude=exclude

@@ -388,8 +388,10 @@ class FoldDiff:
     pair_keys: int = 0
     pairs_differ: list[str] = dataclasses.field(default_factory=list)
     pair_weight_difference: float = 0.0
-    # the lists that overlap least, with their overlap
+    # the lists that overlap least, with their overlap, and a few that overlap
+    # less than half (key, the products of each)
     least_overlapping: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    unlike: list[tuple[str, list[str], list[str]]] = dataclasses.field(default_factory=list)
 
     def describe(self) -> str:
         return (
@@ -398,8 +400,8 @@ class FoldDiff:
             f"(e.g. {self.pairs_differ[:3]}), by {self.pair_weight_difference:.4f} at most; "
             f"{self.lists} lists "
             f"overlap {self.list_overlap_mean:.3f} on average, {self.list_overlap_min:.3f} at "
-            f"least (e.g. {self.least_overlapping[:3]}); hit rates differ by "
-            f"{self.hit_rate_difference:.4f} at most"
+            f"least (e.g. {self.least_overlapping[:3]}; unlike: {self.unlike}); hit rates "
+            f"differ by {self.hit_rate_difference:.4f} at most"
         )
 
 
@@ -467,6 +469,7 @@ def compare_folds(mine: redis.Redis, theirs: redis.Redis, settings: Any = None) 
     differ: list[str] = []
     overlaps: list[float] = []
     named: list[tuple[str, float]] = []
+    examples: list[tuple[str, list[str], list[str]]] = []
     pair_keys = 0
     pairs_differ: list[str] = []
     pair_difference = 0.0
@@ -484,6 +487,8 @@ def compare_folds(mine: redis.Redis, theirs: redis.Redis, settings: Any = None) 
             union = listed[0] | listed[1]
             overlaps.append(len(listed[0] & listed[1]) / len(union) if union else 1.0)
             named.append((key, round(overlaps[-1], 3)))
+            if overlaps[-1] < 0.5 and len(examples) < 3:
+                examples.append((key, sorted(listed[0])[:8], sorted(listed[1])[:8]))
             continue
         if x is None or y is None:
             differ.append(key)
@@ -518,4 +523,5 @@ def compare_folds(mine: redis.Redis, theirs: redis.Redis, settings: Any = None) 
         pairs_differ=pairs_differ,
         pair_weight_difference=pair_difference,
         least_overlapping=sorted(named, key=lambda kv: kv[1])[:10],
+        unlike=examples,
     )

@@ -128,3 +128,15 @@ def test_staff_forget_a_visitor_in_the_admin_and_only_a_digest_is_kept(
     shown = record.visitor_digest[:12]
     assert shown in client.get(listed, {"q": "s:gdpr"}).content.decode()  # found by its id
     assert shown not in client.get(listed, {"q": "s:someone-else"}).content.decode()
+
+
+def test_lists_owed_to_a_visitor_forgotten_since_are_not_written_back(redis_url, r):
+    """A commit's lists written after its visitor was forgotten (the job died
+    between them, or Redis came back with the commit's record of lists owed)."""
+    from spark_jobs import batch, lists
+
+    batches = Batches(redis_url)
+    browse(batches, "s:owed", ["1", "2"])
+    privacy.forget("s:owed")
+    lists.refresh_visitors(["s:owed"], redis_url=redis_url, settings=batch.PipelineSettings())
+    assert traces(r, "s:owed") == []
