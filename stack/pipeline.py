@@ -392,6 +392,8 @@ class FoldDiff:
     # less than half (key, the products of each)
     least_overlapping: list[tuple[str, float]] = dataclasses.field(default_factory=list)
     unlike: list[tuple[str, list[str], list[str]]] = dataclasses.field(default_factory=list)
+    # how many lists overlap less than half
+    lists_unlike: int = 0
 
     def describe(self) -> str:
         return (
@@ -400,7 +402,8 @@ class FoldDiff:
             f"(e.g. {self.pairs_differ[:3]}), by {self.pair_weight_difference:.4f} at most; "
             f"{self.lists} lists "
             f"overlap {self.list_overlap_mean:.3f} on average, {self.list_overlap_min:.3f} at "
-            f"least (e.g. {self.least_overlapping[:3]}; unlike: {self.unlike}); hit rates "
+            f"least (e.g. {self.least_overlapping[:3]}), {self.lists_unlike} less than half "
+            f"(e.g. {self.unlike}); hit rates "
             f"differ by {self.hit_rate_difference:.4f} at most"
         )
 
@@ -524,4 +527,5 @@ def compare_folds(mine: redis.Redis, theirs: redis.Redis, settings: Any = None) 
         pair_weight_difference=pair_difference,
         least_overlapping=sorted(named, key=lambda kv: kv[1])[:10],
         unlike=examples,
+        lists_unlike=sum(1 for overlap in overlaps if overlap < 0.5),
     )
