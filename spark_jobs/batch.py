@@ -160,6 +160,8 @@ class BatchProcessor:
         self.lease_lost = False
         # the offsets of the last rewind, until a batch has followed on from them
         self.rewound_to: dict[tuple[str, int], int] = {}
+        # the number of this job's last commit (a rewind numbers on from it)
+        self.last_seq = 0
         # a partition Redis holds nothing of is read from Kafka's earliest
         # (False: from wherever the query started, --starting-offsets latest)
         self.from_earliest = True
@@ -249,6 +251,8 @@ class BatchProcessor:
         owed = state.pending(r)
         if owed:
             logger.info("writing the lists batch %s owes", owed.get("batch"))
+            # derived from the state as it is now: as current as the last commit
+            owed["seq"] = max(int(owed.get("seq", 0)), state.commit_seq(r))
             self._lists(r, batch, owed, state.clock(r), Steps(), spread=self._large(owed))
         read = recovery.position(r)
         held = self._this_life(read)
@@ -325,6 +329,7 @@ class BatchProcessor:
                 new_lives=sorted({t for t, _ in read.offsets} - {t for t, _ in held.offsets}),
             )
         self.rewound_to = {}  # a batch followed on from the rewind
+        self.last_seq = seq
         todo = state.pending(r) or {}
         self._lists(r, batch, todo, clock_ms, steps, spread=not small)
         products, visitors = todo.get("products", []), todo.get("visitors", [])

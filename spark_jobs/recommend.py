@@ -322,6 +322,7 @@ class Supervisor:
             rewind.reapplied,
         )
         recovery.record_rewind(self.redis, rewind.reason, rewind.reapplied, rewind.offsets)
+        state.continue_commits(self.redis, self.processor.last_seq)
         self.checkpoint.remove()
         held = recovery.Position(rewind.offsets, recovery.position(self.redis).topic_ids)
         self.processor.rewound_to = dict(rewind.offsets)

@@ -762,6 +762,25 @@ def _write_changes(
         pipe.expire(keys.trending_window_bucket(window, bucket, category), ttls[window])
 
 
+def commit_seq(r: redis.Redis) -> int:
+    return int(r.get(keys.pipeline_commit_seq()) or 0)
+
+
+_CONTINUE = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return redis.call('GET', KEYS[1])
+"""
+
+
+def continue_commits(r: redis.Redis, last: int) -> int:
+    """Number the next commit past ``last`` (the last this job made): a Redis
+    restored from an older snapshot numbers from there, and a list task of a
+    commit before the rewind would otherwise count as current."""
+    return int(r.eval(_CONTINUE, 1, keys.pipeline_commit_seq(), last))
+
+
 def pending(r: redis.Redis) -> dict[str, Any] | None:
     """The lists the last commit still owes, if it does."""
     raw = r.get(keys.pipeline_pending())

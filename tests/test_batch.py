@@ -378,3 +378,17 @@ def test_a_copy_is_found_within_dedup_records_of_its_partition_whatever_its_age(
     assert batches.r.zrange(keys.seen_index(), 0, -1) == [
         keys.seen_events("page_views", 0, 8),
     ]
+
+
+def test_a_list_of_a_commit_before_a_restore_cannot_overwrite_the_rebuilt_ones(batches):
+    """Redis came back from a snapshot taken at commit 1 while the job had made
+    3: a list task of commit 3 still running must not count as current."""
+    batches.run([batches.row("page_view", "s:z", "1"), batches.row("page_view", "s:z", "2")])
+    batches.r.set(keys.pipeline_commit_seq(), 1)  # restored
+    assert state.continue_commits(batches.r, 3) == 3
+    batches.run([batches.row("page_view", "s:z", "3")])  # commit 4, after the rewind
+    with pytest.raises(state.StaleWriter):
+        state.write_lists(
+            batches.r, {keys.product_similar("1"): []}, 60, state.Writer(batches.lease.token, 3)
+        )
+    assert batches.list(keys.product_similar("1"))  # the rebuilt list stands
