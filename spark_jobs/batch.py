@@ -275,7 +275,7 @@ class BatchProcessor:
                 "settings": settings,
                 "landmark_ms": landmark_ms,
                 "now_ms": now_ms,
-                "held": held.as_fields(),
+                "held": dict(held.offsets),
                 "experiment": self.experiment,
             }
             if small:

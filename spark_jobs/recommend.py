@@ -403,8 +403,6 @@ class Supervisor:
         try:
             read = recovery.position(self.redis)
             held = self.processor._this_life(read)
-            if not any(end > held.offsets.get(tp, 0) for tp, end in planned.items()):
-                return False
             rewind, forward, expired = recovery.behind(held, planned, self.kafka)
             if forward:
                 state.advance(self.redis, self.lease.token, read.offsets, forward, expired)

@@ -63,10 +63,6 @@ class Position:
     offsets: Mapping[TopicPartition, int]
     topic_ids: Mapping[str, str]
 
-    def as_fields(self) -> dict[str, int]:
-        """``topic:partition`` -> offset, the form the executors are given."""
-        return {field(tp): offset for tp, offset in self.offsets.items()}
-
     def without(self, topics: Iterable[str]) -> Position:
         """This position with no offsets of ``topics`` (a new life of them)."""
         gone = set(topics)

@@ -98,7 +98,7 @@ def score_partition(
     settings: PipelineSettings,
     landmark_ms: int,
     now_ms: int,
-    held: Mapping[str, int] | None = None,
+    held: Mapping[tuple[str, int], int] | None = None,
     experiment: experiments.Experiment | None = None,
 ) -> Iterator[state.BatchChanges]:
     """Parsed rows (``transforms.PARSED_COLUMNS``, optionally a ``later_copy``
@@ -109,7 +109,7 @@ def score_partition(
     anonymous visitor with those of the user they logged in as in the batch
     (the executors' path partitions by :func:`owner`).
 
-    ``held``: the next offset Redis holds of each partition (``topic:partition``);
+    ``held``: the next offset Redis holds of each (topic, partition);
     a record below it is in the state already and is left out, uncounted.
     """
     keys.use_prefix(settings.key_prefix)  # also in a fresh executor process
@@ -126,7 +126,7 @@ def score_partition(
         key = (topic, partition)
         changes.offsets[key] = max(changes.offsets.get(key, 0), offset + 1)
         changes.first_offsets[key] = min(changes.first_offsets.get(key, offset), offset)
-        if held and offset < held.get(f"{topic}:{partition}", -1):
+        if held and offset < held.get(key, -1):
             changes.skipped[topic] = changes.skipped.get(topic, 0) + 1
             continue
         if not schema.has_valid_core(version, type_, event_id, visitor_id, product_id, ts) or (

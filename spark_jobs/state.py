@@ -437,21 +437,15 @@ def commit(
     each topic the offsets belong to; the offsets of ``new_lives`` (topics
     created again) are dropped first.
     """
-    from .recovery import LeaseLost, Moved, parse_field
+    from .recovery import Moved, parse_field
 
     products = changes.touched_products()
     baskets = changes.touched_baskets()
     with r.pipeline(transaction=True) as pipe:
-        # the lease's epoch changes when it changes hands, not when it is renewed
-        pipe.watch(keys.pipeline_lease_epoch(), keys.pipeline_offsets())
-        owner = pipe.get(keys.pipeline_lease())
-        if owner not in (lease, None):
-            pipe.unwatch()
-            raise LeaseLost("another copy of the job holds the lease")
-        now_held = pipe.hgetall(keys.pipeline_offsets())
-        if {parse_field(k): int(v) for k, v in now_held.items()} != dict(held):
-            pipe.unwatch()
+        watched = _watch_as_writer(pipe, lease, held)
+        if watched is None:
             raise Moved("Redis's offsets changed while the batch was scored")
+        owner, now_held = watched
         # Only the job writes these, and only under the lease: read here, they
         # are the values the batch builds on.
         clocks = {
@@ -518,15 +512,10 @@ def commit(
         skipped = sum(changes.skipped.values())
         if skipped:
             pipe.hincrby(keys.pipeline_recovery(), "records_skipped", skipped)
-        expired = {
-            topic: n for (topic, status), n in changes.counts.items() if status == "expired" and n
-        }
-        if expired:
-            pipe.hset(
-                keys.pipeline_recovery(),
-                "last_expired",
-                json.dumps({"at": time.time(), "topics": dict(sorted(expired.items()))}),
-            )
+        _record_expired(
+            pipe,
+            {t: n for (t, status), n in changes.counts.items() if status == STATUS_EXPIRED and n},
+        )
         pipe.set(keys.pipeline_clock(), clock_ms)
         pipe.set(keys.pipeline_commit_seq(), seq)
         pipe.set(
@@ -569,6 +558,38 @@ def _expired_seen(
     ]
 
 
+def _watch_as_writer(
+    pipe: Any, lease: str, held: Mapping[tuple[str, int], int]
+) -> tuple[str | None, dict[str, str]] | None:
+    """WATCH what a write of the state depends on: the lease's epoch (it changes
+    when the lease changes hands, not when it is renewed) and the offsets.
+    Raises :class:`recovery.LeaseLost` if another copy holds the lease; None if
+    Redis holds other offsets than ``held``; else the lease's owner (None: it
+    expired, nobody took it) and the offsets' fields."""
+    from .recovery import LeaseLost, parse_field
+
+    pipe.watch(keys.pipeline_lease_epoch(), keys.pipeline_offsets())
+    owner = pipe.get(keys.pipeline_lease())
+    if owner not in (lease, None):
+        pipe.unwatch()
+        raise LeaseLost("another copy of the job holds the lease")
+    now_held = pipe.hgetall(keys.pipeline_offsets())
+    if {parse_field(k): int(v) for k, v in now_held.items()} != dict(held):
+        pipe.unwatch()
+        return None
+    return owner, now_held
+
+
+def _record_expired(pipe: Any, by_topic: Mapping[str, int]) -> None:
+    """When and where records last expired in Kafka before they were read."""
+    if by_topic:
+        pipe.hset(
+            keys.pipeline_recovery(),
+            "last_expired",
+            json.dumps({"at": time.time(), "topics": dict(sorted(by_topic.items()))}),
+        )
+
+
 def advance(
     r: redis.Redis,
     lease: str,
@@ -579,16 +600,9 @@ def advance(
     """Move Redis's offsets of partitions where Kafka holds nothing more to read
     (``offsets``), counting what retention deleted there before it was read as
     expired; only under the lease and if Redis still holds ``held``. Whether done."""
-    from .recovery import LeaseLost, parse_field
 
     with r.pipeline(transaction=True) as pipe:
-        pipe.watch(keys.pipeline_lease_epoch(), keys.pipeline_offsets())
-        if pipe.get(keys.pipeline_lease()) not in (lease, None):
-            pipe.unwatch()
-            raise LeaseLost("another copy of the job holds the lease")
-        now_held = pipe.hgetall(keys.pipeline_offsets())
-        if {parse_field(k): int(v) for k, v in now_held.items()} != dict(held):
-            pipe.unwatch()
+        if _watch_as_writer(pipe, lease, held) is None:
             return False
         pipe.multi()
         pipe.hset(
@@ -600,12 +614,7 @@ def advance(
             by_topic[topic] = by_topic.get(topic, 0) + n
         for topic, n in sorted(by_topic.items()):
             pipe.hincrby(keys.pipeline_counters(), f"{topic}:{STATUS_EXPIRED}", n)
-        if by_topic:
-            pipe.hset(
-                keys.pipeline_recovery(),
-                "last_expired",
-                json.dumps({"at": time.time(), "topics": by_topic}),
-            )
+        _record_expired(pipe, by_topic)
         pipe.execute()
     return True
 

@@ -71,7 +71,7 @@ class Batches:
                 settings=settings,
                 landmark_ms=landmark,
                 now_ms=self.now,
-                held=held.as_fields(),
+                held=dict(held.offsets),
                 experiment=self.experiment,
             )
         )
