@@ -154,6 +154,7 @@ def test_kafka_stopped_pages_answer_quickly_and_every_event_arrives_after(
             timings.append(time.perf_counter() - started)
         outage = {
             "p50_ms": round(statistics.median(timings) * 1000, 2),
+            "p95_ms": round(statistics.quantiles(timings, n=20)[-1] * 1000, 2),
             "max_ms": round(max(timings) * 1000, 2),
         }
         assert kafka_backend.stats()["queued"] >= 100
@@ -176,7 +177,10 @@ def test_kafka_stopped_pages_answer_quickly_and_every_event_arrives_after(
         report.write(f"{outage} delivered_after_s={delivered_after:.1f}\n")
     assert len(arrived) == 100
     assert len({e["event_id"] for e in arrived}) == 100
-    assert outage["max_ms"] < 100, outage
+    # A page that waited on the broker would wait seconds (the producer's
+    # reconnect back-off); the bounds leave room for a scheduling pause on a
+    # busy two-core machine, which once made one page of a hundred 115 ms.
+    assert outage["p95_ms"] < 50 and outage["max_ms"] < 1000, outage
     stats = kafka_backend.stats()
     assert stats["failed"] == 0 and stats["dropped"] == 0
 
