@@ -1,8 +1,8 @@
-# make demo | make test | make bench   (each installs what is missing first)
+# make demo | make cluster | make test | make bench   (each installs what is missing first)
 PY := .venv/bin/python
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: setup demo test test-unit bench lint clean
+.PHONY: setup demo cluster test test-cluster test-unit bench lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -10,11 +10,18 @@ setup:
 demo: setup
 	$(PY) -m stack demo
 
+cluster: setup
+	$(PY) -m stack cluster
+
 test: setup
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not cluster"
+
+# the production topology's chaos tests (tests/test_cluster.py): ~10 minutes
+test-cluster: setup
+	$(PY) -m pytest -m cluster
 
 test-unit: setup
-	$(PY) -m pytest -m "not stack and not spark and not browser"
+	$(PY) -m pytest -m "not stack and not spark and not browser and not cluster"
 
 bench: setup
 	$(PY) -m bench all
@@ -23,4 +30,4 @@ lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
 clean:
-	rm -rf var/demo tests/artifacts
+	rm -rf var/demo var/cluster tests/artifacts

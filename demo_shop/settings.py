@@ -2,6 +2,7 @@
 (see README: RECO_KAFKA_PORT, RECO_REDIS_PORT, ...) so tests can run the shop
 on free ports beside a running demo."""
 
+import json
 import os
 from pathlib import Path
 
@@ -16,6 +17,8 @@ KAFKA_BOOTSTRAP = os.environ.get(
     "RECO_KAFKA_BOOTSTRAP", f"127.0.0.1:{os.environ.get('RECO_KAFKA_PORT', '9092')}"
 )
 REDIS_PORT = os.environ.get("RECO_REDIS_PORT", "6379")
+# one server, or a primary found through its Sentinels (`make cluster` sets
+# redis+sentinel://HOST:PORT,.../SERVICE/0; docs/production.md)
 REDIS_URL = os.environ.get("RECO_REDIS_URL", f"redis://127.0.0.1:{REDIS_PORT}/0")
 
 INSTALLED_APPS = [
@@ -81,20 +84,23 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 TIME_ZONE = "UTC"
 
+from reco_plugin import redis_url  # noqa: E402
+
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        # The layer blocks up to 5 s reading its queue; redis-py's default socket
-        # timeout is also 5 s, so give the socket more or idle websockets drop.
         "CONFIG": {
             "hosts": [
-                {
-                    "address": REDIS_URL.rsplit("/", 1)[0] + "/2",
-                    "socket_timeout": 30,
+                redis_url.channel_layer_host(
+                    redis_url.with_db(REDIS_URL, 2),
+                    # The layer blocks up to 5 s reading its queue; redis-py's default
+                    # socket timeout is also 5 s, so give the socket more or idle
+                    # websockets drop.
+                    socket_timeout=30,
                     # redis-py's asyncio pool refuses a 101st concurrent command:
                     # a burst of websockets opening at once needs more
-                    "max_connections": 1000,
-                }
+                    max_connections=1000,
+                )
             ],
         },
     }
@@ -122,6 +128,10 @@ RECO_PLUGIN = {
     # manage.py reco_stream: the checkpoint, and the Kafka connector's jars fetched by
     # set-up (without them Spark would fetch the connector from Maven Central)
     "SPARK": {
+        # None: local[<cores>]; `make cluster` sets spark://HOST:PORT of its master
+        "MASTER": os.environ.get("RECO_SPARK_MASTER") or None,
+        "MASTER_UI": os.environ.get("RECO_SPARK_MASTER_UI") or None,
+        "CONF": json.loads(os.environ.get("RECO_SPARK_CONF", "{}")),
         "CHECKPOINT": str(STATE_DIR / "spark" / "checkpoint"),
         "KAFKA_CONNECTOR": os.environ.get(
             "RECO_SPARK_KAFKA_CONNECTOR", str(BASE_DIR / "jvm" / "lib" / "spark-kafka")
@@ -131,7 +141,9 @@ RECO_PLUGIN = {
 
 REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"}
 
-CELERY_BROKER_URL = REDIS_URL.rsplit("/", 1)[0] + "/1"
+CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS = redis_url.celery_broker(
+    redis_url.with_db(REDIS_URL, 1)
+)
 CELERY_TASK_IGNORE_RESULT = True
 # the catalog sync every few minutes and the retraining nightly
 CELERY_BEAT_SCHEDULE = beat_schedule(

@@ -338,19 +338,101 @@ def _extras_checks() -> list[Any]:
     return errors
 
 
+@register(Tags.compatibility)
+def check_production_durability(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """With ``DEBUG=False`` (a production configuration): the pipeline's record
+    and state must survive the loss of one machine (docs/production.md)."""
+    return [] if settings.DEBUG else _durability_warnings()
+
+
 @register(Tags.compatibility, deploy=True)
 def check_redis_durability(app_configs: Any = None, **kwargs: Any) -> list[Any]:
-    """``check --deploy``: the shop's Redis must keep the pipeline's state. An
-    evicting memory policy drops it (offsets, counters, weights) without a word;
-    skipped when Redis does not answer (``reco_status`` says so)."""
-    from .redis_client import get_work_redis
+    """``check --deploy`` under ``DEBUG=True`` says the same (with
+    ``DEBUG=False`` the check above already has)."""
+    return _durability_warnings() if settings.DEBUG else []
+
+
+# how long the checks wait for Redis and Kafka (they run before most commands)
+DURABILITY_TIMEOUT_SECONDS = 1.0
+
+
+def _durability_warnings() -> list[Any]:
+    """W008 Redis evicts keys, W009 Redis keeps nothing on disk, W010 topics
+    with one copy. Redis or Kafka not answering is ``reco_status``'s to report."""
+    from . import redis_url
     from .status import redis_durability
 
+    hint = "See docs/production.md."
+    found: list[Any] = []
     try:
-        found = redis_durability(get_work_redis())
+        client = redis_url.connect(
+            reco_settings.REDIS_URL,
+            socket_timeout=DURABILITY_TIMEOUT_SECONDS,
+            socket_connect_timeout=DURABILITY_TIMEOUT_SECONDS,
+            decode_responses=True,
+        )
+        durability = redis_durability(client)
     except Exception:
-        return []
+        durability = {"problems": []}
+    found += [Warning(p, hint=hint, id="reco_plugin.W008") for p in durability["problems"]]
+    if durability.get("persistence") == "none":
+        found.append(
+            Warning(
+                "Redis keeps nothing on disk (no append-only file, no snapshots): a restart "
+                "empties it, and the job rebuilds it from what Kafka still holds.",
+                hint="Run Redis with appendonly yes (docs/production.md, Redis).",
+                id="reco_plugin.W009",
+            )
+        )
+    single = _single_copy_topics()
+    if single:
+        found.append(
+            Warning(
+                f"Kafka topics with one copy of each partition ({', '.join(single)}): "
+                "one broker's loss loses their events.",
+                hint="Three brokers and TOPIC_REPLICATION 3 (the default chooses it from the "
+                f"broker count). {hint}",
+                id="reco_plugin.W010",
+            )
+        )
+    return found
+
+
+# (Kafka's address, the topics, TOPIC_REPLICATION) -> (when, what was found):
+# a broker that does not answer costs a command's start DURABILITY_TIMEOUT_SECONDS
+# once a minute, not at each check
+_single_copy_found: dict[tuple, tuple[float, list[str]]] = {}
+
+
+def _single_copy_topics() -> list[str]:
+    """The shop's topics with a partition of one copy; where Kafka does not
+    answer, all of them if ``TOPIC_REPLICATION`` is 1."""
+    import time
+
+    topics = sorted(reco_settings.TOPICS.values())
+    key = (str(reco_settings.KAFKA), tuple(topics), reco_settings.TOPIC_REPLICATION)
+    when, found = _single_copy_found.get(key, (0.0, []))
+    if time.monotonic() - when > 60:
+        found = _ask_kafka_for_single_copies(topics)
+        _single_copy_found[key] = (time.monotonic(), found)
+    return found
+
+
+def _ask_kafka_for_single_copies(topics: list[str]) -> list[str]:
+    from .compat import confluent_kafka
+
+    if confluent_kafka is None:
+        return topics if reco_settings.TOPIC_REPLICATION == 1 else []
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        admin = AdminClient({**dict(reco_settings.KAFKA), "log_level": 0})
+        metadata = admin.list_topics(timeout=DURABILITY_TIMEOUT_SECONDS)
+    except Exception:
+        return topics if reco_settings.TOPIC_REPLICATION == 1 else []
     return [
-        Warning(problem, hint="See docs/production.md, Redis.", id="reco_plugin.W008")
-        for problem in found["problems"]
+        name
+        for name in topics
+        if name in metadata.topics
+        and any(len(p.replicas) < 2 for p in metadata.topics[name].partitions.values())
     ]

@@ -29,7 +29,10 @@ DEFAULTS: dict[str, Any] = {
     # the record of forgotten visitors (one partition, compacted, kept for good)
     "FORGOTTEN_TOPIC": schema.FORGOTTEN_TOPIC,
     "TOPIC_PARTITIONS": 12,
-    "TOPIC_REPLICATION": 1,
+    # copies of each partition, and how many must hold an event before the
+    # producer counts it stored; None: 3 and 2 (fewer on a smaller cluster)
+    "TOPIC_REPLICATION": None,
+    "TOPIC_MIN_INSYNC_REPLICAS": None,
     "REDIS_URL": "redis://127.0.0.1:6379/0",
     # pages, the API and the websocket wait at most this long for Redis...
     "REDIS_TIMEOUT_SECONDS": 0.5,

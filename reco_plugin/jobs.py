@@ -23,6 +23,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 SPARK_DEFAULTS: dict[str, Any] = {
     # Spark master; None: local[<cores>]
     "MASTER": None,
+    # a standalone master's web UI (http://HOST:8080): reco_status lists its workers
+    "MASTER_UI": None,
     # a directory holding Spark's Kafka connector jars, or Maven coordinates;
     # None: Spark fetches the coordinates matching PySpark from Maven Central once
     "KAFKA_CONNECTOR": None,

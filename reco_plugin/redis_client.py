@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import redis
 import redis.asyncio
 
+from . import redis_url
 from .conf import reco_settings
 
 logger = logging.getLogger(__name__)
@@ -47,18 +48,18 @@ def _options(timeout: float | None = None) -> dict:
 @functools.cache
 def get_redis() -> redis.Redis:
     """The request path's client: short timeouts; read it under ``breaker.guard()``."""
-    return redis.Redis.from_url(reco_settings.REDIS_URL, **_options())
+    return redis_url.connect(reco_settings.REDIS_URL, **_options())
 
 
 @functools.cache
 def get_work_redis() -> redis.Redis:
     """For commands and tasks (catalog sync, status, counters): longer timeouts."""
-    return redis.Redis.from_url(reco_settings.REDIS_URL, **_options(WORK_TIMEOUT_SECONDS))
+    return redis_url.connect(reco_settings.REDIS_URL, **_options(WORK_TIMEOUT_SECONDS))
 
 
 def get_async_redis() -> redis.asyncio.Redis:
     # One client per event loop: an asyncio connection pool is bound to the loop it was made on.
-    return redis.asyncio.Redis.from_url(reco_settings.REDIS_URL, **_options(WORK_TIMEOUT_SECONDS))
+    return redis_url.connect_async(reco_settings.REDIS_URL, **_options(WORK_TIMEOUT_SECONDS))
 
 
 class Breaker:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import keys, schema, strategies
+from . import keys, redis_url, schema, strategies
 from .scoring import PipelineSettings
 
 REQUIRED_COLUMNS = ("visitor_id", "product_id", "type", "ts")
@@ -276,12 +276,11 @@ class Replay:
     # -- lifecycle ------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        import redis
 
         previous_prefix = keys.PREFIX
         workdir = Path(tempfile.mkdtemp(prefix="reco-replay-"))
         job = None
-        self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=30)
+        self.redis = redis_url.connect(self.redis_url, decode_responses=True, socket_timeout=30)
         try:
             keys.use_prefix(self.namespace.prefix)
             self._create_topics()

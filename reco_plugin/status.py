@@ -13,7 +13,7 @@ from typing import Any
 
 from django.utils.module_loading import import_string
 
-from . import keys, pipeline, scoring, strategies
+from . import jobs, keys, pipeline, scoring, strategies, topology
 from .conf import reco_settings
 from .redis_client import get_work_redis as get_redis
 from .redis_client import shown_url
@@ -104,16 +104,19 @@ def redis_durability(r: Any) -> dict[str, Any]:
     found: dict[str, Any] = {"problems": []}
     try:
         config = r.config_get("maxmemory*")
+        snapshots = r.config_get("save").get("save", "")
         persistence = r.info("persistence")
     except Exception as exc:  # CONFIG may be renamed or refused (a managed Redis)
         found["config"] = f"not readable: {exc}"
         return found
     policy = config.get("maxmemory-policy")
     maxmemory = int(config.get("maxmemory") or 0)
+    aof = bool(persistence.get("aof_enabled"))
     found.update(
         maxmemory=maxmemory,
         maxmemory_policy=policy,
-        aof=bool(persistence.get("aof_enabled")),
+        aof=aof,
+        persistence="aof" if aof else ("snapshots" if snapshots.strip() else "none"),
     )
     if maxmemory and policy not in SAFE_MEMORY_POLICIES:
         found["problems"].append(
@@ -166,6 +169,8 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         ) = pipe.execute()
         report["redis"] = {"ok": True, "url": shown_url(), **redis_durability(r)}
         problems.extend(report["redis"].pop("problems"))
+        report["redis"].update(topology.redis_roles(r))
+        problems.extend(report["redis"].pop("problems"))
         report["recovery"] = _recovery(recovered)
         report["lease"] = _lease(lease, lease_info, standby)
         processed = {k: int(v) for k, v in offsets.items()}
@@ -203,7 +208,8 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         problems.append(f"Redis is unreachable: {exc}")
     try:
         ends = pipeline.end_offsets(timeout=kafka_timeout)
-        report["kafka"] = {"ok": True, "partitions": len(ends)}
+        report["kafka"] = {"ok": True, **topology.kafka_brokers(timeout=kafka_timeout)}
+        problems.extend(report["kafka"].pop("problems"))
         if not ends:
             problems.append("none of the topics exist: run manage.py reco_topics")
     except Exception as exc:
@@ -226,6 +232,14 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
             age = time.time() - float(report["last_batch"].get("finished_at", 0))
             if age > reco_settings.STATUS_MAX_STALL_SECONDS:
                 problems.append(f"{total} events wait and no batch has finished for {age:.0f} s")
+    master_ui = jobs.spark_settings().get("MASTER_UI")
+    if master_ui:
+        try:
+            report["spark"] = {"ok": True, **topology.spark_workers(master_ui)}
+        except Exception as exc:
+            report["spark"] = {"ok": False, "error": f"{master_ui}: {exc}", "problems": []}
+            problems.append(f"the Spark master does not answer ({master_ui}: {exc})")
+        problems.extend(report["spark"].pop("problems"))
     report["queries"] = _queries(report)
     for query in report["queries"]:
         if query.get("problem"):
@@ -423,13 +437,54 @@ def format_status(report: dict[str, Any]) -> str:
             f", {'AOF' if redis_part.get('aof') else 'no AOF'}, "
             f"maxmemory-policy {redis_part['maxmemory_policy']}"
         )
+    if redis_part.get("role"):
+        redis_detail += f", {redis_part['role']}"
+        if redis_part.get("primary"):
+            redis_detail += f" {redis_part['primary']} (as the Sentinels say)"
     component("redis", redis_part, redis_detail)
+    for replica in redis_part.get("replicas") or ():
+        lines.append(
+            f"{'':<16} replica {replica['address']} {replica['state']}, "
+            f"{replica['behind_bytes']} bytes behind"
+        )
+    for sentinel in redis_part.get("sentinels") or ():
+        says = f"names {sentinel.get('primary')} primary" if sentinel["up"] else sentinel["error"]
+        lines.append(f"{'':<16} sentinel {sentinel['address']} {says}")
     kafka = report.get("kafka") or {}
-    component("kafka", kafka, kafka.get("error") or f"{kafka.get('partitions', 0)} partitions")
+    partitions = kafka.get("partitions") or {}
+    component(
+        "kafka",
+        kafka,
+        kafka.get("error")
+        or f"{partitions.get('total', 0)} partitions, {partitions.get('offline', 0)} without a "
+        f"leader, {partitions.get('under_replicated', 0)} short of copies",
+    )
+    for broker in kafka.get("brokers") or ():
+        lines.append(
+            f"{'':<16} broker {broker['id']} {'up' if broker['up'] else 'DOWN'}"
+            + (f" at {broker['address']}" if broker["address"] else "")
+        )
+    spark = report.get("spark")
+    if spark:
+        component(
+            "spark",
+            spark,
+            spark.get("error")
+            or f"master {spark.get('master')} {spark.get('status')}, "
+            f"{len(spark.get('workers') or ())} workers alive",
+        )
+        for worker in spark.get("workers") or ():
+            lines.append(
+                f"{'':<16} worker {worker['address']}: {worker['cores_used']}/{worker['cores']} "
+                f"cores used, {worker['memory_mb']} MB"
+            )
     job = report.get("job") or {}
     detail = "no heartbeat"
     if job.get("pid"):
         detail = f"pid {job['pid']}, {job.get('message', '')}, restarts {job.get('restarts', 0)}"
+        spark = job.get("spark") or {}
+        if spark.get("master") and not spark["master"].startswith("local"):
+            detail += f", {len(spark.get('executors') or ())} executors of {spark['master']}"
         if job.get("last_error"):
             when = f" {_ago(job['last_error_at'])}" if job.get("last_error_at") else ""
             detail += f", last error{when}: {job['last_error']}"

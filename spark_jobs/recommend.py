@@ -65,6 +65,13 @@ KAFKA_SOURCE_OPTIONS = {
     "kafka.max.poll.records": "20000",
     "kafka.max.partition.fetch.bytes": str(8 << 20),
     "failOnDataLoss": "false",
+    # A broker that hangs (a long GC pause, a network cut) keeps its sockets
+    # open: with Kafka's defaults a fetch from it waits 30 s and the driver's
+    # offset lookups 60 s before asking the cluster who leads now. The leaders
+    # move in ~6 s (the brokers' session timeout): give up on a request after
+    # 8 s and on an offsets lookup after 20 s (docs/production.md).
+    "kafka.request.timeout.ms": "8000",
+    "kafka.default.api.timeout.ms": "20000",
 }
 
 
@@ -257,11 +264,23 @@ class Supervisor:
             # Spark's own reading of the Kafka source: records not yet read
             # behind the latest offset, at its last trigger
             "behind_latest": None if behind is None else int(float(behind)),
+            "spark": self.spark_cluster(),
         }
         try:
             state.heartbeat(self.redis, info)
         except redis.RedisError:
             pass  # the batch's own retries report the outage
+
+    def spark_cluster(self) -> dict:
+        """Where the job runs: its master, and the ids of the executors it has
+        now (a lost worker's executors leave the list; local mode has none)."""
+        context = self.spark.sparkContext
+        try:
+            ids = context._jsc.sc().getExecutorIds()
+            executors = sorted(str(ids.apply(i)) for i in range(ids.size()))
+        except Exception:  # the JVM is going away
+            return {"master": context.master}
+        return {"master": context.master, "executors": executors}
 
     def hold_lease(self) -> bool:
         """Take the lease, or wait for it (saying so) until the job is stopped."""

@@ -30,7 +30,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from reco_plugin import experiments, keys, schema, strategies
+from reco_plugin import experiments, keys, redis_url, schema, strategies
 from reco_plugin.scoring import STATUS_EXPIRED, PipelineSettings
 
 from .learn import Item
@@ -68,7 +68,9 @@ def client(url: str) -> redis.Redis:
 
 
 def connect(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
+    """A client of the Redis at ``url``: one server, or the primary its
+    Sentinels name (``redis+sentinel://``), asked again after a failover."""
+    return redis_url.connect(
         url,
         decode_responses=True,
         socket_timeout=10,

@@ -1,4 +1,5 @@
-"""``python -m stack demo``: run the whole demo until Ctrl-C."""
+"""``python -m stack demo`` (one of each part) or ``python -m stack cluster``
+(the production topology: stack/cluster.py): run the demo shop until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -14,19 +15,25 @@ from .services import REPO, Ports, Stack, StackError, port_open
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack")
-    parser.add_argument("command", choices=["demo"])
-    parser.add_argument(
-        "--state-dir", default=os.environ.get("RECO_STATE_DIR", REPO / "var" / "demo")
-    )
+    parser.add_argument("command", choices=["demo", "cluster"])
+    parser.add_argument("--state-dir", default=os.environ.get("RECO_STATE_DIR"))
     parser.add_argument("--no-warm", action="store_true", help="skip replaying the history")
     args = parser.parse_args(argv)
+    state_dir = Path(args.state_dir or REPO / "var" / args.command)
 
-    ports = Ports.from_env()
-    busy = [f"{name} {port}" for name, port in vars(ports).items() if port_open(port)]
+    if args.command == "cluster":
+        from .cluster import Cluster, ClusterPorts
+
+        ports = ClusterPorts.from_env()
+        named = ports.all()
+    else:
+        ports = Ports.from_env()
+        named = vars(ports)
+    busy = [f"{name} {port}" for name, port in named.items() if port_open(port)]
     if busy:
         print(f"ports in use: {', '.join(busy)}; set RECO_*_PORT (see README)", file=sys.stderr)
         return 2
-    stack = Stack(Path(args.state_dir), ports)
+    stack = Cluster(state_dir, ports) if args.command == "cluster" else Stack(state_dir, ports)
     stopping = False
 
     def on_signal(signum, frame):
@@ -47,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"  API schema: {stack.web_url}/reco/api/schema/")
         print(f"  Logs:       {stack.logs}/")
+        if args.command == "cluster":
+            print(
+                f"  Spark:      http://127.0.0.1:{ports.spark_ui[0]}/  (master: {stack.spark_master})"
+            )
+            print(f"  Kafka:      {stack.bootstrap}")
+            print(f"  Redis:      {stack.redis_url}")
         print("  Ctrl-C stops everything.")
         while True:
             # A crashed service is started again (with backoff), not the end of the demo.

@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from reco_plugin import keys, schema
+from reco_plugin import keys, redis_url, schema
 
 from .services import PYTHON, REPO, Stack, stop_process
 
@@ -205,12 +205,16 @@ class JobRun:
         self.stack = stack
         self.topics = list(topics or schema.DEFAULT_TOPICS.values())
         self.name = name
-        self.redis_url = f"redis://127.0.0.1:{redis_port or stack.ports.redis}/{db}"
+        self.redis_url = (
+            redis_url.with_db(stack.redis_url, db)
+            if redis_port is None
+            else f"redis://127.0.0.1:{redis_port}/{db}"
+        )
         self.checkpoint = stack.state_dir / "jobs" / name / "checkpoint"
         self.log = stack.logs / f"job-{name}.log"
         self.config = dict(config or {})
         self.process: subprocess.Popen | None = None
-        self.redis = redis.Redis.from_url(self.redis_url, decode_responses=True, socket_timeout=5)
+        self.redis = redis_url.connect(self.redis_url, decode_responses=True, socket_timeout=5)
 
     def start(self, wait: bool = True) -> None:
         self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -219,7 +223,7 @@ class JobRun:
             "-m",
             "spark_jobs.recommend",
             "--bootstrap",
-            f"127.0.0.1:{self.stack.ports.kafka}",
+            self.stack.bootstrap,
             "--redis",
             self.redis_url,
             "--checkpoint",

@@ -110,6 +110,118 @@ class Service:
 
 
 @dataclass
+class KafkaNode:
+    """One combined broker+controller of a KRaft quorum (of one, or of three)."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    directory: Path
+
+    def properties(self, quorum: list[KafkaNode], replication: int) -> str:
+        """``server.properties``; internal topics with ``replication`` copies,
+        all but one of them needed in sync."""
+        insync = max(1, replication - 1)
+        if len(quorum) == 1:  # formatted --standalone: a quorum that may grow later
+            voters = f"controller.quorum.bootstrap.servers=127.0.0.1:{self.controller_port}"
+        else:
+            voters = "controller.quorum.voters=" + ",".join(
+                f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in quorum
+            )
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                f"node.id={self.node_id}",
+                voters,
+                f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
+                f"CONTROLLER://127.0.0.1:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                "controller.listener.names=CONTROLLER",
+                "inter.broker.listener.name=PLAINTEXT",
+                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"log.dirs={self.directory / 'data'}",
+                "num.partitions=12",
+                f"default.replication.factor={replication}",
+                f"min.insync.replicas={insync}",
+                f"offsets.topic.replication.factor={replication}",
+                f"transaction.state.log.replication.factor={replication}",
+                f"transaction.state.log.min.isr={insync}",
+                f"share.coordinator.state.topic.replication.factor={replication}",
+                f"share.coordinator.state.topic.min.isr={insync}",
+                "group.initial.rebalance.delay.ms=0",
+                "log.retention.hours=168",
+                # a broker that stops answering loses its partitions' leadership
+                # after this long (docs/production.md: failover trade-offs)
+                "broker.session.timeout.ms=6000",
+                "broker.heartbeat.interval.ms=1000",
+                "replica.lag.time.max.ms=10000",
+                "",
+            ]
+        )
+
+    def service(
+        self, stack: Stack, quorum: list[KafkaNode], log: Path, replication: int, cluster: str = ""
+    ) -> Service:
+        """The node's process; its storage formatted on first start (with
+        ``cluster``, the quorum's shared id; a quorum of one formats itself)."""
+        if not any(KAFKA_LIB.glob("kafka_*.jar")):
+            raise StackError(f"Kafka broker jars missing in {KAFKA_LIB}: run `make setup`")
+        java = shutil.which("java")
+        if java is None:
+            raise StackError("java not found (Kafka needs Java 17)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "server.properties"
+        config.write_text(self.properties(quorum, replication))
+        classpath = f"{KAFKA_LIB}/*"
+        if not (self.directory / "data" / "meta.properties").exists():
+            formatted = subprocess.run(
+                [
+                    java,
+                    "-cp",
+                    classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    *(["--standalone"] if len(quorum) == 1 else []),
+                    f"--cluster-id={cluster or cluster_id()}",
+                    "-c",
+                    str(config),
+                ],
+                capture_output=True,
+                text=True,
+            )
+            if formatted.returncode:
+                raise StackError(f"formatting Kafka's storage failed: {formatted.stderr.strip()}")
+        bootstrap = f"127.0.0.1:{self.port}"
+        return Service(
+            log.stem,
+            [
+                java,
+                "-Xms256m",
+                "-Xmx768m" if len(quorum) == 1 else "-Xmx512m",
+                f"-Dlog4j2.configurationFile={KAFKA_LOG_CONFIG}",
+                "-cp",
+                classpath,
+                "kafka.Kafka",
+                str(config),
+            ],
+            log,
+            lambda: kafka_answers(bootstrap),
+            timeout=90,
+        )
+
+
+def kafka_answers(bootstrap: str) -> bool:
+    """A broker at ``bootstrap`` answers a metadata request."""
+    from confluent_kafka.admin import AdminClient
+
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    if not port_open(int(port)):
+        return False
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    return bool(admin.list_topics(timeout=2).brokers)
+
+
+@dataclass
 class Stack:
     """Start with :meth:`start`, stop with :meth:`stop` (also a context manager)."""
 
@@ -129,6 +241,11 @@ class Stack:
     @property
     def redis_url(self) -> str:
         return f"redis://127.0.0.1:{self.ports.redis}/0"
+
+    @property
+    def bootstrap(self) -> str:
+        """Kafka's bootstrap servers."""
+        return f"127.0.0.1:{self.ports.kafka}"
 
     @property
     def web_url(self) -> str:
@@ -200,6 +317,9 @@ class Stack:
         self.log(f"starting {service.name} (log: {service.log})")
         self._launch(service)
         self.services.append(service)
+        self._wait_ready(service)
+
+    def _wait_ready(self, service: Service) -> None:
         deadline = time.monotonic() + service.timeout
         while True:
             if service.process.poll() is not None:
@@ -255,129 +375,56 @@ class Stack:
 
     # -- the services, in start order -------------------------------------
     def start_kafka(self) -> None:
-        if not any(KAFKA_LIB.glob("kafka_*.jar")):
-            raise StackError(f"Kafka broker jars missing in {KAFKA_LIB}: run `make setup`")
-        java = shutil.which("java")
-        if java is None:
-            raise StackError("java not found (Kafka needs Java 17)")
-        kafka_dir = self.state_dir / "kafka"
-        data_dir = kafka_dir / "data"
-        kafka_dir.mkdir(parents=True, exist_ok=True)
-        config = kafka_dir / "server.properties"
         p = self.ports
-        config.write_text(
-            "\n".join(
-                [
-                    "process.roles=broker,controller",
-                    "node.id=1",
-                    f"controller.quorum.bootstrap.servers=127.0.0.1:{p.kafka_controller}",
-                    f"listeners=PLAINTEXT://127.0.0.1:{p.kafka},CONTROLLER://127.0.0.1:{p.kafka_controller}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{p.kafka}",
-                    "controller.listener.names=CONTROLLER",
-                    "inter.broker.listener.name=PLAINTEXT",
-                    "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-                    f"log.dirs={data_dir}",
-                    "num.partitions=12",
-                    "offsets.topic.replication.factor=1",
-                    "transaction.state.log.replication.factor=1",
-                    "transaction.state.log.min.isr=1",
-                    "share.coordinator.state.topic.replication.factor=1",
-                    "share.coordinator.state.topic.min.isr=1",
-                    "group.initial.rebalance.delay.ms=0",
-                    "log.retention.hours=168",
-                    "",
-                ]
-            )
-        )
-        classpath = f"{KAFKA_LIB}/*"
-        if not (data_dir / "meta.properties").exists():
-            # First start: format the KRaft storage for a single standalone node.
-            formatted = subprocess.run(
-                [
-                    java,
-                    "-cp",
-                    classpath,
-                    "kafka.tools.StorageTool",
-                    "format",
-                    "--standalone",
-                    f"--cluster-id={cluster_id()}",
-                    "-c",
-                    str(config),
-                ],
-                capture_output=True,
-                text=True,
-            )
-            if formatted.returncode:
-                raise RuntimeError(f"formatting Kafka's storage failed: {formatted.stderr.strip()}")
-        self._start(
-            Service(
-                "kafka",
-                [
-                    java,
-                    "-Xms256m",
-                    "-Xmx768m",
-                    f"-Dlog4j2.configurationFile={KAFKA_LOG_CONFIG}",
-                    "-cp",
-                    classpath,
-                    "kafka.Kafka",
-                    str(config),
-                ],
-                self.logs / "kafka.log",
-                self._kafka_ready,
-                timeout=90,
-            )
-        )
-
-    def _kafka_ready(self) -> bool:
-        from confluent_kafka.admin import AdminClient
-
-        if not port_open(self.ports.kafka):
-            return False
-        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{self.ports.kafka}", "log_level": 0})
-        metadata = admin.list_topics(timeout=2)
-        return bool(metadata.brokers)
+        node = KafkaNode(1, p.kafka, p.kafka_controller, self.state_dir / "kafka")
+        self._start(node.service(self, [node], self.logs / "kafka.log", replication=1))
 
     def start_redis(self) -> None:
+        self._start(self.redis_service("redis", self.ports.redis))
+
+    def redis_service(self, name: str, port: int, *extra: str) -> Service:
         server = shutil.which("redis-server")
         if server is None:
             raise StackError("redis-server not found: run `make setup`")
-        redis_dir = self.state_dir / "redis"
+        redis_dir = self.state_dir / name
         redis_dir.mkdir(parents=True, exist_ok=True)
-        self._start(
-            Service(
-                "redis",
-                [
-                    server,
-                    "--port",
-                    str(self.ports.redis),
-                    "--bind",
-                    "127.0.0.1",
-                    "--dir",
-                    str(redis_dir),
-                    # durable by default: every write in the append-only
-                    # file within a second (docs/production.md); snapshots too
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "everysec",
-                    "--save",
-                    "300 1",
-                    "--protected-mode",
-                    "yes",
-                ],
-                self.logs / "redis.log",
-                self._redis_ready,
-                timeout=20,
-            )
+        return Service(
+            name,
+            [
+                server,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(redis_dir),
+                # durable by default: every write in the append-only
+                # file within a second (docs/production.md); snapshots too
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "300 1",
+                "--protected-mode",
+                "yes",
+                *extra,
+            ],
+            self.logs / f"{name}.log",
+            lambda: self._redis_answers(port),
+            timeout=20,
         )
 
-    def redis(self):
+    @staticmethod
+    def _redis_answers(port: int) -> bool:
         import redis
 
-        return redis.Redis(port=self.ports.redis, decode_responses=True, socket_timeout=5)
+        return bool(redis.Redis(port=port, socket_timeout=2).ping())
 
-    def _redis_ready(self) -> bool:
-        return bool(self.redis().ping())
+    def redis(self):
+        from reco_plugin import redis_url
+
+        return redis_url.connect(self.redis_url, decode_responses=True, socket_timeout=5)
 
     def prepare_shop(self) -> None:
         self.log("preparing the shop: topics, database, catalog")
@@ -535,6 +582,33 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def service(self, name: str) -> Service:
+        return next(s for s in self.services if s.name == name)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> Service:
+        """Send ``sig`` to a service's whole process group (SIGKILL: it has no
+        chance to finish anything; SIGSTOP: it hangs, its sockets open)."""
+        service = self.service(name)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.process.pid, sig)
+        if sig == signal.SIGKILL:
+            service.process.wait(30)
+        return service
+
+    def stop_service(self, name: str) -> None:
+        """SIGTERM one service and wait until it has stopped."""
+        service = self.service(name)
+        if service.process.poll() is None:
+            stop_process(service.process, service.stop_timeout)
+
+    def restart(self, name: str) -> None:
+        """Start a service killed with :meth:`kill` again and wait until it is ready."""
+        service = self.service(name)
+        service.restarts += 1
+        self.log(f"starting {service.name} again")
+        self._launch(service)
+        self._wait_ready(service)
 
     def dump_logs(self, lines: int = 40) -> str:
         return json.dumps({s.name: self._tail(s.log, lines) for s in self.services}, indent=1)

@@ -220,3 +220,30 @@ def test_check_deploy_warns_of_a_redis_that_evicts_the_pipelines_keys(redis_url,
     finally:
         r.config_set("maxmemory", before["maxmemory"])
         r.config_set("maxmemory-policy", before["maxmemory-policy"])
+
+
+def test_a_production_configuration_is_warned_of_what_one_failure_would_lose(
+    redis_url, r, settings
+):
+    """DEBUG=False: W009 for a Redis that keeps nothing on disk (the test's
+    Redis runs so), W010 for topics of one copy; DEBUG=True: only --deploy says it."""
+    from reco_plugin import checks
+
+    checks._single_copy_found.clear()
+    before = r.config_get("appendonly")["appendonly"]
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "TOPIC_REPLICATION": 1}
+    try:
+        found = {m.id: m.msg for m in run_checks() if m.id}
+        assert "keeps nothing on disk" in found["reco_plugin.W009"]
+        # Kafka does not answer here: the setting says one copy
+        assert "one copy" in found["reco_plugin.W010"]
+        r.config_set("appendonly", "yes")
+        assert "reco_plugin.W009" not in reco_ids()
+        r.config_set("appendonly", "no")
+        settings.DEBUG = True
+        assert not {"reco_plugin.W009", "reco_plugin.W010"} & reco_ids()
+        deploy = {m.id for m in run_checks(include_deployment_checks=True) if m.id}
+        assert {"reco_plugin.W009", "reco_plugin.W010"} <= deploy
+    finally:
+        r.config_set("appendonly", before)
+        checks._single_copy_found.clear()

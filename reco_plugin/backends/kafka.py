@@ -31,6 +31,9 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     # was sent and what is still queued.
     "delivery.report.only.error": True,
     "message.timeout.ms": 300_000,
+    # a broker that hangs with its sockets open holds a partition's sends for
+    # this long before they go to the partition's new leader (60 s by default)
+    "socket.timeout.ms": 10_000,
     "queue.buffering.max.messages": 200_000,
     "compression.type": "lz4",
     "client.id": "reco-plugin",

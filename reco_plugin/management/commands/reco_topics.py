@@ -12,9 +12,12 @@ class Command(BaseCommand):
 
     def handle(self, *args, check=False, timeout=15.0, **options):
         try:
-            report = ensure_topics(create=not check, timeout=timeout)
+            replication, report = ensure_topics(create=not check, timeout=timeout)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
         except Exception as exc:
             raise CommandError(f"cannot reach Kafka: {exc}") from exc
+        self.stdout.write(f"topics: {replication.describe()}")
         for topic, state in sorted(report.items()):
             self.stdout.write(f"{topic}: {state}")
         if check and any(
