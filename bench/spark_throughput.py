@@ -3,7 +3,14 @@ while catching up a backlog in Kafka, sustained: from the end of its first
 micro-batch (JVM and Python workers warm) until every record is committed to
 Redis. The whole run from the query's start is reported beside it. Peer: a plain
 Spark query that reads and counts the same topics with the same source options
-and batch size in the same run (``bench.peer_count``), measured the same way."""
+and batch size in the same run (``bench.peer_count``), measured the same way.
+
+Then the same backlog once more on a Spark standalone cluster (a master and two
+workers of one core and 1 GB each, as ``make cluster`` runs them; the driver in
+client mode here): ``standalone_events_per_s``. On one two-core machine the
+cluster's executors share the cores with the driver, so this says what the
+cluster costs (task scheduling over RPC, executors in their own JVMs), not what
+more machines would add."""
 
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ from pathlib import Path
 
 from reco_plugin import schema
 from stack.pipeline import JobRun, end_offsets, produce
-from stack.services import PYTHON, REPO, Ports, Stack
+from stack.services import PYTHON, REPO, Ports, Stack, free_port
 
 BATCH_LINE = re.compile(r"batch (\d+): (\d+) rows .* on the (\w+), .* in ([\d.]+)s")
 
@@ -96,6 +103,7 @@ def run(events: int = 200_000, batch: int = 20_000, log=print) -> dict:
                 if int(m[2]) > 0
             ]
             steps = job.redis.hgetall("reco:v1:pipeline:last-batch").get("steps")
+            standalone = on_standalone_cluster(stack, targets, batch, log)
         finally:
             stack.stop()
     value = (applied - first_applied) / (finished - first_done)
@@ -118,4 +126,35 @@ def run(events: int = 200_000, batch: int = 20_000, log=print) -> dict:
         "batch_seconds_max": round(max(durations), 3) if durations else None,
         "paths": sorted({b[1] for b in batches}),
         "last_batch_steps": json.loads(steps) if steps else None,
+        **standalone,
+    }
+
+
+def on_standalone_cluster(stack: Stack, targets: dict[str, int], batch: int, log) -> dict:
+    """The job over the same backlog on a standalone master and two workers."""
+    from stack.cluster import SparkStandalone
+
+    spark = SparkStandalone(stack, free_port(), [free_port() for _ in range(3)])
+    log("the streaming job on a Spark standalone cluster (a master, two workers)...")
+    spark.start()
+    conf = [arg for k, v in spark.job_conf().items() for arg in ("--spark-conf", f"{k}={v}")]
+    job = JobRun(
+        stack,
+        "throughput-standalone",
+        db=2,
+        config={"max_offsets_per_trigger": batch},
+        spark_args=["--master", spark.master, *conf],
+    )
+    job.start()
+    started = time.monotonic()
+    job.wait_until(lambda: job.commits() >= 1, 300, "the first batch")
+    first_done, first_applied = time.monotonic(), applied_so_far(job)
+    job.wait_processed(targets, timeout=900)
+    finished = time.monotonic()
+    applied = applied_so_far(job)
+    job.stop()
+    return {
+        "standalone_events_per_s": round((applied - first_applied) / (finished - first_done)),
+        "standalone_whole_run_events_per_s": round(applied / (finished - started)),
+        "standalone_workers": spark.workers,
     }

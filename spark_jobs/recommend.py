@@ -66,12 +66,13 @@ KAFKA_SOURCE_OPTIONS = {
     "kafka.max.partition.fetch.bytes": str(8 << 20),
     "failOnDataLoss": "false",
     # A broker that hangs (a long GC pause, a network cut) keeps its sockets
-    # open: with Kafka's defaults a fetch from it waits 30 s and the driver's
-    # offset lookups 60 s before asking the cluster who leads now. The leaders
-    # move in ~6 s (the brokers' session timeout): give up on a request after
-    # 8 s and on an offsets lookup after 20 s (docs/production.md).
-    "kafka.request.timeout.ms": "8000",
-    "kafka.default.api.timeout.ms": "20000",
+    # open, and accepts new ones: with Kafka's defaults each request to it waits
+    # 30 s, and the driver's offset lookups 60 s, before the client asks the
+    # cluster who leads now; a batch's consumers each meet it in turn. The
+    # leaders move in ~6 s (the brokers' session timeout): give up on a request
+    # after 4 s and on an offsets lookup after 10 s (docs/production.md).
+    "kafka.request.timeout.ms": "4000",
+    "kafka.default.api.timeout.ms": "10000",
 }
 
 

@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(f"  Kafka:      {stack.bootstrap}")
             print(f"  Redis:      {stack.redis_url}")
+        print(
+            f"  Status:     (. {stack.write_env_file()} && .venv/bin/python manage.py reco_status)"
+        )
         print("  Ctrl-C stops everything.")
         while True:
             # A crashed service is started again (with backoff), not the end of the demo.

@@ -94,6 +94,7 @@ class Cluster(Stack):
         c = self.cluster_ports
         ports = Ports(c.kafka[0], c.controllers[0], c.redis[0], c.web)
         super().__init__(state_dir, ports, **kwargs)
+        self.spark = SparkStandalone(self, c.spark_master, c.spark_ui)
 
     # -- addresses every process is given ---------------------------------------
     @property
@@ -107,22 +108,10 @@ class Cluster(Stack):
 
     @property
     def spark_master(self) -> str:
-        return f"spark://127.0.0.1:{self.cluster_ports.spark_master}"
+        return self.spark.master
 
     def spark_conf(self) -> dict[str, str]:
-        """What the job asks of the standalone cluster: an executor of one core
-        and 512 MB on each worker, and the Python it runs."""
-        return {
-            "spark.executor.cores": "1",
-            "spark.executor.memory": "512m",
-            "spark.cores.max": str(SPARK_WORKERS),
-            "spark.driver.memory": "768m",
-            "spark.driver.host": "127.0.0.1",
-            "spark.pyspark.python": PYTHON,
-            "spark.pyspark.driver.python": PYTHON,
-            "spark.executorEnv.PYTHONPATH": str(REPO),
-            "spark.executorEnv.RECO_FORGET_SECRET": self.forget_secret,
-        }
+        return self.spark.job_conf()
 
     def env(self) -> dict[str, str]:
         env = super().env()
@@ -130,12 +119,9 @@ class Cluster(Stack):
             RECO_KAFKA_BOOTSTRAP=self.bootstrap,
             RECO_REDIS_URL=self.redis_url,
             RECO_SPARK_MASTER=self.spark_master,
-            RECO_SPARK_MASTER_UI=f"http://127.0.0.1:{self.cluster_ports.spark_ui[0]}",
+            RECO_SPARK_MASTER_UI=self.spark.ui,
             RECO_SPARK_CONF=json.dumps(self.spark_conf()),
-            SPARK_HOME=str(_pyspark_home()),
-            PYSPARK_PYTHON=PYTHON,
-            # the master's and workers' own heaps
-            SPARK_DAEMON_MEMORY="256m",
+            **self.spark.env(),
         )
         return env
 
@@ -279,69 +265,8 @@ class Cluster(Stack):
 
     # -- Spark: a standalone master, two workers, the job submitted -------------
     def start_spark(self, config: dict | None = None) -> None:
-        self.start_spark_cluster()
+        self.spark.start()
         self.start_job(config)
-
-    def start_spark_cluster(self) -> None:
-        c = self.cluster_ports
-        spark_class = str(_pyspark_home() / "bin" / "spark-class")
-        self._start(
-            Service(
-                "spark-master",
-                [
-                    spark_class,
-                    "org.apache.spark.deploy.master.Master",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(c.spark_master),
-                    "--webui-port",
-                    str(c.spark_ui[0]),
-                ],
-                self.logs / "spark-master.log",
-                lambda: self.spark_state().get("status") == "ALIVE",
-                timeout=60,
-            )
-        )
-        for n in range(1, SPARK_WORKERS + 1):
-            work = self.state_dir / f"spark-worker-{n}"
-            work.mkdir(parents=True, exist_ok=True)
-            ui = c.spark_ui[n]
-            self._start(
-                Service(
-                    f"spark-worker-{n}",
-                    [
-                        spark_class,
-                        "org.apache.spark.deploy.worker.Worker",
-                        "--host",
-                        "127.0.0.1",
-                        "--cores",
-                        "1",
-                        "--memory",
-                        "1g",
-                        "--webui-port",
-                        str(ui),
-                        "--work-dir",
-                        str(work),
-                        self.spark_master,
-                    ],
-                    self.logs / f"spark-worker-{n}.log",
-                    lambda ui=ui: self._worker_alive(ui),
-                    timeout=60,
-                )
-            )
-
-    def spark_state(self) -> dict:
-        """The master's own account (its web UI's JSON): workers, applications."""
-        url = f"http://127.0.0.1:{self.cluster_ports.spark_ui[0]}/json/"
-        with urllib.request.urlopen(url, timeout=3) as response:
-            return json.load(response)
-
-    def _worker_alive(self, ui: int) -> bool:
-        return any(
-            w["state"] == "ALIVE" and w["webuiaddress"].endswith(f":{ui}")
-            for w in self.spark_state().get("workers", [])
-        )
 
     def submit_argv(self, config: dict | None = None) -> list[str]:
         """The job's ``spark-submit`` command line, as ``manage.py reco_stream
@@ -393,3 +318,105 @@ def check_ports_free(ports: ClusterPorts) -> list[str]:
     from .services import port_open
 
     return [f"{name} {port}" for name, port in ports.all().items() if port_open(port)]
+
+
+class SparkStandalone:
+    """A Spark standalone master and its workers of one core each, started
+    from the installed PySpark as services of ``stack``."""
+
+    def __init__(self, stack: Stack, port: int, ui_ports: list[int], workers: int = SPARK_WORKERS):
+        self.stack = stack
+        self.port = port
+        self.ui_ports = ui_ports
+        self.workers = workers
+
+    @property
+    def master(self) -> str:
+        return f"spark://127.0.0.1:{self.port}"
+
+    @property
+    def ui(self) -> str:
+        return f"http://127.0.0.1:{self.ui_ports[0]}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "SPARK_HOME": str(_pyspark_home()),
+            "PYSPARK_PYTHON": PYTHON,
+            # the master's and workers' own heaps
+            "SPARK_DAEMON_MEMORY": "256m",
+        }
+
+    def job_conf(self) -> dict[str, str]:
+        """What a job asks of the cluster: an executor of one core and 512 MB
+        on each worker, and the Python it runs."""
+        return {
+            "spark.executor.cores": "1",
+            "spark.executor.memory": "512m",
+            "spark.cores.max": str(self.workers),
+            "spark.driver.memory": "768m",
+            "spark.driver.host": "127.0.0.1",
+            "spark.pyspark.python": PYTHON,
+            "spark.pyspark.driver.python": PYTHON,
+            "spark.executorEnv.PYTHONPATH": str(REPO),
+            "spark.executorEnv.RECO_FORGET_SECRET": self.stack.forget_secret,
+        }
+
+    def start(self) -> None:
+        spark_class = str(_pyspark_home() / "bin" / "spark-class")
+        self.stack._start(
+            Service(
+                "spark-master",
+                [
+                    spark_class,
+                    "org.apache.spark.deploy.master.Master",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--webui-port",
+                    str(self.ui_ports[0]),
+                ],
+                self.stack.logs / "spark-master.log",
+                lambda: self.spark_state().get("status") == "ALIVE",
+                timeout=60,
+            )
+        )
+        for n in range(1, self.workers + 1):
+            work = self.stack.state_dir / f"spark-worker-{n}"
+            work.mkdir(parents=True, exist_ok=True)
+            ui = self.ui_ports[n]
+            self.stack._start(
+                Service(
+                    f"spark-worker-{n}",
+                    [
+                        spark_class,
+                        "org.apache.spark.deploy.worker.Worker",
+                        "--host",
+                        "127.0.0.1",
+                        "--cores",
+                        "1",
+                        "--memory",
+                        "1g",
+                        "--webui-port",
+                        str(ui),
+                        "--work-dir",
+                        str(work),
+                        self.master,
+                    ],
+                    self.stack.logs / f"spark-worker-{n}.log",
+                    lambda ui=ui: self._worker_alive(ui),
+                    timeout=60,
+                )
+            )
+
+    def spark_state(self) -> dict:
+        """The master's own account (its web UI's JSON): workers, applications."""
+        url = f"{self.ui}/json/"
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return json.load(response)
+
+    def _worker_alive(self, ui: int) -> bool:
+        return any(
+            w["state"] == "ALIVE" and w["webuiaddress"].endswith(f":{ui}")
+            for w in self.spark_state().get("workers", [])
+        )

@@ -201,8 +201,11 @@ class JobRun:
         config: Mapping[str, Any] | None = None,
         topics: Iterable[str] | None = None,
         redis_port: int | None = None,
+        spark_args: Iterable[str] = (),
     ):
         self.stack = stack
+        # e.g. --master spark://... --spark-conf KEY=VALUE (default: local mode)
+        self.spark_args = list(spark_args)
         self.topics = list(topics or schema.DEFAULT_TOPICS.values())
         self.name = name
         self.redis_url = (
@@ -232,6 +235,7 @@ class JobRun:
             json.dumps(self.config),
             "--topics",
             ",".join(self.topics),
+            *self.spark_args,
         ]
         with open(self.log, "ab") as handle:
             self.process = subprocess.Popen(

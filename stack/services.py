@@ -271,6 +271,20 @@ class Stack:
         env.pop("RECO_KAFKA_BOOTSTRAP", None)
         return env
 
+    def write_env_file(self) -> Path:
+        """``env.sh`` in the state directory: the shop's settings for a
+        management command run by hand against this stack (``. env.sh``)."""
+        import shlex
+
+        path = self.state_dir / "env.sh"
+        lines = [
+            f"export {name}={shlex.quote(value)}"
+            for name, value in sorted(self.env().items())
+            if name.startswith(("RECO_", "DJANGO_SETTINGS_MODULE", "SPARK_LOCAL_IP"))
+        ]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
     def run_manage(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         """Run a management command of the demo shop; its output is also appended
         to logs/manage.log. The caller reads the exit status."""
