@@ -9,7 +9,9 @@ Sentinel-managed primary is written::
 for example ``redis+sentinel://10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/reco/0``:
 three Sentinels watching the primary they know as ``reco``; the password (if
 any) is the primary's, ``sentinel_password`` the Sentinels' own (if they ask
-for one). Every client made here asks the Sentinels for the primary when it
+for one). Other query parameters are redis-py's connection options for the
+primary, as redis-py reads them from any URL (``?ssl_cert_reqs=required&
+ssl_ca_certs=/etc/ca.pem``, ``?health_check_interval=10``...). Every client made here asks the Sentinels for the primary when it
 connects, and connects again (asking again) when the primary fails over.
 
 One URL says it for every part: the web process, the streaming job and its
@@ -26,6 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import redis
 import redis.asyncio
 import redis.asyncio.sentinel
+import redis.connection
 import redis.sentinel
 
 SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
@@ -45,6 +48,8 @@ class SentinelAddress:
     password: str | None = None
     sentinel_password: str | None = None
     ssl: bool = False
+    # redis-py connection options from the query string
+    options: tuple[tuple[str, Any], ...] = ()
 
     def with_db(self, db: int) -> SentinelAddress:
         return dataclasses.replace(self, db=db)
@@ -84,6 +89,15 @@ def parse_sentinel(url: str) -> SentinelAddress:
     except ValueError:
         raise RedisURLError(f"database {path[1]!r} is not a number") from None
     query = parse_qs(parts.query)
+    parsers = redis.connection.URL_QUERY_ARGUMENT_PARSERS
+    options = []
+    for name, values in query.items():
+        if name == "sentinel_password":
+            continue
+        try:
+            options.append((name, parsers[name](values[0]) if name in parsers else values[0]))
+        except (TypeError, ValueError):
+            raise RedisURLError(f"invalid value for {name!r} in the URL: {values[0]!r}") from None
     return SentinelAddress(
         sentinels=tuple(sentinels),
         service=path[0],
@@ -92,6 +106,7 @@ def parse_sentinel(url: str) -> SentinelAddress:
         password=password,
         sentinel_password=(query.get("sentinel_password") or [None])[0],
         ssl=SENTINEL_SCHEMES[parts.scheme],
+        options=tuple(options),
     )
 
 
@@ -114,7 +129,7 @@ def _sentinel_options(address: SentinelAddress, options: dict[str, Any]) -> dict
 
 
 def _primary_options(address: SentinelAddress, options: dict[str, Any]) -> dict[str, Any]:
-    extra: dict[str, Any] = {"db": address.db}
+    extra: dict[str, Any] = {**dict(address.options), "db": address.db}
     if address.username:
         extra["username"] = address.username
     if address.password:

@@ -184,6 +184,8 @@ def redis_state(client: redis.Redis, match: str | None = None) -> dict[str, Any]
             value = client.zrange(key, 0, -1, withscores=True)
         elif kind == "hash":
             value = client.hgetall(key)
+        elif kind == "list":
+            value = client.lrange(key, 0, -1)
         else:
             value = sorted(client.smembers(key))
         result[key] = value

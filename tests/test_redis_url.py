@@ -17,6 +17,11 @@ def test_a_sentinel_url_names_its_sentinels_service_database_and_password():
     assert (address.service, address.db, address.password) == ("reco", 3, "s3cret")
     assert address.sentinel_password == "watch" and not address.ssl
     assert redis_url.parse_sentinel("rediss+sentinel://h:1/reco").ssl
+    # any of redis-py's connection options, typed as redis-py types them
+    tls = redis_url.parse_sentinel(
+        "redis+sentinel://h:1/reco?ssl_ca_certs=/ca.pem&max_connections=50"
+    )
+    assert dict(tls.options) == {"ssl_ca_certs": "/ca.pem", "max_connections": 50}
 
 
 @pytest.mark.parametrize(
@@ -27,6 +32,7 @@ def test_a_sentinel_url_names_its_sentinels_service_database_and_password():
         ("redis+sentinel://h:1/reco/0/extra", "/SERVICE"),
         ("redis+sentinel://h:1/reco/zero", "not a number"),
         ("redis+sentinel://h:port/reco", "HOST:PORT"),
+        ("redis+sentinel://h:1/reco?max_connections=many", "max_connections"),
     ],
 )
 def test_a_wrong_sentinel_url_says_what_is_wrong(url, says):
