@@ -6,6 +6,10 @@ timeouts (``REDIS_TIMEOUT_SECONDS``), and after a failure the breaker stays
 open for ``REDIS_RETRY_SECONDS``, during which reads fail at once with
 :class:`Unavailable` instead of each waiting for its own timeout. The first read
 after that period tries Redis again (and closes the breaker if it answers).
+
+With Sentinels (a ``redis+sentinel://`` URL), reads made while the breaker is
+open go to a replica instead (:func:`reading`): while the primary fails over,
+shoppers get the lists as last replicated, not the fallbacks.
 """
 
 from __future__ import annotations
@@ -57,6 +61,16 @@ def get_work_redis() -> redis.Redis:
     return redis_url.connect(reco_settings.REDIS_URL, **_options(WORK_TIMEOUT_SECONDS))
 
 
+@functools.cache
+def get_replica_redis() -> redis.Redis | None:
+    """A replica's client (the Sentinels name it; the primary when there is
+    none) for reads while the primary fails; None without Sentinels."""
+    url = reco_settings.REDIS_URL
+    if not redis_url.is_sentinel(url):
+        return None
+    return redis_url.connect_replica(url, **_options())
+
+
 def get_async_redis() -> redis.asyncio.Redis:
     # One client per event loop: an asyncio connection pool is bound to the loop it was made on.
     return redis_url.connect_async(reco_settings.REDIS_URL, **_options(WORK_TIMEOUT_SECONDS))
@@ -101,6 +115,11 @@ class Breaker:
                 with self.lock:
                     self.probing = False
 
+    def is_open(self) -> bool:
+        """Reads would fail at once now (or one is trying Redis again)."""
+        with self.lock:
+            return self.clock() < self.open_until or self.probing
+
     def trip(self, exc: BaseException) -> None:
         with self.lock:
             self.failures += 1
@@ -121,12 +140,31 @@ class Breaker:
 
 
 breaker = Breaker()
+# the replica's own, so a replica that fails too is not asked on every read
+replica_breaker = Breaker()
+
+
+@contextlib.contextmanager
+def reading() -> Iterator[redis.Redis]:
+    """The client a read of the request path uses, under its breaker: the
+    primary; while the primary's breaker is open and Sentinels name a replica,
+    the replica (its lists behind the primary's by the replication's delay).
+    Raises :class:`Unavailable` as :meth:`Breaker.guard` does."""
+    replica = get_replica_redis()
+    if replica is not None and breaker.is_open():
+        with replica_breaker.guard():
+            yield replica
+        return
+    with breaker.guard():
+        yield get_redis()
 
 
 def reset() -> None:
     get_redis.cache_clear()
     get_work_redis.cache_clear()
+    get_replica_redis.cache_clear()
     breaker.reset()
+    replica_breaker.reset()
 
 
 def shown_url(url: str | None = None) -> str:

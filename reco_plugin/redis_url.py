@@ -151,6 +151,16 @@ def connect(url: str, **options: Any) -> redis.Redis:
     return sentinel.master_for(address.service, **_primary_options(address, options))
 
 
+def connect_replica(url: str, **options: Any) -> redis.Redis:
+    """A client of a replica the Sentinels of ``url`` name (in turn; the
+    primary when none answers), for reads that may lag the primary."""
+    address = parse_sentinel(url)
+    sentinel = redis.sentinel.Sentinel(
+        list(address.sentinels), sentinel_kwargs=_sentinel_options(address, options)
+    )
+    return sentinel.slave_for(address.service, **_primary_options(address, options))
+
+
 def connect_async(url: str, **options: Any) -> redis.asyncio.Redis:
     """As :func:`connect`, for asyncio (one client per event loop)."""
     if not is_sentinel(url):

@@ -22,7 +22,7 @@ import redis
 
 from . import experiments, keys, scoring, strategies
 from . import rules as rules_
-from .redis_client import Unavailable, breaker, get_redis
+from .redis_client import Unavailable, get_redis, reading
 
 __all__ = ["Served", "Unavailable", "fallback", "recommend", "similar_to", "trending"]
 
@@ -411,20 +411,24 @@ def recommend(
 ) -> Served:
     """:func:`recommendations_for` with its source, leaving out ``exclude``
     (e.g. what the page already shows) and keeping only ``category`` if given."""
-    with breaker.guard():
-        found = strategy_lists(visitor_id, product_id, category)
+    with reading() as r:
+        found = strategy_lists(visitor_id, product_id, category, r=r)
         found.exclude |= set(exclude)
         return served(found, limit, category=category)
 
 
 def strategy_lists(
-    visitor_id: str | None, product_id: str | None = None, category: str | None = None
+    visitor_id: str | None,
+    product_id: str | None = None,
+    category: str | None = None,
+    *,
+    r: Any = None,
 ) -> Lists:
     """Every strategy's list for a visitor on a product's page (either may be
     None); with ``category``, that category's trending lists are among them.
     One round trip when the product's category is the one this process saw
-    last time (a second one otherwise)."""
-    r = get_redis()
+    last time (a second one otherwise). ``r``: the client to read with."""
+    r = r or get_redis()
     product_id = str(product_id) if product_id else None
     sources = strategies.sources(visitor_id, product_id)
     # the product's category: its long window; a category asked for: short, then long
@@ -652,8 +656,7 @@ def similar_to(
     product_id: str, limit: int = 8, *, exclude: set[str] | frozenset[str] = frozenset()
 ) -> list[dict[str, Any]]:
     """Items related to a product (co-visitation). Raises :class:`Unavailable`."""
-    with breaker.guard():
-        r = get_redis()
+    with reading() as r:
         pipe = r.pipeline(transaction=False)
         pipe.mget(keys.product_similar(product_id), keys.catalog_version(), keys.rules())
         # the product's category: the rules of its category hold on its page
@@ -680,8 +683,7 @@ def trending(
 ) -> list[dict[str, Any]]:
     """Trending over the short window (globally or in ``category``), topped up
     from the long window when the short one has too few. Raises :class:`Unavailable`."""
-    with breaker.guard():
-        r = get_redis()
+    with reading() as r:
         short, long, version, published = r.mget(
             keys.trending_list("short", category or ""),
             keys.trending_list("long", category or ""),

@@ -273,3 +273,42 @@ def test_after_the_retry_period_one_caller_tries_redis_and_the_others_do_not_wai
     with breaker.guard():
         pass
     assert breaker.failures == 0 and not breaker.probing
+
+
+def test_while_the_primary_fails_over_reads_go_to_a_replica(
+    client, settings, redis_url, r, monkeypatch
+):
+    """A redis+sentinel URL whose primary does not answer: the first read trips
+    the breaker (one fallback), then reads go to the replica the Sentinels name
+    (here the test's Redis, holding the lists) until the primary answers again."""
+    from reco_plugin import redis_client
+    from reco_plugin import redis_url as urls
+
+    put_catalog(r, [1, 2, 3, 4])
+    put_list(r, keys.trending(), [4, 3, 2, 1])
+    replica = redis_lib.Redis.from_url(redis_url, decode_responses=True, socket_timeout=TIMEOUT)
+    asked = []
+    monkeypatch.setattr(
+        urls, "connect_replica", lambda url, **options: asked.append(url) or replica
+    )
+    dead = free_port()
+    monkeypatch.setattr(
+        urls,
+        "connect",
+        lambda url, **options: redis_lib.Redis(port=dead, **options),
+    )
+    store.reset()
+    point_at(settings, f"redis+sentinel://127.0.0.1:{free_port()}/reco/0")
+    first = client.get("/reco/api/trending/").json()
+    assert first["degraded"] is True
+    assert redis_client.breaker.is_open()
+    for _ in range(3):
+        body = client.get("/reco/api/trending/").json()
+        assert body["degraded"] is False, body
+        assert [i["product_id"] for i in body["items"]] == ["4", "3", "2", "1"]
+    assert len(asked) == 1
+    # without Sentinels there is no replica to ask: the fallback, as before
+    point_at(settings, f"redis://127.0.0.1:{dead}/0")
+    store.reset()
+    assert client.get("/reco/api/trending/").json()["degraded"] is True
+    assert client.get("/reco/api/trending/").json()["degraded"] is True
