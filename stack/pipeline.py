@@ -447,14 +447,17 @@ def _hit_rates(stats: Mapping[str, str]) -> dict[str, float]:
     return rates
 
 
-def compare_folds(mine: redis.Redis, theirs: redis.Redis, settings: Any = None) -> FoldDiff:
+def compare_folds(
+    mine: redis.Redis, theirs: redis.Redis, settings: Any = None, skip: Iterable[str] = ()
+) -> FoldDiff:
     """Compare two Redis databases the job folded the same events into.
 
     The state must agree: counters, offsets, the clock, visitors' memories,
     seen and bought items, clicks, experiment counts exactly; popularity,
     purchases and trending buckets to ``RELATIVE_TOLERANCE``; co-visitation and
     basket weights to it once each is decayed to the clock (each product's is
-    kept at the clock of its last batch). Trending buckets before the window
+    kept at the clock of its last batch). ``skip``: prefixes of keys other
+    processes write (the shop's catalog sync, its counters). Trending buckets before the window
     are left out (a batch writes them or not by its landmark; nothing reads
     them and they expire). The lists and the bandit depend on the cut: the
     overlap of the lists and the largest difference of hit rates are returned
@@ -486,8 +489,11 @@ def compare_folds(mine: redis.Redis, theirs: redis.Redis, settings: Any = None) 
     pair_keys = 0
     pairs_differ: list[str] = []
     pair_difference = 0.0
+    skipped = tuple(skip)
     for key in sorted(set(a) | set(b)):
         if key in bandit or key in (keys.product_clock(), keys.fbt_clock()):
+            continue
+        if skipped and key.startswith(skipped):
             continue
         trending = re.match(
             rf"{re.escape(keys.PREFIX)}:trending:(\w+):(?:cat:.*:)?bucket:(\d+)$", key
@@ -495,7 +501,7 @@ def compare_folds(mine: redis.Redis, theirs: redis.Redis, settings: Any = None) 
         if trending and int(trending.group(2)) not in live_buckets.get(trending.group(1), ()):
             continue
         x, y = a.get(key), b.get(key)
-        if isinstance(x or y, str) and (x or y).startswith("[{"):
+        if isinstance(x or y, str) and (x or y).startswith(("[{", "[]")):
             listed = [{i["product_id"] for i in json.loads(v or "[]")} for v in (x, y)]
             union = listed[0] | listed[1]
             overlaps.append(len(listed[0] & listed[1]) / len(union) if union else 1.0)
