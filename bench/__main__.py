@@ -15,6 +15,7 @@ AVAILABLE = {
     "replay_quality": "bench.replay_quality",
     "api_latency": "bench.api_latency",
     "ws_fanout": "bench.ws_fanout",
+    "state_size": "bench.state_size",
 }
 # Named by the contract, measured from the issues that build what they measure.
 PLANNED: tuple[str, ...] = ()
