@@ -33,7 +33,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -357,29 +356,17 @@ def run(
     """Measure the data sets named in ``data_sets``: the synthetic shop of
     ``visitors`` visitors over ``products`` products, and the first ``ratings``
     MovieLens ratings (all 100,000 by default)."""
-    import tempfile
-
-    from stack.services import Ports, Stack
+    from bench import kafka_and_redis
 
     sources: Mapping[str, Callable[[], Iterable[dict[str, Any]]]] = {
         "ml-100k": lambda: movielens_events(ratings),
         "synthetic": lambda: synthetic_events(visitors, products),
     }
     results: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="reco-bench-") as state:
-        stack = Stack(Path(state), Ports.free(), log=lambda line: None)
-        try:
-            log("starting Kafka and Redis on free ports...")
-            stack.start_kafka()
-            stack.start_redis()
-            stack.manage("reco_topics", quiet=True)
-            for name in data_sets:
-                results[name] = one_data_set(stack, name, sources[name](), log)
-        except Exception:
-            log(stack.dump_logs(30))
-            raise
-        finally:
-            stack.stop()
+    with kafka_and_redis(log) as (stack, _):
+        stack.manage("reco_topics", quiet=True)
+        for name in data_sets:
+            results[name] = one_data_set(stack, name, sources[name](), log)
     headline = results.get("synthetic") or next(iter(results.values()))
     return {
         "name": "state_size",

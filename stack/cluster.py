@@ -272,7 +272,10 @@ class Cluster(Stack):
     # -- Spark: a standalone master, two workers, the job submitted -------------
     def start_spark(self, config: dict | None = None) -> None:
         self.spark.start()
-        self.start_job({**JOB_CONFIG, **(config or {})})
+        super().start_spark({**JOB_CONFIG, **(config or {})})
+
+    def spark_argv(self, config: dict | None = None) -> list[str]:
+        return self.submit_argv(config)
 
     def submit_argv(self, config: dict | None = None) -> list[str]:
         """The job's ``spark-submit`` command line, as ``manage.py reco_stream
@@ -286,23 +289,6 @@ class Cluster(Stack):
         if submit[0] != "spark-submit":
             raise StackError(f"reco_stream --print gave no spark-submit line: {lines}")
         return [str(_pyspark_home() / "bin" / "spark-submit"), *submit[1:]]
-
-    def start_job(self, config: dict | None = None) -> None:
-        from reco_plugin import keys
-
-        (self.state_dir / "spark").mkdir(parents=True, exist_ok=True)
-        r = self.redis()
-        r.delete(keys.pipeline_heartbeat())
-        self._start(
-            Service(
-                "spark",
-                self.submit_argv(config),
-                self.logs / "spark.log",
-                lambda: r.exists(keys.pipeline_heartbeat()) == 1,
-                timeout=240,
-                stop_timeout=60,
-            )
-        )
 
     # -- helpers -------------------------------------------------------------------
     def _wait_until(self, condition, timeout: float, what: str) -> None:

@@ -467,7 +467,7 @@ class Stack:
                 self.spark_argv(config),
                 self.logs / "spark.log",
                 lambda: r.exists(keys.pipeline_heartbeat()) == 1,
-                timeout=180,
+                timeout=240,
                 stop_timeout=60,
             )
         )
