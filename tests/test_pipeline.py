@@ -126,7 +126,11 @@ def test_status_reports_the_job_down_with_kafka_and_redis_up(services, backlog):
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["redis"]["ok"] and report["kafka"]["ok"]
-    assert report["kafka"]["partitions"] == 60
+    # five event topics of 12 partitions, and the record of forgotten visitors
+    assert report["kafka"]["partitions"] == {"total": 61, "offline": 0, "under_replicated": 0}
+    assert report["kafka"]["brokers"] == [
+        {"id": 1, "address": f"127.0.0.1:{services.ports.kafka}", "up": True}
+    ]
     # nothing has processed the backlog into this database (0) either
     waiting = sum(backlog[0].values())
     assert report["lag"]["total"] == waiting > 10_000
