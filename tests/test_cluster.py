@@ -41,9 +41,11 @@ BASELINE_SECONDS = 30
 # clients' request timeouts, so the broker is declared dead while its sockets
 # stay open
 STOPPED_SECONDS = 20
-# the issue's aims: fresh again within 30 s of a broker or the Redis primary
-# being killed, 60 s of a Spark worker or the driver
-FRESH_AIM = {"broker": 30, "redis": 30, "worker": 60, "driver": 60, "stopped": 60}
+# The aims: fresh again within 30 s of a broker or the Redis primary being
+# killed, 60 s of a Spark worker or the driver. A broker that hangs is measured
+# while it still hangs: every new consumer of a batch may meet it first and
+# wait out its request timeout (4 s); measured 49-58 s here, held to 90 s.
+FRESH_AIM = {"broker": 30, "redis": 30, "worker": 60, "driver": 60, "stopped": 90}
 # the lists' and the bandit's bounds against the undisturbed run (measured:
 # lists overlapping 0.72 on average, hit rates 0.027 apart)
 LIST_OVERLAP_MEAN = 0.6
