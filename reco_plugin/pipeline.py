@@ -17,6 +17,10 @@ from .redis_client import get_work_redis as get_redis
 
 Offsets = dict[str, int]  # "topic:partition" -> next offset
 
+# Kafka's answers that mean "ask again in a moment" (a partition's leadership
+# moving): OFFSET_NOT_AVAILABLE, LEADER_NOT_AVAILABLE, NOT_LEADER_FOR_PARTITION
+RETRY_CODES = frozenset({78, 5, 6})
+
 
 def end_offsets(timeout: float = 10.0) -> Offsets:
     """The current end offset of every partition of the plugin's topics."""
@@ -28,6 +32,7 @@ def end_offsets(timeout: float = 10.0) -> Offsets:
         "enable.auto.commit": False,
     }
     consumer = confluent_kafka.Consumer(config)
+    deadline = time.monotonic() + timeout
     try:
         metadata = consumer.list_topics(timeout=timeout)
         result: Offsets = {}
@@ -36,11 +41,30 @@ def end_offsets(timeout: float = 10.0) -> Offsets:
                 continue
             for partition in metadata.topics[topic].partitions:
                 tp = confluent_kafka.TopicPartition(topic, partition)
-                _, high = consumer.get_watermark_offsets(tp, timeout=timeout)
-                result[f"{topic}:{partition}"] = high
+                result[f"{topic}:{partition}"] = _high_watermark(consumer, tp, deadline)
         return result
     finally:
         consumer.close()
+
+
+def _high_watermark(consumer: Any, tp: Any, deadline: float) -> int:
+    """A partition's end offset. Asked again (until ``deadline``) while Kafka
+    says to retry: right after a broker's death its partitions' new leaders
+    answer "high watermark not caught up" or "not leader" for a moment."""
+    while True:
+        try:
+            return consumer.get_watermark_offsets(
+                tp, timeout=max(0.1, deadline - time.monotonic())
+            )[1]
+        except confluent_kafka.KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            retriable = (
+                getattr(error, "retriable", lambda: False)()
+                or getattr(error, "code", lambda: None)() in RETRY_CODES
+            )
+            if not retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def processed_offsets() -> Offsets:

@@ -32,6 +32,8 @@ SENTINEL_SERVICE = "reco"
 SENTINEL_DOWN_AFTER_MS = 3000
 SENTINEL_FAILOVER_TIMEOUT_MS = 20000
 SPARK_WORKERS = 2
+# CPU priority of the brokers and Spark here (see Cluster._launch)
+BACKGROUND_NICE = 5
 # The job's settings on this cluster: its executors share this machine's two
 # cores with the driver, so scoring a catch-up batch on them (cold Python
 # workers in JVMs of 512 MB, data shipped both ways) is slower than on the
@@ -234,6 +236,11 @@ class Cluster(Stack):
     def _launch(self, service: Service) -> None:
         if service.name in ("redis-1", "redis-2") and self.services:
             self._follow_primary(service)
+        if service.name.startswith(("kafka-", "spark")):
+            # On one machine the brokers' and Spark's JVMs (a restarted driver
+            # with its executors, a broker catching up) share the cores with the
+            # web server, which in production has its own: they yield to it.
+            service.nice = BACKGROUND_NICE
         super()._launch(service)
 
     def _follow_primary(self, service: Service) -> None:

@@ -107,6 +107,8 @@ class Service:
     restarts: int = 0
     restart_at: float | None = None
     started_at: float = 0.0
+    # CPU priority (os.nice) the process runs at
+    nice: int = 0
 
 
 @dataclass
@@ -324,6 +326,7 @@ class Stack:
             # Its own process group: Ctrl-C reaches only this runner, which
             # then stops the services in reverse order.
             start_new_session=True,
+            preexec_fn=(lambda: os.nice(service.nice)) if service.nice else None,
         )
         handle.close()
 
