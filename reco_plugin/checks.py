@@ -167,7 +167,7 @@ def _line_model_problem(config: Any) -> str | None:
         return None
     if not isinstance(config, dict) or not config.get("MODEL") or not config.get("PRODUCT"):
         return "must be a dict with at least MODEL and PRODUCT"
-    unknown = set(config) - {"MODEL", "PRODUCT", "QUANTITY", "PRICE", "USER"}
+    unknown = set(config) - {"MODEL", "PRODUCT", "QUANTITY", "PRICE", "USER", "TIME", "ORDER"}
     if unknown:
         return f"has unknown keys {', '.join(sorted(unknown))}"
     try:
@@ -176,7 +176,7 @@ def _line_model_problem(config: Any) -> str | None:
         return f"names a model that is not installed ({exc})"
     fields = model._meta.get_fields()
     names = {f.name for f in fields} | {getattr(f, "attname", f.name) for f in fields}
-    for key in ("PRODUCT", "QUANTITY", "PRICE", "USER"):
+    for key in ("PRODUCT", "QUANTITY", "PRICE", "USER", "TIME", "ORDER"):
         path = config.get(key)
         if not path:
             continue

@@ -392,3 +392,29 @@ class Dashboard(Tuning):
         proxy = True
         verbose_name = "dashboard"
         verbose_name_plural = "dashboard"
+
+
+class ImportProgress(models.Model):
+    """How far ``manage.py reco_import`` has sent one source of history (the
+    shop's order lines, or one CSV file by its digest) to Kafka: a run that
+    stops (Ctrl-C, Kafka away) resumes after the last events Kafka
+    acknowledged, and a finished source is not sent again."""
+
+    source = models.CharField(max_length=200, unique=True, editable=False)
+    # the newest history imported from it: later rows came from the live signals
+    until = models.DateTimeField(editable=False)
+    # where the next run goes on: the last row sent, as the source orders them
+    position = models.JSONField(default=dict, editable=False)
+    events_sent = models.PositiveBigIntegerField(default=0, editable=False)
+    counts = models.JSONField(default=dict, editable=False)
+    finished = models.BooleanField(default=False, editable=False)
+    started_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "history import"
+        verbose_name_plural = "history imports"
+
+    def __str__(self) -> str:
+        state = "finished" if self.finished else "in progress"
+        return f"{self.source}: {self.events_sent} events, {state}"

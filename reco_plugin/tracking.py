@@ -197,7 +197,12 @@ def _hand_over(event: dict[str, Any], using: str) -> None:
 
 
 def _line_event(
-    event_type: str, instance: Any, config: Mapping[str, Any], quantity: int, using: str
+    event_type: str,
+    instance: Any,
+    config: Mapping[str, Any],
+    quantity: int,
+    using: str,
+    event_id: str | None = None,
 ) -> None:
     visitor_id = _visitor_for(instance, config)
     if visitor_id is None or quantity <= 0:
@@ -214,6 +219,7 @@ def _line_event(
             quantity=quantity,
             price=_number(_path(instance, config.get("PRICE"))) if config.get("PRICE") else None,
             context=(request_fields(request) if mine else None) or None,
+            event_id=event_id,
         )
     except (schema.InvalidEvent, TypeError, ValueError) as exc:
         logger.warning("reco: %s event not recorded: %s", event_type, exc)
@@ -257,6 +263,8 @@ def cart_deleted(sender: Any, instance: Any, **kwargs: Any) -> None:
 def order_line_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
     if kwargs.get("raw") or not kwargs.get("created"):
         return
+    from .importing import order_line_event_id
+
     config = reco_settings.ORDER_LINE_MODEL
     _line_event(
         schema.PURCHASE,
@@ -264,6 +272,8 @@ def order_line_saved(sender: Any, instance: Any, **kwargs: Any) -> None:
         config,
         _quantity(instance, config),
         _using(sender, instance, kwargs),
+        # the id an import of the shop's orders gives it (reco_import)
+        event_id=order_line_event_id(sender._meta.label, instance.pk),
     )
 
 

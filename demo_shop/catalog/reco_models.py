@@ -15,4 +15,7 @@ ORDER_LINE_MODEL = {
     "QUANTITY": "quantity",
     "PRICE": "unit_price",
     "USER": "order.user_id",
+    # reco_import: when each line was bought, and its order (a guest's lines)
+    "TIME": "order.placed",
+    "ORDER": "order_id",
 }
