@@ -17,6 +17,7 @@ from .models import (
     Experiment,
     ExperimentArm,
     ForgottenVisitor,
+    ImportProgress,
     Rule,
     Tuning,
 )
@@ -338,9 +339,10 @@ class ForgottenVisitorAdmin(admin.ModelAdmin):
 
             if not celery_configured():
                 raise
+            from .conf import reco_settings
             from .tasks import forget
 
-            forget.delay(visitor_id, recorded=True)
+            forget.delay(visitor_id, recorded=True, shop=reco_settings.KEY_PREFIX)
             self.message_user(
                 request,
                 f"Redis did not answer ({exc}); the request is queued and retried.",
@@ -358,6 +360,21 @@ class ForgottenVisitorAdmin(admin.ModelAdmin):
                 return queryset.none(), False
             return queryset.filter(visitor_digest=ForgottenVisitor.digest(visitor_id)), False
         return queryset, False
+
+
+@admin.register(ImportProgress)
+class ImportProgressAdmin(admin.ModelAdmin):
+    """What ``manage.py reco_import`` sent of each source; read only (deleting
+    one lets its source be sent again, with the same event ids)."""
+
+    list_display = ("source", "until", "events_sent", "finished", "updated_at")
+    readonly_fields = ("source", "until", "position", "events_sent", "counts", "finished")
+
+    def has_add_permission(self, request: Any) -> bool:
+        return False
+
+    def has_change_permission(self, request: Any, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Rule)

@@ -436,3 +436,193 @@ def _ask_kafka_for_single_copies(topics: list[str]) -> list[str]:
         if name in metadata.topics
         and any(len(p.replicas) < 2 for p in metadata.topics[name].partitions.values())
     ]
+
+
+@register(Tags.compatibility)
+def check_deployment_settings(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """W011 a Celery broker in the plugin's own Redis database; E014 a Kafka
+    connector directory that does not hold the connector."""
+    return [*_celery_broker_checks(), *_connector_checks()]
+
+
+def _celery_broker_checks() -> list[Any]:
+    """Shops share a Redis through ``KEY_PREFIX`` (docs/install.md, "Two shops
+    on one Kafka and Redis"), but Celery's queue there has no prefix: with its
+    broker in that database, another shop's workers run this shop's tasks (and
+    this shop's theirs). Only this case is certain from one shop's settings: a
+    broker database of its own elsewhere may still be another shop's too."""
+    broker = getattr(settings, "CELERY_BROKER_URL", None)
+    if not broker or not isinstance(broker, str):
+        return []
+    transport = getattr(settings, "CELERY_BROKER_TRANSPORT_OPTIONS", None) or {}
+    if transport.get("global_keyprefix") or getattr(settings, "CELERY_TASK_DEFAULT_QUEUE", None):
+        return []  # the shop named its queue or prefixed its broker's keys
+    try:
+        shared = _redis_databases(broker) & _redis_databases(reco_settings.REDIS_URL)
+    except ValueError:
+        return []
+    if not shared:
+        return []
+    return [
+        Warning(
+            "CELERY_BROKER_URL is the plugin's Redis database (RECO_PLUGIN['REDIS_URL']), the "
+            "one shops share through KEY_PREFIX; Celery's queue in it is not prefixed, so the "
+            "workers of another shop on that database would run this shop's tasks.",
+            hint="Give each shop's Celery a broker database of its own (e.g. redis://HOST:6379/1 "
+            "for this shop, /3 for the next) or its own Redis; see docs/install.md.",
+            id="reco_plugin.W011",
+        )
+    ]
+
+
+def _redis_databases(url: str) -> set[tuple[Any, ...]]:
+    """The Redis databases a Redis URL (redis-py's or kombu's form, Sentinels
+    included) names, as comparable tuples; empty for another kind of broker."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from . import redis_url
+
+    if redis_url.is_sentinel(url):
+        url = redis_url.celery_broker(url)[0]
+    found: set[tuple[Any, ...]] = set()
+    for part in url.split(";"):
+        parts = urlsplit(part.strip())
+        query = parse_qs(parts.query)
+        path = parts.path.strip("/")
+        if parts.scheme in ("unix", "redis+socket", "socket"):
+            found.add(("socket", parts.path, int((query.get("db") or ["0"])[0])))
+            continue
+        if parts.scheme not in ("redis", "rediss", "sentinel"):
+            continue
+        db = int(path) if path.isdigit() else int((query.get("db") or ["0"])[0])
+        host = parts.hostname or "localhost"
+        host = "127.0.0.1" if host == "localhost" else host
+        default_port = 26379 if parts.scheme == "sentinel" else 6379
+        found.add((parts.scheme.rstrip("s"), host, parts.port or default_port, db))
+    return found
+
+
+def _connector_checks() -> list[Any]:
+    """``SPARK["KAFKA_CONNECTOR"]`` naming a directory here without Spark's Kafka
+    connector in it (or one for another Spark): the job could not start. A
+    directory that is not on this machine is not reported: the web servers
+    need not have it; ``reco_stream`` says so where it runs."""
+    import os
+
+    from . import connector
+
+    spark = reco_settings.SPARK
+    named = spark.get("KAFKA_CONNECTOR") if isinstance(spark, dict) else None
+    if not named or not os.path.isdir(str(named)):
+        return []
+    problem = connector.directory_problem(str(named))
+    if problem is None:
+        return []
+    return [
+        Error(
+            f"RECO_PLUGIN['SPARK']['KAFKA_CONNECTOR']: {problem}.",
+            hint=f"Fill it with `manage.py reco_stream --fetch-connector {named}` where Maven "
+            "Central is reachable (docs/install.md, Offline servers).",
+            id="reco_plugin.E014",
+        )
+    ]
+
+
+@register(Tags.templates)
+def check_widget_templates(app_configs: Any = None, **kwargs: Any) -> list[Any]:
+    """W012: ``{% recommendations %}`` in a template that extends another,
+    outside any ``{% block %}``: Django renders only the parent with the
+    child's blocks, so the tag renders nothing, without an error."""
+    from django.template import engines
+    from django.template.backends.django import DjangoTemplates
+
+    found: list[Any] = []
+    seen: set[str] = set()
+    for backend in engines.all():
+        if not isinstance(backend, DjangoTemplates):
+            continue
+        for name, source in _template_sources(backend.engine.template_loaders):
+            if name in seen:
+                continue
+            seen.add(name)
+            # most templates are not read further than this
+            if "recommendations" not in source or "extends" not in source:
+                continue
+            for parent, line in _tags_outside_blocks(backend.engine, name, source):
+                found.append(
+                    Warning(
+                        f"{name}, line {line}: {{% recommendations %}} is outside any "
+                        f"{{% block %}} of a template that extends {parent}: it renders nothing.",
+                        hint="Move it into a {% block %} of the parent template "
+                        "(e.g. {% block content %}...{% endblock %}).",
+                        obj=name,
+                        id="reco_plugin.W012",
+                    )
+                )
+    return found
+
+
+# templates larger than this are not read (generated files, not pages)
+TEMPLATE_CHECK_MAX_BYTES = 1024 * 1024
+
+
+def _template_sources(loaders: Any) -> Any:
+    """(file path or name, text) of every template the loaders can find."""
+    import os
+
+    for loader in loaders:
+        inner = getattr(loader, "loaders", None)  # the cached loader
+        if inner is not None:
+            yield from _template_sources(inner)
+            continue
+        templates = getattr(loader, "templates_dict", None)  # the locmem loader
+        if isinstance(templates, dict):
+            yield from templates.items()
+            continue
+        get_dirs = getattr(loader, "get_dirs", None)
+        if get_dirs is None:
+            continue
+        for directory in get_dirs():
+            for root, _dirs, files in os.walk(directory):
+                for file in sorted(files):
+                    path = os.path.join(root, file)
+                    try:
+                        if os.path.getsize(path) > TEMPLATE_CHECK_MAX_BYTES:
+                            continue
+                        with open(path, encoding=loader.engine.file_charset) as f:
+                            yield path, f.read()
+                    except (OSError, UnicodeDecodeError):
+                        continue
+
+
+def _tags_outside_blocks(engine: Any, name: str, source: str) -> list[tuple[str, int]]:
+    """(parent template, line) of each ``{% recommendations %}`` of ``source``
+    that a child template's rendering skips."""
+    from django.template.base import Origin, Template
+    from django.template.library import InclusionNode
+    from django.template.loader_tags import BlockNode, ExtendsNode
+
+    from .templatetags.reco import recommendations
+
+    try:
+        template = Template(source, origin=Origin(name), name=name, engine=engine)
+    except Exception:
+        return []  # a template that does not compile is reported when it is used
+
+    def outside(nodelist: Any) -> Any:
+        for node in nodelist:
+            if isinstance(node, BlockNode):
+                continue
+            if isinstance(node, InclusionNode) and node.func is recommendations:
+                yield node
+            for attribute in node.child_nodelists:
+                yield from outside(getattr(node, attribute, None) or [])
+
+    found = []
+    for node in template.nodelist:
+        if isinstance(node, ExtendsNode):
+            parent = node.parent_name.token if node.parent_name else "another"
+            for tag in outside(node.nodelist):
+                token = getattr(tag, "token", None)
+                found.append((parent, token.lineno if token else 0))
+    return found

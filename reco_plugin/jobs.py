@@ -25,7 +25,8 @@ SPARK_DEFAULTS: dict[str, Any] = {
     "MASTER": None,
     # a standalone master's web UI (http://HOST:8080): reco_status lists its workers
     "MASTER_UI": None,
-    # a directory holding Spark's Kafka connector jars, or Maven coordinates;
+    # a directory holding Spark's Kafka connector jars (`manage.py reco_stream
+    # --fetch-connector DIR` fills one: reco_plugin.connector), or Maven coordinates;
     # None: Spark fetches the coordinates matching PySpark from Maven Central once
     "KAFKA_CONNECTOR": None,
     # the streaming job's checkpoint directory (local path, hdfs:// or s3a://)

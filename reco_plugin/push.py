@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import json
 import logging
+from typing import Any
 
 import redis
 from channels.layers import get_channel_layer
 
 from . import keys
-from .redis_client import get_async_redis
+from .redis_client import get_async_redis, shown_url
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,16 @@ async def relay_updates(stop: asyncio.Event | None = None) -> None:
     layer = get_channel_layer()
     if layer is None:
         raise RuntimeError("reco_push needs CHANNEL_LAYERS configured")
+    db = keys.db_of(get_async_redis())  # no connection yet
+    logger.info(
+        "reco_push: relaying list updates from Redis %s, channel %s, to the channel layer %s, "
+        "group %s",
+        shown_url(),
+        keys.updates_channel(db),
+        layer_description(layer),
+        keys.live_group(db),
+    )
+    lost = False
     while stop is None or not stop.is_set():
         r = get_async_redis()
         pubsub = r.pubsub(ignore_subscribe_messages=True)
@@ -52,7 +63,9 @@ async def relay_updates(stop: asyncio.Event | None = None) -> None:
             db = keys.db_of(r)
             channel, group = keys.updates_channel(db), keys.live_group(db)
             await pubsub.subscribe(channel)
-            logger.info("reco_push: relaying %s", channel)
+            if lost:
+                logger.info("reco_push: Redis answers again; relaying %s", channel)
+                lost = False
             while stop is None or not stop.is_set():
                 message = await pubsub.get_message(timeout=1.0)
                 if message is None:
@@ -68,11 +81,32 @@ async def relay_updates(stop: asyncio.Event | None = None) -> None:
                     )
         except (ConnectionError, OSError, redis.RedisError) as exc:
             logger.warning("reco_push: Redis unavailable (%s); retrying in 1 s", exc)
+            lost = True
             await asyncio.sleep(1.0)
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
                 await r.aclose()
+
+
+def layer_description(layer: Any) -> str:
+    """The channel layer's class, and for a Redis layer its servers (without
+    passwords) and prefix, as the relay logs them."""
+    name = f"{type(layer).__module__}.{type(layer).__qualname__}"
+    hosts = getattr(layer, "hosts", None)
+    if not hosts:
+        return name
+    addresses = []
+    for host in hosts:
+        if isinstance(host, dict) and "address" in host:
+            address = host["address"]
+            addresses.append(shown_url(address) if isinstance(address, str) else str(address))
+        elif isinstance(host, dict) and "sentinels" in host:
+            addresses.append(f"sentinels {host['sentinels']} ({host.get('master_name')})")
+        else:
+            addresses.append(str(host))
+    prefix = getattr(layer, "prefix", None)
+    return f"{name} at {', '.join(addresses)}" + (f", prefix {prefix!r}" if prefix else "")
 
 
 # A login must not wait long on a slow channel layer.

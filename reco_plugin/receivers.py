@@ -25,6 +25,7 @@ def product_changed(sender: Any, instance: Any, raw: bool = False, **kwargs: Any
                 from kombu.exceptions import LimitExceeded
                 from kombu.exceptions import OperationalError as BrokerUnavailable
 
+                from .conf import reco_settings
                 from .tasks import sync_products
 
                 try:
@@ -33,7 +34,12 @@ def product_changed(sender: Any, instance: Any, raw: bool = False, **kwargs: Any
                     with sync_products.app.pool.acquire(block=True, timeout=2) as connection:
                         connection.ensure_connection(max_retries=0, timeout=2)
                         sync_products.apply_async(
-                            ([product_id],), retry=False, connection=connection
+                            ([product_id],),
+                            # which shop sent it: another shop's worker on the same
+                            # broker database refuses it (tasks.refuse_another_shops)
+                            {"shop": reco_settings.KEY_PREFIX},
+                            retry=False,
+                            connection=connection,
                         )
                     return
                 except (BrokerUnavailable, LimitExceeded) as exc:

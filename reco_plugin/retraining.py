@@ -2,13 +2,14 @@
 
 ``python manage.py reco_retrain`` and the Celery task ``reco_plugin.retrain``
 both call :func:`retrain`; Celery beat runs the task nightly with
-:func:`beat_schedule` (or the shop's own schedule).
+``reco_plugin.schedule.beat_schedule()`` (or the shop's own schedule).
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -17,19 +18,19 @@ from .conf import reco_settings
 
 
 def beat_schedule(hour: int = 3, minute: int = 30, days: int = 30) -> dict[str, Any]:
-    """Celery beat entries (``app.conf.beat_schedule = {**beat_schedule(), ...}``):
-    the retraining every night at ``hour:minute`` in the Celery app's timezone."""
-    from celery.schedules import crontab
+    """Deprecated: :func:`reco_plugin.schedule.beat_schedule` has this entry
+    among the plugin's other periodic work (``retrain_hour``, ``retrain_minute``,
+    ``retrain_days``). This returns only the nightly retraining entry, as before."""
+    warnings.warn(
+        "reco_plugin.retraining.beat_schedule() is deprecated: use "
+        "reco_plugin.schedule.beat_schedule(retrain_hour=..., retrain_minute=..., "
+        "retrain_days=...), which has every periodic task of the plugin",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    from .schedule import retrain_schedule
 
-    return {
-        "reco-retrain-nightly": {
-            "task": "reco_plugin.retrain",
-            "schedule": crontab(hour=hour, minute=minute),
-            "kwargs": {"days": days},
-            # a run that could not start within 6 hours waits for the next night
-            "options": {"expires": 6 * 3600},
-        },
-    }
+    return retrain_schedule(hour=hour, minute=minute, days=days)
 
 
 class RetrainError(RuntimeError):

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from .retraining import beat_schedule as retrain_schedule
-
 
 def beat_schedule(
     *,
@@ -55,4 +53,20 @@ def beat_schedule(
             "options": {"expires": 3600.0},
         },
         **retrain_schedule(hour=retrain_hour, minute=retrain_minute, days=retrain_days),
+    }
+
+
+def retrain_schedule(*, hour: int = 3, minute: int = 30, days: int = 30) -> dict[str, Any]:
+    """The ``reco-retrain-nightly`` entry of :func:`beat_schedule`: the
+    retraining every night at ``hour:minute`` in the Celery app's timezone."""
+    from celery.schedules import crontab
+
+    return {
+        "reco-retrain-nightly": {
+            "task": "reco_plugin.retrain",
+            "schedule": crontab(hour=hour, minute=minute),
+            "kwargs": {"days": days},
+            # a run that could not start within 6 hours waits for the next night
+            "options": {"expires": 6 * 3600},
+        },
     }

@@ -1,11 +1,13 @@
 """The catalog sync keeps the sets the pipeline's rules read."""
 
+import base64
 import json
 
 import pytest
 import redis
 
 from reco_plugin import catalog, keys
+from reco_plugin.conf import reco_settings
 
 pytestmark = pytest.mark.django_db
 
@@ -118,6 +120,9 @@ def test_a_product_save_with_the_celery_broker_down_syncs_at_once(
         product.save()
         (message,) = [json.loads(m) for m in broker.lrange("celery", 0, -1)]
         assert message["headers"]["task"] == "reco_plugin.sync_products"
+        # the task says which shop sent it (tasks.refuse_another_shops)
+        args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
+        assert args == [["9106"]] and kwargs == {"shop": reco_settings.KEY_PREFIX}
         assert r.hget(keys.catalog_product("9106"), "title") == "After"  # for the worker to do
     finally:
         app.conf.broker_url = None
@@ -144,3 +149,24 @@ def test_served_display_fields_follow_every_catalog_sync(client, r, make_product
     catalog.sync_products(["32"])
     titles = [i["title"] for i in client.get("/reco/api/trending/").json()["items"]]
     assert titles == ["Written by hand", "Renamed"]
+
+
+def test_a_worker_refuses_the_tasks_of_another_shop_on_its_broker(r, make_product, caplog):
+    """Two shops on one broker database: each worker takes the other's tasks.
+    One sent by another shop (its KEY_PREFIX) is not run here, said in the log,
+    and put back on the queue for that shop's workers, a few times."""
+    from reco_plugin import tasks
+
+    make_product(9107, name="Ours")
+    with caplog.at_level("ERROR", logger="reco_plugin.tasks"):
+        result = tasks.sync_products.apply((["9107"],), {"shop": "othershop"})
+        forgotten = tasks.forget.apply(("s:visitor",), {"shop": "othershop"})
+    assert result.failed() and forgotten.failed()  # after its retries, eagerly here
+    assert r.hget(keys.catalog_product("9107"), "title") is None
+    refusals = [m for m in caplog.messages if "'othershop' reached this worker" in m]
+    assert len(refusals) == 2 * (tasks.ANOTHER_SHOPS_RETRIES + 1)
+    assert "share a Celery broker database" in refusals[0]
+    # its own shop's task, and one from a sender that does not say, run
+    assert tasks.sync_products.apply((["9107"],), {"shop": reco_settings.KEY_PREFIX}).successful()
+    assert r.hget(keys.catalog_product("9107"), "title") == "Ours"
+    assert tasks.sync_products.apply((["9107"],)).successful()

@@ -247,3 +247,127 @@ def test_a_production_configuration_is_warned_of_what_one_failure_would_lose(
     finally:
         r.config_set("appendonly", before)
         checks._single_copy_found.clear()
+
+
+def test_the_tag_outside_any_block_of_a_child_template_is_W012(settings, tmp_path):
+    from django.template.loader import render_to_string
+
+    pages = {
+        "base.html": "<main>{% block content %}{% endblock %}</main>",
+        # pasted at the end, after the blocks: Django renders only the parent's blocks
+        "shop/pasted.html": '{% extends "base.html" %}{% load reco %}\n'
+        "{% block content %}the product{% endblock %}\n"
+        '{% recommendations title="Lost" %}\n',
+        "shop/in_an_if.html": '{% extends "base.html" %}{% load reco %}\n'
+        "{% block content %}the product{% endblock %}\n"
+        "{% if product %}\n{% recommendations product=product %}{% endif %}\n",
+        "shop/in_a_block.html": '{% extends "base.html" %}{% load reco %}\n'
+        "{% block content %}{% if 1 %}{% recommendations %}{% endif %}{% endblock %}\n",
+        "shop/not_a_child.html": "{% load reco %}{% recommendations %}",
+        "shop/broken.html": '{% extends "base.html" %}{% load nope %}{% recommendations %}',
+    }
+    for name, text in pages.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    templates = [{**settings.TEMPLATES[0], "DIRS": [str(tmp_path)]}]
+    with override_settings(TEMPLATES=templates):
+        assert "reco-widget" not in render_to_string("shop/pasted.html")  # what W012 is for
+        found = sorted(m.msg for m in messages_with("reco_plugin.W012"))
+    assert found == [
+        f"{tmp_path / 'shop/in_an_if.html'}, line 4: {{% recommendations %}} is outside any "
+        '{% block %} of a template that extends "base.html": it renders nothing.',
+        f"{tmp_path / 'shop/pasted.html'}, line 3: {{% recommendations %}} is outside any "
+        '{% block %} of a template that extends "base.html": it renders nothing.',
+    ]
+
+
+def test_a_celery_broker_in_the_plugins_own_redis_database_is_W011(settings):
+    reco = {**settings.RECO_PLUGIN, "REDIS_URL": "redis://localhost:6379/0"}
+    for broker, shared in (
+        ("redis://127.0.0.1:6379/0", True),
+        ("redis://127.0.0.1:6379", True),  # database 0 too
+        ("redis://127.0.0.1:6379/1", False),
+        ("redis://cache:6379/0", False),
+        ("amqp://guest@127.0.0.1//", False),
+    ):
+        with override_settings(RECO_PLUGIN=reco, CELERY_BROKER_URL=broker):
+            assert ("reco_plugin.W011" in reco_ids()) is shared, broker
+    with override_settings(
+        RECO_PLUGIN=reco,
+        CELERY_BROKER_URL="redis://127.0.0.1:6379/0",
+        CELERY_TASK_DEFAULT_QUEUE="myshop",  # the shop's own queue
+    ):
+        assert "reco_plugin.W011" not in reco_ids()
+    # Sentinels: the plugin's form and kombu's name the same database
+    sentinel = {**reco, "REDIS_URL": "redis+sentinel://s1:26379,s2:26379/reco/0"}
+    with override_settings(
+        RECO_PLUGIN=sentinel, CELERY_BROKER_URL="sentinel://s2:26379/0;sentinel://s3:26379/0"
+    ):
+        assert "reco_plugin.W011" in reco_ids()
+    with override_settings(RECO_PLUGIN=sentinel, CELERY_BROKER_URL="sentinel://s1:26379/1"):
+        assert "reco_plugin.W011" not in reco_ids()
+
+
+def test_a_kafka_connector_directory_without_the_connector_is_E014(settings, tmp_path):
+    from reco_plugin.connector import installed_pyspark_version
+
+    def connector_errors(directory):
+        spark = {"CHECKPOINT": "/tmp/c", "KAFKA_CONNECTOR": str(directory)}
+        with with_reco(settings, SPARK=spark):
+            return [m.msg for m in messages_with("reco_plugin.E014")]
+
+    (tmp_path / "kafka-clients-3.9.2.jar").write_bytes(b"")
+    (found,) = connector_errors(tmp_path)
+    assert "holds no spark-sql-kafka-0-10_*.jar" in found
+    version = installed_pyspark_version()
+    (tmp_path / "spark-sql-kafka-0-10_2.13-3.5.1.jar").write_bytes(b"")
+    (found,) = connector_errors(tmp_path)
+    assert f"is for Spark 3.5.1, the installed PySpark is {version}" in found
+    (tmp_path / "spark-sql-kafka-0-10_2.13-3.5.1.jar").unlink()
+    (tmp_path / f"spark-sql-kafka-0-10_2.13-{version}.jar").write_bytes(b"")
+    assert connector_errors(tmp_path) == []
+    # not on this machine (a web server): the check leaves it to reco_stream where it runs
+    assert connector_errors(tmp_path / "elsewhere") == []
+
+
+def test_the_install_guides_product_fields_fit_a_minimal_product_model(settings, monkeypatch):
+    """docs/install.md's settings, pasted as written, on a product with only a
+    name, a price and a URL: no E010. Its optional fields are there, commented."""
+    import re
+    from pathlib import Path
+
+    from django.db import models
+    from django.test.utils import isolate_apps
+
+    from reco_plugin import checks
+
+    guide = (Path(__file__).parent.parent / "docs" / "install.md").read_text()
+    snippet = re.search(
+        r"<!-- guide: myshop/settings.py append -->\n```python\n(.*?)```", guide, re.S
+    )[1]
+    pasted = {"INSTALLED_APPS": [], "MIDDLEWARE": [], "BASE_DIR": Path("/srv/myshop")}
+    exec(snippet, pasted)
+    fields = pasted["RECO_PLUGIN"]["PRODUCT_FIELDS"]
+    for optional in ("category", "image", "description", "in_stock", "blocked", "repeatable"):
+        assert f'# "{optional}": ' in snippet
+    with isolate_apps("demo_shop.catalog") as registry:
+
+        class Product(models.Model):
+            name = models.CharField(max_length=200)
+            price = models.DecimalField(max_digits=8, decimal_places=2)
+
+            class Meta:
+                app_label = "catalog"
+
+            def __str__(self):
+                return self.name
+
+            def get_absolute_url(self):
+                return f"/products/{self.pk}/"
+
+        monkeypatch.setattr(checks, "apps", registry)
+        with with_reco(settings, PRODUCT_FIELDS=fields):
+            assert checks._product_field_checks() == []
+        # uncommented, an optional field this model lacks is reported
+        with with_reco(settings, PRODUCT_FIELDS={**fields, "in_stock": "in_stock"}):
+            assert [m.id for m in checks._product_field_checks()] == ["reco_plugin.E010"]

@@ -267,3 +267,42 @@ async def test_the_relay_forwards_the_pipelines_notices(r):
     stop.set()
     await asyncio.wait_for(relay, 5)
     await ws.disconnect()
+
+
+def test_reco_push_says_where_it_listens_and_pushes_when_it_starts(r, monkeypatch, capsys):
+    """One line at start, also in a project whose LOGGING says nothing of the plugin."""
+    import asyncio
+    import logging
+
+    from django.core.management import call_command
+
+    from reco_plugin import push
+    from reco_plugin.management.commands import reco_push
+
+    async def started_and_stopped():
+        stop = asyncio.Event()
+        stop.set()
+        await push.relay_updates(stop)
+
+    monkeypatch.setattr(reco_push, "relay_updates", started_and_stopped)
+    monkeypatch.setattr(logging.getLogger("reco_plugin"), "hasHandlers", lambda: False)
+    call_command("reco_push")
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "reco_push" in x]
+    db = keys.db_of(r)
+    assert " INFO reco_push: relaying list updates from Redis redis://127.0.0.1:" in line
+    assert f"channel {keys.updates_channel(db)}, " in line
+    assert line.endswith(
+        f"to the channel layer channels.layers.InMemoryChannelLayer, group {keys.live_group(db)}"
+    )
+    assert not logging.getLogger("reco_plugin").handlers  # the command's own handler is gone
+
+
+def test_the_relay_names_a_redis_channel_layers_servers_without_passwords():
+    from channels_redis.core import RedisChannelLayer
+
+    from reco_plugin.push import layer_description
+
+    layer = RedisChannelLayer(hosts=[{"address": "redis://:s3cret@cache:6379/2"}], prefix="shop2")
+    assert layer_description(layer) == (
+        "channels_redis.core.RedisChannelLayer at redis://:***@cache:6379/2, prefix 'shop2'"
+    )

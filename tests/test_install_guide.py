@@ -15,12 +15,12 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import redis as redis_lib
 
 from reco_plugin import keys
+from stack.pipeline import end_offsets, totals
 from stack.services import REPO, free_port, stop_process
 from stack.visitor import ShopVisitor
 
@@ -46,7 +46,38 @@ class Product(models.Model):
 
     def get_absolute_url(self):
         return reverse("product_detail", args=[self.pk])
+
+
+class Order(models.Model):
+    user = models.ForeignKey("auth.User", null=True, on_delete=models.SET_NULL)
+    placed = models.DateTimeField()
+
+
+class OrderLine(models.Model):
+    order = models.ForeignKey(Order, on_delete=models.CASCADE)
+    product = models.ForeignKey(Product, on_delete=models.PROTECT)
+    quantity = models.PositiveIntegerField(default=1)
+    unit_price = models.DecimalField(max_digits=8, decimal_places=2)
 """
+# the shop's history from before the plugin: ten customers each bought lamp 1
+# with one of lamps 14-17 over the last three weeks (the first visitor below
+# browses 1-12); bulk_create: the plugin's signals did not see them
+ORDERS = """
+import datetime as dt
+from django.contrib.auth.models import User
+from django.utils import timezone
+from catalog.models import Order, OrderLine
+lines = []
+for n in range(10):
+    order = Order.objects.create(
+        user=User.objects.create(username=f"customer{n}"),
+        placed=timezone.now() - dt.timedelta(days=2 * n + 1),
+    )
+    for product in (1, 14 + n % 4):
+        lines.append(OrderLine(order=order, product_id=product, unit_price=10))
+OrderLine.objects.bulk_create(lines)
+"""
+BOUGHT = {"1", "14", "15", "16", "17"}
 VIEWS = """
 from django.shortcuts import get_object_or_404, render
 
@@ -58,6 +89,20 @@ def product_detail(request, pk):
     return render(request, "catalog/product_detail.html", {"product": product})
 """
 PAGE_HEAD = "<!doctype html>\n<html lang='en'><head><title>{{ product.name }}</title></head>\n<body><h1>{{ product.name }}</h1>\n"
+
+
+def install_command() -> str:
+    """The guide's first ``pip install`` (from a path), as ``pip ...``."""
+    section = GUIDE.read_text().split("## 1. Install the package", 1)[1]
+    line = next(line for line in section.splitlines() if line.startswith('pip install "/'))
+    return line.replace('"', "")
+
+
+def wait_applied(r, offsets: str, ends: dict[str, int], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while any(int(r.hget(offsets, tp) or 0) < end for tp, end in ends.items() if end):
+        assert time.monotonic() < deadline, (r.hgetall(offsets), ends)
+        time.sleep(0.3)
 
 
 def guide_steps() -> list[tuple[str, str]]:
@@ -111,28 +156,28 @@ def test_a_new_project_follows_the_guide_to_a_live_widget(live_stack, tmp_path):
 
     started = time.monotonic()
     timings: dict[str, float] = {}
-    # 1. the package, installed from its wheel into a directory of its own
-    wheels = tmp_path / "wheels"
-    site = tmp_path / "site"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(REPO)],
-        check=True,
+    # 1. the guide's own pip install, with its extras, into a fresh virtual
+    # environment (the checkout is the path it names)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    python = str(venv / "bin" / "python")
+    installed = subprocess.run(
+        [python, "-m", *install_command().replace("/path/to/reco-plugin", str(REPO)).split()],
         capture_output=True,
+        text=True,
+        timeout=900,
     )
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site)]
-        + [str(w) for w in wheels.glob("*.whl")],
-        check=True,
-        capture_output=True,
-    )
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
     timings["installed"] = time.monotonic() - started
     project = tmp_path / "shop"
     project.mkdir()
     env = {
         **{
-            k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH")
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH", "VIRTUAL_ENV")
         },
-        "PYTHONPATH": str(site),
+        "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
         "SPARK_LOCAL_IP": "127.0.0.1",
         "PYTHONUNBUFFERED": "1",
     }
@@ -145,14 +190,14 @@ def test_a_new_project_follows_the_guide_to_a_live_widget(live_stack, tmp_path):
             raise AssertionError(f"{argv} failed:\n{result.stdout}\n{result.stderr}")
         return result
 
-    run(sys.executable, "-m", "django", "startproject", "myshop", ".")
-    run(sys.executable, "manage.py", "startapp", "catalog")
+    run(python, "-m", "django", "startproject", "myshop", ".")
+    run(python, "manage.py", "startapp", "catalog")
     origin = run(
-        sys.executable,
+        python,
         "-c",
         "import reco_plugin, spark_jobs; print(reco_plugin.__file__, spark_jobs.__file__)",
     )
-    assert all(path.startswith(str(site)) for path in origin.stdout.split()), origin.stdout
+    assert all(path.startswith(str(venv)) for path in origin.stdout.split()), origin.stdout
     (project / "catalog" / "models.py").write_text(MODELS)
     (project / "catalog" / "views.py").write_text(VIEWS)
     template = project / "catalog" / "templates" / "catalog" / "product_detail.html"
@@ -171,7 +216,7 @@ def test_a_new_project_follows_the_guide_to_a_live_widget(live_stack, tmp_path):
         + "urlpatterns += [path('products/<int:pk>/', catalog_views.product_detail, name='product_detail')]\n"
     )
 
-    run(sys.executable, "manage.py", "makemigrations", "catalog")
+    run(python, "manage.py", "makemigrations", "catalog")
 
     # 2. the guide, step by step
     servers: list[subprocess.Popen] = []
@@ -185,11 +230,11 @@ def test_a_new_project_follows_the_guide_to_a_live_widget(live_stack, tmp_path):
                 for line in code.strip().splitlines():
                     argv = line.split()
                     if argv[0] == "python":
-                        argv[0] = sys.executable
+                        argv[0] = python
                     run(*argv)
                     if argv[2:3] == ["migrate"]:
                         run(
-                            sys.executable,
+                            python,
                             "manage.py",
                             "shell",
                             "-c",
@@ -197,14 +242,18 @@ def test_a_new_project_follows_the_guide_to_a_live_widget(live_stack, tmp_path):
                             "for n in range(1, 21): Product.objects.create("
                             "name=f'Lamp {n}', price=10 + n, category='Lamps' if n % 2 else 'Chairs')",
                         )
+                        run(python, "manage.py", "shell", "-c", ORDERS)
+                    if argv[2:3] == ["reco_import"]:
+                        timings["imported"] = time.monotonic() - started
             elif what == "serve":
-                for n, line in enumerate(code.strip().splitlines()):
+                for line in code.strip().splitlines():
                     argv = line.replace("-p 8000", f"-p {web_port}").split()
                     if argv[0] == "python":
-                        argv[0] = sys.executable
-                    elif argv[0] == "daphne":
-                        argv[0] = str(Path(sys.executable).parent / "daphne")
-                    with open(logs / f"serve-{n}.log", "ab") as log:
+                        argv[0] = python
+                    elif argv[0] in ("daphne", "celery"):
+                        argv[0] = str(venv / "bin" / argv[0])
+                    # serve-0: reco_stream, 1: reco_push, 2: daphne, 3-4: Celery
+                    with open(logs / f"serve-{len(servers)}.log", "ab") as log:
                         servers.append(
                             subprocess.Popen(
                                 argv,
@@ -220,25 +269,82 @@ def test_a_new_project_follows_the_guide_to_a_live_widget(live_stack, tmp_path):
                 target = project / path
                 if mode == "write":
                     target.write_text(code)
+                elif mode == "style":
+                    target.write_text(f"{target.read_text()}<style>\n{code}</style>\n")
                 else:
                     target.write_text(target.read_text() + "\n" + code)
                 if path.endswith("settings.py") and mode == "append":
                     timings.setdefault("configured", time.monotonic() - started)
         template.write_text(template.read_text() + "</body></html>\n")
-        checked = run(sys.executable, "manage.py", "check")
+        checked = run(python, "manage.py", "check")
         assert "reco_plugin" not in checked.stdout + checked.stderr, checked.stderr
 
-        # 3. the shop is up: a first visitor browses, the job learns
+        # 3. before anybody browses, the job learns the imported orders
+        r = redis_lib.Redis(port=live_stack.ports.redis, decode_responses=True)
+        with prefix("myshop"):
+            bought_with = keys.product_fbt("1")
+            counters, offsets = keys.pipeline_counters(), keys.pipeline_offsets()
+            purchases = next(
+                t
+                for t in json.loads(
+                    run(
+                        python,
+                        "manage.py",
+                        "shell",
+                        "-c",
+                        "import json; from reco_plugin.conf import reco_settings; "
+                        "print(json.dumps(list(reco_settings.TOPICS.values())))",
+                    ).stdout.split("\n")[-2]
+                )
+                if "purchase" in t
+            )
+        deadline = time.monotonic() + 180
+        while not r.exists(bought_with):
+            for n, server in enumerate(servers):
+                assert server.poll() is None, (logs / f"serve-{n}.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, (logs / "serve-0.log").read_text()[-3000:]
+            time.sleep(0.5)
+        timings["learnt_history"] = time.monotonic() - started
+        assert {i["product_id"] for i in json.loads(r.get(bought_with))} == BOUGHT - {"1"}
+        ends = end_offsets(f"127.0.0.1:{live_stack.ports.kafka}", [purchases])
+        assert sum(ends.values()) == 20  # ten orders of two lines
+        wait_applied(r, offsets, ends)
+        applied = totals({k: int(v) for k, v in r.hgetall(counters).items()})
+        assert applied.get("applied") == 20, applied
+        # imported twice: the second run sends nothing...
+        again = run(python, "manage.py", "reco_import", "--orders")
+        assert "nothing to send" in again.stderr, again.stderr
+        assert end_offsets(f"127.0.0.1:{live_stack.ports.kafka}", [purchases]) == ends
+        # ...and with its record lost, sends the same events, which the job
+        # recognises: what it applied is unchanged
+        run(
+            python,
+            "manage.py",
+            "shell",
+            "-c",
+            "from reco_plugin.models import ImportProgress; ImportProgress.objects.all().delete()",
+        )
+        resent = run(python, "manage.py", "reco_import", "--orders")
+        assert "20 events sent" in resent.stdout, resent.stdout
+        ends = end_offsets(f"127.0.0.1:{live_stack.ports.kafka}", [purchases])
+        assert sum(ends.values()) == 40
+        wait_applied(r, offsets, ends)
+        twice = totals({k: int(v) for k, v in r.hgetall(counters).items()})
+        assert twice.get("applied") == 20 and twice.get("duplicate") == 20, twice
+
+        # 4. the shop is up: the first visitor's page shows the history
         web = f"http://127.0.0.1:{web_port}"
         deadline = time.monotonic() + 60
         while True:
             try:
-                ShopVisitor(web).get("/products/1/")
+                _, html = ShopVisitor(web).get("/products/1/")
                 break
             except OSError:
                 assert time.monotonic() < deadline, (logs / "serve-2.log").read_text()[-3000:]
                 time.sleep(0.3)
-        r = redis_lib.Redis(port=live_stack.ports.redis, decode_responses=True)
+        shown = set(re.findall(r'data-product-id="(\d+)"', html))
+        assert shown and shown <= BOUGHT, shown
+        # 5. a first visitor browses, the job learns
         first = ShopVisitor(web)
         for product in range(1, 13):
             first.get(f"/products/{product}/")
@@ -254,7 +360,7 @@ def test_a_new_project_follows_the_guide_to_a_live_widget(live_stack, tmp_path):
         assert r.exists(heartbeat)
         assert json.loads(r.get(similar_key))
 
-        # 4. a second visitor sees a live widget
+        # 6. a second visitor sees a live widget
         with sync_playwright() as p:
             browser = p.chromium.launch(
                 executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking"]
@@ -264,13 +370,20 @@ def test_a_new_project_follows_the_guide_to_a_live_widget(live_stack, tmp_path):
             page.goto(web + "/products/1/")
             page.wait_for_selector(f"{FOR_YOU}[data-reco-live='websocket']", timeout=20_000)
             shown = widget_ids(page, ".reco-widget[data-reco-kind='similar']")
-            assert shown and set(shown) <= {str(p) for p in range(2, 13)}
-            assert (
-                page.evaluate(
-                    "getComputedStyle(document.querySelector('.reco-item__link')).borderRadius"
-                )
-                == "6px"
-            )  # widget.css, linked by the tag and served as a static file
+            # viewed with lamp 1 by the first visitor, or bought with it before
+            assert shown and set(shown) <= {str(p) for p in range(2, 13)} | BOUGHT - {"1"}
+            # widget.css, linked by the tag and served as a static file, themed
+            # by the guide's CSS variables
+            grid = page.evaluate(
+                """() => {
+                  const list = getComputedStyle(document.querySelector('.reco-widget__list'));
+                  const link = getComputedStyle(document.querySelector('.reco-item__link'));
+                  return {display: list.display, radius: link.borderRadius,
+                          columns: list.gridTemplateColumns.split(' ').map(parseFloat)};
+                }"""
+            )
+            assert grid["display"] == "grid" and grid["radius"] == "0px", grid
+            assert min(grid["columns"]) >= 180, grid
             timings["live_widget"] = time.monotonic() - started
             before = widget_ids(page)
             assert before and not set(before) & set(shown)  # the two widgets do not repeat
@@ -286,6 +399,28 @@ def test_a_new_project_follows_the_guide_to_a_live_widget(live_stack, tmp_path):
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "install-guide-shop.png"), full_page=True)
             browser.close()
+
+        # 7. the guide's Celery worker and beat: a product saved is synced by a
+        # task the worker ran (not at once in the request: the broker answers)
+        run(
+            python,
+            "manage.py",
+            "shell",
+            "-c",
+            "from catalog.models import Product; p = Product.objects.get(pk=2); "
+            "p.name = 'Lamp 2, renamed'; p.save()",
+        )
+        with prefix("myshop"):
+            product_2 = keys.catalog_product("2")
+        worker, beat = logs / "serve-3.log", logs / "serve-4.log"
+        deadline = time.monotonic() + 60
+        while not (
+            r.hget(product_2, "title") == "Lamp 2, renamed"
+            and re.search(r"Task reco_plugin\.sync_products\[.*\] succeeded", worker.read_text())
+        ):
+            assert time.monotonic() < deadline, worker.read_text()[-3000:]
+            time.sleep(0.5)
+        assert "beat: Starting" in beat.read_text(), beat.read_text()[-2000:]
     finally:
         for server in reversed(servers):
             stop_process(server, grace=30)

@@ -169,3 +169,109 @@ def test_a_failed_query_is_reported_by_the_exception_it_died_of():
     assert cause(wrapped) == "OverflowError: cannot convert float infinity to integer"
     assert cause(RuntimeError("Kafka topic gone\nat ...")) == "Kafka topic gone"
     assert cause(None) == "query stopped"
+
+
+def test_one_beat_schedule_has_the_retraining_and_the_old_one_is_a_deprecated_alias():
+    from celery.schedules import crontab
+
+    from reco_plugin import retraining
+    from reco_plugin.schedule import beat_schedule
+
+    schedule = beat_schedule(retrain_hour=4, retrain_minute=15, retrain_days=7)
+    nightly = schedule["reco-retrain-nightly"]
+    assert nightly["task"] == "reco_plugin.retrain" and nightly["kwargs"] == {"days": 7}
+    assert nightly["schedule"] == crontab(hour=4, minute=15)
+    assert {"reco-sync-catalog", "reco-publish-tuning", "reco-roll-up", "reco-cleanup"} < set(
+        schedule
+    )
+    with pytest.warns(DeprecationWarning, match=r"reco_plugin\.schedule\.beat_schedule"):
+        old = retraining.beat_schedule(hour=4, minute=15, days=7)
+    assert old == {"reco-retrain-nightly": nightly}
+
+
+def test_reco_stream_with_a_connector_directory_passes_its_jars_not_maven_coordinates(
+    settings, tmp_path, monkeypatch
+):
+    connector = tmp_path / "spark-kafka"
+    connector.mkdir()
+    for jar in ("spark-sql-kafka-0-10_2.13-4.2.0.jar", "kafka-clients-3.9.2.jar"):
+        (connector / jar).write_bytes(b"")
+    settings.RECO_PLUGIN = {
+        **settings.RECO_PLUGIN,
+        "SPARK": {"CHECKPOINT": "/tmp/c", "KAFKA_CONNECTOR": str(connector)},
+    }
+    out = StringIO()
+    call_command("reco_stream", "--print", stdout=out)
+    local, submit = (shlex.split(line) for line in out.getvalue().splitlines())
+    assert value(local, "--kafka-connector") == str(connector)
+    assert "--packages" not in submit
+    assert value(submit, "--jars").split(",") == [
+        str(connector / "kafka-clients-3.9.2.jar"),
+        str(connector / "spark-sql-kafka-0-10_2.13-4.2.0.jar"),
+    ]
+    # a directory that is not on the server that runs the job: said before Spark starts
+    settings.RECO_PLUGIN = {
+        **settings.RECO_PLUGIN,
+        "SPARK": {"CHECKPOINT": "/tmp/c", "KAFKA_CONNECTOR": str(tmp_path / "missing")},
+    }
+    monkeypatch.setattr("os.execve", lambda *a: pytest.fail("the job was started"))
+    with pytest.raises(CommandError, match="--fetch-connector"):
+        call_command("reco_stream")
+
+
+def test_the_connector_is_resolved_without_what_pyspark_ships():
+    from reco_plugin import connector
+
+    assert connector.split_jar_name("spark-sql-kafka-0-10_2.13-4.2.0.jar") == (
+        "spark-sql-kafka-0-10_2.13",
+        "4.2.0",
+    )
+    assert connector.split_jar_name("zstd-jni-1.5.7-7.jar") == ("zstd-jni", "1.5.7-7")
+    assert connector.split_jar_name("log4j-1.2-api-2.24.3.jar") == ("log4j-1.2-api", "2.24.3")
+    shipped = {connector.artifact_of(p.name) for p in connector.pyspark_jars().glob("*.jar")}
+    assert {"scala-library", "slf4j-api", "zstd-jni", "spark-core_2.13"} <= shipped
+    assert not {"kafka-clients", "commons-pool2"} & shipped
+    module = connector._ivy_module("org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0", shipped)
+    assert 'name="spark-sql-kafka-0-10_2.13" rev="4.2.0"' in module
+    assert '<exclude module="scala-library"/>' in module
+    assert '<exclude module="kafka-clients"/>' not in module
+    # the local Maven repository first (when there is one), then Maven Central or the mirrors given
+    assert connector.repositories_for()[-1] == connector.MAVEN_CENTRAL
+    mirror = connector.repositories_for(["https://nexus.example/maven"])
+    assert mirror[-1] == "https://nexus.example/maven/" and connector.MAVEN_CENTRAL not in mirror
+
+
+def test_fetch_connector_resolves_the_jars_into_a_directory_the_job_can_use(settings, tmp_path):
+    """Offline: from the local Maven repository only (set-up's `mvn package`
+    filled it), as a mirror would serve them."""
+    import shutil
+    from pathlib import Path
+
+    from reco_plugin import connector
+    from spark_jobs.session import connector_config, connector_coordinates
+
+    group, artifact, version = connector_coordinates().split(":")
+    local = connector.local_maven_repository()
+    if not (local / "org/apache/spark" / artifact / version).is_dir() or not shutil.which("java"):
+        pytest.skip("the connector is not in ~/.m2 (set-up's mvn package puts it there)")
+    target = tmp_path / "spark-kafka"
+    target.mkdir()
+    (target / "spark-sql-kafka-0-10_2.13-3.5.1.jar").write_bytes(b"")  # an older fetch
+    out = StringIO()
+    call_command(
+        "reco_stream", "--fetch-connector", str(target), "--repository", local.as_uri(), stdout=out
+    )
+    names = sorted(p.name for p in target.glob("*.jar"))
+    assert names == [
+        "commons-pool2-" + names[0].split("-", 2)[2],
+        "kafka-clients-" + names[1].split("-", 2)[2],
+        f"{artifact}-{version}.jar",
+        f"spark-token-provider-kafka-0-10_2.13-{version}.jar",
+    ]
+    for name in names:
+        assert name in out.getvalue()
+    assert f'RECO_PLUGIN["SPARK"]["KAFKA_CONNECTOR"] = \'{target}\'' in out.getvalue()
+    assert connector.directory_problem(target) is None
+    assert connector_config(str(target))["spark.jars"].split(",") == [
+        str(Path(target) / n) for n in names
+    ]

@@ -67,10 +67,33 @@ def test_user_text_is_escaped(request_with_session, r):
     assert "&lt;script&gt;" in html
 
 
-def test_redis_down_renders_an_empty_widget(request_with_session, settings):
+def test_redis_down_renders_a_hidden_widget_not_an_empty_one(request_with_session, settings):
+    """Not "No recommendations yet.", as for an empty shop: nothing, until the
+    widget's script reads a list (it shows an empty one too)."""
     settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "REDIS_URL": "redis://127.0.0.1:1/0"}
     html = render(request_with_session, "{% recommendations product=1 %}")
-    assert "No recommendations yet." in html
+    (section,) = re.findall(r"<section [^>]*>", html)
+    assert " hidden data-reco-unavailable>" in section
+
+
+def test_an_empty_shop_renders_its_empty_widget_visible(request_with_session, r):
+    html = render(request_with_session, "{% recommendations product=1 %}")
+    (section,) = re.findall(r"<section [^>]*>", html)
+    assert "hidden" not in section and "No recommendations yet." in html
+
+
+def test_redis_down_with_a_fallback_list_shows_it(request_with_session, r, settings):
+    from reco_plugin import store
+
+    put_catalog(r, [2, 3])
+    put_list(r, keys.trending(), [2, 3])
+    # served once: this process keeps it for when Redis is away
+    assert [i["product_id"] for i in store.trending(None, 2)] == ["2", "3"]
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    html = render(request_with_session, '{% recommendations kind="trending" %}')
+    (section,) = re.findall(r"<section [^>]*>", html)
+    assert "hidden" not in section
+    assert re.findall(r'data-product-id="(\d+)"', html) == ["2", "3"]
 
 
 def test_a_logged_in_user_sees_their_own_list(request_with_session, r, django_user_model):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from .. import schema
@@ -43,6 +44,16 @@ class RecommendationListSerializer(serializers.Serializer):
     )
 
 
+@extend_schema_field(
+    {
+        "type": "object",
+        "additionalProperties": {"type": "string", "maxLength": schema.MAX_CONTEXT_VALUE_LENGTH},
+        "maxProperties": schema.MAX_CONTEXT_KEYS,
+        "description": "page, referrer, and for a recommended item the reco_id, strategy, "
+        "propensity and position it was shown with (keys of 1-"
+        f"{schema.MAX_CONTEXT_KEY_LENGTH} characters)",
+    }
+)
 class ContextField(serializers.Field):
     """A flat object of short strings: at most ``MAX_CONTEXT_KEYS`` keys of
     1-``MAX_CONTEXT_KEY_LENGTH`` characters, values of at most

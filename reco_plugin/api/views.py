@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import connections, router
 from django.http import HttpResponseNotModified
@@ -16,6 +17,7 @@ from django.middleware.csrf import CsrfViewMiddleware
 from django.utils.cache import patch_vary_headers
 from django.utils.http import parse_etags
 from django.utils.module_loading import import_string
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
@@ -28,6 +30,7 @@ from rest_framework.exceptions import (
     ValidationError,
 )
 from rest_framework.parsers import JSONParser
+from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -95,13 +98,30 @@ class ShopSessionUser(BaseAuthentication):
         return (user, None)
 
 
+class ShopSessionScheme(OpenApiAuthenticationExtension):
+    """:class:`ShopSessionUser` in the OpenAPI schema: Django's session cookie."""
+
+    target_class = ShopSessionUser
+    name = "shopSession"
+
+    def get_security_definition(self, auto_schema: AutoSchema) -> dict[str, Any]:
+        return {
+            "type": "apiKey",
+            "in": "cookie",
+            "name": settings.SESSION_COOKIE_NAME,
+            "description": "the shop's own session: a logged-in shopper's list and events "
+            "are theirs, an anonymous visitor's their session's (answered without one too)",
+        }
+
+
 class RecoAPIView(APIView):
     schema = AutoSchema()
     # JSON answers only, whatever the client accepts (no browsable pages).
     renderer_classes = [JSONRenderer]
     # The API serves the session's visitor; no token or basic auth.
     authentication_classes: list[Any] = [ShopSessionUser]
-    permission_classes: list[Any] = []
+    # anyone (the schema says so: the session is optional)
+    permission_classes: list[Any] = [AllowAny]
 
     def dispatch(self, request: Any, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()

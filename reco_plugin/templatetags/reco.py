@@ -72,6 +72,7 @@ def recommendations(
         params = {"product": product_id} if product_id else {}
         if shown:
             params["exclude"] = ",".join(shown[: store.MAX_EXCLUDE])
+    unavailable = False
     try:
         if kind == "similar":
             items = store.similar_to(product_id, limit)
@@ -83,9 +84,10 @@ def recommendations(
         # Redis away (asked once per REDIS_RETRY_SECONDS): the page renders at
         # once with the last trending list, the widget fills in when it can.
         items = store.fallback(category, limit, {*shown, product_id} if product_id else set(shown))
+        unavailable = not items
     except Exception:
         logger.exception("reco: could not read recommendations")
-        items = []
+        items, unavailable = [], True
     if request is not None:
         request._reco_shown = list(dict.fromkeys([*shown, *(i["product_id"] for i in items)]))
     widget_id = f"reco-widget-{next(_widget_ids)}"
@@ -119,6 +121,9 @@ def recommendations(
         "kind": kind,
         "css": css,
         "empty_text": EMPTY_TEXT,
+        # nothing could be read (not an empty shop): the block is hidden, not
+        # "No recommendations yet.", until the widget reads a list
+        "unavailable": unavailable,
         "config": config,
         "widget_id": widget_id,
         "config_element_id": f"{widget_id}-config",

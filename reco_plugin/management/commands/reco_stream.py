@@ -11,7 +11,7 @@ import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
-from reco_plugin import jobs
+from reco_plugin import connector, jobs
 from reco_plugin.scoring import PipelineSettings
 
 
@@ -42,8 +42,30 @@ class Command(BaseCommand):
             dest="print_only",
             help="print the job's command line, and its spark-submit form, instead of running it",
         )
+        parser.add_argument(
+            "--fetch-connector",
+            metavar="DIR",
+            help="instead of running the job: resolve Spark's Kafka connector for the installed "
+            "PySpark into DIR (where Maven Central is reachable), for a server without that "
+            'access to use with RECO_PLUGIN["SPARK"]["KAFKA_CONNECTOR"] = DIR',
+        )
+        parser.add_argument(
+            "--repository",
+            action="append",
+            metavar="URL",
+            help="with --fetch-connector: a Maven repository to resolve from instead of Maven "
+            "Central (repeatable; e.g. the company's mirror); ~/.m2/repository is tried first",
+        )
+
+    def execute(self, *args, **options):
+        if options.get("fetch_connector"):
+            # the connector is what is being installed: its check (E014) need not pass yet
+            options["skip_checks"] = True
+        return super().execute(*args, **options)
 
     def handle(self, *args, checkpoint, config, starting_offsets, print_only, **options):
+        if options["fetch_connector"]:
+            return self.fetch_connector(options["fetch_connector"], options["repository"])
         try:
             argv = jobs.stream_command(
                 checkpoint=checkpoint,
@@ -72,8 +94,36 @@ class Command(BaseCommand):
             )
         if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
             raise CommandError("Spark needs Java 17: no `java` on PATH and no JAVA_HOME")
+        named = jobs.spark_settings()["KAFKA_CONNECTOR"]
+        if named and os.sep in str(named) and not os.path.isdir(str(named)):
+            raise CommandError(
+                f'RECO_PLUGIN["SPARK"]["KAFKA_CONNECTOR"] = {named!r} is not a directory here: '
+                "fill it with `manage.py reco_stream --fetch-connector DIR` where Maven Central "
+                "is reachable, and copy it to this server"
+            )
         self.stdout.write(f"starting the streaming job: {shlex.join(argv[2:])}")
         self.stdout.flush()
         sys.stderr.flush()
         # the job replaces this process: signals reach it directly
         os.execve(argv[0], argv, jobs.environment())
+
+    def fetch_connector(self, directory, repositories):
+        coordinates = jobs.spark_settings()["KAFKA_CONNECTOR"]
+        # the setting may already name Maven coordinates to fetch (not a directory)
+        if not coordinates or os.sep in str(coordinates) or str(coordinates).count(":") != 2:
+            coordinates = None
+        try:
+            where = connector.repositories_for(repositories)
+            self.stdout.write(
+                f"resolving {coordinates or connector.default_coordinates()} from {', '.join(where)}"
+            )
+            jars = connector.fetch(directory, coordinates=coordinates, repositories=repositories)
+        except connector.ConnectorError as exc:
+            raise CommandError(str(exc)) from None
+        for jar in jars:
+            self.stdout.write(f"  {jar.name} ({jar.stat().st_size // 1024} KiB)")
+        self.stdout.write(
+            f"{len(jars)} jars in {os.path.abspath(directory)}. On the server that runs the job, "
+            "with a copy of it there:\n"
+            f'  RECO_PLUGIN["SPARK"]["KAFKA_CONNECTOR"] = {os.path.abspath(directory)!r}'
+        )

@@ -11,7 +11,9 @@
  * reco_id and strategy they came from, and so are impressions: an item counts
  * as seen once half of it has been on screen in a visible tab; impressions are
  * sent in batches (at most every IMPRESSION_DELAY ms, and when the page is
- * hidden or left).
+ * hidden or left). While no list can be read at all (Redis away: the API's
+ * answer is "degraded" with no items), the block is hidden rather than saying
+ * "No recommendations yet." as for an empty shop; the first list read shows it.
  */
 (function () {
   "use strict";
@@ -186,6 +188,19 @@
     this.root.dispatchEvent(new CustomEvent("reco:updated", { detail: { items: items } }));
   };
 
+  // Hidden while nothing could be read (the server renders it so too), shown
+  // again with the first list read, even an empty one.
+  Widget.prototype.unavailable = function () {
+    this.root.hidden = true;
+    this.root.dataset.recoUnavailable = "";
+  };
+
+  Widget.prototype.available = function () {
+    if (!this.root.hidden) return;
+    this.root.hidden = false;
+    delete this.root.dataset.recoUnavailable;
+  };
+
   Widget.prototype.connect = function () {
     // lists that are the same for everyone are not pushed: they are polled
     if (!this.config.ws) return this.startPolling(false);
@@ -217,6 +232,7 @@
         self.pushed = data.version;
       }
       self.pushes += 1;
+      self.available();
       self.render(data.items || []);
     };
     socket.onclose = function (event) { self.lost(socket, event.code); };
@@ -277,8 +293,14 @@
         if (!data) return;
         // a push that came meanwhile is newer than this answer
         if (self.pushes !== pushesBefore) return;
-        // a fallback served while Redis is away does not replace a real list
-        if (data.degraded && self.signature) return;
+        if (data.degraded) {
+          // a fallback served while Redis is away does not replace a real list...
+          if (self.signature) return;
+          // ...and when there is none either, the block is hidden: the shop is
+          // not empty, its recommendations could not be read
+          if (!(data.items || []).length) return self.unavailable();
+        }
+        self.available();
         self.render(data.items || []);
       })
       .catch(function () { /* next poll tries again */ });
