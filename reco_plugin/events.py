@@ -29,9 +29,10 @@ def emit(event_type: str, visitor_id: str, product_id: Any, **fields: Any) -> di
     return event
 
 
-def send(event: dict[str, Any]) -> None:
-    """Hand one already-validated event to the backend, on its type's topic, keyed by visitor."""
-    get_backend().send(
+def send(event: dict[str, Any], backend: Any = None) -> None:
+    """Hand one already-validated event to the backend (the process's unless
+    given), on its type's topic, keyed by visitor."""
+    (backend or get_backend()).send(
         schema.topic_for(event["type"], reco_settings.TOPICS), event["visitor_id"], event
     )
 

@@ -277,7 +277,7 @@ class Import:
             elif event["ts"] > newest:
                 outcome.skipped[FUTURE] += 1
             else:
-                send(event)
+                send(event, backend)
                 outcome.sent += 1
                 chunk += 1
             if chunk >= CHUNK:

@@ -216,3 +216,38 @@ def test_bad_input_is_refused_with_a_reason(backend, tmp_path, db, settings):
     settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "ORDER_LINE_MODEL": config}
     with pytest.raises(CommandError, match="has no TIME"):
         run("--orders")
+
+
+class InterruptedBackend(FlakyBackend):
+    """Ctrl-C while the ``after``-th event is sent."""
+
+    def __init__(self, inner, after):
+        super().__init__(inner, ok=10**9)
+        self.after = after
+
+    def send(self, topic, key, event):
+        if len(self.inner.sent) == self.after:
+            raise KeyboardInterrupt
+        self.inner.send(topic, key, event)
+
+    def flush(self, timeout=10.0):
+        return 0
+
+
+def test_ctrl_c_stops_with_a_message_and_the_next_run_goes_on(backend, shop, monkeypatch):
+    backend.clear()
+    monkeypatch.setattr(importing, "CHUNK", 3)
+    monkeypatch.setattr("reco_plugin.backends.get_backend", lambda: InterruptedBackend(backend, 4))
+    with pytest.raises(CommandError, match="interrupted: what Kafka acknowledged is recorded"):
+        run("--orders")
+    record = ImportProgress.objects.get()
+    assert record.events_sent == 3 and not record.finished  # the first chunk
+    first = [e["event_id"] for e in imported(backend)]
+    monkeypatch.undo()
+    backend.clear()
+    out, err = run("--orders")
+    assert "going on after" in err
+    rest = [e["event_id"] for e in imported(backend)]
+    # the fourth event (sent, not acknowledged) is sent again, with its id
+    assert rest[0] == first[3] and len(set(first) | set(rest)) == 8
+    assert "5 events sent" in out
