@@ -129,10 +129,14 @@ class FlakyBackend:
         return {}
 
 
+def chunks_of_three_to(monkeypatch, kafka) -> None:
+    monkeypatch.setattr(importing, "CHUNK", 3)
+    monkeypatch.setattr("reco_plugin.backends.get_backend", lambda: kafka)
+
+
 def test_an_interrupted_import_goes_on_after_what_kafka_acknowledged(backend, shop, monkeypatch):
     backend.clear()
-    monkeypatch.setattr(importing, "CHUNK", 3)
-    monkeypatch.setattr("reco_plugin.backends.get_backend", lambda: FlakyBackend(backend, 3))
+    chunks_of_three_to(monkeypatch, FlakyBackend(backend, 3))
     with pytest.raises(CommandError, match="did not acknowledge 3 of the last 3 events"):
         run("--orders")
     first = [e["event_id"] for e in imported(backend)]
@@ -236,8 +240,7 @@ class InterruptedBackend(FlakyBackend):
 
 def test_ctrl_c_stops_with_a_message_and_the_next_run_goes_on(backend, shop, monkeypatch):
     backend.clear()
-    monkeypatch.setattr(importing, "CHUNK", 3)
-    monkeypatch.setattr("reco_plugin.backends.get_backend", lambda: InterruptedBackend(backend, 4))
+    chunks_of_three_to(monkeypatch, InterruptedBackend(backend, 4))
     with pytest.raises(CommandError, match="interrupted: what Kafka acknowledged is recorded"):
         run("--orders")
     record = ImportProgress.objects.get()

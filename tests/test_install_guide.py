@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import redis as redis_lib
@@ -96,6 +97,16 @@ def install_command() -> str:
     section = GUIDE.read_text().split("## 1. Install the package", 1)[1]
     line = next(line for line in section.splitlines() if line.startswith('pip install "/'))
     return line.replace('"', "")
+
+
+def wait_for_key(r, key: str, servers: list, logs: Path, timeout: float = 180) -> None:
+    """Until the job has written ``key``; fails at once if a server died."""
+    deadline = time.monotonic() + timeout
+    while not r.exists(key):
+        for n, server in enumerate(servers):
+            assert server.poll() is None, (logs / f"serve-{n}.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, (logs / "serve-0.log").read_text()[-3000:]
+        time.sleep(0.5)
 
 
 def wait_applied(r, offsets: str, ends: dict[str, int], timeout: float = 120) -> None:
@@ -298,12 +309,7 @@ def test_a_new_project_follows_the_guide_to_a_live_widget(live_stack, tmp_path):
                 )
                 if "purchase" in t
             )
-        deadline = time.monotonic() + 180
-        while not r.exists(bought_with):
-            for n, server in enumerate(servers):
-                assert server.poll() is None, (logs / f"serve-{n}.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (logs / "serve-0.log").read_text()[-3000:]
-            time.sleep(0.5)
+        wait_for_key(r, bought_with, servers, logs)
         timings["learnt_history"] = time.monotonic() - started
         assert {i["product_id"] for i in json.loads(r.get(bought_with))} == BOUGHT - {"1"}
         ends = end_offsets(f"127.0.0.1:{live_stack.ports.kafka}", [purchases])
@@ -351,12 +357,7 @@ def test_a_new_project_follows_the_guide_to_a_live_widget(live_stack, tmp_path):
         with prefix("myshop"):
             similar_key = keys.product_similar("1")
             heartbeat = keys.pipeline_heartbeat()
-        deadline = time.monotonic() + 180
-        while not r.exists(similar_key):
-            for n, server in enumerate(servers):
-                assert server.poll() is None, (logs / f"serve-{n}.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, (logs / "serve-0.log").read_text()[-3000:]
-            time.sleep(0.5)
+        wait_for_key(r, similar_key, servers, logs)
         assert r.exists(heartbeat)
         assert json.loads(r.get(similar_key))
 
