@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from django.apps import apps
+from django.core.exceptions import FieldError
 from django.db.models import Q
 from django.utils import timezone
 
@@ -106,10 +107,22 @@ class OrderLines(Source):
                 'line\'s order was placed, e.g. "TIME": "order.created"'
             )
         self.config = config
-        self.model = apps.get_model(config["MODEL"])
+        try:
+            self.model = apps.get_model(config["MODEL"])
+        except (LookupError, ValueError) as exc:
+            raise HistoryError(
+                f"RECO_PLUGIN['ORDER_LINE_MODEL'] names a model that is not installed ({exc})"
+            ) from None
         self.label = self.model._meta.label
         self.name = f"orders:{self.label.lower()}"
         self.time = _lookup(config["TIME"])
+        try:
+            self.model._default_manager.filter(**{f"{self.time}__lt": timezone.now()}).exists()
+        except (FieldError, ValueError, TypeError) as exc:
+            raise HistoryError(
+                f"RECO_PLUGIN['ORDER_LINE_MODEL']['TIME'] = {config['TIME']!r} does not lead "
+                f"to a date or time of {self.label} ({exc})"
+            ) from None
         self.settings = settings
         self.oldest = timezone.now() - dt.timedelta(seconds=settings.horizon)
 

@@ -220,6 +220,15 @@ def test_bad_input_is_refused_with_a_reason(backend, tmp_path, db, settings):
     settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "ORDER_LINE_MODEL": config}
     with pytest.raises(CommandError, match="has no TIME"):
         run("--orders")
+    settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "ORDER_LINE_MODEL": {**config, "TIME": "when"}}
+    with pytest.raises(CommandError, match="'when' does not lead to a date or time"):
+        run("--orders")
+    settings.RECO_PLUGIN = {
+        **settings.RECO_PLUGIN,
+        "ORDER_LINE_MODEL": {**config, "TIME": "order.placed", "MODEL": "catalog.Nothing"},
+    }
+    with pytest.raises(CommandError, match="names a model that is not installed"):
+        run("--orders")
 
 
 class InterruptedBackend(FlakyBackend):
