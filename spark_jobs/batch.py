@@ -247,13 +247,7 @@ class BatchProcessor:
         # the tombstones of forgets Redis lacks, before any event is scored
         if self.forgets is not None:
             self.forgets.catch_up(r, settings)
-        # lists the last commit owes (the job died while writing them)
-        owed = state.pending(r)
-        if owed:
-            logger.info("writing the lists batch %s owes", owed.get("batch"))
-            # derived from the state as it is now: as current as the last commit
-            owed["seq"] = max(int(owed.get("seq", 0)), state.commit_seq(r))
-            self._lists(r, batch, owed, state.clock(r), Steps(), spread=self._large(owed))
+        self.write_owed(r, batch)
         read = recovery.position(r)
         held = self._this_life(read)
         now_ms = self.started_ms
@@ -446,6 +440,26 @@ class BatchProcessor:
             len(todo.get("products", [])) + len(todo.get("visitors", []))
             > self.settings.driver_batch_rows
         )
+
+    def write_owed(self, r: redis.Redis, batch=None) -> bool:
+        """The lists the last commit owes, if it does (a job died while writing
+        them): before each batch, and when a job takes the lease, so a shop
+        with no new events is not left with them. Whether any were owed."""
+        owed = state.pending(r)
+        if not owed:
+            return False
+        logger.info("writing the lists batch %s owes", owed.get("batch"))
+        # derived from the state as it is now: as current as the last commit
+        owed["seq"] = max(int(owed.get("seq", 0)), state.commit_seq(r))
+        self._lists(r, batch, owed, state.clock(r), Steps(), spread=self._large(owed))
+        return True
+
+    def write_owed_at_start(self) -> None:
+        """:meth:`write_owed` on the driver, before the query's first batch."""
+        r = state.client(self.redis_url)
+        self.apply_tuning(r)
+        self.started_ms = schema.now_ms()
+        self.write_owed(r)
 
     def _lists(
         self,

@@ -368,6 +368,7 @@ class Supervisor:
             self.processor.lease_lost = False
             try:
                 self.processor.topic_ids = self.kafka.topic_ids()
+                self.processor.write_owed_at_start()
                 starting = starting or self.starting_offsets()
                 self.processor.query_id = None  # a fresh checkpoint is a new query
                 query = self.query = build_query(self.spark, self.args, self.processor, starting)

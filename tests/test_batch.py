@@ -59,7 +59,9 @@ class Batches:
         self.offset += 1
         return (*row[:2], self.offset, *row[3:])
 
-    def run(self, rows):
+    def run(self, rows, lists=True):
+        """Score and commit ``rows``; then, unless ``lists`` is False (the job
+        died there), write the lists the commit changes."""
         settings = self.settings
         clock = state.clock(self.r)
         landmark = score.landmark(clock, self.now, settings)
@@ -89,6 +91,8 @@ class Batches:
             settings=settings,
         )
         self.batch_id += 1
+        if not lists:
+            return changes
         # every list the batch changes, as the job writes them (on the driver)
         processor = batch.BatchProcessor(self.redis_url, settings, lease=self.lease)
         processor.started_ms = self.now
@@ -392,3 +396,17 @@ def test_a_list_of_a_commit_before_a_restore_cannot_overwrite_the_rebuilt_ones(b
             batches.r, {keys.product_similar("1"): []}, 60, state.Writer(batches.lease.token, 3)
         )
     assert batches.list(keys.product_similar("1"))  # the rebuilt list stands
+
+
+def test_lists_a_dead_job_owed_are_written_when_the_next_one_starts(batches):
+    # a commit, and the job died before it wrote the lists: nothing else comes
+    rows = [batches.row("page_view", f"s:v{n}", p) for n in range(3) for p in ("1", "2")]
+    batches.run([*rows, batches.row("page_view", "s:w", "1", seconds_ago=10)], lists=False)
+    assert state.pending(batches.r) is not None
+    assert batches.list(keys.product_similar("1")) == []
+    # the next copy of the job takes the lease and starts its query
+    processor = batch.BatchProcessor(batches.redis_url, SETTINGS, lease=batches.lease)
+    processor.write_owed_at_start()
+    assert state.pending(batches.r) is None
+    assert batches.list(keys.product_similar("1")) == ["2"]
+    assert "2" in batches.personal("s:w")
