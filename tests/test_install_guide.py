@@ -21,7 +21,7 @@ import pytest
 import redis as redis_lib
 
 from reco_plugin import keys
-from stack.pipeline import end_offsets, totals
+from stack.pipeline import end_offsets, redis_state, totals
 from stack.services import REPO, free_port, stop_process
 from stack.visitor import ShopVisitor
 
@@ -322,7 +322,9 @@ def test_a_new_project_follows_the_guide_to_a_live_widget(live_stack, tmp_path):
         assert "nothing to send" in again.stderr, again.stderr
         assert end_offsets(f"127.0.0.1:{live_stack.ports.kafka}", [purchases]) == ends
         # ...and with its record lost, sends the same events, which the job
-        # recognises: what it applied is unchanged
+        # recognises: what it applied, and the whole state, are unchanged
+        with prefix("myshop"):
+            before = redis_state(r, "myshop:*")
         run(
             python,
             "manage.py",
@@ -337,6 +339,17 @@ def test_a_new_project_follows_the_guide_to_a_live_widget(live_stack, tmp_path):
         wait_applied(r, offsets, ends)
         twice = totals({k: int(v) for k, v in r.hgetall(counters).items()})
         assert twice.get("applied") == 20 and twice.get("duplicate") == 20, twice
+        with prefix("myshop"):
+            after = redis_state(r, "myshop:*")
+            # the records read and counted; the processes' producer counts and
+            # Celery's samples for the dashboard (stats:*)
+            moved = {counters, offsets, keys.producer_stats()}
+        changed = [
+            k
+            for k in {*before, *after} - moved
+            if before.get(k) != after.get(k) and not k.startswith("myshop:stats:")
+        ]
+        assert not changed, {k: (before.get(k), after.get(k)) for k in changed}
 
         # 4. the shop is up: the first visitor's page shows the history
         web = f"http://127.0.0.1:{web_port}"
