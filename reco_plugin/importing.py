@@ -276,6 +276,10 @@ class Import:
         )
         backend = get_backend()
         self._recorded = Outcome()  # what of this run the record holds
+        # events the backend failed or dropped before this run: a failure
+        # reported while a chunk is sent counts against it, not only one
+        # reported while it is flushed
+        self._lost_before = _lost(backend.stats())
         oldest = (self.now() - self.settings.horizon) * 1000
         newest = (self.now() + self.settings.future_tolerance) * 1000
         done = 0
@@ -304,10 +308,8 @@ class Import:
     def _acknowledged(self, backend, record, position, outcome, sent, finished=False) -> None:
         """Wait until Kafka has acknowledged what was sent, then record the
         position; raise if it did not."""
-        before = backend.stats()
         waiting = backend.flush(ACK_TIMEOUT_SECONDS) if sent else 0
-        after = backend.stats()
-        lost = sum(after.get(k, 0) - before.get(k, 0) for k in ("failed", "dropped"))
+        lost = _lost(backend.stats()) - self._lost_before
         if waiting or lost:
             raise HistoryError(
                 f"Kafka did not acknowledge {waiting + lost} of the last {sent} events "
@@ -323,6 +325,10 @@ class Import:
         record.finished = finished
         record.save()
         self._recorded = Outcome(outcome.sent, Counter(outcome.skipped))
+
+
+def _lost(stats: Mapping[str, int]) -> int:
+    return stats.get("failed", 0) + stats.get("dropped", 0)
 
 
 def _lookup(path: str) -> str:

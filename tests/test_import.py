@@ -231,6 +231,35 @@ def test_bad_input_is_refused_with_a_reason(backend, tmp_path, db, settings):
         run("--orders")
 
 
+class RefusingBackend(FlakyBackend):
+    """Kafka that refuses the ``refused``-th event, reported while the chunk is
+    still being sent (librdkafka's delivery callback), not while it is flushed."""
+
+    def __init__(self, inner, refused):
+        super().__init__(inner, ok=10**9)
+        self.refused, self.failed = refused, 0
+
+    def send(self, topic, key, event):
+        self.inner.send(topic, key, event)
+        if len(self.inner.sent) == self.refused:
+            self.failed += 1
+
+    def flush(self, timeout=10.0):
+        return 0
+
+    def stats(self):
+        return {"failed": self.failed}
+
+
+def test_an_event_refused_while_its_chunk_is_sent_stops_the_import(backend, shop, monkeypatch):
+    backend.clear()
+    chunks_of_three_to(monkeypatch, RefusingBackend(backend, 5))
+    with pytest.raises(CommandError, match="did not acknowledge 1 of the last 3 events"):
+        run("--orders")
+    record = ImportProgress.objects.get()
+    assert record.events_sent == 3 and not record.finished  # the first chunk only
+
+
 class InterruptedBackend(FlakyBackend):
     """Ctrl-C while the ``after``-th event is sent."""
 
