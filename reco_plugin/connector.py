@@ -61,6 +61,12 @@ def artifact_of(jar_name: str) -> str | None:
     return split[0] if split else None
 
 
+def names_path(setting: object) -> bool:
+    """Whether ``KAFKA_CONNECTOR`` names a directory (a path) rather than Maven
+    coordinates (``group:artifact:version``)."""
+    return bool(setting) and os.sep in str(setting)
+
+
 def connector_jar(directory: str | os.PathLike[str]) -> Path | None:
     """The ``spark-sql-kafka-0-10_*.jar`` in ``directory``, if any."""
     jars = sorted(Path(directory).glob(f"{CONNECTOR_ARTIFACT}*.jar"))

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from django.apps import apps
-from django.core.exceptions import FieldError
+from django.core.exceptions import FieldDoesNotExist, FieldError
 from django.db.models import Q
 from django.utils import timezone
 
@@ -352,6 +352,6 @@ def _related(model: Any, config: Mapping[str, Any]) -> list[str]:
             try:
                 if model._meta.get_field(parts[0]).is_relation:
                     related.add(parts[0])
-            except Exception:
+            except FieldDoesNotExist:  # a property or method: read as it is
                 continue
     return sorted(related)

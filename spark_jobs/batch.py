@@ -441,18 +441,17 @@ class BatchProcessor:
             > self.settings.driver_batch_rows
         )
 
-    def write_owed(self, r: redis.Redis, batch=None) -> bool:
+    def write_owed(self, r: redis.Redis, batch=None) -> None:
         """The lists the last commit owes, if it does (a job died while writing
         them): before each batch, and when a job takes the lease, so a shop
-        with no new events is not left with them. Whether any were owed."""
+        with no new events is not left with them."""
         owed = state.pending(r)
         if not owed:
-            return False
+            return
         logger.info("writing the lists batch %s owes", owed.get("batch"))
         # derived from the state as it is now: as current as the last commit
         owed["seq"] = max(int(owed.get("seq", 0)), state.commit_seq(r))
         self._lists(r, batch, owed, state.clock(r), Steps(), spread=self._large(owed))
-        return True
 
     def write_owed_at_start(self) -> None:
         """:meth:`write_owed` on the driver, before the query's first batch."""

@@ -95,7 +95,7 @@ class Command(BaseCommand):
         if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
             raise CommandError("Spark needs Java 17: no `java` on PATH and no JAVA_HOME")
         named = jobs.spark_settings()["KAFKA_CONNECTOR"]
-        if named and os.sep in str(named) and not os.path.isdir(str(named)):
+        if connector.names_path(named) and not os.path.isdir(str(named)):
             raise CommandError(
                 f'RECO_PLUGIN["SPARK"]["KAFKA_CONNECTOR"] = {named!r} is not a directory here: '
                 "fill it with `manage.py reco_stream --fetch-connector DIR` where Maven Central "
@@ -110,7 +110,7 @@ class Command(BaseCommand):
     def fetch_connector(self, directory, repositories):
         coordinates = jobs.spark_settings()["KAFKA_CONNECTOR"]
         # the setting may already name Maven coordinates to fetch (not a directory)
-        if not coordinates or os.sep in str(coordinates) or str(coordinates).count(":") != 2:
+        if connector.names_path(coordinates) or str(coordinates).count(":") != 2:
             coordinates = None
         try:
             where = connector.repositories_for(repositories)
