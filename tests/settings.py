@@ -52,6 +52,9 @@ from demo_shop.catalog import reco_models  # noqa: E402
 RECO_PLUGIN = {
     "EVENT_BACKEND": {"BACKEND": "reco_plugin.backends.memory.InMemoryBackend"},
     "REDIS_URL": "redis://127.0.0.1:1/0",  # replaced by the redis_server fixture
+    # nothing listens: checks and status that ask Kafka find it down, even
+    # beside a `make demo` on the default port (the stack tests give theirs)
+    "KAFKA": {"bootstrap.servers": "127.0.0.1:1"},
     "PRODUCT_MODEL": "catalog.Product",
     "CART_MODEL": reco_models.CART_MODEL,
     "ORDER_LINE_MODEL": reco_models.ORDER_LINE_MODEL,
