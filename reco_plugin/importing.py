@@ -73,6 +73,7 @@ class Outcome:
 # reasons a row is not sent
 TOO_OLD = "older than the horizon"
 FUTURE = "stamped in the future"
+AFTER_UNTIL = "at or after --until (reported by the live tracking)"
 NO_CUSTOMER = "without a customer"
 INVALID = "invalid"
 
@@ -197,8 +198,7 @@ class CsvEvents(Source):
         return int(position.get("row", 0)) if position else 0
 
     def remaining(self, position, until):
-        limit = int(until.timestamp() * 1000)
-        return sum(1 for row in self.rows_read[self._start(position) :] if row.ts_ms < limit)
+        return len(self.rows_read) - self._start(position)
 
     def rows(self, position, until):
         limit = int(until.timestamp() * 1000)
@@ -207,7 +207,10 @@ class CsvEvents(Source):
         for index, row in enumerate(self.rows_read):
             what = (row.visitor_id, row.product_id, row.type, row.ts_ms)
             seen[what] += 1  # the n-th identical row is another event
-            if index < start or row.ts_ms >= limit:
+            if index < start:
+                continue
+            if row.ts_ms >= limit:
+                yield {"row": index + 1}, AFTER_UNTIL
                 continue
             event = schema.make_event(
                 row.type,

@@ -51,6 +51,8 @@ REPLAY_TYPES = (
 K = 10
 EVALUATED_SHARE = 0.2  # the trials in the last 20% of the time span count
 PEER_RECENT = 5  # the item-kNN scores from the visitor's last items
+# a ts this large is milliseconds (or microseconds) given as seconds
+LATEST_SECONDS = 1e11
 
 
 class ReplayError(ValueError):
@@ -120,6 +122,10 @@ def _row(path: Path, line: int, record: dict[str, Any]) -> Row:
         raise bad(f"ts {record.get('ts')!r} is not epoch seconds") from None
     if not math.isfinite(ts) or ts <= 0:
         raise bad(f"ts {record.get('ts')!r} is not epoch seconds")
+    if ts >= LATEST_SECONDS:
+        raise bad(
+            f"ts {record.get('ts')!r} is after the year 5000: give epoch seconds, not milliseconds"
+        )
     price = None
     if (record.get("price") or "").strip():
         try:

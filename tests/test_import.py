@@ -111,6 +111,7 @@ def test_a_second_run_sends_nothing_and_later_orders_come_from_the_signals(backe
     _, err = run("--orders")
     assert backend.events() == []
     assert "imported before" in err and "nothing to send" in err
+    assert "importing" not in err  # no progress bar for nothing
 
 
 class FlakyBackend:
@@ -196,6 +197,11 @@ def test_csv_events_are_sent_with_stable_ids(backend, tmp_path, db):
     assert len({e["event_id"] for e in events}) == 4  # identical rows are two views
     assert events[0]["category"] == "Lamps"
     assert "4 events sent, 1 older than the horizon" in out
+    # a file given in milliseconds is refused, not read as the far future
+    millis = tmp_path / "millis.csv"
+    millis.write_text(f"visitor_id,product_id,type,ts\nv1,1,page_view,{int(now * 1000)}\n")
+    with pytest.raises(CommandError, match="line 2: .* give epoch seconds, not milliseconds"):
+        run("--csv", str(millis))
     ids = sorted(e["event_id"] for e in events)
     # the same file under another name is the same source: nothing sent
     backend.clear()
@@ -279,7 +285,10 @@ class InterruptedBackend(FlakyBackend):
 def test_ctrl_c_stops_with_a_message_and_the_next_run_goes_on(backend, shop, monkeypatch):
     backend.clear()
     chunks_of_three_to(monkeypatch, InterruptedBackend(backend, 4))
-    with pytest.raises(CommandError, match="interrupted: what Kafka acknowledged is recorded"):
+    with pytest.raises(
+        CommandError,
+        match="interrupted: the import is recorded up to the last events Kafka acknowledged",
+    ):
         run("--orders")
     record = ImportProgress.objects.get()
     assert record.events_sent == 3 and not record.finished  # the first chunk
@@ -292,3 +301,17 @@ def test_ctrl_c_stops_with_a_message_and_the_next_run_goes_on(backend, shop, mon
     # the fourth event (sent, not acknowledged) is sent again, with its id
     assert rest[0] == first[3] and len(set(first) | set(rest)) == 8
     assert "5 events sent" in out
+
+
+def test_csv_rows_at_or_after_until_are_counted_not_sent(backend, tmp_path, db):
+    now = timezone.now()
+    path = tmp_path / "late.csv"
+    path.write_text(
+        "visitor_id,product_id,type,ts\n"
+        f"v1,1,page_view,{(now - 3 * DAY).timestamp()}\n"
+        f"v1,2,page_view,{(now - DAY).timestamp()}\n"
+    )
+    out, err = run("--csv", str(path), "--until", (now - 2 * DAY).isoformat())
+    assert [e["product_id"] for e in imported(backend)] == ["1"]
+    assert "2 rows to import" in err
+    assert "1 events sent, 1 at or after --until" in out

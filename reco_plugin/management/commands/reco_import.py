@@ -42,23 +42,26 @@ class Command(BaseCommand):
             ]
             limit = _time(until) if until else None
             for source in sources:
-                bar = ProgressBar(1, f"importing {source.name}", stream=sys.stderr)
+                bars: list[ProgressBar] = []  # made at the first row read
 
-                def progress(done, total, bar=bar):
-                    bar.total = max(total, 1)
-                    bar.update(done)
+                def progress(done, total, bars=bars, name=source.name):
+                    if not bars:
+                        bars.append(ProgressBar(total, f"importing {name}", stream=sys.stderr))
+                    bars[0].update(done)
 
                 outcome = Import(
                     source, until=limit, settings=settings, log=self.stderr.write, progress=progress
                 ).run()
-                bar.finish()
+                for bar in bars:
+                    bar.finish()
                 self.stdout.write(f"{source.name}: {outcome.describe()}")
         except HistoryError as exc:
             raise CommandError(str(exc)) from None
         except KeyboardInterrupt:
             raise CommandError(
-                "interrupted: what Kafka acknowledged is recorded; run the same command again "
-                "to go on from there"
+                "interrupted: the import is recorded up to the last events Kafka acknowledged; "
+                "run the same command again to go on from there (events sent after those go "
+                "again, with the same ids: the job drops the copies)"
             ) from None
 
 
