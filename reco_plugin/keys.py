@@ -187,6 +187,32 @@ def bandit_stats() -> str:
     return f"{PREFIX}:bandit:stats"
 
 
+def ranker_model() -> str:
+    """String (JSON): the ranker's learner, FTRL's per-feature state
+    (``ranker.Learner``); written only in the job's fenced commit."""
+    return f"{PREFIX}:ranker:model"
+
+
+def ranker_weights() -> str:
+    """String (JSON): the ranker as served: ``features``, ``weights``,
+    ``examples`` learnt from and ``ranking`` (the job's setting: ``ranker``
+    or ``blend``)."""
+    return f"{PREFIX}:ranker:weights"
+
+
+def ranker_version() -> str:
+    """String: the digest of the served weights (readers fetch them again
+    only when it changes)."""
+    return f"{PREFIX}:ranker:version"
+
+
+def ranker_metrics() -> str:
+    """List (JSON entries, newest first, the last 500): per commit with
+    examples, the batch's event-time ``clock``, its ``examples`` and the
+    model's ``log_loss`` and ``auc`` on them before learning them."""
+    return f"{PREFIX}:ranker:metrics"
+
+
 def catalog_unavailable() -> str:
     """Set: products never to recommend (out of stock or blocked), from the catalog sync."""
     return f"{PREFIX}:catalog:unavailable"

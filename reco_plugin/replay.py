@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import heapq
 import json
 import math
@@ -99,6 +100,34 @@ def read_rows(path: str | Path) -> list[Row]:
         raise ReplayError(f"{path}: no events after the header")
     rows.sort(key=lambda row: row.ts_ms)  # stable: ties keep the file's order
     return rows
+
+
+def ranker_summary(r: Any) -> dict[str, Any]:
+    """What the ranker learnt: examples, its weights, and its prequential log
+    loss and AUC (each batch scored before it was learnt), over all batches
+    and over the last 50."""
+    raw = r.get(keys.ranker_weights())
+    value = json.loads(raw) if raw else {}
+    entries = [json.loads(entry) for entry in r.lrange(keys.ranker_metrics(), 0, -1)]
+
+    def mean(name: str, among: list[dict[str, Any]]) -> float | None:
+        total = sum(e["examples"] for e in among)
+        return round(sum(e[name] * e["examples"] for e in among) / total, 4) if total else None
+
+    return {
+        "examples": value.get("examples", 0),
+        "weights": {
+            name: round(weight, 4)
+            for name, weight in zip(
+                value.get("features", ()), value.get("weights", ()), strict=True
+            )
+            if weight
+        },
+        "log_loss": mean("log_loss", entries),
+        "auc": mean("auc", entries),
+        "log_loss_last_50": mean("log_loss", entries[:50]),
+        "auc_last_50": mean("auc", entries[:50]),
+    }
 
 
 def _row(path: Path, line: int, record: dict[str, Any]) -> Row:
@@ -258,6 +287,7 @@ class Replay:
         self.namespace = Namespace(uuid.uuid4().hex[:10])
         # the blend's draws: the same for the same file and pipeline
         self.rng = random.Random(0)
+        self.blend_rng = random.Random(1)
         first, last = self.rows[0].ts_ms, self.rows[-1].ts_ms
         self.evaluated_from = last - int((last - first) * EVALUATED_SHARE)
         # The file's times are moved so that its last event is a minute ago:
@@ -434,6 +464,7 @@ class Replay:
         baselines = Baselines()
         names = (
             "system",
+            "blend",
             "popularity",
             "item_knn",
             *strategies.STRATEGIES,
@@ -511,6 +542,7 @@ class Replay:
         report["bandit"] = strategies.describe(
             strategies.evidence_from(self.redis.hgetall(keys.bandit()))
         )
+        report["ranker"] = ranker_summary(self.redis)
         return report
 
     def _score(
@@ -521,6 +553,12 @@ class Replay:
         found = store.strategy_lists(row.visitor_id, previous)
         system = store.blend(found, K, self.rng)
         scores["system"].add(row.product_id, [str(i["product_id"]) for i in system])
+        # the blend beside it, in the same run (the system's own list before
+        # the ranker has learnt enough, or when the settings choose it)
+        blended = system
+        if found.model is not None:
+            blended = store.blend(dataclasses.replace(found, model=None), K, self.blend_rng)
+        scores["blend"].add(row.product_id, [str(i["product_id"]) for i in blended])
         for strategy, items in found.lists:
             scores[strategy].add(row.product_id, strategies.top(items, exclude))
 

@@ -8,6 +8,7 @@ what the shop cannot show, and adds the display fields synced from the catalog.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -20,7 +21,7 @@ from typing import Any
 
 import redis
 
-from . import experiments, keys, scoring, strategies
+from . import experiments, keys, ranker, scoring, strategies
 from . import rules as rules_
 from .redis_client import Unavailable, get_redis, reading
 
@@ -362,6 +363,12 @@ class Lists:
     category: str | None = None
     # ``x<experiment>.<arm>.`` for a visitor in a running experiment: their reco_ids start with it
     tag: str = ""
+    # the ranker's weights when the list is ranked by it (``Model.ranking``),
+    # None for the blend; the page product's price and how many items the
+    # visitor has seen (its features)
+    model: Model | None = None
+    page_price: float | None = None
+    history: int = 0
 
 
 @dataclasses.dataclass
@@ -440,12 +447,18 @@ def strategy_lists(
         wanted.append(keys.trending_list("long", guessed))
     pipe = r.pipeline(transaction=False)
     pipe.mget([key for _, key in sources] + wanted)
-    pipe.mget(keys.bandit_policy_version(), keys.tuning(), keys.rules(), keys.experiment())
+    pipe.mget(
+        keys.bandit_policy_version(),
+        keys.tuning(),
+        keys.rules(),
+        keys.experiment(),
+        keys.ranker_version(),
+    )
     pipe.get(keys.catalog_version())
     if visitor_id:
         pipe.zrange(keys.visitor_seen(visitor_id), 0, -1)
     if product_id:
-        pipe.hget(keys.catalog_product(product_id), "category")
+        pipe.hmget(keys.catalog_product(product_id), "category", "price")
     replies = pipe.execute()
     values = replies[0]
     lists = [
@@ -455,9 +468,11 @@ def strategy_lists(
     extra = values[len(sources) :]
     exclude = set(replies[3]) if visitor_id else set()
     actual = None
+    page_price = None
     if product_id:
         exclude.add(product_id)
-        actual = replies[-1] or None
+        actual = replies[-1][0] or None
+        page_price = ranker.price_of(replies[-1][1])
         _remember_category(product_id, actual)
         if actual != guessed:
             # the category changed (or was not known yet): read its list now
@@ -469,7 +484,7 @@ def strategy_lists(
                 extra.append(r.get(wanted[-1]))
     if wanted:
         lists.append((strategies.CATEGORY, Ranked.merged([_load_list(v) for v in extra])))
-    policy_version, tuning, published_rules, published_experiment = replies[1]
+    policy_version, tuning, published_rules, published_experiment, model_version = replies[1]
     # a visitor in a running experiment: their arm's strategy choices, and
     # lists whose reco_id names the arm
     experiment = _experiment(published_experiment)
@@ -487,7 +502,72 @@ def strategy_lists(
         product_id,
         actual,
         "" if arm is None else experiments.tag(experiment.id, arm),
+        _ranking_model(r, model_version, tuning, None if arm is None else experiment.arms[arm]),
+        page_price,
+        len(replies[3]) if visitor_id else 0,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Model:
+    """The ranker's weights as the job last committed them."""
+
+    weights: tuple[float, ...]
+    examples: int
+    # the job's setting (``PipelineSettings.ranking``)
+    ranking: str
+
+    @classmethod
+    def parse(cls, raw: str | None) -> Model | None:
+        value = json.loads(raw) if raw else None
+        if not isinstance(value, dict) or value.get("features") != list(ranker.FEATURES):
+            return None  # none yet, or learnt over other features
+        return cls(
+            tuple(float(w) for w in value["weights"]),
+            int(value["examples"]),
+            str(value.get("ranking", scoring.RANKER)),
+        )
+
+
+# the weights' version -> the weights (a new version is fetched once)
+_model = _ParsedOnce(Model.parse, None, "ranker weights")
+_served_model: tuple[str | None, Model | None] = (None, None)
+
+
+def _ranking_model(
+    r: redis.Redis, version: str | None, tuning: str | None, arm: experiments.Arm | None
+) -> Model | None:
+    """The ranker's weights when lists are ranked by it: ``ranking`` is
+    ``ranker`` (an experiment arm's choice first, then the published tuning's,
+    then the job's setting) and the model has learnt from
+    ``ranker.WARM_EXAMPLES`` examples; None for the blend."""
+    global _served_model
+    if not version:
+        return None
+    last = _served_model  # one read: another thread may replace it meanwhile
+    if last[0] == version:
+        model = last[1]
+    else:
+        model = _model(r.get(keys.ranker_weights()))
+        _served_model = (version, model)
+    if model is None or model.examples < ranker.WARM_EXAMPLES:
+        return None
+    return model if chosen_ranking(model.ranking, tuning, arm)[0] == scoring.RANKER else None
+
+
+def chosen_ranking(job: str, tuning: str | None, arm: experiments.Arm | None) -> tuple[str, str]:
+    """How lists are ordered (``scoring.RANKINGS``) and whose choice it is:
+    an experiment arm's (``"arm"``), else the published tuning's
+    (``"tuning"``), else the job's setting (``"job"``, carried in the
+    ranker's weights)."""
+    chosen = arm.pipeline.get("ranking") if arm is not None else None
+    if chosen:
+        return str(chosen), "arm"
+    with contextlib.suppress(ValueError, TypeError, AttributeError):
+        chosen = (scoring.parse_tuning(tuning).get("pipeline") or {}).get("ranking")
+    if chosen:
+        return str(chosen), "tuning"
+    return job, "job"
 
 
 def _arm(arm: experiments.Arm) -> dict[str, Any]:
@@ -582,6 +662,16 @@ def served(
     shown: list[dict[str, Any]] = []
     tried: set[str] = set()
     source = "trending"
+    if found.model is not None:
+        # the ranker: every list's candidates at once, in the model's order
+        source = next((name for name, tier in tiers if any(ids for _, ids in tier)), source)
+        chosen, explained = _ranked(r, found, lists, exclude, rng, depth, explain=explain)
+        tried.update(p for p, _, _, _ in chosen)
+        shown += _with_display(r, chosen, take, category, found.catalog_version)
+        if explain:
+            for item in shown:
+                item["ranker"] = explained[item["product_id"]]
+        tiers = []
     for name, tier in tiers:
         tier = [(s, [p for p in ids if p not in tried]) for s, ids in tier]
         if not any(ids for _, ids in tier):
@@ -619,6 +709,62 @@ def served(
         [i for i in shown if i["strategy"] in (strategies.TRENDING, strategies.POPULAR)],
     )
     return Served(_numbered(shown, found.seed, found.tag), source)
+
+
+def _ranked(
+    r: redis.Redis,
+    found: Lists,
+    lists: list[tuple[str, Any]],
+    exclude: set[str],
+    rng: random.Random,
+    depth: int,
+    *,
+    explain: bool = False,
+) -> tuple[list[tuple[str, str, float, float]], dict[str, dict[str, Any]]]:
+    """The first ``depth`` candidates in the ranker's order, each slot explored with the
+    policy's ``exploration`` (a uniformly random one of the next ``depth``):
+    (product, strategy, propensity, score) per slot, the strategy the list
+    that ranks it best and the score the model's probability; and per
+    product, what the preview shows of the features that placed it."""
+    assert found.model is not None
+    weights = found.model.weights
+    candidates = ranker.candidates(lists, exclude)
+    facts = {
+        p: (fields.get("category") or None, ranker.price_of(fields.get("price")))
+        for p, fields in zip(
+            candidates,
+            _catalog_fields(r, list(candidates), found.catalog_version),
+            strict=True,
+        )
+    }
+    context = ranker.Context(found.category, found.page_price, found.history, facts)
+    order = ranker.ranked(candidates, context, weights)
+    exploration = found.policy.exploration
+    chosen: list[tuple[str, str, float, float]] = []
+    explained: dict[str, dict[str, Any]] = {}
+    left = list(order)
+    while left and len(chosen) < depth:
+        index = 0
+        # exploring: any of the next ``depth`` candidates (not the whole tail)
+        reach = min(len(left), depth)
+        if exploration and rng.random() < exploration:
+            index = int(rng.random() * reach)
+        propensity = exploration / reach + (1 - exploration if index == 0 else 0.0)
+        product_id, logit, vector = left.pop(index)
+        sources = candidates[product_id]
+        strategy = min(sources, key=lambda s: (sources[s][0], _STRATEGY_ORDER.get(s, 99)))
+        probability = round(ranker.probability(logit), 6)
+        chosen.append((product_id, strategy, round(propensity, 6), probability))
+        if explain:
+            explained[product_id] = {
+                "score": probability,
+                "explored": index > 0,
+                "features": ranker.explain(vector, weights),
+            }
+    return chosen, explained
+
+
+_STRATEGY_ORDER = {name: n for n, name in enumerate(strategies.STRATEGIES)}
 
 
 def _ruled_single(
@@ -742,8 +888,10 @@ def fallback(
 def reset(fallback: bool = True) -> None:
     """Forget what this process read from Redis (the settings changed); the
     fallback lists too unless ``fallback`` is False."""
-    for parsed in (_tuning_version, _experiment, _rules):
+    global _served_model
+    for parsed in (_tuning_version, _experiment, _rules, _model):
         parsed.reset()
+    _served_model = (None, None)
     with _cache_lock:
         if fallback:
             _last_trending.clear()

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import redis
 
-from reco_plugin import experiments, keys, schema, scoring, strategies
+from reco_plugin import experiments, keys, ranker, schema, scoring, strategies
 from reco_plugin.scoring import PipelineSettings
 
 from . import learn, state
@@ -263,7 +263,7 @@ def _learn(
     }
     buckets = learn.trending_windows(settings)
     pairs = changes.pairs
-    trials: list[tuple[str, str, str | None, set[str]]] = []
+    trials: list[Trial] = []
     # Sorted ids: an anonymous visitor's (``s:``) new items are known before a
     # user (``u:``) who was them is merged.
     for visitor_id, applied in sorted(applied_by.items()):
@@ -304,7 +304,9 @@ def _learn(
         taken = 0
         for item in sorted(interactions, key=lambda i: (i.ts, i.product_id, i.event_id)):
             if item.product_id not in known and taken < settings.trials_per_visitor:
-                trials.append((visitor_id, item.product_id, context, set(known)))
+                trials.append(
+                    Trial(visitor_id, item.product_id, context, set(known), f"{item.ts:013d}")
+                )
                 taken += 1
             known.add(item.product_id)
             context = item.product_id
@@ -414,22 +416,66 @@ def _attribute(
         changes.clicked[visitor_id] = {p: f"{s} {ts}" for p, (s, ts) in latest}
 
 
+class Trial(NamedTuple):
+    """A next-item trial: the visitor went to ``product_id`` (new to them)
+    from the page of ``context``, knowing ``known``; ``ts`` orders it."""
+
+    visitor_id: str
+    product_id: str
+    context: str | None
+    known: set[str]
+    ts: str
+
+
 def _judge(
     r: redis.Redis,
-    trials: list[tuple[str, str, str | None, set[str]]],
+    trials: list[Trial],
     categories: dict[str, str],
     changes: state.BatchChanges,
 ) -> None:
     """Reward each strategy that had a list for a trial: a success when the
-    visitor's next item was in its top ``strategies.K``."""
+    visitor's next item was in its top ``strategies.K``; and the ranker's
+    examples: the trial's candidates (``ranker.candidates``), the next item
+    among them a positive."""
     wanted: dict[str, str] = {}
-    for visitor_id, _, context, _ in trials:
-        for strategy, key in strategies.sources(visitor_id, context, categories.get(context or "")):
+    for trial in trials:
+        context = trial.context
+        for strategy, key in strategies.sources(
+            trial.visitor_id, context, categories.get(context or "")
+        ):
             wanted[key] = strategy
     values = dict(zip(wanted, state.lists(r, list(wanted)), strict=True))
-    for visitor_id, product_id, context, known in trials:
-        exclude = known | ({context} if context else set())
-        for strategy, key in strategies.sources(visitor_id, context, categories.get(context or "")):
+    found: list[tuple[Trial, dict[str, ranker.Sources]]] = []
+    for trial in trials:
+        context = trial.context
+        exclude = trial.known | ({context} if context else set())
+        lists = []
+        for strategy, key in strategies.sources(
+            trial.visitor_id, context, categories.get(context or "")
+        ):
             ids = strategies.top(values[key], exclude)
             if ids:
-                changes.next_item(strategy, product_id in ids)
+                changes.next_item(strategy, trial.product_id in ids)
+            lists.append((strategy, values[key]))
+        candidates = ranker.candidates(lists, exclude)
+        if trial.product_id in candidates:
+            found.append((trial, candidates))
+    if not found:
+        return
+    facts = state.product_facts(
+        r,
+        sorted(
+            {p for _, candidates in found for p in candidates}
+            | {trial.context for trial, _ in found if trial.context}
+        ),
+    )
+    for trial, candidates in found:
+        page_category, page_price = facts.get(trial.context or "", (None, None))
+        context = ranker.Context(
+            page_category=page_category,
+            page_price=page_price,
+            history=len(trial.known),
+            facts=facts,
+        )
+        key = f"{trial.ts}|{trial.visitor_id}|{trial.product_id}"
+        changes.examples += ranker.examples(key, trial.product_id, candidates, context)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from reco_plugin import experiments, keys, redis_url, schema, strategies
+from reco_plugin import experiments, keys, ranker, redis_url, schema, strategies
 from reco_plugin.scoring import STATUS_EXPIRED, PipelineSettings
 
 from .learn import Item
@@ -252,6 +253,20 @@ def catalog_facts(r: redis.Redis, product_ids: Sequence[str]) -> tuple[dict[str,
     return categories, repeatable
 
 
+def product_facts(
+    r: redis.Redis, product_ids: Sequence[str]
+) -> dict[str, tuple[str | None, float | None]]:
+    """The catalog's category and price of each product (``ranker.Context.facts``)."""
+    facts: dict[str, tuple[str | None, float | None]] = {}
+    for chunk in chunks(list(product_ids)):
+        pipe = r.pipeline(transaction=False)
+        for product_id in chunk:
+            pipe.hmget(keys.catalog_product(product_id), "category", "price")
+        for product_id, (category, price) in zip(chunk, pipe.execute(), strict=True):
+            facts[product_id] = (category or None, ranker.price_of(price))
+    return facts
+
+
 def evidence(r: redis.Redis) -> dict[str, tuple[float, float]]:
     """The bandit's discounted (successes, trials) per field (``strategies.Evidence``)."""
     return strategies.evidence_from(r.hgetall(keys.bandit()))
@@ -304,6 +319,8 @@ class BatchChanges:
     # visitor -> product -> "<strategy> <ts_ms>" of their last click on it in a
     # recommendation (whole values, the latest CLICKS_KEPT)
     clicked: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    # the ranker's training examples from the batch's next-item trials
+    examples: list[ranker.Example] = dataclasses.field(default_factory=list)
     # ``<strategy>:carts`` / ``<strategy>:purchases`` -> add-to-carts and
     # purchases of products clicked in that strategy's lists
     conversions: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -364,6 +381,7 @@ class BatchChanges:
             self.first_offsets[key] = min(self.first_offsets.get(key, offset), offset)
         _add(self.skipped, other.skipped)
         self.applied_ids.extend(other.applied_ids)
+        self.examples.extend(other.examples)
         self.newest_ts = max(self.newest_ts, other.newest_ts)
         # per visitor: whole values (a visitor is in one partition)
         self.recent.update(other.recent)
@@ -456,6 +474,7 @@ def commit(
         }
         current_evidence = strategies.evidence_from(pipe.hgetall(keys.bandit()))
         seq = int(pipe.get(keys.pipeline_commit_seq()) or 0) + 1
+        learnt = _ranker_learnt(pipe, changes.examples, clock_ms, settings)
         expired_seen = _expired_seen(
             pipe,
             {tp: max(o, held.get(tp, 0)) for tp, o in changes.offsets.items()},
@@ -504,6 +523,15 @@ def commit(
                     pipe.hincrby(keys.bandit_stats(), field_name, n)
         for field_name, n in sorted(changes.conversions.items()):
             pipe.hincrby(keys.bandit_stats(), field_name, n)
+        if learnt is not None:
+            model, weights, metrics = learnt
+            pipe.set(keys.ranker_model(), model)
+            pipe.set(keys.ranker_weights(), weights)
+            # the weights' digest: the same weights, the same version
+            pipe.set(keys.ranker_version(), hashlib.sha256(weights.encode()).hexdigest()[:16])
+            if metrics:
+                pipe.lpush(keys.ranker_metrics(), metrics)
+                pipe.ltrim(keys.ranker_metrics(), 0, RANKER_METRICS_KEPT - 1)
         if changes.experiment_id is not None:
             for field_name, n in sorted(changes.experiment_counts.items()):
                 pipe.hincrby(keys.experiment_counts(changes.experiment_id), field_name, n)
@@ -538,6 +566,45 @@ def commit(
         pipe.hset(keys.pipeline_committed_batch(), batch[0], batch[1])
         pipe.execute()
     return seq
+
+
+# commits whose ranker metrics are kept (keys.ranker_metrics)
+RANKER_METRICS_KEPT = 500
+
+
+def _ranker_learnt(
+    pipe: Any,
+    examples: Sequence[ranker.Example],
+    clock_ms: int,
+    settings: PipelineSettings,
+) -> tuple[str, str, str | None] | None:
+    """The ranker after the batch's examples, from the learner Redis holds
+    (read under the commit's WATCH: a batch run again learns from the same
+    model, so its weights come out bit-identical): its learner, its weights
+    as served, and the model's log loss and AUC on the examples before it
+    learnt them, at the batch's event-time clock (None when they lack a
+    positive or a negative). None without examples. Nothing here depends on
+    the wall clock or the commit's number: a batch run again writes the same."""
+    if not examples:
+        return None
+    raw = pipe.get(keys.ranker_model())
+    try:
+        learner = ranker.Learner.from_dict(json.loads(raw) if raw else None)
+    except (ValueError, TypeError, KeyError):
+        logger.warning("the ranker's model in Redis is unreadable: it learns again from scratch")
+        learner = ranker.Learner()
+    measured = ranker.evaluate(learner.weights(), examples)
+    learner.learn(examples)
+    weights = {
+        "features": list(ranker.FEATURES),
+        "weights": learner.weights(),
+        "examples": learner.examples,
+        "ranking": settings.ranking,
+    }
+    metrics = None
+    if measured is not None:
+        metrics = json.dumps({"clock": clock_ms, **measured}, sort_keys=True)
+    return json.dumps(learner.to_dict()), json.dumps(weights), metrics
 
 
 def _expired_seen(

@@ -375,6 +375,10 @@ def skewed_history(now_ms: int, seed: int = 11):
 # stood when each was last written; the bandit judges each batch's next items
 # against the lists as they stood, and fades its evidence per batch.
 BANDIT_KEYS = ("bandit", "bandit:stats", "bandit:policy", "bandit:policy-version")
+# The ranker learns from the same trials, with their candidates as the lists
+# stood: its weights depend on the cut too (a batch run again from the same
+# cut leaves them bit-identical: ``test_pipeline``'s whole-state equality).
+RANKER_KEYS = ("ranker:model", "ranker:weights", "ranker:version", "ranker:metrics")
 # Floats summed in another order, or decayed in other steps, agree to this much.
 RELATIVE_TOLERANCE = 1e-6
 
@@ -404,6 +408,10 @@ class FoldDiff:
     unlike: list[tuple[str, list[str], list[str]]] = dataclasses.field(default_factory=list)
     # how many lists overlap less than half
     lists_unlike: int = 0
+    # the ranker: the examples each run learnt from, and the largest
+    # difference of a weight
+    ranker_examples: tuple[int, int] = (0, 0)
+    ranker_weight_difference: float = 0.0
 
     def describe(self) -> str:
         return (
@@ -414,7 +422,9 @@ class FoldDiff:
             f"overlap {self.list_overlap_mean:.3f} on average, {self.list_overlap_min:.3f} at "
             f"least (e.g. {self.least_overlapping[:3]}), {self.lists_unlike} less than half "
             f"(e.g. {self.unlike}); hit rates "
-            f"differ by {self.hit_rate_difference:.4f} at most"
+            f"differ by {self.hit_rate_difference:.4f} at most; the ranker learnt from "
+            f"{self.ranker_examples[0]} and {self.ranker_examples[1]} examples, its weights "
+            f"differ by {self.ranker_weight_difference:.4f} at most"
         )
 
 
@@ -481,7 +491,7 @@ def compare_folds(
         }
         for side, state in (("a", a), ("b", b))
     }
-    bandit = {f"{keys.PREFIX}:{name}" for name in BANDIT_KEYS}
+    bandit = {f"{keys.PREFIX}:{name}" for name in (*BANDIT_KEYS, *RANKER_KEYS)}
     differ: list[str] = []
     overlaps: list[float] = []
     named: list[tuple[str, float]] = []
@@ -529,6 +539,7 @@ def compare_folds(
         elif x != y:
             differ.append(key)
     stats = [_hit_rates(state.get(keys.bandit_stats()) or {}) for state in (a, b)]
+    models = [json.loads(state.get(keys.ranker_weights()) or "{}") for state in (a, b)]
     return FoldDiff(
         state=differ,
         lists=len(overlaps),
@@ -544,4 +555,14 @@ def compare_folds(
         least_overlapping=sorted(named, key=lambda kv: kv[1])[:10],
         unlike=examples,
         lists_unlike=sum(1 for overlap in overlaps if overlap < 0.5),
+        ranker_examples=(models[0].get("examples", 0), models[1].get("examples", 0)),
+        ranker_weight_difference=max(
+            (
+                abs(x - y)
+                for x, y in zip(
+                    models[0].get("weights", ()), models[1].get("weights", ()), strict=False
+                )
+            ),
+            default=0.0,
+        ),
     )

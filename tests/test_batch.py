@@ -410,3 +410,61 @@ def test_lists_a_dead_job_owed_are_written_when_the_next_one_starts(batches):
     assert state.pending(batches.r) is None
     assert batches.list(keys.product_similar("1")) == ["2"]
     assert "2" in batches.personal("s:w")
+
+
+def test_the_ranker_learns_from_the_trials_in_the_fenced_commit(batches):
+    """Planted: each visitor goes from a tea's page on to the cheapest tea,
+    which the page's similar list holds in a random place."""
+    import random
+
+    from reco_plugin import ranker
+
+    r = batches.r
+    rng = random.Random(7)
+    teas = [f"tea{n}" for n in range(12)]
+    for n, product_id in enumerate(teas):
+        r.hset(
+            keys.catalog_product(product_id),
+            mapping={"category": "tea", "price": str(5 + (n * 7) % 12 * 3)},
+        )
+    cheapest = min(teas, key=lambda p: float(r.hget(keys.catalog_product(p), "price")))
+    pages = [p for p in teas if p != cheapest]
+    for page in pages:
+        others = [p for p in teas if p != page]
+        rng.shuffle(others)
+        put(r, keys.product_similar(page), others)
+    for round_ in range(8):
+        visitors = [f"s:r{round_}v{n}" for n in range(40)]
+        rows = [
+            batches.row("page_view", v, pages[n % len(pages)], seconds_ago=50)
+            for n, v in enumerate(visitors)
+        ]
+        rows += [batches.row("page_view", v, cheapest, seconds_ago=40) for v in visitors]
+        if round_ == 7:
+            # the same batch scored twice from the same state (a job killed
+            # before its commit, run again) teaches the same examples
+            learner = ranker.Learner.from_dict(json.loads(r.get(keys.ranker_model())))
+            first = next(
+                score.score_partition(
+                    rows,
+                    redis_url=batches.redis_url,
+                    settings=SETTINGS,
+                    landmark_ms=batches.now,
+                    now_ms=batches.now,
+                    held=dict(recovery.position(r).offsets),
+                )
+            )
+        changes = batches.run(rows, lists=False)
+    assert changes.examples == first.examples and len(first.examples) == 40 * 11
+    learner.learn(first.examples)
+    served = json.loads(r.get(keys.ranker_weights()))
+    assert served["weights"] == learner.weights()
+    assert served["examples"] == 8 * 40 * 11 == learner.examples
+    assert r.get(keys.ranker_version())
+    weights = dict(zip(served["features"], served["weights"], strict=True))
+    assert max(weights, key=lambda name: weights[name]) == "price:rank_in_category"
+    # measured on each batch before learning it: the model got better
+    metrics = [json.loads(entry) for entry in r.lrange(keys.ranker_metrics(), 0, -1)]
+    assert len(metrics) == 8 and metrics[0]["examples"] == 440
+    assert metrics[-1]["auc"] == 0.5 and metrics[0]["auc"] > 0.95
+    assert metrics[0]["log_loss"] < metrics[-1]["log_loss"]

@@ -1,0 +1,344 @@
+"""The ranker: the strategies' lists are candidates, and a logistic model learnt
+online orders them.
+
+Django-free and Spark-free: the streaming job learns the model from the
+next-item trials it already judges (``spark_jobs.score``), and the request path
+(``store``) scores candidates with the same features, so what is learnt is what
+is served.
+
+* **Candidates**: each strategy's top ``DEPTH`` (after what the visitor may not
+  be shown), merged: a candidate remembers its rank and score in every list
+  that holds it.
+* **Features** (``FEATURES``, sparse): for each strategy, whether it lists the
+  candidate, 1/(1 + rank) and its score over the list's best; how many lists
+  hold it; whether its category is the page's;
+  its price against the page product's, and its price rank among the
+  candidates of the page's category; the visitor's history length with the
+  personal and similar lists.
+* **Learning**: each trial (the item a visitor went to next, judged against
+  the lists as they stood) gives a positive, the item if it was a candidate,
+  and ``NEGATIVES`` negatives, the other candidates chosen by a hash of the
+  trial (a batch run again picks the same). FTRL-Proximal (McMahan et al.,
+  2013) updates per coordinate, one example at a time in a fixed order, so a
+  batch run again from the same model gives bit-identical weights.
+* **Evaluation**: each batch's examples are scored by the model before it
+  learns from them (prequential): log loss, and AUC of positives over
+  negatives.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .strategies import STRATEGIES
+
+# Candidates taken from each strategy's list.
+DEPTH = 20
+# Negatives learnt from per trial.
+NEGATIVES = 10
+# FTRL-Proximal's parameters: learning rate alpha, beta, L1 and L2.
+ALPHA = 0.1
+BETA = 1.0
+L1 = 0.0
+L2 = 1.0
+# Examples the model has learnt from before it is served (until then, the blend).
+WARM_EXAMPLES = 2000
+
+BIAS = "bias"
+SOURCES = "sources"
+PAGE_CATEGORY = "category:page"
+CHEAPER = "price:cheaper"
+PRICE_RATIO = "price:log_ratio"
+CHEAPEST = "price:rank_in_category"
+PERSONAL_HISTORY = "history:personal"
+SIMILAR_HISTORY = "history:similar"
+
+# The features, in the order of the weights.
+FEATURES: tuple[str, ...] = (
+    BIAS,
+    *(f"{name}{part}" for name in STRATEGIES for part in ("", ":rank", ":score")),
+    SOURCES,
+    PAGE_CATEGORY,
+    CHEAPER,
+    PRICE_RATIO,
+    CHEAPEST,
+    PERSONAL_HISTORY,
+    SIMILAR_HISTORY,
+)
+INDEX = {name: i for i, name in enumerate(FEATURES)}
+# features grouped as the docs' ablation reports them
+GROUPS: dict[str, tuple[str, ...]] = {
+    "strategies": tuple(f for f in FEATURES if f.split(":")[0] in STRATEGIES),
+    "sources": (SOURCES,),
+    "category": (PAGE_CATEGORY,),
+    "price": (CHEAPER, PRICE_RATIO, CHEAPEST),
+    "history": (PERSONAL_HISTORY, SIMILAR_HISTORY),
+}
+
+# a candidate's place in the lists: strategy -> (rank from 0, score / the list's best)
+Sources = dict[str, tuple[int, float]]
+# a feature vector: (feature index, value) of its non-zero features
+Vector = list[tuple[int, float]]
+
+
+def candidates(
+    lists: Iterable[tuple[str, Any]], exclude: set[str] | frozenset[str], depth: int = DEPTH
+) -> dict[str, Sources]:
+    """Every strategy's top ``depth`` products not in ``exclude``, merged, in
+    the order first met."""
+    found: dict[str, Sources] = {}
+    for strategy, items in lists:
+        ids = getattr(items, "ids", None)
+        scores = getattr(items, "scores", None)
+        if ids is None:
+            ids = [str(item.get("product_id", "")) for item in items]
+            scores = {str(item.get("product_id", "")): item.get("score", 0.0) for item in items}
+        best = None
+        rank = 0
+        for product_id in ids:
+            if not product_id or product_id in exclude:
+                continue
+            score = float(scores.get(product_id, 0.0) or 0.0)
+            if best is None:
+                best = score if score > 0 else 1.0
+            found.setdefault(product_id, {})[strategy] = (rank, score / best)
+            rank += 1
+            if rank == depth:
+                break
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What the features know besides the lists: the page's product (its
+    category and price), how many items the visitor has seen, and each
+    candidate's category and price (``facts``)."""
+
+    page_category: str | None = None
+    page_price: float | None = None
+    history: int = 0
+    facts: Mapping[str, tuple[str | None, float | None]] = dataclasses.field(default_factory=dict)
+
+
+def price_of(value: Any) -> float | None:
+    """A catalog price as a positive number, or None."""
+    try:
+        price = float(value)
+    except (TypeError, ValueError):
+        return None
+    return price if price > 0 and math.isfinite(price) else None
+
+
+def vectors(
+    found: Mapping[str, Sources], context: Context, only: Sequence[str] | None = None
+) -> list[Vector]:
+    """The feature vector of each candidate of ``found`` (or of ``only``, some
+    of them), in that order."""
+    facts = context.facts
+    page_category = context.page_category
+    page_price = context.page_price
+    history = math.log1p(context.history) / 5.0
+    cheapest: dict[str, int] = {}
+    if page_category:
+        same = sorted(
+            (price, product_id)
+            for product_id in found
+            if (fact := facts.get(product_id))
+            and fact[0] == page_category
+            and (price := fact[1]) is not None
+        )
+        cheapest = {product_id: rank for rank, (_, product_id) in enumerate(same)}
+    result: list[Vector] = []
+    for product_id in found if only is None else only:
+        sources = found[product_id]
+        vector: Vector = [(0, 1.0)]
+        for strategy, (rank, score) in sources.items():
+            base = _STRATEGY_BASE.get(strategy)
+            if base is not None:
+                vector += [(base, 1.0), (base + 1, 1.0 / (rank + 1)), (base + 2, score)]
+        vector.append((_SOURCES, len(sources) / 3.0))
+        category, price = facts.get(product_id, (None, None))
+        if category and category == page_category:
+            vector.append((_PAGE_CATEGORY, 1.0))
+        if price is not None and page_price is not None:
+            ratio = math.log(price / page_price)
+            if ratio < 0:
+                vector.append((_CHEAPER, 1.0))
+            if ratio:
+                vector.append((_PRICE_RATIO, max(-3.0, min(3.0, ratio)) / 3.0))
+        rank = cheapest.get(product_id)
+        if rank is not None:
+            vector.append((_CHEAPEST, 1.0 / (rank + 1)))
+        if history:
+            if "personal" in sources:
+                vector.append((_PERSONAL_HISTORY, history))
+            if "similar" in sources:
+                vector.append((_SIMILAR_HISTORY, history))
+        result.append(vector)
+    return result
+
+
+_STRATEGY_BASE = {name: INDEX[name] for name in STRATEGIES}
+_SOURCES = INDEX[SOURCES]
+_PAGE_CATEGORY = INDEX[PAGE_CATEGORY]
+_CHEAPER = INDEX[CHEAPER]
+_PRICE_RATIO = INDEX[PRICE_RATIO]
+_CHEAPEST = INDEX[CHEAPEST]
+_PERSONAL_HISTORY = INDEX[PERSONAL_HISTORY]
+_SIMILAR_HISTORY = INDEX[SIMILAR_HISTORY]
+
+
+def score(weights: Sequence[float], vector: Vector) -> float:
+    """The model's logit for one candidate."""
+    return sum(weights[i] * value for i, value in vector)
+
+
+def probability(logit: float) -> float:
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    e = math.exp(logit)
+    return e / (1.0 + e)
+
+
+# -- learning -----------------------------------------------------------------
+
+
+Example = tuple[str, int, Vector]  # (order key, label 0/1, features)
+
+
+def examples(
+    key: str, target: str, found: Mapping[str, Sources], context: Context
+) -> list[Example]:
+    """A trial's training examples: the item the visitor went to next as a
+    positive (none when it was not a candidate: then the trial teaches the
+    ranker nothing), and up to ``NEGATIVES`` other candidates, picked by a
+    hash of ``key`` (the trial's own) and the candidate."""
+    if target not in found:
+        return []
+    others = sorted((p for p in found if p != target), key=lambda p: _hash(f"{key}|{p}"))
+    chosen = [target, *others[:NEGATIVES]]
+    return [
+        (f"{key}|{p}", int(p == target), vector)
+        for p, vector in zip(chosen, vectors(found, context, chosen), strict=True)
+    ]
+
+
+def _hash(text: str) -> bytes:
+    return hashlib.blake2b(text.encode(), digest_size=8).digest()
+
+
+@dataclasses.dataclass
+class Learner:
+    """FTRL-Proximal's per-coordinate state; ``weights()`` is the model served."""
+
+    z: list[float] = dataclasses.field(default_factory=lambda: [0.0] * len(FEATURES))
+    n: list[float] = dataclasses.field(default_factory=lambda: [0.0] * len(FEATURES))
+    examples: int = 0
+    alpha: float = ALPHA
+    beta: float = BETA
+    l1: float = L1
+    l2: float = L2
+
+    def weight(self, i: int) -> float:
+        z = self.z[i]
+        if abs(z) <= self.l1:
+            return 0.0
+        sign = 1.0 if z > 0 else -1.0
+        return -(z - sign * self.l1) / ((self.beta + math.sqrt(self.n[i])) / self.alpha + self.l2)
+
+    def weights(self) -> list[float]:
+        return [self.weight(i) for i in range(len(self.z))]
+
+    def learn(self, batch: Iterable[Example]) -> None:
+        """One FTRL step per example, in the examples' key order."""
+        for _, label, vector in sorted(batch, key=lambda example: example[0]):
+            weights = [(i, value, self.weight(i)) for i, value in vector]
+            p = probability(sum(w * value for _, value, w in weights))
+            gradient = p - label
+            for i, value, w in weights:
+                g = gradient * value
+                n = self.n[i]
+                sigma = (math.sqrt(n + g * g) - math.sqrt(n)) / self.alpha
+                self.z[i] += g - sigma * w
+                self.n[i] = n + g * g
+            self.examples += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": list(FEATURES),
+            "z": self.z,
+            "n": self.n,
+            "examples": self.examples,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "l1": self.l1,
+            "l2": self.l2,
+        }
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any] | None) -> Learner:
+        """The stored learner; a new one when there is none, or when it was
+        learnt over other features (a version of the plugin with others)."""
+        learner = cls()
+        if not value or list(value.get("features", ())) != list(FEATURES):
+            return learner
+        learner.z = [float(x) for x in value["z"]]
+        learner.n = [float(x) for x in value["n"]]
+        learner.examples = int(value.get("examples", 0))
+        for name in ("alpha", "beta", "l1", "l2"):
+            setattr(learner, name, float(value.get(name, getattr(learner, name))))
+        return learner
+
+
+def evaluate(weights: Sequence[float], batch: Sequence[Example]) -> dict[str, float] | None:
+    """The model's log loss and AUC on examples it has not learnt from; None
+    without both a positive and a negative."""
+    scored = [(score(weights, vector), label) for _, label, vector in batch]
+    positives = sum(label for _, label in scored)
+    negatives = len(scored) - positives
+    if not positives or not negatives:
+        return None
+    loss = 0.0
+    for logit, label in scored:
+        p = min(max(probability(logit), 1e-12), 1 - 1e-12)
+        loss -= math.log(p if label else 1 - p)
+    # AUC: the chance a positive outscores a negative (ties count half)
+    ranked = sorted(scored)
+    below = 0.0
+    rank_sum = 0.0
+    i = 0
+    while i < len(ranked):
+        j = i
+        while j < len(ranked) and ranked[j][0] == ranked[i][0]:
+            j += 1
+        tied_positives = sum(label for _, label in ranked[i:j])
+        rank_sum += tied_positives * (below + (j - i - tied_positives) / 2.0)
+        below += j - i - tied_positives
+        i = j
+    return {
+        "examples": len(scored),
+        "log_loss": loss / len(scored),
+        "auc": rank_sum / (positives * negatives),
+    }
+
+
+def ranked(
+    found: Mapping[str, Sources], context: Context, weights: Sequence[float]
+) -> list[tuple[str, float, Vector]]:
+    """The candidates best first: (product id, logit, features); ties by id."""
+    rows = [
+        (product_id, score(weights, vector), vector)
+        for product_id, vector in zip(found, vectors(found, context), strict=True)
+    ]
+    rows.sort(key=lambda row: (-row[1], row[0]))
+    return rows
+
+
+def explain(vector: Vector, weights: Sequence[float]) -> dict[str, float]:
+    """Each non-zero feature's share of the logit (weight x value), largest first."""
+    parts = {FEATURES[i]: round(weights[i] * value, 4) for i, value in vector if i}
+    return dict(sorted(parts.items(), key=lambda kv: -abs(kv[1])))

@@ -1,0 +1,288 @@
+"""The ranker: candidates from every strategy's list, their features, FTRL
+learning (deterministic, bit-identical when run again), its prequential
+measures, and serving it."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from reco_plugin import keys, ranker, scoring, store, strategies
+from tests.conftest import put_catalog, put_list, put_policy
+
+
+def listed(*ids, best=2.0):
+    return [{"product_id": p, "score": best / (n + 1)} for n, p in enumerate(ids)]
+
+
+def test_candidates_merge_every_list_with_rank_and_score_over_the_best():
+    found = ranker.candidates(
+        [("similar", listed("a", "b", "c")), ("popular", listed("c", "x", "a"))],
+        exclude={"x"},
+        depth=2,
+    )
+    # ranks count only what may be shown: "x" left out, "a" is popular's second
+    assert found == {
+        "a": {"similar": (0, 1.0), "popular": (1, pytest.approx(1 / 3))},
+        "b": {"similar": (1, 0.5)},
+        "c": {"popular": (0, 1.0)},
+    }
+
+
+def test_a_candidates_features():
+    found = ranker.candidates(
+        [("similar", listed("cheap", "dear", "other")), ("popular", listed("cheap"))], set()
+    )
+    context = ranker.Context(
+        page_category="tea",
+        page_price=10.0,
+        history=9,
+        facts={"cheap": ("tea", 5.0), "dear": ("tea", 20.0), "other": ("coffee", 1.0)},
+    )
+    cheap, dear, other = (dict(v) for v in ranker.vectors(found, context))
+    i = ranker.INDEX
+    assert cheap[i["bias"]] == 1.0
+    assert cheap[i["similar"]] == 1.0 and cheap[i["similar:rank"]] == 1.0
+    assert cheap[i["popular:score"]] == 1.0
+    assert cheap[i["sources"]] == pytest.approx(2 / 3)
+    assert cheap[i["category:page"]] == 1.0 and i["category:page"] not in other
+    assert cheap[i["price:cheaper"]] == 1.0 and i["price:cheaper"] not in dear
+    assert cheap[i["price:log_ratio"]] == pytest.approx(math.log(0.5) / 3)
+    # the cheapest of the page's category first; other categories have no rank
+    assert cheap[i["price:rank_in_category"]] == 1.0
+    assert dear[i["price:rank_in_category"]] == 0.5
+    assert i["price:rank_in_category"] not in other
+    assert cheap[i["history:similar"]] == pytest.approx(math.log(10) / 5)
+    assert i["history:personal"] not in cheap
+
+
+def test_a_trial_teaches_its_next_item_against_negatives_picked_by_its_own_hash():
+    ids = [f"p{n}" for n in range(30)]
+    found = ranker.candidates([("similar", listed(*ids))], set())
+    context = ranker.Context()
+    examples = ranker.examples("t1|v|p7", "p7", found, context)
+    assert [label for _, label, _ in examples] == [1] + [0] * ranker.NEGATIVES
+    assert examples[0][0] == "t1|v|p7|p7"
+    negatives = {key.rpartition("|")[2] for key, _, _ in examples[1:]}
+    assert len(negatives) == ranker.NEGATIVES and "p7" not in negatives
+    # the same trial picks the same negatives; another trial others
+    assert ranker.examples("t1|v|p7", "p7", found, context) == examples
+    other = {k.rpartition("|")[2] for k, _, _ in ranker.examples("t2|v|p7", "p7", found, context)}
+    assert other != negatives | {"p7"}
+    # a next item no list held teaches nothing
+    assert ranker.examples("t1|v|zz", "zz", found, context) == []
+
+
+def planted(rng: random.Random, n: int):
+    """Trials where the visitor always goes on to the cheapest product of the
+    page's category, which the lists hold in a random place."""
+    trials = []
+    for t in range(n):
+        products = [f"p{t}-{k}" for k in range(12)]
+        rng.shuffle(products)
+        facts = {
+            p: ("tea" if k < 6 else "coffee", float(rng.randint(1, 100)) + k / 100)
+            for k, p in enumerate(products)
+        }
+        target = min((p for p in products if facts[p][0] == "tea"), key=lambda p: facts[p][1])
+        found = ranker.candidates(
+            [("similar", listed(*products[:8])), ("popular", listed(*products[4:]))], set()
+        )
+        context = ranker.Context("tea", 50.0, 3, facts)
+        trials.append((f"{t:05d}", target, found, context))
+    return trials
+
+
+def top_hit_rate(trials, weights):
+    return sum(
+        ranker.ranked(found, context, weights)[0][0] == target
+        for _, target, found, context in trials
+    ) / len(trials)
+
+
+def test_the_learner_finds_a_pattern_only_the_items_features_show():
+    rng = random.Random(3)
+    learner = ranker.Learner()
+    before = ranker.evaluate(learner.weights(), [])
+    assert before is None
+    for _ in range(12):
+        batch = [
+            example
+            for key, target, found, context in planted(rng, 50)
+            for example in ranker.examples(key, target, found, context)
+        ]
+        measured = ranker.evaluate(learner.weights(), batch)
+        learner.learn(batch)
+    held_out = planted(random.Random(99), 300)
+    # the lists' own order puts it first about as often as chance (1 in 12)
+    assert top_hit_rate(held_out, [0.0] * len(ranker.FEATURES)) < 0.2
+    assert top_hit_rate(held_out, learner.weights()) > 0.9
+    # measured on the last batch before it was learnt: nearly perfect
+    assert measured["auc"] > 0.95 and measured["log_loss"] < 0.3
+    assert learner.examples == 600 * (1 + ranker.NEGATIVES)
+    # what placed the target first: its price rank in the page's category most
+    _, target, found, context = held_out[0]
+    (vector,) = ranker.vectors(found, context, [target])
+    explained = ranker.explain(vector, learner.weights())
+    assert next(iter(explained)) == "price:rank_in_category" and "bias" not in explained
+
+
+def test_learning_is_bit_identical_whatever_order_the_examples_arrive_in():
+    batch = [
+        example
+        for key, target, found, context in planted(random.Random(5), 40)
+        for example in ranker.examples(key, target, found, context)
+    ]
+    one, other = ranker.Learner(), ranker.Learner()
+    one.learn(batch)
+    shuffled = list(batch)
+    random.Random(1).shuffle(shuffled)
+    other.learn(shuffled)
+    assert one.weights() == other.weights()
+    # stored as JSON and read again, it goes on exactly as before
+    again = ranker.Learner.from_dict(json.loads(json.dumps(one.to_dict())))
+    assert again == one
+    more = batch[:50]
+    one.learn(more)
+    again.learn(more)
+    assert again.weights() == one.weights()
+    # a model learnt over other features is not used: a fresh one
+    stale = {**one.to_dict(), "features": ["bias", "gone"]}
+    assert ranker.Learner.from_dict(stale) == ranker.Learner()
+
+
+def test_prequential_measures():
+    i = ranker.INDEX["similar"]
+    weights = [0.0] * len(ranker.FEATURES)
+    weights[i] = 2.0
+    batch = [
+        ("a", 1, [(i, 1.0)]),  # logit 2: right
+        ("b", 0, [(i, 0.5)]),  # logit 1
+        ("c", 1, [(i, 0.5)]),  # tied with b
+        ("d", 0, []),  # logit 0
+    ]
+    measured = ranker.evaluate(weights, batch)
+    # pairs (positive over negative): a>b, a>d, c=b (half), c>d -> 3.5 of 4
+    assert measured["auc"] == pytest.approx(3.5 / 4)
+    expected = -(
+        math.log(ranker.probability(2))
+        + math.log(1 - ranker.probability(1))
+        + math.log(ranker.probability(1))
+        + math.log(0.5)
+    )
+    assert measured["log_loss"] == pytest.approx(expected / 4)
+    assert measured["examples"] == 4
+    assert ranker.evaluate(weights, batch[:1]) is None
+
+
+# -- serving ------------------------------------------------------------------
+
+
+def put_model(client, weights: dict[str, float], examples=ranker.WARM_EXAMPLES, ranking="ranker"):
+    value = {
+        "features": list(ranker.FEATURES),
+        "weights": [weights.get(name, 0.0) for name in ranker.FEATURES],
+        "examples": examples,
+        "ranking": ranking,
+    }
+    raw = json.dumps(value)
+    client.set(keys.ranker_weights(), raw)
+    client.set(keys.ranker_version(), str(hash(raw)))
+
+
+@pytest.fixture
+def shop(r):
+    """A page (product 1, category Tea, price 10) whose similar list holds
+    dear teas first and the cheapest tea last; a policy that prefers similar."""
+    put_catalog(r, ["1", "2", "3", "4", "5"], category="Tea")
+    for product_id, price in (("1", "10"), ("2", "30"), ("3", "20"), ("4", "15"), ("5", "2")):
+        r.hset(keys.catalog_product(product_id), "price", price)
+    put_list(r, keys.product_similar("1"), ["2", "3", "4", "5"])
+    put_policy(r, strategies.SIMILAR)
+    store.reset()
+    yield r
+    store.reset()
+
+
+def test_a_warm_model_orders_the_candidates_and_the_list_says_why(shop):
+    put_model(shop, {"price:rank_in_category": 4.0, "similar:rank": 1.0})
+    found = store.strategy_lists("u:new", "1")
+    assert found.model is not None and found.page_price == 10.0
+    served = store.served(found, 4, explain=True)
+    # logits: 5: 4/1 + 1/4; 4: 4/2 + 1/3; 2: 4/4 + 1/1; 3: 4/3 + 1/2
+    assert [i["product_id"] for i in served.items] == ["5", "4", "2", "3"]
+    first = served.items[0]
+    assert first["strategy"] == strategies.SIMILAR
+    # no exploration: the first candidate is certain
+    assert first["propensity"] == 1.0
+    assert first["score"] == pytest.approx(ranker.probability(4.0 + 0.25), abs=1e-6)
+    assert first["ranker"]["features"]["price:rank_in_category"] == 4.0
+    assert first["ranker"]["explored"] is False
+    # the API's list is the same (without the explanation)
+    assert [i["product_id"] for i in store.recommendations_for("u:new", "1", 4)] == [
+        "5",
+        "4",
+        "2",
+        "3",
+    ]
+    assert "ranker" not in store.recommendations_for("u:new", "1", 4)[0]
+
+
+def test_exploration_serves_the_chance_of_each_slot(shop):
+    put_model(shop, {"price:rank_in_category": 4.0})
+    put_policy(shop, strategies.SIMILAR, exploration=0.5)
+    store.reset()
+    found = store.strategy_lists("u:new", "1")
+    firsts = {}
+    for seed in range(400):
+        item = store.served(found, 4, random.Random(seed)).items[0]
+        firsts.setdefault(item["product_id"], set()).add(item["propensity"])
+    # the model's first: 1 - 0.5 + 0.5/4; any other: 0.5/4
+    assert firsts.pop("5") == {0.625}
+    assert firsts and all(p == {0.125} for p in firsts.values())
+
+
+def test_the_blend_serves_until_the_model_is_warm_or_when_chosen(shop):
+    put_model(shop, {"price:rank_in_category": 4.0}, examples=ranker.WARM_EXAMPLES - 1)
+    assert store.strategy_lists("u:new", "1").model is None
+    put_model(shop, {"price:rank_in_category": 4.0}, ranking=scoring.BLEND)
+    assert store.strategy_lists("u:new", "1").model is None
+    # the blend follows similar's order
+    assert [i["product_id"] for i in store.recommendations_for("u:new", "1", 4)] == [
+        "2",
+        "3",
+        "4",
+        "5",
+    ]
+    # unreadable or stale weights: the blend, and the request still answers
+    shop.set(keys.ranker_weights(), "{not json")
+    shop.set(keys.ranker_version(), "broken")
+    assert store.strategy_lists("u:new", "1").model is None
+    put_model(shop, {})
+    stale = json.loads(shop.get(keys.ranker_weights()))
+    stale["features"] = ["bias"]
+    shop.set(keys.ranker_weights(), json.dumps(stale))
+    shop.set(keys.ranker_version(), "stale")
+    assert store.strategy_lists("u:new", "1").model is None
+
+
+def test_scoring_a_hundred_candidates_costs_well_under_a_millisecond():
+    import time
+
+    lists = [(s, listed(*(f"{s}{n}" for n in range(ranker.DEPTH)))) for s in strategies.STRATEGIES]
+    found = ranker.candidates(lists, set())
+    assert len(found) >= 100
+    facts = {p: ("tea" if n % 2 else "coffee", float(n + 1)) for n, p in enumerate(found)}
+    context = ranker.Context("tea", 50.0, 5, facts)
+    weights = [0.1 * (n % 7 - 3) for n in range(len(ranker.FEATURES))]
+    timings = []
+    for _ in range(50):
+        start = time.perf_counter()
+        ranker.ranked(ranker.candidates(lists, set()), context, weights)
+        timings.append(time.perf_counter() - start)
+    timings.sort()
+    print(f"ranking {len(found)} candidates: median {timings[25] * 1000:.3f} ms")
+    assert timings[25] < 1e-3
