@@ -131,6 +131,16 @@ class TuningAdmin(admin.ModelAdmin):
                 },
             ),
             ("Lists", {"fields": ["list_length", "product_ttl", "visitor_ttl"]}),
+            (
+                "Ranking",
+                {
+                    "fields": ["ranking"],
+                    "description": "The ranker scores the candidates of every strategy with "
+                    "a model the streaming job learns online from what visitors go to next; "
+                    "the blend fills slot by slot with the strategy the bandit draws. "
+                    "The preview and the dashboard show what the ranker learnt.",
+                },
+            ),
         ]
         if obj is None:
             blend = [*(_strategy_field(s) for s in strategies.STRATEGIES), "exploration"]
@@ -470,8 +480,8 @@ class ArmFormSet(forms.BaseInlineFormSet):
                     f"{f' ({active.pk})' if active is not None else ''} in "
                     f"{', '.join(n.replace('_', ' ') for n in differing)}. The pipeline learns "
                     f"those for every arm with the active version’s values, so an experiment "
-                    f"cannot compare them: arms may differ only in the strategies, exploration "
-                    f"and recency decay. Compare the others by activating a version for a "
+                    f"cannot compare them: arms may differ only in the strategies, exploration, "
+                    f"recency decay and ranking. Compare the others by activating a version for a "
                     f"while and watching the dashboard."
                 )
 

@@ -1,6 +1,7 @@
-"""The admin dashboard's data: the job's batch history, and samples of what
-only a look from outside shows (Kafka lag, CTR by strategy, the bandit's
-beliefs, the running experiment), taken by the ``reco_plugin.roll_up`` task."""
+"""The admin dashboard's data: the job's batch history and what its ranker
+learnt, and samples of what only a look from outside shows (Kafka lag, CTR by
+strategy, the bandit's beliefs, the running experiment), taken by the
+``reco_plugin.roll_up`` task."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import time
 from typing import Any
 
-from . import experiments, keys, store, strategies
+from . import experiments, keys, ranker, store, strategies
 from .redis_client import get_work_redis
 
 SAMPLES_KEPT = 720
@@ -117,4 +118,57 @@ def data(points: int = 240) -> dict[str, Any]:
     }
     series["experiment"] = latest.get("experiment")
     series["sampled_at"] = latest.get("at")
+    series["ranker"] = ranker_progress(r, points)
     return series
+
+
+def ranker_progress(r: Any, points: int = 240) -> dict[str, Any] | None:
+    """What the streaming job's ranker learnt (None before it learnt
+    anything): its prequential log loss and AUC per commit, oldest first
+    (``keys.ranker_metrics``: each batch's examples scored before the model
+    learnt them; ``at``: the batch's event-time clock, in seconds), and its
+    weights (``keys.ranker_weights``): each strategy's three (listed by it,
+    1/(1 + rank) in its list, score over the list's best), then the other
+    features'."""
+    from .preview import feature_label
+
+    pipe = r.pipeline(transaction=False)
+    pipe.get(keys.ranker_weights())
+    pipe.lrange(keys.ranker_metrics(), 0, points - 1)
+    raw, entries = pipe.execute()
+    model = json.loads(raw) if raw else {}
+    if not model and not entries:
+        return None
+    metrics = [json.loads(entry) for entry in reversed(entries)]
+    weights = dict(zip(model.get("features", ()), model.get("weights", ()), strict=True))
+    by_strategy = [
+        {
+            "strategy": name,
+            "listed": weights.get(name),
+            "rank": weights.get(f"{name}:rank"),
+            "score": weights.get(f"{name}:score"),
+        }
+        for name in strategies.STRATEGIES
+        if name in weights
+    ]
+    mine = {f"{s['strategy']}{part}" for s in by_strategy for part in ("", ":rank", ":score")}
+    return {
+        "examples": model.get("examples", 0),
+        "warm_examples": ranker.WARM_EXAMPLES,
+        "ranking": model.get("ranking"),
+        "metrics": [
+            {
+                "at": m["clock"] / 1000 if m.get("clock") else None,
+                "examples": m.get("examples"),
+                "log_loss": m.get("log_loss"),
+                "auc": m.get("auc"),
+            }
+            for m in metrics
+        ],
+        "strategies": by_strategy,
+        "features": [
+            {"feature": name, "label": feature_label(name), "weight": weight}
+            for name, weight in weights.items()
+            if name not in mine
+        ],
+    }

@@ -5,12 +5,12 @@ An experiment has arms, each a tuning version and a share of the traffic.
 A visitor's arm is a stable hash of the experiment and the visitor id, so the
 same visitor sees the same arm on every page, process and day, and the job
 can tell it without asking anyone. While the experiment runs, a visitor's
-lists follow their arm's version: its strategy choices and exploration when
-they are served, its recency decay when the job writes their personal lists
-(``scoring.ARM_TUNABLES``). What the job learns, keeps and writes for everyone
-(event weights, windows, half-life, lists' length, TTLs) is one for all arms,
-that of the active version, so the arms' versions must agree with it (the
-admin checks).
+lists follow their arm's version: its strategy choices, exploration and
+ranking (the ranker or the blend) when they are served, its recency decay when
+the job writes their personal lists (``scoring.ARM_TUNABLES``). What the job
+learns, keeps and writes for everyone (event weights, windows, half-life,
+lists' length, TTLs) is one for all arms, that of the active version, so the
+arms' versions must agree with it (the admin checks).
 Their ``reco_id`` says the arm (``x<experiment>.<arm>.<id>``): an impression
 or a click is attributed to the arm whose list it came from; add-to-carts and
 purchases to the visitor's arm.
@@ -93,7 +93,10 @@ class Experiment:
             shared = sorted(set(arm.pipeline) - set(scoring.ARM_TUNABLES))
             if shared:
                 raise ValueError(f"arm {arm.name}: all arms share {', '.join(shared)}")
-            scoring.PipelineSettings().tuned(arm.pipeline)
+            try:
+                scoring.PipelineSettings().tuned(arm.pipeline)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"arm {arm.name}: {exc}") from None
 
     def settings(self, arm: int, base: scoring.PipelineSettings) -> scoring.PipelineSettings:
         """``base`` (the job's settings) with the arm's own values on top."""

@@ -9,6 +9,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from . import scoring
+from .ranker import WARM_EXAMPLES
 
 # event type -> the model field holding its weight
 WEIGHT_FIELDS: dict[str, str] = {
@@ -64,8 +65,8 @@ class Tuning(models.Model):
     is a new version, which becomes the active one when saved (the newest that
     is not a draft is active), so the list of versions is the audit trail and
     a roll-back is a new version copying an older one. A draft is kept for an
-    experiment's arm, not applied. An empty field keeps the value of
-    ``RECO_PLUGIN["PIPELINE"]`` (or its default)."""
+    experiment's arm, not applied. An empty field (None, or "" for the
+    ranking) keeps the value of ``RECO_PLUGIN["PIPELINE"]`` (or its default)."""
 
     note = models.CharField(
         max_length=200, blank=True, help_text="What this version changes, and why."
@@ -111,6 +112,19 @@ class Tuning(models.Model):
         1.0,
         "Share of slots filled by a random strategy, so every strategy keeps being judged.",
     )
+    # blank, not null: Django keeps "no value" of a text field as ""
+    ranking = models.CharField(
+        max_length=8,
+        blank=True,
+        default="",
+        choices=[
+            ("", "the shop's setting"),
+            (scoring.RANKER, "ranker: the model learnt online orders every strategy's candidates"),
+            (scoring.BLEND, "blend: the bandit fills the slots strategy by strategy"),
+        ],
+        help_text="How a list is ordered. The ranker is served once it has learnt from "
+        f"{WARM_EXAMPLES:,} examples (the blend until then).",
+    )
     # strategy -> "learnt" | "off" | a fixed weight (strategies.check_overrides)
     strategies = models.JSONField(default=dict, blank=True)
 
@@ -133,7 +147,9 @@ class Tuning(models.Model):
     def pipeline(self) -> dict[str, Any]:
         """The pipeline settings this version sets (``PipelineSettings.tuned``)."""
         values: dict[str, Any] = {
-            name: getattr(self, name) for name in PIPELINE_FIELDS if getattr(self, name) is not None
+            name: getattr(self, name)
+            for name in PIPELINE_FIELDS
+            if getattr(self, name) not in (None, "")
         }
         weights = {
             event_type: getattr(self, field)

@@ -61,6 +61,11 @@ STATUSES: tuple[str, ...] = (
 )
 
 
+# How a list is ordered (PipelineSettings.ranking).
+RANKER = "ranker"
+BLEND = "blend"
+RANKINGS: tuple[str, ...] = (RANKER, BLEND)
+
 # The largest weight an event type may have (a purchase weighs 5 by default):
 # weights are summed as integers of 1e-9, and a weight beyond reason drowns
 # every other signal.
@@ -107,6 +112,11 @@ class PipelineSettings:
     # events in a batch
     exploration: float = 0.05
     bandit_discount: float = 0.999
+    # how a list is ordered: "ranker" (the candidates of every strategy scored
+    # by the model learnt online, reco_plugin.ranker; the blend until it has
+    # learnt from ranker.WARM_EXAMPLES examples) or "blend" (slot by slot by
+    # the bandit)
+    ranking: str = "ranker"
     trials_per_visitor: int = 10
     # where the raw events are appended (Parquet, partitioned by date) for the
     # batch retraining job; None: no event lake
@@ -202,6 +212,8 @@ class PipelineSettings:
             raise ValueError("exploration must be in [0, 1]")
         if not 0 < self.bandit_discount <= 1:
             raise ValueError("bandit_discount must be in (0, 1]")
+        if self.ranking not in RANKINGS:
+            raise ValueError(f"ranking must be one of {', '.join(RANKINGS)}")
         # a batch's weights are scaled by 2 ** (age / half_life), ages up to two horizons
         if (2 * self.horizon + self.future_tolerance) / self.half_life > 900:
             least = -(-(2 * self.horizon + self.future_tolerance) // 900)
@@ -252,15 +264,17 @@ LIVE_TUNABLES: tuple[str, ...] = (
     "product_ttl",
     "visitor_ttl",
     "exploration",
+    "ranking",
 )
 
 # The tunables that act only on one visitor's own lists (how their recent items
 # are weighed into their list and favourite category, how much the blend
-# explores): each arm of an experiment can have its own. The others shape what
-# the pipeline learns, keeps or writes for every visitor (co-visitation,
-# trending, event weights, lists' length, what is kept how long), so all arms
-# share them.
-ARM_TUNABLES: tuple[str, ...] = ("recency_decay", "exploration")
+# explores, whether the ranker or the blend orders what they are served): each
+# arm of an experiment can have its own. The others shape what the pipeline
+# learns, keeps or writes for every visitor (co-visitation, trending, event
+# weights, lists' length, what is kept how long), so all arms share them. (The
+# ranker learns from every visitor's trials whatever orders their lists.)
+ARM_TUNABLES: tuple[str, ...] = ("recency_decay", "exploration", "ranking")
 SHARED_TUNABLES: tuple[str, ...] = tuple(n for n in LIVE_TUNABLES if n not in ARM_TUNABLES)
 
 

@@ -135,13 +135,13 @@ def differences(before: Any, after: Any) -> str:
     old = before.values() if before is not None else {}
     lines = []
     for name, value in after.values().items():
-        if old.get(name) != value and not (name not in old and value in (None, {})):
+        if old.get(name) != value and not (name not in old and value in (None, "", {})):
             lines.append(f"{name.replace('_', ' ')}: {_shown(old.get(name))} → {_shown(value)}")
     return "\n".join(lines) or "no change"
 
 
 def _shown(value: Any) -> str:
-    if value is None:
+    if value is None or value == "":
         return "default"
     if isinstance(value, dict):
         return ", ".join(f"{k} {v}" for k, v in sorted(value.items())) or "all learnt"

@@ -129,6 +129,56 @@ def put_catalog(client, product_ids, category="Drama"):
         )
 
 
+def ranker_trials(count, start=0):
+    """The ranker's training examples (``ranker.examples``) of ``count``
+    next-item trials on one page, whose similar list holds 2-13 and trending
+    list 8-19: the visitor went on to 2, 3 or 19 in turn."""
+    from reco_plugin import ranker
+
+    found = ranker.candidates(
+        [
+            ("similar", [{"product_id": str(p), "score": 14 - p} for p in range(2, 14)]),
+            ("trending", [{"product_id": str(p), "score": 20 - p} for p in range(8, 20)]),
+        ],
+        set(),
+    )
+    examples = []
+    for n in range(start, start + count):
+        examples += ranker.examples(f"trial{n}", ("2", "3", "19")[n % 3], found, ranker.Context())
+    return examples
+
+
+def commit_ranker(redis_url, *batches, settings=None):
+    """Each batch of ranker examples committed as the streaming job commits a
+    batch (``state.commit``, under the job's lease): the model learns from it
+    and its weights and metrics are written."""
+    from reco_plugin.scoring import PipelineSettings
+    from spark_jobs import recovery, score, state
+
+    settings = settings or PipelineSettings()
+    r = state.connect(redis_url)
+    lease = recovery.Lease(r)
+    assert lease.acquire()
+    try:
+        for n, examples in enumerate(batches):
+            clock = state.clock(r)
+            now = schema.now_ms()
+            state.commit(
+                r,
+                lease.token,
+                recovery.position(r).offsets,
+                ("ranker", n),
+                state.BatchChanges(examples=list(examples)),
+                landmark_ms=score.landmark(clock, now, settings),
+                clock_ms=max(clock, now),
+                previous_clock_ms=clock,
+                now_ms=now,
+                settings=settings,
+            )
+    finally:
+        lease.release()
+
+
 @pytest.fixture(scope="session")
 def spark():
     from spark_jobs.session import build_session

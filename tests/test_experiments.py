@@ -8,10 +8,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from reco_plugin import experiments, keys, store, strategies, tuning
+from reco_plugin import experiments, keys, ranker, store, strategies, tuning
 from reco_plugin.models import Experiment, Tuning
 
-from .conftest import put_catalog, put_list, put_policy
+from .conftest import commit_ranker, put_catalog, put_list, put_policy, ranker_trials
 from .test_batch import Batches
 
 pytestmark = pytest.mark.django_db
@@ -164,6 +164,39 @@ def test_each_arm_gets_its_own_recency_decay_and_exploration(r, redis_url):
     assert experiments.parse(json.dumps(earlier)).arms[1].pipeline == arms[1].pipeline
 
 
+def test_an_arm_choosing_the_blend_is_served_the_blend_though_the_ranker_is_warm(r, redis_url):
+    store.reset()
+    put_catalog(r, range(1, 40))
+    put_list(r, keys.product_similar("1"), range(2, 20))
+    put_policy(r, "similar")
+    commit_ranker(redis_url, ranker_trials(-(-ranker.WARM_EXAMPLES // (ranker.NEGATIVES + 1))))
+    # the published tuning says ranker too: the arm's choice comes first
+    r.set(keys.tuning(), json.dumps({"version": 2, "pipeline": {"ranking": "ranker"}}))
+    arms = (
+        experiments.Arm("control", 50.0, pipeline={"ranking": "ranker"}),
+        experiments.Arm("blend", 50.0, pipeline={"ranking": "blend"}),
+    )
+    experiment = experiments.Experiment(id=8, arms=arms, starts_ms=NOW - 60_000)
+    r.set(keys.experiment(), json.dumps(experiment.as_dict()))
+    by_arm = {}
+    for n in range(40):
+        by_arm.setdefault(experiment.arm_of(f"s:rank{n}"), f"s:rank{n}")
+    assert store.strategy_lists(by_arm[0], "1").model is not None
+    assert store.strategy_lists(by_arm[1], "1").model is None
+    served = store.recommend(by_arm[1], "1", 6).items
+    assert len(served) == 6 and served[0]["reco_id"].startswith("x8.1.")
+    # outside the experiment: the published tuning's choice
+    assert store.strategy_lists(None, "1").model is not None
+    # an arm's ranking that is neither is refused, naming the arm
+    odd = experiments.Arm("odd", 50.0, pipeline={"ranking": "by price"})
+    with pytest.raises(ValueError, match="arm odd: ranking must be one of ranker, blend"):
+        experiments.Experiment(id=9, arms=(arms[0], odd), starts_ms=0).check()
+    published = experiment.as_dict()
+    published["arms"][1]["pipeline"]["ranking"] = "by price"
+    with pytest.raises(ValueError, match="arm blend: ranking must be one of"):
+        experiments.parse(json.dumps(published))
+
+
 @pytest.fixture
 def staff(client, django_user_model):
     user = django_user_model.objects.create_superuser("analyst", password="x")
@@ -235,7 +268,13 @@ def test_staff_run_an_experiment_and_read_its_report(
     )
     assert "in event weights" in refused and not Experiment.objects.exists()
     bold = tuning.save_version(
-        Tuning(note="bold", strategies={"similar": "off"}, exploration=0.5, recency_decay=0.5)
+        Tuning(
+            note="bold",
+            strategies={"similar": "off"},
+            exploration=0.5,
+            recency_decay=0.5,
+            ranking="blend",
+        )
     )
     with django_capture_on_commit_callbacks(execute=True):
         answer = client.post(
@@ -246,10 +285,15 @@ def test_staff_run_an_experiment_and_read_its_report(
     published = json.loads(r.get(keys.experiment()))
     assert published["id"] == saved.pk and [a["share"] for a in published["arms"]] == [50.0, 50.0]
     assert published["arms"][1]["strategies"] == {"similar": "off"}
-    assert published["arms"][1]["pipeline"] == {"exploration": 0.5, "recency_decay": 0.5}
+    assert published["arms"][1]["pipeline"] == {
+        "exploration": 0.5,
+        "recency_decay": 0.5,
+        "ranking": "blend",
+    }
     assert published["arms"][0]["pipeline"] == {
         "exploration": base.settings().exploration,
         "recency_decay": base.settings().recency_decay,
+        "ranking": "ranker",  # the shop's setting
     }
     # the preview says which arm a visitor is in
     visitor = next(f"s:p{n}" for n in range(50) if saved.definition().arm_of(f"s:p{n}") == 1)

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from reco_plugin import keys, store, strategies, tuning
+from reco_plugin import keys, ranker, store, strategies, tuning
 from reco_plugin.models import Tuning
 from reco_plugin.scoring import PipelineSettings
 
-from .conftest import put_catalog, put_list, put_policy
+from .conftest import commit_ranker, put_catalog, put_list, put_policy, ranker_trials
 
 pytestmark = pytest.mark.django_db
 
@@ -86,6 +86,7 @@ def test_staff_save_a_version_which_is_published_at_once(client, staff, r):
             "personal: expected &#x27;learnt&#x27;, &#x27;off&#x27; or a weight",
         ),
         ({"strategy_popular": "-2"}, "popular: a weight must be a number &gt;= 0"),
+        ({"ranking": "sometimes"}, "Select a valid choice. sometimes is not one of the available"),
     ],
 )
 def test_a_bad_value_is_refused_with_a_message_and_nothing_is_published(
@@ -210,3 +211,35 @@ def test_the_periodic_task_publishes_the_active_version_again(r, redis_url):
     r.flushdb()  # as a Redis restarted empty
     assert tasks.publish_tuning() is True
     assert published(r) == version.published()
+
+
+def test_a_version_choosing_the_blend_is_served_the_blend_though_the_ranker_is_warm(
+    client, staff, r, redis_url
+):
+    store.reset()
+    put_catalog(r, range(1, 40))
+    put_list(r, keys.product_similar("1"), range(2, 20))
+    put_policy(r, "similar")
+    # the job's setting is the ranker, and it has learnt enough to be served
+    trials = -(-ranker.WARM_EXAMPLES // (ranker.NEGATIVES + 1))
+    commit_ranker(redis_url, ranker_trials(trials))
+    assert json.loads(r.get(keys.ranker_weights()))["ranking"] == "ranker"
+    assert store.strategy_lists("s:shopper", "1").model is not None
+    page = client.get(ADD).content.decode()
+    assert 'name="ranking"' in page and "the shop&#x27;s setting" in page
+
+    client.post(ADD, form(note="blend again", ranking="blend"))
+    blend = Tuning.objects.get()
+    assert published(r)["pipeline"] == {"ranking": "blend"}
+    assert "ranking: default → blend" in blend.changes
+    assert tuning.effective_settings().ranking == "blend"
+    assert store.strategy_lists("s:shopper", "1").model is None
+    served = store.recommend("s:shopper", "1", 6).items
+    assert len(served) == 6 and {i["strategy"] for i in served} == {"similar"}
+
+    # a version choosing nothing leaves it to the shop's setting: the ranker again
+    client.post(ADD, form(note="the shop's", ranking=""))
+    assert published(r)["pipeline"] == {}
+    assert "ranking: blend → default" in Tuning.objects.latest().changes
+    assert store.strategy_lists("s:shopper", "1").model is not None
+    assert tuning.check({"ranking": "sometimes"}, {}) == ["ranking must be one of ranker, blend"]

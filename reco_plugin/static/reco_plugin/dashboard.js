@@ -67,8 +67,50 @@
       { label: "CTR", data: arms.map(function (a) { return a.ctr; }), backgroundColor: palette[0] },
       { label: "conversion (buyers per exposed visitor)", data: arms.map(function (a) { return a.conversion; }), backgroundColor: palette[2] },
     ]);
+    renderRanker(data.ranker);
     status.textContent = batches.length + " batches, " + lag.length + " samples; updated " +
       new Date().toLocaleTimeString() + ", every " + every / 1000 + " s.";
+  }
+
+  function number(value) {
+    return value === null || value === undefined ? "" : value.toFixed(3);
+  }
+
+  function fill(table, rows) {
+    var body = table.tBodies[0];
+    body.replaceChildren();
+    rows.forEach(function (cells) {
+      var tr = body.insertRow();
+      cells.forEach(function (value, n) {
+        var td = tr.insertCell();
+        td.textContent = n === 0 ? value : number(value);
+        if (n > 0) { td.className = "reco-number"; }
+      });
+    });
+    table.hidden = rows.length === 0;
+  }
+
+  function renderRanker(model) {
+    var metrics = model ? model.metrics : [];
+    var state = model
+      ? "Learnt from " + model.examples + " examples (served once it has " + model.warm_examples +
+        "; the job's setting: " + model.ranking + "), " + metrics.length + " batches measured."
+      : "The ranker has not learnt yet.";
+    document.getElementById("reco-ranker-state").textContent = state;
+    document.getElementById("reco-ranker-no-weights").hidden = Boolean(model);
+    // the batches' event time: a replay or a backfill learns from days ago
+    draw("reco-chart-ranker", "line", metrics.map(function (m) {
+      return m.at ? new Date(m.at * 1000).toLocaleString() : "";
+    }), [
+      line("log loss", metrics.map(function (m) { return m.log_loss; }), 3),
+      line("AUC", metrics.map(function (m) { return m.auc; }), 0, "auc"),
+    ], { scales: { y: { position: "left" }, auc: { position: "right", min: 0, max: 1, grid: { drawOnChartArea: false } } } });
+    fill(document.getElementById("reco-ranker-strategies"), (model ? model.strategies : []).map(function (s) {
+      return [s.strategy, s.listed, s.rank, s.score];
+    }));
+    fill(document.getElementById("reco-ranker-features"), (model ? model.features : []).map(function (f) {
+      return [f.label, f.weight];
+    }));
   }
 
   function refresh() {
