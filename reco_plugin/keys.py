@@ -111,6 +111,22 @@ def visitor_keys(visitor_id: str) -> list[str]:
     ]
 
 
+def product_next(product_id: str) -> str:
+    """JSON list: what visitors went on to from a product (the ``next`` strategy)."""
+    return f"{PREFIX}:product:{product_id}:next"
+
+
+def product_followed_by(product_id: str) -> str:
+    """Sorted set: other product -> accumulated weight of visits to it right
+    after this product (directed)."""
+    return f"{PREFIX}:product:{product_id}:followed-by"
+
+
+def next_clock() -> str:
+    """Hash: product -> event time (ms) its followed-by weights were last decayed to."""
+    return f"{PREFIX}:product:next-clock"
+
+
 def product_fbt(product_id: str) -> str:
     """JSON list: items frequently bought together with a product."""
     return f"{PREFIX}:product:{product_id}:fbt"

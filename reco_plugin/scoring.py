@@ -83,6 +83,9 @@ class PipelineSettings:
     # co-visitation: each event pairs with at most this many of the visitor's
     # other items, seen at most covisit_window apart
     recent_items: int = RECENT_ITEMS
+    # what visitors went on to (the ``next`` strategy): each event follows
+    # this many of the visitor's items before it (within covisit_window)
+    next_steps: int = 3
     covisit_window: int = COVISIT_WINDOW_SECONDS
     # co-visitation and popularity fade with this half-life (event time)
     half_life: int = 7 * 24 * 3600
@@ -177,6 +180,7 @@ class PipelineSettings:
                 )
         for name in (
             "recent_items",
+            "next_steps",
             "covisit_window",
             "half_life",
             "neighbours_kept",

@@ -389,7 +389,15 @@ PERSONAL_STRATEGIES = frozenset({strategies.PERSONAL, strategies.AFFINITY})
 CHAIN: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "product",
-        frozenset({strategies.SIMILAR, strategies.FBT, strategies.RETRAINED, strategies.CONTENT}),
+        frozenset(
+            {
+                strategies.SIMILAR,
+                strategies.NEXT,
+                strategies.FBT,
+                strategies.RETRAINED,
+                strategies.CONTENT,
+            }
+        ),
     ),
     ("category", frozenset({strategies.CATEGORY})),
     ("trending", frozenset({strategies.TRENDING, strategies.POPULAR})),

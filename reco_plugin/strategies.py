@@ -7,6 +7,8 @@ Each strategy is a ready list in Redis, written by the pipeline:
 
 * ``personal``: similar to the visitor's recent items (their personal list);
 * ``similar``: co-visited with the product on the page;
+* ``next``: what visitors went on to from the product on the page (its
+  visitors' next few items, in the order they came);
 * ``fbt``: frequently bought together with it (purchase baskets);
 * ``retrained``: its neighbours from the nightly batch job;
 * ``content``: products whose title and description share its rarer words
@@ -36,6 +38,7 @@ from . import keys
 
 PERSONAL = "personal"
 SIMILAR = "similar"
+NEXT = "next"
 FBT = "fbt"
 RETRAINED = "retrained"
 CONTENT = "content"
@@ -46,6 +49,7 @@ POPULAR = "popular"
 STRATEGIES: tuple[str, ...] = (
     PERSONAL,
     SIMILAR,
+    NEXT,
     FBT,
     RETRAINED,
     CONTENT,
@@ -55,7 +59,7 @@ STRATEGIES: tuple[str, ...] = (
     POPULAR,
 )
 # the strategies that need a product on the page
-PRODUCT_CONTEXT = frozenset({SIMILAR, FBT, RETRAINED, CONTENT, CATEGORY})
+PRODUCT_CONTEXT = frozenset({SIMILAR, NEXT, FBT, RETRAINED, CONTENT, CATEGORY})
 
 # A trial is scored on a strategy's top K (after removing what the visitor has seen).
 K = 10
@@ -314,6 +318,7 @@ def sources(
         found.append((AFFINITY, keys.visitor_affinity(visitor_id)))
     if product_id:
         found.append((SIMILAR, keys.product_similar(product_id)))
+        found.append((NEXT, keys.product_next(product_id)))
         found.append((FBT, keys.product_fbt(product_id)))
         found.append((RETRAINED, keys.product_retrained(product_id)))
         found.append((CONTENT, keys.product_content(product_id)))

@@ -37,7 +37,7 @@ from typing import Any
 
 import redis
 
-from reco_plugin import experiments, keys, schema, scoring
+from reco_plugin import experiments, keys, schema, scoring, strategies
 from reco_plugin.scoring import PipelineSettings, parse_tuning
 
 from . import lake, lists, recovery, state
@@ -492,7 +492,8 @@ class BatchProcessor:
 
         with steps("similar"):
             run(lists.refresh_products, todo.get("products", []))
-            run(lists.refresh_baskets, todo.get("baskets", []))
+            run(lists.refresh_products, todo.get("baskets", []), kind=strategies.FBT)
+            run(lists.refresh_products, todo.get("followed", []), kind=strategies.NEXT)
         # trending first: the visitors' affinity lists are read from it
         with steps("trending"):
             lists.refresh_trending(

@@ -23,51 +23,47 @@ from reco_plugin.scoring import PipelineSettings
 from . import learn, state
 from .merchandise import read_merchandise
 
+# a product list: (its pair weights, the popularity it is normalised by or
+# None, the list)
+PRODUCT_LISTS = {
+    strategies.SIMILAR: (keys.product_covisits, keys.popularity, keys.product_similar),
+    strategies.FBT: (keys.product_bought_with, keys.purchases, keys.product_fbt),
+    strategies.NEXT: (keys.product_followed_by, None, keys.product_next),
+}
+
 
 def refresh_products(
     product_ids: Iterable[str],
     *,
     redis_url: str,
     settings: PipelineSettings,
-    baskets: bool = False,
+    kind: str = strategies.SIMILAR,
     writer: state.Writer | None = None,
 ) -> None:
-    """Rewrite the similar lists of these products from their neighbours (with
-    ``baskets``, their frequently-bought-together lists from their baskets)."""
+    """Rewrite a product list (``PRODUCT_LISTS``: similar, frequently bought
+    together or next) of these products from their pair weights."""
     keys.use_prefix(settings.key_prefix)  # also in a fresh executor process
     r = state.client(redis_url)
     merchandise = read_merchandise(r)
-    source, weights, target = (
-        (keys.product_bought_with, keys.purchases(), keys.product_fbt)
-        if baskets
-        else (keys.product_covisits, keys.popularity(), keys.product_similar)
-    )
+    source, popularity, target = PRODUCT_LISTS[kind]
     for chunk in state.chunks(list(product_ids), 200):
         neighbours = state.neighbours(r, chunk, settings.neighbours_kept, source)
-        wanted = [*chunk, *(other for pairs in neighbours.values() for other, _ in pairs)]
-        pop = state.popularity(r, wanted, weights)
+        pop = {}
+        if popularity is not None:
+            wanted = [*chunk, *(other for pairs in neighbours.values() for other, _ in pairs)]
+            pop = state.popularity(r, wanted, popularity())
         categories = state.catalog_facts(r, chunk)[0] if merchandise.by_category else {}
         lists = {}
         for p in chunk:
             # cut under the rules of the product's page, where the list is shown
             shortlist = merchandise.shortlist(p, categories.get(p))
-            ranked = learn.similar_list(
-                p, neighbours[p], pop, shortlist.depth(settings.list_length)
-            )
+            depth = shortlist.depth(settings.list_length)
+            if popularity is None:
+                ranked = learn.next_list(p, neighbours[p], depth)
+            else:
+                ranked = learn.similar_list(p, neighbours[p], pop, depth)
             lists[target(p)] = shortlist.cut(ranked, settings.list_length)
         state.write_lists(r, lists, settings.product_ttl, writer)
-
-
-def refresh_baskets(
-    product_ids: Iterable[str],
-    *,
-    redis_url: str,
-    settings: PipelineSettings,
-    writer: state.Writer | None = None,
-) -> None:
-    refresh_products(
-        product_ids, redis_url=redis_url, settings=settings, baskets=True, writer=writer
-    )
 
 
 def refresh_visitors(

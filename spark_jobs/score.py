@@ -310,10 +310,13 @@ def _learn(
                 taken += 1
             known.add(item.product_id)
             context = item.product_id
-        learnt = learn.visitor_pairs(previous, interactions, settings, landmark_ms)
-        for (a, b), weight in learnt.items():
-            others = pairs.setdefault(a, {})
-            others[b] = others.get(b, 0) + state.to_units(weight)
+        for learnt, into in (
+            (learn.visitor_pairs(previous, interactions, settings, landmark_ms), pairs),
+            (learn.next_pairs(previous, interactions, settings, landmark_ms), changes.following),
+        ):
+            for (a, b), weight in learnt.items():
+                others = into.setdefault(a, {})
+                others[b] = others.get(b, 0) + state.to_units(weight)
         purchases = [
             item
             for item, row in zip(interactions, weighted, strict=True)

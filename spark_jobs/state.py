@@ -312,6 +312,8 @@ class BatchChanges:
     bought: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     # frequently bought together: product -> other product -> basket weight
     fbt: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    # where visitors went next: product -> the product after it -> weight
+    following: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     purchases: dict[str, int] = dataclasses.field(default_factory=dict)
     # bandit field (a strategy for next-item trials, ``strategy:click`` for
     # impressions and their clicks) -> [successes, trials]
@@ -399,8 +401,9 @@ class BatchChanges:
             _add(mine, theirs)
         for product_id, others in other.pairs.items():
             _add(self.pairs.setdefault(product_id, {}), others)
-        for product_id, others in other.fbt.items():
-            _add(self.fbt.setdefault(product_id, {}), others)
+        for mine, theirs in ((self.fbt, other.fbt), (self.following, other.following)):
+            for product_id, others in theirs.items():
+                _add(mine.setdefault(product_id, {}), others)
         if other.experiment_id is not None:
             self.experiment_id = other.experiment_id
             _add(self.experiment_counts, other.experiment_counts)
@@ -417,6 +420,9 @@ class BatchChanges:
 
     def touched_baskets(self) -> list[str]:
         return sorted(self.fbt)
+
+    def touched_followed(self) -> list[str]:
+        return sorted(self.following)
 
     def touched_categories(self) -> list[str]:
         return sorted({category for _, _, category, _ in self.trending if category})
@@ -461,6 +467,7 @@ def commit(
 
     products = changes.touched_products()
     baskets = changes.touched_baskets()
+    followed = changes.touched_followed()
     with r.pipeline(transaction=True) as pipe:
         watched = _watch_as_writer(pipe, lease, held)
         if watched is None:
@@ -471,6 +478,7 @@ def commit(
         clocks = {
             keys.product_clock(): pipe.hmget(keys.product_clock(), products) if products else [],
             keys.fbt_clock(): pipe.hmget(keys.fbt_clock(), baskets) if baskets else [],
+            keys.next_clock(): pipe.hmget(keys.next_clock(), followed) if followed else [],
         }
         current_evidence = strategies.evidence_from(pipe.hgetall(keys.bandit()))
         seq = int(pipe.get(keys.pipeline_commit_seq()) or 0) + 1
@@ -557,6 +565,7 @@ def commit(
                     "seq": seq,
                     "products": products,
                     "baskets": baskets,
+                    "followed": followed,
                     "categories": changes.touched_categories(),
                     "visitors": changes.touched_visitors(),
                     "bandit": bool(changes.rewards),
@@ -826,6 +835,7 @@ def _write_changes(
     for pairs, key, clock_key in (
         (changes.pairs, keys.product_covisits, keys.product_clock()),
         (changes.fbt, keys.product_bought_with, keys.fbt_clock()),
+        (changes.following, keys.product_followed_by, keys.next_clock()),
     ):
         _add_pairs(pipe, pairs, key, clock_key, clocks[clock_key], clock_ms, new_fade, settings)
     fade = decay(clock_ms, previous_clock_ms, settings.half_life) if previous_clock_ms else 1.0

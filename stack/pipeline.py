@@ -484,14 +484,21 @@ def compare_folds(
         name: set(trending_buckets_in_window(clock, settings, name))
         for name, _, _ in trending_windows(settings)
     }
+    # a product's pair weights (by the key's ending) -> the clock they fade from
+    pair_clocks = {
+        ":covisits": keys.product_clock(),
+        ":bought-with": keys.fbt_clock(),
+        ":followed-by": keys.next_clock(),
+    }
     clocks = {
         side: {
             key: {p: int(t) for p, t in (state.get(key) or {}).items()}
-            for key in (keys.product_clock(), keys.fbt_clock())
+            for key in pair_clocks.values()
         }
         for side, state in (("a", a), ("b", b))
     }
     bandit = {f"{keys.PREFIX}:{name}" for name in (*BANDIT_KEYS, *RANKER_KEYS)}
+
     differ: list[str] = []
     overlaps: list[float] = []
     named: list[tuple[str, float]] = []
@@ -501,7 +508,7 @@ def compare_folds(
     pair_difference = 0.0
     skipped = tuple(skip)
     for key in sorted(set(a) | set(b)):
-        if key in bandit or key in (keys.product_clock(), keys.fbt_clock()):
+        if key in bandit or key in pair_clocks.values():
             continue
         if skipped and key.startswith(skipped):
             continue
@@ -521,9 +528,9 @@ def compare_folds(
             continue
         if x is None or y is None:
             differ.append(key)
-        elif key.endswith((":covisits", ":bought-with")):
+        elif key.endswith(tuple(pair_clocks)):
             product = key.split(":")[-2]
-            clock_key = keys.product_clock() if key.endswith("covisits") else keys.fbt_clock()
+            clock_key = pair_clocks[":" + key.rpartition(":")[2]]
             scale = [
                 decay(clock, clocks[side][clock_key].get(product, clock), settings.half_life)
                 for side in ("a", "b")

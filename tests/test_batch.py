@@ -468,3 +468,22 @@ def test_the_ranker_learns_from_the_trials_in_the_fenced_commit(batches):
     assert len(metrics) == 8 and metrics[0]["examples"] == 440
     assert metrics[-1]["auc"] == 0.5 and metrics[0]["auc"] > 0.95
     assert metrics[0]["log_loss"] < metrics[-1]["log_loss"]
+
+
+def test_where_visitors_went_next_is_the_next_list_of_the_product(batches):
+    rows = []
+    for n in range(3):
+        rows += [
+            batches.row("page_view", f"s:n{n}", "shoes", seconds_ago=30),
+            batches.row("page_view", f"s:n{n}", "socks", seconds_ago=20),
+        ]
+    rows += [
+        batches.row("page_view", "s:m", "shoes", seconds_ago=30),
+        batches.row("page_view", "s:m", "laces", seconds_ago=20),
+    ]
+    batches.run(rows)
+    # directed: from shoes to socks (3 visitors) before laces (1); nothing back
+    assert batches.list(keys.product_next("shoes")) == ["socks", "laces"]
+    assert batches.list(keys.product_next("socks")) == []
+    # co-visitation goes both ways
+    assert "shoes" in batches.list(keys.product_similar("socks"))

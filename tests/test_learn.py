@@ -132,3 +132,32 @@ def test_text_neighbours_share_rare_words():
     assert "6" not in found
     # the more words shared (relative to length), the closer
     assert found["5"][0]["score"] > 0.9
+
+
+def test_each_event_follows_the_visitors_next_steps_latest_items_before_it():
+    s = settings(next_steps=2, covisit_window=1800, half_life=10**9)
+    remembered = [("r", 1_000_000, 1.0), ("old", 1_000_000 - 3_600_000, 1.0)]
+    new = [
+        Interaction("a", 1_000_500, 1.0, "e1"),
+        Interaction("b", 1_001_000, 3.0, "e2"),
+        Interaction("a", 1_001_500, 1.0, "e3"),  # "a" again: its latest time counts
+        Interaction("c", 1_002_000, 3.0, "e4"),
+    ]
+    pairs = learn.next_pairs(remembered, new, s, landmark_ms=1_002_000)
+    assert {k: round(v, 6) for k, v in pairs.items()} == {
+        # directed, from the earlier to the later; "old" is beyond the window
+        ("r", "a"): 2.0,  # after "r" twice (the second time, "b" was between)
+        ("a", "b"): 1.0,
+        ("r", "b"): 1.0,
+        ("b", "a"): 1.0,
+        ("a", "c"): 1.0,  # the smaller of the two weights
+        ("b", "c"): 3.0,
+    }
+    # a late event follows only what came before it in event time
+    late = learn.next_pairs(remembered, [Interaction("z", 999_000, 1.0, "e5")], s, 1_002_000)
+    assert set(late) == set()
+
+
+def test_next_list_orders_by_the_weight_of_going_there():
+    listed = learn.next_list("a", [("b", 1.0), ("c", 4.0), ("a", 9.0), ("d", 0.0)], 10)
+    assert listed == [{"product_id": "c", "score": 4.0}, {"product_id": "b", "score": 1.0}]
