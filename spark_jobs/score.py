@@ -276,7 +276,8 @@ def _learn(
         _attribute(visitor_id, applied, clicked_before, changes, settings.attribution_window * 1000)
         weighted = [row for row in applied if row.weight > 0]
         interactions = [
-            learn.Interaction(row.product_id, row.ts, row.weight, row.event_id) for row in weighted
+            learn.Interaction(row.product_id, row.ts, row.weight, row.event_id, row.offset)
+            for row in weighted
         ]
         merged = [row.previous for row in applied if row.previous]
         if not interactions and not merged:
@@ -289,7 +290,9 @@ def _learn(
             # pairs it taught were learnt then; only the memory moves.
             before = changes.recent.get(other, remembered.get(other, []))
             previous = learn.remember(
-                previous, (learn.Interaction(*item, "") for item in before), settings.recent_items
+                previous,
+                (learn.Interaction(*item, "") for item in reversed(before)),
+                settings.recent_items,
             )
             for source, target in (
                 (changes.seen.get(other, seen_before.get(other, {})), seen),

@@ -161,3 +161,26 @@ def test_each_event_follows_the_visitors_next_steps_latest_items_before_it():
 def test_next_list_orders_by_the_weight_of_going_there():
     listed = learn.next_list("a", [("b", 1.0), ("c", 4.0), ("a", 9.0), ("d", 0.0)], 10)
     assert listed == [{"product_id": "c", "score": 4.0}, {"product_id": "b", "score": 1.0}]
+
+
+def test_events_of_the_same_time_follow_each_other_in_the_order_they_came():
+    s = settings(next_steps=1, half_life=10**9)
+    new = [
+        Interaction("z", 5_000, 1.0, "e1", offset=10),
+        Interaction("a", 5_000, 1.0, "e2", offset=11),
+        Interaction("m", 5_000, 1.0, "e3", offset=12),
+    ]
+    pairs = learn.next_pairs([], new, s, landmark_ms=5_000)
+    assert set(pairs) == {("z", "a"), ("a", "m")}
+
+
+def test_items_of_the_same_time_are_remembered_in_the_order_they_came():
+    s = settings(next_steps=1, half_life=10**9)
+    first = [Interaction("z", 5_000, 1.0, "e1", offset=1), Interaction("a", 5_000, 1.0, "e2", 2)]
+    remembered = learn.remember([], first, 20)
+    assert [p for p, _, _ in remembered] == ["a", "z"]  # "a" came later: newest
+    # split over two batches, the next event follows "a", as in one batch
+    after = Interaction("m", 5_000, 1.0, "e3", offset=3)
+    assert set(learn.next_pairs(remembered, [after], s, 5_000)) == {("a", "m")}
+    assert set(learn.next_pairs([], [*first, after], s, 5_000)) == {("z", "a"), ("a", "m")}
+    assert learn.remember(remembered, [after], 20) == learn.remember([], [*first, after], 20)
