@@ -30,10 +30,15 @@ DATASET = os.environ.get("RECO_REPLAY_DATASET", "ml-100k")
 DAYS = int(os.environ.get("RECO_REPLAY_DAYS", "30"))
 # Pipeline settings for each data set's time scale. MovieLens ratings come in
 # sessions spread over seven months, and a film's audience builds over months:
-# co-visits within a day, fading with a 30-day half-life. Ta Feng is bought in
-# weekly baskets: co-visits within a week.
+# co-visits within a day, fading with a 30-day half-life, and where viewers go
+# next from a film remembered for a year. Ta Feng is bought in weekly baskets:
+# co-visits within a week.
 DATASET_CONFIG = {
-    "ml-100k": {"covisit_window": 86_400, "half_life": 30 * 86_400},
+    "ml-100k": {
+        "covisit_window": 86_400,
+        "half_life": 30 * 86_400,
+        "next_half_life": 365 * 86_400,
+    },
     "ta-feng": {"covisit_window": 7 * 86_400, "half_life": 30 * 86_400},
 }
 

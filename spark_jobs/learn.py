@@ -100,7 +100,7 @@ def next_pairs(
     each follows the visitor's ``next_steps`` latest other items before it in
     event time (remembered, or new and earlier), at most ``covisit_window``
     before it: a directed pair (earlier, it) weighing the smaller of their
-    two weights, faded from its time to ``landmark_ms``. A product's latest
+    two weights, faded from its time to ``landmark_ms`` by ``next_half_life``. A product's latest
     time counts, so viewing it twice is one step. Events of the same time
     follow each other in the order they came (their offsets: a visitor's
     events are in one partition); measured on ML-100k, where half of a
@@ -121,7 +121,7 @@ def next_pairs(
             if other.product_id != item.product_id and item.ts - other.ts <= window_ms:
                 before[other.product_id] = (other.ts, other.offset, other.weight)
         latest = heapq.nlargest(steps, before.items(), key=lambda kv: (kv[1][:2], kv[0]))
-        fade = decay(landmark_ms, item.ts, settings.half_life)
+        fade = decay(landmark_ms, item.ts, settings.next_half_life)
         for product_id, (_, _, weight) in latest:
             key = (product_id, item.product_id)
             pairs[key] = pairs.get(key, 0.0) + min(item.weight, weight) * fade

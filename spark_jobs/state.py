@@ -737,16 +737,18 @@ def _add_pairs(
     clock_ms: int,
     new_fade: float,
     settings: PipelineSettings,
+    half_life: int,
 ) -> None:
-    """Old pair weights fade to the clock, new ones (at the landmark) are moved
-    to the clock and added; the strongest ``neighbours_kept`` stay."""
+    """Old pair weights fade to the clock (by ``half_life``), new ones (at the
+    landmark) are moved to the clock and added; the strongest
+    ``neighbours_kept`` stay."""
     from .learn import decay
 
     scratch = keys.pipeline_scratch("delta")
     products = sorted(pairs)
     for product_id, last in zip(products, clocks, strict=True):
         target = key(product_id)
-        fade = decay(clock_ms, int(last), settings.half_life) if last else 1.0
+        fade = decay(clock_ms, int(last), half_life) if last else 1.0
         pipe.zadd(scratch, {b: from_units(u) for b, u in pairs[product_id].items()})
         pipe.zunionstore(target, {target: fade, scratch: new_fade})
         pipe.zremrangebyrank(target, 0, -settings.neighbours_kept - 1)
@@ -830,17 +832,36 @@ def _write_changes(
         if clicked:
             pipe.hset(keys.visitor_clicked(visitor_id), mapping=clicked)
             pipe.expire(keys.visitor_clicked(visitor_id), settings.attribution_window)
+
     # With no new weights the clock may stay before the landmark: nothing to move.
-    new_fade = decay(clock_ms, landmark_ms, settings.half_life) if changes.newest_ts else 1.0
-    for pairs, key, clock_key in (
-        (changes.pairs, keys.product_covisits, keys.product_clock()),
-        (changes.fbt, keys.product_bought_with, keys.fbt_clock()),
-        (changes.following, keys.product_followed_by, keys.next_clock()),
+    def new_fade(half_life: int) -> float:
+        # with no new weights the clock may stay before the landmark: nothing to move
+        return decay(clock_ms, landmark_ms, half_life) if changes.newest_ts else 1.0
+
+    for pairs, key, clock_key, half_life in (
+        (changes.pairs, keys.product_covisits, keys.product_clock(), settings.half_life),
+        (changes.fbt, keys.product_bought_with, keys.fbt_clock(), settings.half_life),
+        (
+            changes.following,
+            keys.product_followed_by,
+            keys.next_clock(),
+            settings.next_half_life,
+        ),
     ):
-        _add_pairs(pipe, pairs, key, clock_key, clocks[clock_key], clock_ms, new_fade, settings)
+        _add_pairs(
+            pipe,
+            pairs,
+            key,
+            clock_key,
+            clocks[clock_key],
+            clock_ms,
+            new_fade(half_life),
+            settings,
+            half_life,
+        )
     fade = decay(clock_ms, previous_clock_ms, settings.half_life) if previous_clock_ms else 1.0
-    _add_weights(pipe, keys.popularity(), changes.popularity, fade, new_fade)
-    _add_weights(pipe, keys.purchases(), changes.purchases, fade, new_fade)
+    _add_weights(pipe, keys.popularity(), changes.popularity, fade, new_fade(settings.half_life))
+    _add_weights(pipe, keys.purchases(), changes.purchases, fade, new_fade(settings.half_life))
     ttls = {name: 2 * (window + bucket) for name, bucket, window in trending_windows(settings)}
     for (window, bucket, category, product_id), weight in sorted(changes.trending.items()):
         pipe.zincrby(

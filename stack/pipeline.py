@@ -531,8 +531,11 @@ def compare_folds(
         elif key.endswith(tuple(pair_clocks)):
             product = key.split(":")[-2]
             clock_key = pair_clocks[":" + key.rpartition(":")[2]]
+            half_life = (
+                settings.next_half_life if key.endswith(":followed-by") else settings.half_life
+            )
             scale = [
-                decay(clock, clocks[side][clock_key].get(product, clock), settings.half_life)
+                decay(clock, clocks[side][clock_key].get(product, clock), half_life)
                 for side in ("a", "b")
             ]
             pair_keys += 1
