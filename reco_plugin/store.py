@@ -673,7 +673,9 @@ def served(
     if found.model is not None:
         # the ranker: every list's candidates at once, in the model's order
         source = next((name for name, tier in tiers if any(ids for _, ids in tier)), source)
-        chosen, explained = _ranked(r, found, lists, exclude, rng, depth, explain=explain)
+        chosen, explained = _ranked(
+            r, found, lists, exclude, rng, depth, reach=take, explain=explain
+        )
         tried.update(p for p, _, _, _ in chosen)
         shown += _with_display(r, chosen, take, category, found.catalog_version)
         if explain:
@@ -727,10 +729,11 @@ def _ranked(
     rng: random.Random,
     depth: int,
     *,
+    reach: int,
     explain: bool = False,
 ) -> tuple[list[tuple[str, str, float, float]], dict[str, dict[str, Any]]]:
     """The first ``depth`` candidates in the ranker's order, each slot explored with the
-    policy's ``exploration`` (a uniformly random one of the next ``depth``):
+    policy's ``exploration`` (a uniformly random one of the next ``reach``):
     (product, strategy, propensity, score) per slot, the strategy the list
     that ranks it best and the score the model's probability; and per
     product, what the preview shows of the features that placed it."""
@@ -753,11 +756,11 @@ def _ranked(
     left = list(order)
     while left and len(chosen) < depth:
         index = 0
-        # exploring: any of the next ``depth`` candidates (not the whole tail)
-        reach = min(len(left), depth)
+        # exploring: any of the next ``reach`` (the list's length), not the whole tail
+        within = min(len(left), reach)
         if exploration and rng.random() < exploration:
-            index = int(rng.random() * reach)
-        propensity = exploration / reach + (1 - exploration if index == 0 else 0.0)
+            index = int(rng.random() * within)
+        propensity = exploration / within + (1 - exploration if index == 0 else 0.0)
         product_id, logit, vector = left.pop(index)
         sources = candidates[product_id]
         strategy = min(sources, key=lambda s: (sources[s][0], _STRATEGY_ORDER.get(s, 99)))
