@@ -102,7 +102,10 @@ def candidates(
         for product_id in ids:
             if not product_id or product_id in exclude:
                 continue
-            score = float(scores.get(product_id, 0.0) or 0.0)
+            try:
+                score = float(scores.get(product_id, 0.0) or 0.0)
+            except (TypeError, ValueError):  # a list written by hand, or damaged
+                score = 0.0
             if best is None:
                 best = score if score > 0 else 1.0
             found.setdefault(product_id, {})[strategy] = (rank, score / best)
@@ -284,7 +287,7 @@ class Learner:
         """The stored learner; a new one when there is none, or when it was
         learnt over other features (a version of the plugin with others)."""
         learner = cls()
-        if not value or list(value.get("features", ())) != list(FEATURES):
+        if not isinstance(value, Mapping) or list(value.get("features", ())) != list(FEATURES):
             return learner
         learner.z = [float(x) for x in value["z"]]
         learner.n = [float(x) for x in value["n"]]
@@ -297,7 +300,10 @@ class Learner:
 def evaluate(weights: Sequence[float], batch: Sequence[Example]) -> dict[str, float] | None:
     """The model's log loss and AUC on examples it has not learnt from; None
     without both a positive and a negative."""
-    scored = [(score(weights, vector), label) for _, label, vector in batch]
+    # in the examples' key order: the sums come out the same however they arrived
+    scored = [
+        (score(weights, vector), label) for _, label, vector in sorted(batch, key=lambda e: e[0])
+    ]
     positives = sum(label for _, label in scored)
     negatives = len(scored) - positives
     if not positives or not negatives:

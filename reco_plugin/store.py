@@ -530,6 +530,8 @@ class Model:
         value = json.loads(raw) if raw else None
         if not isinstance(value, dict) or value.get("features") != list(ranker.FEATURES):
             return None  # none yet, or learnt over other features
+        if len(value.get("weights") or ()) != len(ranker.FEATURES):
+            raise ValueError("the ranker's weights do not match its features")
         return cls(
             tuple(float(w) for w in value["weights"]),
             int(value["examples"]),

@@ -34,8 +34,9 @@ class Interaction(NamedTuple):
     ts: int
     weight: float
     event_id: str
-    # where Kafka holds it (its offset): the order events of one time came in
-    offset: int = 0
+    # its place in the order the batch applies the visitor's events (by
+    # topic, then offset): the order events of one time came in
+    order: int = 0
 
 
 def decay(clock_ms: int, ts_ms: int, half_life_s: float) -> float:
@@ -100,31 +101,49 @@ def next_pairs(
     each follows the visitor's ``next_steps`` latest other items before it in
     event time (remembered, or new and earlier), at most ``covisit_window``
     before it: a directed pair (earlier, it) weighing the smaller of their
-    two weights, faded from its time to ``landmark_ms`` by ``next_half_life``. A product's latest
-    time counts, so viewing it twice is one step. Events of the same time
-    follow each other in the order they came (their offsets: a visitor's
-    events are in one partition); measured on ML-100k, where half of a
-    visitor's consecutive ratings share their second, ordering those by
-    product id instead lost 15% of the list's hits."""
+    two weights (an item's weight the largest it has had, as remembered),
+    faded from its time to ``landmark_ms`` by ``next_half_life``. A product's
+    latest time counts, so viewing it twice is one step.
+
+    Events of the same time follow each other in the order they came
+    (``Interaction.order``; a visitor's events of one type are in one
+    partition): measured on ML-100k, where half of a visitor's consecutive
+    ratings share their second, ordering those by product id instead lost
+    15% of the list's hits. Events of the same millisecond on different
+    topics are ordered by topic within a batch and by batch across batches.
+    """
     window_ms = settings.covisit_window * 1000
     steps = settings.next_steps
     pairs: dict[Pair, float] = {}
-    ordered = sorted(new, key=lambda i: (i.ts, i.offset, i.product_id, i.event_id))
+    ordered = sorted(new, key=lambda i: (i.ts, i.order, i.product_id, i.event_id))
+    remembered_weight = {product_id: weight for product_id, _, weight in remembered}
+    # product -> the largest weight of its new events so far
+    new_weight: dict[str, float] = {}
     for index, item in enumerate(ordered):
-        # product -> (time, when it came: its offset, or below 0 for a
-        # remembered item, the latest -1; weight)
-        before: dict[str, tuple[int, int, float]] = {}
-        for place, (product_id, ts, weight) in enumerate(remembered):
+        # product -> (time, when it came: its order, or below 0 for a
+        # remembered item, the latest -1)
+        before: dict[str, tuple[int, int]] = {}
+        for place, (product_id, ts, _) in enumerate(remembered):
             if product_id != item.product_id and 0 <= item.ts - ts <= window_ms:
-                before[product_id] = (ts, -1 - place, weight)
-        for other in ordered[:index]:
-            if other.product_id != item.product_id and item.ts - other.ts <= window_ms:
-                before[other.product_id] = (other.ts, other.offset, other.weight)
-        latest = heapq.nlargest(steps, before.items(), key=lambda kv: (kv[1][:2], kv[0]))
+                before[product_id] = (ts, -1 - place)
+        # the new events before it, latest first, until ``steps`` products
+        walked: set[str] = set()
+        for other in reversed(ordered[:index]):
+            if item.ts - other.ts > window_ms or len(walked) == steps:
+                break
+            if other.product_id == item.product_id or other.product_id in walked:
+                continue
+            walked.add(other.product_id)
+            before[other.product_id] = max(
+                before.get(other.product_id, (other.ts, other.order)), (other.ts, other.order)
+            )
+        latest = heapq.nlargest(steps, before.items(), key=lambda kv: (kv[1], kv[0]))
         fade = decay(landmark_ms, item.ts, settings.next_half_life)
-        for product_id, (_, _, weight) in latest:
+        for product_id, _ in latest:
+            weight = max(remembered_weight.get(product_id, 0.0), new_weight.get(product_id, 0.0))
             key = (product_id, item.product_id)
             pairs[key] = pairs.get(key, 0.0) + min(item.weight, weight) * fade
+        new_weight[item.product_id] = max(new_weight.get(item.product_id, 0.0), item.weight)
     return pairs
 
 

@@ -276,8 +276,8 @@ def _learn(
         _attribute(visitor_id, applied, clicked_before, changes, settings.attribution_window * 1000)
         weighted = [row for row in applied if row.weight > 0]
         interactions = [
-            learn.Interaction(row.product_id, row.ts, row.weight, row.event_id, row.offset)
-            for row in weighted
+            learn.Interaction(row.product_id, row.ts, row.weight, row.event_id, order)
+            for order, row in enumerate(weighted)
         ]
         merged = [row.previous for row in applied if row.previous]
         if not interactions and not merged:

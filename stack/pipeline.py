@@ -408,6 +408,10 @@ class FoldDiff:
     unlike: list[tuple[str, list[str], list[str]]] = dataclasses.field(default_factory=list)
     # how many lists overlap less than half
     lists_unlike: int = 0
+    # where visitors went next (``followed-by``): how many products have it,
+    # and which differ (a pair only one run has, or a weight apart)
+    next_keys: int = 0
+    next_differ: list[str] = dataclasses.field(default_factory=list)
     # the ranker: the examples each run learnt from, and the largest
     # difference of a weight
     ranker_examples: tuple[int, int] = (0, 0)
@@ -422,7 +426,9 @@ class FoldDiff:
             f"overlap {self.list_overlap_mean:.3f} on average, {self.list_overlap_min:.3f} at "
             f"least (e.g. {self.least_overlapping[:3]}), {self.lists_unlike} less than half "
             f"(e.g. {self.unlike}); hit rates "
-            f"differ by {self.hit_rate_difference:.4f} at most; the ranker learnt from "
+            f"differ by {self.hit_rate_difference:.4f} at most; {len(self.next_differ)} of "
+            f"{self.next_keys} products' next weights differ (e.g. {self.next_differ[:3]}); "
+            "the ranker learnt from "
             f"{self.ranker_examples[0]} and {self.ranker_examples[1]} examples, its weights "
             f"differ by {self.ranker_weight_difference:.4f} at most"
         )
@@ -504,6 +510,8 @@ def compare_folds(
     named: list[tuple[str, float]] = []
     examples: list[tuple[str, list[str], list[str]]] = []
     pair_keys = 0
+    next_keys = 0
+    next_differ: list[str] = []
     pairs_differ: list[str] = []
     pair_difference = 0.0
     skipped = tuple(skip)
@@ -526,16 +534,28 @@ def compare_folds(
             if overlaps[-1] < 0.5 and len(examples) < 3:
                 examples.append((key, sorted(listed[0])[:8], sorted(listed[1])[:8]))
             continue
-        if x is None or y is None:
+        if key.endswith(":followed-by"):
+            # where visitors went next: an event that reaches the job after
+            # events stamped later than it (another topic's, a late beacon)
+            # follows them in one cut and not in another
+            next_keys += 1
+            scale = [
+                decay(
+                    clock,
+                    clocks[side][keys.next_clock()].get(key.split(":")[-2], clock),
+                    settings.next_half_life,
+                )
+                for side in ("a", "b")
+            ]
+            if x is None or y is None or _score_difference(x, y, *scale) > RELATIVE_TOLERANCE:
+                next_differ.append(key)
+        elif x is None or y is None:
             differ.append(key)
         elif key.endswith(tuple(pair_clocks)):
             product = key.split(":")[-2]
             clock_key = pair_clocks[":" + key.rpartition(":")[2]]
-            half_life = (
-                settings.next_half_life if key.endswith(":followed-by") else settings.half_life
-            )
             scale = [
-                decay(clock, clocks[side][clock_key].get(product, clock), half_life)
+                decay(clock, clocks[side][clock_key].get(product, clock), settings.half_life)
                 for side in ("a", "b")
             ]
             pair_keys += 1
@@ -565,6 +585,8 @@ def compare_folds(
         least_overlapping=sorted(named, key=lambda kv: kv[1])[:10],
         unlike=examples,
         lists_unlike=sum(1 for overlap in overlaps if overlap < 0.5),
+        next_keys=next_keys,
+        next_differ=next_differ,
         ranker_examples=(models[0].get("examples", 0), models[1].get("examples", 0)),
         ranker_weight_difference=max(
             (

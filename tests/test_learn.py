@@ -166,9 +166,9 @@ def test_next_list_orders_by_the_weight_of_going_there():
 def test_events_of_the_same_time_follow_each_other_in_the_order_they_came():
     s = settings(next_steps=1, half_life=10**9)
     new = [
-        Interaction("z", 5_000, 1.0, "e1", offset=10),
-        Interaction("a", 5_000, 1.0, "e2", offset=11),
-        Interaction("m", 5_000, 1.0, "e3", offset=12),
+        Interaction("z", 5_000, 1.0, "e1", order=10),
+        Interaction("a", 5_000, 1.0, "e2", order=11),
+        Interaction("m", 5_000, 1.0, "e3", order=12),
     ]
     pairs = learn.next_pairs([], new, s, landmark_ms=5_000)
     assert set(pairs) == {("z", "a"), ("a", "m")}
@@ -176,11 +176,40 @@ def test_events_of_the_same_time_follow_each_other_in_the_order_they_came():
 
 def test_items_of_the_same_time_are_remembered_in_the_order_they_came():
     s = settings(next_steps=1, half_life=10**9)
-    first = [Interaction("z", 5_000, 1.0, "e1", offset=1), Interaction("a", 5_000, 1.0, "e2", 2)]
+    first = [
+        Interaction("z", 5_000, 1.0, "e1", order=1),
+        Interaction("a", 5_000, 1.0, "e2", order=2),
+    ]
     remembered = learn.remember([], first, 20)
     assert [p for p, _, _ in remembered] == ["a", "z"]  # "a" came later: newest
     # split over two batches, the next event follows "a", as in one batch
-    after = Interaction("m", 5_000, 1.0, "e3", offset=3)
+    after = Interaction("m", 5_000, 1.0, "e3", order=3)
     assert set(learn.next_pairs(remembered, [after], s, 5_000)) == {("a", "m")}
     assert set(learn.next_pairs([], [*first, after], s, 5_000)) == {("z", "a"), ("a", "m")}
     assert learn.remember(remembered, [after], 20) == learn.remember([], [*first, after], 20)
+
+
+def test_a_products_weight_in_next_pairs_is_its_largest_whatever_the_cut():
+    s = settings(next_steps=1, half_life=10**9)
+    events = [
+        Interaction("p", 1_000, 3.0, "e1", order=0),  # added to the cart
+        Interaction("p", 2_000, 1.0, "e2", order=1),  # viewed again
+        Interaction("r", 3_000, 3.0, "e3", order=2),
+    ]
+    whole = learn.next_pairs([], events, s, 3_000)
+    remembered = learn.remember([], events[:2], 20)
+    split = learn.next_pairs(remembered, events[2:], s, 3_000)
+    assert whole[("p", "r")] == split[("p", "r")] == 3.0
+
+
+def test_next_pairs_look_back_a_bounded_way():
+    import time
+
+    s = settings(next_steps=3, half_life=10**9, covisit_window=10**6)
+    events = [Interaction(str(n % 50), n, 1.0, f"e{n}", order=n) for n in range(3_000)]
+    start = time.perf_counter()
+    pairs = learn.next_pairs([], events, s, 3_000)
+    assert time.perf_counter() - start < 0.5
+    # each event follows the 3 products before it
+    assert pairs[("47", "48")] == pytest.approx(60.0) == pairs[("46", "48")]
+    assert ("44", "48") not in pairs

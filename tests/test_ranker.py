@@ -142,6 +142,8 @@ def test_learning_is_bit_identical_whatever_order_the_examples_arrive_in():
     random.Random(1).shuffle(shuffled)
     other.learn(shuffled)
     assert one.weights() == other.weights()
+    # measured the same whatever order the examples arrived in
+    assert ranker.evaluate(one.weights(), batch) == ranker.evaluate(one.weights(), shuffled)
     # stored as JSON and read again, it goes on exactly as before
     again = ranker.Learner.from_dict(json.loads(json.dumps(one.to_dict())))
     assert again == one
@@ -152,6 +154,7 @@ def test_learning_is_bit_identical_whatever_order_the_examples_arrive_in():
     # a model learnt over other features is not used: a fresh one
     stale = {**one.to_dict(), "features": ["bias", "gone"]}
     assert ranker.Learner.from_dict(stale) == ranker.Learner()
+    assert ranker.Learner.from_dict([1, 2]) == ranker.Learner()
 
 
 def test_prequential_measures():
@@ -262,6 +265,12 @@ def test_the_blend_serves_until_the_model_is_warm_or_when_chosen(shop):
     shop.set(keys.ranker_version(), "broken")
     assert store.strategy_lists("u:new", "1").model is None
     put_model(shop, {})
+    short = json.loads(shop.get(keys.ranker_weights()))
+    short["weights"] = short["weights"][:3]
+    shop.set(keys.ranker_weights(), json.dumps(short))
+    shop.set(keys.ranker_version(), "short")
+    assert store.strategy_lists("u:new", "1").model is None
+    assert store.recommendations_for("u:new", "1", 4)
     stale = json.loads(shop.get(keys.ranker_weights()))
     stale["features"] = ["bias"]
     shop.set(keys.ranker_weights(), json.dumps(stale))

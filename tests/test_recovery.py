@@ -37,6 +37,11 @@ PAIR_WEIGHT_DIFFERENCE = 0.5
 LIST_OVERLAP_MEAN = 0.85
 LISTS_UNLIKE = 0.03
 HIT_RATE_DIFFERENCE = 0.03
+# Where visitors went next depends on the cut when an event reaches the job
+# after events stamped later (here: a cart event whose topic is read ahead
+# of page views): measured 13 of 210 products (6%) between the runs cut
+# at 1,500 and 700.
+NEXT_DIFFER = 0.1
 
 
 def after_commits(job: JobRun, n: int) -> int:
@@ -64,6 +69,8 @@ def assert_same_fold(job: JobRun, uninterrupted: JobRun, expected: dict[str, int
     assert diff.list_overlap_mean >= LIST_OVERLAP_MEAN, diff.describe()
     assert diff.lists_unlike <= LISTS_UNLIKE * diff.lists, diff.describe()
     assert diff.hit_rate_difference <= HIT_RATE_DIFFERENCE, diff.describe()
+    assert diff.next_keys > 100, diff.describe()
+    assert len(diff.next_differ) <= NEXT_DIFFER * diff.next_keys, diff.describe()
 
 
 def status_of(job: JobRun) -> tuple[int, dict]:
