@@ -70,15 +70,6 @@ FEATURES: tuple[str, ...] = (
     SIMILAR_HISTORY,
 )
 INDEX = {name: i for i, name in enumerate(FEATURES)}
-# features grouped as the docs' ablation reports them
-GROUPS: dict[str, tuple[str, ...]] = {
-    "strategies": tuple(f for f in FEATURES if f.split(":")[0] in STRATEGIES),
-    "sources": (SOURCES,),
-    "category": (PAGE_CATEGORY,),
-    "price": (CHEAPER, PRICE_RATIO, CHEAPEST),
-    "history": (PERSONAL_HISTORY, SIMILAR_HISTORY),
-}
-
 # a candidate's place in the lists: strategy -> (rank from 0, score / the list's best)
 Sources = dict[str, tuple[int, float]]
 # a feature vector: (feature index, value) of its non-zero features
