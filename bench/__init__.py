@@ -57,7 +57,9 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def uvicorn_argv(port: int, workers: int = 1, *extra: str) -> list[str]:
+def uvicorn_argv(
+    port: int, workers: int = 1, *extra: str, app: str = "demo_shop.asgi:application"
+) -> list[str]:
     """The demo shop served by uvicorn as a production shop would run it."""
     import sys
 
@@ -65,7 +67,7 @@ def uvicorn_argv(port: int, workers: int = 1, *extra: str) -> list[str]:
         sys.executable,
         "-m",
         "uvicorn",
-        "demo_shop.asgi:application",
+        app,
         "--port",
         str(port),
         "--workers",

@@ -1,25 +1,33 @@
-"""api_latency: ``GET /reco/api/recommendations/`` under concurrency, against a
-bare Django view returning the same Redis value, in the same run.
+"""api_latency: ``GET /reco/api/recommendations/`` under concurrency, against
+bare Django views returning the same Redis value, in the same run.
 
 Redis runs on a free port, loaded as a busy shop's: ``PRODUCTS`` products in
 the catalog, each with its similar, bought-together and content lists, trending
 and popular lists globally and per category, a bandit policy, and ``VISITORS``
 visitors with a session in the database, a personal list, an affinity list and
 a seen set. The demo shop (``DEBUG`` off, its full middleware) is served on a
-free port by uvicorn (one process, Django's ASGI handler: the deployment of the
-install guide), then by gunicorn (one process, four threads, Django's WSGI
-handler: pages and API from a WSGI server, websockets from an ASGI server).
+free port, one process each (``SERVERS``):
+
+* by uvicorn with the plugin's ASGI handler (``reco_plugin.asgi``: the
+  deployment of the install guide);
+* by uvicorn with Django's own ASGI handler (a thread hop on each side of each
+  sync middleware);
+* by gunicorn (four threads, Django's WSGI handler: pages and API from a WSGI
+  server, websockets from an ASGI server).
 
 A client keeps 1, then 8 (``LEVELS``) keep-alive connections busy, each as one visitor
 (a session cookie), asking for the visitor's list on a random product's page
-(``?product=<id>&limit=8``); the peer asks the bare view (``bench/api_urls.py``)
-with the same sessions: the same middleware, one Redis GET of the visitor's
-stored list, returned as it is. Phases of ``PHASE_SECONDS`` alternate between
-the two (``ROUNDS`` each, after a warm-up), so drift touches both alike.
-Latency is measured by the client, from writing the request to reading the whole
-response. ``value`` is the API's p50 in ms under uvicorn at the highest level;
-``ratio`` is the API's throughput over the bare view's there; ``wsgi`` has the
-same figures under gunicorn.
+(``?product=<id>&limit=8``); the peers ask the bare views (``bench/api_urls.py``)
+with the same sessions and the same middleware: a sync view (one Redis GET of
+the visitor's stored list, returned as it is) and, under the plugin's handler,
+the same as an async view (the session through Django's async API, the list
+through ``redis.asyncio``). Phases of ``PHASE_SECONDS`` alternate between them
+(``ROUNDS`` each, after a warm-up), so drift touches all alike. Latency is
+measured by the client, from writing the request to reading the whole
+response. ``value`` is the API's p50 in ms under the plugin's handler at the
+highest level; ``ratio`` is the API's throughput over the bare sync view's
+there (``ratio_async``: over the bare async view's); ``django_handler`` and
+``wsgi`` have the same figures under the other two servers.
 """
 
 from __future__ import annotations
@@ -180,6 +188,10 @@ def bare_path(r: random.Random) -> str:
     return "/bench/bare/"
 
 
+def bare_async_path(r: random.Random) -> str:
+    return "/bench/bare-async/"
+
+
 def serve(argv: Callable[[int], list[str]], env: dict) -> tuple[subprocess.Popen, int]:
     """Start a server of the shop (``argv(port)``) on a free port and wait for it."""
     from stack.services import REPO, free_port, port_open
@@ -201,20 +213,23 @@ def serve(argv: Callable[[int], list[str]], env: dict) -> tuple[subprocess.Popen
     return server, port
 
 
-def measure(port: int, sessions: list[str], rng: random.Random, log, label: str) -> dict:
-    """Each level of concurrency, the API and the bare view in alternating phases."""
+def measure(
+    port: int, sessions: list[str], rng: random.Random, log, label: str, views: dict
+) -> dict:
+    """Each level of concurrency, the API and its peers (``views``: name ->
+    path maker) in alternating phases."""
     # one answer, checked: the API's list is a real blend
     sample = asyncio.run(_fetch_json(port, api_path(rng), sessions[0]))
     if len(sample["items"]) != LIMIT or sample["source"] != "personal":
         raise RuntimeError(f"unexpected API answer: {json.dumps(sample)[:500]}")
     log(f"{label} on :{port}; {ROUNDS} x {PHASE_SECONDS:.0f} s per view and concurrency")
-    asyncio.run(phase(port, sessions, api_path, 1.5, rng, 4))  # warm-up
-    asyncio.run(phase(port, sessions, bare_path, 1.5, rng, 4))
+    for make_path in views.values():  # warm-up
+        asyncio.run(phase(port, sessions, make_path, 1.5, rng, 4))
     levels = {}
     for level in LEVELS:
-        found: dict[str, tuple[list[float], float]] = {"api": ([], 0.0), "bare": ([], 0.0)}
+        found: dict[str, tuple[list[float], float]] = {name: ([], 0.0) for name in views}
         for round_ in range(ROUNDS):
-            order = [("api", api_path), ("bare", bare_path)]
+            order = list(views.items())
             if round_ % 2:
                 order.reverse()
             for name, make_path in order:
@@ -224,31 +239,47 @@ def measure(port: int, sessions: list[str], rng: random.Random, log, label: str)
                 latencies, seconds = found[name]
                 found[name] = (latencies + got, seconds + took)
                 log(
-                    f"  {level} conn {name:<4} {len(got) / took:6.0f} req/s  "
+                    f"  {level} conn {name:<10} {len(got) / took:6.0f} req/s  "
                     f"p50 {percentile(got, 50) * 1000:6.2f} ms  "
                     f"p99 {percentile(got, 99) * 1000:6.2f} ms"
                 )
-        (api, api_seconds), (bare, bare_seconds) = found["api"], found["bare"]
-        levels[str(level)] = {
+        api, api_seconds = found["api"]
+        figures = {
             "p50_ms": round(percentile(api, 50) * 1000, 2),
             "p99_ms": round(percentile(api, 99) * 1000, 2),
             "mean_ms": round(statistics.fmean(api) * 1000, 2),
             "requests_per_second": round(len(api) / api_seconds),
-            "peer_p50_ms": round(percentile(bare, 50) * 1000, 2),
-            "peer_p99_ms": round(percentile(bare, 99) * 1000, 2),
-            "peer_requests_per_second": round(len(bare) / bare_seconds),
-            "ratio": round((len(api) / api_seconds) / (len(bare) / bare_seconds), 3),
         }
+        for name, (latencies, seconds) in found.items():
+            if name == "api":
+                continue
+            prefix = "peer" if name == "bare" else f"peer_{name.replace('-', '_')}"
+            figures |= {
+                f"{prefix}_p50_ms": round(percentile(latencies, 50) * 1000, 2),
+                f"{prefix}_p99_ms": round(percentile(latencies, 99) * 1000, 2),
+                f"{prefix}_requests_per_second": round(len(latencies) / seconds),
+                f"{'ratio' if name == 'bare' else 'ratio_' + name.replace('-', '_')}": round(
+                    (len(api) / api_seconds) / (len(latencies) / seconds), 3
+                ),
+            }
+        levels[str(level)] = figures
     return levels
 
 
-# The servers measured, each with the bare view beside the API: the ASGI server
-# the install guide runs everything with (Django's ASGI handler hops threads
-# for each sync middleware), and a WSGI server for pages and API with the
-# websockets left to the ASGI server.
+# The servers measured, each with the bare views beside the API: the ASGI
+# server the install guide runs everything with, with the plugin's handler
+# (``reco_plugin.asgi``: its reads in one thread hop), then with Django's own
+# (a thread hop on each side of each sync middleware); and a WSGI server for
+# pages and API with the websockets left to the ASGI server.
 SERVERS = {
-    "uvicorn": f"uvicorn, {WORKERS} process, Django's ASGI handler",
+    "uvicorn": f"uvicorn, {WORKERS} process, the plugin's ASGI handler",
+    "uvicorn-django": f"uvicorn, {WORKERS} process, Django's ASGI handler",
     "gunicorn": f"gunicorn, {WORKERS} process x 4 threads, Django's WSGI handler",
+}
+VIEWS = {
+    "uvicorn": {"api": api_path, "bare": bare_path, "bare-async": bare_async_path},
+    "uvicorn-django": {"api": api_path, "bare": bare_path},
+    "gunicorn": {"api": api_path, "bare": bare_path},
 }
 
 
@@ -258,6 +289,9 @@ def run(log: Callable[[str], None] = print) -> dict:
 
     argv = {
         "uvicorn": lambda port: uvicorn_argv(port, WORKERS),
+        "uvicorn-django": lambda port: uvicorn_argv(
+            port, WORKERS, app="bench.django_asgi:application"
+        ),
         "gunicorn": lambda port: gunicorn_argv(port, WORKERS),
     }
     rng = random.Random(7)
@@ -274,7 +308,7 @@ def run(log: Callable[[str], None] = print) -> dict:
             for name in SERVERS:
                 server, port = serve(argv[name], env)
                 try:
-                    measured[name] = measure(port, sessions, rng, log, name)
+                    measured[name] = measure(port, sessions, rng, log, name, VIEWS[name])
                 finally:
                     stop_process(server, grace=10)
         finally:
@@ -287,18 +321,32 @@ def run(log: Callable[[str], None] = print) -> dict:
         "unit": "ms",
         "p99_ms": headline[top]["p99_ms"],
         "concurrency": max(LEVELS),
-        "peer": "bare Django view returning the visitor's stored list",
+        "peer": "bare sync Django view returning the visitor's stored list",
         "peer_value": headline[top]["peer_p50_ms"],
         "ratio": headline[top]["ratio"],
-        "ratio_is": "throughput of the API / throughput of the bare view",
+        "ratio_is": "throughput of the API / throughput of the bare sync view",
+        "ratio_async": headline[top]["ratio_bare_async"],
+        "ratio_async_is": "throughput of the API / throughput of the bare async view",
         "alone_p50_ms": headline[alone]["p50_ms"],
         "alone_p99_ms": headline[alone]["p99_ms"],
         "alone_peer_p50_ms": headline[alone]["peer_p50_ms"],
-        "plugin_ms": round(headline[alone]["p50_ms"] - headline[alone]["peer_p50_ms"], 2),
-        "plugin_ms_is": "p50 of the API minus p50 of the bare view, one connection",
+        "alone_peer_async_p50_ms": headline[alone]["peer_bare_async_p50_ms"],
+        # the plugin's own work, where the API and the bare view take the same
+        # path through the server (a WSGI thread each, no hop)
+        "plugin_ms": round(
+            measured["gunicorn"][alone]["p50_ms"] - measured["gunicorn"][alone]["peer_p50_ms"], 2
+        ),
+        "plugin_ms_is": "p50 of the API minus p50 of the bare sync view, one connection, "
+        "under gunicorn (both in one thread, no hop)",
         "levels": headline,
         "server": SERVERS["uvicorn"]
         + ", DEBUG off, the shop's middleware; client on the same 2 cores",
+        "django_handler": {
+            "server": SERVERS["uvicorn-django"],
+            "alone_p50_ms": measured["uvicorn-django"][alone]["p50_ms"],
+            "alone_peer_p50_ms": measured["uvicorn-django"][alone]["peer_p50_ms"],
+            "levels": measured["uvicorn-django"],
+        },
         "wsgi": {
             "server": SERVERS["gunicorn"],
             "alone_p50_ms": measured["gunicorn"][alone]["p50_ms"],

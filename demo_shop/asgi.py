@@ -1,8 +1,10 @@
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo_shop.settings")
+
+from reco_plugin.asgi import get_asgi_application  # noqa: E402
+
+# Django's ASGI handler, with the plugin's read endpoints in one thread hop
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

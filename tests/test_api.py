@@ -1,14 +1,23 @@
 import json
 
 import pytest
+from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction
 from django.test import Client
 from rest_framework import serializers
 
 from reco_plugin import keys
 
+from .asgi_client import ASGIClient
 from .conftest import put_catalog, put_list, put_policy
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(params=["wsgi", "asgi"])
+def client(request):
+    """Each test through Django's test handler, then through the plugin's ASGI
+    path (the reads in one thread hop)."""
+    return Client() if request.param == "wsgi" else ASGIClient()
 
 
 def test_recommendations_blend_personal_similar_and_trending(client, r):
@@ -270,3 +279,131 @@ def test_a_weak_etag_from_a_gzipping_proxy_still_gets_a_304(client, r):
         client.get("/reco/api/trending/", HTTP_IF_NONE_MATCH='"other", ' + etag).status_code == 304
     )
     assert client.get("/reco/api/trending/", HTTP_IF_NONE_MATCH='"other"').status_code == 200
+
+
+class ModeRecorder:
+    """A middleware that records whether each request met it in sync or async mode."""
+
+    sync_capable = True
+    async_capable = True
+    seen: list[tuple[str, str]] = []
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request):
+        if self.is_async:
+            return self._async_call(request)
+        ModeRecorder.seen.append((request.path, "sync"))
+        return self.get_response(request)
+
+    async def _async_call(self, request):
+        ModeRecorder.seen.append((request.path, "async"))
+        return await self.get_response(request)
+
+
+@pytest.fixture
+def recorded(settings):
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "tests.test_api.ModeRecorder"]
+    ModeRecorder.seen = []
+    return ModeRecorder.seen
+
+
+def test_asgi_answers_the_reads_through_the_sync_chain(redis_url, r, recorded):
+    put_catalog(r, [1, 2, 3])
+    put_list(r, keys.trending(), [3, 2])
+    put_list(r, keys.product_similar("1"), [2])
+    client = ASGIClient()
+    for path in (
+        "/reco/api/trending/",
+        "/reco/api/products/1/similar/",
+        "/reco/api/recommendations/?product=1",
+        "/reco/api/schema/",
+    ):
+        assert client.get(path).status_code == 200
+    assert client.post("/reco/api/events/", {}, content_type="application/json").status_code in {
+        400,
+        403,
+    }
+    # the three reads in one hop, through the shop's middleware run as sync;
+    # the schema and the beacon through Django's async chain, as before
+    assert recorded == [
+        ("/reco/api/trending/", "sync"),
+        ("/reco/api/products/1/similar/", "sync"),
+        ("/reco/api/recommendations/", "sync"),
+        ("/reco/api/schema/", "async"),
+        ("/reco/api/events/", "async"),
+    ]
+
+
+def asgi_get(path: str, query: bytes = b"", headers: tuple = ()) -> tuple[int, dict, bytes]:
+    """One GET through ``reco_plugin.asgi``'s application, as an ASGI server sends it."""
+    from asgiref.testing import ApplicationCommunicator
+
+    from reco_plugin.asgi import get_asgi_application
+
+    async def get() -> tuple[int, dict, bytes]:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query,
+            "root_path": "",
+            "headers": [(b"host", b"testserver"), *headers],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        app = ApplicationCommunicator(get_asgi_application(), scope)
+        await app.send_input({"type": "http.request", "body": b""})
+        start = await app.receive_output(5)
+        body = await app.receive_output(5)
+        await app.wait(5)
+        return start["status"], {k.lower(): v for k, v in start["headers"]}, body["body"]
+
+    return async_to_sync(get)()
+
+
+def test_the_asgi_application_serves_the_reads(redis_url, r, recorded):
+    put_catalog(r, [1, 2, 3])
+    put_list(r, keys.trending(), [3, 2, 1])
+    status, headers, body = asgi_get("/reco/api/trending/", b"limit=2")
+    assert status == 200 and headers[b"cache-control"] == b"public, max-age=30"
+    assert [i["product_id"] for i in json.loads(body)["items"]] == ["3", "2"]
+    # the browser's copy is still good: a 304, without a body
+    again = asgi_get("/reco/api/trending/", b"limit=2", ((b"if-none-match", headers[b"etag"]),))
+    assert again[0] == 304 and again[2] == b""
+    assert asgi_get("/reco/api/trending/", b"limit=0")[0] == 400
+    assert asgi_get("/reco/api/nothing-here/")[0] == 404
+    assert recorded == [
+        ("/reco/api/trending/", "sync"),
+        ("/reco/api/trending/", "sync"),
+        ("/reco/api/trending/", "sync"),
+        ("/reco/api/nothing-here/", "async"),
+    ]
+
+
+@pytest.mark.django_db(transaction=True)  # the answer is read in a worker thread
+def test_the_asgi_application_reads_the_visitors_own_list(redis_url, r):
+    put_catalog(r, [1, 2, 3, 4])
+    client = Client()
+    client.get("/reco/api/recommendations/")
+    session = client.session
+    session["reco_visitor"] = "asgi-visitor"
+    session.save()
+    put_list(r, keys.visitor_recommendations("s:asgi-visitor"), [4, 2])
+    cookie = f"sessionid={session.session_key}".encode()
+    status, headers, body = asgi_get("/reco/api/recommendations/", headers=((b"cookie", cookie),))
+    assert status == 200 and headers[b"cache-control"] == b"private, no-cache"
+    answer = json.loads(body)
+    assert answer["source"] == "personal"
+    assert [(i["product_id"], i["strategy"]) for i in answer["items"]] == [
+        ("4", "personal"),
+        ("2", "personal"),
+    ]
