@@ -11,11 +11,16 @@ the same request takes twice as long as under WSGI.
 
 :class:`ASGIHandler` answers ``GET``/``HEAD`` of the recommendation, similar
 and trending endpoints as a threaded WSGI server would: in one worker thread,
-the request's start signal, the shop's whole middleware chain, the same view,
-and the response's close (its end signal: the thread's database connection is
-kept or closed as after any request); the event loop only receives the request
-and sends the answer. Every other request (the shop's pages, its async views,
-the beacon's POSTs) goes through Django's async chain as before.
+the request's start signal, the shop's middleware chain (in sync mode: an
+async-only middleware still runs on the event loop, as Django adapts it), the
+same view, and the response's close (its end signal: the thread's database
+connection is kept or closed as after any request); the event loop only
+receives the request and sends the answer. The worker threads are the
+handler's own (``read_threads``, 8 by default: with ``CONN_MAX_AGE`` above 0,
+also the database connections they keep), so nothing else that uses the event
+loop's default pool waits for them, nor they for it. A request is told apart
+by resolving its path with ``ROOT_URLCONF``; every other request (the shop's
+pages, its async views, the beacon's POSTs) goes through Django's async chain.
 
 In the shop's ``asgi.py``::
 
@@ -26,6 +31,7 @@ In the shop's ``asgi.py``::
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import django
@@ -35,59 +41,39 @@ from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler as DjangoASGIHandler
 from django.core.handlers.asgi import get_script_prefix
 from django.core.handlers.base import BaseHandler
-from django.urls import Resolver404, resolve, set_script_prefix
+from django.urls import resolve, set_script_prefix
 
 READ_METHODS = frozenset({"GET", "HEAD"})
+READ_THREADS = 8
 
 
-class OneHopReads:
-    """For an async Django handler (a ``BaseHandler`` in async mode): the
-    plugin's reads go through a sync middleware chain of their own, in one
-    ``sync_to_async`` call; the rest through the handler's async chain."""
+class ASGIHandler(DjangoASGIHandler):
+    """Django's ASGI handler, with the plugin's reads in one thread hop."""
 
-    _sync_chain: BaseHandler | None = None
-    _read_views: frozenset[type] = frozenset()
+    def __init__(self, read_threads: int = READ_THREADS) -> None:
+        from .api import views
 
-    def sync_chain(self) -> BaseHandler:
-        """The shop's middleware and views, in sync mode."""
-        if self._sync_chain is None:
-            chain = BaseHandler()
-            chain.load_middleware(is_async=False)
-            self._sync_chain = chain
-        return self._sync_chain
+        super().__init__()
+        self._read_views = frozenset(
+            {views.RecommendationsView, views.SimilarView, views.TrendingView}
+        )
+        self._sync_chain = BaseHandler()
+        self._sync_chain.load_middleware(is_async=False)
+        self._answer_in_thread = sync_to_async(
+            self._answer,
+            thread_sensitive=False,
+            executor=ThreadPoolExecutor(read_threads, thread_name_prefix="reco-read"),
+        )
 
     def is_read(self, method: str, path_info: str) -> bool:
         """Whether the request is a read of the plugin's API."""
         if method not in READ_METHODS:
             return False
-        if not self._read_views:
-            from .api import views
-
-            self._read_views = frozenset(
-                {views.RecommendationsView, views.SimilarView, views.TrendingView}
-            )
         try:
             match = resolve(path_info)
-        except Resolver404:
+        except Exception:  # no route, or a failing one: Django's chain answers it
             return False
         return getattr(match.func, "view_class", None) in self._read_views
-
-    async def get_response_async(self, request: Any) -> Any:
-        if self.is_read(request.method, request.path_info):
-            # as Django runs a sync view: in the request's own thread
-            return await sync_to_async(self.sync_chain().get_response, thread_sensitive=True)(
-                request
-            )
-        return await super().get_response_async(request)  # type: ignore[misc]
-
-
-class ASGIHandler(OneHopReads, DjangoASGIHandler):
-    """Django's ASGI handler, with the plugin's reads in one thread hop."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sync_chain()
-        self._answer_in_thread = sync_to_async(self._answer, thread_sensitive=False)
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         prefix = get_script_prefix(scope)
@@ -103,7 +89,9 @@ class ASGIHandler(OneHopReads, DjangoASGIHandler):
             await self.send_response(response, send)
         finally:
             body_file.close()
-        if response.streaming:  # (a middleware's doing): closed once sent, as by Django
+        if response.streaming:
+            # (a middleware's doing) closed once sent, as by Django: its end
+            # signal then fires in another thread than the view's
             await sync_to_async(response.close)()
         return None
 
@@ -113,7 +101,7 @@ class ASGIHandler(OneHopReads, DjangoASGIHandler):
         signals.request_started.send(sender=self.__class__, scope=scope)
         request, response = self.create_request(scope, body_file)
         if request is not None:
-            response = self.sync_chain().get_response(request)
+            response = self._sync_chain.get_response(request)
         response._handler_class = self.__class__
         if not response.streaming:
             # its content is kept: the end signal fires here, in the thread
@@ -122,8 +110,8 @@ class ASGIHandler(OneHopReads, DjangoASGIHandler):
         return response
 
 
-def get_asgi_application() -> ASGIHandler:
+def get_asgi_application(read_threads: int = READ_THREADS) -> ASGIHandler:
     """:func:`django.core.asgi.get_asgi_application`, with the plugin's reads
-    in one thread hop (:class:`ASGIHandler`)."""
+    in one thread hop (:class:`ASGIHandler`) on ``read_threads`` threads."""
     django.setup(set_prefix=False)
-    return ASGIHandler()
+    return ASGIHandler(read_threads)

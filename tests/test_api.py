@@ -1,4 +1,7 @@
+import asyncio
 import json
+import threading
+import time
 
 import pytest
 from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction
@@ -324,50 +327,45 @@ def test_asgi_answers_the_reads_through_the_sync_chain(redis_url, r, recorded):
         "/reco/api/schema/",
     ):
         assert client.get(path).status_code == 200
+    assert client.head("/reco/api/trending/").status_code == 200
     assert client.post("/reco/api/events/", {}, content_type="application/json").status_code in {
         400,
         403,
     }
-    # the three reads in one hop, through the shop's middleware run as sync;
-    # the schema and the beacon through Django's async chain, as before
+    # the reads in one hop, through the shop's middleware run as sync; the
+    # schema and the beacon through Django's async chain, as before
     assert recorded == [
         ("/reco/api/trending/", "sync"),
         ("/reco/api/products/1/similar/", "sync"),
         ("/reco/api/recommendations/", "sync"),
         ("/reco/api/schema/", "async"),
+        ("/reco/api/trending/", "sync"),
         ("/reco/api/events/", "async"),
     ]
 
 
-def asgi_get(path: str, query: bytes = b"", headers: tuple = ()) -> tuple[int, dict, bytes]:
-    """One GET through ``reco_plugin.asgi``'s application, as an ASGI server sends it."""
-    from asgiref.testing import ApplicationCommunicator
-
+def asgi_get(path: str, query: bytes = b"", headers: tuple = (), app=None) -> tuple:
+    """(status, headers, body) of one GET through ``reco_plugin.asgi``'s
+    application, as an ASGI server sends it: the reads in its worker threads."""
     from reco_plugin.asgi import get_asgi_application
 
-    async def get() -> tuple[int, dict, bytes]:
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query,
-            "root_path": "",
-            "headers": [(b"host", b"testserver"), *headers],
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-        }
-        app = ApplicationCommunicator(get_asgi_application(), scope)
-        await app.send_input({"type": "http.request", "body": b""})
-        start = await app.receive_output(5)
-        body = await app.receive_output(5)
-        await app.wait(5)
-        return start["status"], {k.lower(): v for k, v in start["headers"]}, body["body"]
+    from .asgi_client import served
 
-    return async_to_sync(get)()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "query_string": query,
+        "root_path": "",
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    status, raw, body = async_to_sync(served)(app or get_asgi_application(), scope, b"")
+    return status, {k.lower(): v for k, v in raw}, body
 
 
 def test_the_asgi_application_serves_the_reads(redis_url, r, recorded):
@@ -407,3 +405,72 @@ def test_the_asgi_application_reads_the_visitors_own_list(redis_url, r):
         ("4", "personal"),
         ("2", "personal"),
     ]
+
+
+def test_a_failing_read_is_a_500_signalled_as_by_django(redis_url, r, monkeypatch):
+    from django.core.signals import got_request_exception
+
+    from reco_plugin import store
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in a read")
+
+    monkeypatch.setattr(store, "trending", broken)
+    signalled = []
+
+    def receiver(sender, request, **kwargs):
+        signalled.append((request.path, threading.current_thread().name))
+
+    got_request_exception.connect(receiver)
+    try:
+        assert asgi_get("/reco/api/trending/")[0] == 500
+    finally:
+        got_request_exception.disconnect(receiver)
+    # in one of the handler's own threads
+    assert [(path, name.startswith("reco-read")) for path, name in signalled] == [
+        ("/reco/api/trending/", True)
+    ]
+
+
+class OffLoopMiddleware:
+    """An async-only middleware that waits for a thread of the event loop's
+    default pool, as an async client library or ``getaddrinfo`` does."""
+
+    sync_capable = False
+    async_capable = True
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+        markcoroutinefunction(self)
+
+    async def __call__(self, request):
+        await asyncio.to_thread(time.sleep, 0.02)
+        return await self.get_response(request)
+
+
+def test_concurrent_reads_do_not_wait_for_the_default_pool(redis_url, r, settings):
+    """The reads' threads are the handler's own: twelve at once, each waiting
+    in an async-only middleware for the event loop's default pool (6 threads
+    here), are all answered (on that pool they would wait for each other)."""
+    from reco_plugin.asgi import get_asgi_application
+
+    from .asgi_client import served
+
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "tests.test_api.OffLoopMiddleware"]
+    put_catalog(r, [1, 2, 3])
+    put_list(r, keys.trending(), [3, 2, 1])
+    app = get_asgi_application()
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/reco/api/trending/",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver")],
+    }
+
+    async def at_once():
+        return await asyncio.gather(*(served(app, dict(scope), b"") for _ in range(12)))
+
+    answers = async_to_sync(at_once)()
+    assert [status for status, _, _ in answers] == [200] * 12
+    assert {json.loads(body)["items"][0]["product_id"] for _, _, body in answers} == {"3"}
