@@ -387,18 +387,7 @@ class Served:
 # The fallback chain for a visitor with no list of their own.
 PERSONAL_STRATEGIES = frozenset({strategies.PERSONAL, strategies.AFFINITY})
 CHAIN: tuple[tuple[str, frozenset[str]], ...] = (
-    (
-        "product",
-        frozenset(
-            {
-                strategies.SIMILAR,
-                strategies.NEXT,
-                strategies.FBT,
-                strategies.RETRAINED,
-                strategies.CONTENT,
-            }
-        ),
-    ),
+    ("product", strategies.NEIGHBOURS),
     ("category", frozenset({strategies.CATEGORY})),
     ("trending", frozenset({strategies.TRENDING, strategies.POPULAR})),
 )

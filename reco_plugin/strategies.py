@@ -58,8 +58,10 @@ STRATEGIES: tuple[str, ...] = (
     TRENDING,
     POPULAR,
 )
+# the lists of the product on the page: its neighbours
+NEIGHBOURS = frozenset({SIMILAR, NEXT, FBT, RETRAINED, CONTENT})
 # the strategies that need a product on the page
-PRODUCT_CONTEXT = frozenset({SIMILAR, NEXT, FBT, RETRAINED, CONTENT, CATEGORY})
+PRODUCT_CONTEXT = NEIGHBOURS | {CATEGORY}
 
 # A trial is scored on a strategy's top K (after removing what the visitor has seen).
 K = 10

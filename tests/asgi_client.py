@@ -34,9 +34,36 @@ class InTestThread(ASGIHandler):
         await self.handle(scope, receive, send)
 
 
+def http_scope(
+    path: str,
+    *,
+    method: str = "GET",
+    query: bytes = b"",
+    headers: list[tuple[bytes, bytes]] | None = None,
+    root_path: str = "",
+    scheme: str = "http",
+    server: tuple[str, int] = ("testserver", 80),
+    client: str = "127.0.0.1",
+) -> dict[str, Any]:
+    """The scope an ASGI server gives one HTTP request."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": scheme,
+        "path": path,
+        "query_string": query,
+        "root_path": root_path,
+        "headers": [(b"host", server[0].encode()), *(headers or [])],
+        "client": (client, 50000),
+        "server": server,
+    }
+
+
 def scope_of(environ: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     """The ASGI scope and body of a test client's WSGI environ."""
-    headers = [(b"host", environ.get("SERVER_NAME", "testserver").encode())]
+    headers = []
     for key, value in environ.items():
         if key.startswith("HTTP_") or key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
             name = key.removeprefix("HTTP_").replace("_", "-").lower()
@@ -44,19 +71,16 @@ def scope_of(environ: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
                 headers.append((name.encode("latin1"), str(value).encode("latin1")))
     length = int(environ.get("CONTENT_LENGTH") or 0)
     body = environ["wsgi.input"].read(length) if length else b""
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": environ["REQUEST_METHOD"],
-        "scheme": environ.get("wsgi.url_scheme", "http"),
-        "path": environ["PATH_INFO"],
-        "query_string": environ.get("QUERY_STRING", "").encode("latin1"),
-        "root_path": environ.get("SCRIPT_NAME", ""),
-        "headers": headers,
-        "client": (environ.get("REMOTE_ADDR", "127.0.0.1"), 50000),
-        "server": (environ.get("SERVER_NAME", "testserver"), int(environ.get("SERVER_PORT", 80))),
-    }
+    scope = http_scope(
+        environ["PATH_INFO"],
+        method=environ["REQUEST_METHOD"],
+        query=environ.get("QUERY_STRING", "").encode("latin1"),
+        headers=headers,
+        root_path=environ.get("SCRIPT_NAME", ""),
+        scheme=environ.get("wsgi.url_scheme", "http"),
+        server=(environ.get("SERVER_NAME", "testserver"), int(environ.get("SERVER_PORT", 80))),
+        client=environ.get("REMOTE_ADDR", "127.0.0.1"),
+    )
     return scope, body
 
 

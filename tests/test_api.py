@@ -349,21 +349,9 @@ def asgi_get(path: str, query: bytes = b"", headers: tuple = (), app=None) -> tu
     application, as an ASGI server sends it: the reads in its worker threads."""
     from reco_plugin.asgi import get_asgi_application
 
-    from .asgi_client import served
+    from .asgi_client import http_scope, served
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "GET",
-        "scheme": "http",
-        "path": path,
-        "query_string": query,
-        "root_path": "",
-        "headers": [(b"host", b"testserver"), *headers],
-        "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
-    }
+    scope = http_scope(path, query=query, headers=list(headers))
     status, raw, body = async_to_sync(served)(app or get_asgi_application(), scope, b"")
     return status, {k.lower(): v for k, v in raw}, body
 
@@ -454,19 +442,13 @@ def test_concurrent_reads_do_not_wait_for_the_default_pool(redis_url, r, setting
     here), are all answered (on that pool they would wait for each other)."""
     from reco_plugin.asgi import get_asgi_application
 
-    from .asgi_client import served
+    from .asgi_client import http_scope, served
 
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, "tests.test_api.OffLoopMiddleware"]
     put_catalog(r, [1, 2, 3])
     put_list(r, keys.trending(), [3, 2, 1])
     app = get_asgi_application()
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/reco/api/trending/",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver")],
-    }
+    scope = http_scope("/reco/api/trending/")
 
     async def at_once():
         return await asyncio.gather(*(served(app, dict(scope), b"") for _ in range(12)))
