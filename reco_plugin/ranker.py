@@ -28,6 +28,7 @@ is served.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -83,27 +84,49 @@ def candidates(
     the order first met."""
     found: dict[str, Sources] = {}
     for strategy, items in lists:
-        ids = getattr(items, "ids", None)
-        scores = getattr(items, "scores", None)
-        if ids is None:
-            ids = [str(item.get("product_id", "")) for item in items]
-            scores = {str(item.get("product_id", "")): item.get("score", 0.0) for item in items}
         best = None
         rank = 0
-        for product_id in ids:
-            if not product_id or product_id in exclude:
+        for product_id, score in scored_ids(items):
+            if product_id in exclude:
                 continue
-            try:
-                score = float(scores.get(product_id, 0.0) or 0.0)
-            except (TypeError, ValueError):  # a list written by hand, or damaged
-                score = 0.0
             if best is None:
                 best = score if score > 0 else 1.0
-            found.setdefault(product_id, {})[strategy] = (rank, score / best)
+            sources = found.get(product_id)
+            if sources is None:
+                found[product_id] = {strategy: (rank, score / best)}
+            else:
+                sources[strategy] = (rank, score / best)
             rank += 1
             if rank == depth:
                 break
     return found
+
+
+def scored_ids(items: Any) -> list[tuple[str, float]]:
+    """A list's (product id, score) in order, without empty ids; a score that
+    is not a number counts as 0. Taken once for a ``strategies.Ranked``, which
+    many requests and trials read."""
+    cached = getattr(items, "scored", None)
+    if cached is not None:
+        return cached
+    ids = getattr(items, "ids", None)
+    scores = getattr(items, "scores", None)
+    if ids is None:
+        ids = [str(item.get("product_id", "")) for item in items]
+        scores = {str(item.get("product_id", "")): item.get("score", 0.0) for item in items}
+    result = []
+    for product_id in ids:
+        if not product_id:
+            continue
+        try:
+            score = float(scores.get(product_id, 0.0) or 0.0)
+        except (TypeError, ValueError):  # a list written by hand, or damaged
+            score = 0.0
+        result.append((product_id, score))
+    if ids is getattr(items, "ids", None):
+        with contextlib.suppress(AttributeError):
+            items.scored = result
+    return result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,17 +271,29 @@ class Learner:
         return [self.weight(i) for i in range(len(self.z))]
 
     def learn(self, batch: Iterable[Example]) -> None:
-        """One FTRL step per example, in the examples' key order."""
+        """One FTRL step per example, in the examples' key order (:meth:`weight`
+        inlined: the same operations in the same order, so the same floats)."""
+        z, n_, alpha, beta, l1, l2 = self.z, self.n, self.alpha, self.beta, self.l1, self.l2
+        sqrt = math.sqrt
         for _, label, vector in sorted(batch, key=lambda example: example[0]):
-            weights = [(i, value, self.weight(i)) for i, value in vector]
-            p = probability(sum(w * value for _, value, w in weights))
-            gradient = p - label
+            weights = []
+            logit = 0
+            for i, value in vector:
+                zi = z[i]
+                if abs(zi) <= l1:
+                    w = 0.0
+                else:
+                    sign = 1.0 if zi > 0 else -1.0
+                    w = -(zi - sign * l1) / ((beta + sqrt(n_[i])) / alpha + l2)
+                weights.append((i, value, w))
+                logit += w * value
+            gradient = probability(logit) - label
             for i, value, w in weights:
                 g = gradient * value
-                n = self.n[i]
-                sigma = (math.sqrt(n + g * g) - math.sqrt(n)) / self.alpha
-                self.z[i] += g - sigma * w
-                self.n[i] = n + g * g
+                n = n_[i]
+                sigma = (sqrt(n + g * g) - sqrt(n)) / alpha
+                z[i] += g - sigma * w
+                n_[i] = n + g * g
             self.examples += 1
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,7 +16,6 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import redis
@@ -36,45 +35,7 @@ CANDIDATE_FACTOR = 3
 DISPLAY_MARGIN = 2
 
 
-class Ranked:
-    """A list as the pipeline wrote it, kept as its ids in order and each id's
-    score (read-only: it is shared by the requests that read the same value).
-    Iterating it gives ``{"product_id", "score"}`` items."""
-
-    __slots__ = ("ids", "scores")
-
-    def __init__(self, ids: tuple[str, ...], scores: dict[str, float]) -> None:
-        self.ids = ids
-        self.scores = scores
-
-    @classmethod
-    def parse(cls, items: Any) -> Ranked:
-        kept = [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
-        ids = tuple(str(item.get("product_id", "")) for item in kept)
-        return cls(
-            ids,
-            {p: float(item.get("score", 0.0)) for p, item in zip(ids, kept, strict=True)},
-        )
-
-    @classmethod
-    def merged(cls, parts: list[Ranked]) -> Ranked:
-        """The first list, then what the next ones add, in order."""
-        ids: list[str] = []
-        scores: dict[str, float] = {}
-        for part in parts:
-            for product_id in part.ids:
-                if product_id not in scores:
-                    ids.append(product_id)
-                    scores[product_id] = part.scores[product_id]
-        return cls(tuple(ids), scores)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        return ({"product_id": p, "score": self.scores[p]} for p in self.ids)
-
-
+Ranked = strategies.Ranked
 EMPTY = Ranked((), {})
 # value read from Redis -> its Ranked: the lists every request reads (trending,
 # popular, a product's neighbours) are parsed once per value the pipeline writes

@@ -31,7 +31,7 @@ clicks can be re-weighted offline.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from . import keys
@@ -69,10 +69,57 @@ K = 10
 POLICY_DRAWS = 256
 
 
+class Ranked:
+    """A list as the pipeline wrote it, kept as its ids in order and each id's
+    score (read-only: it is shared by the requests that read the same value).
+    Iterating it gives ``{"product_id", "score"}`` items."""
+
+    __slots__ = ("ids", "scores", "scored")  # scored: ranker.scored_ids, once
+
+    def __init__(self, ids: tuple[str, ...], scores: dict[str, float]) -> None:
+        self.ids = ids
+        self.scores = scores
+
+    @classmethod
+    def parse(cls, items: Any) -> Ranked:
+        kept = [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+        ids = tuple(str(item.get("product_id", "")) for item in kept)
+        return cls(
+            ids,
+            {p: float(item.get("score", 0.0)) for p, item in zip(ids, kept, strict=True)},
+        )
+
+    @classmethod
+    def of(cls, items: Sequence[Mapping[str, Any]]) -> Ranked:
+        """Well-formed items as they are (each id as text, its score as
+        written): what :func:`top` and ``ranker.candidates`` read of a list of
+        items, taken once for a list read many times."""
+        ids = tuple(str(item.get("product_id", "")) for item in items)
+        return cls(ids, {p: item.get("score", 0.0) for p, item in zip(ids, items, strict=True)})
+
+    @classmethod
+    def merged(cls, parts: list[Ranked]) -> Ranked:
+        """The first list, then what the next ones add, in order."""
+        ids: list[str] = []
+        scores: dict[str, float] = {}
+        for part in parts:
+            for product_id in part.ids:
+                if product_id not in scores:
+                    ids.append(product_id)
+                    scores[product_id] = part.scores[product_id]
+        return cls(tuple(ids), scores)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return ({"product_id": p, "score": self.scores[p]} for p in self.ids)
+
+
 def top(items: Iterable[Mapping[str, Any]], exclude: set[str], k: int = K) -> list[str]:
     """The first ``k`` product ids of a list, skipping ``exclude``."""
     result: list[str] = []
-    # a list read by the serving path carries its ids already (store.Ranked)
+    # a Ranked carries its ids already
     ids = getattr(items, "ids", None)
     if ids is None:
         ids = (str(item.get("product_id", "")) for item in items)

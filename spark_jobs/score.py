@@ -450,7 +450,12 @@ def _judge(
             trial.visitor_id, context, categories.get(context or "")
         ):
             wanted[key] = strategy
-    values = dict(zip(wanted, state.lists(r, list(wanted)), strict=True))
+    # each list read once, and its ids and scores taken once: the same lists
+    # (popular, trending, a product's neighbours) serve many trials
+    values = {
+        key: strategies.Ranked.of(items)
+        for key, items in zip(wanted, state.lists(r, list(wanted)), strict=True)
+    }
     found: list[tuple[Trial, dict[str, ranker.Sources]]] = []
     for trial in trials:
         context = trial.context
