@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -236,8 +237,10 @@ def examples(
     hash of ``key`` (the trial's own) and the candidate."""
     if target not in found:
         return []
-    others = sorted((p for p in found if p != target), key=lambda p: _hash(f"{key}|{p}"))
-    chosen = [target, *others[:NEGATIVES]]
+    others = heapq.nsmallest(
+        NEGATIVES, (p for p in found if p != target), key=lambda p: _hash(f"{key}|{p}")
+    )
+    chosen = [target, *others]
     return [
         (f"{key}|{p}", int(p == target), vector)
         for p, vector in zip(chosen, vectors(found, context, chosen), strict=True)

@@ -602,6 +602,8 @@ def _ranker_learnt(
     except (ValueError, TypeError, KeyError):
         logger.warning("the ranker's model in Redis is unreadable: it learns again from scratch")
         learner = ranker.Learner()
+    # in their key order, sorted once (both would sort them)
+    examples = sorted(examples, key=lambda example: example[0])
     measured = ranker.evaluate(learner.weights(), examples)
     learner.learn(examples)
     weights = {
