@@ -42,7 +42,7 @@ from reco_plugin.scoring import PipelineSettings, parse_tuning
 
 from . import lake, lists, recovery, state
 from .forgotten import ForgetLog
-from .score import identified_in, landmark, later_copy, owner, score_partition
+from .score import landmark, later_copy, owner, score_partition
 from .transforms import parse
 
 logger = logging.getLogger("spark_jobs.batch")
@@ -285,7 +285,8 @@ class BatchProcessor:
             with steps("score"):
                 parts = (
                     parsed.withColumn("later_copy", later_copy())
-                    .repartition(self._partitions(batch), owner(identified_in(parsed)))
+                    .withColumn("owner", owner())
+                    .repartition(self._partitions(batch), "owner")
                     .rdd.mapPartitions(functools.partial(score_partition, **options))
                     .collect()
                 )
