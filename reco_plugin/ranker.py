@@ -121,7 +121,7 @@ def scored_ids(items: Any) -> list[tuple[str, float]]:
             continue
         try:
             score = float(scores.get(product_id, 0.0) or 0.0)
-        except (TypeError, ValueError):  # a list written by hand, or damaged
+        except (TypeError, ValueError, OverflowError):  # written by hand, or damaged
             score = 0.0
         result.append((product_id, score))
     if ids is getattr(items, "ids", None):

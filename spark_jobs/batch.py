@@ -42,7 +42,7 @@ from reco_plugin.scoring import PipelineSettings, parse_tuning
 
 from . import lake, lists, recovery, state
 from .forgotten import ForgetLog
-from .score import landmark, later_copy, owner, score_partition
+from .score import landmark, later_copy, score_partition, with_owner
 from .transforms import parse
 
 logger = logging.getLogger("spark_jobs.batch")
@@ -284,8 +284,7 @@ class BatchProcessor:
                     return next(score_partition(rows, **options))
             with steps("score"):
                 parts = (
-                    parsed.withColumn("later_copy", later_copy())
-                    .withColumn("owner", owner())
+                    with_owner(parsed.withColumn("later_copy", later_copy()))
                     .repartition(self._partitions(batch), "owner")
                     .rdd.mapPartitions(functools.partial(score_partition, **options))
                     .collect()

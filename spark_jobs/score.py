@@ -31,30 +31,44 @@ def later_copy():
     return F.col("event_id").isNotNull() & (F.row_number().over(first_first) > 1)
 
 
-def owner():
-    """Column: the visitor whose partition a record is scored in. Its own,
-    except an anonymous visitor who logged in during the batch: the user's, so
-    the login can merge what they did before it in the same batch.
+def with_owner(parsed):
+    """``parsed`` with an ``owner`` column: the visitor whose partition a record
+    is scored in. Every record of a visitor has the same owner: their own,
+    except for an anonymous visitor who logged in as one user during the
+    batch, whose owner is that user, so the login can merge what they did
+    before it in the same batch. (One who logged in as several users keeps
+    their own: each login then merges what Redis held of them.)
 
-    Found in the same job as the scoring (a window over the anonymous
-    visitor's records and their login), not by collecting the batch's logins
-    first: that was a second read of the batch from Kafka, ~0.3 s a batch."""
+    Found with two windows in the scoring job itself, not by collecting the
+    batch's logins first: that was a second read of the batch from Kafka,
+    ~0.3 s a batch."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     visitor = F.col("visitor_id")
     # a well-formed login of an anonymous visitor (``schema.is_visitor_id``)
-    logs_in = (
+    logs_in = F.coalesce(
         (F.col("type") == schema.IDENTIFY)
         & F.col("previous").startswith("s:")
         & (F.length(visitor) > 2)
         & (F.length(visitor) <= schema.MAX_ID_LENGTH)
-        & (visitor.startswith("u:") | visitor.startswith("s:"))
+        & (visitor.startswith("u:") | visitor.startswith("s:")),
+        F.lit(False),
     )
-    # the anonymous visitor's records and their login side by side
-    anonymous = F.when(logs_in, F.col("previous")).otherwise(visitor)
-    user = F.max(F.when(logs_in, visitor)).over(Window.partitionBy(anonymous))
-    return F.coalesce(user, visitor)
+    # an anonymous visitor's records beside their logins: the user they
+    # logged in as, if only one...
+    logins = Window.partitionBy(F.when(logs_in, F.col("previous")).otherwise(visitor))
+    users = F.when(logs_in, visitor)
+    only = F.when(F.min(users).over(logins) == F.max(users).over(logins), F.max(users).over(logins))
+    # ...then the same for every record of theirs, their own logins included
+    return (
+        parsed.withColumn("logged_in_as", F.when(~logs_in, only))
+        .withColumn(
+            "owner",
+            F.coalesce(F.max("logged_in_as").over(Window.partitionBy(visitor)), visitor),
+        )
+        .drop("logged_in_as")
+    )
 
 
 def landmark(previous_clock_ms: int, now_ms: int, settings: PipelineSettings) -> int:
@@ -112,7 +126,7 @@ def score_partition(
 
     Every row of a visitor must be in the same call, and the rows of an
     anonymous visitor with those of the user they logged in as in the batch
-    (the executors' path partitions by :func:`owner`).
+    (the executors' path partitions by :func:`with_owner`).
 
     ``held``: the next offset Redis holds of each (topic, partition);
     a record below it is in the state already and is left out, uncounted.

@@ -193,6 +193,55 @@ def test_logins_in_a_batch_merge_the_same_on_both_paths(spark, processor, redis_
     assert r.hget(keys.pipeline_counters(), "page_views:applied") == str(len(values))
 
 
+def test_every_record_of_a_visitor_has_one_owner_whatever_the_logins(spark):
+    """The executors' partitioning (``score.with_owner``): an anonymous visitor
+    who logged in as one user goes with them; one who logged in as two users,
+    or a chain of logins, never splits a visitor's own records."""
+    from spark_jobs.score import with_owner
+
+    def login(user, anonymous):
+        return schema.make_event(
+            schema.IDENTIFY, user, None, ts=NOW - 1000, context={schema.PREVIOUS_VISITOR: anonymous}
+        )
+
+    values = [
+        # one login: s:a's records go with u:1
+        event(visitor="s:a"),
+        login("u:1", "s:a"),
+        event(visitor="u:1"),
+        # s:b logged in as two users: every visitor keeps their own
+        event(visitor="s:b"),
+        login("u:2", "s:b"),
+        event(visitor="u:2"),
+        login("u:3", "s:b"),
+        event(visitor="u:3"),
+        # a chain: s:c as s:d, then s:d as u:4; s:d's login and view stay together
+        event(visitor="s:c"),
+        login("s:d", "s:c"),
+        event(visitor="s:d"),
+        login("u:4", "s:d"),
+        # not events, or no visitor: their own (none)
+        b"not json",
+        {**event(visitor="s:a"), "type": None},
+    ]
+    rows = with_owner(parse(records(spark, values))).select("visitor_id", "owner").collect()
+    owners: dict = {}
+    for visitor, owner in rows:
+        owners.setdefault(visitor, set()).add(owner)
+    assert all(len(found) == 1 for found in owners.values()), owners
+    assert {v: found.pop() for v, found in owners.items()} == {
+        "s:a": "u:1",
+        "u:1": "u:1",
+        "s:b": "s:b",
+        "u:2": "u:2",
+        "u:3": "u:3",
+        "s:c": "s:d",
+        "s:d": "u:4",
+        "u:4": "u:4",
+        None: None,
+    }
+
+
 def test_a_batch_run_again_changes_nothing(spark, processor, redis_url, r):
     batch = records(spark, traffic(300))
     p = processor()
