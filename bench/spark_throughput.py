@@ -25,7 +25,7 @@ from pathlib import Path
 
 from reco_plugin import schema
 from stack.pipeline import JobRun, end_offsets, produce
-from stack.services import PYTHON, REPO, Ports, Stack, free_port
+from stack.services import PYTHON, REPO, Ports, Stack, free_ports
 
 BATCH_LINE = re.compile(r"batch (\d+): (\d+) rows .* on the (\w+), .* in ([\d.]+)s")
 
@@ -134,7 +134,8 @@ def on_standalone_cluster(stack: Stack, targets: dict[str, int], batch: int, log
     """The job over the same backlog on a standalone master and two workers."""
     from stack.cluster import SparkStandalone
 
-    spark = SparkStandalone(stack, free_port(), [free_port() for _ in range(3)])
+    master, *ui = free_ports(4)
+    spark = SparkStandalone(stack, master, ui)
     log("the streaming job on a Spark standalone cluster (a master, two workers)...")
     spark.start()
     conf = [arg for k, v in spark.job_conf().items() for arg in ("--spark-conf", f"{k}={v}")]

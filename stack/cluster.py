@@ -22,7 +22,16 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .services import PYTHON, REPO, KafkaNode, Ports, Service, Stack, StackError, free_port
+from .services import (
+    PYTHON,
+    REPO,
+    KafkaNode,
+    Ports,
+    Service,
+    Stack,
+    StackError,
+    free_ports,
+)
 
 # the name the Sentinels know the primary by
 SENTINEL_SERVICE = "reco"
@@ -81,10 +90,10 @@ class ClusterPorts:
 
     @classmethod
     def free(cls) -> ClusterPorts:
-        def ports(n: int) -> list[int]:
-            return [free_port() for _ in range(n)]
-
-        return cls(ports(3), ports(3), ports(2), ports(3), free_port(), ports(3), free_port())
+        ports = free_ports(16)
+        return cls(
+            ports[0:3], ports[3:6], ports[6:8], ports[8:11], ports[11], ports[12:15], ports[15]
+        )
 
     def all(self) -> dict[str, int]:
         named = {"web": self.web, "spark master": self.spark_master}

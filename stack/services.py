@@ -43,9 +43,18 @@ def cluster_id() -> str:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different free ports: each socket is held until all are bound
+    (ports taken one by one may come back the same: a broker and a Redis of
+    one cluster once got the same port)."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
 def port_open(port: int) -> bool:
@@ -88,9 +97,8 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(
-            kafka=free_port(), kafka_controller=free_port(), redis=free_port(), web=free_port()
-        )
+        kafka, kafka_controller, redis, web = free_ports(4)
+        return cls(kafka=kafka, kafka_controller=kafka_controller, redis=redis, web=web)
 
 
 @dataclass
