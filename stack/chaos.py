@@ -51,8 +51,19 @@ class Traffic(threading.Thread):
         self.sent = 0
         self.sent_ids: set[str] = set()
         self.halt = threading.Event()
+        self.last_ts = 0
 
     def event(self) -> dict:
+        event = self._event()
+        # One event per millisecond: two of a visitor's events of the same
+        # millisecond on different topics are ordered by topic within a batch
+        # and by batch across batches (``learn.remember``), so their order in
+        # the visitor's memory would depend on where batches began, which a
+        # fault moves. (A sender that falls behind sends a burst.)
+        self.last_ts = event["ts"] = max(event["ts"], self.last_ts + 1)
+        return event
+
+    def _event(self) -> dict:
         rng = self.rng
         if not self.visitors or rng.random() < 0.15:
             self.visitors.append(f"s:chaos-{len(self.visitors)}")
