@@ -176,7 +176,12 @@ def submit_command(argv: list[str]) -> list[str]:
             from spark_jobs.session import connector_coordinates
 
             submit += ["--packages", str(connector or connector_coordinates())]
-    for key, value in (spark["CONF"] or {}).items():
+    conf = dict(spark["CONF"] or {})
+    if module == "spark_jobs.recommend":
+        from spark_jobs.session import STREAMING_JAVA_OPTIONS
+
+        conf = {**STREAMING_JAVA_OPTIONS, **conf}
+    for key, value in conf.items():
         submit += ["--conf", f"{key}={value}"]
     # the job's own Spark options are for local runs: spark-submit has set them
     job_args: list[str] = []

@@ -47,7 +47,13 @@ from reco_plugin.scoring import PipelineSettings
 from spark_jobs import recovery, state
 from spark_jobs.batch import BatchProcessor
 from spark_jobs.forgotten import ForgetLog
-from spark_jobs.session import REDIS_URL_ENV, add_spark_arguments, build_session, spark_options
+from spark_jobs.session import (
+    REDIS_URL_ENV,
+    STREAMING_JAVA_OPTIONS,
+    add_spark_arguments,
+    build_session,
+    spark_options,
+)
 
 logger = logging.getLogger("spark_jobs.recommend")
 QUERY_NAME = "reco_recommend"
@@ -486,6 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shuffle_partitions=args.settings.shuffle_partitions,
         local_checkpoint="://" not in args.checkpoint
         or args.checkpoint.startswith(("file:", "hdfs:")),
+        java_options=STREAMING_JAVA_OPTIONS,
         **args.spark,
     )
     supervisor = Supervisor(spark, args)

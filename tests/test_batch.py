@@ -36,7 +36,12 @@ class Batches:
         category=None,
         strategy=None,
         reco_id=None,
+        *,
+        event_id=None,
+        ts=None,
     ):
+        """A row at the next offset: a new event id and ``seconds_ago`` before
+        now, unless ``event_id`` and ``ts`` (ms) are given."""
         self.offset += 1
         return (
             "page_views",
@@ -44,10 +49,10 @@ class Batches:
             self.offset,
             1,
             type_,
-            str(uuid.uuid4()),
+            event_id or str(uuid.uuid4()),
             visitor_id,
             product_id,
-            self.now - seconds_ago * 1000,
+            self.now - seconds_ago * 1000 if ts is None else ts,
             previous,
             category,
             strategy,

@@ -38,8 +38,7 @@ FILLED = {":recs": 2000, ":next": 30, ":fbt": 5, ":bought": 200, ":clicked": 200
 
 
 def traffic(n: int, seed: int = 11):
-    """(type, event id, visitor, product, ts, previous visitor, category,
-    strategy, recommendation id) of ``n`` events of 3,000 visitors over 500
+    """``Batches.row``'s arguments of ``n`` events of 3,000 visitors over 500
     products (a few popular ones) in 12 categories, over six hours; every
     200th is a copy of an event sent a moment before, or (every other time)
     250 events before, which crosses into the batch before at each batch's
@@ -76,7 +75,17 @@ def traffic(n: int, seed: int = 11):
         else:
             type_ = schema.PAGE_VIEW
         sent.append(
-            (type_, f"e{i:08d}", visitor, product, ts, previous, category, strategy, reco_id)
+            {
+                "type_": type_,
+                "visitor_id": visitor,
+                "product_id": product,
+                "previous": previous,
+                "category": category,
+                "strategy": strategy,
+                "reco_id": reco_id,
+                "event_id": f"e{i:08d}",
+                "ts": ts,
+            }
         )
         yield sent[-1]
 
@@ -87,19 +96,15 @@ def fold(redis_url, monkeypatch) -> dict:
     events = list(traffic(BATCHES * BATCH_EVENTS))
     first = {}
     for at, event in enumerate(events):
-        first.setdefault(event[1], at)
+        first.setdefault(event["event_id"], at)
     crossing = [
-        at for at, e in enumerate(events) if first[e[1]] // BATCH_EVENTS < at // BATCH_EVENTS
+        at
+        for at, e in enumerate(events)
+        if first[e["event_id"]] // BATCH_EVENTS < at // BATCH_EVENTS
     ]
     assert len(crossing) == BATCHES - 1, crossing  # a copy of an event of the batch before
     for start in range(0, len(events), BATCH_EVENTS):
-        rows = []
-        for type_, event_id, visitor, product, ts, *rest in events[start : start + BATCH_EVENTS]:
-            batches.offset += 1
-            rows.append(
-                ("page_views", 0, batches.offset, 1, type_, event_id, visitor, product, ts, *rest)
-            )
-        batches.run(rows)
+        batches.run([batches.row(**event) for event in events[start : start + BATCH_EVENTS]])
     return redis_state(batches.r)
 
 

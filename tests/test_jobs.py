@@ -51,9 +51,36 @@ def test_the_streaming_command_comes_from_the_shops_settings(settings):
         "--packages",
         "org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0",
     ]
-    assert submit[submit.index("--conf") + 1] == "spark.driver.memory=4g"
-    assert submit[7].endswith("spark_jobs/recommend.py")
+    confs = dict(submit[i + 1].split("=", 1) for i, a in enumerate(submit) if a == "--conf")
+    assert confs == {
+        "spark.driver.memory": "4g",
+        # the streaming job's JVMs compile with C1 alone (spark_jobs.session)
+        "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
+        "spark.executor.extraJavaOptions": "-XX:TieredStopAtLevel=1",
+    }
+    assert submit[5 + 2 * len(confs)].endswith("spark_jobs/recommend.py")
     assert "--spark-conf" not in submit and value(submit, "--key-prefix") == "shop2"
+
+
+def test_a_shops_own_java_options_replace_the_streaming_jobs(settings):
+    settings.RECO_PLUGIN = {
+        **settings.RECO_PLUGIN,
+        "SPARK": {
+            "CHECKPOINT": "/tmp/c",
+            "CONF": {"spark.executor.extraJavaOptions": "-XX:+UseG1GC"},
+        },
+    }
+    submit = jobs.submit_command(jobs.stream_command())
+    confs = [submit[i + 1] for i, a in enumerate(submit) if a == "--conf"]
+    assert confs == [
+        "spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1",
+        "spark.executor.extraJavaOptions=-XX:+UseG1GC",
+    ]
+    # the retraining job over the lake keeps the JVM's own compilers
+    retrain = jobs.submit_command(jobs.retrain_command("/lake", 7))
+    assert [retrain[i + 1] for i, a in enumerate(retrain) if a == "--conf"] == [
+        "spark.executor.extraJavaOptions=-XX:+UseG1GC"
+    ]
 
 
 def test_the_job_parses_the_command_the_launcher_builds(settings):
