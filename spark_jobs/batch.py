@@ -4,8 +4,7 @@ orchestration of the engine's stages, each in its own module.
 The steps, each timed and reported in the last-batch record:
 
 1. ``collect``: the records are parsed (``transforms.parse``) and at most
-   ``driver_batch_rows + 1`` of them collected in one Spark job of as many
-   tasks as shuffle partitions.
+   ``driver_batch_rows + 1`` of them collected in one Spark job.
 2. ``score`` (``spark_jobs.score``): every record below the offset Redis holds
    of its partition is left out (it is in the state already); every other gets
    its status (malformed, too old, future, duplicate, applied), and the applied
@@ -265,19 +264,10 @@ class BatchProcessor:
         parsed = parse(batch)
         if not self.catching_up:
             with steps("collect"):
-                # One job: every task gives at most driver_batch_rows + 1 rows
-                # (the session reads all partitions at once for a limit); a
-                # batch that fits is complete on the driver. A task reads
-                # several of Kafka's partitions, as many tasks as shuffle
-                # partitions: a task per Kafka partition (60 by default) cost
-                # more than the reading. Measured on `make cluster` at 100
-                # events/s: a batch took 1.0-1.5 s, now 0.25 s; the first of a
-                # driver started again 12-13 s, now 6-10 s.
-                rows = (
-                    parse(batch.coalesce(self._partitions(batch)))
-                    .limit(settings.driver_batch_rows + 1)
-                    .collect()
-                )
+                # One job: every partition gives at most driver_batch_rows + 1
+                # rows (the session reads all partitions at once for a limit);
+                # a batch that fits is complete on the driver.
+                rows = parsed.limit(settings.driver_batch_rows + 1).collect()
         small = not self.catching_up and len(rows) <= settings.driver_batch_rows
 
         def scored(held: recovery.Position) -> state.BatchChanges:

@@ -14,15 +14,15 @@ REDIS_URL_ENV = "RECO_JOB_REDIS_URL"
 FORGET_SECRET_ENV = "RECO_FORGET_SECRET"  # reco_plugin.keys.FORGET_SECRET_ENV
 
 # The streaming job's JVMs (driver and executors) compile with C1 alone. Its
-# JVM work is short: each micro-batch plans, generates and runs fresh code for a
-# few hundred milliseconds, and the scoring is Python. Measured on the two-core
-# cluster of `make cluster` at 100 events/s: the optimising compiler (C2) cost
-# the driver and executors 0.8 of a core, C1 alone 0.5; a killed driver was
-# fresh again in 23-28 s instead of 30-36 s (its new JVMs compete for the
-# cores); catching up 200,000 events, 5,047 events/s against 4,888
-# (`bench spark_throughput`, within its run-to-run spread). Batch jobs over the
-# lake (``reco_retrain``) keep the JVM's default. A shop's own
-# ``extraJavaOptions`` (``SPARK["CONF"]``) replace these.
+# JVM work is short: each micro-batch plans, generates and runs fresh code for
+# well under a second, and the scoring is Python. On the two cores of `make
+# cluster` at 100 events/s, the optimising compiler (C2) cost the driver's and
+# executors' JVMs 0.8 of a core, C1 alone 0.5; a killed driver, whose new JVMs
+# compete for the cores, was fresh again in 23-39 s (9 tries) against 30-49 s
+# (7 tries; CHANGELOG). Catching up 200,000 events on `local[2]` (`bench
+# spark_throughput`): 5,047 events/s against 4,888, within the bench's spread.
+# The batch jobs over the lake (``reco_retrain``) keep the JVM's default. A
+# shop's own ``extraJavaOptions`` (``SPARK["CONF"]``) replace these.
 STREAMING_JAVA_OPTIONS = {
     "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
     "spark.executor.extraJavaOptions": "-XX:TieredStopAtLevel=1",
