@@ -1,6 +1,6 @@
 """The throughput benchmark's peer: a plain Spark query that reads the same Kafka
-topics with the same source options as the job and only counts the records
-(Spark's own floor).
+topics with the same source options and JVM options as the job and only counts
+the records (Spark's own floor).
 
     python -m bench.peer_count --bootstrap HOST:PORT --topics a,b --expect N --max-offsets M
 
@@ -18,7 +18,7 @@ import threading
 import time
 
 from spark_jobs.recommend import KAFKA_SOURCE_OPTIONS
-from spark_jobs.session import build_session
+from spark_jobs.session import STREAMING_JAVA_OPTIONS, build_session
 
 
 def main(argv=None) -> int:
@@ -29,7 +29,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-offsets", type=int, required=True)
     parser.add_argument("--timeout", type=float, default=600)
     args = parser.parse_args(argv)
-    spark = build_session("reco-bench-peer")
+    spark = build_session("reco-bench-peer", java_options=STREAMING_JAVA_OPTIONS)
     counted = 0
     first: list[tuple[int, float]] = []
     done = threading.Event()

@@ -168,18 +168,15 @@ def submit_command(argv: list[str]) -> list[str]:
     if spark["MASTER"]:
         submit += ["--master", str(spark["MASTER"])]
     connector = spark["KAFKA_CONNECTOR"]
+    conf = dict(spark["CONF"] or {})
     if module == "spark_jobs.recommend":
+        from spark_jobs.session import STREAMING_JAVA_OPTIONS, connector_coordinates
+
         if connector and os.path.isdir(str(connector)):
             jars = sorted(str(p) for p in Path(str(connector)).glob("*.jar"))
             submit += ["--jars", ",".join(jars)]
         else:
-            from spark_jobs.session import connector_coordinates
-
             submit += ["--packages", str(connector or connector_coordinates())]
-    conf = dict(spark["CONF"] or {})
-    if module == "spark_jobs.recommend":
-        from spark_jobs.session import STREAMING_JAVA_OPTIONS
-
         conf = {**STREAMING_JAVA_OPTIONS, **conf}
     for key, value in conf.items():
         submit += ["--conf", f"{key}={value}"]

@@ -13,19 +13,16 @@ CONNECTOR_ENV = "RECO_SPARK_KAFKA_CONNECTOR"
 REDIS_URL_ENV = "RECO_JOB_REDIS_URL"
 FORGET_SECRET_ENV = "RECO_FORGET_SECRET"  # reco_plugin.keys.FORGET_SECRET_ENV
 
-# The streaming job's JVMs (driver and executors) compile with C1 alone. Its
-# JVM work is short: each micro-batch plans, generates and runs fresh code for
-# well under a second, and the scoring is Python. On the two cores of `make
-# cluster` at 100 events/s, the optimising compiler (C2) cost the driver's and
-# executors' JVMs 0.8 of a core, C1 alone 0.5; a killed driver, whose new JVMs
-# compete for the cores, was fresh again in 23-39 s (9 tries) against 30-49 s
-# (7 tries; CHANGELOG). Catching up 200,000 events on `local[2]` (`bench
-# spark_throughput`): 5,047 events/s against 4,888, within the bench's spread.
-# The batch jobs over the lake (``reco_retrain``) keep the JVM's default. A
-# shop's own ``extraJavaOptions`` (``SPARK["CONF"]``) replace these.
+# The streaming job's JVMs (driver and executors) compile with C1 alone: their
+# work is short bursts of fresh code each micro-batch (the scoring is Python),
+# where the optimising compiler (C2) cost more CPU than it saved, which a driver
+# started again felt most (CHANGELOG, "a driver started again is fresh
+# sooner"). Set as the default options, which Spark puts before the
+# ``extraJavaOptions``: a shop's own options stay, and ``-XX:TieredStopAtLevel=4``
+# among them undoes this. The batch jobs over the lake keep the JVM's default.
 STREAMING_JAVA_OPTIONS = {
-    "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
-    "spark.executor.extraJavaOptions": "-XX:TieredStopAtLevel=1",
+    "spark.driver.defaultJavaOptions": "-XX:TieredStopAtLevel=1",
+    "spark.executor.defaultJavaOptions": "-XX:TieredStopAtLevel=1",
 }
 
 
@@ -104,9 +101,9 @@ def build_session(
     the default of 200 makes every micro-batch take seconds on two cores.
     ``local_checkpoint``: the checkpoint is on a local disk (or HDFS), where a
     rename is atomic. ``connector``: see :func:`connector_config`; ``conf``: more
-    Spark settings, applied last. ``java_options``: defaults of the driver's and
-    executors' ``extraJavaOptions`` (the driver's takes effect where the JVM is
-    started here, not under spark-submit)."""
+    Spark settings, applied last. ``java_options``: the driver's and executors'
+    default JVM options (the driver's takes effect where the JVM is started
+    here, not under spark-submit)."""
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # The Python workers import reco_plugin's Django-free modules from where this is installed.

@@ -55,31 +55,40 @@ def test_the_streaming_command_comes_from_the_shops_settings(settings):
     assert confs == {
         "spark.driver.memory": "4g",
         # the streaming job's JVMs compile with C1 alone (spark_jobs.session)
-        "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1",
-        "spark.executor.extraJavaOptions": "-XX:TieredStopAtLevel=1",
+        "spark.driver.defaultJavaOptions": "-XX:TieredStopAtLevel=1",
+        "spark.executor.defaultJavaOptions": "-XX:TieredStopAtLevel=1",
     }
-    assert submit[5 + 2 * len(confs)].endswith("spark_jobs/recommend.py")
+    script = next(i for i, a in enumerate(submit) if a.endswith("spark_jobs/recommend.py"))
+    assert not [a for a in submit[script + 1 :] if a == "--conf"]
     assert "--spark-conf" not in submit and value(submit, "--key-prefix") == "shop2"
 
 
-def test_a_shops_own_java_options_replace_the_streaming_jobs(settings):
+def test_a_shops_own_java_options_stay_beside_the_streaming_jobs(settings):
     settings.RECO_PLUGIN = {
         **settings.RECO_PLUGIN,
         "SPARK": {
             "CHECKPOINT": "/tmp/c",
-            "CONF": {"spark.executor.extraJavaOptions": "-XX:+UseG1GC"},
+            "CONF": {
+                "spark.executor.extraJavaOptions": "-XX:+UseG1GC",
+                "spark.driver.defaultJavaOptions": "-Dshop=1",
+            },
         },
     }
-    submit = jobs.submit_command(jobs.stream_command())
-    confs = [submit[i + 1] for i, a in enumerate(submit) if a == "--conf"]
-    assert confs == [
-        "spark.driver.extraJavaOptions=-XX:TieredStopAtLevel=1",
+
+    def confs(command):
+        return [command[i + 1] for i, a in enumerate(command) if a == "--conf"]
+
+    # Spark puts the default options before the extra ones: the shop's stay,
+    # and the shop's own defaults replace the job's
+    assert confs(jobs.submit_command(jobs.stream_command())) == [
+        "spark.driver.defaultJavaOptions=-Dshop=1",
+        "spark.executor.defaultJavaOptions=-XX:TieredStopAtLevel=1",
         "spark.executor.extraJavaOptions=-XX:+UseG1GC",
     ]
     # the retraining job over the lake keeps the JVM's own compilers
-    retrain = jobs.submit_command(jobs.retrain_command("/lake", 7))
-    assert [retrain[i + 1] for i, a in enumerate(retrain) if a == "--conf"] == [
-        "spark.executor.extraJavaOptions=-XX:+UseG1GC"
+    assert confs(jobs.submit_command(jobs.retrain_command("/lake", 7))) == [
+        "spark.executor.extraJavaOptions=-XX:+UseG1GC",
+        "spark.driver.defaultJavaOptions=-Dshop=1",
     ]
 
 
