@@ -161,7 +161,11 @@ class Requests(threading.Thread):
     def between(self, start: float, end: float) -> dict:
         """Served, failed (not 200), degraded, p50 and p99 of the requests made
         in [start, end)."""
-        chosen = [a for a in self.answers if start <= a.at < end]
+        return self.within([(start, end)])
+
+    def within(self, windows: list[tuple[float, float]]) -> dict:
+        """:meth:`between` over the requests made in any of ``windows``."""
+        chosen = [a for a in self.answers if any(s <= a.at < e for s, e in windows)]
         times = [a.seconds * 1000 for a in chosen]
         return {
             "served": sum(1 for a in chosen if a.status == 200),
