@@ -9,10 +9,11 @@ measures: requests served, failed and degraded, their p99 against the same
 run's baselines (the undisturbed 30 s before each fault so far); and the time
 until the pipeline is fresh again: a view made after the fault pushed to the
 shopper's websocket, and every record Kafka held before the fault applied.
-Then it checks what Redis holds is exactly once: every record counted read and applied once, none twice (the
-counters and offsets are committed together). The last test stops the traffic,
-checks every event the brokers acknowledged is in Kafka and applied, and
-compares the whole state with an undisturbed run of the same records.
+Then it checks what Redis holds is exactly once: every record counted read and
+applied once, none twice (the counters and offsets are committed together).
+The last test stops the traffic, checks every event the brokers acknowledged
+is in Kafka and applied, and compares the whole state with an undisturbed run
+of the same records.
 
 Run with ``make test-cluster`` (``.ci/run`` runs it after ``make test``); the
 figures of each case are written to tests/artifacts/cluster-report.json.
