@@ -18,6 +18,11 @@ def value(argv, option):
     return argv[argv.index(option) + 1]
 
 
+def confs(command):
+    """The ``--conf`` settings of a command line, in order."""
+    return [command[i + 1] for i, a in enumerate(command) if a == "--conf"]
+
+
 def test_the_streaming_command_comes_from_the_shops_settings(settings):
     settings.RECO_PLUGIN = {
         **settings.RECO_PLUGIN,
@@ -51,8 +56,7 @@ def test_the_streaming_command_comes_from_the_shops_settings(settings):
         "--packages",
         "org.apache.spark:spark-sql-kafka-0-10_2.13:4.2.0",
     ]
-    confs = dict(submit[i + 1].split("=", 1) for i, a in enumerate(submit) if a == "--conf")
-    assert confs == {
+    assert dict(c.split("=", 1) for c in confs(submit)) == {
         "spark.driver.memory": "4g",
         # the streaming job's JVMs compile with C1 alone (spark_jobs.session)
         "spark.driver.defaultJavaOptions": "-XX:TieredStopAtLevel=1",
@@ -74,10 +78,6 @@ def test_a_shops_own_java_options_stay_beside_the_streaming_jobs(settings):
             },
         },
     }
-
-    def confs(command):
-        return [command[i + 1] for i, a in enumerate(command) if a == "--conf"]
-
     # Spark puts the default options before the extra ones: the shop's stay,
     # and the shop's own defaults replace the job's
     assert confs(jobs.submit_command(jobs.stream_command())) == [
