@@ -313,13 +313,27 @@ class Learner:
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any] | None) -> Learner:
-        """The stored learner; a new one when there is none, or when it was
-        learnt over other features (a version of the plugin with others)."""
+        """The stored learner; a new one when there is none. One learnt over
+        other features (a version of the plugin with others) goes on with what
+        it learnt of the features they share: a new feature starts at 0, one
+        gone is dropped."""
         learner = cls()
-        if not isinstance(value, Mapping) or list(value.get("features", ())) != list(FEATURES):
+        if not isinstance(value, Mapping):
             return learner
-        learner.z = [float(x) for x in value["z"]]
-        learner.n = [float(x) for x in value["n"]]
+        stored = list(value.get("features", ()))
+        z, n = list(value.get("z", ())), list(value.get("n", ()))
+        if not stored or len(z) != len(stored) or len(n) != len(stored):
+            return learner
+        if stored == list(FEATURES):
+            learner.z = [float(x) for x in z]
+            learner.n = [float(x) for x in n]
+        else:
+            kept = {name: i for i, name in enumerate(stored) if name in INDEX}
+            if not kept:
+                return learner
+            for name, i in kept.items():
+                learner.z[INDEX[name]] = float(z[i])
+                learner.n[INDEX[name]] = float(n[i])
         learner.examples = int(value.get("examples", 0))
         for name in ("alpha", "beta", "l1", "l2"):
             setattr(learner, name, float(value.get(name, getattr(learner, name))))

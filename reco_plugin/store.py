@@ -350,7 +350,7 @@ PERSONAL_STRATEGIES = frozenset({strategies.PERSONAL, strategies.AFFINITY})
 CHAIN: tuple[tuple[str, frozenset[str]], ...] = (
     ("product", strategies.NEIGHBOURS),
     ("category", frozenset({strategies.CATEGORY})),
-    ("trending", frozenset({strategies.TRENDING, strategies.POPULAR})),
+    ("trending", strategies.GLOBAL),
 )
 # Most ids a request may ask to leave out.
 MAX_EXCLUDE = 100
@@ -668,7 +668,7 @@ def served(
         _unexplained(shown)
     _remember_trending(
         category,
-        [i for i in shown if i["strategy"] in (strategies.TRENDING, strategies.POPULAR)],
+        [i for i in shown if i["strategy"] in strategies.GLOBAL],
     )
     return Served(_numbered(shown, found.seed, found.tag), source)
 

@@ -17,6 +17,8 @@ Each strategy is a ready list in Redis, written by the pipeline:
 * ``affinity``: trending in the visitor's favourite category (their recent
   items' categories) over the long window;
 * ``trending``: trending over the short window;
+* ``trending_long``: trending over the long window (what sells lately, where
+  ``popular`` remembers weeks);
 * ``popular``: most interacted with, fading with the half-life.
 
 The blend fills each slot from one strategy drawn by Thompson sampling: the
@@ -45,6 +47,7 @@ CONTENT = "content"
 CATEGORY = "category"
 AFFINITY = "affinity"
 TRENDING = "trending"
+TRENDING_LONG = "trending_long"
 POPULAR = "popular"
 STRATEGIES: tuple[str, ...] = (
     PERSONAL,
@@ -56,10 +59,13 @@ STRATEGIES: tuple[str, ...] = (
     CATEGORY,
     AFFINITY,
     TRENDING,
+    TRENDING_LONG,
     POPULAR,
 )
 # the lists of the product on the page: its neighbours
 NEIGHBOURS = frozenset({SIMILAR, NEXT, FBT, RETRAINED, CONTENT})
+# the lists that need neither a visitor nor a product: the same for everyone
+GLOBAL = frozenset({TRENDING, TRENDING_LONG, POPULAR})
 # the strategies that need a product on the page
 PRODUCT_CONTEXT = NEIGHBOURS | {CATEGORY}
 
@@ -374,5 +380,6 @@ def sources(
         if category:
             found.append((CATEGORY, keys.trending_list("long", category)))
     found.append((TRENDING, keys.trending()))
+    found.append((TRENDING_LONG, keys.trending_list("long")))
     found.append((POPULAR, keys.popular()))
     return found

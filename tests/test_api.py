@@ -141,14 +141,16 @@ def test_every_strategy_of_a_product_page_can_fill_slots(client, r):
     put_list(r, keys.trending_list("long", "Drama"), [5])
     put_list(r, keys.trending(), [6])
     put_list(r, keys.popular(), [7])
-    put_policy(r, "retrained", "fbt", "similar", "category", "trending", "popular")
-    items = client.get("/reco/api/recommendations/?product=1&limit=6").json()["items"]
+    put_list(r, keys.trending_list("long"), [8])
+    put_policy(r, "retrained", "fbt", "similar", "category", "trending", "trending_long", "popular")
+    items = client.get("/reco/api/recommendations/?product=1&limit=7").json()["items"]
     assert [(i["product_id"], i["strategy"]) for i in items] == [
         ("4", "retrained"),
         ("3", "fbt"),
         ("2", "similar"),
         ("5", "category"),
         ("6", "trending"),
+        ("8", "trending_long"),
         ("7", "popular"),
     ]
 
@@ -230,6 +232,12 @@ def test_the_fallback_chain_says_which_list_a_new_visitor_got(client, r):
     r.delete(keys.trending_list("long", "Drama"))
     body = client.get("/reco/api/recommendations/?product=4&limit=2").json()
     assert (body["source"], [i["product_id"] for i in body["items"]]) == ("trending", ["9", "10"])
+    # the short window empty (a quiet hour): what sold over the long window
+    r.delete(keys.trending())
+    put_list(r, keys.trending_list("long"), [7, 8])
+    body = client.get("/reco/api/recommendations/?product=4&limit=2").json()
+    assert (body["source"], [i["product_id"] for i in body["items"]]) == ("trending", ["7", "8"])
+    assert {i["strategy"] for i in body["items"]} == {"trending_long"}
 
 
 def test_a_list_is_filled_when_its_first_candidates_cannot_be_shown(client, r):

@@ -27,7 +27,7 @@ from reco_plugin import keys, schema
 from stack.pipeline import redis_state
 from tests.test_batch import Batches
 
-DIGEST = "ab16fa88f814dbe9"
+DIGEST = "d5783d50ea68847c"
 BATCHES = 3
 BATCH_EVENTS = 4000
 NOW_MS = 1_780_000_000_000

@@ -151,10 +151,27 @@ def test_learning_is_bit_identical_whatever_order_the_examples_arrive_in():
     one.learn(more)
     again.learn(more)
     assert again.weights() == one.weights()
-    # a model learnt over other features is not used: a fresh one
-    stale = {**one.to_dict(), "features": ["bias", "gone"]}
-    assert ranker.Learner.from_dict(stale) == ranker.Learner()
+    # damaged, or learnt over features none of which are known: a fresh one
+    damaged = {**one.to_dict(), "features": ["bias", "gone"]}
+    assert ranker.Learner.from_dict(damaged) == ranker.Learner()
+    unknown = {"features": ["gone"], "z": [1.0], "n": [2.0], "examples": 9}
+    assert ranker.Learner.from_dict(unknown) == ranker.Learner()
     assert ranker.Learner.from_dict([1, 2]) == ranker.Learner()
+    # learnt by a version of the plugin with other features: what the shared
+    # features learnt goes on, a new one starts at 0, one gone is dropped
+    names = [f for f in ranker.FEATURES if f != "popular:rank"] + ["gone"]
+    older = one.to_dict() | {
+        "features": names,
+        "z": [one.z[ranker.INDEX[f]] if f in ranker.INDEX else 7.0 for f in names],
+        "n": [one.n[ranker.INDEX[f]] if f in ranker.INDEX else 7.0 for f in names],
+    }
+    carried = ranker.Learner.from_dict(older)
+    assert carried.examples == one.examples
+    for name, i in ranker.INDEX.items():
+        if name == "popular:rank":
+            assert (carried.z[i], carried.n[i]) == (0.0, 0.0)
+        else:
+            assert (carried.z[i], carried.n[i]) == (one.z[i], one.n[i]), name
 
 
 def test_prequential_measures():

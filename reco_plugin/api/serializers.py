@@ -14,9 +14,9 @@ class RecommendedItemSerializer(serializers.Serializer):
     product_id = serializers.CharField()
     score = serializers.FloatField()
     strategy = serializers.CharField(
-        help_text="the strategy that filled the slot: personal, similar, fbt, retrained, "
-        "content, category, affinity, trending or popular; pinned for a product a "
-        "merchandising rule put at its position"
+        help_text="the strategy that filled the slot: personal, similar, next, fbt, "
+        "retrained, content, category, affinity, trending, trending_long or popular; "
+        "pinned for a product a merchandising rule put at its position"
     )
     propensity = serializers.FloatField(
         help_text="the probability that the bandit chose this strategy for the slot; "
