@@ -32,11 +32,14 @@ import contextlib
 import dataclasses
 import hashlib
 import heapq
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .strategies import STRATEGIES
+
+logger = logging.getLogger(__name__)
 
 # Candidates taken from each strategy's list.
 DEPTH = 20
@@ -49,6 +52,9 @@ L1 = 0.0
 L2 = 1.0
 # Examples the model has learnt from before it is served (until then, the blend).
 WARM_EXAMPLES = 2000
+# A model learnt over other features (another version of the plugin) goes on
+# when it has at least this share of this version's; else it starts again.
+CARRIED = 0.9
 
 BIAS = "bias"
 SOURCES = "sources"
@@ -313,31 +319,67 @@ class Learner:
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any] | None) -> Learner:
-        """The stored learner; a new one when there is none. One learnt over
-        other features (a version of the plugin with others) goes on with what
-        it learnt of the features they share: a new feature starts at 0, one
-        gone is dropped."""
+        """The stored learner (a new one for None). One learnt by a version
+        of the plugin with other features goes on from what it learnt of the
+        features both have (:func:`by_name`), or starts again when they share
+        too few. ValueError when the value is damaged."""
         learner = cls()
+        if value is None:
+            return learner
         if not isinstance(value, Mapping):
+            raise ValueError("the ranker's stored learner is not an object")
+        stored = value.get("features")
+        z, n = by_name(stored, value.get("z")), by_name(stored, value.get("n"))
+        if z is None or n is None:
+            logger.warning(
+                "the ranker's model was learnt over other features (another version of the "
+                "plugin), too few of them this version's: it learns again from scratch"
+            )
             return learner
-        stored = list(value.get("features", ()))
-        z, n = list(value.get("z", ())), list(value.get("n", ()))
-        if not stored or len(z) != len(stored) or len(n) != len(stored):
-            return learner
-        if stored == list(FEATURES):
-            learner.z = [float(x) for x in z]
-            learner.n = [float(x) for x in n]
-        else:
-            kept = {name: i for i, name in enumerate(stored) if name in INDEX}
-            if not kept:
-                return learner
-            for name, i in kept.items():
-                learner.z[INDEX[name]] = float(z[i])
-                learner.n[INDEX[name]] = float(n[i])
-        learner.examples = int(value.get("examples", 0))
+        if stored != list(FEATURES):
+            logger.warning(
+                "the ranker's model was learnt over other features (another version of the "
+                "plugin): it goes on from those this version has too, a new one at 0"
+            )
+        if any(x < 0 for x in n):
+            raise ValueError("the ranker's stored learner has a negative sum of squares")
+        learner.z, learner.n = z, n
+        learner.examples = int(_finite(value.get("examples", 0)))
         for name in ("alpha", "beta", "l1", "l2"):
-            setattr(learner, name, float(value.get(name, getattr(learner, name))))
+            setattr(learner, name, _finite(value.get(name, getattr(learner, name))))
+        if learner.alpha <= 0 or min(learner.beta, learner.l1, learner.l2, learner.examples) < 0:
+            raise ValueError("the ranker's stored learner has parameters out of range")
         return learner
+
+
+def by_name(stored: Any, values: Any) -> list[float] | None:
+    """``values`` learnt over the features named ``stored`` (this version's,
+    or another version's), in the order of :data:`FEATURES`: a feature they
+    lack at 0, one this version lacks dropped. None when they share fewer
+    than :data:`CARRIED` of this version's features; ValueError when they are
+    damaged (not lists of one length, a name twice, a value not a finite
+    number)."""
+    if not isinstance(stored, list) or not isinstance(values, list):
+        raise ValueError("the ranker's stored features or values are not lists")
+    if len(stored) != len(values) or len(set(map(str, stored))) != len(stored):
+        raise ValueError("the ranker's stored features and values do not match")
+    numbers = [_finite(value) for value in values]
+    if stored == list(FEATURES):
+        return numbers
+    shared = {str(name): number for name, number in zip(stored, numbers, strict=True)}
+    if sum(name in shared for name in FEATURES) < CARRIED * len(FEATURES):
+        return None
+    return [shared.get(name, 0.0) for name in FEATURES]
+
+
+def _finite(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, OverflowError) as exc:
+        raise ValueError(f"not a number: {value!r:.40}") from exc
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r:.40}")
+    return number
 
 
 def evaluate(weights: Sequence[float], batch: Sequence[Example]) -> dict[str, float] | None:
@@ -361,7 +403,7 @@ def evaluate(weights: Sequence[float], batch: Sequence[Example]) -> dict[str, fl
     rank_sum = 0.0
     i = 0
     while i < len(ranked):
-        j = i
+        j = i + 1
         while j < len(ranked) and ranked[j][0] == ranked[i][0]:
             j += 1
         tied_positives = sum(label for _, label in ranked[i:j])

@@ -538,19 +538,20 @@ def format_status(report: dict[str, Any]) -> str:
         )
     bandit = report.get("bandit")
     if bandit:
+        width = max(11, *(len(name) + 2 for name in bandit))
         lines.append("")
         lines.append(
             "bandit (next-item hit rate and click rate believed now, over the discounted "
             "evidence; all-time counts)"
         )
         lines.append(
-            f"{'strategy':<11}{'hit rate':>9}{'over':>7}{'CTR':>8}{'over':>7}"
+            f"{'strategy':<{width}}{'hit rate':>9}{'over':>7}{'CTR':>8}{'over':>7}"
             f"{'trials':>9}{'hits':>8}{'shown':>8}{'clicks':>8}"
         )
         for name, b in sorted(bandit.items(), key=lambda kv: -kv[1]["mean"]):
             ctr = f"{b['click_rate']:.3f}" if b["click_rate"] is not None else "-"
             lines.append(
-                f"{name:<11}{b['mean']:>9.3f}{b['trials']:>7.0f}{ctr:>8}{b['impressions']:>7.0f}"
+                f"{name:<{width}}{b['mean']:>9.3f}{b['trials']:>7.0f}{ctr:>8}{b['impressions']:>7.0f}"
                 f"{b['all_trials']:>9}{b['all_successes']:>8}{b['all_impressions']:>8}"
                 f"{b['all_clicks']:>8}"
             )

@@ -478,12 +478,15 @@ class Model:
     @classmethod
     def parse(cls, raw: str | None) -> Model | None:
         value = json.loads(raw) if raw else None
-        if not isinstance(value, dict) or value.get("features") != list(ranker.FEATURES):
-            return None  # none yet, or learnt over other features
-        if len(value.get("weights") or ()) != len(ranker.FEATURES):
-            raise ValueError("the ranker's weights do not match its features")
+        if not isinstance(value, dict):
+            return None  # none yet
+        # learnt by a job of another version (one upgraded after the web):
+        # served over the features both have, the others at 0
+        weights = ranker.by_name(value.get("features"), value.get("weights"))
+        if weights is None:
+            return None  # too few features in common: the blend until the job learns
         return cls(
-            tuple(float(w) for w in value["weights"]),
+            tuple(weights),
             int(value["examples"]),
             str(value.get("ranking", scoring.RANKER)),
         )

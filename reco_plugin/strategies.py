@@ -271,18 +271,20 @@ class Policy:
 
     def _learnt(self, live: Sequence[str]) -> list[float]:
         """The bandit's chances among ``live``: the share of draws each wins,
-        mixed with a uniform choice."""
+        mixed with a uniform choice. A strategy the policy does not know yet
+        (written by a job of an older version) has only the uniform share."""
         if not live:
             return []
         uniform = 1.0 / len(live)
-        if not self.bank or any(s not in self.names for s in live):
+        known = [i for i, s in enumerate(live) if s in self.names]
+        if not self.bank or not known:
             return [uniform] * len(live)
-        columns = [self.names.index(s) for s in live]
+        columns = [self.names.index(live[i]) for i in known]
         wins = [0.0] * len(live)
         for draw in self.bank:
             values = [draw[c] for c in columns]
             best = max(values)
-            tied = [i for i, v in enumerate(values) if v == best]
+            tied = [known[i] for i, v in enumerate(values) if v == best]
             # a tie is broken uniformly at random
             for i in tied:
                 wins[i] += 1 / len(tied)

@@ -151,12 +151,27 @@ def test_learning_is_bit_identical_whatever_order_the_examples_arrive_in():
     one.learn(more)
     again.learn(more)
     assert again.weights() == one.weights()
-    # damaged, or learnt over features none of which are known: a fresh one
-    damaged = {**one.to_dict(), "features": ["bias", "gone"]}
-    assert ranker.Learner.from_dict(damaged) == ranker.Learner()
-    unknown = {"features": ["gone"], "z": [1.0], "n": [2.0], "examples": 9}
+    # damaged: refused (the job logs it and learns again from scratch)
+    stored = one.to_dict()
+    for damage in (
+        {"features": ["bias", "gone"]},  # lengths apart
+        {"features": ["bias"] * len(ranker.FEATURES)},  # a name twice
+        {"z": [*stored["z"][:-1], float("nan")]},
+        {"z": [*stored["z"][:-1], 10**400]},
+        {"z": [*stored["z"][:-1], "x"]},
+        {"n": [*stored["n"][:-1], -1.0]},
+        {"examples": float("inf")},
+        {"alpha": 0},
+        {"z": None},
+    ):
+        with pytest.raises(ValueError):
+            ranker.Learner.from_dict({**stored, **damage})
+    with pytest.raises(ValueError):
+        ranker.Learner.from_dict([1, 2])
+    assert ranker.Learner.from_dict(None) == ranker.Learner()
+    # learnt over features too few of which this version has: a fresh one
+    unknown = {"features": ["bias", "gone"], "z": [1.0, 1.0], "n": [2.0, 2.0], "examples": 9}
     assert ranker.Learner.from_dict(unknown) == ranker.Learner()
-    assert ranker.Learner.from_dict([1, 2]) == ranker.Learner()
     # learnt by a version of the plugin with other features: what the shared
     # features learnt goes on, a new one starts at 0, one gone is dropped
     names = [f for f in ranker.FEATURES if f != "popular:rank"] + ["gone"]
@@ -196,6 +211,9 @@ def test_prequential_measures():
     assert measured["log_loss"] == pytest.approx(expected / 4)
     assert measured["examples"] == 4
     assert ranker.evaluate(weights, batch[:1]) is None
+    # a weight that is not a number cannot hang the loop over ties
+    weights[i] = math.nan
+    assert ranker.evaluate(weights, batch)["examples"] == 4
 
 
 # -- serving ------------------------------------------------------------------
@@ -292,6 +310,24 @@ def test_the_blend_serves_until_the_model_is_warm_or_when_chosen(shop):
     stale["features"] = ["bias"]
     shop.set(keys.ranker_weights(), json.dumps(stale))
     shop.set(keys.ranker_version(), "stale")
+    assert store.strategy_lists("u:new", "1").model is None
+    # weights a job of another version learnt (the web upgraded first): served
+    # over the features both have, a feature they lack at 0
+    put_model(shop, {"price:rank_in_category": 4.0, "popular:rank": 2.0})
+    older = json.loads(shop.get(keys.ranker_weights()))
+    gone = ranker.INDEX["popular:rank"]
+    older["features"] = [*older["features"][:gone], *older["features"][gone + 1 :], "old"]
+    older["weights"] = [*older["weights"][:gone], *older["weights"][gone + 1 :], 9.0]
+    shop.set(keys.ranker_weights(), json.dumps(older))
+    shop.set(keys.ranker_version(), "older")
+    model = store.strategy_lists("u:new", "1").model
+    assert model is not None and len(model.weights) == len(ranker.FEATURES)
+    assert model.weights[ranker.INDEX["price:rank_in_category"]] == 4.0
+    assert model.weights[gone] == 0.0
+    # ...and too few of them: the blend
+    older["features"] = ["bias", *(f"old{n}" for n in range(len(older["weights"]) - 1))]
+    shop.set(keys.ranker_weights(), json.dumps(older))
+    shop.set(keys.ranker_version(), "oldest")
     assert store.strategy_lists("u:new", "1").model is None
 
 

@@ -178,3 +178,26 @@ def test_status_shows_the_lease_the_copies_waiting_and_the_rewinds(redis_url, r)
     assert not any("rewind" in p for p in report["problems"])
     holder.release()
     assert waiting.acquire()
+
+
+def test_the_bandit_table_keeps_its_columns_for_a_long_strategy_name():
+    from reco_plugin import status
+
+    belief = {
+        "mean": 0.2,
+        "trials": 10.0,
+        "click_rate": None,
+        "impressions": 0.0,
+        "all_trials": 12,
+        "all_successes": 3,
+        "all_impressions": 0,
+        "all_clicks": 0,
+    }
+    report = {"problems": [], "bandit": {"trending_long": belief, "fbt": belief}}
+    text = status.format_status(report)
+    table = text[text.index("strategy") :].splitlines()[:3]
+    header, rows = table[0], table[1:]
+    assert {row.split()[0] for row in rows} == {"trending_long", "fbt"}
+    # each row's hit rate ends where the header's does
+    end = header.index("hit rate") + len("hit rate")
+    assert all(row[end - 5 : end] == "0.200" for row in rows), table

@@ -26,9 +26,27 @@ def test_an_unproven_strategy_is_drawn_around_the_others_and_ties_split_evenly()
     fbt = policy.chances(["similar", "fbt"])[1]
     assert 0.1 < fbt < 0.6
     tied = strategies.Policy(
-        {"strategies": list(strategies.STRATEGIES), "exploration": 0.0, "draws": [[0.0] * 10]}
+        {
+            "strategies": list(strategies.STRATEGIES),
+            "exploration": 0.0,
+            "draws": [[0.0] * len(strategies.STRATEGIES)],
+        }
     )
     assert tied.chances(["personal", "affinity"]) == [0.5, 0.5]
+
+
+def test_a_strategy_the_policy_does_not_know_yet_has_only_the_exploration_share():
+    # a policy written by a job of an older version, which had no trending_long
+    older = strategies.policy(
+        {"similar": (90.0, 100.0), "popular": (10.0, 100.0)}, exploration=0.1, seed=7
+    )
+    older["strategies"] = [s for s in older["strategies"] if s != "trending_long"]
+    column = strategies.STRATEGIES.index("trending_long")
+    older["draws"] = [draw[:column] + draw[column + 1 :] for draw in older["draws"]]
+    chances = strategies.Policy(older).chances(["similar", "popular", "trending_long"])
+    assert chances == pytest.approx([0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3])
+    # knowing none of them: as likely each
+    assert strategies.Policy(older).chances(["trending_long"]) == [1.0]
 
 
 def test_the_propensity_served_is_the_chance_the_slot_was_filled_that_way():
