@@ -1,5 +1,6 @@
 """The widget in real headless Chromium against the running demo shop."""
 
+import json
 import shutil
 
 import pytest
@@ -93,14 +94,30 @@ def test_widget_updates_live_while_the_visitor_browses(live_stack, browser):
     assert not set(visited) & set(widget_ids(page))
     page.screenshot(path=str(ARTIFACTS / "widget-after.png"), full_page=True)
 
-    # A click on a recommendation is reported with the list it came from.
-    with page.expect_request(
-        lambda r: r.url.endswith("/reco/api/events/") and '"click"' in (r.post_data or "")
-    ) as request:
+    # A click on a recommendation is reported with the list it came from: what
+    # the clicked item showed is noted as it is clicked (a push may replace the
+    # list between reading it and the click), in the tab's session storage,
+    # which outlives the link's navigation.
+    page.evaluate(
+        """() => document.addEventListener("click", (event) => {
+            const link = event.target.closest("a[data-reco-id]");
+            const item = link && link.closest("[data-strategy]");
+            if (item) sessionStorage.setItem("clicked", JSON.stringify(
+                {reco_id: link.dataset.recoId, strategy: item.dataset.strategy}));
+        }, true)"""
+    )
+    with (
+        page.expect_navigation(),
+        page.expect_request(
+            lambda r: r.url.endswith("/reco/api/events/") and '"click"' in (r.post_data or "")
+        ) as request,
+    ):
         page.locator(f"{FOR_YOU} a[data-reco-id]").first.click()
     beacon = request.value.post_data_json
-    assert beacon["type"] == "click"
-    assert beacon["context"]["reco_id"] and beacon["context"]["strategy"] == strategies[0]
+    clicked = json.loads(page.evaluate("() => sessionStorage.getItem('clicked')"))
+    assert beacon["type"] == "click" and clicked["strategy"] in STRATEGIES
+    assert beacon["context"]["reco_id"] == clicked["reco_id"]
+    assert beacon["context"]["strategy"] == clicked["strategy"]
     assert request.value.headers["x-csrftoken"]
     context.close()
 
