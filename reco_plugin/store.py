@@ -379,7 +379,7 @@ def recommend(
     with reading() as r:
         found = strategy_lists(visitor_id, product_id, category, r=r)
         found.exclude |= set(exclude)
-        return served(found, limit, category=category)
+        return served(found, limit, category=category, r=r)
 
 
 def strategy_lists(
@@ -598,12 +598,15 @@ def served(
     category: str | None = None,
     *,
     explain: bool = False,
+    r: Any = None,
 ) -> Served:
     """Slots filled by the policy's draws (seeded by ``found.seed`` unless
     ``rng`` is given) from every list when the visitor has lists of their own,
     else from the first tier of the fallback chain with items, the next tiers
-    topping up; what the catalog cannot show is dropped and replaced."""
-    r = get_redis()
+    topping up; what the catalog cannot show is dropped and replaced. ``r``:
+    the client the lists were read with (a replica's while the primary fails
+    over), for the catalog's fields too."""
+    r = r or get_redis()
     # what staff turned off is never served, not even to top a list up
     lists = [(s, items) for s, items in found.lists if found.policy.enabled(s)]
     active = rules_.in_effect(

@@ -306,6 +306,14 @@ def test_while_the_primary_fails_over_reads_go_to_a_replica(
         body = client.get("/reco/api/trending/").json()
         assert body["degraded"] is False, body
         assert [i["product_id"] for i in body["items"]] == ["4", "3", "2", "1"]
+    # the recommendations too, catalog fields included (read from the replica,
+    # not the primary); a product whose fields this process has not read yet
+    put_catalog(r, [5])
+    put_list(r, keys.popular(), [5])
+    for _ in range(3):
+        body = client.get("/reco/api/recommendations/?limit=5").json()
+        assert body["degraded"] is False, body
+        assert {i["product_id"] for i in body["items"]} == {"1", "2", "3", "4", "5"}
     assert len(asked) == 1
     # without Sentinels there is no replica to ask: the fallback, as before
     point_at(settings, f"redis://127.0.0.1:{dead}/0")
