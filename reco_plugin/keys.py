@@ -127,6 +127,39 @@ def next_clock() -> str:
     return f"{PREFIX}:product:next-clock"
 
 
+def product_after(product_id: str) -> str:
+    """JSON list: what visitors viewed right after a product (the ``after`` strategy)."""
+    return f"{PREFIX}:product:{product_id}:after"
+
+
+def product_then(product_id: str) -> str:
+    """Sorted set: other product -> accumulated weight of visits to it as the
+    very next item after this product (directed)."""
+    return f"{PREFIX}:product:{product_id}:then"
+
+
+def after_clock() -> str:
+    """Hash: product -> event time (ms) its ``then`` weights were last decayed to."""
+    return f"{PREFIX}:product:after-clock"
+
+
+def product_session(product_id: str) -> str:
+    """JSON list: what visitors viewed within minutes of a product (the
+    ``session`` strategy)."""
+    return f"{PREFIX}:product:{product_id}:session"
+
+
+def product_session_with(product_id: str) -> str:
+    """Sorted set: other product -> accumulated weight of visits to both at
+    most ``session_window`` apart."""
+    return f"{PREFIX}:product:{product_id}:session-with"
+
+
+def session_clock() -> str:
+    """Hash: product -> event time (ms) its session-with weights were last decayed to."""
+    return f"{PREFIX}:product:session-clock"
+
+
 def product_fbt(product_id: str) -> str:
     """JSON list: items frequently bought together with a product."""
     return f"{PREFIX}:product:{product_id}:fbt"

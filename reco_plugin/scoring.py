@@ -90,6 +90,10 @@ class PipelineSettings:
     # product changes slowly: measured on ML-100k, a 30-day memory lost 8% of
     # the ranker's hits against a year's)
     next_half_life: int = 90 * 24 * 3600
+    # what visitors viewed within minutes of a product, before or after (the
+    # ``session`` strategy): pairs at most this far apart, fading like
+    # ``next``; the ``after`` strategy (the very next item) fades so too
+    session_window: int = 300
     covisit_window: int = COVISIT_WINDOW_SECONDS
     # co-visitation and popularity fade with this half-life (event time)
     half_life: int = 7 * 24 * 3600
@@ -188,6 +192,7 @@ class PipelineSettings:
             "covisit_window",
             "half_life",
             "next_half_life",
+            "session_window",
             "neighbours_kept",
             "list_length",
             "trending_bucket",

@@ -9,6 +9,10 @@ Each strategy is a ready list in Redis, written by the pipeline:
 * ``similar``: co-visited with the product on the page;
 * ``next``: what visitors went on to from the product on the page (its
   visitors' next few items, in the order they came);
+* ``after``: what its visitors viewed right after it (the next item only:
+  fewer, surer candidates than ``next``);
+* ``session``: what its visitors viewed within minutes of it, before or
+  after (``session_window``), by how often;
 * ``fbt``: frequently bought together with it (purchase baskets);
 * ``retrained``: its neighbours from the nightly batch job;
 * ``content``: products whose title and description share its rarer words
@@ -41,6 +45,8 @@ from . import keys
 PERSONAL = "personal"
 SIMILAR = "similar"
 NEXT = "next"
+AFTER = "after"
+SESSION = "session"
 FBT = "fbt"
 RETRAINED = "retrained"
 CONTENT = "content"
@@ -53,6 +59,8 @@ STRATEGIES: tuple[str, ...] = (
     PERSONAL,
     SIMILAR,
     NEXT,
+    AFTER,
+    SESSION,
     FBT,
     RETRAINED,
     CONTENT,
@@ -63,7 +71,7 @@ STRATEGIES: tuple[str, ...] = (
     POPULAR,
 )
 # the lists of the product on the page: its neighbours
-NEIGHBOURS = frozenset({SIMILAR, NEXT, FBT, RETRAINED, CONTENT})
+NEIGHBOURS = frozenset({SIMILAR, NEXT, AFTER, SESSION, FBT, RETRAINED, CONTENT})
 # the lists that need neither a visitor nor a product: the same for everyone
 GLOBAL = frozenset({TRENDING, TRENDING_LONG, POPULAR})
 # the strategies that need a product on the page
@@ -376,6 +384,8 @@ def sources(
     if product_id:
         found.append((SIMILAR, keys.product_similar(product_id)))
         found.append((NEXT, keys.product_next(product_id)))
+        found.append((AFTER, keys.product_after(product_id)))
+        found.append((SESSION, keys.product_session(product_id)))
         found.append((FBT, keys.product_fbt(product_id)))
         found.append((RETRAINED, keys.product_retrained(product_id)))
         found.append((CONTENT, keys.product_content(product_id)))

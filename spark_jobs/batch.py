@@ -497,6 +497,8 @@ class BatchProcessor:
             run(lists.refresh_products, todo.get("products", []))
             run(lists.refresh_products, todo.get("baskets", []), kind=strategies.FBT)
             run(lists.refresh_products, todo.get("followed", []), kind=strategies.NEXT)
+            run(lists.refresh_products, todo.get("after", []), kind=strategies.AFTER)
+            run(lists.refresh_products, todo.get("sessions", []), kind=strategies.SESSION)
         # trending first: the visitors' affinity lists are read from it
         with steps("trending"):
             lists.refresh_trending(

@@ -53,6 +53,7 @@ def visitor_pairs(
     *,
     window_s: int | None = None,
     limit: int | None = None,
+    half_life: int | None = None,
 ) -> dict[Pair, float]:
     """Co-visitation weights learnt from one visitor's new interactions.
 
@@ -63,11 +64,13 @@ def visitor_pairs(
     of events is counted once. Pairs go both ways; a pair weighs the smaller of
     its two weights, faded from the later of its two times to ``landmark_ms``.
 
-    ``window_s`` and ``limit`` (default ``covisit_window``, ``recent_items``)
-    are the baskets' for frequently-bought-together pairs.
+    ``window_s``, ``limit`` and ``half_life`` (default ``covisit_window``,
+    ``recent_items``, ``half_life``) are the baskets' for
+    frequently-bought-together pairs, and the sessions'.
     """
     window_ms = (window_s or settings.covisit_window) * 1000
     recent_items = limit or settings.recent_items
+    half_life = half_life or settings.half_life
     pairs: dict[Pair, float] = {}
     ordered = sorted(new, key=lambda i: (i.ts, i.product_id, i.event_id))
     for index, item in enumerate(ordered):
@@ -83,9 +86,7 @@ def visitor_pairs(
                     (item.ts - other.ts, -order - 1, other.product_id, other.ts, other.weight)
                 )
         for _, _, product_id, ts, weight in heapq.nsmallest(recent_items, candidates):
-            value = min(item.weight, weight) * decay(
-                landmark_ms, max(item.ts, ts), settings.half_life
-            )
+            value = min(item.weight, weight) * decay(landmark_ms, max(item.ts, ts), half_life)
             for key in ((item.product_id, product_id), (product_id, item.product_id)):
                 pairs[key] = pairs.get(key, 0.0) + value
     return pairs
@@ -96,9 +97,11 @@ def next_pairs(
     new: Sequence[Interaction],
     settings: PipelineSettings,
     landmark_ms: int,
+    steps: int | None = None,
 ) -> dict[Pair, float]:
     """What one visitor's new interactions teach of where visitors go next:
-    each follows the visitor's ``next_steps`` latest other items before it in
+    each follows the visitor's ``steps`` (default ``next_steps``; 1 for the
+    ``after`` strategy) latest other items before it in
     event time (remembered, or new and earlier), at most ``covisit_window``
     before it: a directed pair (earlier, it) weighing the smaller of their
     two weights (an item's weight the largest it has had, as remembered),
@@ -113,7 +116,7 @@ def next_pairs(
     topics are ordered by topic within a batch and by batch across batches.
     """
     window_ms = settings.covisit_window * 1000
-    steps = settings.next_steps
+    steps = steps or settings.next_steps
     pairs: dict[Pair, float] = {}
     ordered = sorted(new, key=lambda i: (i.ts, i.order, i.product_id, i.event_id))
     remembered_weight = {product_id: weight for product_id, _, weight in remembered}

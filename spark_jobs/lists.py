@@ -29,6 +29,8 @@ PRODUCT_LISTS = {
     strategies.SIMILAR: (keys.product_covisits, keys.popularity, keys.product_similar),
     strategies.FBT: (keys.product_bought_with, keys.purchases, keys.product_fbt),
     strategies.NEXT: (keys.product_followed_by, None, keys.product_next),
+    strategies.AFTER: (keys.product_then, None, keys.product_after),
+    strategies.SESSION: (keys.product_session_with, None, keys.product_session),
 }
 
 

@@ -335,6 +335,18 @@ def _learn(
         for learnt, into in (
             (learn.visitor_pairs(previous, interactions, settings, landmark_ms), pairs),
             (learn.next_pairs(previous, interactions, settings, landmark_ms), changes.following),
+            (learn.next_pairs(previous, interactions, settings, landmark_ms, 1), changes.then),
+            (
+                learn.visitor_pairs(
+                    previous,
+                    interactions,
+                    settings,
+                    landmark_ms,
+                    window_s=settings.session_window,
+                    half_life=settings.next_half_life,
+                ),
+                changes.session,
+            ),
         ):
             for (a, b), weight in learnt.items():
                 others = into.setdefault(a, {})

@@ -314,6 +314,10 @@ class BatchChanges:
     fbt: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     # where visitors went next: product -> the product after it -> weight
     following: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    # ...right after: product -> the very next product -> weight
+    then: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    # viewed within minutes: product -> other product -> weight
+    session: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     purchases: dict[str, int] = dataclasses.field(default_factory=dict)
     # bandit field (a strategy for next-item trials, ``strategy:click`` for
     # impressions and their clicks) -> [successes, trials]
@@ -401,7 +405,12 @@ class BatchChanges:
             _add(mine, theirs)
         for product_id, others in other.pairs.items():
             _add(self.pairs.setdefault(product_id, {}), others)
-        for mine, theirs in ((self.fbt, other.fbt), (self.following, other.following)):
+        for mine, theirs in (
+            (self.fbt, other.fbt),
+            (self.following, other.following),
+            (self.then, other.then),
+            (self.session, other.session),
+        ):
             for product_id, others in theirs.items():
                 _add(mine.setdefault(product_id, {}), others)
         if other.experiment_id is not None:
@@ -423,6 +432,12 @@ class BatchChanges:
 
     def touched_followed(self) -> list[str]:
         return sorted(self.following)
+
+    def touched_after(self) -> list[str]:
+        return sorted(self.then)
+
+    def touched_sessions(self) -> list[str]:
+        return sorted(self.session)
 
     def touched_categories(self) -> list[str]:
         return sorted({category for _, _, category, _ in self.trending if category})
@@ -468,6 +483,8 @@ def commit(
     products = changes.touched_products()
     baskets = changes.touched_baskets()
     followed = changes.touched_followed()
+    after = changes.touched_after()
+    sessions = changes.touched_sessions()
     with r.pipeline(transaction=True) as pipe:
         watched = _watch_as_writer(pipe, lease, held)
         if watched is None:
@@ -479,6 +496,8 @@ def commit(
             keys.product_clock(): pipe.hmget(keys.product_clock(), products) if products else [],
             keys.fbt_clock(): pipe.hmget(keys.fbt_clock(), baskets) if baskets else [],
             keys.next_clock(): pipe.hmget(keys.next_clock(), followed) if followed else [],
+            keys.after_clock(): pipe.hmget(keys.after_clock(), after) if after else [],
+            keys.session_clock(): pipe.hmget(keys.session_clock(), sessions) if sessions else [],
         }
         current_evidence = strategies.evidence_from(pipe.hgetall(keys.bandit()))
         seq = int(pipe.get(keys.pipeline_commit_seq()) or 0) + 1
@@ -566,6 +585,8 @@ def commit(
                     "products": products,
                     "baskets": baskets,
                     "followed": followed,
+                    "after": after,
+                    "sessions": sessions,
                     "categories": changes.touched_categories(),
                     "visitors": changes.touched_visitors(),
                     "bandit": bool(changes.rewards),
@@ -847,6 +868,13 @@ def _write_changes(
             changes.following,
             keys.product_followed_by,
             keys.next_clock(),
+            settings.next_half_life,
+        ),
+        (changes.then, keys.product_then, keys.after_clock(), settings.next_half_life),
+        (
+            changes.session,
+            keys.product_session_with,
+            keys.session_clock(),
             settings.next_half_life,
         ),
     ):

@@ -408,7 +408,7 @@ class FoldDiff:
     unlike: list[tuple[str, list[str], list[str]]] = dataclasses.field(default_factory=list)
     # how many lists overlap less than half
     lists_unlike: int = 0
-    # where visitors went next (``followed-by``): how many products have it,
+    # where visitors went next (``followed-by``, ``then``): how many products have it,
     # and which differ (a pair only one run has, or a weight apart)
     next_keys: int = 0
     next_differ: list[str] = dataclasses.field(default_factory=list)
@@ -432,6 +432,11 @@ class FoldDiff:
             f"{self.ranker_examples[0]} and {self.ranker_examples[1]} examples, its weights "
             f"differ by {self.ranker_weight_difference:.4f} at most"
         )
+
+
+# the pair weights of where visitors went next, which depend on the order
+# events reached the job
+DIRECTED = frozenset({":followed-by", ":then"})
 
 
 def _close(a: float, b: float) -> bool:
@@ -490,17 +495,18 @@ def compare_folds(
         name: set(trending_buckets_in_window(clock, settings, name))
         for name, _, _ in trending_windows(settings)
     }
-    # a product's pair weights (by the key's ending) -> the clock they fade from
+    # a product's pair weights (by the key's ending) -> the clock they fade
+    # from, and their half-life
     pair_clocks = {
-        ":covisits": keys.product_clock(),
-        ":bought-with": keys.fbt_clock(),
-        ":followed-by": keys.next_clock(),
+        ":covisits": (keys.product_clock(), settings.half_life),
+        ":bought-with": (keys.fbt_clock(), settings.half_life),
+        ":followed-by": (keys.next_clock(), settings.next_half_life),
+        ":then": (keys.after_clock(), settings.next_half_life),
+        ":session-with": (keys.session_clock(), settings.next_half_life),
     }
+    clock_keys = {clock_key for clock_key, _ in pair_clocks.values()}
     clocks = {
-        side: {
-            key: {p: int(t) for p, t in (state.get(key) or {}).items()}
-            for key in pair_clocks.values()
-        }
+        side: {key: {p: int(t) for p, t in (state.get(key) or {}).items()} for key in clock_keys}
         for side, state in (("a", a), ("b", b))
     }
     bandit = {f"{keys.PREFIX}:{name}" for name in (*BANDIT_KEYS, *RANKER_KEYS)}
@@ -516,7 +522,7 @@ def compare_folds(
     pair_difference = 0.0
     skipped = tuple(skip)
     for key in sorted(set(a) | set(b)):
-        if key in bandit or key in pair_clocks.values():
+        if key in bandit or key in clock_keys:
             continue
         if skipped and key.startswith(skipped):
             continue
@@ -534,35 +540,29 @@ def compare_folds(
             if overlaps[-1] < 0.5 and len(examples) < 3:
                 examples.append((key, sorted(listed[0])[:8], sorted(listed[1])[:8]))
             continue
-        if key.endswith(":followed-by"):
-            # where visitors went next: an event that reaches the job after
-            # events stamped later than it (another topic's, a late beacon)
-            # follows them in one cut and not in another
-            next_keys += 1
-            scale = [
-                decay(
-                    clock,
-                    clocks[side][keys.next_clock()].get(key.split(":")[-2], clock),
-                    settings.next_half_life,
-                )
-                for side in ("a", "b")
-            ]
-            if x is None or y is None or _score_difference(x, y, *scale) > RELATIVE_TOLERANCE:
-                next_differ.append(key)
-        elif x is None or y is None:
-            differ.append(key)
-        elif key.endswith(tuple(pair_clocks)):
+        ending = ":" + key.rpartition(":")[2]
+        if ending in pair_clocks and (x is not None and y is not None or ending in DIRECTED):
+            clock_key, half_life = pair_clocks[ending]
             product = key.split(":")[-2]
-            clock_key = pair_clocks[":" + key.rpartition(":")[2]]
             scale = [
-                decay(clock, clocks[side][clock_key].get(product, clock), settings.half_life)
+                decay(clock, clocks[side][clock_key].get(product, clock), half_life)
                 for side in ("a", "b")
             ]
+            if ending in DIRECTED:
+                # where visitors went next: an event that reaches the job after
+                # events stamped later than it (another topic's, a late beacon)
+                # follows them in one cut and not in another
+                next_keys += 1
+                if x is None or y is None or _score_difference(x, y, *scale) > RELATIVE_TOLERANCE:
+                    next_differ.append(key)
+                continue
             pair_keys += 1
             difference = _score_difference(x, y, *scale)
             if difference > RELATIVE_TOLERANCE:
                 pairs_differ.append(key)
                 pair_difference = max(pair_difference, difference)
+        elif x is None or y is None:
+            differ.append(key)
         elif isinstance(x, list) and x and isinstance(x[0], tuple):
             if not _same_scores(x, y):
                 differ.append(key)

@@ -492,3 +492,24 @@ def test_where_visitors_went_next_is_the_next_list_of_the_product(batches):
     assert batches.list(keys.product_next("socks")) == []
     # co-visitation goes both ways
     assert "shoes" in batches.list(keys.product_similar("socks"))
+
+
+def test_right_after_and_within_minutes_are_the_after_and_session_lists(batches):
+    rows = []
+    for n in range(3):
+        rows += [
+            batches.row("page_view", f"s:a{n}", "shoes", seconds_ago=900),
+            batches.row("page_view", f"s:a{n}", "laces", seconds_ago=880),
+            batches.row("page_view", f"s:a{n}", "socks", seconds_ago=860),
+            # ten minutes on: within next's steps, beyond session_window
+            batches.row("page_view", f"s:a{n}", "hat", seconds_ago=260),
+        ]
+    batches.run(rows)
+    assert sorted(batches.list(keys.product_next("shoes"))) == ["hat", "laces", "socks"]
+    # after: the very next item only
+    assert batches.list(keys.product_after("shoes")) == ["laces"]
+    assert batches.list(keys.product_after("socks")) == ["hat"]
+    # session: within session_window (5 minutes), before or after
+    assert sorted(batches.list(keys.product_session("laces"))) == ["shoes", "socks"]
+    assert "hat" not in batches.list(keys.product_session("socks"))
+    assert batches.list(keys.product_session("hat")) == []

@@ -27,14 +27,23 @@ from reco_plugin import keys, schema
 from stack.pipeline import redis_state
 from tests.test_batch import Batches
 
-DIGEST = "d5783d50ea68847c"
+DIGEST = "4b76e0c0018d01bc"
 BATCHES = 3
 BATCH_EVENTS = 4000
 NOW_MS = 1_780_000_000_000
 SHOWN_BY = ("similar", "next", "personal", "popular")
 # keys with content of each kind, at least (this traffic fills 3,004 personal
-# lists, 63 next and 7 fbt lists, 341 bought sets, 473 clicked hashes)
-FILLED = {":recs": 2000, ":next": 30, ":fbt": 5, ":bought": 200, ":clicked": 200}
+# lists, 63 next, 63 after, 36 session and 7 fbt lists, 341 bought sets, 473
+# clicked hashes)
+FILLED = {
+    ":recs": 2000,
+    ":next": 30,
+    ":after": 30,
+    ":session": 20,
+    ":fbt": 5,
+    ":bought": 200,
+    ":clicked": 200,
+}
 
 
 def traffic(n: int, seed: int = 11):
@@ -112,7 +121,7 @@ def test_fixed_traffic_folds_to_the_recorded_state(redis_url, monkeypatch):
     folded = fold(redis_url, monkeypatch)
     # what the digest covers, so that it cannot pass by covering nothing
     assert json.loads(folded[keys.ranker_model()])["examples"] > 1000, "the ranker learnt little"
-    for suffix in (":recs", ":next", ":fbt", ":bought", ":clicked"):
+    for suffix in FILLED:
         filled = [k for k in folded if k.endswith(suffix) and folded[k] not in ("[]", [], {})]
         assert len(filled) >= FILLED[suffix], f"{len(filled)} {suffix} keys with content"
     # logins: users' memories hold what their anonymous visitors did before

@@ -158,6 +158,38 @@ def test_each_event_follows_the_visitors_next_steps_latest_items_before_it():
     assert set(late) == set()
 
 
+def test_the_after_pairs_are_next_one_step_deep():
+    s = settings(next_steps=2, covisit_window=1800, half_life=10**9)
+    remembered = [("r", 1_000_000, 1.0)]
+    new = [
+        Interaction("a", 1_000_500, 1.0, "e1"),
+        Interaction("b", 1_001_000, 3.0, "e2"),
+        Interaction("a", 1_001_500, 1.0, "e3"),
+        Interaction("c", 1_002_000, 3.0, "e4"),
+    ]
+    pairs = learn.next_pairs(remembered, new, s, landmark_ms=1_002_000, steps=1)
+    # each event follows only the latest other item before it
+    assert {k: round(v, 6) for k, v in pairs.items()} == {
+        ("r", "a"): 1.0,
+        ("a", "b"): 1.0,
+        ("b", "a"): 1.0,
+        ("a", "c"): 1.0,
+    }
+
+
+def test_session_pairs_are_visits_at_most_the_session_window_apart_both_ways():
+    s = settings(covisit_window=86_400, half_life=10**9, next_half_life=10**9)
+    new = [
+        Interaction("a", 1_000_000, 1.0, "e1"),
+        Interaction("b", 1_120_000, 1.0, "e2"),  # two minutes later
+        Interaction("c", 1_900_000, 1.0, "e3"),  # 13 minutes after "b"
+    ]
+    pairs = learn.visitor_pairs([], new, s, 1_120_000, window_s=300, half_life=10**9)
+    assert {k: round(v, 6) for k, v in pairs.items()} == {("a", "b"): 1.0, ("b", "a"): 1.0}
+    # the day's window pairs all three
+    assert len(learn.visitor_pairs([], new, s, 1_120_000)) == 6
+
+
 def test_next_list_orders_by_the_weight_of_going_there():
     listed = learn.next_list("a", [("b", 1.0), ("c", 4.0), ("a", 9.0), ("d", 0.0)], 10)
     assert listed == [{"product_id": "c", "score": 4.0}, {"product_id": "b", "score": 1.0}]

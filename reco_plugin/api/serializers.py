@@ -14,7 +14,7 @@ class RecommendedItemSerializer(serializers.Serializer):
     product_id = serializers.CharField()
     score = serializers.FloatField()
     strategy = serializers.CharField(
-        help_text="the strategy that filled the slot: personal, similar, next, fbt, "
+        help_text="the strategy that filled the slot: personal, similar, next, after, session, fbt, "
         "retrained, content, category, affinity, trending, trending_long or popular; "
         "pinned for a product a merchandising rule put at its position"
     )
