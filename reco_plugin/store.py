@@ -240,7 +240,7 @@ def _policy(
         if arm is None:
             overrides, exploration = _overrides(tuning), None
         else:
-            overrides = strategies.check_overrides(arm["strategies"])
+            overrides = strategies.check_overrides(_known(arm["strategies"]))
             exploration = arm["pipeline"].get("exploration")
         found = strategies.Policy(
             value if isinstance(value, dict) else None, overrides, exploration
@@ -261,10 +261,22 @@ def current_policy(r: redis.Redis) -> strategies.Policy:
 def _overrides(tuning: str | None) -> dict[str, Any]:
     """The strategies' part of the published tuning; nothing when it cannot be read."""
     try:
-        return strategies.check_overrides(scoring.parse_tuning(tuning).get("strategies"))
+        return strategies.check_overrides(_known(scoring.parse_tuning(tuning).get("strategies")))
     except (ValueError, TypeError, AttributeError) as exc:
         logger.error("reco: the published tuning's strategies are ignored (%s)", exc)
         return {}
+
+
+def _known(values: Any) -> Any:
+    """Staff's choices of the strategies this version knows: a tuning saved by
+    a newer version (another web process upgraded first) may name a strategy
+    this one lacks, which it cannot serve anyway."""
+    if not isinstance(values, dict):
+        return values
+    unknown = sorted(set(values) - set(strategies.STRATEGIES))
+    if unknown:
+        logger.warning("reco: the tuning names strategies this version lacks: %s", unknown)
+    return {name: value for name, value in values.items() if name in strategies.STRATEGIES}
 
 
 class _ParsedOnce:

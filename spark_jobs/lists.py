@@ -1,6 +1,7 @@
-"""The lists derived from the committed state, written whole: similar and
-frequently-bought-together lists of products, visitors' personal and
-affinity lists, trending and popular, and the bandit's serving policy.
+"""The lists derived from the committed state, written whole: the lists of
+products (similar, next, after, session, frequently bought together),
+visitors' personal and affinity lists, trending and popular, and the bandit's
+serving policy.
 
 Each refresh reads the state as it is now, so writing a list again gives the
 same list; the product and visitor refreshes run on the executors for a large
@@ -43,7 +44,7 @@ def refresh_products(
     writer: state.Writer | None = None,
 ) -> None:
     """Rewrite a product list (``PRODUCT_LISTS``: similar, frequently bought
-    together or next) of these products from their pair weights."""
+    together, next, after or session) of these products from their pair weights."""
     keys.use_prefix(settings.key_prefix)  # also in a fresh executor process
     r = state.client(redis_url)
     merchandise = read_merchandise(r)

@@ -408,8 +408,9 @@ class FoldDiff:
     unlike: list[tuple[str, list[str], list[str]]] = dataclasses.field(default_factory=list)
     # how many lists overlap less than half
     lists_unlike: int = 0
-    # where visitors went next (``followed-by``, ``then``): how many products have it,
-    # and which differ (a pair only one run has, or a weight apart)
+    # the sequence weights (``followed-by``, ``then``, ``session-with``):
+    # how many products' there are, and which differ (a pair only one run
+    # has, or a weight apart)
     next_keys: int = 0
     next_differ: list[str] = dataclasses.field(default_factory=list)
     # the ranker: the examples each run learnt from, and the largest
@@ -427,16 +428,21 @@ class FoldDiff:
             f"least (e.g. {self.least_overlapping[:3]}), {self.lists_unlike} less than half "
             f"(e.g. {self.unlike}); hit rates "
             f"differ by {self.hit_rate_difference:.4f} at most; {len(self.next_differ)} of "
-            f"{self.next_keys} products' next weights differ (e.g. {self.next_differ[:3]}); "
+            f"{self.next_keys} products' next, after and session weights differ "
+            f"(e.g. {self.next_differ[:3]}); "
             "the ranker learnt from "
             f"{self.ranker_examples[0]} and {self.ranker_examples[1]} examples, its weights "
             f"differ by {self.ranker_weight_difference:.4f} at most"
         )
 
 
-# the pair weights of where visitors went next, which depend on the order
-# events reached the job
-DIRECTED = frozenset({":followed-by", ":then"})
+# The pair weights that depend on the order events reached the job: where
+# visitors went next (an event that reaches the job after events stamped
+# later than it follows them in one cut and not in another), and what they
+# viewed within minutes (a visitor's memory keeps each product's latest time,
+# so whether a view pairs with an item depends on which of that item's events
+# the job had applied: in a window of minutes, that makes a pair or none).
+CUT_DEPENDENT = frozenset({":followed-by", ":then", ":session-with"})
 
 
 def _close(a: float, b: float) -> bool:
@@ -477,7 +483,9 @@ def compare_folds(
     seen and bought items, clicks, experiment counts exactly; popularity,
     purchases and trending buckets to ``RELATIVE_TOLERANCE``; co-visitation and
     basket weights to it once each is decayed to the clock (each product's is
-    kept at the clock of its last batch). ``skip``: prefixes of keys other
+    kept at the clock of its last batch). The weights of next, after and
+    session depend on the cut (``CUT_DEPENDENT``): the products whose weights
+    differ are returned for the caller to bound. ``skip``: prefixes of keys other
     processes write (the shop's catalog sync, its counters). Trending buckets before the window
     are left out (a batch writes them or not by its landmark; nothing reads
     them and they expire). The lists and the bandit depend on the cut: the
@@ -541,17 +549,14 @@ def compare_folds(
                 examples.append((key, sorted(listed[0])[:8], sorted(listed[1])[:8]))
             continue
         ending = ":" + key.rpartition(":")[2]
-        if ending in pair_clocks and (x is not None and y is not None or ending in DIRECTED):
+        if ending in pair_clocks and (x is not None and y is not None or ending in CUT_DEPENDENT):
             clock_key, half_life = pair_clocks[ending]
             product = key.split(":")[-2]
             scale = [
                 decay(clock, clocks[side][clock_key].get(product, clock), half_life)
                 for side in ("a", "b")
             ]
-            if ending in DIRECTED:
-                # where visitors went next: an event that reaches the job after
-                # events stamped later than it (another topic's, a late beacon)
-                # follows them in one cut and not in another
+            if ending in CUT_DEPENDENT:
                 next_keys += 1
                 if x is None or y is None or _score_difference(x, y, *scale) > RELATIVE_TOLERANCE:
                     next_differ.append(key)

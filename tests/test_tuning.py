@@ -189,6 +189,24 @@ def test_a_tuning_the_serving_path_cannot_read_is_ignored(r, redis_url):
     assert len(store.recommend("s:x", "1", 4).items) == 4
 
 
+def test_a_tuning_naming_a_strategy_this_version_lacks_keeps_the_rest(r, redis_url, caplog):
+    # saved by a newer version's admin while this web process runs the older one
+    store.reset()
+    put_catalog(r, range(1, 40))
+    put_list(r, keys.product_similar("1"), range(2, 20))
+    put_list(r, keys.product_content("1"), range(20, 39))
+    put_policy(r, "similar", "content")
+    newer = {"similar": "off", "from_a_newer_version": 2.0}
+    r.set(keys.tuning(), json.dumps({"version": 5, "strategies": newer}))
+    served = store.recommend("s:newer", "1", 8).items
+    assert len(served) == 8 and {i["strategy"] for i in served} == {"content"}
+    assert "from_a_newer_version" in caplog.text
+    # an experiment arm's choices likewise
+    arm = {"strategies": newer, "pipeline": {}}
+    policy = store._policy(r, r.get(keys.bandit_policy_version()), None, arm)
+    assert not policy.enabled("similar") and policy.enabled("content")
+
+
 def test_the_shops_pipeline_setting_is_under_the_tuning(settings):
     settings.RECO_PLUGIN = {
         **settings.RECO_PLUGIN,
