@@ -475,17 +475,16 @@ def test_the_ranker_learns_from_the_trials_in_the_fenced_commit(batches):
     assert metrics[0]["log_loss"] < metrics[-1]["log_loss"]
 
 
+def views(batches, visitor, *steps):
+    """A visitor's page views: (product, seconds ago) each."""
+    return [batches.row("page_view", visitor, p, seconds_ago=ago) for p, ago in steps]
+
+
 def test_where_visitors_went_next_is_the_next_list_of_the_product(batches):
     rows = []
     for n in range(3):
-        rows += [
-            batches.row("page_view", f"s:n{n}", "shoes", seconds_ago=30),
-            batches.row("page_view", f"s:n{n}", "socks", seconds_ago=20),
-        ]
-    rows += [
-        batches.row("page_view", "s:m", "shoes", seconds_ago=30),
-        batches.row("page_view", "s:m", "laces", seconds_ago=20),
-    ]
+        rows += views(batches, f"s:n{n}", ("shoes", 30), ("socks", 20))
+    rows += views(batches, "s:m", ("shoes", 30), ("laces", 20))
     batches.run(rows)
     # directed: from shoes to socks (3 visitors) before laces (1); nothing back
     assert batches.list(keys.product_next("shoes")) == ["socks", "laces"]
@@ -497,13 +496,9 @@ def test_where_visitors_went_next_is_the_next_list_of_the_product(batches):
 def test_right_after_and_within_minutes_are_the_after_and_session_lists(batches):
     rows = []
     for n in range(3):
-        rows += [
-            batches.row("page_view", f"s:a{n}", "shoes", seconds_ago=900),
-            batches.row("page_view", f"s:a{n}", "laces", seconds_ago=880),
-            batches.row("page_view", f"s:a{n}", "socks", seconds_ago=860),
-            # ten minutes on: within next's steps, beyond session_window
-            batches.row("page_view", f"s:a{n}", "hat", seconds_ago=260),
-        ]
+        # "hat" ten minutes on: within next's steps, beyond session_window
+        steps = (("shoes", 900), ("laces", 880), ("socks", 860), ("hat", 260))
+        rows += views(batches, f"s:a{n}", *steps)
     batches.run(rows)
     assert sorted(batches.list(keys.product_next("shoes"))) == ["hat", "laces", "socks"]
     # after: the very next item only
