@@ -9,8 +9,9 @@ The steps, each timed and reported in the last-batch record:
    of its partition is left out (it is in the state already); every other gets
    its status (malformed, too old, future, duplicate, applied), and the applied
    events what they teach. A batch that fit in step 1 is scored on the driver; a
-   larger one is partitioned by visitor and scored on the executors, each
-   partition returning its summed changes, which the driver merges.
+   larger one is partitioned by visitor (``spark_jobs.spread``) and scored on
+   the executors, each partition returning its summed changes, which the
+   driver merges.
 3. ``recovery`` (``spark_jobs.recovery``): a batch that starts past Redis's
    offsets means Redis lost state; the query is rewound to them. Records Kafka
    deleted before they were read are counted as expired.
@@ -40,9 +41,9 @@ import redis
 from reco_plugin import experiments, keys, schema, scoring, strategies
 from reco_plugin.scoring import PipelineSettings, parse_tuning
 
-from . import lake, lists, recovery, state
+from . import lake, lists, recovery, spread, state
 from .forgotten import ForgetLog
-from .score import landmark, later_copy, score_partition, with_owner
+from .score import landmark, score_partition
 from .transforms import parse
 
 logger = logging.getLogger("spark_jobs.batch")
@@ -283,12 +284,7 @@ class BatchProcessor:
                 with steps("score"):
                     return next(score_partition(rows, **options))
             with steps("score"):
-                parts = (
-                    with_owner(parsed.withColumn("later_copy", later_copy()))
-                    .repartition(self._partitions(batch), "owner")
-                    .rdd.mapPartitions(functools.partial(score_partition, **options))
-                    .collect()
-                )
+                parts = spread.score_spread(parsed, self._partitions(batch), **options)
             with steps("merge"):
                 return functools.reduce(state.BatchChanges.merge, parts, state.BatchChanges())
 

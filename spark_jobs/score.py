@@ -22,55 +22,6 @@ from . import learn, state
 from .transforms import PARSED_COLUMNS
 
 
-def later_copy():
-    """Column: the record repeats an event id seen earlier in the batch (Kafka order)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    first_first = Window.partitionBy("event_id").orderBy("topic", "partition", "offset")
-    return F.col("event_id").isNotNull() & (F.row_number().over(first_first) > 1)
-
-
-def with_owner(parsed):
-    """``parsed`` with an ``owner`` column: the visitor whose partition a record
-    is scored in. Every record of a visitor has the same owner: their own,
-    except for an anonymous visitor who logged in as one user during the
-    batch, whose owner is that user, so the login can merge what they did
-    before it in the same batch. (One who logged in as several users keeps
-    their own: each login then merges what Redis held of them.)
-
-    Found with two windows in the scoring job itself, not by collecting the
-    batch's logins first: that was a second read of the batch from Kafka,
-    ~0.3 s a batch."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    visitor = F.col("visitor_id")
-    # a well-formed login of an anonymous visitor (``schema.is_visitor_id``)
-    logs_in = F.coalesce(
-        (F.col("type") == schema.IDENTIFY)
-        & F.col("previous").startswith("s:")
-        & (F.length(visitor) > 2)
-        & (F.length(visitor) <= schema.MAX_ID_LENGTH)
-        & (visitor.startswith("u:") | visitor.startswith("s:")),
-        F.lit(False),
-    )
-    # an anonymous visitor's records beside their logins: the user they
-    # logged in as, if only one...
-    logins = Window.partitionBy(F.when(logs_in, F.col("previous")).otherwise(visitor))
-    users = F.when(logs_in, visitor)
-    only = F.when(F.min(users).over(logins) == F.max(users).over(logins), F.max(users).over(logins))
-    # ...then the same for every record of theirs, their own logins included
-    return (
-        parsed.withColumn("logged_in_as", F.when(~logs_in, only))
-        .withColumn(
-            "owner",
-            F.coalesce(F.max("logged_in_as").over(Window.partitionBy(visitor)), visitor),
-        )
-        .drop("logged_in_as")
-    )
-
-
 def landmark(previous_clock_ms: int, now_ms: int, settings: PipelineSettings) -> int:
     """The time a batch's weights are expressed at: known before the batch is
     read, within two horizons of any event it can apply, and the same when the
@@ -86,10 +37,31 @@ def _anonymous(visitor_id: Any) -> bool:
     return schema.is_visitor_id(visitor_id) and visitor_id.startswith("s:")
 
 
-# Positions in a parsed row (``transforms.PARSED_COLUMNS``, then ``later_copy`` and
-# ``owner`` on the executors).
-PREVIOUS, CATEGORY, STRATEGY, RECO_ID = 9, 10, 11, 12
+# Positions in a parsed row (``transforms.PARSED_COLUMNS``, then, when a large
+# batch is partitioned the exact way, ``later_copy`` and ``owner``).
+EVENT_ID, PREVIOUS, CATEGORY, STRATEGY, RECO_ID = 5, 9, 10, 11, 12
 LATER_COPY = len(PARSED_COLUMNS)
+
+
+def later_copies(rows: Iterable[Sequence[Any]]) -> set[tuple[str, int, int]]:
+    """The Kafka positions (topic, partition, offset) of records that repeat
+    an event id of an earlier record among ``rows`` (``spread.later_copy``)."""
+    first: dict[str, tuple[str, int, int]] = {}
+    later: set[tuple[str, int, int]] = set()
+    for row in rows:
+        event_id = row[EVENT_ID]
+        if event_id is None:
+            continue
+        position = (row[0], row[1], row[2])
+        known = first.get(event_id)
+        if known is None:
+            first[event_id] = position
+        elif position < known:
+            later.add(known)
+            first[event_id] = position
+        else:
+            later.add(position)
+    return later
 
 
 class Applied(NamedTuple):
@@ -126,7 +98,9 @@ def score_partition(
 
     Every row of a visitor must be in the same call, and the rows of an
     anonymous visitor with those of the user they logged in as in the batch
-    (the executors' path partitions by :func:`with_owner`).
+    (the executors' path partitions by ``spread.with_owner``). A record that
+    repeats the event id of an earlier one (Kafka order) among the rows, or
+    is flagged ``later_copy``, is a duplicate.
 
     ``held``: the next offset Redis holds of each (topic, partition);
     a record below it is in the state already and is left out, uncounted.
@@ -139,6 +113,8 @@ def score_partition(
     by_visitor: dict[str, list[Applied]] = defaultdict(list)
     oldest = now_ms - settings.horizon * 1000
     newest = now_ms + settings.future_tolerance * 1000
+    rows = rows if isinstance(rows, list) else list(rows)
+    copies = later_copies(rows)
     for row in rows:
         topic, partition, offset, version, type_, event_id, visitor_id, product_id, ts = row[:9]
         previous = row[PREVIOUS]
@@ -156,7 +132,7 @@ def score_partition(
             status = scoring.STATUS_TOO_OLD
         elif ts > newest:
             status = scoring.STATUS_FUTURE
-        elif len(row) > LATER_COPY and row[LATER_COPY]:
+        elif (len(row) > LATER_COPY and row[LATER_COPY]) or (topic, partition, offset) in copies:
             status = scoring.STATUS_DUPLICATE
         else:
             identify = type_ == schema.IDENTIFY

@@ -2,6 +2,7 @@
 session and a real Redis (batches given as DataFrames of Kafka records)."""
 
 import json
+import logging
 import zlib
 
 import pytest
@@ -174,7 +175,7 @@ def test_driver_and_executor_paths_reach_the_same_state_to_the_bit(spark, proces
     assert r.get(keys.bandit_policy())
 
 
-def test_logins_in_a_batch_merge_the_same_on_both_paths(spark, processor, redis_url, r):
+def test_logins_in_a_batch_merge_the_same_on_both_paths(spark, processor, redis_url, r, caplog):
     values = traffic(600)
     # Visitors 1-40 log in as users during the batch, after browsing in it.
     for n in range(1, 41):
@@ -187,59 +188,67 @@ def test_logins_in_a_batch_merge_the_same_on_both_paths(spark, processor, redis_
                 context={schema.PREVIOUS_VISITOR: f"s:{n}"},
             )
         )
-    assert_both_paths_agree(records(spark, values), processor, redis_url, r)
+    with caplog.at_level(logging.INFO, logger="spark_jobs.spread"):
+        assert_both_paths_agree(records(spark, values), processor, redis_url, r)
+    # partitioned once, by the logins' owners
+    assert "scored again" not in caplog.text
     merged = json.loads(r.get(keys.visitor_recent("u:7")))
     assert merged and merged == json.loads(r.get(keys.visitor_recent("s:7")))[: len(merged)]
     assert r.hget(keys.pipeline_counters(), "page_views:applied") == str(len(values))
 
 
-def test_every_record_of_a_visitor_has_one_owner_whatever_the_logins(spark):
-    """The executors' partitioning (``score.with_owner``): an anonymous visitor
-    who logged in as one user goes with them; one who logged in as two users,
-    or a chain of logins, never splits a visitor's own records."""
-    from spark_jobs.score import with_owner
+def login(user, anonymous, ts=NOW - 1000):
+    return schema.make_event(
+        schema.IDENTIFY, user, None, ts=ts, context={schema.PREVIOUS_VISITOR: anonymous}
+    )
 
-    def login(user, anonymous):
-        return schema.make_event(
-            schema.IDENTIFY, user, None, ts=NOW - 1000, context={schema.PREVIOUS_VISITOR: anonymous}
-        )
 
+def test_chains_of_logins_merge_the_same_on_both_paths(spark, processor, redis_url, r):
     values = [
-        # one login: s:a's records go with u:1
-        event(visitor="s:a"),
-        login("u:1", "s:a"),
-        event(visitor="u:1"),
-        # s:b logged in as two users: every visitor keeps their own
-        event(visitor="s:b"),
-        login("u:2", "s:b"),
-        event(visitor="u:2"),
-        login("u:3", "s:b"),
-        event(visitor="u:3"),
-        # a chain: s:c as s:d, then s:d as u:4; s:d's login and view stay together
-        event(visitor="s:c"),
-        login("s:d", "s:c"),
-        event(visitor="s:d"),
-        login("u:4", "s:d"),
-        # not events, or no visitor: their own (none)
-        b"not json",
-        {**event(visitor="s:a"), "type": None},
+        *traffic(300),
+        # s:1 logs in as s:200, who logs in as u:1; s:2 logs in as u:2 and u:3
+        login("s:200", "s:1"),
+        event(visitor="s:200", product="5"),
+        login("u:1", "s:200"),
+        login("u:2", "s:2"),
+        event(visitor="u:2", product="6"),
+        login("u:3", "s:2"),
     ]
-    rows = with_owner(parse(records(spark, values))).select("visitor_id", "owner").collect()
-    owners: dict = {}
-    for visitor, owner in rows:
-        owners.setdefault(visitor, set()).add(owner)
-    assert all(len(found) == 1 for found in owners.values()), owners
-    assert {v: found.pop() for v, found in owners.items()} == {
-        "s:a": "u:1",
-        "u:1": "u:1",
-        "s:b": "s:b",
-        "u:2": "u:2",
-        "u:3": "u:3",
-        "s:c": "s:d",
-        "s:d": "u:4",
-        "u:4": "u:4",
-        None: None,
+    assert_both_paths_agree(records(spark, values), processor, redis_url, r)
+    # s:1's items of this batch reached u:1 through s:200
+    assert {item[0] for item in json.loads(r.get(keys.visitor_recent("s:1")))} <= {
+        item[0] for item in json.loads(r.get(keys.visitor_recent("u:1")))
     }
+
+
+def test_event_ids_repeated_across_partitions_are_scored_again_with_their_copies_marked(
+    spark, processor, redis_url, r, caplog
+):
+    values = traffic(300)
+    # twelve events each sent again under another visitor: some of the copies
+    # are bound to be owned in another partition than their first record
+    for n in range(12):
+        first = event(visitor=f"s:{n}", product=str(n), event_id=f"00000000-0000-0000-0000-{n:012}")
+        values += [first, {**first, "visitor_id": f"s:{n + 50}"}]
+    with caplog.at_level(logging.INFO, logger="spark_jobs.spread"):
+        assert_both_paths_agree(records(spark, values), processor, redis_url, r)
+    assert "an event id in two partitions: the batch is scored again" in caplog.text
+    assert r.hget(keys.pipeline_counters(), "page_views:duplicate") == "12"
+
+
+@pytest.mark.parametrize("driver_batch_rows", [10_000, 2])
+def test_a_copy_after_a_malformed_first_record_is_a_duplicate_on_both_paths(
+    spark, processor, r, driver_batch_rows
+):
+    first = {**event(event_id="00000000-0000-0000-0000-0000000000bb"), "ts": "yesterday"}
+    copy = event(event_id="00000000-0000-0000-0000-0000000000bb")
+    p = processor(driver_batch_rows=driver_batch_rows)
+    # the record that is not JSON goes to partition 0 at offset 0: first in Kafka order
+    p(records(spark, [json.dumps(first).encode(), copy, event(product="2")]), 0)
+    assert p.last["path"] == ("driver" if driver_batch_rows > 3 else "executors")
+    counters = r.hgetall(keys.pipeline_counters())
+    assert (counters["page_views:malformed"], counters["page_views:duplicate"]) == ("1", "1")
+    assert counters["page_views:applied"] == "1"
 
 
 def test_a_batch_run_again_changes_nothing(spark, processor, redis_url, r):

@@ -1,0 +1,123 @@
+"""A large micro-batch spread over the executors: partitioned so that the
+records one call of :func:`score.score_partition` must see together are in
+one partition, and scored there as the driver scores a small batch whole.
+
+* **Logins.** A login joins two visitors: it merges what the anonymous
+  visitor did before it, in this batch too, into the user's history. The
+  batch's logins (a few rows) are collected first; every visitor they join,
+  directly or through others, has one *owner* (:func:`owners`), joined on as
+  a broadcast. The batch is then partitioned by owner: one shuffle.
+* **Copies.** The first record of an event id (in Kafka order) is the one that
+  counts. Each partition finds the repeated ids among its own records; an id
+  in two partitions (a copy sent under another visitor) sends the batch
+  through once more with the later copies marked by a window function
+  (:func:`later_copy`), a second shuffle, and the first result is dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from reco_plugin import schema
+
+from . import state
+from .score import EVENT_ID, score_partition
+from .transforms import PARSED_COLUMNS
+
+logger = logging.getLogger("spark_jobs.spread")
+
+
+def logs_in():
+    """Column: the record is a well-formed login of an anonymous visitor
+    (``schema.is_visitor_id``): ``visitor_id`` the user, ``previous`` them before."""
+    from pyspark.sql import functions as F
+
+    visitor = F.col("visitor_id")
+    return F.coalesce(
+        (F.col("type") == schema.IDENTIFY)
+        & F.col("previous").startswith("s:")
+        & (F.length(visitor) > 2)
+        & (F.length(visitor) <= schema.MAX_ID_LENGTH)
+        & (visitor.startswith("u:") | visitor.startswith("s:")),
+        F.lit(False),
+    )
+
+
+def later_copy():
+    """Column: the record repeats an event id seen earlier in the batch (Kafka order)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    first_first = Window.partitionBy("event_id").orderBy("topic", "partition", "offset")
+    return F.col("event_id").isNotNull() & (F.row_number().over(first_first) > 1)
+
+
+def owners(logins: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Each visitor of the batch's logins (user, anonymous visitor) -> the
+    owner of the visitors those logins join, directly or through others (a
+    chain, or one anonymous visitor who logged in as two users): the smallest
+    of their ids."""
+    owner: dict[str, str] = {}
+
+    def find(visitor: str) -> str:
+        root = visitor
+        while owner.setdefault(root, root) != root:
+            root = owner[root]
+        while visitor != root:
+            owner[visitor], visitor = root, owner[visitor]
+        return root
+
+    for user, anonymous in logins:
+        first, second = sorted((find(user), find(anonymous)))
+        owner[second] = first
+    return {visitor: find(visitor) for visitor in list(owner)}
+
+
+def _with_ids(rows: Iterable[Sequence[Any]], **options: Any) -> Iterator[Any]:
+    """A partition's changes, and the event ids it holds."""
+    rows = list(rows)
+    ids = {row[EVENT_ID] for row in rows if row[EVENT_ID] is not None}
+    for changes in score_partition(rows, **options):
+        yield ids, changes
+
+
+def score_spread(parsed, partitions: int, **options: Any) -> list[state.BatchChanges]:
+    """Each partition's changes (:func:`score.score_partition` of whole
+    owners), merged by the caller."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    parsed = parsed.persist(StorageLevel.MEMORY_ONLY)
+    try:
+        found = owners(parsed.filter(logs_in()).select("visitor_id", "previous").collect())
+        if found:
+            table = parsed.sparkSession.createDataFrame(
+                sorted(found.items()), "visitor string, owner string"
+            )
+            keyed = parsed.join(
+                F.broadcast(table), parsed["visitor_id"] == table["visitor"], "left"
+            ).select(*PARSED_COLUMNS, F.coalesce("owner", "visitor_id").alias("owner"))
+        else:
+            keyed = parsed.withColumn("owner", F.col("visitor_id"))
+        parts = (
+            keyed.repartition(partitions, "owner")
+            .select(*PARSED_COLUMNS)
+            .rdd.mapPartitions(functools.partial(_with_ids, **options))
+            .collect()
+        )
+        held = sum(len(ids) for ids, _ in parts)
+        if len(set().union(*(ids for ids, _ in parts))) == held:
+            return [changes for _, changes in parts]
+        logger.info("an event id in two partitions: the batch is scored again, its copies marked")
+        return (
+            keyed.withColumn("later_copy", later_copy())
+            .repartition(partitions, "owner")
+            .select(*PARSED_COLUMNS, "later_copy")
+            .rdd.mapPartitions(functools.partial(score_partition, **options))
+            .collect()
+        )
+    finally:
+        parsed.unpersist()
