@@ -219,7 +219,7 @@ _SIMILAR_HISTORY = INDEX[SIMILAR_HISTORY]
 
 def score(weights: Sequence[float], vector: Vector) -> float:
     """The model's logit for one candidate."""
-    return sum(weights[i] * value for i, value in vector)
+    return sum([weights[i] * value for i, value in vector])
 
 
 def probability(logit: float) -> float:
@@ -254,6 +254,10 @@ def examples(
     ]
 
 
+def _order(example: Example) -> str:
+    return example[0]
+
+
 def _hash(text: str) -> bytes:
     return hashlib.blake2b(text.encode(), digest_size=8).digest()
 
@@ -282,10 +286,14 @@ class Learner:
 
     def learn(self, batch: Iterable[Example]) -> None:
         """One FTRL step per example, in the examples' key order (:meth:`weight`
-        inlined: the same operations in the same order, so the same floats)."""
+        inlined: the same operations in the same order, so the same floats;
+        each coordinate's square root of ``n`` is kept as ``n`` changes, the
+        same float as taking it again)."""
         z, n_, alpha, beta, l1, l2 = self.z, self.n, self.alpha, self.beta, self.l1, self.l2
         sqrt = math.sqrt
-        for _, label, vector in sorted(batch, key=lambda example: example[0]):
+        roots = [sqrt(n) for n in n_]
+        learnt = 0
+        for _, label, vector in sorted(batch, key=_order):
             weights = []
             logit = 0
             for i, value in vector:
@@ -293,18 +301,19 @@ class Learner:
                 if abs(zi) <= l1:
                     w = 0.0
                 else:
-                    sign = 1.0 if zi > 0 else -1.0
-                    w = -(zi - sign * l1) / ((beta + sqrt(n_[i])) / alpha + l2)
+                    w = -(zi - (l1 if zi > 0 else -l1)) / ((beta + roots[i]) / alpha + l2)
                 weights.append((i, value, w))
                 logit += w * value
             gradient = probability(logit) - label
             for i, value, w in weights:
                 g = gradient * value
-                n = n_[i]
-                sigma = (sqrt(n + g * g) - sqrt(n)) / alpha
-                z[i] += g - sigma * w
-                n_[i] = n + g * g
-            self.examples += 1
+                n = n_[i] + g * g
+                root = sqrt(n)
+                z[i] += g - (root - roots[i]) / alpha * w
+                n_[i] = n
+                roots[i] = root
+            learnt += 1
+        self.examples += learnt
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -387,9 +396,7 @@ def evaluate(weights: Sequence[float], batch: Sequence[Example]) -> dict[str, fl
     """The model's log loss and AUC on examples it has not learnt from; None
     without both a positive and a negative."""
     # in the examples' key order: the sums come out the same however they arrived
-    scored = [
-        (score(weights, vector), label) for _, label, vector in sorted(batch, key=lambda e: e[0])
-    ]
+    scored = [(score(weights, vector), label) for _, label, vector in sorted(batch, key=_order)]
     positives = sum(label for _, label in scored)
     negatives = len(scored) - positives
     if not positives or not negatives:

@@ -115,9 +115,24 @@ def next_pairs(
     15% of the list's hits. Events of the same millisecond on different
     topics are ordered by topic within a batch and by batch across batches.
     """
+    return next_pairs_by_steps(
+        remembered, new, settings, landmark_ms, (steps or settings.next_steps,)
+    )[0]
+
+
+def next_pairs_by_steps(
+    remembered: Sequence[Item],
+    new: Sequence[Interaction],
+    settings: PipelineSettings,
+    landmark_ms: int,
+    steps: Sequence[int],
+) -> list[dict[Pair, float]]:
+    """:func:`next_pairs` for each number of ``steps``, in one walk: an
+    item's latest ``k`` items are the first ``k`` of its latest ``n > k``
+    (the events walked past the ``k``-th are all earlier than it)."""
     window_ms = settings.covisit_window * 1000
-    steps = steps or settings.next_steps
-    pairs: dict[Pair, float] = {}
+    deepest = max(steps)
+    learnt: list[dict[Pair, float]] = [{} for _ in steps]
     ordered = sorted(new, key=lambda i: (i.ts, i.order, i.product_id, i.event_id))
     remembered_weight = {product_id: weight for product_id, _, weight in remembered}
     # product -> the largest weight of its new events so far
@@ -129,10 +144,10 @@ def next_pairs(
         for place, (product_id, ts, _) in enumerate(remembered):
             if product_id != item.product_id and 0 <= item.ts - ts <= window_ms:
                 before[product_id] = (ts, -1 - place)
-        # the new events before it, latest first, until ``steps`` products
+        # the new events before it, latest first, until ``deepest`` products
         walked: set[str] = set()
         for other in reversed(ordered[:index]):
-            if item.ts - other.ts > window_ms or len(walked) == steps:
+            if item.ts - other.ts > window_ms or len(walked) == deepest:
                 break
             if other.product_id == item.product_id or other.product_id in walked:
                 continue
@@ -140,14 +155,17 @@ def next_pairs(
             before[other.product_id] = max(
                 before.get(other.product_id, (other.ts, other.order)), (other.ts, other.order)
             )
-        latest = heapq.nlargest(steps, before.items(), key=lambda kv: (kv[1], kv[0]))
+        latest = heapq.nlargest(deepest, before.items(), key=lambda kv: (kv[1], kv[0]))
         fade = decay(landmark_ms, item.ts, settings.next_half_life)
-        for product_id, _ in latest:
-            weight = max(remembered_weight.get(product_id, 0.0), new_weight.get(product_id, 0.0))
-            key = (product_id, item.product_id)
-            pairs[key] = pairs.get(key, 0.0) + min(item.weight, weight) * fade
+        for pairs, k in zip(learnt, steps, strict=True):
+            for product_id, _ in latest[:k]:
+                weight = max(
+                    remembered_weight.get(product_id, 0.0), new_weight.get(product_id, 0.0)
+                )
+                key = (product_id, item.product_id)
+                pairs[key] = pairs.get(key, 0.0) + min(item.weight, weight) * fade
         new_weight[item.product_id] = max(new_weight.get(item.product_id, 0.0), item.weight)
-    return pairs
+    return learnt
 
 
 def remember(remembered: Sequence[Item], new: Iterable[Interaction], limit: int) -> list[Item]:

@@ -259,6 +259,10 @@ def _learn(
     buckets = learn.trending_windows(settings)
     pairs = changes.pairs
     trials: list[Trial] = []
+    # each visitor's seen and bought items as the batch leaves them, for a
+    # login later in it to merge (the changes hold only what the batch added)
+    seen_now: dict[str, dict[str, int]] = {}
+    bought_now: dict[str, dict[str, int]] = {}
     # Sorted ids: an anonymous visitor's (``s:``) new items are known before a
     # user (``u:``) who was them is merged.
     for visitor_id, applied in sorted(applied_by.items()):
@@ -290,8 +294,8 @@ def _learn(
                 settings.recent_items,
             )
             for source, target in (
-                (changes.seen.get(other, seen_before.get(other, {})), seen),
-                (changes.bought.get(other, bought_before.get(other, {})), bought),
+                (seen_now.get(other, seen_before.get(other, {})), seen),
+                (bought_now.get(other, bought_before.get(other, {})), bought),
             ):
                 for product_id, ts in source.items():
                     target[product_id] = max(ts, target.get(product_id, 0))
@@ -308,10 +312,14 @@ def _learn(
                 taken += 1
             known.add(item.product_id)
             context = item.product_id
+        # where they went next, some steps deep and the very next (``after``)
+        following, then = learn.next_pairs_by_steps(
+            previous, interactions, settings, landmark_ms, (settings.next_steps, 1)
+        )
         for learnt, into in (
             (learn.visitor_pairs(previous, interactions, settings, landmark_ms), pairs),
-            (learn.next_pairs(previous, interactions, settings, landmark_ms), changes.following),
-            (learn.next_pairs(previous, interactions, settings, landmark_ms, 1), changes.then),
+            (following, changes.following),
+            (then, changes.then),
             (
                 learn.visitor_pairs(
                     previous,
@@ -355,8 +363,9 @@ def _learn(
             if settings.exclude_seen or row.type == schema.PURCHASE:
                 seen[item.product_id] = max(item.ts, seen.get(item.product_id, 0))
         changes.recent[visitor_id] = learn.remember(previous, interactions, settings.recent_items)
-        changes.seen[visitor_id] = seen
-        changes.bought[visitor_id] = bought
+        seen_now[visitor_id], bought_now[visitor_id] = seen, bought
+        changes.seen[visitor_id] = _added(seen, seen_before.get(visitor_id, {}))
+        changes.bought[visitor_id] = _added(bought, bought_before.get(visitor_id, {}))
         for item, row in zip(interactions, weighted, strict=True):
             changes.popularity[item.product_id] = changes.popularity.get(
                 item.product_id, 0
@@ -372,6 +381,11 @@ def _learn(
                         )
     if trials:
         _judge(r, trials, categories, changes)
+
+
+def _added(items: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]:
+    """The items new to ``before``, or later than there."""
+    return {product_id: ts for product_id, ts in items.items() if before.get(product_id) != ts}
 
 
 # The events last-click attribution looks at, and how many clicked products a

@@ -307,7 +307,8 @@ class BatchChanges:
     # (window, bucket, category or "", product) -> weight
     trending: dict[tuple[str, int, str, str], int] = dataclasses.field(default_factory=dict)
     newest_ts: int = 0
-    # visitor -> product -> ts_ms: what they have seen (not to show again), bought
+    # visitor -> product -> ts_ms: what the batch adds to what they have seen
+    # (not to show again), bought (new items, or later times)
     seen: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     bought: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     # frequently bought together: product -> other product -> basket weight
@@ -802,12 +803,12 @@ def _write_visitor_sets(pipe: redis.client.Pipeline, changes: BatchChanges, sett
     ):
         for visitor_id, items in sorted(values.items()):
             target = key(visitor_id)
-            # the batch's values already hold the merged visitors' items
-            pipe.delete(target)
+            # what the batch added (merged visitors' items too): the rest is
+            # in Redis already, as the batch read it
             if items:
                 pipe.zadd(target, dict(sorted(items.items())))
-                pipe.zremrangebyrank(target, 0, -kept - 1)
-                pipe.expire(target, settings.visitor_ttl)
+            pipe.zremrangebyrank(target, 0, -kept - 1)
+            pipe.expire(target, settings.visitor_ttl)
 
 
 def _write_changes(

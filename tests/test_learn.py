@@ -245,3 +245,29 @@ def test_next_pairs_look_back_a_bounded_way():
     # each event follows the 3 products before it
     assert pairs[("47", "48")] == pytest.approx(60.0) == pairs[("46", "48")]
     assert ("44", "48") not in pairs
+
+
+def test_one_walk_learns_what_a_walk_per_number_of_steps_does():
+    import random
+
+    rng = random.Random(11)
+    s = settings(next_steps=3, covisit_window=600)
+    for _ in range(200):
+        base = rng.randint(0, 10**6)
+        remembered = sorted(
+            (
+                (
+                    str(rng.randint(1, 12)),
+                    base - rng.randint(-300, 900) * 1000,
+                    rng.choice((1.0, 3.0)),
+                )
+                for _ in range(rng.randint(0, 6))
+            ),
+            key=lambda item: -item[1],
+        )
+        new = [
+            Interaction(str(rng.randint(1, 12)), base + rng.randint(0, 900) * 1000, 1.0, f"e{n}", n)
+            for n in range(rng.randint(1, 12))
+        ]
+        walked = learn.next_pairs_by_steps(remembered, new, s, base, (3, 1, 2))
+        assert walked == [learn.next_pairs(remembered, new, s, base, k) for k in (3, 1, 2)]
