@@ -90,23 +90,38 @@ def candidates(
 ) -> dict[str, Sources]:
     """Every strategy's top ``depth`` products not in ``exclude``, merged, in
     the order first met."""
+    return merged((strategy, top(items, exclude, depth)) for strategy, items in lists)
+
+
+def top(
+    items: Any, exclude: set[str] | frozenset[str], depth: int = DEPTH
+) -> list[tuple[str, float]]:
+    """A list's first ``depth`` (product id, score) not in ``exclude``."""
+    kept = []
+    for pair in scored_ids(items):
+        if pair[0] not in exclude:
+            kept.append(pair)
+            if len(kept) == depth:
+                break
+    return kept
+
+
+def merged(tops: Iterable[tuple[str, list[tuple[str, float]]]]) -> dict[str, Sources]:
+    """Strategies' tops (:func:`top`) as candidates: each product with its rank
+    and its score over the list's best in every list that holds it."""
     found: dict[str, Sources] = {}
-    for strategy, items in lists:
-        best = None
-        rank = 0
-        for product_id, score in scored_ids(items):
-            if product_id in exclude:
-                continue
-            if best is None:
-                best = score if score > 0 else 1.0
+    for strategy, kept in tops:
+        if not kept:
+            continue
+        best = kept[0][1]
+        if best <= 0:
+            best = 1.0
+        for rank, (product_id, score) in enumerate(kept):
             sources = found.get(product_id)
             if sources is None:
                 found[product_id] = {strategy: (rank, score / best)}
             else:
                 sources[strategy] = (rank, score / best)
-            rank += 1
-            if rank == depth:
-                break
     return found
 
 

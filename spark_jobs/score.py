@@ -443,6 +443,9 @@ def _attribute(
         changes.clicked[visitor_id] = {p: f"{s} {ts}" for p, (s, ts) in latest}
 
 
+TOP = max(strategies.K, ranker.DEPTH)
+
+
 class Trial(NamedTuple):
     """A next-item trial: the visitor went to ``product_id`` (new to them)
     from the page of ``context``, knowing ``known``; ``ts`` orders it."""
@@ -481,15 +484,18 @@ def _judge(
     for trial in trials:
         context = trial.context
         exclude = trial.known | ({context} if context else set())
-        lists = []
+        # each list's top once: its first K judge the strategy, its first
+        # DEPTH are the ranker's candidates
+        tops = []
         for strategy, key in strategies.sources(
             trial.visitor_id, context, categories.get(context or "")
         ):
-            ids = strategies.top(values[key], exclude)
-            if ids:
-                changes.next_item(strategy, trial.product_id in ids)
-            lists.append((strategy, values[key]))
-        candidates = ranker.candidates(lists, exclude)
+            kept = ranker.top(values[key], exclude, TOP)
+            if kept:
+                hit = any(product_id == trial.product_id for product_id, _ in kept[: strategies.K])
+                changes.next_item(strategy, hit)
+            tops.append((strategy, kept[: ranker.DEPTH]))
+        candidates = ranker.merged(tops)
         if trial.product_id in candidates:
             found.append((trial, candidates))
     if not found:
