@@ -114,7 +114,7 @@ def merged(tops: Iterable[tuple[str, list[tuple[str, float]]]]) -> dict[str, Sou
         if not kept:
             continue
         best = kept[0][1]
-        if best <= 0:
+        if not best > 0:  # 0, below, or not a number (a damaged list)
             best = 1.0
         for rank, (product_id, score) in enumerate(kept):
             sources = found.get(product_id)

@@ -11,7 +11,8 @@ The steps, each timed and reported in the last-batch record:
    events what they teach. A batch that fit in step 1 is scored on the driver; a
    larger one is partitioned by visitor (``spark_jobs.spread``) and scored on
    the executors, each partition returning its summed changes, which the
-   driver merges.
+   driver merges (``merge``). ``score_in_python`` is the part of ``score``
+   spent scoring in Python (the slowest partition's).
 3. ``recovery`` (``spark_jobs.recovery``): a batch that starts past Redis's
    offsets means Redis lost state; the query is rewound to them. Records Kafka
    deleted before they were read are counted as expired.
@@ -289,6 +290,9 @@ class BatchProcessor:
                 return functools.reduce(state.BatchChanges.merge, parts, state.BatchChanges())
 
         changes = scored(held)
+        # the part of ``score`` spent in Python (on the executors: the slowest
+        # partition's), the rest is Spark's: reading, partitioning, collecting
+        steps.seconds["score_in_python"] = changes.seconds
         if changes.skipped:
             # Records read again: already applied, or a new life of their topic?
             renewed = self._new_lives(held)

@@ -9,6 +9,7 @@ large one.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -38,7 +39,7 @@ def _anonymous(visitor_id: Any) -> bool:
 
 
 # Positions in a parsed row (``transforms.PARSED_COLUMNS``, then, when a large
-# batch is partitioned the exact way, ``later_copy`` and ``owner``).
+# batch is scored again with its copies marked, ``later_copy``).
 EVENT_ID, PREVIOUS, CATEGORY, STRATEGY, RECO_ID = 5, 9, 10, 11, 12
 LATER_COPY = len(PARSED_COLUMNS)
 
@@ -96,15 +97,16 @@ def score_partition(
     flag after them) of whole visitors ->
     one :class:`state.BatchChanges`, to merge with the other partitions'.
 
-    Every row of a visitor must be in the same call, and the rows of an
-    anonymous visitor with those of the user they logged in as in the batch
-    (the executors' path partitions by ``spread.with_owner``). A record that
-    repeats the event id of an earlier one (Kafka order) among the rows, or
-    is flagged ``later_copy``, is a duplicate.
+    Every row of a visitor must be in the same call, and the rows of the
+    visitors a login in the batch joins (the executors' path partitions by
+    ``spread.owners``). A record that repeats the event id of an earlier one
+    (Kafka order) among the rows, whatever that one's status, or is flagged
+    ``later_copy``, is a duplicate.
 
     ``held``: the next offset Redis holds of each (topic, partition);
     a record below it is in the state already and is left out, uncounted.
     """
+    started = time.perf_counter()
     keys.use_prefix(settings.key_prefix)  # also in a fresh executor process
     r = state.client(redis_url)
     changes = state.BatchChanges()
@@ -159,19 +161,14 @@ def score_partition(
     def count(row: Applied, status: str) -> None:
         counts[(row.topic, status)] = counts.get((row.topic, status), 0) + 1
 
-    # Within the batch the first record of an event id (in Kafka order) counts:
-    # among the rows of this call here; across the executors' partitions the
-    # later copies were marked beforehand (a ``later_copy`` column).
+    # each visitor's rows in Kafka order (the later copies of an event id are
+    # counted above: ``later_copies`` among this call's rows, ``later_copy``
+    # across the executors' partitions when an id is in two)
     firsts: dict[str, list[Applied]] = {visitor_id: [] for visitor_id in sorted(by_visitor)}
-    ids: set[str] = set()
     for row in sorted(
         (row for rows in by_visitor.values() for row in rows), key=lambda row: row[:3]
     ):
-        if row.event_id in ids:
-            count(row, scoring.STATUS_DUPLICATE)
-        else:
-            ids.add(row.event_id)
-            firsts[row.visitor_id].append(row)
+        firsts[row.visitor_id].append(row)
     # a forgotten visitor's events up to the moment they were forgotten are not
     # learnt again (from Kafka's retention, or a checkpoint read again)
     gone = state.forgotten(
@@ -212,6 +209,7 @@ def score_partition(
                 changes.newest_ts = max(changes.newest_ts, row.ts)
         applied_by[visitor_id] = applied
     _learn(r, applied_by, changes, settings, landmark_ms, experiment)
+    changes.seconds = round(time.perf_counter() - started, 4)
     yield changes
 
 

@@ -11,7 +11,8 @@ one partition, and scored there as the driver scores a small batch whole.
   counts. Each partition finds the repeated ids among its own records; an id
   in two partitions (a copy sent under another visitor) sends the batch
   through once more with the later copies marked by a window function
-  (:func:`later_copy`), a second shuffle, and the first result is dropped.
+  (:func:`later_copy`, a shuffle by event id before the one by owner), and
+  the first result is dropped.
 """
 
 from __future__ import annotations
@@ -44,6 +45,26 @@ def logs_in():
         & (visitor.startswith("u:") | visitor.startswith("s:")),
         F.lit(False),
     )
+
+
+# a group of visitors joined by logins this large is logged (one partition
+# scores it whole: a shared anonymous id, such as a cached session cookie,
+# can join thousands)
+LARGE_GROUP = 1000
+
+
+def _log_largest(found: dict[str, str]) -> None:
+    sizes: dict[str, int] = {}
+    for owner in found.values():
+        sizes[owner] = sizes.get(owner, 0) + 1
+    if sizes and max(sizes.values()) >= LARGE_GROUP:
+        owner = max(sizes, key=lambda o: (sizes[o], o))
+        logger.warning(
+            "%d visitors are joined by logins in this batch (owner %s): one partition scores "
+            "them all",
+            sizes[owner],
+            owner,
+        )
 
 
 def later_copy():
@@ -90,9 +111,10 @@ def score_spread(parsed, partitions: int, **options: Any) -> list[state.BatchCha
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    parsed = parsed.persist(StorageLevel.MEMORY_ONLY)
+    parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         found = owners(parsed.filter(logs_in()).select("visitor_id", "previous").collect())
+        _log_largest(found)
         if found:
             table = parsed.sparkSession.createDataFrame(
                 sorted(found.items()), "visitor string, owner string"
@@ -108,10 +130,14 @@ def score_spread(parsed, partitions: int, **options: Any) -> list[state.BatchCha
             .rdd.mapPartitions(functools.partial(_with_ids, **options))
             .collect()
         )
-        held = sum(len(ids) for ids, _ in parts)
-        if len(set().union(*(ids for ids, _ in parts))) == held:
+        total = sum(len(ids) for ids, _ in parts)
+        distinct = len(set().union(*(ids for ids, _ in parts)))
+        if distinct == total:
             return [changes for _, changes in parts]
-        logger.info("an event id in two partitions: the batch is scored again, its copies marked")
+        logger.info(
+            "an event id in two partitions (%d ids): the batch is scored again, its copies marked",
+            total - distinct,
+        )
         return (
             keyed.withColumn("later_copy", later_copy())
             .repartition(partitions, "owner")

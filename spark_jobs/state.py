@@ -336,6 +336,8 @@ class BatchChanges:
     experiment_id: int | None = None
     experiment_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     experiment_visitors: dict[tuple[int, str], set[str]] = dataclasses.field(default_factory=dict)
+    # how long the scoring took in Python (merged: the slowest partition's)
+    seconds: float = 0.0
 
     def in_experiment(self, experiment: experiments.Experiment, row: Any) -> None:
         """Count an applied event for the arm it belongs to: impressions and
@@ -390,7 +392,9 @@ class BatchChanges:
         self.applied_ids.extend(other.applied_ids)
         self.examples.extend(other.examples)
         self.newest_ts = max(self.newest_ts, other.newest_ts)
-        # per visitor: whole values (a visitor is in one partition)
+        self.seconds = max(self.seconds, other.seconds)
+        # per visitor (a visitor is in one partition): whole values, or for
+        # seen and bought, what the batch adds
         self.recent.update(other.recent)
         self.seen.update(other.seen)
         self.bought.update(other.bought)

@@ -275,6 +275,31 @@ def test_seen_items_follow_a_login(batches):
     assert set(batches.r.zrange(keys.visitor_seen("u:1"), 0, -1)) == {"a"}
 
 
+def test_a_batch_adds_to_the_seen_sets_and_trims_them_to_what_is_kept(batches):
+    rows = [
+        batches.row("page_view", v, str(p), seconds_ago=600 - p)
+        for p in range(30)
+        for v in ("s:a", "s:b")
+    ]
+    batches.run(rows)
+    r = batches.r
+    r.persist(keys.visitor_seen("s:a"))
+    # fewer kept now; s:a views again what it has seen (purchases only count
+    # as seen now: its set gains nothing), s:b views something new
+    batches.settings = PipelineSettings.from_mapping({"seen_kept": 10, "exclude_seen": False})
+    batches.run(
+        [
+            batches.row("page_view", "s:a", "3", seconds_ago=5),
+            batches.row("purchase", "s:b", "x", seconds_ago=5),
+        ]
+    )
+    latest = [str(p) for p in range(20, 30)]
+    assert r.zrange(keys.visitor_seen("s:a"), 0, -1) == latest
+    assert r.zrange(keys.visitor_seen("s:b"), 0, -1) == [*latest[1:], "x"]
+    # the set of a visitor active in the batch lives visitor_ttl from it
+    assert 0 < r.ttl(keys.visitor_seen("s:a")) <= batches.settings.visitor_ttl
+
+
 def test_trending_per_category_over_both_windows(batches):
     rows = [batches.row("page_view", f"s:{n}", "drama1", category="Drama") for n in range(3)]
     rows += [batches.row("page_view", "s:x", "comedy1", category="Comedy")]

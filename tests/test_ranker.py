@@ -360,3 +360,9 @@ def test_scoring_a_hundred_candidates_costs_well_under_a_millisecond():
     # here alone, 1.09 ms once beside the rest of the suite's services)
     assert len(ranker.candidates(lists, set())) == len(strategies.STRATEGIES) * ranker.DEPTH
     assert median_ranking_seconds(lists) < 2e-3
+
+
+def test_a_damaged_best_score_leaves_the_other_candidates_scored():
+    items = [{"product_id": "1", "score": "nan"}, {"product_id": "2", "score": 0.5}]
+    found = ranker.candidates([("similar", items)], set())
+    assert found["2"]["similar"] == (1, 0.5)

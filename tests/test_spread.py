@@ -29,6 +29,14 @@ def test_the_visitors_a_login_joins_have_one_owner():
     assert spread.owners([]) == {}
 
 
+def test_a_large_group_of_visitors_joined_by_logins_is_logged(caplog):
+    spread._log_largest(spread.owners([(f"u:{n}", "s:shared") for n in range(spread.LARGE_GROUP)]))
+    assert f"{spread.LARGE_GROUP + 1} visitors are joined by logins" in caplog.text
+    caplog.clear()
+    spread._log_largest(spread.owners([("u:1", "s:a")]))
+    assert not caplog.text
+
+
 def row(topic, partition, offset, event_id):
     return (topic, partition, offset, 1, "page_view", event_id, "s:a", "1", 0)
 
