@@ -34,7 +34,8 @@ import hashlib
 import heapq
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .strategies import STRATEGIES
@@ -269,7 +270,82 @@ def examples(
     ]
 
 
-def _order(example: Example) -> str:
+class Examples:
+    """Training examples packed in flat arrays, in the order added: keys,
+    labels, and every vector's (index, value) pairs one after another. A
+    partition's examples reach the driver as a few byte strings, not as a
+    list of small tuples (here, 40,000 examples of 20 features took ~0.6 s
+    more to pickle, move and unpickle as tuples). Iterated, each is (key,
+    label, its (index, value) pairs, once)."""
+
+    def __init__(self, examples: Iterable[Example] = ()) -> None:
+        self.keys: list[str] = []
+        self.labels = bytearray()
+        # where each example's features start in indices and values (and
+        # where the last one ends)
+        self.starts = array("I", [0])
+        self.indices = array("H")
+        self.values = array("d")
+        self.add(examples)
+
+    def add(self, examples: Iterable[Example]) -> None:
+        keys, labels, starts, indices, values = (
+            self.keys,
+            self.labels,
+            self.starts,
+            self.indices,
+            self.values,
+        )
+        for key, label, vector in examples:
+            keys.append(key)
+            labels.append(label)
+            for i, value in vector:
+                indices.append(i)
+                values.append(value)
+            starts.append(len(indices))
+
+    def extend(self, other: Examples) -> None:
+        shift = len(self.indices)
+        self.keys += other.keys
+        self.labels += other.labels
+        self.starts.extend(array("I", (start + shift for start in other.starts[1:])))
+        self.indices += other.indices
+        self.values += other.values
+
+    def in_key_order(self) -> Examples:
+        """These examples sorted by key (the order the model learns in)."""
+        result = Examples()
+        result.keys = sorted(self.keys)
+        place = {key: j for j, key in enumerate(self.keys)}
+        starts, indices, values = self.starts, self.indices, self.values
+        for key in result.keys:
+            j = place[key]
+            result.labels.append(self.labels[j])
+            result.indices += indices[starts[j] : starts[j + 1]]
+            result.values += values[starts[j] : starts[j + 1]]
+            result.starts.append(len(result.indices))
+        return result
+
+    def __iter__(self) -> Iterator[tuple[str, int, Iterator[tuple[int, float]]]]:
+        starts, indices, values = self.starts, self.indices, self.values
+        for j, key in enumerate(self.keys):
+            begin, end = starts[j], starts[j + 1]
+            yield key, self.labels[j], zip(indices[begin:end], values[begin:end], strict=True)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Examples) and (
+            self.keys,
+            self.labels,
+            self.starts,
+            self.indices,
+            self.values,
+        ) == (other.keys, other.labels, other.starts, other.indices, other.values)
+
+
+def _order(example: Any) -> str:
     return example[0]
 
 
@@ -299,7 +375,7 @@ class Learner:
     def weights(self) -> list[float]:
         return [self.weight(i) for i in range(len(self.z))]
 
-    def learn(self, batch: Iterable[Example]) -> None:
+    def learn(self, batch: Iterable[Example] | Examples) -> None:
         """One FTRL step per example, in the examples' key order (:meth:`weight`
         inlined: the same operations in the same order, so the same floats;
         each coordinate's square root of ``n`` is kept as ``n`` changes, the
@@ -407,7 +483,9 @@ def _finite(value: Any) -> float:
     return number
 
 
-def evaluate(weights: Sequence[float], batch: Sequence[Example]) -> dict[str, float] | None:
+def evaluate(
+    weights: Sequence[float], batch: Iterable[Example] | Examples
+) -> dict[str, float] | None:
     """The model's log loss and AUC on examples it has not learnt from; None
     without both a positive and a negative."""
     # in the examples' key order: the sums come out the same however they arrived

@@ -514,4 +514,4 @@ def _judge(
             facts=facts,
         )
         key = f"{trial.ts}|{trial.visitor_id}|{trial.product_id}"
-        changes.examples += ranker.examples(key, trial.product_id, candidates, context)
+        changes.examples.add(ranker.examples(key, trial.product_id, candidates, context))

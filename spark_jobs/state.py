@@ -327,7 +327,7 @@ class BatchChanges:
     # recommendation (whole values, the latest CLICKS_KEPT)
     clicked: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     # the ranker's training examples from the batch's next-item trials
-    examples: list[ranker.Example] = dataclasses.field(default_factory=list)
+    examples: ranker.Examples = dataclasses.field(default_factory=ranker.Examples)
     # ``<strategy>:carts`` / ``<strategy>:purchases`` -> add-to-carts and
     # purchases of products clicked in that strategy's lists
     conversions: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -338,6 +338,10 @@ class BatchChanges:
     experiment_visitors: dict[tuple[int, str], set[str]] = dataclasses.field(default_factory=dict)
     # how long the scoring took in Python (merged: the slowest partition's)
     seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.examples, ranker.Examples):
+            self.examples = ranker.Examples(self.examples)
 
     def in_experiment(self, experiment: experiments.Experiment, row: Any) -> None:
         """Count an applied event for the arm it belongs to: impressions and
@@ -609,7 +613,7 @@ RANKER_METRICS_KEPT = 500
 
 def _ranker_learnt(
     pipe: Any,
-    examples: Sequence[ranker.Example],
+    examples: ranker.Examples,
     clock_ms: int,
     settings: PipelineSettings,
 ) -> tuple[str, str, str | None] | None:
@@ -629,7 +633,7 @@ def _ranker_learnt(
         logger.warning("the ranker's model in Redis is unreadable: it learns again from scratch")
         learner = ranker.Learner()
     # in their key order, sorted once (both would sort them)
-    examples = sorted(examples, key=lambda example: example[0])
+    examples = examples.in_key_order()
     measured = ranker.evaluate(learner.weights(), examples)
     learner.learn(examples)
     weights = {
