@@ -366,3 +366,28 @@ def test_a_damaged_best_score_leaves_the_other_candidates_scored():
     items = [{"product_id": "1", "score": "nan"}, {"product_id": "2", "score": 0.5}]
     found = ranker.candidates([("similar", items)], set())
     assert found["2"]["similar"] == (1, 0.5)
+
+
+def test_packed_examples_learn_and_evaluate_as_their_tuples_do():
+    found = ranker.candidates(
+        [
+            ("similar", [{"product_id": str(p), "score": 10 - p} for p in range(10)]),
+            ("popular", [{"product_id": str(p), "score": p} for p in range(5, 15)]),
+        ],
+        set(),
+    )
+    examples = []
+    for n in range(60):
+        examples += ranker.examples(f"t{n:03d}", str(n % 15), found, ranker.Context(history=n))
+    # packed in two parts out of order, as partitions send them
+    packed = ranker.Examples(examples[200:])
+    packed.extend(ranker.Examples(examples[:200]))
+    assert len(packed) == len(examples)
+    learnt = ranker.Learner()
+    learnt.learn(examples)
+    from_packed = ranker.Learner()
+    from_packed.learn(packed)
+    assert from_packed.to_dict() == learnt.to_dict()
+    weights = learnt.weights()
+    assert ranker.evaluate(weights, packed) == ranker.evaluate(weights, examples)
+    assert [(k, label, list(v)) for k, label, v in packed.in_key_order()] == sorted(examples)
