@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -54,9 +55,7 @@ LARGE_GROUP = 1000
 
 
 def _log_largest(found: dict[str, str]) -> None:
-    sizes: dict[str, int] = {}
-    for owner in found.values():
-        sizes[owner] = sizes.get(owner, 0) + 1
+    sizes = Counter(found.values())
     if sizes and max(sizes.values()) >= LARGE_GROUP:
         owner = max(sizes, key=lambda o: (sizes[o], o))
         logger.warning(
