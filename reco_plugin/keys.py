@@ -403,6 +403,13 @@ def pipeline_pending() -> str:
     return f"{PREFIX}:pipeline:pending"
 
 
+def pipeline_owed(kind: str) -> str:
+    """Sorted set: product -> the number of the commit that first changed its
+    pair weights of ``kind`` (similar, fbt, next, after, session) since its
+    list of that kind was last written; the oldest are written first."""
+    return f"{PREFIX}:pipeline:owed:{kind}"
+
+
 def pipeline_scratch(name: str) -> str:
     """Sorted set used inside one commit and deleted by it."""
     return f"{PREFIX}:pipeline:scratch:{name}"

@@ -151,6 +151,10 @@ class PipelineSettings:
     # batches of at most this many records are scored in one pass on the driver;
     # larger (catch-up) batches are spread over the executors
     driver_batch_rows: int = 5000
+    # the product lists of each kind (similar, next...) a batch writes at most:
+    # those whose pair weights changed longest ago first; the rest stay owed
+    # (keys.pipeline_owed) for the next batches, or an idle job
+    product_lists_per_batch: int = 200
     max_offsets_per_trigger: int = 20000
     # None: the number of cores of a local master
     shuffle_partitions: int | None = None
@@ -208,6 +212,7 @@ class PipelineSettings:
             "visitor_ttl",
             "attribution_window",
             "driver_batch_rows",
+            "product_lists_per_batch",
             "max_offsets_per_trigger",
             "lease_ttl",
         ):

@@ -151,6 +151,8 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         pipe.hgetall(keys.pipeline_recovery())
         pipe.mget(keys.pipeline_lease(), keys.pipeline_lease_info())
         pipe.hgetall(keys.pipeline_standby())
+        for kind in strategies.STREAMED_PRODUCT_LISTS:
+            pipe.zcard(keys.pipeline_owed(kind))
         (
             heartbeat,
             last_batch,
@@ -166,6 +168,7 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
             recovered,
             (lease, lease_info),
             standby,
+            *owed,
         ) = pipe.execute()
         report["redis"] = {"ok": True, "url": shown_url(), **redis_durability(r)}
         problems.extend(report["redis"].pop("problems"))
@@ -177,6 +180,10 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         job = json.loads(heartbeat) if heartbeat else None
         report["job"] = {"ok": bool(job and job.get("active")), **(job or {})}
         report["last_batch"] = _last_batch(last_batch)
+        # product lists whose pair weights changed since they were written
+        report["product_lists_owed"] = dict(
+            zip(strategies.STREAMED_PRODUCT_LISTS, owed, strict=True)
+        )
         report["counters"] = _counters(counters)
         report["clock_ms"] = int(clock) if clock else None
         report["producers"] = {name: int(producers.get(name, 0)) for name in PRODUCER_COUNTS}
@@ -530,6 +537,12 @@ def format_status(report: dict[str, Any]) -> str:
         steps = batch.get("steps") or {}
         if steps:
             lines.append("  steps: " + ", ".join(f"{k} {float(v):.3f} s" for k, v in steps.items()))
+    owed = {kind: n for kind, n in (report.get("product_lists_owed") or {}).items() if n}
+    if owed:
+        lines.append(
+            "product lists owed (written by the next batches, or while the job is idle): "
+            + ", ".join(f"{kind} {n}" for kind, n in owed.items())
+        )
     producers = report.get("producers")
     if producers:
         lines.append(

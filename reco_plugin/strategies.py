@@ -72,6 +72,9 @@ STRATEGIES: tuple[str, ...] = (
 )
 # the lists of the product on the page: its neighbours
 NEIGHBOURS = frozenset({SIMILAR, NEXT, AFTER, SESSION, FBT, RETRAINED, CONTENT})
+# the product lists the streaming job derives from pair weights, in the order
+# it writes them (keys.pipeline_owed: those it still owes)
+STREAMED_PRODUCT_LISTS: tuple[str, ...] = (SIMILAR, FBT, NEXT, AFTER, SESSION)
 # the lists that need neither a visitor nor a product: the same for everyone
 GLOBAL = frozenset({TRENDING, TRENDING_LONG, POPULAR})
 # the strategies that need a product on the page

@@ -39,7 +39,7 @@ from typing import Any
 
 import redis
 
-from reco_plugin import experiments, keys, schema, scoring, strategies
+from reco_plugin import experiments, keys, schema, scoring
 from reco_plugin.scoring import PipelineSettings, parse_tuning
 
 from . import lake, lists, recovery, spread, state
@@ -332,8 +332,9 @@ class BatchProcessor:
         self.rewound_to = {}  # a batch followed on from the rewind
         self.last_seq = seq
         todo = state.pending(r) or {}
-        self._lists(r, batch, todo, clock_ms, steps, spread=not small)
-        products, visitors = todo.get("products", []), todo.get("visitors", [])
+        products = self._lists(r, batch, todo, clock_ms, steps, spread=not small)
+        visitors = todo.get("visitors", [])
+        owed = sum(state.owed_counts(r).values())
         counts = {status: 0 for status in scoring.STATUSES}
         applied_by_topic: dict[str, int] = {}
         for (topic, status), n in changes.counts.items():
@@ -353,7 +354,8 @@ class BatchProcessor:
             "skipped": sum(changes.skipped.values()),
             "path": "driver" if small else "executors",
             **counts,
-            "products": len(products),
+            "products": products,
+            "products_owed": owed,
             "visitors": len(visitors),
             "steps": steps.seconds,
         }
@@ -361,7 +363,7 @@ class BatchProcessor:
             state.record_batch(r, self.last)
         logger.info(
             "batch %d: %d rows (%d applied, %d duplicate, %d malformed, %d too old, %d future, "
-            "%d already applied) on the %s, %d products, %d visitors in %.3fs %s",
+            "%d already applied) on the %s, %d product lists (%d owed), %d visitors in %.3fs %s",
             batch_id,
             self.last["rows"],
             counts[scoring.STATUS_APPLIED],
@@ -371,7 +373,8 @@ class BatchProcessor:
             counts[scoring.STATUS_FUTURE],
             self.last["skipped"],
             self.last["path"],
-            len(products),
+            products,
+            owed,
             len(visitors),
             self.last["seconds"],
             steps.seconds,
@@ -443,10 +446,7 @@ class BatchProcessor:
         return int(conf) if conf else 2
 
     def _large(self, todo: Mapping[str, Any]) -> bool:
-        return (
-            len(todo.get("products", [])) + len(todo.get("visitors", []))
-            > self.settings.driver_batch_rows
-        )
+        return len(todo.get("visitors", [])) > self.settings.driver_batch_rows
 
     def write_owed(self, r: redis.Redis, batch=None) -> None:
         """The lists the last commit owes, if it does (a job died while writing
@@ -456,6 +456,8 @@ class BatchProcessor:
         if not owed:
             return
         logger.info("writing the lists batch %s owes", owed.get("batch"))
+        # a record of an earlier version names the products it owes
+        state.owe_legacy(r, owed)
         # derived from the state as it is now: as current as the last commit
         owed["seq"] = max(int(owed.get("seq", 0)), state.commit_seq(r))
         self._lists(r, batch, owed, state.clock(r), Steps(), spread=self._large(owed))
@@ -467,6 +469,27 @@ class BatchProcessor:
         self.started_ms = schema.now_ms()
         self.write_owed(r)
 
+    def write_owed_products(self, busy: Callable[[], bool]) -> int:
+        """The product lists still owed, written while the job has no batch to
+        run, ``product_lists_per_batch`` of each kind at a time until none is
+        owed or ``busy()`` (a batch started); how many were written. A batch
+        that commits meanwhile makes the writes refused (:class:`state.StaleWriter`)."""
+        r = state.client(self.redis_url)
+        writer = state.Writer(self._token(), state.commit_seq(r))
+        budget = self.settings.product_lists_per_batch
+        rounds = -(-max(state.owed_counts(r).values(), default=0) // budget)
+        written = 0
+        for _ in range(rounds):
+            if busy():
+                break
+            for kind in state.OWED_KINDS:
+                due = state.owed(r, kind, budget)
+                lists.refresh_products(
+                    due, redis_url=self.redis_url, settings=self.settings, kind=kind, writer=writer
+                )
+                written += len(due)
+        return written
+
     def _lists(
         self,
         r: redis.Redis,
@@ -476,9 +499,10 @@ class BatchProcessor:
         steps: Steps,
         *,
         spread: bool,
-    ) -> None:
+    ) -> int:
         """The lists a committed batch changes (``todo``: its pending record),
-        then the record goes: nothing is owed any more."""
+        then the record goes: nothing is owed any more but product lists past
+        ``product_lists_per_batch`` of a kind. How many product lists were written."""
         writer = state.Writer(self._token(), int(todo.get("seq", 0)))
         options = {"redis_url": self.redis_url, "settings": self.settings, "writer": writer}
         spread_over = self.settings.driver_batch_rows // SPREAD_SHARE
@@ -493,12 +517,13 @@ class BatchProcessor:
             else:
                 function(ids, **options, **more)
 
+        products = 0
         with steps("similar"):
-            run(lists.refresh_products, todo.get("products", []))
-            run(lists.refresh_products, todo.get("baskets", []), kind=strategies.FBT)
-            run(lists.refresh_products, todo.get("followed", []), kind=strategies.NEXT)
-            run(lists.refresh_products, todo.get("after", []), kind=strategies.AFTER)
-            run(lists.refresh_products, todo.get("sessions", []), kind=strategies.SESSION)
+            # similar, fbt, next, after, session: those owed longest first
+            for kind in state.OWED_KINDS:
+                due = state.owed(r, kind, self.settings.product_lists_per_batch)
+                run(lists.refresh_products, due, kind=kind)
+                products += len(due)
         # trending first: the visitors' affinity lists are read from it
         with steps("trending"):
             lists.refresh_trending(
@@ -517,3 +542,4 @@ class BatchProcessor:
         with steps("notify"):
             state.notify(r, todo.get("visitors", []))
         state.lists_written(r, writer.seq)
+        return products

@@ -44,7 +44,8 @@ def refresh_products(
     writer: state.Writer | None = None,
 ) -> None:
     """Rewrite a product list (``PRODUCT_LISTS``: similar, frequently bought
-    together, next, after or session) of these products from their pair weights."""
+    together, next, after or session) of these products from their pair
+    weights; with a ``writer`` (the job), they are then no longer owed."""
     keys.use_prefix(settings.key_prefix)  # also in a fresh executor process
     r = state.client(redis_url)
     merchandise = read_merchandise(r)
@@ -66,7 +67,9 @@ def refresh_products(
             else:
                 ranked = learn.similar_list(p, neighbours[p], pop, depth)
             lists[target(p)] = shortlist.cut(ranked, settings.list_length)
-        state.write_lists(r, lists, settings.product_ttl, writer)
+        state.write_lists(
+            r, lists, settings.product_ttl, writer, owed=(keys.pipeline_owed(kind), chunk)
+        )
 
 
 def refresh_visitors(

@@ -391,6 +391,7 @@ class Supervisor:
                         query.stop()
                         break
                     self._forgets_when_idle(query)
+                    self._lists_when_idle(query)
                     query.awaitTermination(1.0)
                 error = query.exception()
             except Exception as exc:  # the query could not even start (Kafka down...)
@@ -458,6 +459,26 @@ class Supervisor:
             self.processor.forgets.catch_up(self.redis, self.processor.settings, wait=False)
         except Exception as exc:  # Kafka or Redis away: the next batch tries again
             logger.debug("forget records not read: %s", exc)
+
+    def _lists_when_idle(self, query) -> None:
+        """The product lists the batches left owed (past
+        ``product_lists_per_batch`` of a kind), written between batches: once
+        the traffic stops, none is left behind its weights."""
+
+        def busy() -> bool:
+            return bool(query.status.get("isTriggerActive"))
+
+        if busy():
+            return
+        try:
+            written = self.processor.write_owed_products(busy)
+        except (state.StaleWriter, recovery.LeaseLost):
+            return  # a batch committed meanwhile, or the lease went: it owes them again
+        except Exception as exc:  # Redis away: the next batch or the next second tries again
+            logger.debug("owed product lists not written: %s", exc)
+            return
+        if written:
+            logger.info("wrote %d owed product lists between batches", written)
 
     def keep_lease(self) -> None:
         """Renew the lease every second while this job holds it, on a thread of

@@ -582,6 +582,12 @@ def commit(
             pipe,
             {t: n for (t, status), n in changes.counts.items() if status == STATUS_EXPIRED and n},
         )
+        for kind, touched in zip(
+            OWED_KINDS, (products, baskets, followed, after, sessions), strict=True
+        ):
+            if touched:
+                # owed since the first commit that changed them (NX)
+                pipe.zadd(keys.pipeline_owed(kind), dict.fromkeys(touched, seq), nx=True)
         pipe.set(keys.pipeline_clock(), clock_ms)
         pipe.set(keys.pipeline_commit_seq(), seq)
         pipe.set(
@@ -591,11 +597,6 @@ def commit(
                     "query": batch[0],
                     "batch": batch[1],
                     "seq": seq,
-                    "products": products,
-                    "baskets": baskets,
-                    "followed": followed,
-                    "after": after,
-                    "sessions": sessions,
                     "categories": changes.touched_categories(),
                     "visitors": changes.touched_visitors(),
                     "bandit": bool(changes.rewards),
@@ -760,6 +761,36 @@ def updated_evidence(
     return result
 
 
+# The pair sets of many products in one call: per product, what the pipeline
+# would send as ZADD to the scratch set, ZUNIONSTORE (old weights faded, new
+# ones added), ZREMRANGEBYRANK, DEL and EXPIRE, run by Redis on the same
+# values (numbers travel as the text redis-py would send). Five commands a
+# product, each packed and parsed by the client, were most of a small batch's
+# commit.
+_ADD_PAIRS = """
+local spec = cjson.decode(ARGV[1])
+local new_fade, kept, ttl, sets = spec[1], spec[2], spec[3], spec[4]
+local scratch = KEYS[1]
+for i, set in ipairs(sets) do
+  local target = KEYS[i + 1]
+  local members = set[2]
+  for first = 1, #members, 2000 do
+    redis.call('ZADD', scratch, unpack(members, first, math.min(first + 1999, #members)))
+  end
+  redis.call('ZUNIONSTORE', target, 2, target, scratch, 'WEIGHTS', set[1], new_fade)
+  redis.call('ZREMRANGEBYRANK', target, 0, -kept - 1)
+  redis.call('DEL', scratch)
+  redis.call('EXPIRE', target, ttl)
+end
+return #sets
+"""
+# always called on the commit's pipeline, which loads it (a script given as
+# bytes needs no client of its own)
+_ADD_PAIRS_SCRIPT = redis.commands.core.Script(None, _ADD_PAIRS.encode())
+# products per call of _ADD_PAIRS: Redis serves nothing else while it runs
+PAIRS_CALL = 250
+
+
 def _add_pairs(
     pipe: redis.client.Pipeline,
     pairs: Mapping[str, Mapping[str, int]],
@@ -776,18 +807,28 @@ def _add_pairs(
     ``neighbours_kept`` stay."""
     from .learn import decay
 
-    scratch = keys.pipeline_scratch("delta")
     products = sorted(pairs)
-    for product_id, last in zip(products, clocks, strict=True):
-        target = key(product_id)
-        fade = decay(clock_ms, int(last), half_life) if last else 1.0
-        pipe.zadd(scratch, {b: from_units(u) for b, u in pairs[product_id].items()})
-        pipe.zunionstore(target, {target: fade, scratch: new_fade})
-        pipe.zremrangebyrank(target, 0, -settings.neighbours_kept - 1)
-        pipe.delete(scratch)
-        pipe.expire(target, settings.product_ttl)
-    if products:
-        pipe.hset(clock_key, mapping={p: clock_ms for p in products})
+    if not products:
+        return
+    faded = [
+        (product_id, decay(clock_ms, int(last), half_life) if last else 1.0)
+        for product_id, last in zip(products, clocks, strict=True)
+    ]
+    for part in chunks(faded, PAIRS_CALL):
+        sets = [
+            [
+                repr(fade),
+                [t for b, u in pairs[p].items() for t in (repr(from_units(u)), b)],
+            ]
+            for p, fade in part
+        ]
+        spec = [repr(new_fade), settings.neighbours_kept, settings.product_ttl, sets]
+        _ADD_PAIRS_SCRIPT(
+            keys=[keys.pipeline_scratch("delta"), *(key(p) for p, _ in part)],
+            args=[json.dumps(spec)],
+            client=pipe,
+        )
+    pipe.hset(clock_key, mapping={p: clock_ms for p in products})
 
 
 def _add_weights(
@@ -929,10 +970,43 @@ def continue_commits(r: redis.Redis, last: int) -> int:
     return int(r.eval(_CONTINUE, 1, keys.pipeline_commit_seq(), last))
 
 
+# the kinds of product list, in the order a batch writes them; the pending
+# record of a commit by an earlier version named its products under these fields
+OWED_KINDS = strategies.STREAMED_PRODUCT_LISTS
+LEGACY_PENDING = dict(
+    zip(("products", "baskets", "followed", "after", "sessions"), OWED_KINDS, strict=True)
+)
+
+
 def pending(r: redis.Redis) -> dict[str, Any] | None:
-    """The lists the last commit still owes, if it does."""
+    """The visitors' and global lists the last commit still owes, if it does
+    (the product lists owed are in :func:`owed`)."""
     raw = r.get(keys.pipeline_pending())
     return json.loads(raw) if raw else None
+
+
+def owed(r: redis.Redis, kind: str, limit: int) -> list[str]:
+    """The first ``limit`` products whose list of ``kind`` is owed: those
+    whose pair weights changed longest ago first (by commit, then id)."""
+    return r.zrange(keys.pipeline_owed(kind), 0, limit - 1)
+
+
+def owed_counts(r: redis.Redis) -> dict[str, int]:
+    """How many products' lists of each kind are owed."""
+    pipe = r.pipeline(transaction=False)
+    for kind in OWED_KINDS:
+        pipe.zcard(keys.pipeline_owed(kind))
+    return dict(zip(OWED_KINDS, pipe.execute(), strict=True))
+
+
+def owe_legacy(r: redis.Redis, todo: Mapping[str, Any]) -> None:
+    """The product lists a pending record of an earlier version names, owed
+    as this version owes them."""
+    pipe = r.pipeline(transaction=False)
+    for field, kind in LEGACY_PENDING.items():
+        if todo.get(field):
+            pipe.zadd(keys.pipeline_owed(kind), dict.fromkeys(todo[field], 0), nx=True)
+    pipe.execute()
 
 
 def lists_written(r: redis.Redis, seq: int) -> None:
@@ -989,15 +1063,23 @@ class Writer:
 # SET each list only while no other writer holds the lease and no later commit has
 # begun writing its lists: a task of an old batch, or of a copy of the job that
 # lost its lease, cannot bring back an old list (or a forgotten visitor's).
+# KEYS[3] is an owed set (keys.pipeline_owed) the products whose lists these
+# are leave, in the same step: they are owed again only by a later commit.
 _GUARDED_SET = """
 local owner = redis.call('GET', KEYS[1])
 if owner and owner ~= ARGV[1] then return -1 end
 local seq = tonumber(ARGV[2])
 if tonumber(redis.call('GET', KEYS[2]) or '0') > seq then return -2 end
-for i = 3, #KEYS do
-  redis.call('SET', KEYS[i], ARGV[i + 1], 'EX', ARGV[3])
+local written = #KEYS - 3
+for i = 1, written do
+  redis.call('SET', KEYS[i + 3], ARGV[i + 4], 'EX', ARGV[3])
 end
-return #KEYS - 2
+local done = tonumber(ARGV[4])
+for first = 1, done, 1000 do
+  local last = math.min(first + 999, done)
+  redis.call('ZREM', KEYS[3], unpack(ARGV, written + 4 + first, written + 4 + last))
+end
+return written
 """
 
 
@@ -1006,11 +1088,16 @@ class StaleWriter(Exception):
 
 
 def write_lists(
-    r: redis.Redis, key_values: Mapping[str, Any], ttl: int, writer: Writer | None = None
+    r: redis.Redis,
+    key_values: Mapping[str, Any],
+    ttl: int,
+    writer: Writer | None = None,
+    owed: tuple[str, Sequence[str]] | None = None,
 ) -> None:
     """SET each list (JSON) with ``ttl``; with a ``writer``, only as it may
-    (raises :class:`StaleWriter` otherwise). The retraining writes its own
-    lists without one."""
+    (raises :class:`StaleWriter` otherwise), and ``owed``: (the owed set,
+    products) whose lists these are, no longer owed once all are written. The
+    retraining writes its own lists without a writer."""
     items = list(key_values.items())
     if writer is None:
         pipe = r.pipeline(transaction=False)
@@ -1020,12 +1107,31 @@ def write_lists(
                 pipe.execute()
         pipe.execute()
         return
+    owed_key, done = owed if owed is not None else ("", ())
+    if not items and not done:
+        return
     script = _guarded_set(r)
-    for chunk in chunks(items):
-        # ARGV[3] is the TTL; values follow from ARGV[4] (KEYS[i] <-> ARGV[i+1])
+    parts = list(chunks(items)) or [[]]
+    for n, chunk in enumerate(parts, 1):
+        # the products leave the owed set with the last part
+        leaving = list(done) if n == len(parts) else []
+        # ARGV[3] is the TTL, ARGV[4] how many leave; the values follow from
+        # ARGV[5] (KEYS[i] <-> ARGV[i+1]), then those leaving
         result = script(
-            keys=[keys.pipeline_lease(), keys.pipeline_commit_seq(), *(k for k, _ in chunk)],
-            args=[writer.lease, writer.seq, ttl, *(json.dumps(v) for _, v in chunk)],
+            keys=[
+                keys.pipeline_lease(),
+                keys.pipeline_commit_seq(),
+                owed_key or keys.pipeline_owed("none"),
+                *(k for k, _ in chunk),
+            ],
+            args=[
+                writer.lease,
+                writer.seq,
+                ttl,
+                len(leaving),
+                *(json.dumps(v) for _, v in chunk),
+                *leaving,
+            ],
         )
         if int(result) < 0:
             raise StaleWriter(

@@ -23,7 +23,7 @@ from typing import Any
 
 import redis
 
-from reco_plugin import keys, redis_url, schema
+from reco_plugin import keys, redis_url, schema, strategies
 
 from .services import PYTHON, REPO, Stack, stop_process
 
@@ -141,8 +141,10 @@ def read_all(bootstrap: str, topics: Iterable[str], timeout: float = 30.0) -> li
 def bookkeeping() -> tuple[str, ...]:
     """The job's keys about its own runs, not about the events: the batch's
     wall clock, timings and their history, heartbeat, lease, the numbers of
-    batches and commits, the record of recoveries."""
+    batches and commits, the record of recoveries, and which product lists
+    are owed (by the commits that changed them)."""
     return (
+        *(keys.pipeline_owed(kind) for kind in strategies.STREAMED_PRODUCT_LISTS),
         keys.pipeline_last_batch(),
         keys.pipeline_heartbeat(),
         keys.pipeline_batch_time(),

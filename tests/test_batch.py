@@ -7,7 +7,7 @@ import pytest
 
 from reco_plugin import keys, schema, strategies
 from reco_plugin.scoring import PipelineSettings
-from spark_jobs import batch, recovery, score, state
+from spark_jobs import batch, lists, recovery, score, state
 
 SETTINGS = PipelineSettings()
 
@@ -440,6 +440,92 @@ def test_lists_a_dead_job_owed_are_written_when_the_next_one_starts(batches):
     assert state.pending(batches.r) is None
     assert batches.list(keys.product_similar("1")) == ["2"]
     assert "2" in batches.personal("s:w")
+
+
+def owed(r, kind=strategies.SIMILAR):
+    return r.zrange(keys.pipeline_owed(kind), 0, -1, withscores=True)
+
+
+def test_a_batch_writes_at_most_product_lists_per_batch_those_owed_longest_first(redis_url):
+    batches = Batches(redis_url, PipelineSettings(product_lists_per_batch=2))
+    r = batches.r
+    # one visitor pairs 1..5 (commit 1): the lists of 1 and 2 are written
+    batches.run(
+        [batches.row("page_view", "s:a", p, seconds_ago=60 - n) for n, p in enumerate("12345")]
+    )
+    assert owed(r) == [("3", 1.0), ("4", 1.0), ("5", 1.0)]
+    assert batches.list(keys.product_similar("1")) and batches.list(keys.product_similar("2"))
+    assert not any(batches.list(keys.product_similar(p)) for p in "345")
+    # commit 2 changes 1 and 9: 3 and 4 are owed longer, so they go first
+    batches.run(
+        [batches.row("page_view", "s:b", p, seconds_ago=30 - n) for n, p in enumerate("91")]
+    )
+    assert owed(r) == [("5", 1.0), ("1", 2.0), ("9", 2.0)]
+    assert batches.list(keys.product_similar("3")) and batches.list(keys.product_similar("4"))
+    # the personal lists are written whatever is owed
+    assert batches.personal("s:b")
+    assert batches.run([]).counts == {}  # a batch of nothing still writes what is owed
+    assert owed(r) == [("9", 2.0)]
+
+
+def test_an_idle_job_writes_every_list_owed_and_each_is_its_weights_list(redis_url):
+    batches = Batches(redis_url, PipelineSettings(product_lists_per_batch=3))
+    r = batches.r
+    rows = [
+        batches.row("page_view", f"s:v{n}", str(p), seconds_ago=600 - 10 * n - p)
+        for n in range(6)
+        for p in range(n, n + 8)
+    ]
+    batches.run(rows)
+    kinds = (strategies.SIMILAR, strategies.NEXT, strategies.AFTER, strategies.SESSION)
+    left = {kind: len(owed(r, kind)) for kind in kinds}
+    assert all(n > 3 for n in left.values()), left
+    processor = batch.BatchProcessor(batches.redis_url, batches.settings, lease=batches.lease)
+    # a batch started: nothing is written
+    assert processor.write_owed_products(busy=lambda: True) == 0
+    assert {kind: len(owed(r, kind)) for kind in kinds} == left
+    assert processor.write_owed_products(busy=lambda: False) == sum(left.values())
+    assert state.owed_counts(r) == dict.fromkeys(strategies.STREAMED_PRODUCT_LISTS, 0)
+    # each list is the one its pair weights give now
+    for kind in kinds:
+        target = lists.PRODUCT_LISTS[kind][2]
+        found = {str(p): r.get(target(str(p))) for p in range(13)}
+        written = {p: v for p, v in found.items() if v is not None}
+        assert len(written) >= 10
+        products = sorted(written)
+        lists.refresh_products(products, redis_url=redis_url, settings=batches.settings, kind=kind)
+        assert {p: r.get(target(p)) for p in products} == written
+
+
+def test_a_refused_list_write_leaves_its_products_owed(redis_url):
+    batches = Batches(redis_url, PipelineSettings(product_lists_per_batch=1))
+    batches.run(
+        [batches.row("page_view", "s:a", p, seconds_ago=60 - n) for n, p in enumerate("123")]
+    )
+    assert [p for p, _ in owed(batches.r)] == ["2", "3"]
+    batches.run([batches.row("page_view", "s:c", "7")])  # commit 2
+    # a task of commit 1 still running: refused, and 3 stays owed
+    with pytest.raises(state.StaleWriter):
+        lists.refresh_products(
+            ["3"],
+            redis_url=redis_url,
+            settings=batches.settings,
+            writer=state.Writer(batches.lease.token, 1),
+        )
+    assert [p for p, _ in owed(batches.r)] == ["3"]
+    assert batches.list(keys.product_similar("3")) == []
+
+
+def test_products_a_pending_record_of_the_last_version_names_are_owed_and_written(batches):
+    rows = [batches.row("page_view", f"s:v{n}", p) for n in range(3) for p in ("1", "2")]
+    batches.run(rows, lists=False)
+    batches.r.delete(keys.pipeline_owed(strategies.SIMILAR))
+    record = {**state.pending(batches.r), "products": ["1", "2"]}
+    batches.r.set(keys.pipeline_pending(), json.dumps(record))
+    processor = batch.BatchProcessor(batches.redis_url, SETTINGS, lease=batches.lease)
+    processor.write_owed_at_start()
+    assert batches.list(keys.product_similar("1")) == ["2"]
+    assert owed(batches.r) == []
 
 
 def test_the_ranker_learns_from_the_trials_in_the_fenced_commit(batches):

@@ -180,6 +180,27 @@ def test_status_shows_the_lease_the_copies_waiting_and_the_rewinds(redis_url, r)
     assert waiting.acquire()
 
 
+def test_status_counts_the_product_lists_owed(redis_url, r):
+    from reco_plugin import keys, status
+
+    r.zadd(keys.pipeline_owed("similar"), {"1": 3, "2": 4})
+    r.zadd(keys.pipeline_owed("session"), {"2": 4})
+    report = status.pipeline_status(kafka_timeout=0.5, services=False)
+    assert report["product_lists_owed"] == {
+        "similar": 2,
+        "fbt": 0,
+        "next": 0,
+        "after": 0,
+        "session": 1,
+    }
+    assert (
+        "product lists owed (written by the next batches, or while the job is idle): "
+        "similar 2, session 1" in status.format_status(report)
+    )
+    # lists owed are the job's ordinary work, not a problem
+    assert not any("owed" in p for p in report["problems"])
+
+
 def test_the_bandit_table_keeps_its_columns_for_a_long_strategy_name():
     from reco_plugin import status
 
