@@ -154,7 +154,7 @@ class PipelineSettings:
     # the product lists of each kind (similar, next...) a batch writes at most:
     # those whose pair weights changed longest ago first; the rest stay owed
     # (keys.pipeline_owed) for the next batches, or an idle job
-    product_lists_per_batch: int = 200
+    product_lists_per_batch: int = 100
     max_offsets_per_trigger: int = 20000
     # None: the number of cores of a local master
     shuffle_partitions: int | None = None
