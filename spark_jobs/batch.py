@@ -517,6 +517,13 @@ class BatchProcessor:
             else:
                 function(ids, **options, **more)
 
+        products = 0
+        with steps("similar"):
+            # similar, fbt, next, after, session: those owed longest first
+            for kind in state.OWED_KINDS:
+                due = state.owed(r, kind, self.settings.product_lists_per_batch)
+                run(lists.refresh_products, due, kind=kind)
+                products += len(due)
         # trending first: the visitors' affinity lists are read from it
         with steps("trending"):
             lists.refresh_trending(
@@ -534,14 +541,5 @@ class BatchProcessor:
                 lists.refresh_policy(r, writer.seq, self.settings)
         with steps("notify"):
             state.notify(r, todo.get("visitors", []))
-        # The product lists last: the visitors' lists are pushed without
-        # waiting for them, built on the product lists as the batch found them.
-        products = 0
-        with steps("similar"):
-            # similar, fbt, next, after, session: those owed longest first
-            for kind in state.OWED_KINDS:
-                due = state.owed(r, kind, self.settings.product_lists_per_batch)
-                run(lists.refresh_products, due, kind=kind)
-                products += len(due)
         state.lists_written(r, writer.seq)
         return products

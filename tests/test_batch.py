@@ -439,10 +439,6 @@ def test_lists_a_dead_job_owed_are_written_when_the_next_one_starts(batches):
     processor.write_owed_at_start()
     assert state.pending(batches.r) is None
     assert batches.list(keys.product_similar("1")) == ["2"]
-    # s:w's list was written first, from the similar lists the batch found (none)
-    assert batches.r.get(keys.visitor_recommendations("s:w")) == "[]"
-    # their next event's list is built on the similar list of 1
-    batches.run([batches.row("page_view", "s:w", "3", seconds_ago=5)])
     assert "2" in batches.personal("s:w")
 
 
