@@ -82,7 +82,8 @@ def wait_until_processed(
     progress: Callable[[int], None] | None = None,
     interval: float = 0.05,
 ) -> bool:
-    """Block until the pipeline has processed every partition up to ``targets``.
+    """Block until the pipeline has processed every partition up to ``targets``
+    and written the product lists they change.
 
     ``progress`` is called with the number of events still to process.
     Returns False on timeout.
@@ -93,10 +94,25 @@ def wait_until_processed(
         if progress:
             progress(left)
         if left == 0:
-            return True
+            break
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)
+    return wait_until_lists_written(max(0.0, deadline - time.monotonic()), interval)
+
+
+def wait_until_lists_written(timeout: float = 60.0, interval: float = 0.05) -> bool:
+    """Block until the job owes no product list (a batch writes at most
+    ``product_lists_per_batch`` of a kind; an idle job writes the rest).
+    Returns False on timeout."""
+    from spark_jobs.state import owed_counts
+
+    deadline = time.monotonic() + timeout
+    while any(owed_counts(get_redis()).values()):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 class ForgetNotRecorded(OSError):

@@ -51,6 +51,9 @@ REPLAY_TYPES = (
 )
 K = 10
 EVALUATED_SHARE = 0.2  # the trials in the last 20% of the time span count
+# the product lists a replay's batch may write: more than any file's products,
+# so each batch writes all it changes
+REPLAY_PRODUCT_LISTS = 1_000_000
 PEER_RECENT = 5  # the item-kNN scores from the visitor's last items
 # a ts this large is milliseconds (or microseconds) given as seconds
 LATEST_SECONDS = 1e11
@@ -297,6 +300,9 @@ class Replay:
         config = self.job_config = {
             "shuffle_partitions": 2,
             "max_offsets_per_trigger": max(20_000, 2 * self.tick),
+            # each tick is judged against every list its events change, so
+            # every batch writes them all (none is left owed to an idle job)
+            "product_lists_per_batch": REPLAY_PRODUCT_LISTS,
             **self.pipeline,
             # every event of the file is within reach
             "horizon": max(self.pipeline.get("horizon", 0), self.span_s + 2 * 86_400),
@@ -563,12 +569,17 @@ class Replay:
             scores[strategy].add(row.product_id, strategies.top(items, exclude))
 
     def _wait_processed(self, sent: Counter[str], job: subprocess.Popen) -> None:
-        """Until the job's processed offsets reach what was sent (1 partition a topic)."""
+        """Until the job's processed offsets reach what was sent (1 partition a
+        topic) and it owes no product list."""
+        from spark_jobs.state import owed_counts
+
         deadline = time.monotonic() + self.job_timeout
         wanted = {f"{topic}:0": n for topic, n in sent.items()}
         while True:
             done = self.redis.hmget(keys.pipeline_offsets(), list(wanted))
-            if all(int(d or 0) >= n for d, n in zip(done, wanted.values(), strict=True)):
+            if all(
+                int(d or 0) >= n for d, n in zip(done, wanted.values(), strict=True)
+            ) and not any(owed_counts(self.redis).values()):
                 return
             if job.poll() is not None:
                 raise ReplayError(f"the streaming job exited:\n{self._job_tail()}")

@@ -151,8 +151,6 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         pipe.hgetall(keys.pipeline_recovery())
         pipe.mget(keys.pipeline_lease(), keys.pipeline_lease_info())
         pipe.hgetall(keys.pipeline_standby())
-        for kind in strategies.STREAMED_PRODUCT_LISTS:
-            pipe.zcard(keys.pipeline_owed(kind))
         (
             heartbeat,
             last_batch,
@@ -168,7 +166,6 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
             recovered,
             (lease, lease_info),
             standby,
-            *owed,
         ) = pipe.execute()
         report["redis"] = {"ok": True, "url": shown_url(), **redis_durability(r)}
         problems.extend(report["redis"].pop("problems"))
@@ -181,9 +178,9 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         report["job"] = {"ok": bool(job and job.get("active")), **(job or {})}
         report["last_batch"] = _last_batch(last_batch)
         # product lists whose pair weights changed since they were written
-        report["product_lists_owed"] = dict(
-            zip(strategies.STREAMED_PRODUCT_LISTS, owed, strict=True)
-        )
+        from spark_jobs.state import owed_counts
+
+        report["product_lists_owed"] = owed_counts(r)
         report["counters"] = _counters(counters)
         report["clock_ms"] = int(clock) if clock else None
         report["producers"] = {name: int(producers.get(name, 0)) for name in PRODUCER_COUNTS}

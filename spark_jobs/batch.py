@@ -152,6 +152,8 @@ class BatchProcessor:
         self.max_backoff = max_backoff
         self.query_id: str | None = None
         self.last: dict[str, Any] = {}
+        # when the last batch ended (time.monotonic()); None: none has yet
+        self.ended: float | None = None
         self.waiting_for_redis = False
         # The last batch was larger than driver_batch_rows: the job is catching
         # up, so the next batch goes to the executors without first collecting
@@ -359,6 +361,7 @@ class BatchProcessor:
             "visitors": len(visitors),
             "steps": steps.seconds,
         }
+        self.ended = time.monotonic()
         with contextlib.suppress(redis.RedisError):
             state.record_batch(r, self.last)
         logger.info(

@@ -57,6 +57,8 @@ from spark_jobs.session import (
 
 logger = logging.getLogger("spark_jobs.recommend")
 QUERY_NAME = "reco_recommend"
+# the product lists batches leave owed are written once no batch has ended for this long
+IDLE_SECONDS = 1.0
 
 # Options of Spark's Kafka source. failOnDataLoss=false: records Kafka deleted
 # (retention) before the job read them do not stop the job; the batch after
@@ -462,12 +464,17 @@ class Supervisor:
 
     def _lists_when_idle(self, query) -> None:
         """The product lists the batches left owed (past
-        ``product_lists_per_batch`` of a kind), written between batches: once
-        the traffic stops, none is left behind its weights."""
+        ``product_lists_per_batch`` of a kind), written once no batch has run
+        for ``IDLE_SECONDS``: when the traffic stops, none is left behind its
+        weights (under steady traffic the batches write them, and this would
+        only compete with them for the driver)."""
 
         def busy() -> bool:
             return bool(query.status.get("isTriggerActive"))
 
+        ended = self.processor.ended
+        if ended is not None and time.monotonic() - ended < IDLE_SECONDS:
+            return
         if busy():
             return
         try:

@@ -208,8 +208,16 @@ def live_stack(tmp_path_factory):
 
 # Small batches, so a backlog takes many of them and faults land mid-stream;
 # both paths (driver and executors) are used. A short lease: a job started again
-# after a SIGKILL waits for its predecessor's lease to expire.
-JOB_CONFIG = {"max_offsets_per_trigger": 1500, "driver_batch_rows": 1000, "lease_ttl": 4}
+# after a SIGKILL waits for its predecessor's lease to expire. Every batch writes
+# all the product lists it changes: these runs are compared with a fold cut the
+# same way, list for list, and which lists a job owes when it falls idle (and
+# then writes) depends on timing (test_product_lists_owed_* cover the owing).
+JOB_CONFIG = {
+    "max_offsets_per_trigger": 1500,
+    "driver_batch_rows": 1000,
+    "lease_ttl": 4,
+    "product_lists_per_batch": 100_000,
+}
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -13,7 +14,7 @@ import uuid
 
 import pytest
 
-from reco_plugin import keys, schema
+from reco_plugin import keys, schema, strategies
 from stack.pipeline import JobRun, create_topic, end_offsets, redis_state, totals
 from tests.conftest import JOB_CONFIG
 
@@ -119,6 +120,38 @@ def test_the_job_weathers_redis_and_kafka_outages(services):
         assert job.redis.exists(keys.visitor_recommendations("s:o1"))
     finally:
         job.stop()
+
+
+def test_product_lists_owed_by_the_batches_are_written_by_the_idle_job(services, backlog):
+    """Batches of a backlog that write 5 product lists of a kind each leave
+    most owed; the job writes them once idle, each the list of its weights."""
+    from reco_plugin.scoring import PipelineSettings
+    from spark_jobs import lists, state
+
+    targets, _ = backlog
+    config = {**JOB_CONFIG, "product_lists_per_batch": 5, "max_offsets_per_trigger": 5000}
+    job = JobRun(services, "owing", db=9, config=config)
+    job.start()
+    try:
+        job.wait_processed(targets, timeout=300)  # offsets, then nothing owed
+        log = open(job.log, errors="replace").read()
+    finally:
+        job.stop()
+    r = job.redis
+    assert state.owed_counts(r) == dict.fromkeys(state.OWED_KINDS, 0)
+    # the batches wrote 5 of a kind each; the idle job the rest, in rounds of 5
+    written = [int(n) for n in re.findall(r"wrote (\d+) owed product lists between batches", log)]
+    batches = re.findall(r"on the (?:driver|executors), (\d+) product lists \((\d+) owed\)", log)
+    assert batches and all(int(n) <= 5 * len(state.OWED_KINDS) for n, _ in batches)
+    assert int(batches[-1][1]) > 100 and sum(written) >= int(batches[-1][1])
+    settings = PipelineSettings.from_mapping(config)
+    for kind in (strategies.SIMILAR, strategies.NEXT):
+        target = lists.PRODUCT_LISTS[kind][2]
+        found = {k: r.get(k) for k in r.scan_iter(match=target("*"), count=1000)}
+        assert len(found) > 100
+        products = [k.split(":")[-2] for k in found]
+        lists.refresh_products(products, redis_url=job.redis_url, settings=settings, kind=kind)
+        assert {k: r.get(k) for k in found} == found
 
 
 def test_status_reports_the_job_down_with_kafka_and_redis_up(services, backlog):
