@@ -124,7 +124,8 @@ def test_the_job_weathers_redis_and_kafka_outages(services):
 
 def test_product_lists_owed_by_the_batches_are_written_by_the_idle_job(services, backlog):
     """Batches of a backlog that write 5 product lists of a kind each leave
-    most owed; the job writes them once idle, each the list of its weights."""
+    most owed; the job writes them once idle, each the list of its pair
+    weights as they stand."""
     from reco_plugin.scoring import PipelineSettings
     from spark_jobs import lists, state
 
@@ -145,13 +146,17 @@ def test_product_lists_owed_by_the_batches_are_written_by_the_idle_job(services,
     assert batches and all(int(n) <= 5 * len(state.OWED_KINDS) for n, _ in batches)
     assert int(batches[-1][1]) > 100 and sum(written) >= int(batches[-1][1])
     settings = PipelineSettings.from_mapping(config)
-    for kind in (strategies.SIMILAR, strategies.NEXT):
+    # (a similar list is also divided by popularities, which every batch
+    # changes; it is written again only when its own co-visits change)
+    compared = 0
+    for kind in (strategies.NEXT, strategies.AFTER, strategies.SESSION):
         target = lists.PRODUCT_LISTS[kind][2]
         found = {k: r.get(k) for k in r.scan_iter(match=target("*"), count=1000)}
-        assert len(found) > 100
         products = [k.split(":")[-2] for k in found]
         lists.refresh_products(products, redis_url=job.redis_url, settings=settings, kind=kind)
         assert {k: r.get(k) for k in found} == found
+        compared += len(found)
+    assert compared > 100
 
 
 def test_status_reports_the_job_down_with_kafka_and_redis_up(services, backlog):
