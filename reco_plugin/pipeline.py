@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import keys, schema
+from . import keys, schema, strategies
 from .compat import confluent_kafka
 from .conf import reco_settings
 from .redis_client import get_work_redis as get_redis
@@ -105,10 +105,8 @@ def wait_until_lists_written(timeout: float = 60.0, interval: float = 0.05) -> b
     """Block until the job owes no product list (a batch writes at most
     ``product_lists_per_batch`` of a kind; an idle job writes the rest).
     Returns False on timeout."""
-    from spark_jobs.state import owed_counts
-
     deadline = time.monotonic() + timeout
-    while any(owed_counts(get_redis()).values()):
+    while any(strategies.product_lists_owed(get_redis()).values()):
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)

@@ -178,9 +178,7 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         report["job"] = {"ok": bool(job and job.get("active")), **(job or {})}
         report["last_batch"] = _last_batch(last_batch)
         # product lists whose pair weights changed since they were written
-        from spark_jobs.state import owed_counts
-
-        report["product_lists_owed"] = owed_counts(r)
+        report["product_lists_owed"] = strategies.product_lists_owed(r)
         report["counters"] = _counters(counters)
         report["clock_ms"] = int(clock) if clock else None
         report["producers"] = {name: int(producers.get(name, 0)) for name in PRODUCER_COUNTS}

@@ -75,6 +75,17 @@ NEIGHBOURS = frozenset({SIMILAR, NEXT, AFTER, SESSION, FBT, RETRAINED, CONTENT})
 # the product lists the streaming job derives from pair weights, in the order
 # it writes them (keys.pipeline_owed: those it still owes)
 STREAMED_PRODUCT_LISTS: tuple[str, ...] = (SIMILAR, FBT, NEXT, AFTER, SESSION)
+
+
+def product_lists_owed(r: Any) -> dict[str, int]:
+    """How many products' lists of each kind the streaming job owes (their
+    pair weights changed since their list was written)."""
+    pipe = r.pipeline(transaction=False)
+    for kind in STREAMED_PRODUCT_LISTS:
+        pipe.zcard(keys.pipeline_owed(kind))
+    return dict(zip(STREAMED_PRODUCT_LISTS, pipe.execute(), strict=True))
+
+
 # the lists that need neither a visitor nor a product: the same for everyone
 GLOBAL = frozenset({TRENDING, TRENDING_LONG, POPULAR})
 # the strategies that need a product on the page

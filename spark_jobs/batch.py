@@ -39,7 +39,7 @@ from typing import Any
 
 import redis
 
-from reco_plugin import experiments, keys, schema, scoring
+from reco_plugin import experiments, keys, schema, scoring, strategies
 from reco_plugin.scoring import PipelineSettings, parse_tuning
 
 from . import lake, lists, recovery, spread, state
@@ -336,7 +336,9 @@ class BatchProcessor:
         todo = state.pending(r) or {}
         products = self._lists(r, batch, todo, clock_ms, steps, spread=not small)
         visitors = todo.get("visitors", [])
-        owed = sum(state.owed_counts(r).values())
+        owed = None
+        with contextlib.suppress(redis.RedisError):
+            owed = sum(strategies.product_lists_owed(r).values())
         counts = {status: 0 for status in scoring.STATUSES}
         applied_by_topic: dict[str, int] = {}
         for (topic, status), n in changes.counts.items():
@@ -366,7 +368,7 @@ class BatchProcessor:
             state.record_batch(r, self.last)
         logger.info(
             "batch %d: %d rows (%d applied, %d duplicate, %d malformed, %d too old, %d future, "
-            "%d already applied) on the %s, %d product lists (%d owed), %d visitors in %.3fs %s",
+            "%d already applied) on the %s, %d product lists (%s owed), %d visitors in %.3fs %s",
             batch_id,
             self.last["rows"],
             counts[scoring.STATUS_APPLIED],
@@ -475,17 +477,18 @@ class BatchProcessor:
     def write_owed_products(self, busy: Callable[[], bool]) -> int:
         """The product lists still owed, written while the job has no batch to
         run, ``product_lists_per_batch`` of each kind at a time until none is
-        owed or ``busy()`` (a batch started); how many were written. A batch
-        that commits meanwhile makes the writes refused (:class:`state.StaleWriter`)."""
+        owed or ``busy()`` (a batch started, the job stops, time is up); how
+        many were written. A batch that commits meanwhile makes the writes
+        refused (:class:`state.StaleWriter`)."""
         r = state.client(self.redis_url)
         writer = state.Writer(self._token(), state.commit_seq(r))
         budget = self.settings.product_lists_per_batch
-        rounds = -(-max(state.owed_counts(r).values(), default=0) // budget)
+        rounds = -(-max(strategies.product_lists_owed(r).values(), default=0) // budget)
         written = 0
         for _ in range(rounds):
             if busy():
                 break
-            for kind in state.OWED_KINDS:
+            for kind in strategies.STREAMED_PRODUCT_LISTS:
                 due = state.owed(r, kind, budget)
                 lists.refresh_products(
                     due, redis_url=self.redis_url, settings=self.settings, kind=kind, writer=writer
@@ -520,11 +523,15 @@ class BatchProcessor:
             else:
                 function(ids, **options, **more)
 
+        # A batch on the driver writes product_lists_per_batch of each kind at
+        # most (its time is the freshness of the next); a large one (catching
+        # up) all it owes, spread over the executors.
+        limit = None if spread else self.settings.product_lists_per_batch
         products = 0
         with steps("similar"):
             # similar, fbt, next, after, session: those owed longest first
-            for kind in state.OWED_KINDS:
-                due = state.owed(r, kind, self.settings.product_lists_per_batch)
+            for kind in strategies.STREAMED_PRODUCT_LISTS:
+                due = state.owed(r, kind, limit)
                 run(lists.refresh_products, due, kind=kind)
                 products += len(due)
         # trending first: the visitors' affinity lists are read from it

@@ -248,6 +248,8 @@ class Supervisor:
         )
         self.restarts = 0
         self.rewinds = 0
+        # when writing owed product lists between batches last failed (monotonic)
+        self.lists_failed_at = float("-inf")
         self.last_error: str | None = None
         self.last_error_at: float | None = None
         self.waiting_since: float | None = None
@@ -469,8 +471,16 @@ class Supervisor:
         weights (under steady traffic the batches write them, and this would
         only compete with them for the driver)."""
 
+        # a second at a time: the loop beats, and sees a stop or a lost lease
+        until = time.monotonic() + IDLE_SECONDS
+
         def busy() -> bool:
-            return bool(query.status.get("isTriggerActive"))
+            return (
+                time.monotonic() > until
+                or self.stopping.is_set()
+                or self.lease_lost.is_set()
+                or bool(query.status.get("isTriggerActive"))
+            )
 
         ended = self.processor.ended
         if ended is not None and time.monotonic() - ended < IDLE_SECONDS:
@@ -481,8 +491,14 @@ class Supervisor:
             written = self.processor.write_owed_products(busy)
         except (state.StaleWriter, recovery.LeaseLost):
             return  # a batch committed meanwhile, or the lease went: it owes them again
-        except Exception as exc:  # Redis away: the next batch or the next second tries again
+        except redis.RedisError as exc:  # Redis away: the next batch or second tries again
             logger.debug("owed product lists not written: %s", exc)
+            return
+        except Exception:
+            # a fault of the lists' code: said once a minute, not every second
+            if time.monotonic() - self.lists_failed_at > 60:
+                self.lists_failed_at = time.monotonic()
+                logger.exception("owed product lists not written")
             return
         if written:
             logger.info("wrote %d owed product lists between batches", written)

@@ -582,9 +582,14 @@ def commit(
             pipe,
             {t: n for (t, status), n in changes.counts.items() if status == STATUS_EXPIRED and n},
         )
-        for kind, touched in zip(
-            OWED_KINDS, (products, baskets, followed, after, sessions), strict=True
-        ):
+        owing = {
+            strategies.SIMILAR: products,
+            strategies.FBT: baskets,
+            strategies.NEXT: followed,
+            strategies.AFTER: after,
+            strategies.SESSION: sessions,
+        }
+        for kind, touched in owing.items():
             if touched:
                 # owed since the first commit that changed them (NX)
                 pipe.zadd(keys.pipeline_owed(kind), dict.fromkeys(touched, seq), nx=True)
@@ -970,14 +975,6 @@ def continue_commits(r: redis.Redis, last: int) -> int:
     return int(r.eval(_CONTINUE, 1, keys.pipeline_commit_seq(), last))
 
 
-# the kinds of product list, in the order a batch writes them; the pending
-# record of a commit by an earlier version named its products under these fields
-OWED_KINDS = strategies.STREAMED_PRODUCT_LISTS
-LEGACY_PENDING = dict(
-    zip(("products", "baskets", "followed", "after", "sessions"), OWED_KINDS, strict=True)
-)
-
-
 def pending(r: redis.Redis) -> dict[str, Any] | None:
     """The visitors' and global lists the last commit still owes, if it does
     (the product lists owed are in :func:`owed`)."""
@@ -985,18 +982,21 @@ def pending(r: redis.Redis) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def owed(r: redis.Redis, kind: str, limit: int) -> list[str]:
-    """The first ``limit`` products whose list of ``kind`` is owed: those
-    whose pair weights changed longest ago first (by commit, then id)."""
-    return r.zrange(keys.pipeline_owed(kind), 0, limit - 1)
+def owed(r: redis.Redis, kind: str, limit: int | None) -> list[str]:
+    """The first ``limit`` (None: all) products whose list of ``kind`` is
+    owed: those whose pair weights changed longest ago first (by commit, then id)."""
+    return r.zrange(keys.pipeline_owed(kind), 0, -1 if limit is None else limit - 1)
 
 
-def owed_counts(r: redis.Redis) -> dict[str, int]:
-    """How many products' lists of each kind are owed."""
-    pipe = r.pipeline(transaction=False)
-    for kind in OWED_KINDS:
-        pipe.zcard(keys.pipeline_owed(kind))
-    return dict(zip(OWED_KINDS, pipe.execute(), strict=True))
+# the fields under which a pending record of an earlier version named the
+# products whose lists it owed
+LEGACY_PENDING = {
+    "products": strategies.SIMILAR,
+    "baskets": strategies.FBT,
+    "followed": strategies.NEXT,
+    "after": strategies.AFTER,
+    "sessions": strategies.SESSION,
+}
 
 
 def owe_legacy(r: redis.Redis, todo: Mapping[str, Any]) -> None:
@@ -1107,7 +1107,8 @@ def write_lists(
                 pipe.execute()
         pipe.execute()
         return
-    owed_key, done = owed if owed is not None else ("", ())
+    # (no owed set: a name no set has, and nothing leaves it)
+    owed_key, done = owed if owed is not None else (keys.pipeline_owed("-"), ())
     if not items and not done:
         return
     script = _guarded_set(r)
@@ -1121,7 +1122,7 @@ def write_lists(
             keys=[
                 keys.pipeline_lease(),
                 keys.pipeline_commit_seq(),
-                owed_key or keys.pipeline_owed("none"),
+                owed_key,
                 *(k for k, _ in chunk),
             ],
             args=[

@@ -304,12 +304,11 @@ class JobRun:
     def wait_processed(self, targets: Mapping[str, int], timeout: float = 300) -> None:
         """Until the job has applied every record up to ``targets`` and
         written the product lists they change."""
-        from spark_jobs.state import owed_counts
 
         def done():
             processed = self.processed()
             return all(processed.get(tp, 0) >= end for tp, end in targets.items()) and not any(
-                owed_counts(self.redis).values()
+                strategies.product_lists_owed(self.redis).values()
             )
 
         self.wait_until(done, timeout, "catch-up")

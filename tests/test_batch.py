@@ -485,7 +485,7 @@ def test_an_idle_job_writes_every_list_owed_and_each_is_its_weights_list(redis_u
     assert processor.write_owed_products(busy=lambda: True) == 0
     assert {kind: len(owed(r, kind)) for kind in kinds} == left
     assert processor.write_owed_products(busy=lambda: False) == sum(left.values())
-    assert state.owed_counts(r) == dict.fromkeys(strategies.STREAMED_PRODUCT_LISTS, 0)
+    assert strategies.product_lists_owed(r) == dict.fromkeys(strategies.STREAMED_PRODUCT_LISTS, 0)
     # each list is the one its pair weights give now
     for kind in kinds:
         target = lists.PRODUCT_LISTS[kind][2]

@@ -28,8 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from reco_plugin import keys
-from spark_jobs.state import owed_counts
+from reco_plugin import keys, strategies
 from stack.chaos import Probe, Requests, Traffic
 from stack.cluster import Cluster, ClusterPorts
 from stack.pipeline import JobRun, compare_folds, end_offsets, read_all, totals
@@ -394,7 +393,11 @@ def test_every_acknowledged_event_is_applied_once_and_the_state_is_an_undisturbe
     # the same records folded once more, by one job that nothing disturbs, in
     # batches of about the size the cluster's job folded as events came (~1 s)
     # the product lists the batches left owed, written by the idle job
-    wait(lambda: not any(owed_counts(cluster.redis()).values()), 120, "no product list owed")
+    wait(
+        lambda: not any(strategies.product_lists_owed(cluster.redis()).values()),
+        120,
+        "no product list owed",
+    )
     cluster.stop_service("spark")  # its last lists written
     undisturbed = JobRun(
         cluster, "undisturbed", db=CATALOG_DB, config={"max_offsets_per_trigger": LIVE_BATCH}

@@ -127,7 +127,7 @@ def test_product_lists_owed_by_the_batches_are_written_by_the_idle_job(services,
     most owed; the job writes them once idle, each the list of its pair
     weights as they stand."""
     from reco_plugin.scoring import PipelineSettings
-    from spark_jobs import lists, state
+    from spark_jobs import lists
 
     targets, _ = backlog
     config = {**JOB_CONFIG, "product_lists_per_batch": 5, "max_offsets_per_trigger": 5000}
@@ -139,11 +139,11 @@ def test_product_lists_owed_by_the_batches_are_written_by_the_idle_job(services,
     finally:
         job.stop()
     r = job.redis
-    assert state.owed_counts(r) == dict.fromkeys(state.OWED_KINDS, 0)
+    assert strategies.product_lists_owed(r) == dict.fromkeys(strategies.STREAMED_PRODUCT_LISTS, 0)
     # the batches wrote 5 of a kind each; the idle job the rest, in rounds of 5
     written = [int(n) for n in re.findall(r"wrote (\d+) owed product lists between batches", log)]
     batches = re.findall(r"on the (?:driver|executors), (\d+) product lists \((\d+) owed\)", log)
-    assert batches and all(int(n) <= 5 * len(state.OWED_KINDS) for n, _ in batches)
+    assert batches and all(int(n) <= 5 * len(strategies.STREAMED_PRODUCT_LISTS) for n, _ in batches)
     assert int(batches[-1][1]) > 100 and sum(written) >= int(batches[-1][1])
     settings = PipelineSettings.from_mapping(config)
     # (a similar list is also divided by popularities, which every batch
