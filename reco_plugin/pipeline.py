@@ -83,7 +83,8 @@ def wait_until_processed(
     interval: float = 0.05,
 ) -> bool:
     """Block until the pipeline has processed every partition up to ``targets``
-    and written the product lists they change.
+    and written the product lists they change (under steady traffic some are
+    always owed: this is for a backlog, once it is all sent).
 
     ``progress`` is called with the number of events still to process.
     Returns False on timeout.

@@ -303,7 +303,8 @@ class JobRun:
 
     def wait_processed(self, targets: Mapping[str, int], timeout: float = 300) -> None:
         """Until the job has applied every record up to ``targets`` and
-        written the product lists they change."""
+        written the product lists they change (once the traffic has stopped:
+        under steady traffic some are always owed)."""
 
         def done():
             processed = self.processed()

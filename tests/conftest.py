@@ -211,7 +211,8 @@ def live_stack(tmp_path_factory):
 # after a SIGKILL waits for its predecessor's lease to expire. Every batch writes
 # all the product lists it changes: these runs are compared with a fold cut the
 # same way, list for list, and which lists a job owes when it falls idle (and
-# then writes) depends on timing (test_product_lists_owed_* cover the owing).
+# then writes) depends on timing (tests/test_batch.py and test_pipeline's
+# test_product_lists_owed_by_the_batches_are_written_by_the_idle_job cover it).
 JOB_CONFIG = {
     "max_offsets_per_trigger": 1500,
     "driver_batch_rows": 1000,

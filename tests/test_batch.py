@@ -464,7 +464,9 @@ def test_a_batch_writes_at_most_product_lists_per_batch_those_owed_longest_first
     assert batches.list(keys.product_similar("3")) and batches.list(keys.product_similar("4"))
     # the personal lists are written whatever is owed
     assert batches.personal("s:b")
-    assert batches.run([]).counts == {}  # a batch of nothing still writes what is owed
+    # the next batch changes no product's weights (one view, nothing to pair
+    # with) and writes the next two owed
+    batches.run([batches.row("page_view", "s:d", "8")])
     assert owed(r) == [("9", 2.0)]
 
 
@@ -514,6 +516,28 @@ def test_a_refused_list_write_leaves_its_products_owed(redis_url):
         )
     assert [p for p, _ in owed(batches.r)] == ["3"]
     assert batches.list(keys.product_similar("3")) == []
+
+
+def test_an_idle_writer_overtaken_by_a_commit_is_refused_and_leaves_its_lists_owed(redis_url):
+    batches = Batches(redis_url, PipelineSettings(product_lists_per_batch=1))
+    batches.run(
+        [batches.row("page_view", "s:a", p, seconds_ago=60 - n) for n, p in enumerate("123")]
+    )
+    assert [p for p, _ in owed(batches.r)] == ["2", "3"]
+    processor = batch.BatchProcessor(batches.redis_url, batches.settings, lease=batches.lease)
+    committed = []
+
+    def busy():
+        # a batch commits (2) after the idle writer read the commit number (1)
+        if not committed:
+            committed.append(batches.run([batches.row("page_view", "s:c", "3")], lists=False))
+        return False
+
+    with pytest.raises(state.StaleWriter):
+        processor.write_owed_products(busy)
+    assert committed
+    assert owed(batches.r) == [("2", 1.0), ("3", 1.0)]
+    assert batches.list(keys.product_similar("2")) == []
 
 
 def test_products_a_pending_record_of_the_last_version_names_are_owed_and_written(batches):
