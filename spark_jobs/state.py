@@ -789,9 +789,6 @@ for i, set in ipairs(sets) do
 end
 return #sets
 """
-# always called on the commit's pipeline, which loads it (a script given as
-# bytes needs no client of its own)
-_ADD_PAIRS_SCRIPT = redis.commands.core.Script(None, _ADD_PAIRS.encode())
 # products per call of _ADD_PAIRS: Redis serves nothing else while it runs
 PAIRS_CALL = 250
 
@@ -828,10 +825,14 @@ def _add_pairs(
             for p, fade in part
         ]
         spec = [repr(new_fade), settings.neighbours_kept, settings.product_ttl, sets]
-        _ADD_PAIRS_SCRIPT(
-            keys=[keys.pipeline_scratch("delta"), *(key(p) for p, _ in part)],
-            args=[json.dumps(spec)],
-            client=pipe,
+        # EVAL, not EVALSHA: inside MULTI, a script Redis no longer holds
+        # (SCRIPT FLUSH) would fail alone while the rest of the commit applied
+        pipe.eval(
+            _ADD_PAIRS,
+            1 + len(part),
+            keys.pipeline_scratch("delta"),
+            *(key(p) for p, _ in part),
+            json.dumps(spec),
         )
     pipe.hset(clock_key, mapping={p: clock_ms for p in products})
 
