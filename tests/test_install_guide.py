@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from reco_plugin import keys
+from reco_plugin import keys, strategies
 from stack.pipeline import end_offsets, redis_state, totals
 from stack.services import REPO, free_port, stop_process
 from stack.visitor import ShopVisitor
@@ -120,10 +120,16 @@ def wait_for_key(
 
 
 def wait_applied(r, offsets: str, ends: dict[str, int], timeout: float = 120) -> None:
+    """Until the job has applied every record up to ``ends`` and written the
+    lists of its last batch (``offsets``: the shop's key, with its prefix)."""
     deadline = time.monotonic() + timeout
-    while any(int(r.hget(offsets, tp) or 0) < end for tp, end in ends.items() if end):
-        assert time.monotonic() < deadline, (r.hgetall(offsets), ends)
-        time.sleep(0.3)
+    with prefix(offsets.rpartition(":pipeline:")[0]):
+        pending = keys.pipeline_pending()
+        while any(int(r.hget(offsets, tp) or 0) < end for tp, end in ends.items() if end) or (
+            r.exists(pending) or any(strategies.product_lists_owed(r).values())
+        ):
+            assert time.monotonic() < deadline, (r.hgetall(offsets), ends, r.get(pending))
+            time.sleep(0.3)
 
 
 def guide_steps() -> list[tuple[str, str]]:

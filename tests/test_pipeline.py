@@ -130,7 +130,13 @@ def test_product_lists_owed_by_the_batches_are_written_by_the_idle_job(services,
     from spark_jobs import lists
 
     targets, _ = backlog
-    config = {**JOB_CONFIG, "product_lists_per_batch": 5, "max_offsets_per_trigger": 5000}
+    # batches on the driver (a large one, on the executors, writes all it owes)
+    config = {
+        **JOB_CONFIG,
+        "product_lists_per_batch": 5,
+        "max_offsets_per_trigger": 5000,
+        "driver_batch_rows": 5000,
+    }
     job = JobRun(services, "owing", db=9, config=config)
     job.start()
     try:
