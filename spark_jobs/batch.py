@@ -152,7 +152,7 @@ class BatchProcessor:
         self.max_backoff = max_backoff
         self.query_id: str | None = None
         self.last: dict[str, Any] = {}
-        # when the last batch ended (time.monotonic()); None: none has yet
+        # when the last batch ended, or the query started (time.monotonic())
         self.ended: float | None = None
         self.waiting_for_redis = False
         # The last batch was larger than driver_batch_rows: the job is catching
@@ -473,6 +473,9 @@ class BatchProcessor:
         self.apply_tuning(r)
         self.started_ms = schema.now_ms()
         self.write_owed(r)
+        # the owed product lists wait for a second without a batch from here
+        # too: a query starting again has a backlog to read first
+        self.ended = time.monotonic()
 
     def write_owed_products(self, busy: Callable[[], bool]) -> int:
         """The product lists still owed, written while the job has no batch to
