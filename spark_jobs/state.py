@@ -34,6 +34,7 @@ from redis.retry import Retry
 from reco_plugin import experiments, keys, ranker, redis_url, schema, strategies
 from reco_plugin.scoring import STATUS_EXPIRED, PipelineSettings
 
+from . import bulk
 from .learn import Item
 
 logger = logging.getLogger(__name__)
@@ -179,34 +180,21 @@ def popularity(
     return dict(zip(wanted, r.zmscore(key or keys.popularity(), wanted), strict=True))
 
 
-def _per_visitor(
-    r: redis.Redis, visitor_ids: Sequence[str], read: Callable[[Any, str], Any]
-) -> dict[str, Any]:
-    """Visitor -> the reply of ``read(pipeline, visitor)``, pipelined by chunks."""
-    result: dict[str, Any] = {}
-    for chunk in chunks(list(visitor_ids)):
-        pipe = r.pipeline(transaction=False)
-        for visitor_id in chunk:
-            read(pipe, visitor_id)
-        result.update(zip(chunk, pipe.execute(), strict=True))
-    return result
-
-
 def visitor_sets(
     r: redis.Redis, key: Callable[[str], str], visitor_ids: Sequence[str]
 ) -> dict[str, dict[str, int]]:
     """Each visitor's sorted set under ``key(visitor)`` as product -> ts_ms."""
-    found = _per_visitor(
-        r, visitor_ids, lambda pipe, v: pipe.zrange(key(v), 0, -1, withscores=True)
-    )
-    return {v: {p: int(ts) for p, ts in members} for v, members in found.items()}
+    found = bulk.ranges(r, [key(v) for v in visitor_ids])
+    return {
+        v: {p: int(ts) for p, ts in members} for v, members in zip(visitor_ids, found, strict=True)
+    }
 
 
 def visitor_hashes(
     r: redis.Redis, key: Callable[[str], str], visitor_ids: Sequence[str]
 ) -> dict[str, dict[str, str]]:
     """Each visitor's hash under ``key(visitor)``."""
-    return _per_visitor(r, visitor_ids, lambda pipe, v: pipe.hgetall(key(v)))
+    return dict(zip(visitor_ids, bulk.hashes(r, [key(v) for v in visitor_ids]), strict=True))
 
 
 def digest(visitor_id: str) -> str:
@@ -240,15 +228,12 @@ def catalog_facts(r: redis.Redis, product_ids: Sequence[str]) -> tuple[dict[str,
     """The catalog's category of each product (where synced), and which are repeatable."""
     if not product_ids:
         return {}, set()
-    categories: dict[str, str] = {}
+    product_ids = list(product_ids)
+    found = bulk.fields(r, [keys.catalog_product(p) for p in product_ids], "category")
+    categories = {p: c for p, (c,) in zip(product_ids, found, strict=True) if c}
     repeatable: set[str] = set()
-    for chunk in chunks(list(product_ids)):
-        pipe = r.pipeline(transaction=False)
-        for product_id in chunk:
-            pipe.hget(keys.catalog_product(product_id), "category")
-        pipe.smismember(keys.catalog_repeatable(), list(chunk))
-        *found, flags = pipe.execute()
-        categories.update((p, c) for p, c in zip(chunk, found, strict=True) if c)
+    for chunk in chunks(product_ids):
+        flags = r.smismember(keys.catalog_repeatable(), list(chunk))
         repeatable.update(p for p, flag in zip(chunk, flags, strict=True) if flag)
     return categories, repeatable
 
@@ -257,14 +242,12 @@ def product_facts(
     r: redis.Redis, product_ids: Sequence[str]
 ) -> dict[str, tuple[str | None, float | None]]:
     """The catalog's category and price of each product (``ranker.Context.facts``)."""
-    facts: dict[str, tuple[str | None, float | None]] = {}
-    for chunk in chunks(list(product_ids)):
-        pipe = r.pipeline(transaction=False)
-        for product_id in chunk:
-            pipe.hmget(keys.catalog_product(product_id), "category", "price")
-        for product_id, (category, price) in zip(chunk, pipe.execute(), strict=True):
-            facts[product_id] = (category or None, ranker.price_of(price))
-    return facts
+    product_ids = list(product_ids)
+    found = bulk.fields(r, [keys.catalog_product(p) for p in product_ids], "category", "price")
+    return {
+        product_id: (category or None, ranker.price_of(price))
+        for product_id, (category, price) in zip(product_ids, found, strict=True)
+    }
 
 
 def evidence(r: redis.Redis) -> dict[str, tuple[float, float]]:
@@ -856,14 +839,10 @@ def _write_visitor_sets(pipe: redis.client.Pipeline, changes: BatchChanges, sett
         (keys.visitor_seen, changes.seen, settings.seen_kept),
         (keys.visitor_bought, changes.bought, settings.recent_items),
     ):
-        for visitor_id, items in sorted(values.items()):
-            target = key(visitor_id)
-            # what the batch added (merged visitors' items too): the rest is
-            # in Redis already, as the batch read it
-            if items:
-                pipe.zadd(target, dict(sorted(items.items())))
-            pipe.zremrangebyrank(target, 0, -kept - 1)
-            pipe.expire(target, settings.visitor_ttl)
+        # what the batch added (merged visitors' items too): the rest is in
+        # Redis already, as the batch read it
+        added = {key(v): dict(sorted(items.items())) for v, items in sorted(values.items())}
+        bulk.add_and_trim(pipe, added, kept, settings.visitor_ttl)
 
 
 def _write_changes(
@@ -899,12 +878,11 @@ def _write_changes(
             for chunk in chunks(ids):
                 pipe.sadd(key, *chunk)
             pipe.zadd(keys.seen_index(), {key: int(key.rpartition(":")[2])})
-    for visitor_id, items in sorted(changes.recent.items()):
-        pipe.set(
-            keys.visitor_recent(visitor_id),
-            json.dumps([list(item) for item in items]),
-            ex=settings.visitor_ttl,
-        )
+    recent = {
+        keys.visitor_recent(visitor_id): json.dumps([list(item) for item in items])
+        for visitor_id, items in sorted(changes.recent.items())
+    }
+    bulk.set_expiring(pipe, recent, settings.visitor_ttl)
     _write_visitor_sets(pipe, changes, settings)
     for visitor_id, clicked in sorted(changes.clicked.items()):
         pipe.delete(keys.visitor_clicked(visitor_id))
@@ -949,12 +927,12 @@ def _write_changes(
     _add_weights(pipe, keys.popularity(), changes.popularity, fade, new_fade(settings.half_life))
     _add_weights(pipe, keys.purchases(), changes.purchases, fade, new_fade(settings.half_life))
     ttls = {name: 2 * (window + bucket) for name, bucket, window in trending_windows(settings)}
+    by_window: dict[str, dict[str, dict[str, float]]] = defaultdict(dict)
     for (window, bucket, category, product_id), weight in sorted(changes.trending.items()):
-        pipe.zincrby(
-            keys.trending_window_bucket(window, bucket, category), from_units(weight), product_id
-        )
-    for window, bucket, category in sorted({k[:3] for k in changes.trending}):
-        pipe.expire(keys.trending_window_bucket(window, bucket, category), ttls[window])
+        key = keys.trending_window_bucket(window, bucket, category)
+        by_window[window].setdefault(key, {})[product_id] = from_units(weight)
+    for window, increments in sorted(by_window.items()):
+        bulk.increment(pipe, increments, ttls[window])
 
 
 def commit_seq(r: redis.Redis) -> int:

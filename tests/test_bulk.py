@@ -1,0 +1,104 @@
+"""spark_jobs.bulk: one script call per chunk of keys leaves Redis as the
+commands it stands for, sent one by one, do; and reads back what they read."""
+
+import random
+
+from spark_jobs import bulk, state
+from stack.pipeline import redis_state
+
+TTL = 3600
+
+
+def sets_and_values(rng):
+    """Sorted sets' additions (some empty, one past a script's unpack limit,
+    more keys than one call takes) over existing members, and string values."""
+    added = {}
+    for n in range(2 * bulk.KEYS_PER_CALL + 37):
+        size = 0 if n % 7 == 0 else rng.randint(1, 12)
+        added[f"t:set:{n:04d}"] = {
+            f"p{rng.randint(1, 60)}": 1_790_000_000_000 + rng.randint(0, 10**9) for _ in range(size)
+        }
+    added["t:set:large"] = {f"p{i}": i * 1.5 for i in range(bulk.UNPACK)}
+    values = {f"t:value:{n:04d}": f'[["p{n}", {n}, 0.5]]' for n in range(bulk.KEYS_PER_CALL + 3)}
+    increments = {
+        f"t:trend:{n:03d}": {f"p{rng.randint(1, 40)}": rng.random() * 3 for _ in range(5)}
+        for n in range(bulk.KEYS_PER_CALL + 11)
+    }
+    return added, values, increments
+
+
+def old_members(r, added, rng):
+    for key in added:
+        if rng.random() < 0.5:
+            r.zadd(key, {f"old{i}": rng.randint(1, 10**12) for i in range(rng.randint(1, 30))})
+
+
+def test_writes_equal_the_commands_one_by_one(redis_url):
+    r = state.connect(redis_url)
+    rng = random.Random(3)
+    added, values, increments = sets_and_values(rng)
+    kept = 20
+
+    results = []
+    for by_script in (False, True):
+        r.flushdb()
+        old_members(r, added, random.Random(4))
+        pipe = r.pipeline()
+        if by_script:
+            bulk.add_and_trim(pipe, added, kept, TTL)
+            bulk.set_expiring(pipe, values, TTL)
+            bulk.increment(pipe, increments, TTL)
+            bulk.increment(pipe, increments, TTL)  # on what the first call left
+        else:
+            for key, members in added.items():
+                if members:
+                    pipe.zadd(key, members)
+                pipe.zremrangebyrank(key, 0, -kept - 1)
+                pipe.expire(key, TTL)
+            for key, value in values.items():
+                pipe.set(key, value, ex=TTL)
+            for _ in range(2):
+                for key, members in increments.items():
+                    for member, by in members.items():
+                        pipe.zincrby(key, by, member)
+                    pipe.expire(key, TTL)
+        pipe.execute()
+        ttls = {key: r.ttl(key) for key in r.scan_iter()}
+        assert ttls and all(0 < ttl <= TTL for ttl in ttls.values()), ttls
+        results.append(redis_state(r))
+
+    commands, scripts = results
+    assert scripts == commands
+    # what the comparison covers: every kind of key, trimmed, the large set whole
+    assert len(scripts["t:set:large"]) == kept
+    assert sum(key.startswith("t:set:") for key in scripts) > bulk.KEYS_PER_CALL
+    assert sum(key.startswith("t:value:") for key in scripts) == len(values)
+    assert sum(key.startswith("t:trend:") for key in scripts) == len(increments)
+
+
+def test_reads_equal_the_commands_one_by_one(redis_url):
+    r = state.connect(redis_url)
+    rng = random.Random(5)
+    set_keys, hash_keys = [], []
+    for n in range(bulk.KEYS_PER_CALL + 20):
+        key = f"t:set:{n}"
+        set_keys.append(key)
+        if n % 5:  # the rest are missing
+            r.zadd(key, {f"p{i}": rng.randint(1, 10**13) / 7 for i in range(rng.randint(1, 9))})
+        key = f"t:hash:{n}"
+        hash_keys.append(key)
+        if n % 3 == 1:
+            r.hset(key, mapping={"category": f"c{n}", "price": str(n / 4)})
+        elif n % 3 == 2:
+            r.hset(key, mapping={"price": str(n)})  # no category
+
+    assert bulk.ranges(r, set_keys) == [r.zrange(k, 0, -1, withscores=True) for k in set_keys]
+    assert bulk.hashes(r, hash_keys) == [r.hgetall(k) for k in hash_keys]
+    assert bulk.fields(r, hash_keys, "category", "price") == [
+        r.hmget(k, "category", "price") for k in hash_keys
+    ]
+    assert bulk.fields(r, hash_keys, "category") == [[r.hget(k, "category")] for k in hash_keys]
+    # what the comparison covers: members and scores, fields and missing ones
+    assert sum(1 for found in bulk.ranges(r, set_keys) if found) == len(set_keys) * 4 // 5
+    assert [None, "2"] in bulk.fields(r, hash_keys, "category", "price")
+    assert bulk.ranges(r, []) == [] and bulk.hashes(r, []) == []
