@@ -465,12 +465,13 @@ def _judge(
     visitor's next item was in its top ``strategies.K``; and the ranker's
     examples: the trial's candidates (``ranker.candidates``), the next item
     among them a positive."""
+    sources_of = [
+        strategies.sources(trial.visitor_id, trial.context, categories.get(trial.context or ""))
+        for trial in trials
+    ]
     wanted: dict[str, str] = {}
-    for trial in trials:
-        context = trial.context
-        for strategy, key in strategies.sources(
-            trial.visitor_id, context, categories.get(context or "")
-        ):
+    for trial_sources in sources_of:
+        for strategy, key in trial_sources:
             wanted[key] = strategy
     # each list read once, and its ids and scores taken once: the same lists
     # (popular, trending, a product's neighbours) serve many trials
@@ -479,19 +480,18 @@ def _judge(
         for key, items in zip(wanted, state.lists(r, list(wanted)), strict=True)
     }
     found: list[tuple[Trial, dict[str, ranker.Sources]]] = []
-    for trial in trials:
+    for trial, trial_sources in zip(trials, sources_of, strict=True):
         context = trial.context
         exclude = trial.known | ({context} if context else set())
         # each list's top once: its first K judge the strategy, its first
         # DEPTH are the ranker's candidates
         tops = []
-        for strategy, key in strategies.sources(
-            trial.visitor_id, context, categories.get(context or "")
-        ):
+        for strategy, key in trial_sources:
             kept = ranker.top(values[key], exclude, TOP)
             if kept:
-                hit = any(product_id == trial.product_id for product_id, _ in kept[: strategies.K])
-                changes.next_item(strategy, hit)
+                changes.next_item(
+                    strategy, trial.product_id in [p for p, _ in kept[: strategies.K]]
+                )
             tops.append((strategy, kept[: ranker.DEPTH]))
         candidates = ranker.merged(tops)
         if trial.product_id in candidates:

@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -154,7 +155,7 @@ def recent_items(r: redis.Redis, visitor_ids: Sequence[str]) -> dict[str, list[I
             chunk, r.mget([keys.visitor_recent(v) for v in chunk]), strict=True
         ):
             result[visitor_id] = [
-                (str(pid), int(ts), float(w)) for pid, ts, w in (json.loads(raw) if raw else [])
+                (str(pid), int(ts), float(w)) for pid, ts, w in (orjson.loads(raw) if raw else [])
             ]
     return result
 
@@ -258,7 +259,7 @@ def evidence(r: redis.Redis) -> dict[str, tuple[float, float]]:
 def lists(r: redis.Redis, list_keys: Sequence[str]) -> list[list[dict[str, Any]]]:
     result = []
     for chunk in chunks(list(list_keys)):
-        result.extend(json.loads(raw) if raw else [] for raw in r.mget(chunk))
+        result.extend(orjson.loads(raw) if raw else [] for raw in r.mget(chunk))
     return result
 
 
@@ -815,7 +816,7 @@ def _add_pairs(
             1 + len(part),
             keys.pipeline_scratch("delta"),
             *(key(p) for p, _ in part),
-            json.dumps(spec),
+            orjson.dumps(spec),
         )
     pipe.hset(clock_key, mapping={p: clock_ms for p in products})
 
