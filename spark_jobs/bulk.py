@@ -113,7 +113,7 @@ def add_and_trim(
         pipe.eval(_ADD_AND_TRIM, len(part), *(key for key, _ in part), *args)
 
 
-def set_expiring(pipe: redis.client.Pipeline, values: Mapping[str, str], ttl: int) -> None:
+def set_expiring(pipe: redis.client.Pipeline, values: Mapping[str, str | bytes], ttl: int) -> None:
     """``SET key value EX ttl`` for each key, in ``values``' order."""
     for part in _chunks(list(values.items())):
         pipe.eval(_SET_EXPIRING, len(part), *(key for key, _ in part), ttl, *(v for _, v in part))

@@ -880,7 +880,7 @@ def _write_changes(
                 pipe.sadd(key, *chunk)
             pipe.zadd(keys.seen_index(), {key: int(key.rpartition(":")[2])})
     recent = {
-        keys.visitor_recent(visitor_id): json.dumps([list(item) for item in items])
+        keys.visitor_recent(visitor_id): orjson.dumps(items)
         for visitor_id, items in sorted(changes.recent.items())
     }
     bulk.set_expiring(pipe, recent, settings.visitor_ttl)
@@ -1082,7 +1082,7 @@ def write_lists(
     if writer is None:
         pipe = r.pipeline(transaction=False)
         for n, (key, value) in enumerate(items, 1):
-            pipe.set(key, json.dumps(value), ex=ttl)
+            pipe.set(key, orjson.dumps(value), ex=ttl)
             if n % CHUNK == 0:
                 pipe.execute()
         pipe.execute()
@@ -1110,7 +1110,7 @@ def write_lists(
                 writer.seq,
                 ttl,
                 len(leaving),
-                *(json.dumps(v) for _, v in chunk),
+                *(orjson.dumps(v) for _, v in chunk),
                 *leaving,
             ],
         )

@@ -27,7 +27,7 @@ from reco_plugin import keys, schema
 from stack.pipeline import redis_state
 from tests.test_batch import Batches
 
-DIGEST = "4b76e0c0018d01bc"
+DIGEST = "5b609b8e28cc20a0"
 BATCHES = 3
 BATCH_EVENTS = 4000
 NOW_MS = 1_780_000_000_000
