@@ -1,15 +1,20 @@
 """The same Redis commands on many keys, sent as one script call per chunk of keys.
 
-A visitor's memory is a few small keys (seen and bought sets, recent items):
-read and written one command each, a catch-up batch of 5,000 visitors sent
-~45,000 commands, each packed and parsed by redis-py (~15 µs of the job's
-Python apiece, measured). Here Redis runs those commands itself, on the same
-arguments, in the same order for each key, so the state is the same to the bit
-(``tests/test_fold_digest.py``).
+A visitor's memory is a few small keys (seen and bought sets, recent items,
+clicks): read and written one command each, a catch-up batch of 20,000 events
+(~5,000 visitors) sent ~45,000 commands, each packed and parsed by redis-py
+(~15 µs of the job's Python apiece, measured). Here Redis runs those commands
+itself, on the same arguments, in the same order for each key, so the state is
+the same (``tests/test_bulk.py``; ``tests/test_fold_digest.py``'s digest of
+the parsed state).
 
 The writes go by ``EVAL``, not ``EVALSHA``: they are queued in the commit's
 MULTI, where a script Redis no longer holds (``SCRIPT FLUSH``) would fail alone
-while the rest of the commit applied.
+while the rest of the commit applied. A command that fails in a write script
+(a key of another type) fails alone, as it did in the MULTI: the script goes
+on with the other keys and then returns the first error. The reads go by
+``EVALSHA`` (loaded again after a ``NOSCRIPT``), ``KEYS_PER_READ`` keys a
+call.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ from typing import Any
 
 import redis
 
-# keys per script call: Redis serves nothing else while one runs (~10 ms)
+# keys per script call (the commit's writes are one transaction anyway)
 KEYS_PER_CALL = 500
+# keys per read: Redis serves nothing else while one runs (100 seen sets of
+# 500 items, the most a visitor keeps, took 23 ms of Redis's time here)
+KEYS_PER_READ = 50
 # arguments per ZADD inside a script: Lua's unpack() takes at most ~8,000
 UNPACK = 2000
 
@@ -31,21 +39,19 @@ local kept, ttl, at = tonumber(ARGV[1]), ARGV[2], 3
 for _, key in ipairs(KEYS) do
   local last = at + 2 * tonumber(ARGV[at])
   for first = at + 1, last, UNPACK do
-    redis.call('ZADD', key, unpack(ARGV, first, math.min(first + UNPACK - 1, last)))
+    call('ZADD', key, unpack(ARGV, first, math.min(first + UNPACK - 1, last)))
   end
   at = last + 1
-  redis.call('ZREMRANGEBYRANK', key, 0, -kept - 1)
-  redis.call('EXPIRE', key, ttl)
+  call('ZREMRANGEBYRANK', key, 0, -kept - 1)
+  call('EXPIRE', key, ttl)
 end
-return #KEYS
 """.replace("UNPACK", str(UNPACK))
 
 # ARGV: ttl, then each key's value
 _SET_EXPIRING = """
 for i, key in ipairs(KEYS) do
-  redis.call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
+  call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
 end
-return #KEYS
 """
 
 # ARGV: ttl, then for each key: n, then n (increment, member) pairs
@@ -54,13 +60,34 @@ local ttl, at = ARGV[1], 2
 for _, key in ipairs(KEYS) do
   local n = tonumber(ARGV[at])
   for i = at + 1, at + 2 * n, 2 do
-    redis.call('ZINCRBY', key, ARGV[i], ARGV[i + 1])
+    call('ZINCRBY', key, ARGV[i], ARGV[i + 1])
   end
   at = at + 1 + 2 * n
-  redis.call('EXPIRE', key, ttl)
+  call('EXPIRE', key, ttl)
 end
+"""
+
+# a write script's frame: each command's error kept, the first returned at the end
+_WRITE = """
+local failed
+local function call(...)
+  local reply = redis.pcall(...)
+  if type(reply) == 'table' and reply.err and not failed then failed = reply end
+  return reply
+end
+BODY
+if failed then return failed end
 return #KEYS
 """
+
+
+def _write_script(body: str) -> str:
+    return _WRITE.replace("BODY", body.strip())
+
+
+_ADD_AND_TRIM, _SET_EXPIRING, _INCREMENT = (
+    _write_script(body) for body in (_ADD_AND_TRIM, _SET_EXPIRING, _INCREMENT)
+)
 
 # the reads: each key's reply, in KEYS' order
 _RANGES = """
@@ -89,8 +116,8 @@ return found
 """
 
 
-def _chunks(items: Sequence[Any]) -> list[Sequence[Any]]:
-    return [items[i : i + KEYS_PER_CALL] for i in range(0, len(items), KEYS_PER_CALL)]
+def _chunks(items: Sequence[Any], size: int = KEYS_PER_CALL) -> list[Sequence[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def _pairs(values: Mapping[str, Any]) -> list[Any]:
@@ -138,7 +165,7 @@ def _script(r: redis.Redis, source: str) -> Any:
 
 def _read(r: redis.Redis, source: str, all_keys: Sequence[str], *args: Any) -> list[Any]:
     found: list[Any] = []
-    for part in _chunks(list(all_keys)):
+    for part in _chunks(list(all_keys), KEYS_PER_READ):
         found.extend(_script(r, source)(keys=list(part), args=list(args)))
     return found
 

@@ -147,6 +147,15 @@ def seen(
     return found
 
 
+def _loads(raw: str) -> Any:
+    """A list or memory the job wrote: by orjson, or by json what orjson refuses
+    (``NaN``, which Python's json writes, in a list written by hand)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)
+
+
 def recent_items(r: redis.Redis, visitor_ids: Sequence[str]) -> dict[str, list[Item]]:
     """Each visitor's remembered items, newest first."""
     result: dict[str, list[Item]] = {}
@@ -155,7 +164,7 @@ def recent_items(r: redis.Redis, visitor_ids: Sequence[str]) -> dict[str, list[I
             chunk, r.mget([keys.visitor_recent(v) for v in chunk]), strict=True
         ):
             result[visitor_id] = [
-                (str(pid), int(ts), float(w)) for pid, ts, w in (orjson.loads(raw) if raw else [])
+                (str(pid), int(ts), float(w)) for pid, ts, w in (_loads(raw) if raw else [])
             ]
     return result
 
@@ -259,7 +268,7 @@ def evidence(r: redis.Redis) -> dict[str, tuple[float, float]]:
 def lists(r: redis.Redis, list_keys: Sequence[str]) -> list[list[dict[str, Any]]]:
     result = []
     for chunk in chunks(list(list_keys)):
-        result.extend(orjson.loads(raw) if raw else [] for raw in r.mget(chunk))
+        result.extend(_loads(raw) if raw else [] for raw in r.mget(chunk))
     return result
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from reco_plugin import keys, schema, strategies
 from reco_plugin.scoring import PipelineSettings
-from spark_jobs import batch, lists, recovery, score, state
+from spark_jobs import batch, learn, lists, recovery, score, state
 
 SETTINGS = PipelineSettings()
 
@@ -311,6 +311,21 @@ def test_trending_per_category_over_both_windows(batches):
     assert batches.list(keys.trending_list("long", "Comedy")) == ["comedy1"]
     assert batches.list(keys.trending())[0] == "drama1"
     assert batches.list(keys.popular())[0] == "drama1"
+    # each window's buckets, global and per category, live twice the window
+    # and a bucket from the batch
+    for name, bucket_s, window_s in learn.trending_windows(batches.settings):
+        found = [
+            batches.r.ttl(key)
+            for pattern in (
+                keys.trending_window_bucket(name, "*"),
+                keys.trending_window_bucket(name, "*", "*"),
+            )
+            for key in batches.r.scan_iter(pattern)
+        ]
+        assert len(found) >= 3, name  # global, Drama, Comedy
+        assert all(
+            2 * (window_s + bucket_s) - 5 <= ttl <= 2 * (window_s + bucket_s) for ttl in found
+        )
 
 
 def test_affinity_is_trending_in_the_visitors_favourite_category(batches):
