@@ -118,11 +118,7 @@ def merged(tops: Iterable[tuple[str, list[tuple[str, float]]]]) -> dict[str, Sou
         if not best > 0:  # 0, below, or not a number (a damaged list)
             best = 1.0
         for rank, (product_id, score) in enumerate(kept):
-            sources = found.get(product_id)
-            if sources is None:
-                found[product_id] = {strategy: (rank, score / best)}
-            else:
-                sources[strategy] = (rank, score / best)
+            found.setdefault(product_id, {})[strategy] = (rank, score / best)
     return found
 
 

@@ -20,7 +20,7 @@ call.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -32,40 +32,6 @@ KEYS_PER_CALL = 500
 KEYS_PER_READ = 50
 # arguments per ZADD inside a script: Lua's unpack() takes at most ~8,000
 UNPACK = 2000
-
-# ARGV: kept, ttl, then for each key: n, then n (score, member) pairs
-_ADD_AND_TRIM = """
-local kept, ttl, at = tonumber(ARGV[1]), ARGV[2], 3
-for _, key in ipairs(KEYS) do
-  local last = at + 2 * tonumber(ARGV[at])
-  for first = at + 1, last, UNPACK do
-    call('ZADD', key, unpack(ARGV, first, math.min(first + UNPACK - 1, last)))
-  end
-  at = last + 1
-  call('ZREMRANGEBYRANK', key, 0, -kept - 1)
-  call('EXPIRE', key, ttl)
-end
-""".replace("UNPACK", str(UNPACK))
-
-# ARGV: ttl, then each key's value
-_SET_EXPIRING = """
-for i, key in ipairs(KEYS) do
-  call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
-end
-"""
-
-# ARGV: ttl, then for each key: n, then n (increment, member) pairs
-_INCREMENT = """
-local ttl, at = ARGV[1], 2
-for _, key in ipairs(KEYS) do
-  local n = tonumber(ARGV[at])
-  for i = at + 1, at + 2 * n, 2 do
-    call('ZINCRBY', key, ARGV[i], ARGV[i + 1])
-  end
-  at = at + 1 + 2 * n
-  call('EXPIRE', key, ttl)
-end
-"""
 
 # a write script's frame: each command's error kept, the first returned at the end
 _WRITE = """
@@ -85,9 +51,41 @@ def _write_script(body: str) -> str:
     return _WRITE.replace("BODY", body.strip())
 
 
-_ADD_AND_TRIM, _SET_EXPIRING, _INCREMENT = (
-    _write_script(body) for body in (_ADD_AND_TRIM, _SET_EXPIRING, _INCREMENT)
+# ARGV: kept, ttl, then for each key: n, then n (score, member) pairs
+_ADD_AND_TRIM = _write_script(
+    """
+local kept, ttl, at = tonumber(ARGV[1]), ARGV[2], 3
+for _, key in ipairs(KEYS) do
+  local last = at + 2 * tonumber(ARGV[at])
+  for first = at + 1, last, UNPACK do
+    call('ZADD', key, unpack(ARGV, first, math.min(first + UNPACK - 1, last)))
+  end
+  at = last + 1
+  call('ZREMRANGEBYRANK', key, 0, -kept - 1)
+  call('EXPIRE', key, ttl)
+end
+""".replace("UNPACK", str(UNPACK))
 )
+
+# ARGV: ttl, then each key's value
+_SET_EXPIRING = _write_script("""
+for i, key in ipairs(KEYS) do
+  call('SET', key, ARGV[i + 1], 'EX', ARGV[1])
+end
+""")
+
+# ARGV: ttl, then for each key: n, then n (increment, member) pairs
+_INCREMENT = _write_script("""
+local ttl, at = ARGV[1], 2
+for _, key in ipairs(KEYS) do
+  local n = tonumber(ARGV[at])
+  for i = at + 1, at + 2 * n, 2 do
+    call('ZINCRBY', key, ARGV[i], ARGV[i + 1])
+  end
+  at = at + 1 + 2 * n
+  call('EXPIRE', key, ttl)
+end
+""")
 
 # the reads: each key's reply, in KEYS' order
 _RANGES = """
@@ -116,8 +114,10 @@ return found
 """
 
 
-def _chunks(items: Sequence[Any], size: int = KEYS_PER_CALL) -> list[Sequence[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
+def chunks(items: Sequence[Any], size: int = KEYS_PER_CALL) -> Iterator[Sequence[Any]]:
+    """``items`` in slices of ``size``."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _pairs(values: Mapping[str, Any]) -> list[Any]:
@@ -128,21 +128,32 @@ def _pairs(values: Mapping[str, Any]) -> list[Any]:
     return flat
 
 
+def _eval_per_key(
+    pipe: redis.client.Pipeline,
+    source: str,
+    header: Sequence[Any],
+    per_key: Mapping[str, Mapping[str, Any]],
+) -> None:
+    """``source`` on each chunk of ``per_key``'s keys: ARGV is ``header``,
+    then each key's :func:`_pairs`."""
+    for part in chunks(list(per_key.items())):
+        args = list(header)
+        for _, values in part:
+            args += _pairs(values)
+        pipe.eval(source, len(part), *(key for key, _ in part), *args)
+
+
 def add_and_trim(
     pipe: redis.client.Pipeline, added: Mapping[str, Mapping[str, Any]], kept: int, ttl: int
 ) -> None:
     """For each key (in ``added``'s order): ``ZADD`` its members (member ->
     score, in their order) if any, keep its ``kept`` highest, ``EXPIRE`` it."""
-    for part in _chunks(list(added.items())):
-        args: list[Any] = [kept, ttl]
-        for _, values in part:
-            args += _pairs(values)
-        pipe.eval(_ADD_AND_TRIM, len(part), *(key for key, _ in part), *args)
+    _eval_per_key(pipe, _ADD_AND_TRIM, (kept, ttl), added)
 
 
 def set_expiring(pipe: redis.client.Pipeline, values: Mapping[str, str | bytes], ttl: int) -> None:
     """``SET key value EX ttl`` for each key, in ``values``' order."""
-    for part in _chunks(list(values.items())):
+    for part in chunks(list(values.items())):
         pipe.eval(_SET_EXPIRING, len(part), *(key for key, _ in part), ttl, *(v for _, v in part))
 
 
@@ -151,11 +162,7 @@ def increment(
 ) -> None:
     """For each key: ``ZINCRBY`` each member (member -> increment, in their
     order), then ``EXPIRE`` the key."""
-    for part in _chunks(list(increments.items())):
-        args: list[Any] = [ttl]
-        for _, values in part:
-            args += _pairs(values)
-        pipe.eval(_INCREMENT, len(part), *(key for key, _ in part), *args)
+    _eval_per_key(pipe, _INCREMENT, (ttl,), increments)
 
 
 @functools.cache
@@ -165,7 +172,7 @@ def _script(r: redis.Redis, source: str) -> Any:
 
 def _read(r: redis.Redis, source: str, all_keys: Sequence[str], *args: Any) -> list[Any]:
     found: list[Any] = []
-    for part in _chunks(list(all_keys), KEYS_PER_READ):
+    for part in chunks(list(all_keys), KEYS_PER_READ):
         found.extend(_script(r, source)(keys=list(part), args=list(args)))
     return found
 

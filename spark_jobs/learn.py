@@ -239,7 +239,7 @@ def personal_list(
     best first. Nothing in ``exclude`` (what the visitor has seen and may not
     be shown again) is listed; by default, nothing in ``recent``.
     """
-    seen = {product_id for product_id, _, _ in recent} if exclude is None else set(exclude)
+    seen = {product_id for product_id, _, _ in recent} if exclude is None else exclude
     scores: dict[str, float] = {}
     get = scores.get
     for step, (product_id, _, weight) in enumerate(recent):
@@ -248,10 +248,27 @@ def personal_list(
             continue
         factor = weight * recency_decay**step / neighbours[0][1]
         for other, score in neighbours:
-            if other not in seen:
-                scores[other] = get(other, 0.0) + factor * score
-    top = heapq.nsmallest(length, scores.items(), key=lambda kv: (-kv[1], kv[0]))
-    return [{"product_id": pid, "score": round(score, 6)} for pid, score in top]
+            scores[other] = get(other, 0.0) + factor * score
+    # the seen taken out after (each other score sums the same terms in the
+    # same order): one look-up per seen item, not one per neighbour
+    for product_id in seen:
+        scores.pop(product_id, None)
+    return [{"product_id": pid, "score": round(score, 6)} for pid, score in best(scores, length)]
+
+
+def best(scores: Mapping[str, float], length: int) -> list[tuple[str, float]]:
+    """The ``length`` highest scores, highest first, then by id: the
+    ``length``-th highest found among the bare numbers (in C), then only
+    those at least as high sorted (a key function per item costs ~3x)."""
+    items: Iterable[tuple[str, float]] = scores.items()
+    if len(scores) > length > 0:
+        cutoff = heapq.nlargest(length, scores.values())[-1]
+        items = [item for item in items if item[1] >= cutoff]
+    return sorted(items, key=_highest_first)[:length]
+
+
+def _highest_first(item: tuple[str, float]) -> tuple[float, str]:
+    return (-item[1], item[0])
 
 
 def trending_bucket(ts_ms: int, bucket_s: int) -> int:
@@ -352,6 +369,7 @@ def text_neighbours(
             for other in postings[word]:
                 if other != product_id:
                     scores[other] = scores.get(other, 0.0) + weight * vectors[other][word]
-        top = heapq.nsmallest(length, scores.items(), key=lambda kv: (-kv[1], kv[0]))
-        result[product_id] = [{"product_id": p, "score": round(v, 6)} for p, v in top]
+        result[product_id] = [
+            {"product_id": p, "score": round(v, 6)} for p, v in best(scores, length)
+        ]
     return result

@@ -90,8 +90,8 @@ def connect(url: str) -> redis.Redis:
 
 
 def chunks(items: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+    """``items`` in slices of ``size``, a thousand by default."""
+    return bulk.chunks(items, size)
 
 
 # -- reading -----------------------------------------------------------------
@@ -241,10 +241,8 @@ def catalog_facts(r: redis.Redis, product_ids: Sequence[str]) -> tuple[dict[str,
     product_ids = list(product_ids)
     found = bulk.fields(r, [keys.catalog_product(p) for p in product_ids], "category")
     categories = {p: c for p, (c,) in zip(product_ids, found, strict=True) if c}
-    repeatable: set[str] = set()
-    for chunk in chunks(product_ids):
-        flags = r.smismember(keys.catalog_repeatable(), list(chunk))
-        repeatable.update(p for p, flag in zip(chunk, flags, strict=True) if flag)
+    flags = r.smismember(keys.catalog_repeatable(), product_ids)
+    repeatable = {p for p, flag in zip(product_ids, flags, strict=True) if flag}
     return categories, repeatable
 
 
@@ -1089,12 +1087,10 @@ def write_lists(
     retraining writes its own lists without a writer."""
     items = list(key_values.items())
     if writer is None:
-        pipe = r.pipeline(transaction=False)
-        for n, (key, value) in enumerate(items, 1):
-            pipe.set(key, orjson.dumps(value), ex=ttl)
-            if n % CHUNK == 0:
-                pipe.execute()
-        pipe.execute()
+        for part in chunks(items):
+            pipe = r.pipeline(transaction=False)
+            bulk.set_expiring(pipe, {key: orjson.dumps(value) for key, value in part}, ttl)
+            pipe.execute()
         return
     # (no owed set: a name no set has, and nothing leaves it)
     owed_key, done = owed if owed is not None else (keys.pipeline_owed("-"), ())

@@ -658,3 +658,15 @@ def test_right_after_and_within_minutes_are_the_after_and_session_lists(batches)
     assert sorted(batches.list(keys.product_session("laces"))) == ["shoes", "socks"]
     assert "hat" not in batches.list(keys.product_session("socks"))
     assert batches.list(keys.product_session("hat")) == []
+
+
+def test_lists_written_without_a_writer_hold_their_json_and_ttl(redis_url):
+    """The retraining's writes (no lease): every list, past one call's keys."""
+    r = state.connect(redis_url)
+    lists = {
+        f"t:retrained:{n}": [{"product_id": f"p{n}", "score": 0.5}] * (n % 3)
+        for n in range(state.CHUNK + 7)
+    }
+    state.write_lists(r, lists, 600)
+    assert {key: json.loads(r.get(key)) for key in lists} == lists
+    assert {r.ttl(key) for key in lists} <= {599, 600}
