@@ -14,11 +14,11 @@ cluster: setup
 	$(PY) -m stack cluster
 
 test: setup
-	$(PY) -m pytest -m "not cluster"
+	$(PY) -m pytest -m "not cluster" --durations=30
 
 # the production topology's chaos tests (tests/test_cluster.py): ~10 minutes
 test-cluster: setup
-	$(PY) -m pytest -m cluster
+	$(PY) -m pytest -m cluster --durations=10
 
 test-unit: setup
 	$(PY) -m pytest -m "not stack and not spark and not browser and not cluster"
