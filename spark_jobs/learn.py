@@ -259,7 +259,7 @@ def personal_list(
 def best(scores: Mapping[str, float], length: int) -> list[tuple[str, float]]:
     """The ``length`` highest scores, highest first, then by id: the
     ``length``-th highest found among the bare numbers (in C), then only
-    those at least as high sorted (a key function per item costs ~3x)."""
+    those at least as high sorted by the key (a Python call each)."""
     items: Iterable[tuple[str, float]] = scores.items()
     if len(scores) > length > 0:
         cutoff = heapq.nlargest(length, scores.values())[-1]
