@@ -175,6 +175,13 @@ class Requests(threading.Thread):
             "p99_ms": round(percentile(times, 99) or 0, 1),
         }
 
+    def slowest(self, start: float, end: float, since: float, n: int = 3) -> list[list]:
+        """The ``n`` slowest requests made in [start, end): [seconds after
+        ``since`` it was made, kind, ms]."""
+        chosen = [a for a in self.answers if start <= a.at < end]
+        chosen.sort(key=lambda a: -a.seconds)
+        return [[round(a.at - since, 1), a.kind, round(a.seconds * 1000)] for a in chosen[:n]]
+
 
 @dataclass
 class Probe:

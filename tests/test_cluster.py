@@ -134,6 +134,20 @@ def applied_exactly_once(cluster: Cluster) -> dict[str, int]:
     return {"records_applied": records}
 
 
+def redis_slow(cluster: Cluster, since: float) -> list[list]:
+    """The primary's slow log (commands over 10 ms, Redis's default) since
+    ``since`` (epoch seconds): [seconds after it, ms, command]."""
+    try:
+        entries = cluster.redis().slowlog_get(128)
+    except Exception as exc:  # a report, not a verdict
+        return [["unread", str(exc)]]
+    return [
+        [e["start_time"] - round(since), round(e["duration"] / 1000), str(e["command"])[:60]]
+        for e in sorted(entries, key=lambda e: e["start_time"])
+        if e["start_time"] >= since
+    ]
+
+
 def wait_fresh(cluster: Cluster, probe: Probe, before: dict[str, int], since: float, aim: float):
     """Seconds from ``since`` until a view made after it reached the websocket
     and every record Kafka held just before it is applied; None past 3x the aim."""
@@ -165,7 +179,7 @@ def run_case(name: str, kind: str, cluster: Cluster, harness: Harness, fault, he
     pooled = harness.requests.within(harness.baselines)
     before = end_offsets(cluster.bootstrap)
     sent_before = harness.traffic.sent
-    fault_at = time.monotonic()
+    fault_at, fault_wall = time.monotonic(), time.time()
     try:
         proof = fault()
         fresh = wait_fresh(cluster, harness.probe, before, fault_at, FRESH_AIM[kind])
@@ -173,7 +187,8 @@ def run_case(name: str, kind: str, cluster: Cluster, harness: Harness, fault, he
         # the part is started again whatever happened: the next case needs it
         healed = heal()
     time.sleep(5)
-    during = harness.requests.between(fault_at, time.monotonic())
+    during_end = time.monotonic()
+    during = harness.requests.between(fault_at, during_end)
     exactly = applied_exactly_once(cluster)
     figures = {
         "fault": proof,
@@ -184,6 +199,10 @@ def run_case(name: str, kind: str, cluster: Cluster, harness: Harness, fault, he
         "baselines_so_far": pooled,
         "during": during,
         "p99_ratio": round(during["p99_ms"] / pooled["p99_ms"], 2) if pooled["p99_ms"] else None,
+        # where a high p99 came from: when the slowest requests were made
+        # (seconds after the fault), and what Redis itself took long over
+        "slowest_during": harness.requests.slowest(fault_at, during_end, fault_at),
+        "redis_slow_during": redis_slow(cluster, fault_wall),
         "events_sent_during": harness.traffic.sent - sent_before,
         "producer": harness.traffic.backend.stats(),
         "websocket_pushes": harness.probe.pushes,
