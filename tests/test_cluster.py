@@ -134,9 +134,10 @@ def applied_exactly_once(cluster: Cluster) -> dict[str, int]:
     return {"records_applied": records}
 
 
-def redis_slow(cluster: Cluster, since: float) -> list[list]:
-    """The primary's slow log (commands over 10 ms, Redis's default) since
-    ``since`` (epoch seconds): [seconds after it, ms, command]."""
+def redis_slow(cluster: Cluster, since: float, until: float = float("inf")) -> list[list]:
+    """The primary's slow log (commands over 10 ms, Redis's default) from
+    ``since`` until ``until`` (epoch seconds): [seconds after ``since``, ms,
+    command]."""
     try:
         entries = cluster.redis().slowlog_get(128)
     except Exception as exc:  # a report, not a verdict
@@ -144,7 +145,7 @@ def redis_slow(cluster: Cluster, since: float) -> list[list]:
     return [
         [e["start_time"] - round(since), round(e["duration"] / 1000), str(e["command"])[:60]]
         for e in sorted(entries, key=lambda e: e["start_time"])
-        if e["start_time"] >= since
+        if since <= e["start_time"] < until
     ]
 
 
@@ -172,7 +173,7 @@ def wait_fresh(cluster: Cluster, probe: Probe, before: dict[str, int], since: fl
 def run_case(name: str, kind: str, cluster: Cluster, harness: Harness, fault, heal) -> dict:
     """Baseline, ``fault()`` (which proves the fault happened), wait until
     fresh, ``heal()`` (the part started again and whole), then the figures."""
-    base_start = time.monotonic()
+    base_start, base_wall = time.monotonic(), time.time()
     time.sleep(BASELINE_SECONDS)
     harness.baselines.append((base_start, time.monotonic()))
     baseline = harness.requests.between(*harness.baselines[-1])
@@ -202,6 +203,8 @@ def run_case(name: str, kind: str, cluster: Cluster, harness: Harness, fault, he
         # where a high p99 came from: when the slowest requests were made
         # (seconds after the fault), and what Redis itself took long over
         "slowest_during": harness.requests.slowest(fault_at, during_end, fault_at),
+        "slowest_in_baseline": harness.requests.slowest(*harness.baselines[-1], fault_at),
+        "redis_slow_in_baseline": redis_slow(cluster, base_wall, fault_wall),
         "redis_slow_during": redis_slow(cluster, fault_wall),
         "events_sent_during": harness.traffic.sent - sent_before,
         "producer": harness.traffic.backend.stats(),
