@@ -550,13 +550,11 @@ class BatchProcessor:
             run(lists.refresh_visitors, todo.get("visitors", []), experiment=experiment)
             # forgotten while this batch ran: what it wrote for them goes again
             state.sweep_forgotten(r, todo.get("visitors", []), self.started_ms)
-        # the visitors' new lists are pushed before the serving policy is
-        # written: it changes how slots are filled, not what a visitor has seen
-        with steps("notify"):
-            state.notify(r, todo.get("visitors", []))
         if todo.get("bandit"):
             with steps("policy"):
                 lists.refresh_policy(r, writer.seq, self.settings)
+        with steps("notify"):
+            state.notify(r, todo.get("visitors", []))
         state.lists_written(r, writer.seq)
         return products
 

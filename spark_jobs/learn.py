@@ -202,7 +202,7 @@ def similar_list(
         for other, weight in neighbours
         if weight > 0 and other != product_id
     ]
-    scored.sort(key=lambda item: (-item[1], item[0]))
+    scored.sort(key=_highest_first)
     return [{"product_id": other, "score": round(score, 6)} for other, score in scored[:length]]
 
 
@@ -216,7 +216,7 @@ def next_list(
     scored = [
         (other, weight) for other, weight in followed_by if weight > 0 and other != product_id
     ]
-    scored.sort(key=lambda item: (-item[1], item[0]))
+    scored.sort(key=_highest_first)
     return [{"product_id": other, "score": round(score, 6)} for other, score in scored[:length]]
 
 
@@ -250,7 +250,7 @@ def personal_list(
         for other, score in neighbours:
             scores[other] = get(other, 0.0) + factor * score
     # the seen taken out after (each other score sums the same terms in the
-    # same order): one look-up per seen item, not one per neighbour
+    # same order): a pop per seen product instead of a test per neighbour
     for product_id in seen:
         scores.pop(product_id, None)
     return [{"product_id": pid, "score": round(score, 6)} for pid, score in best(scores, length)]
@@ -259,9 +259,14 @@ def personal_list(
 def best(scores: Mapping[str, float], length: int) -> list[tuple[str, float]]:
     """The ``length`` highest scores, highest first, then by id: the
     ``length``-th highest found among the bare numbers (in C), then only
-    those at least as high sorted by the key (a Python call each)."""
+    those at least as high sorted by the key (a Python call each). A score
+    that is not a number (from a damaged list) compares false with every
+    other: then all are ordered as before this short cut, by the key."""
     items: Iterable[tuple[str, float]] = scores.items()
     if len(scores) > length > 0:
+        total = sum(scores.values())
+        if total != total:  # a NaN (or inf and -inf)
+            return heapq.nsmallest(length, items, key=_highest_first)
         cutoff = heapq.nlargest(length, scores.values())[-1]
         items = [item for item in items if item[1] >= cutoff]
     return sorted(items, key=_highest_first)[:length]

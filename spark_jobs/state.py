@@ -241,8 +241,10 @@ def catalog_facts(r: redis.Redis, product_ids: Sequence[str]) -> tuple[dict[str,
     product_ids = list(product_ids)
     found = bulk.fields(r, [keys.catalog_product(p) for p in product_ids], "category")
     categories = {p: c for p, (c,) in zip(product_ids, found, strict=True) if c}
-    flags = r.smismember(keys.catalog_repeatable(), product_ids)
-    repeatable = {p for p, flag in zip(product_ids, flags, strict=True) if flag}
+    repeatable: set[str] = set()
+    for chunk in chunks(product_ids):
+        flags = r.smismember(keys.catalog_repeatable(), list(chunk))
+        repeatable.update(p for p, flag in zip(chunk, flags, strict=True) if flag)
     return categories, repeatable
 
 

@@ -134,12 +134,16 @@ def applied_exactly_once(cluster: Cluster) -> dict[str, int]:
     return {"records_applied": records}
 
 
-def redis_slow(cluster: Cluster, since: float, until: float = float("inf")) -> list[list]:
-    """The primary's slow log (commands over 10 ms, Redis's default) from
-    ``since`` until ``until`` (epoch seconds): [seconds after ``since``, ms,
-    command]."""
+def redis_slow(cluster: Cluster, since: float, until: float) -> list[list]:
+    """The primary's slow log (commands over 10 ms, Redis's default; it keeps
+    the latest 128) from ``since`` until ``until`` (epoch seconds): [seconds
+    after ``since``, ms, command]."""
     try:
-        entries = cluster.redis().slowlog_get(128)
+        client = cluster.redis()
+        try:
+            entries = client.slowlog_get(128)
+        finally:
+            client.close()
     except Exception as exc:  # a report, not a verdict
         return [["unread", str(exc)]]
     return [
@@ -188,7 +192,7 @@ def run_case(name: str, kind: str, cluster: Cluster, harness: Harness, fault, he
         # the part is started again whatever happened: the next case needs it
         healed = heal()
     time.sleep(5)
-    during_end = time.monotonic()
+    during_end, during_wall = time.monotonic(), time.time()
     during = harness.requests.between(fault_at, during_end)
     exactly = applied_exactly_once(cluster)
     figures = {
@@ -200,12 +204,12 @@ def run_case(name: str, kind: str, cluster: Cluster, harness: Harness, fault, he
         "baselines_so_far": pooled,
         "during": during,
         "p99_ratio": round(during["p99_ms"] / pooled["p99_ms"], 2) if pooled["p99_ms"] else None,
-        # where a high p99 came from: when the slowest requests were made
-        # (seconds after the fault), and what Redis itself took long over
-        "slowest_during": harness.requests.slowest(fault_at, during_end, fault_at),
-        "slowest_in_baseline": harness.requests.slowest(*harness.baselines[-1], fault_at),
+        # where a high p99 came from: when the slowest requests were made, and
+        # what Redis itself took long over (seconds after the window began)
+        "slowest_in_baseline": harness.requests.slowest(*harness.baselines[-1], base_start),
         "redis_slow_in_baseline": redis_slow(cluster, base_wall, fault_wall),
-        "redis_slow_during": redis_slow(cluster, fault_wall),
+        "slowest_during": harness.requests.slowest(fault_at, during_end, fault_at),
+        "redis_slow_during": redis_slow(cluster, fault_wall, during_wall),
         "events_sent_during": harness.traffic.sent - sent_before,
         "producer": harness.traffic.backend.stats(),
         "websocket_pushes": harness.probe.pushes,

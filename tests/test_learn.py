@@ -271,3 +271,24 @@ def test_one_walk_learns_what_a_walk_per_number_of_steps_does():
         ]
         walked = learn.next_pairs_by_steps(remembered, new, s, base, (3, 1, 2))
         assert walked == [learn.next_pairs(remembered, new, s, base, k) for k in (3, 1, 2)]
+
+
+def test_best_orders_as_a_sort_by_score_then_id_ties_and_damaged_scores_included():
+    import heapq
+    import random
+
+    def by_key(scores, length):
+        return heapq.nsmallest(length, scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    rng = random.Random(7)
+    values = [0.5, 0.25, 1.0, 0.0, -0.5, float("inf"), float("-inf")]
+    for case in range(3000):
+        scores = {
+            f"p{rng.randint(1, 400)}": rng.choice([*values, rng.random()])
+            for _ in range(rng.choice([0, 1, 5, 30, 200]))
+        }
+        if case % 10 == 0 and scores:  # a damaged list's score
+            scores[rng.choice(sorted(scores))] = float("nan")
+        for length in (0, 1, 5, 50):
+            expected, found = by_key(scores, length), learn.best(scores, length)
+            assert repr(found) == repr(expected), (scores, length)
