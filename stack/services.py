@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,15 +67,25 @@ def stop_process(process: subprocess.Popen, grace: float = 20.0) -> None:
     """SIGTERM the process we started (only it: it stops its own children in
     order; the streaming job lets its batch finish, which a SIGTERM to its JVM
     would cut short), then SIGKILL whatever is left of its process group."""
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait(timeout=10)
+    stop_processes([process], grace)
+
+
+def stop_processes(processes: Sequence[subprocess.Popen], grace: float = 20.0) -> None:
+    """:func:`stop_process` for several processes at once: each is sent
+    SIGTERM, and they share one ``grace``."""
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
 
 
 @dataclass
