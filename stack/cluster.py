@@ -122,11 +122,18 @@ class Cluster(Stack):
         together they stop cleanly (6 s here)."""
         brokers = [s for s in self.services if s.name.startswith("kafka-")]
         self.services = [s for s in self.services if s not in brokers]
-        super().stop()
-        running = [b.process for b in brokers if b.process and b.process.poll() is None]
-        if running:
-            self.log(f"stopping the brokers (pids {', '.join(str(p.pid) for p in running)})")
-            stop_processes(running, max(b.stop_timeout for b in brokers))
+        try:
+            super().stop()  # (what it could not stop stays listed)
+        finally:
+            running = [b.process for b in brokers if b.process and b.process.poll() is None]
+            try:
+                if running:
+                    pids = ", ".join(str(p.pid) for p in running)
+                    self.log(f"stopping the brokers (pids {pids})")
+                    stop_processes(running, max(b.stop_timeout for b in brokers))
+            except BaseException:
+                self.services.extend(brokers)  # a later stop() tries them again
+                raise
 
     # -- addresses every process is given ---------------------------------------
     @property

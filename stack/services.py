@@ -85,6 +85,7 @@ def stop_processes(processes: Sequence[subprocess.Popen], grace: float = 20.0) -
     for process in processes:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
+    for process in processes:
         process.wait(timeout=10)
 
 

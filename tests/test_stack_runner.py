@@ -40,3 +40,34 @@ def test_a_crashed_service_is_started_again_with_backoff(tmp_path):
         assert any("starting it again in 2 s" in line for line in lines)  # backoff doubles
     finally:
         stack.stop()
+
+
+def test_processes_stopped_together_share_one_grace_then_are_killed():
+    """One exits on SIGTERM at once, one ignores it: both are gone after
+    one grace, not one grace each."""
+    import os
+    import subprocess
+
+    polite = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    stubborn = subprocess.Popen(
+        [
+            PYTHON,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert stubborn.stdout.readline() == b"ready\n"  # its SIGTERM handler is set
+    started = time.monotonic()
+    services.stop_processes([stubborn, polite], grace=1.0)
+    took = time.monotonic() - started
+    assert polite.returncode == -15 and stubborn.returncode == -9
+    assert 1.0 <= took < 3.0, took
+    for process in (polite, stubborn):
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            continue
+        raise AssertionError(f"{process.pid}'s group is still there")
