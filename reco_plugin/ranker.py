@@ -40,6 +40,11 @@ from typing import Any
 
 from .strategies import STRATEGIES
 
+try:  # the loops over packed examples, compiled (reco_plugin/_ftrl.c)
+    from . import _ftrl
+except ImportError:  # not built here: the same loops in Python, to the same floats
+    _ftrl = None
+
 logger = logging.getLogger(__name__)
 
 # Candidates taken from each strategy's list.
@@ -388,11 +393,28 @@ class Learner:
     def weights(self) -> list[float]:
         return [self.weight(i) for i in range(len(self.z))]
 
-    def learn(self, batch: Iterable[Example] | Examples) -> None:
+    def learn(self, batch: Iterable[Example] | Examples, compiled: bool = True) -> None:
         """One FTRL step per example, in the examples' key order (:meth:`weight`
         inlined: the same operations in the same order, so the same floats;
         each coordinate's square root of ``n`` is kept as ``n`` changes, the
-        same float as taking it again)."""
+        same float as taking it again). Packed examples go through the
+        compiled loop where it was built (``compiled``), which gives the same
+        floats as this one."""
+        if compiled and _ftrl is not None and isinstance(batch, Examples):
+            ordered = batch.in_key_order()
+            self.examples += _ftrl.learn(
+                self.z,
+                self.n,
+                ordered.labels,
+                ordered.starts,
+                ordered.indices,
+                ordered.values,
+                self.alpha,
+                self.beta,
+                self.l1,
+                self.l2,
+            )
+            return
         z, n_, alpha, beta, l1, l2 = self.z, self.n, self.alpha, self.beta, self.l1, self.l2
         sqrt = math.sqrt
         roots = [sqrt(n) for n in n_]
@@ -497,12 +519,18 @@ def _finite(value: Any) -> float:
 
 
 def evaluate(
-    weights: Sequence[float], batch: Iterable[Example] | Examples
+    weights: Sequence[float], batch: Iterable[Example] | Examples, compiled: bool = True
 ) -> dict[str, float] | None:
     """The model's log loss and AUC on examples it has not learnt from; None
-    without both a positive and a negative."""
+    without both a positive and a negative. Packed examples are scored by
+    the compiled loop where it was built (``compiled``; the same floats)."""
     # in the examples' key order: the sums come out the same however they arrived
-    scored = [(score(weights, vector), label) for _, label, vector in _in_key_order(batch)]
+    ordered = _in_key_order(batch)
+    if compiled and _ftrl is not None and isinstance(ordered, Examples):
+        logits = _ftrl.logits(list(weights), ordered.starts, ordered.indices, ordered.values)
+        scored = list(zip(logits, ordered.labels, strict=True))
+    else:
+        scored = [(score(weights, vector), label) for _, label, vector in ordered]
     positives = sum(label for _, label in scored)
     negatives = len(scored) - positives
     if not positives or not negatives:

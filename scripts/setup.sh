@@ -21,14 +21,15 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# 2. The Python environment in .venv, reinstalled when pyproject.toml changes.
+# 2. The Python environment in .venv, reinstalled when pyproject.toml or the
+#    compiled part (reco_plugin/_ftrl.c, built in place) changes.
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.reco-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ reco_plugin/_ftrl.c -nt "$stamp" ]; then
   log "installing Python packages (pyspark builds from source the first time: about a minute)"
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -e ".[kafka,websocket,celery,spark,server,dev]"

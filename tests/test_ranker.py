@@ -4,6 +4,7 @@ measures, and serving it."""
 
 from __future__ import annotations
 
+import array
 import json
 import math
 import random
@@ -391,3 +392,96 @@ def test_packed_examples_learn_and_evaluate_as_their_tuples_do():
     weights = learnt.weights()
     assert ranker.evaluate(weights, packed) == ranker.evaluate(weights, examples)
     assert [(k, label, list(v)) for k, label, v in packed.in_key_order()] == sorted(examples)
+
+
+def random_examples(rng: random.Random, count: int) -> list[ranker.Example]:
+    """Examples of every feature at random, values over several magnitudes
+    (and some negative, some zero), about one in six a positive."""
+    features = len(ranker.FEATURES)
+    examples = []
+    for n in range(count):
+        chosen = sorted(rng.sample(range(1, features), rng.randint(0, 12)))
+        vector = [(0, 1.0)] + [(i, rng.choice((-1, 1)) * 10 ** rng.uniform(-4, 2)) for i in chosen]
+        if n % 50 == 0:
+            vector.append((features - 1, 0.0))
+        examples.append((f"k{n:06d}", int(rng.random() < 0.17), vector))
+    return examples
+
+
+def bits(values) -> list[str]:
+    return [float(value).hex() for value in values]
+
+
+def test_the_compiled_loops_are_built_by_setup():
+    # make setup builds reco_plugin/_ftrl.c; without it the job learns in Python
+    assert ranker._ftrl is not None
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"alpha": 0.05, "beta": 0.5, "l1": 0.3, "l2": 0.0},
+        {"alpha": 1.0, "beta": 2.0, "l1": 1e-3, "l2": 5.0},
+    ],
+    ids=["defaults", "with L1", "large alpha"],
+)
+def test_the_compiled_loops_give_the_python_loops_floats_to_the_bit(params):
+    rng = random.Random(7)
+    packed = ranker.Examples(random_examples(rng, 20_000))
+    compiled, in_python = ranker.Learner(**params), ranker.Learner(**params)
+    for part in range(4):  # several batches, each from the model the last one left
+        batch = ranker.Examples(random_examples(rng, 5_000))
+        weights = compiled.weights()
+        assert bits(in_python.weights()) == bits(weights)
+        assert ranker.evaluate(weights, batch) == ranker.evaluate(weights, batch, compiled=False)
+        compiled.learn(batch)
+        in_python.learn(batch, compiled=False)
+        assert bits(compiled.z) == bits(in_python.z), part
+        assert bits(compiled.n) == bits(in_python.n), part
+        assert compiled.examples == in_python.examples == 5_000 * (part + 1)
+    compiled.learn(packed)
+    in_python.learn(packed, compiled=False)
+    assert bits(compiled.z) == bits(in_python.z)
+    assert any(w != 0 for w in compiled.weights())
+    ordered = packed.in_key_order()
+    logits = ranker._ftrl.logits(
+        compiled.weights(), ordered.starts, ordered.indices, ordered.values
+    )
+    expected = [ranker.score(compiled.weights(), list(v)) for _, _, v in ordered]
+    assert bits(logits) == bits(expected)
+
+
+def test_the_compiled_loops_refuse_examples_that_do_not_fit_the_model():
+    packed = ranker.Examples(random_examples(random.Random(3), 10))
+    learner = ranker.Learner()
+    z, n = list(learner.z), list(learner.n)
+
+    def learn(z=z, n=n, labels=packed.labels, starts=packed.starts, indices=packed.indices):
+        ranker._ftrl.learn(z, n, labels, starts, indices, packed.values, 0.1, 1.0, 0.0, 1.0)
+
+    with pytest.raises(IndexError, match="feature index"):
+        learn(z=z[:5], n=n[:5])
+    with pytest.raises(ValueError, match="z and n differ"):
+        learn(n=n[:-1])
+    with pytest.raises(ValueError, match="one label per example"):
+        learn(labels=packed.labels[:-1])
+    with pytest.raises(ValueError, match="packed examples"):
+        learn(starts=packed.starts[:-1])
+    with pytest.raises(TypeError, match="format"):
+        learn(indices=array.array("I", packed.indices))
+    with pytest.raises(IndexError, match="feature index"):
+        ranker._ftrl.logits([0.0] * 3, packed.starts, packed.indices, packed.values)
+    # nothing was learnt by the refused calls
+    assert (z, n) == (learner.z, learner.n)
+
+
+def test_without_the_compiled_loops_packed_examples_learn_in_python(monkeypatch):
+    packed = ranker.Examples(random_examples(random.Random(5), 2_000))
+    compiled = ranker.Learner()
+    compiled.learn(packed)
+    monkeypatch.setattr(ranker, "_ftrl", None)
+    in_python = ranker.Learner()
+    in_python.learn(packed)
+    assert bits(in_python.z) == bits(compiled.z)
+    assert ranker.evaluate(in_python.weights(), packed) is not None
