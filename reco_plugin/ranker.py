@@ -35,7 +35,7 @@ import heapq
 import logging
 import math
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Container, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .strategies import STRATEGIES
@@ -112,9 +112,12 @@ def top(
     return kept
 
 
-def merged(tops: Iterable[tuple[str, list[tuple[str, float]]]]) -> dict[str, Sources]:
+def merged(
+    tops: Iterable[tuple[str, list[tuple[str, float]]]], only: Container[str] | None = None
+) -> dict[str, Sources]:
     """Strategies' tops (:func:`top`) as candidates: each product with its rank
-    and its score over the list's best in every list that holds it."""
+    and its score over the list's best in every list that holds it (of the
+    products in ``only``, when given)."""
     found: dict[str, Sources] = {}
     for strategy, kept in tops:
         if not kept:
@@ -123,8 +126,14 @@ def merged(tops: Iterable[tuple[str, list[tuple[str, float]]]]) -> dict[str, Sou
         if not best > 0:  # 0, below, or not a number (a damaged list)
             best = 1.0
         for rank, (product_id, score) in enumerate(kept):
-            found.setdefault(product_id, {})[strategy] = (rank, score / best)
+            if only is None or product_id in only:
+                found.setdefault(product_id, {})[strategy] = (rank, score / best)
     return found
+
+
+def candidate_ids(tops: Iterable[tuple[str, list[tuple[str, float]]]]) -> dict[str, None]:
+    """The products of strategies' tops, in the order :func:`merged` meets them."""
+    return dict.fromkeys(product_id for _, kept in tops for product_id, _ in kept)
 
 
 def scored_ids(items: Any) -> list[tuple[str, float]]:
@@ -261,13 +270,44 @@ def examples(
     hash of ``key`` (the trial's own) and the candidate."""
     if target not in found:
         return []
+    chosen = _chosen(key, target, found)
+    return _labelled(key, target, chosen, vectors(found, context, chosen))
+
+
+def trial_examples(
+    key: str,
+    target: str,
+    tops: Sequence[tuple[str, list[tuple[str, float]]]],
+    context: Context,
+    ids: Mapping[str, None] | None = None,
+) -> list[Example]:
+    """:func:`examples` of the candidates ``merged(tops)``, with only the
+    chosen ones' places in the lists merged (the same examples, a trial's
+    ~30 candidates cost their ids and hashes only); ``ids``: the tops'
+    :func:`candidate_ids`, when known."""
+    ids = candidate_ids(tops) if ids is None else ids
+    if target not in ids:
+        return []
+    chosen = _chosen(key, target, ids)
+    # every candidate's id (the price ranks look at all of them), and the
+    # chosen ones' sources (the only vectors made)
+    found: dict[str, Any] = dict.fromkeys(ids)
+    found.update(merged(tops, only=set(chosen)))
+    return _labelled(key, target, chosen, vectors(found, context, chosen))
+
+
+def _chosen(key: str, target: str, candidates: Iterable[str]) -> list[str]:
+    """The target, then up to ``NEGATIVES`` other candidates picked by a hash
+    of the trial's ``key`` and the candidate."""
     others = heapq.nsmallest(
-        NEGATIVES, (p for p in found if p != target), key=lambda p: _hash(f"{key}|{p}")
+        NEGATIVES, (p for p in candidates if p != target), key=lambda p: _hash(f"{key}|{p}")
     )
-    chosen = [target, *others]
+    return [target, *others]
+
+
+def _labelled(key: str, target: str, chosen: list[str], vectors: list[Vector]) -> list[Example]:
     return [
-        (f"{key}|{p}", int(p == target), vector)
-        for p, vector in zip(chosen, vectors(found, context, chosen), strict=True)
+        (f"{key}|{p}", int(p == target), vector) for p, vector in zip(chosen, vectors, strict=True)
     ]
 
 

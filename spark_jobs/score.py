@@ -479,7 +479,7 @@ def _judge(
         key: strategies.Ranked.of(items)
         for key, items in zip(wanted, state.lists(r, list(wanted)), strict=True)
     }
-    found: list[tuple[Trial, dict[str, ranker.Sources]]] = []
+    found: list[tuple[Trial, list[tuple[str, list[tuple[str, float]]]], dict[str, None]]] = []
     for trial, trial_sources in zip(trials, sources_of, strict=True):
         context = trial.context
         exclude = trial.known | ({context} if context else set())
@@ -493,19 +493,19 @@ def _judge(
                     strategy, trial.product_id in [p for p, _ in kept[: strategies.K]]
                 )
             tops.append((strategy, kept[: ranker.DEPTH]))
-        candidates = ranker.merged(tops)
+        candidates = ranker.candidate_ids(tops)
         if trial.product_id in candidates:
-            found.append((trial, candidates))
+            found.append((trial, tops, candidates))
     if not found:
         return
     facts = state.product_facts(
         r,
         sorted(
-            {p for _, candidates in found for p in candidates}
-            | {trial.context for trial, _ in found if trial.context}
+            {p for _, _, candidates in found for p in candidates}
+            | {trial.context for trial, _, _ in found if trial.context}
         ),
     )
-    for trial, candidates in found:
+    for trial, tops, candidates in found:
         page_category, page_price = facts.get(trial.context or "", (None, None))
         context = ranker.Context(
             page_category=page_category,
@@ -514,4 +514,6 @@ def _judge(
             facts=facts,
         )
         key = f"{trial.ts}|{trial.visitor_id}|{trial.product_id}"
-        changes.examples.add(ranker.examples(key, trial.product_id, candidates, context))
+        changes.examples.add(
+            ranker.trial_examples(key, trial.product_id, tops, context, candidates)
+        )

@@ -485,3 +485,24 @@ def test_without_the_compiled_loops_packed_examples_learn_in_python(monkeypatch)
     in_python.learn(packed)
     assert bits(in_python.z) == bits(compiled.z)
     assert ranker.evaluate(in_python.weights(), packed) is not None
+
+
+def test_a_trials_examples_from_its_tops_are_those_of_all_its_candidates_merged():
+    rng = random.Random(9)
+    compared = 0
+    for n in range(300):
+        tops = []
+        for strategy in rng.sample(strategies.STRATEGIES, rng.randint(1, 8)):
+            ids = rng.sample(range(60), rng.randint(0, ranker.DEPTH))
+            scores = sorted((rng.choice((rng.random() * 10, 0.0, -1.0)) for _ in ids), reverse=True)
+            if ids and n % 7 == 0:
+                scores[0] = math.nan
+            tops.append((strategy, [(str(p), s) for p, s in zip(ids, scores, strict=True)]))
+        facts = {str(p): (f"c{p % 3}", float(p % 11) or None) for p in range(60)}
+        context = ranker.Context(f"c{n % 3}", float(n % 5 + 1), n % 9, facts)
+        target = str(rng.randrange(60))
+        expected = ranker.examples(f"t{n}", target, ranker.merged(tops), context)
+        got = ranker.trial_examples(f"t{n}", target, tops, context)
+        assert repr(got) == repr(expected)  # NaN's too
+        compared += bool(expected)
+    assert compared > 100  # most targets are among the candidates
