@@ -95,7 +95,9 @@ get_packed(Packed *p, PyObject *starts, PyObject *indices, PyObject *values,
     return 0;
 }
 
-/* A list of floats (or ints) as a new C array; NULL with an exception set. */
+/* A list of floats (or ints) as a new C array; NULL with an exception set.
+   Only exact floats and ints: converting them runs no Python code, so the
+   list cannot change under the loop. */
 static double *
 to_doubles(PyObject *list, const char *name)
 {
@@ -110,8 +112,17 @@ to_doubles(PyObject *list, const char *name)
         return NULL;
     }
     for (Py_ssize_t i = 0; i < size; i++) {
-        out[i] = PyFloat_AsDouble(PyList_GET_ITEM(list, i));
-        if (out[i] == -1.0 && PyErr_Occurred()) {
+        PyObject *item = PyList_GET_ITEM(list, i);
+        if (PyFloat_CheckExact(item)) {
+            out[i] = PyFloat_AS_DOUBLE(item);
+        } else if (PyLong_CheckExact(item)) {
+            out[i] = PyLong_AsDouble(item);
+            if (out[i] == -1.0 && PyErr_Occurred()) {
+                PyMem_Free(out);
+                return NULL;
+            }
+        } else {
+            PyErr_Format(PyExc_TypeError, "%s must hold numbers", name);
             PyMem_Free(out);
             return NULL;
         }
@@ -119,17 +130,30 @@ to_doubles(PyObject *list, const char *name)
     return out;
 }
 
-/* Writes a C array back into a list of the same size, as floats. */
+/* Writes C arrays back into lists of their sizes, as floats: every float is
+   made first, so on failure neither list has changed. */
 static int
-from_doubles(PyObject *list, const double *values)
+from_doubles(PyObject *first, const double *first_values, PyObject *second,
+             const double *second_values)
 {
-    Py_ssize_t size = PyList_GET_SIZE(list);
-    for (Py_ssize_t i = 0; i < size; i++) {
-        PyObject *number = PyFloat_FromDouble(values[i]);
-        if (number == NULL)
-            return -1;
-        PyList_SetItem(list, i, number); /* steals the reference */
+    Py_ssize_t size = PyList_GET_SIZE(first), total = size + PyList_GET_SIZE(second);
+    PyObject **made = PyMem_Malloc((size_t)(total ? total : 1) * sizeof(PyObject *));
+    if (made == NULL) {
+        PyErr_NoMemory();
+        return -1;
     }
+    for (Py_ssize_t i = 0; i < total; i++) {
+        made[i] = PyFloat_FromDouble(i < size ? first_values[i] : second_values[i - size]);
+        if (made[i] == NULL) {
+            while (i--)
+                Py_DECREF(made[i]);
+            PyMem_Free(made);
+            return -1;
+        }
+    }
+    for (Py_ssize_t i = 0; i < total; i++) /* PyList_SetItem steals each reference */
+        PyList_SetItem(i < size ? first : second, i < size ? i : i - size, made[i]);
+    PyMem_Free(made);
     return 0;
 }
 
@@ -170,6 +194,10 @@ ftrl_learn(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "one label per example is needed");
         goto done;
     }
+    if (alpha == 0.0 && p.count > 0) { /* as Python's division */
+        PyErr_SetString(PyExc_ZeroDivisionError, "float division by zero");
+        goto done;
+    }
     z = to_doubles(z_list, "z");
     n = z ? to_doubles(n_list, "n") : NULL;
     roots = PyMem_Malloc((size_t)(features ? features : 1) * sizeof(double));
@@ -180,8 +208,13 @@ ftrl_learn(PyObject *self, PyObject *args)
             PyErr_NoMemory();
         goto done;
     }
-    for (Py_ssize_t i = 0; i < features; i++)
+    for (Py_ssize_t i = 0; i < features; i++) {
+        if (n[i] < 0) { /* as math.sqrt */
+            PyErr_SetString(PyExc_ValueError, "math domain error");
+            goto done;
+        }
         roots[i] = sqrt(n[i]);
+    }
     const unsigned int *s = p.starts.buf;
     const unsigned short *idx = p.indices.buf;
     const double *val = p.values.buf;
@@ -193,10 +226,16 @@ ftrl_learn(PyObject *self, PyObject *args)
             unsigned short i = idx[k];
             double zi = z[i];
             double wi;
-            if (fabs(zi) <= l1)
+            if (fabs(zi) <= l1) {
                 wi = 0.0;
-            else
-                wi = -(zi - (zi > 0 ? l1 : -l1)) / ((beta + roots[i]) / alpha + l2);
+            } else {
+                double denominator = (beta + roots[i]) / alpha + l2;
+                if (denominator == 0.0) { /* as Python's division */
+                    PyErr_SetString(PyExc_ZeroDivisionError, "float division by zero");
+                    goto done;
+                }
+                wi = -(zi - (zi > 0 ? l1 : -l1)) / denominator;
+            }
             w[k] = wi;
             logit += wi * val[k];
         }
@@ -211,7 +250,7 @@ ftrl_learn(PyObject *self, PyObject *args)
             roots[i] = root;
         }
     }
-    if (from_doubles(z_list, z) < 0 || from_doubles(n_list, n) < 0)
+    if (from_doubles(z_list, z, n_list, n) < 0)
         goto done;
     result = PyLong_FromSsize_t(p.count);
 done:

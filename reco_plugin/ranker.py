@@ -244,8 +244,13 @@ _SIMILAR_HISTORY = INDEX[SIMILAR_HISTORY]
 
 
 def score(weights: Sequence[float], vector: Vector) -> float:
-    """The model's logit for one candidate."""
-    return sum([weights[i] * value for i, value in vector])
+    """The model's logit for one candidate: the products added in order, as
+    the compiled loop adds them (``sum`` compensates its additions from
+    Python 3.12 on)."""
+    logit = 0.0
+    for i, value in vector:
+        logit += weights[i] * value
+    return logit
 
 
 def probability(logit: float) -> float:

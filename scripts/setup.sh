@@ -8,12 +8,18 @@ cd "$(dirname "$0")/.."
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 started=$(date +%s)
 
-# 1. System packages from Debian: redis-server, and chromium for the browser test.
+# 1. System packages from Debian: redis-server, chromium for the browser test, a
+#    JVM and Maven, and a C compiler with Python's headers.
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
+# the ranker's compiled loop (reco_plugin/_ftrl.c): a C compiler and Python's headers
+command -v cc >/dev/null || missing+=(gcc)
+PYTHON=${PYTHON:-python3}
+headers=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+[ -f "$headers/Python.h" ] || missing+=(python3-dev)
 if ((${#missing[@]})); then
   log "apt-get install ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -23,7 +29,6 @@ fi
 
 # 2. The Python environment in .venv, reinstalled when pyproject.toml or the
 #    compiled part (reco_plugin/_ftrl.c, built in place) changes.
-PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   "$PYTHON" -m venv .venv
@@ -32,6 +37,9 @@ stamp=.venv/.reco-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ reco_plugin/_ftrl.c -nt "$stamp" ]; then
   log "installing Python packages (pyspark builds from source the first time: about a minute)"
   .venv/bin/pip install --quiet --upgrade pip
+  # an optional extension that fails to build leaves an older one in place:
+  # remove it, so the one imported is this source's or none
+  rm -f reco_plugin/_ftrl.*.so
   .venv/bin/pip install --quiet -e ".[kafka,websocket,celery,spark,server,dev]"
   touch "$stamp"
 fi

@@ -463,8 +463,8 @@ def _judge(
 ) -> None:
     """Reward each strategy that had a list for a trial: a success when the
     visitor's next item was in its top ``strategies.K``; and the ranker's
-    examples: the trial's candidates (``ranker.candidates``), the next item
-    among them a positive."""
+    examples: the trial's candidates (every strategy's top, merged as by
+    ``ranker.candidates``), the next item among them a positive."""
     sources_of = [
         strategies.sources(trial.visitor_id, trial.context, categories.get(trial.context or ""))
         for trial in trials

@@ -404,6 +404,8 @@ def random_examples(rng: random.Random, count: int) -> list[ranker.Example]:
         vector = [(0, 1.0)] + [(i, rng.choice((-1, 1)) * 10 ** rng.uniform(-4, 2)) for i in chosen]
         if n % 50 == 0:
             vector.append((features - 1, 0.0))
+        if n % 97 == 0 and len(vector) > 1:  # an index twice (vectors never have one)
+            vector.append((vector[1][0], 0.5))
         examples.append((f"k{n:06d}", int(rng.random() < 0.17), vector))
     return examples
 
@@ -417,6 +419,10 @@ def test_the_compiled_loops_are_built_by_setup():
     assert ranker._ftrl is not None
 
 
+compiled_only = pytest.mark.skipif(ranker._ftrl is None, reason="reco_plugin._ftrl is not built")
+
+
+@compiled_only
 @pytest.mark.parametrize(
     "params",
     [
@@ -452,6 +458,7 @@ def test_the_compiled_loops_give_the_python_loops_floats_to_the_bit(params):
     assert bits(logits) == bits(expected)
 
 
+@compiled_only
 def test_the_compiled_loops_refuse_examples_that_do_not_fit_the_model():
     packed = ranker.Examples(random_examples(random.Random(3), 10))
     learner = ranker.Learner()
@@ -470,21 +477,48 @@ def test_the_compiled_loops_refuse_examples_that_do_not_fit_the_model():
         learn(starts=packed.starts[:-1])
     with pytest.raises(TypeError, match="format"):
         learn(indices=array.array("I", packed.indices))
+    with pytest.raises(ValueError, match="starts go backwards"):
+        learn(starts=array.array("I", [0, 5, 2, *packed.starts[3:]]))
+    with pytest.raises(TypeError, match="must hold numbers"):
+        learn(z=["0.0", *z[1:]])
+    with pytest.raises(TypeError, match="must be list"):
+        learn(z=tuple(z))
     with pytest.raises(IndexError, match="feature index"):
         ranker._ftrl.logits([0.0] * 3, packed.starts, packed.indices, packed.values)
     # nothing was learnt by the refused calls
     assert (z, n) == (learner.z, learner.n)
 
 
+@compiled_only
+@pytest.mark.parametrize("params", [{"alpha": 0.0}, {"beta": 0.0, "l2": 0.0}])
+def test_the_compiled_loop_divides_by_zero_where_python_does(params):
+    packed = ranker.Examples(random_examples(random.Random(4), 10))
+
+    def fresh():
+        learner = ranker.Learner(**params)
+        learner.z[0] = 1.0  # a weight, with n still 0
+        return learner
+
+    with pytest.raises(ZeroDivisionError):
+        fresh().learn(packed, compiled=False)
+    compiled = fresh()
+    with pytest.raises(ZeroDivisionError):
+        compiled.learn(packed)
+    assert compiled.to_dict() == fresh().to_dict()  # left as it was
+
+
+@compiled_only
 def test_without_the_compiled_loops_packed_examples_learn_in_python(monkeypatch):
     packed = ranker.Examples(random_examples(random.Random(5), 2_000))
     compiled = ranker.Learner()
     compiled.learn(packed)
+    measured = ranker.evaluate(compiled.weights(), packed)
     monkeypatch.setattr(ranker, "_ftrl", None)
     in_python = ranker.Learner()
     in_python.learn(packed)
     assert bits(in_python.z) == bits(compiled.z)
-    assert ranker.evaluate(in_python.weights(), packed) is not None
+    assert ranker.evaluate(in_python.weights(), packed) == measured
+    assert 0 < measured["log_loss"] and 0 <= measured["auc"] <= 1
 
 
 def test_a_trials_examples_from_its_tops_are_those_of_all_its_candidates_merged():
@@ -494,6 +528,8 @@ def test_a_trials_examples_from_its_tops_are_those_of_all_its_candidates_merged(
         tops = []
         for strategy in rng.sample(strategies.STRATEGIES, rng.randint(1, 8)):
             ids = rng.sample(range(60), rng.randint(0, ranker.DEPTH))
+            if len(ids) > 2 and n % 11 == 0:  # a damaged list holding an id twice
+                ids[-1] = ids[0]
             scores = sorted((rng.choice((rng.random() * 10, 0.0, -1.0)) for _ in ids), reverse=True)
             if ids and n % 7 == 0:
                 scores[0] = math.nan
@@ -504,5 +540,8 @@ def test_a_trials_examples_from_its_tops_are_those_of_all_its_candidates_merged(
         expected = ranker.examples(f"t{n}", target, ranker.merged(tops), context)
         got = ranker.trial_examples(f"t{n}", target, tops, context)
         assert repr(got) == repr(expected)  # NaN's too
+        # with the ids known, as the job passes them
+        ids = ranker.candidate_ids(tops)
+        assert repr(ranker.trial_examples(f"t{n}", target, tops, context, ids)) == repr(got)
         compared += bool(expected)
     assert compared > 100  # most targets are among the candidates
