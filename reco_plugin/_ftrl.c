@@ -96,8 +96,7 @@ get_packed(Packed *p, PyObject *starts, PyObject *indices, PyObject *values,
 }
 
 /* A list of floats (or ints) as a new C array; NULL with an exception set.
-   Only exact floats and ints: converting them runs no Python code, so the
-   list cannot change under the loop. */
+   Only exact floats and ints: converting them runs no Python code. */
 static double *
 to_doubles(PyObject *list, const char *name)
 {
@@ -194,10 +193,6 @@ ftrl_learn(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "one label per example is needed");
         goto done;
     }
-    if (alpha == 0.0 && p.count > 0) { /* as Python's division */
-        PyErr_SetString(PyExc_ZeroDivisionError, "float division by zero");
-        goto done;
-    }
     z = to_doubles(z_list, "z");
     n = z ? to_doubles(n_list, "n") : NULL;
     roots = PyMem_Malloc((size_t)(features ? features : 1) * sizeof(double));
@@ -208,12 +203,23 @@ ftrl_learn(PyObject *self, PyObject *args)
             PyErr_NoMemory();
         goto done;
     }
+    /* the arrays hold ``features`` numbers (getting a buffer may run Python
+       code from 3.12 on, and so change the lists) */
+    if (PyList_GET_SIZE(z_list) != features || PyList_GET_SIZE(n_list) != features) {
+        PyErr_SetString(PyExc_ValueError, "z or n changed size");
+        goto done;
+    }
     for (Py_ssize_t i = 0; i < features; i++) {
         if (n[i] < 0) { /* as math.sqrt */
             PyErr_SetString(PyExc_ValueError, "math domain error");
             goto done;
         }
         roots[i] = sqrt(n[i]);
+    }
+    /* Python divides by alpha at an example's first feature */
+    if (alpha == 0.0 && p.indices.len > 0) {
+        PyErr_SetString(PyExc_ZeroDivisionError, "float division by zero");
+        goto done;
     }
     const unsigned int *s = p.starts.buf;
     const unsigned short *idx = p.indices.buf;
@@ -283,7 +289,7 @@ ftrl_logits(PyObject *self, PyObject *args)
     const unsigned short *idx = p.indices.buf;
     const double *val = p.values.buf;
     for (Py_ssize_t j = 0; result != NULL && j < p.count; j++) {
-        /* ranker.score: sum() of the products, from 0 */
+        /* ranker.score: the products added in order, from 0 */
         double logit = 0.0;
         for (unsigned int k = s[j]; k < s[j + 1]; k++)
             logit += weights[idx[k]] * val[k];

@@ -287,9 +287,9 @@ def trial_examples(
     ids: Mapping[str, None] | None = None,
 ) -> list[Example]:
     """:func:`examples` of the candidates ``merged(tops)``, with only the
-    chosen ones' places in the lists merged (the same examples, a trial's
-    ~30 candidates cost their ids and hashes only); ``ids``: the tops'
-    :func:`candidate_ids`, when known."""
+    chosen ones' places in the lists merged (the same examples; the other
+    candidates, a few dozen, cost their ids and hashes only); ``ids``: the
+    tops' :func:`candidate_ids`, when known."""
     ids = candidate_ids(tops) if ids is None else ids
     if target not in ids:
         return []

@@ -18,8 +18,8 @@ command -v mvn >/dev/null || missing+=(maven)
 # the ranker's compiled loop (reco_plugin/_ftrl.c): a C compiler and Python's headers
 command -v cc >/dev/null || missing+=(gcc)
 PYTHON=${PYTHON:-python3}
-headers=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-[ -f "$headers/Python.h" ] || missing+=(python3-dev)
+headers=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' || true)
+[ -n "$headers" ] && [ -f "$headers/Python.h" ] || missing+=(python3-dev)
 if ((${#missing[@]})); then
   log "apt-get install ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -508,6 +508,16 @@ def test_the_compiled_loop_divides_by_zero_where_python_does(params):
 
 
 @compiled_only
+def test_the_compiled_loop_refuses_a_negative_sum_of_squares_as_python_does():
+    packed = ranker.Examples(random_examples(random.Random(6), 10))
+    for compiled in (False, True):
+        learner = ranker.Learner()
+        learner.n[3] = -1.0
+        with pytest.raises(ValueError, match="math domain error"):
+            learner.learn(packed, compiled=compiled)
+
+
+@compiled_only
 def test_without_the_compiled_loops_packed_examples_learn_in_python(monkeypatch):
     packed = ranker.Examples(random_examples(random.Random(5), 2_000))
     compiled = ranker.Learner()
