@@ -86,14 +86,16 @@ def run(events: int = 200_000, batch: int = 20_000, log=print) -> dict:
             log("the streaming job...")
             job = JobRun(stack, "throughput", db=1, config={"max_offsets_per_trigger": batch})
             job.start()
-            started = time.monotonic()
-            job.wait_until(lambda: job.commits() >= 1, 300, "the first batch")
-            first_done = time.monotonic()
-            first_applied = applied_so_far(job)
-            job.wait_processed(targets, timeout=900)
-            finished = time.monotonic()
-            applied = applied_so_far(job)
-            job.stop()
+            try:  # a job that makes no progress retries its query: stopped here too
+                started = time.monotonic()
+                job.wait_until(lambda: job.commits() >= 1, 300, "the first batch")
+                first_done = time.monotonic()
+                first_applied = applied_so_far(job)
+                job.wait_processed(targets, timeout=900)
+                finished = time.monotonic()
+                applied = applied_so_far(job)
+            finally:
+                job.stop()
             for line in Path(job.log).read_text().splitlines():
                 if "spark_jobs.batch INFO batch" in line:
                     log("  " + line.split(" INFO ", 1)[1])
@@ -147,13 +149,15 @@ def on_standalone_cluster(stack: Stack, targets: dict[str, int], batch: int, log
         spark_args=["--master", spark.master, *conf],
     )
     job.start()
-    started = time.monotonic()
-    job.wait_until(lambda: job.commits() >= 1, 300, "the first batch")
-    first_done, first_applied = time.monotonic(), applied_so_far(job)
-    job.wait_processed(targets, timeout=900)
-    finished = time.monotonic()
-    applied = applied_so_far(job)
-    job.stop()
+    try:
+        started = time.monotonic()
+        job.wait_until(lambda: job.commits() >= 1, 300, "the first batch")
+        first_done, first_applied = time.monotonic(), applied_so_far(job)
+        job.wait_processed(targets, timeout=900)
+        finished = time.monotonic()
+        applied = applied_so_far(job)
+    finally:
+        job.stop()
     return {
         "standalone_events_per_s": round((applied - first_applied) / (finished - first_done)),
         "standalone_whole_run_events_per_s": round(applied / (finished - started)),
