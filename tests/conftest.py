@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis as redis_lib
 
-from reco_plugin import schema
+from reco_plugin import keys, schema
 from stack.pipeline import JobRun, end_offsets, produce, skewed_history
 from stack.services import Ports, Stack, free_port
 
@@ -252,4 +252,12 @@ def uninterrupted(services, backlog):
         job.wait_processed(targets, timeout=300)
     finally:
         job.stop()
+    # The other runs are compared with this one for the rest of the session,
+    # up to ~20 minutes later: its trending keys (a bucket kept 12 minutes
+    # after its last write, a category's list 6) are kept from expiring, so
+    # they compare with what the job wrote, not with what Redis has dropped since.
+    pipe = job.redis.pipeline(transaction=False)
+    for key in job.redis.scan_iter(match=f"{keys.PREFIX}:trending*", count=1000):
+        pipe.persist(key)
+    pipe.execute()
     return job
