@@ -38,7 +38,8 @@ get_view(PyObject *obj, Py_buffer *view, const char *format, Py_ssize_t itemsize
    (index, value) pairs, checked against a model of ``features`` coordinates. */
 typedef struct {
     Py_buffer starts, indices, values;
-    Py_ssize_t count;  /* examples */
+    Py_ssize_t count;   /* examples */
+    Py_ssize_t longest; /* the most pairs one example holds */
 } Packed;
 
 static void
@@ -82,6 +83,8 @@ get_packed(Packed *p, PyObject *starts, PyObject *indices, PyObject *values,
             release_packed(p);
             return -1;
         }
+        if ((Py_ssize_t)(s[j] - s[j - 1]) > p->longest)
+            p->longest = s[j] - s[j - 1];
     }
     for (Py_ssize_t k = 0; k < pairs; k++) {
         if ((Py_ssize_t)idx[k] >= features) {
@@ -196,8 +199,8 @@ ftrl_learn(PyObject *self, PyObject *args)
     z = to_doubles(z_list, "z");
     n = z ? to_doubles(n_list, "n") : NULL;
     roots = PyMem_Malloc((size_t)(features ? features : 1) * sizeof(double));
-    w = PyMem_Malloc((size_t)(p.indices.len / (Py_ssize_t)sizeof(unsigned short) + 1) *
-                     sizeof(double));
+    /* one example's weights at a time */
+    w = PyMem_Malloc((size_t)(p.longest ? p.longest : 1) * sizeof(double));
     if (z == NULL || n == NULL || roots == NULL || w == NULL) {
         if (!PyErr_Occurred())
             PyErr_NoMemory();
@@ -242,7 +245,7 @@ ftrl_learn(PyObject *self, PyObject *args)
                 }
                 wi = -(zi - (zi > 0 ? l1 : -l1)) / denominator;
             }
-            w[k] = wi;
+            w[k - begin] = wi;
             logit += wi * val[k];
         }
         double gradient = probability(logit) - (double)label[j];
@@ -251,7 +254,7 @@ ftrl_learn(PyObject *self, PyObject *args)
             double g = gradient * val[k];
             double ni = n[i] + g * g;
             double root = sqrt(ni);
-            z[i] += g - (root - roots[i]) / alpha * w[k];
+            z[i] += g - (root - roots[i]) / alpha * w[k - begin];
             n[i] = ni;
             roots[i] = root;
         }

@@ -445,7 +445,7 @@ class Learner:
         same float as taking it again). Packed examples go through the
         compiled loop where it was built (``compiled``), which gives the same
         floats as this one."""
-        if compiled and _ftrl is not None and isinstance(batch, Examples):
+        if _compiled_loops_take(batch, compiled):
             ordered = batch.in_key_order()
             self.examples += _ftrl.learn(
                 self.z,
@@ -563,6 +563,12 @@ def _finite(value: Any) -> float:
     return number
 
 
+def _compiled_loops_take(batch: Iterable[Example] | Examples, compiled: bool) -> bool:
+    """Whether the compiled loops take ``batch``: asked to (``compiled``),
+    built, and the examples packed."""
+    return compiled and _ftrl is not None and isinstance(batch, Examples)
+
+
 def evaluate(
     weights: Sequence[float], batch: Iterable[Example] | Examples, compiled: bool = True
 ) -> dict[str, float] | None:
@@ -571,7 +577,7 @@ def evaluate(
     the compiled loop where it was built (``compiled``; the same floats)."""
     # in the examples' key order: the sums come out the same however they arrived
     ordered = _in_key_order(batch)
-    if compiled and _ftrl is not None and isinstance(ordered, Examples):
+    if _compiled_loops_take(ordered, compiled):
         logits = _ftrl.logits(list(weights), ordered.starts, ordered.indices, ordered.values)
         scored = list(zip(logits, ordered.labels, strict=True))
     else:

@@ -31,7 +31,6 @@ from .services import (
     Stack,
     StackError,
     free_ports,
-    stop_processes,
 )
 
 # the name the Sentinels know the primary by
@@ -113,27 +112,6 @@ class Cluster(Stack):
         ports = Ports(c.kafka[0], c.controllers[0], c.redis[0], c.web)
         super().__init__(state_dir, ports, **kwargs)
         self.spark = SparkStandalone(self, c.spark_master, c.spark_ui)
-
-    def stop(self) -> None:
-        """Everything but the brokers in the reverse order of their start, as a
-        stack stops; then the brokers together. One by one, the last broker
-        to stop had no controller quorum left (two of three gone): its
-        controlled shutdown waited for one until it was killed (20 s here);
-        together they stop cleanly (6 s here)."""
-        brokers = [s for s in self.services if s.name.startswith("kafka-")]
-        self.services = [s for s in self.services if s not in brokers]
-        try:
-            super().stop()  # (what it could not stop stays listed)
-        finally:
-            running = [b.process for b in brokers if b.process and b.process.poll() is None]
-            try:
-                if running:
-                    pids = ", ".join(str(p.pid) for p in running)
-                    self.log(f"stopping the brokers (pids {pids})")
-                    stop_processes(running, max(b.stop_timeout for b in brokers))
-            except BaseException:
-                self.services.extend(brokers)  # a later stop() tries them again
-                raise
 
     # -- addresses every process is given ---------------------------------------
     @property

@@ -128,6 +128,11 @@ class Service:
     started_at: float = 0.0
     # CPU priority (os.nice) the process runs at
     nice: int = 0
+    # services of one quorum, named alike here, are stopped together: one by
+    # one, the last broker to stop has no controller quorum left and its
+    # controlled shutdown waits for one until it is killed (20 s here, against
+    # 6 s for the three together)
+    quorum: str = ""
 
 
 @dataclass
@@ -228,6 +233,7 @@ class KafkaNode:
             log,
             lambda: kafka_answers(bootstrap),
             timeout=90,
+            quorum="kafka" if len(quorum) > 1 else "",
         )
 
 
@@ -605,13 +611,20 @@ class Stack:
             raise
 
     def stop(self) -> None:
-        for service in reversed(self.services):
-            process = service.process
-            if process is None or process.poll() is not None:
-                continue
-            self.log(f"stopping {service.name} (pid {process.pid})")
-            stop_process(process, service.stop_timeout)
-        self.services.clear()
+        """Each service in the reverse order of its start; the services of one
+        ``quorum`` together, when the last started of them is reached. What
+        could not be stopped stays listed, for a later ``stop()``."""
+        while self.services:
+            last = self.services[-1]
+            together = [
+                s for s in self.services if s is last or (last.quorum and s.quorum == last.quorum)
+            ]
+            running = [s for s in together if s.process is not None and s.process.poll() is None]
+            if running:
+                pids = ", ".join(f"{s.name} (pid {s.process.pid})" for s in running)
+                self.log(f"stopping {pids}")
+                stop_processes([s.process for s in running], max(s.stop_timeout for s in running))
+            self.services = [s for s in self.services if s not in together]
 
     def __enter__(self) -> Stack:
         return self

@@ -71,3 +71,35 @@ def test_processes_stopped_together_share_one_grace_then_are_killed():
         except ProcessLookupError:
             continue
         raise AssertionError(f"{process.pid}'s group is still there")
+
+
+def test_a_quorum_is_stopped_together_after_the_services_started_later(tmp_path):
+    """Services stop in the reverse order of their start; the nodes of one
+    quorum together (one by one, the last would wait for a quorum it lost)."""
+    lines = []
+    stack = Stack(tmp_path, Ports.free(), log=lines.append)
+    started = [
+        Service(
+            name,
+            [PYTHON, "-c", "import time; time.sleep(60)"],
+            tmp_path / f"{name}.log",
+            ready=lambda: True,
+            quorum=quorum,
+        )
+        for name, quorum in (("node-1", "q"), ("node-2", "q"), ("web", ""))
+    ]
+    try:
+        for service in started:
+            stack._start(service)
+    except BaseException:
+        stack.stop()
+        raise
+    stack.stop()
+    stops = [line for line in lines if line.startswith("stopping ")]
+    pid = {s.name: s.process.pid for s in started}
+    assert stops == [
+        f"stopping web (pid {pid['web']})",
+        f"stopping node-1 (pid {pid['node-1']}), node-2 (pid {pid['node-2']})",
+    ]
+    assert stack.services == []
+    assert all(s.process.returncode == -15 for s in started)
