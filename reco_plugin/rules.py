@@ -157,6 +157,8 @@ class Shortlist:
 
     def cut(self, ranked: Sequence[dict[str, Any]], length: int) -> list[dict[str, Any]]:
         """``ranked`` (best first) cut to ``length`` items plus the held ones among them."""
+        if not self.removed and not self.held and length >= 0:
+            return list(ranked[:length])  # (no block: the first ``length``)
         kept = []
         counted = 0
         for item in ranked:

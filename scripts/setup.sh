@@ -15,7 +15,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
-# the ranker's compiled loop (reco_plugin/_ftrl.c): a C compiler and Python's headers
+# the compiled loops (reco_plugin/_ftrl.c, spark_jobs/_personal.c): a C compiler
+# and Python's headers
 command -v cc >/dev/null || missing+=(gcc)
 PYTHON=${PYTHON:-python3}
 headers=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' || true)
@@ -27,19 +28,21 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-# 2. The Python environment in .venv, reinstalled when pyproject.toml or the
-#    compiled part (reco_plugin/_ftrl.c, built in place) changes.
+# 2. The Python environment in .venv, reinstalled when pyproject.toml or a
+#    compiled part (the C files, built in place) changes.
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.reco-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ reco_plugin/_ftrl.c -nt "$stamp" ]; then
+compiled=(reco_plugin/_ftrl.c spark_jobs/_personal.c)
+newer() { for f in "$@"; do [ "$f" -nt "$stamp" ] && return 0; done; return 1; }
+if [ ! -f "$stamp" ] || newer pyproject.toml "${compiled[@]}"; then
   log "installing Python packages (pyspark builds from source the first time: about a minute)"
   .venv/bin/pip install --quiet --upgrade pip
   # an optional extension that fails to build leaves an older one in place:
-  # remove it, so the one imported is this source's or none
-  rm -f reco_plugin/_ftrl.*.so
+  # remove them, so the ones imported are these sources' or none
+  for source in "${compiled[@]}"; do rm -f "${source%.c}".*.so; done
   .venv/bin/pip install --quiet -e ".[kafka,websocket,celery,spark,server,dev]"
   touch "$stamp"
 fi

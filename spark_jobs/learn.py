@@ -22,6 +22,11 @@ from typing import Any, NamedTuple
 
 from reco_plugin.scoring import PipelineSettings
 
+try:  # personal_list's loop, compiled (spark_jobs/_personal.c)
+    from . import _personal
+except ImportError:  # not built (no C compiler where it was installed)
+    _personal = None
+
 # A remembered item of a visitor: (product_id, ts_ms, weight).
 Item = tuple[str, int, float]
 Pair = tuple[str, str]
@@ -226,6 +231,7 @@ def personal_list(
     length: int,
     recency_decay: float,
     exclude: Iterable[str] | None = None,
+    compiled: bool = True,
 ) -> list[dict[str, Any]]:
     """A visitor's list: over their recent items (newest first), the similar
     scores of candidates they have not interacted with, each item's list scaled
@@ -238,8 +244,16 @@ def personal_list(
     ``similar`` maps a product to its similar list as (product_id, score) pairs,
     best first. Nothing in ``exclude`` (what the visitor has seen and may not
     be shown again) is listed; by default, nothing in ``recent``.
+
+    The compiled loop (``compiled``, where it was built) gives the same list;
+    it leaves to this one what the job does not pass (other types, scores
+    that are not finite numbers).
     """
     seen = {product_id for product_id, _, _ in recent} if exclude is None else exclude
+    if compiled and _personal is not None:
+        made = _personal.personal(recent, similar, length, recency_decay, seen)
+        if made is not None:
+            return made
     scores: dict[str, float] = {}
     get = scores.get
     for step, (product_id, _, weight) in enumerate(recent):
