@@ -44,6 +44,10 @@ try:  # the loops over packed examples, compiled (reco_plugin/_ftrl.c)
     from . import _ftrl
 except ImportError:  # not built here: the same loops in Python, to the same floats
     _ftrl = None
+try:  # a trial's candidates, compiled (reco_plugin/_candidates.c)
+    from . import _candidates
+except ImportError:  # not built
+    _candidates = None
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +107,50 @@ def top(
     items: Any, exclude: set[str] | frozenset[str], depth: int = DEPTH
 ) -> list[tuple[str, float]]:
     """A list's first ``depth`` (product id, score) not in ``exclude``."""
+    return _first_kept(scored_ids(items), exclude, depth)
+
+
+def _first_kept(
+    scored: list[tuple[str, float]], exclude: set[str] | frozenset[str], depth: int
+) -> list[tuple[str, float]]:
     kept = []
-    for pair in scored_ids(items):
+    for pair in scored:
         if pair[0] not in exclude:
             kept.append(pair)
             if len(kept) == depth:
                 break
     return kept
+
+
+Tops = list[tuple[str, list[tuple[str, float]]]]
+
+
+def trial_tops(
+    sources: list[tuple[str, str]],
+    lists: dict[str, list[tuple[str, float]]],
+    exclude: set[str] | frozenset[str],
+    target: str,
+    top: int,
+    k: int,
+    depth: int,
+    compiled: bool = True,
+) -> tuple[Tops, list[tuple[str, bool]], dict[str, None]]:
+    """A next-item trial's lists: of each (strategy, key) of ``sources``, the
+    first ``top`` of ``lists[key]`` (:func:`scored_ids`) not in ``exclude``.
+    Returns the strategies' tops (each cut to ``depth``); for each strategy
+    with a list, whether ``target`` is in its first ``k``; and the tops'
+    :func:`candidate_ids`. The compiled loop (``compiled``, where it was
+    built) gives the same lists of the same pairs."""
+    if compiled and _candidates is not None:
+        return _candidates.tops(sources, lists, exclude, target, top, k, depth)
+    tops: Tops = []
+    hits = []
+    for strategy, key in sources:
+        kept = _first_kept(lists[key], exclude, top)
+        if kept:
+            hits.append((strategy, target in [p for p, _ in kept[:k]]))
+        tops.append((strategy, kept[:depth]))
+    return tops, hits, candidate_ids(tops)
 
 
 def merged(

@@ -15,8 +15,8 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
-# the compiled loops (reco_plugin/_ftrl.c, spark_jobs/_personal.c): a C compiler
-# and Python's headers
+# the compiled loops (reco_plugin/_ftrl.c, _candidates.c, spark_jobs/_personal.c):
+# a C compiler and Python's headers
 command -v cc >/dev/null || missing+=(gcc)
 PYTHON=${PYTHON:-python3}
 headers=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])' || true)
@@ -35,7 +35,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.reco-installed
-compiled=(reco_plugin/_ftrl.c spark_jobs/_personal.c)
+compiled=(reco_plugin/_ftrl.c reco_plugin/_candidates.c spark_jobs/_personal.c)
 newer() { for f in "$@"; do [ "$f" -nt "$stamp" ] && return 0; done; return 1; }
 if [ ! -f "$stamp" ] || newer pyproject.toml "${compiled[@]}"; then
   log "installing Python packages (pyspark builds from source the first time: about a minute)"

@@ -475,25 +475,21 @@ def _judge(
             wanted[key] = strategy
     # each list read once, and its ids and scores taken once: the same lists
     # (popular, trending, a product's neighbours) serve many trials
-    values = {
-        key: strategies.Ranked.of(items)
+    lists = {
+        key: ranker.scored_ids(strategies.Ranked.of(items))
         for key, items in zip(wanted, state.lists(r, list(wanted)), strict=True)
     }
-    found: list[tuple[Trial, list[tuple[str, list[tuple[str, float]]]], dict[str, None]]] = []
+    found: list[tuple[Trial, ranker.Tops, dict[str, None]]] = []
     for trial, trial_sources in zip(trials, sources_of, strict=True):
         context = trial.context
         exclude = trial.known | ({context} if context else set())
         # each list's top once: its first K judge the strategy, its first
         # DEPTH are the ranker's candidates
-        tops = []
-        for strategy, key in trial_sources:
-            kept = ranker.top(values[key], exclude, TOP)
-            if kept:
-                changes.next_item(
-                    strategy, trial.product_id in [p for p, _ in kept[: strategies.K]]
-                )
-            tops.append((strategy, kept[: ranker.DEPTH]))
-        candidates = ranker.candidate_ids(tops)
+        tops, hits, candidates = ranker.trial_tops(
+            trial_sources, lists, exclude, trial.product_id, TOP, strategies.K, ranker.DEPTH
+        )
+        for strategy, hit in hits:
+            changes.next_item(strategy, hit)
         if trial.product_id in candidates:
             found.append((trial, tops, candidates))
     if not found:

@@ -555,3 +555,46 @@ def test_a_trials_examples_from_its_tops_are_those_of_all_its_candidates_merged(
         assert repr(ranker.trial_examples(f"t{n}", target, tops, context, ids)) == repr(got)
         compared += bool(expected)
     assert compared > 100  # most targets are among the candidates
+
+
+def test_the_compiled_candidates_are_built_by_setup():
+    # make setup builds reco_plugin/_candidates.c; without it trials walk the lists in Python
+    assert ranker._candidates is not None
+
+
+@pytest.mark.skipif(ranker._candidates is None, reason="reco_plugin._candidates is not built")
+def test_a_trials_tops_from_the_compiled_walk_are_pythons():
+    rng = random.Random(21)
+    products = [f"p{i}" for i in range(80)]
+    for _ in range(2_000):
+        lists = {}
+        for key in range(rng.randint(1, 12)):
+            ids = [rng.choice(products) for _ in range(rng.randint(0, 60))]  # repeats too
+            lists[f"k{key}"] = [(p, rng.choice([1.0, 0.5, rng.random()])) for p in ids]
+        sources = [(rng.choice(strategies.STRATEGIES), rng.choice(list(lists))) for _ in range(12)]
+        exclude = set(rng.sample(products, rng.randint(0, 40)))
+        target = rng.choice(products)
+        sizes = rng.choice([(20, 10, 20), (0, 10, 20), (5, 0, 3), (20, 25, 0), (1, 1, 1)])
+        compiled = ranker.trial_tops(sources, lists, exclude, target, *sizes)
+        python = ranker.trial_tops(sources, lists, exclude, target, *sizes, compiled=False)
+        assert compiled == python
+        tops, _, ids = compiled
+        assert list(ids) == list(python[2])  # in the order first met
+        assert all(  # the lists' own pairs, not copies
+            any(pair is p for p in lists[key])
+            for (_, kept), (_, key) in zip(tops, sources, strict=True)
+            for pair in kept
+        )
+
+
+@pytest.mark.skipif(ranker._candidates is None, reason="reco_plugin._candidates is not built")
+def test_the_compiled_walk_refuses_what_python_cannot_walk():
+    lists = {"k": [("a", 1.0)]}
+    with pytest.raises(KeyError):
+        ranker.trial_tops([("popular", "missing")], lists, set(), "a", 20, 10, 20)
+    with pytest.raises(TypeError):
+        ranker.trial_tops([("popular", "k")], lists, ["a"], "a", 20, 10, 20)  # not a set
+    with pytest.raises(TypeError):
+        ranker.trial_tops([("popular", "k")], {"k": [("a", 1.0, 2)]}, set(), "a", 20, 10, 20)
+    with pytest.raises(ValueError):
+        ranker.trial_tops([("popular", "k")], lists, set(), "a", -1, 10, 20)
