@@ -1,7 +1,11 @@
 /* A next-item trial's candidates (ranker.trial_tops), compiled.
 
    tops(sources, lists, exclude, target, top, k, depth)
-       -> (tops, hits, candidate ids), as ranker.trial_tops returns them.
+       -> (tops, hits, candidate ids), as ranker.trial_tops returns them, or
+       None where this walk leaves the work to Python's: arguments of other
+       types than the job passes (sources a list of (strategy, key) tuples,
+       lists a dict of lists of (id, score) tuples, exclude a set), a
+       negative size.
 
    The same walk as the Python loop, over the same objects: each strategy's
    list (``lists[key]``, a list of (product id, score) tuples, as
@@ -14,19 +18,20 @@
 #include <Python.h>
 
 /* One strategy's list: its first ``top`` pairs whose id is not excluded (all
-   of them for ``top`` 0, as Python's loop). */
+   of them for ``top`` 0, as Python's loop); NULL with ``*other_types`` set
+   where the list is not of the job's types. */
 static PyObject *
-kept_of(PyObject *scored, PyObject *exclude, Py_ssize_t top)
+kept_of(PyObject *scored, PyObject *exclude, Py_ssize_t top, int *other_types)
 {
-    if (!PyList_Check(scored)) {
-        PyErr_SetString(PyExc_TypeError, "a strategy's list must be a list of pairs");
+    if (!PyList_CheckExact(scored)) {
+        *other_types = 1;
         return NULL;
     }
     PyObject *kept = PyList_New(0);
     for (Py_ssize_t j = 0; kept != NULL && j < PyList_GET_SIZE(scored); j++) {
         PyObject *pair = PyList_GET_ITEM(scored, j);
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-            PyErr_SetString(PyExc_TypeError, "a strategy's list must hold (id, score) pairs");
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            *other_types = 1;
             Py_CLEAR(kept);
             break;
         }
@@ -61,26 +66,30 @@ among_first(PyObject *kept, Py_ssize_t k, PyObject *target)
 static PyObject *
 tops(PyObject *self, PyObject *args)
 {
-    PyObject *sources, *lists, *exclude, *target;
-    Py_ssize_t top, k, depth;
-    if (!PyArg_ParseTuple(args, "O!O!OOnnn", &PyList_Type, &sources, &PyDict_Type, &lists,
-                          &exclude, &target, &top, &k, &depth))
+    PyObject *sources, *lists, *exclude, *target, *sizes[3];
+    if (!PyArg_ParseTuple(args, "OOOOOOO", &sources, &lists, &exclude, &target, &sizes[0],
+                          &sizes[1], &sizes[2]))
         return NULL;
-    if (!PyAnySet_Check(exclude)) {
-        PyErr_SetString(PyExc_TypeError, "exclude must be a set");
-        return NULL;
+    if (!PyList_CheckExact(sources) || !PyDict_CheckExact(lists) ||
+        !(PySet_CheckExact(exclude) || PyFrozenSet_CheckExact(exclude)))
+        Py_RETURN_NONE;
+    Py_ssize_t size[3];
+    for (int i = 0; i < 3; i++) {
+        size[i] = PyLong_CheckExact(sizes[i]) ? PyLong_AsSsize_t(sizes[i]) : -1;
+        if (size[i] < 0) { /* (or too large) */
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
     }
-    if (top < 0 || k < 0 || depth < 0) {
-        PyErr_SetString(PyExc_ValueError, "top, k and depth must not be negative");
-        return NULL;
-    }
+    Py_ssize_t top = size[0], k = size[1], depth = size[2];
+    int other_types = 0; /* the walk is left to Python */
     PyObject *found = PyList_New(0), *hits = PyList_New(0), *ids = PyDict_New();
     if (found == NULL || hits == NULL || ids == NULL)
         goto fail;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(sources); i++) {
         PyObject *source = PyList_GET_ITEM(sources, i);
-        if (!PyTuple_Check(source) || PyTuple_GET_SIZE(source) != 2) {
-            PyErr_SetString(PyExc_TypeError, "sources must be (strategy, key) pairs");
+        if (!PyTuple_CheckExact(source) || PyTuple_GET_SIZE(source) != 2) {
+            other_types = 1;
             goto fail;
         }
         Py_INCREF(source);
@@ -93,7 +102,7 @@ tops(PyObject *self, PyObject *args)
             goto fail;
         }
         Py_INCREF(scored);
-        PyObject *kept = kept_of(scored, exclude, top);
+        PyObject *kept = kept_of(scored, exclude, top, &other_types);
         Py_DECREF(scored);
         PyObject *first = kept ? PyList_GetSlice(kept, 0, depth) : NULL;
         int hit = 0, failed = first == NULL;
@@ -125,6 +134,8 @@ fail:
     Py_XDECREF(found);
     Py_XDECREF(hits);
     Py_XDECREF(ids);
+    if (other_types && !PyErr_Occurred())
+        Py_RETURN_NONE;
     return NULL;
 }
 

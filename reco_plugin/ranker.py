@@ -140,9 +140,12 @@ def trial_tops(
     Returns the strategies' tops (each cut to ``depth``); for each strategy
     with a list, whether ``target`` is in its first ``k``; and the tops'
     :func:`candidate_ids`. The compiled loop (``compiled``, where it was
-    built) gives the same lists of the same pairs."""
+    built) gives the same lists of the same pairs; it leaves to this one what
+    the job does not pass (other types, a negative size)."""
     if compiled and _candidates is not None:
-        return _candidates.tops(sources, lists, exclude, target, top, k, depth)
+        made = _candidates.tops(sources, lists, exclude, target, top, k, depth)
+        if made is not None:
+            return made
     tops: Tops = []
     hits = []
     for strategy, key in sources:

@@ -5,15 +5,16 @@
        the same arguments, or None where this loop leaves the work to
        Python's: an argument of another type than the job passes (recent as
        (str, int, float) items, similar as a dict of (str, float) lists, seen
-       a set of str), a score that is not a finite number (Python's sort and
-       errors decide those), a negative length.
+       a set of str, the recency decay a float or the int 1 or 0), a score
+       that is not a finite number (Python's sort and errors decide those), a
+       negative length.
 
    It does the same double operations in the same order as the Python loop
    (each candidate's sum in the order of the visitor's items, no fused
-   multiply-add: the build passes -ffp-contract=off) and orders the best by
-   score, then id, as Python's sort does, so both give the same list; each
-   score is rounded by float.__round__ itself. tests/test_personal.py holds
-   the two equal. */
+   multiply-add: the build passes -ffp-contract=off), orders the best by
+   score, then id, as Python's sort does, and rounds each score to the value
+   float.__round__ gives (round6), so both give the same list.
+   tests/test_personal.py holds the two equal. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -167,14 +168,26 @@ personal(PyObject *self, PyObject *args)
         return NULL;
     if (!(PyList_CheckExact(recent) || PyTuple_CheckExact(recent)) || !PyDict_CheckExact(similar) ||
         !(PySet_CheckExact(seen) || PyFrozenSet_CheckExact(seen)) ||
-        !PyLong_CheckExact(length_obj) || !PyFloat_CheckExact(decay_obj))
+        !PyLong_CheckExact(length_obj))
         Py_RETURN_NONE;
+    /* a float, or the int 1 or 0 (``recency_decay: 1`` in the settings):
+       1**step and 0**step are pow(1.0, step) and pow(0.0, step), exactly */
+    double decay;
+    if (PyFloat_CheckExact(decay_obj)) {
+        decay = PyFloat_AS_DOUBLE(decay_obj);
+    } else {
+        long whole = PyLong_CheckExact(decay_obj) ? PyLong_AsLong(decay_obj) : -1;
+        if (whole != 0 && whole != 1) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        decay = (double)whole;
+    }
     Py_ssize_t length = PyLong_AsSsize_t(length_obj);
     if (length < 0) { /* (or too large) */
         PyErr_Clear();
         Py_RETURN_NONE;
     }
-    double decay = PyFloat_AS_DOUBLE(decay_obj);
     Py_ssize_t items = PySequence_Fast_GET_SIZE(recent);
     PyObject **recent_items = PySequence_Fast_ITEMS(recent);
     Step *steps = PyMem_Malloc((size_t)(items ? items : 1) * sizeof(Step));

@@ -57,7 +57,7 @@ def random_case(rng: random.Random):
     if rng.random() < 0.5:
         exclude = set(rng.sample(products, k=rng.randint(0, len(products) // 3)))
     length = rng.choice([0, 1, 5, 50, 1000])
-    decay = rng.choice([0.85, 1.0, 0.5, 0.0, 0.999])
+    decay = rng.choice([0.85, 1.0, 0.5, 0.0, 0.999, 1, 0])  # ints: recency_decay: 1
     return recent, similar, length, decay, exclude
 
 
@@ -101,7 +101,7 @@ def test_scores_are_rounded_as_pythons_round_near_halfway_too():
         "overflowing factor",
         "a str subclass id",
         "a list for seen",
-        "an int recency decay",
+        "an int recency decay other than 0 or 1",
         "a mapping that is not a dict",
         "a pair of three",
         "a negative length",
@@ -126,8 +126,8 @@ def test_what_the_job_never_passes_is_left_to_python(case):
         similar["a"] = [(Id("x"), 2.0), ("y", 1.0)]
     elif case == "a list for seen":
         seen = ["a", "b"]
-    elif case == "an int recency decay":
-        decay = 1
+    elif case == "an int recency decay other than 0 or 1":
+        decay = 2
     elif case == "a mapping that is not a dict":
         similar = type("Lists", (dict,), {})(similar)
     elif case == "a pair of three":

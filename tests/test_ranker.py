@@ -588,13 +588,23 @@ def test_a_trials_tops_from_the_compiled_walk_are_pythons():
 
 
 @pytest.mark.skipif(ranker._candidates is None, reason="reco_plugin._candidates is not built")
-def test_the_compiled_walk_refuses_what_python_cannot_walk():
-    lists = {"k": [("a", 1.0)]}
-    with pytest.raises(KeyError):
+def test_what_the_job_never_passes_to_the_compiled_walk_is_left_to_python():
+    lists = {"k": [("a", 1.0), ("b", 0.5)]}
+    cases = [
+        ([["popular", "k"]], lists, set(), 20),  # a source as a list
+        ([("popular", "k")], {"k": tuple(lists["k"])}, set(), 20),  # a list as a tuple
+        ([("popular", "k")], lists, ["b"], 20),  # exclude as a list
+        ([("popular", "k")], lists, set(), -1),  # a negative size: all kept
+        ([("popular", "k")], {"k": [("a", 1.0, "x")]}, set(), 20),  # a pair of three
+    ]
+    for sources, given, exclude, top in cases:
+        assert ranker._candidates.tops(sources, given, exclude, "a", top, 10, 20) is None
+        try:
+            python = ranker.trial_tops(sources, given, exclude, "a", top, 10, 20, compiled=False)
+        except ValueError:  # the pair of three: Python's loop cannot unpack it
+            with pytest.raises(ValueError):
+                ranker.trial_tops(sources, given, exclude, "a", top, 10, 20)
+            continue
+        assert ranker.trial_tops(sources, given, exclude, "a", top, 10, 20) == python
+    with pytest.raises(KeyError):  # a key without a list, as in Python
         ranker.trial_tops([("popular", "missing")], lists, set(), "a", 20, 10, 20)
-    with pytest.raises(TypeError):
-        ranker.trial_tops([("popular", "k")], lists, ["a"], "a", 20, 10, 20)  # not a set
-    with pytest.raises(TypeError):
-        ranker.trial_tops([("popular", "k")], {"k": [("a", 1.0, 2)]}, set(), "a", 20, 10, 20)
-    with pytest.raises(ValueError):
-        ranker.trial_tops([("popular", "k")], lists, set(), "a", -1, 10, 20)
