@@ -4,8 +4,8 @@
        -> (tops, hits, candidate ids), as ranker.trial_tops returns them, or
        None where this walk leaves the work to Python's: arguments of other
        types than the job passes (sources a list of (strategy, key) tuples,
-       lists a dict of lists of (id, score) tuples, exclude a set), a
-       negative size.
+       lists a dict of lists of (id, score) tuples, exclude a set or a
+       frozenset, the sizes ints), a negative or huge size.
 
    The same walk as the Python loop, over the same objects: each strategy's
    list (``lists[key]``, a list of (product id, score) tuples, as

@@ -141,7 +141,7 @@ def trial_tops(
     with a list, whether ``target`` is in its first ``k``; and the tops'
     :func:`candidate_ids`. The compiled loop (``compiled``, where it was
     built) gives the same lists of the same pairs; it leaves to this one what
-    the job does not pass (other types, a negative size)."""
+    the job does not pass (other types, a negative or huge size)."""
     if compiled and _candidates is not None:
         made = _candidates.tops(sources, lists, exclude, target, top, k, depth)
         if made is not None:

@@ -5,7 +5,8 @@
        the same arguments, or None where this loop leaves the work to
        Python's: an argument of another type than the job passes (recent as
        (str, int, float) items, similar as a dict of (str, float) lists, seen
-       a set of str, the recency decay a float or the int 1 or 0), a score
+       a set of str, the recency decay a float or the int 1 or 0, with an
+       int decay not both an int weight and an int best score), a score
        that is not a finite number (Python's sort and errors decide those), a
        negative length.
 
@@ -173,7 +174,8 @@ personal(PyObject *self, PyObject *args)
     /* a float, or the int 1 or 0 (``recency_decay: 1`` in the settings):
        1**step and 0**step are pow(1.0, step) and pow(0.0, step), exactly */
     double decay;
-    if (PyFloat_CheckExact(decay_obj)) {
+    int whole_decay = !PyFloat_CheckExact(decay_obj);
+    if (!whole_decay) {
         decay = PyFloat_AS_DOUBLE(decay_obj);
     } else {
         long whole = PyLong_CheckExact(decay_obj) ? PyLong_AsLong(decay_obj) : -1;
@@ -228,6 +230,12 @@ personal(PyObject *self, PyObject *args)
         }
         if (best <= 0)
             continue;
+        if (whole_decay && PyLong_CheckExact(item[2]) && PyLong_CheckExact(first[1])) {
+            /* an int weight times an int power stays an int, and Python
+               divides two ints with one rounding, not two */
+            python = 1;
+            break;
+        }
         /* weight * recency_decay**step / best, as Python evaluates it */
         double factor = weight * pow(decay, (double)step) / best;
         if (!isfinite(factor)) {

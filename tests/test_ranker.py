@@ -572,7 +572,7 @@ def test_a_trials_tops_from_the_compiled_walk_are_pythons():
             ids = [rng.choice(products) for _ in range(rng.randint(0, 60))]  # repeats too
             lists[f"k{key}"] = [(p, rng.choice([1.0, 0.5, rng.random()])) for p in ids]
         sources = [(rng.choice(strategies.STRATEGIES), rng.choice(list(lists))) for _ in range(12)]
-        exclude = set(rng.sample(products, rng.randint(0, 40)))
+        exclude = rng.choice([set, frozenset])(rng.sample(products, rng.randint(0, 40)))
         target = rng.choice(products)
         sizes = rng.choice([(20, 10, 20), (0, 10, 20), (5, 0, 3), (20, 25, 0), (1, 1, 1)])
         compiled = ranker.trial_tops(sources, lists, exclude, target, *sizes)
@@ -590,21 +590,27 @@ def test_a_trials_tops_from_the_compiled_walk_are_pythons():
 @pytest.mark.skipif(ranker._candidates is None, reason="reco_plugin._candidates is not built")
 def test_what_the_job_never_passes_to_the_compiled_walk_is_left_to_python():
     lists = {"k": [("a", 1.0), ("b", 0.5)]}
+    good = ("popular", "k")
     cases = [
-        ([["popular", "k"]], lists, set(), 20),  # a source as a list
-        ([("popular", "k")], {"k": tuple(lists["k"])}, set(), 20),  # a list as a tuple
-        ([("popular", "k")], lists, ["b"], 20),  # exclude as a list
-        ([("popular", "k")], lists, set(), -1),  # a negative size: all kept
-        ([("popular", "k")], {"k": [("a", 1.0, "x")]}, set(), 20),  # a pair of three
+        ([["popular", "k"]], lists, set(), (20, 10, 20)),  # a source as a list
+        ([good], {"k": tuple(lists["k"])}, set(), (20, 10, 20)),  # a list as a tuple
+        ([good], lists, ["b"], (20, 10, 20)),  # exclude as a list
+        ([good], lists, set(), (-1, 10, 20)),  # a negative size: all kept
+        ([good], lists, set(), (20, -1, 20)),  # kept[:-1]
+        ([good], lists, set(), (20, 10, -1)),
+        ([good], lists, set(), (10**30, 10, 20)),  # too large for C
+        ([good], {"k": [("a", 1.0, "x")]}, set(), (20, 10, 20)),  # a pair of three
+        # the first source walked, the second not of the job's types
+        ([good, ("trending", "t")], {**lists, "t": (("b", 1.0),)}, set(), (20, 10, 20)),
     ]
-    for sources, given, exclude, top in cases:
-        assert ranker._candidates.tops(sources, given, exclude, "a", top, 10, 20) is None
+    for sources, given, exclude, sizes in cases:
+        assert ranker._candidates.tops(sources, given, exclude, "a", *sizes) is None
         try:
-            python = ranker.trial_tops(sources, given, exclude, "a", top, 10, 20, compiled=False)
+            python = ranker.trial_tops(sources, given, exclude, "a", *sizes, compiled=False)
         except ValueError:  # the pair of three: Python's loop cannot unpack it
             with pytest.raises(ValueError):
-                ranker.trial_tops(sources, given, exclude, "a", top, 10, 20)
+                ranker.trial_tops(sources, given, exclude, "a", *sizes)
             continue
-        assert ranker.trial_tops(sources, given, exclude, "a", top, 10, 20) == python
+        assert ranker.trial_tops(sources, given, exclude, "a", *sizes) == python
     with pytest.raises(KeyError):  # a key without a list, as in Python
         ranker.trial_tops([("popular", "missing")], lists, set(), "a", 20, 10, 20)
