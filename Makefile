@@ -30,4 +30,4 @@ lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
 
 clean:
-	rm -rf var/demo var/cluster tests/artifacts reco_plugin/_ftrl.*.so reco_plugin/_candidates.*.so spark_jobs/_personal.*.so .venv/.reco-installed
+	rm -rf var/demo var/cluster tests/artifacts reco_plugin/_*.so spark_jobs/_*.so .venv/.reco-installed

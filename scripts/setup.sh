@@ -35,7 +35,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.reco-installed
-compiled=(reco_plugin/_ftrl.c reco_plugin/_candidates.c spark_jobs/_personal.c)
+compiled=(reco_plugin/_*.c spark_jobs/_*.c)  # (each an ext-module in pyproject.toml)
 newer() { for f in "$@"; do [ "$f" -nt "$stamp" ] && return 0; done; return 1; }
 if [ ! -f "$stamp" ] || newer pyproject.toml "${compiled[@]}"; then
   log "installing Python packages (pyspark builds from source the first time: about a minute)"

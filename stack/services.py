@@ -624,7 +624,7 @@ class Stack:
                 pids = ", ".join(f"{s.name} (pid {s.process.pid})" for s in running)
                 self.log(f"stopping {pids}")
                 stop_processes([s.process for s in running], max(s.stop_timeout for s in running))
-            self.services = [s for s in self.services if s not in together]
+            self.services = [s for s in self.services if all(s is not t for t in together)]
 
     def __enter__(self) -> Stack:
         return self
