@@ -410,6 +410,13 @@ def pipeline_owed(kind: str) -> str:
     return f"{PREFIX}:pipeline:owed:{kind}"
 
 
+def pipeline_visitors_owed() -> str:
+    """Sorted set: visitor -> when (ms) a batch catching up first left their
+    personal lists unwritten; written once the job has caught up, or when the
+    oldest has waited ``strategies.VISITOR_LISTS_DEFERRED_S``."""
+    return f"{PREFIX}:pipeline:owed-visitors"
+
+
 def pipeline_scratch(name: str) -> str:
     """Sorted set used inside one commit and deleted by it."""
     return f"{PREFIX}:pipeline:scratch:{name}"

@@ -103,11 +103,12 @@ def wait_until_processed(
 
 
 def wait_until_lists_written(timeout: float = 60.0, interval: float = 0.05) -> bool:
-    """Block until the job owes no product list (a batch writes at most
-    ``product_lists_per_batch`` of a kind; an idle job writes the rest).
-    Returns False on timeout."""
+    """Block until the job owes no list (a batch writes at most
+    ``product_lists_per_batch`` product lists of a kind, and a batch catching
+    up a backlog leaves its visitors' lists owed; an idle job writes the
+    rest). Returns False on timeout."""
     deadline = time.monotonic() + timeout
-    while any(strategies.product_lists_owed(get_redis()).values()):
+    while strategies.lists_owed(get_redis()):
         if time.monotonic() > deadline:
             return False
         time.sleep(interval)

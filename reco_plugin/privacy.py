@@ -104,6 +104,8 @@ def forget(visitor_id: str) -> dict[str, Any]:
     for key in visitor_keys:
         pipe.exists(key)
     pipe.delete(*visitor_keys)
+    # out of the lists the job owes (a batch catching up left theirs owed)
+    pipe.zrem(keys.pipeline_visitors_owed(), visitor_id)
     # and out of every experiment's sets of visitors (kept as digests)
     from .models import Experiment
 

@@ -570,14 +570,14 @@ class Replay:
 
     def _wait_processed(self, sent: Counter[str], job: subprocess.Popen) -> None:
         """Until the job's processed offsets reach what was sent (1 partition a
-        topic) and it owes no product list."""
+        topic) and it owes no list."""
         deadline = time.monotonic() + self.job_timeout
         wanted = {f"{topic}:0": n for topic, n in sent.items()}
         while True:
             done = self.redis.hmget(keys.pipeline_offsets(), list(wanted))
             if all(
                 int(d or 0) >= n for d, n in zip(done, wanted.values(), strict=True)
-            ) and not any(strategies.product_lists_owed(self.redis).values()):
+            ) and not strategies.lists_owed(self.redis):
                 return
             if job.poll() is not None:
                 raise ReplayError(f"the streaming job exited:\n{self._job_tail()}")

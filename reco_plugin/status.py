@@ -179,6 +179,8 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         report["last_batch"] = _last_batch(last_batch)
         # product lists whose pair weights changed since they were written
         report["product_lists_owed"] = strategies.product_lists_owed(r)
+        # visitors' lists left unwritten by batches catching up a backlog
+        report["visitor_lists_owed"] = strategies.visitor_lists_owed(r)
         report["counters"] = _counters(counters)
         report["clock_ms"] = int(clock) if clock else None
         report["producers"] = {name: int(producers.get(name, 0)) for name in PRODUCER_COUNTS}
@@ -537,6 +539,12 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(
             "product lists owed (written by the next batches, or while the job is idle): "
             + ", ".join(f"{kind} {n}" for kind, n in owed.items())
+        )
+    if report.get("visitor_lists_owed"):
+        lines.append(
+            f"visitors' lists owed: {report['visitor_lists_owed']} (left by batches catching up "
+            "a backlog; written once the job has caught up, or every "
+            f"{strategies.VISITOR_LISTS_DEFERRED_S} s)"
         )
     producers = report.get("producers")
     if producers:

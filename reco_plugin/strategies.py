@@ -86,6 +86,24 @@ def product_lists_owed(r: Any) -> dict[str, int]:
     return dict(zip(STREAMED_PRODUCT_LISTS, pipe.execute(), strict=True))
 
 
+# A batch catching up a backlog leaves its visitors' personal lists owed; they
+# are written once the job has caught up, or by any batch once the visitor owed
+# longest has waited this long (spark_jobs.batch).
+VISITOR_LISTS_DEFERRED_S = 10
+
+
+def visitor_lists_owed(r: Any) -> int:
+    """How many visitors' personal lists the streaming job owes (left
+    unwritten by batches catching up a backlog)."""
+    return int(r.zcard(keys.pipeline_visitors_owed()))
+
+
+def lists_owed(r: Any) -> bool:
+    """Whether the streaming job owes any list: a product's of any kind, or a
+    visitor's."""
+    return any(product_lists_owed(r).values()) or bool(visitor_lists_owed(r))
+
+
 # the lists that need neither a visitor nor a product: the same for everyone
 GLOBAL = frozenset({TRENDING, TRENDING_LONG, POPULAR})
 # the strategies that need a product on the page

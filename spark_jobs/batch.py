@@ -342,11 +342,13 @@ class BatchProcessor:
         self.rewound_to = {}  # a batch followed on from the rewind
         self.last_seq = seq
         todo = state.pending(r) or {}
-        products = self._lists(r, batch, todo, clock_ms, steps, spread=not small)
+        products, written = self._lists(r, batch, todo, clock_ms, steps, spread=not small)
         visitors = todo.get("visitors", [])
         owed = None
+        visitors_owed = None
         with contextlib.suppress(redis.RedisError):
             owed = sum(strategies.product_lists_owed(r).values())
+            visitors_owed = strategies.visitor_lists_owed(r)
         counts = {status: 0 for status in scoring.STATUSES}
         applied_by_topic: dict[str, int] = {}
         for (topic, status), n in changes.counts.items():
@@ -359,7 +361,10 @@ class BatchProcessor:
             "query": query_id,
             "commit": seq,
             "finished_at": finished,
-            "freshness_ms": _freshness(finished, changes.newest_ts),
+            # (none when the batch left its visitors' lists owed)
+            "freshness_ms": _freshness(finished, changes.newest_ts)
+            if written or not visitors
+            else None,
             "applied_by_topic": applied_by_topic,
             "seconds": steps.total(),
             "rows": size,
@@ -369,6 +374,7 @@ class BatchProcessor:
             "products": products,
             "products_owed": owed,
             "visitors": len(visitors),
+            "visitors_owed": visitors_owed,
             "steps": steps.seconds,
         }
         self.ended = time.monotonic()
@@ -485,18 +491,26 @@ class BatchProcessor:
         # too: a query starting again has a backlog to read first
         self.ended = time.monotonic()
 
-    def write_owed_products(self, busy: Callable[[], bool]) -> int:
-        """The product lists still owed, written while the job has no batch to
-        run, ``product_lists_per_batch`` of each kind at a time until none is
+    def write_owed_lists(self, busy: Callable[[], bool]) -> int:
+        """The lists still owed, written while the job has no batch to run:
+        the visitors' (``VISITORS_PER_ROUND`` at a time), then the products'
+        (``product_lists_per_batch`` of each kind at a time), until none is
         owed or ``busy()`` (a batch started, the job stops, time is up); how
-        many were written. A batch that commits meanwhile makes the writes
-        refused (:class:`state.StaleWriter`)."""
+        many product lists were written. A batch that commits meanwhile makes
+        the writes refused (:class:`state.StaleWriter`)."""
         r = state.client(self.redis_url)
         writer = state.Writer(self._token(), state.commit_seq(r))
+        options = {"redis_url": self.redis_url, "settings": self.settings, "writer": writer}
+        while not busy():
+            visitors = state.visitors_owed(r, VISITORS_PER_ROUND)
+            if not visitors:
+                break
+            started_ms = schema.now_ms()
+            lists.refresh_visitors(visitors, **options, experiment=self._running_experiment())
+            state.sweep_forgotten(r, visitors, started_ms)
+            state.notify(r, visitors)
         budget = self.settings.product_lists_per_batch
-        write = functools.partial(
-            lists.refresh_products, redis_url=self.redis_url, settings=self.settings, writer=writer
-        )
+        write = functools.partial(lists.refresh_products, **options)
         rounds = -(-max(strategies.product_lists_owed(r).values(), default=0) // budget)
         written = 0
         for _ in range(rounds):
@@ -504,6 +518,31 @@ class BatchProcessor:
                 break
             written += _write_owed(r, budget, write)
         return written
+
+    def _running_experiment(self) -> experiments.Experiment | None:
+        experiment = self.experiment
+        if experiment is not None and not experiment.running(int(time.time() * 1000)):
+            return None
+        return experiment
+
+    def _visitors_to_write(self, r: redis.Redis, touched: list[str], *, defer: bool) -> list[str]:
+        """The visitors whose personal lists a committed batch writes: none
+        when it catches up a backlog (``defer``: it was larger than
+        ``driver_batch_rows``), unless the visitor owed longest has waited
+        ``strategies.VISITOR_LISTS_DEFERRED_S``; else its own, then every
+        visitor owed.
+
+        Left owed, a visitor's lists are written once for many batches: their
+        newest events are further on in the backlog, and most visitors act in
+        the batches that follow. The job writes them too once it is idle."""
+        now_ms = schema.now_ms()
+        since = state.visitors_owed_since(r)
+        waited = now_ms - since if since is not None else 0
+        if defer and waited < strategies.VISITOR_LISTS_DEFERRED_S * 1000:
+            state.owe_visitors(r, touched, now_ms)
+            return []
+        owed = state.visitors_owed(r) if since is not None else []
+        return list(dict.fromkeys([*touched, *owed]))
 
     def _lists(
         self,
@@ -514,10 +553,12 @@ class BatchProcessor:
         steps: Steps,
         *,
         spread: bool,
-    ) -> int:
+    ) -> tuple[int, list[str]]:
         """The lists a committed batch changes (``todo``: its pending record),
         then the record goes: nothing is owed any more but product lists past
-        ``product_lists_per_batch`` of a kind. How many product lists were written."""
+        ``product_lists_per_batch`` of a kind, and the visitors' lists of a
+        batch catching up (:meth:`_visitors_to_write`). How many product lists
+        were written, and whose personal lists."""
         writer = state.Writer(self._token(), int(todo.get("seq", 0)))
         options = {"redis_url": self.redis_url, "settings": self.settings, "writer": writer}
         spread_over = self.settings.driver_batch_rows // SPREAD_SHARE
@@ -544,19 +585,23 @@ class BatchProcessor:
                 r, clock_ms, self.settings, todo.get("categories", []), writer=writer
             )
         with steps("personal"):
-            experiment = self.experiment
-            if experiment is not None and not experiment.running(int(time.time() * 1000)):
-                experiment = None
-            run(lists.refresh_visitors, todo.get("visitors", []), experiment=experiment)
+            visitors = self._visitors_to_write(
+                r, todo.get("visitors", []), defer=spread and self.catching_up
+            )
+            run(lists.refresh_visitors, visitors, experiment=self._running_experiment())
             # forgotten while this batch ran: what it wrote for them goes again
-            state.sweep_forgotten(r, todo.get("visitors", []), self.started_ms)
+            state.sweep_forgotten(r, visitors, self.started_ms)
         if todo.get("bandit"):
             with steps("policy"):
                 lists.refresh_policy(r, writer.seq, self.settings)
         with steps("notify"):
-            state.notify(r, todo.get("visitors", []))
+            state.notify(r, visitors)
         state.lists_written(r, writer.seq)
-        return products
+        return products, visitors
+
+
+# visitors' owed lists an idle job writes at a time (between its checks of busy())
+VISITORS_PER_ROUND = 500
 
 
 def _write_owed(r: redis.Redis, limit: int | None, write: Callable[..., None]) -> int:

@@ -82,7 +82,8 @@ def refresh_visitors(
 ) -> None:
     """Rewrite the personal lists of these visitors from their recent items,
     without what they have seen or may not be shown. A visitor in the running
-    ``experiment`` gets their arm's recency decay."""
+    ``experiment`` gets their arm's recency decay. With a ``writer`` (the
+    job), they are then no longer owed (``keys.pipeline_visitors_owed``)."""
     keys.use_prefix(settings.key_prefix)  # also in a fresh executor process
     arms = (
         [experiment.settings(i, settings) for i in range(len(experiment.arms))]
@@ -135,7 +136,9 @@ def refresh_visitors(
                 ],
                 length,
             )
-        state.write_lists(r, lists, settings.visitor_ttl, writer)
+        state.write_lists(
+            r, lists, settings.visitor_ttl, writer, owed=(keys.pipeline_visitors_owed(), chunk)
+        )
 
 
 def refresh_trending(

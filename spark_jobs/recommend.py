@@ -248,7 +248,7 @@ class Supervisor:
         )
         self.restarts = 0
         self.rewinds = 0
-        # when writing owed product lists between batches last failed (monotonic)
+        # when writing owed lists between batches last failed (monotonic)
         self.lists_failed_at = float("-inf")
         self.last_error: str | None = None
         self.last_error_at: float | None = None
@@ -465,8 +465,9 @@ class Supervisor:
             logger.debug("forget records not read: %s", exc)
 
     def _lists_when_idle(self, query) -> None:
-        """The product lists the batches left owed (past
-        ``product_lists_per_batch`` of a kind), written once no batch has run
+        """The lists the batches left owed (product lists past
+        ``product_lists_per_batch`` of a kind, the visitors' lists of batches
+        catching up a backlog), written once no batch has run
         for ``IDLE_SECONDS``: when the traffic stops, none is left behind its
         weights (under steady traffic the batches write them, and this would
         only compete with them for the driver)."""
@@ -488,17 +489,17 @@ class Supervisor:
         if busy():
             return
         try:
-            written = self.processor.write_owed_products(busy)
+            written = self.processor.write_owed_lists(busy)
         except (state.StaleWriter, recovery.LeaseLost):
             return  # a batch committed meanwhile, or the lease went: it owes them again
         except redis.RedisError as exc:  # Redis away: the next batch or second tries again
-            logger.debug("owed product lists not written: %s", exc)
+            logger.debug("owed lists not written: %s", exc)
             return
         except Exception:
             # a fault of the lists' code: said once a minute, not every second
             if time.monotonic() - self.lists_failed_at > 60:
                 self.lists_failed_at = time.monotonic()
-                logger.exception("owed product lists not written")
+                logger.exception("owed lists not written")
             return
         if written:
             logger.info("wrote %d owed product lists between batches", written)

@@ -977,6 +977,28 @@ def owed(r: redis.Redis, kind: str, limit: int | None) -> list[str]:
     return r.zrange(keys.pipeline_owed(kind), 0, -1 if limit is None else limit - 1)
 
 
+def owe_visitors(r: redis.Redis, visitor_ids: Sequence[str], at_ms: int) -> None:
+    """These visitors' personal lists are owed from ``at_ms`` (or from when
+    they already were)."""
+    pipe = r.pipeline(transaction=False)
+    for chunk in chunks(list(visitor_ids), 1000):
+        pipe.zadd(keys.pipeline_visitors_owed(), dict.fromkeys(chunk, at_ms), nx=True)
+    pipe.execute()
+
+
+def visitors_owed(r: redis.Redis, limit: int | None = None) -> list[str]:
+    """The first ``limit`` (None: all) visitors whose personal lists are
+    owed, those owed longest first."""
+    return r.zrange(keys.pipeline_visitors_owed(), 0, -1 if limit is None else limit - 1)
+
+
+def visitors_owed_since(r: redis.Redis) -> int | None:
+    """Since when (ms) the visitor owed longest has waited for their lists;
+    None when none is owed."""
+    first = r.zrange(keys.pipeline_visitors_owed(), 0, 0, withscores=True)
+    return int(first[0][1]) if first else None
+
+
 # the fields under which a pending record of an earlier version named the
 # products whose lists it owed
 LEGACY_PENDING = {

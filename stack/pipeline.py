@@ -303,14 +303,14 @@ class JobRun:
 
     def wait_processed(self, targets: Mapping[str, int], timeout: float = 300) -> None:
         """Until the job has applied every record up to ``targets`` and
-        written the product lists they change (once the traffic has stopped:
-        under steady traffic some are always owed)."""
+        written the lists they change (once the traffic has stopped: under
+        steady traffic some product lists are always owed)."""
 
         def done():
             processed = self.processed()
-            return all(processed.get(tp, 0) >= end for tp, end in targets.items()) and not any(
-                strategies.product_lists_owed(self.redis).values()
-            )
+            return all(
+                processed.get(tp, 0) >= end for tp, end in targets.items()
+            ) and not strategies.lists_owed(self.redis)
 
         self.wait_until(done, timeout, "catch-up")
 

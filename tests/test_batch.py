@@ -2,6 +2,7 @@
 
 import json
 import uuid
+from unittest import mock
 
 import pytest
 
@@ -64,9 +65,10 @@ class Batches:
         self.offset += 1
         return (*row[:2], self.offset, *row[3:])
 
-    def run(self, rows, lists=True):
+    def run(self, rows, lists=True, catching_up=False):
         """Score and commit ``rows``; then, unless ``lists`` is False (the job
-        died there), write the lists the commit changes."""
+        died there), write the lists the commit changes, as the job's driver
+        does, or as a batch catching up a backlog (``catching_up``)."""
         settings = self.settings
         clock = state.clock(self.r)
         landmark = score.landmark(clock, self.now, settings)
@@ -102,7 +104,10 @@ class Batches:
         processor = batch.BatchProcessor(self.redis_url, settings, lease=self.lease)
         processor.started_ms = self.now
         processor.experiment = self.experiment
-        processor._lists(self.r, None, state.pending(self.r), clock_ms, batch.Steps(), spread=False)
+        processor.catching_up = catching_up
+        processor._lists(
+            self.r, None, state.pending(self.r), clock_ms, batch.Steps(), spread=catching_up
+        )
         return changes
 
     def list(self, key):
@@ -499,9 +504,9 @@ def test_an_idle_job_writes_every_list_owed_and_each_is_its_weights_list(redis_u
     assert all(n > 3 for n in left.values()), left
     processor = batch.BatchProcessor(batches.redis_url, batches.settings, lease=batches.lease)
     # a batch started: nothing is written
-    assert processor.write_owed_products(busy=lambda: True) == 0
+    assert processor.write_owed_lists(busy=lambda: True) == 0
     assert {kind: len(owed(r, kind)) for kind in kinds} == left
-    assert processor.write_owed_products(busy=lambda: False) == sum(left.values())
+    assert processor.write_owed_lists(busy=lambda: False) == sum(left.values())
     assert strategies.product_lists_owed(r) == dict.fromkeys(strategies.STREAMED_PRODUCT_LISTS, 0)
     # each list is the one its pair weights give now
     for kind in kinds:
@@ -512,6 +517,72 @@ def test_an_idle_job_writes_every_list_owed_and_each_is_its_weights_list(redis_u
         products = sorted(written)
         lists.refresh_products(products, redis_url=redis_url, settings=batches.settings, kind=kind)
         assert {p: r.get(target(p)) for p in products} == written
+
+
+def _backlog(batches, visitors=4):
+    """Rows of ``visitors`` visitors, four views each; their ids."""
+    rows = [
+        batches.row("page_view", f"s:v{n}", str(p), seconds_ago=600 - 10 * n - p)
+        for n in range(visitors)
+        for p in range(n, n + 4)
+    ]
+    return rows, [f"s:v{n}" for n in range(visitors)]
+
+
+def _rewritten(batches, visitors):
+    """The visitors' lists as written, and as written again now from the state."""
+    wanted = [
+        key(v) for v in visitors for key in (keys.visitor_recommendations, keys.visitor_affinity)
+    ]
+    written = {k: batches.r.get(k) for k in wanted}
+    lists.refresh_visitors(visitors, redis_url=batches.redis_url, settings=batches.settings)
+    return written, {k: batches.r.get(k) for k in wanted}
+
+
+def test_a_batch_catching_up_leaves_its_visitors_lists_owed_to_the_first_that_is_not(batches):
+    r = batches.r
+    rows, visitors = _backlog(batches)
+    batches.run(rows[:8], catching_up=True)
+    batches.run(rows[8:], catching_up=True)
+    assert sorted(state.visitors_owed(r)) == visitors
+    assert strategies.visitor_lists_owed(r) == 4 and strategies.lists_owed(r)
+    assert not any(batches.personal(v) for v in visitors)
+    assert not r.exists(keys.pipeline_pending())  # the batch's record is done with
+    # a batch that is not catching up writes its own visitor's and every one owed
+    batches.run([batches.row("page_view", "s:w", "1")])
+    assert state.visitors_owed(r) == []
+    assert all(batches.personal(v) for v in [*visitors, "s:w"])
+    written, again = _rewritten(batches, visitors)
+    assert written == again
+
+
+def test_a_batch_catching_up_writes_the_visitors_lists_owed_too_long(batches):
+    r = batches.r
+    rows, visitors = _backlog(batches)
+    batches.run(rows[:8], catching_up=True)
+    waited = strategies.VISITOR_LISTS_DEFERRED_S * 1000 + 1
+    r.zadd(keys.pipeline_visitors_owed(), {"s:v0": schema.now_ms() - waited}, xx=True)
+    batches.run(rows[8:], catching_up=True)
+    assert state.visitors_owed(r) == []
+    assert all(batches.personal(v) for v in visitors)
+
+
+def test_an_idle_job_writes_the_visitors_lists_owed(batches):
+    r = batches.r
+    rows, visitors = _backlog(batches, visitors=7)
+    batches.run(rows, catching_up=True)
+    processor = batch.BatchProcessor(batches.redis_url, batches.settings, lease=batches.lease)
+    processor.write_owed_lists(busy=lambda: True)
+    assert len(state.visitors_owed(r)) == 7
+    # four at a time: busy after the first round
+    rounds = iter([False, True])
+    with mock.patch.object(batch, "VISITORS_PER_ROUND", 4):
+        processor.write_owed_lists(busy=lambda: next(rounds, True))
+    assert state.visitors_owed(r) == visitors[4:]
+    processor.write_owed_lists(busy=lambda: False)
+    assert state.visitors_owed(r) == [] and not strategies.lists_owed(r)
+    written, again = _rewritten(batches, visitors)
+    assert all(written.values()) and written == again
 
 
 def test_a_refused_list_write_leaves_its_products_owed(redis_url):
@@ -549,7 +620,7 @@ def test_an_idle_writer_overtaken_by_a_commit_is_refused_and_leaves_its_lists_ow
         return False
 
     with pytest.raises(state.StaleWriter):
-        processor.write_owed_products(busy)
+        processor.write_owed_lists(busy)
     assert committed
     assert owed(batches.r) == [("2", 1.0), ("3", 1.0)]
     assert batches.list(keys.product_similar("2")) == []

@@ -418,12 +418,8 @@ def test_every_acknowledged_event_is_applied_once_and_the_state_is_an_undisturbe
     assert exactly["records_applied"] == sum(ends.values()) == len(ids)
     # the same records folded once more, by one job that nothing disturbs, in
     # batches of about the size the cluster's job folded as events came (~1 s)
-    # the product lists the batches left owed, written by the idle job
-    wait(
-        lambda: not any(strategies.product_lists_owed(cluster.redis()).values()),
-        120,
-        "no product list owed",
-    )
+    # the lists the batches left owed, written by the idle job
+    wait(lambda: not strategies.lists_owed(cluster.redis()), 120, "no list owed")
     cluster.stop_service("spark")  # its last lists written
     undisturbed = JobRun(
         cluster, "undisturbed", db=CATALOG_DB, config={"max_offsets_per_trigger": LIVE_BATCH}

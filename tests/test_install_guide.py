@@ -126,7 +126,7 @@ def wait_applied(r, offsets: str, ends: dict[str, int], timeout: float = 120) ->
     with prefix(offsets.rpartition(":pipeline:")[0]):
         pending = keys.pipeline_pending()
         while any(int(r.hget(offsets, tp) or 0) < end for tp, end in ends.items() if end) or (
-            r.exists(pending) or any(strategies.product_lists_owed(r).values())
+            r.exists(pending) or strategies.lists_owed(r)
         ):
             assert time.monotonic() < deadline, (r.hgetall(offsets), ends, r.get(pending))
             time.sleep(0.3)

@@ -140,3 +140,23 @@ def test_lists_owed_to_a_visitor_forgotten_since_are_not_written_back(redis_url,
     privacy.forget("s:owed")
     lists.refresh_visitors(["s:owed"], redis_url=redis_url, settings=batch.PipelineSettings())
     assert traces(r, "s:owed") == []
+
+
+def test_a_visitor_forgotten_while_their_lists_are_owed_leaves_the_owed_set_for_good(redis_url, r):
+    from spark_jobs import batch
+
+    batches = Batches(redis_url)
+    batches.run(
+        [batches.row("purchase", v, p) for v in ("s:late", "s:other") for p in "12"],
+        catching_up=True,
+    )
+    assert state.visitors_owed(r) == ["s:late", "s:other"]
+    privacy.forget("s:late")
+    assert state.visitors_owed(r) == ["s:other"]
+    # a batch that read their events before the tombstone owes them again:
+    # their lists are not written back, and they leave the set
+    state.owe_visitors(r, ["s:late"], schema.now_ms())
+    processor = batch.BatchProcessor(redis_url, batches.settings, lease=batches.lease)
+    processor.write_owed_lists(busy=lambda: False)
+    assert state.visitors_owed(r) == [] and traces(r, "s:late") == []
+    assert traces(r, "s:other")

@@ -199,6 +199,21 @@ def test_status_counts_the_product_lists_owed(redis_url, r):
     )
     # lists owed are the job's ordinary work, not a problem
     assert not any("owed" in p for p in report["problems"])
+    assert report["visitor_lists_owed"] == 0
+    assert "visitors' lists owed" not in status.format_status(report)
+
+
+def test_status_counts_the_visitors_lists_owed(redis_url, r):
+    from reco_plugin import keys, status
+
+    r.zadd(keys.pipeline_visitors_owed(), {"s:a": 1, "u:2": 2})
+    report = status.pipeline_status(kafka_timeout=0.5, services=False)
+    assert report["visitor_lists_owed"] == 2
+    assert (
+        "visitors' lists owed: 2 (left by batches catching up a backlog; written once the job "
+        "has caught up, or every 10 s)" in status.format_status(report)
+    )
+    assert not any("owed" in p for p in report["problems"])
 
 
 def test_the_bandit_table_keeps_its_columns_for_a_long_strategy_name():
