@@ -411,9 +411,9 @@ def pipeline_owed(kind: str) -> str:
 
 
 def pipeline_visitors_owed() -> str:
-    """Sorted set: visitor -> when (ms) a batch catching up first left their
-    personal lists unwritten; written once the job has caught up, or when the
-    oldest has waited ``strategies.VISITOR_LISTS_DEFERRED_S``."""
+    """Sorted set: visitor -> the commit of the batch catching up that first
+    left their personal lists unwritten; written once the job has caught up,
+    or when the oldest has waited ``strategies.VISITOR_LISTS_DEFERRED_COMMITS``."""
     return f"{PREFIX}:pipeline:owed-visitors"
 
 

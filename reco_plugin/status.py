@@ -544,7 +544,7 @@ def format_status(report: dict[str, Any]) -> str:
         lines.append(
             f"visitors' lists owed: {report['visitor_lists_owed']} (left by batches catching up "
             "a backlog; written once the job has caught up, or every "
-            f"{strategies.VISITOR_LISTS_DEFERRED_S} s)"
+            f"{strategies.VISITOR_LISTS_DEFERRED_COMMITS} commits)"
         )
     producers = report.get("producers")
     if producers:

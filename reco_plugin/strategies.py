@@ -88,8 +88,9 @@ def product_lists_owed(r: Any) -> dict[str, int]:
 
 # A batch catching up a backlog leaves its visitors' personal lists owed; they
 # are written once the job has caught up, or by any batch once the visitor owed
-# longest has waited this long (spark_jobs.batch).
-VISITOR_LISTS_DEFERRED_S = 10
+# longest has waited this many commits (spark_jobs.batch; ~10 s while catching
+# up here).
+VISITOR_LISTS_DEFERRED_COMMITS = 5
 
 
 def visitor_lists_owed(r: Any) -> int:

@@ -338,6 +338,7 @@ class BatchProcessor:
                 settings=settings,
                 topic_ids=self.topic_ids,
                 new_lives=sorted({t for t, _ in read.offsets} - {t for t, _ in held.offsets}),
+                catching_up=self.catching_up,
             )
         self.rewound_to = {}  # a batch followed on from the rewind
         self.last_seq = seq
@@ -491,17 +492,18 @@ class BatchProcessor:
         # too: a query starting again has a backlog to read first
         self.ended = time.monotonic()
 
-    def write_owed_lists(self, busy: Callable[[], bool]) -> int:
+    def write_owed_lists(self, busy: Callable[[], bool], visitors: bool = True) -> int:
         """The lists still owed, written while the job has no batch to run:
-        the visitors' (``VISITORS_PER_ROUND`` at a time), then the products'
-        (``product_lists_per_batch`` of each kind at a time), until none is
-        owed or ``busy()`` (a batch started, the job stops, time is up); how
-        many product lists were written. A batch that commits meanwhile makes
-        the writes refused (:class:`state.StaleWriter`)."""
+        the visitors' (``VISITORS_PER_ROUND`` at a time; unless not
+        ``visitors``), then the products' (``product_lists_per_batch`` of each
+        kind at a time), until none is owed or ``busy()`` (a batch started, the
+        job stops, time is up); how many product lists were written. A batch
+        that commits meanwhile makes the writes refused
+        (:class:`state.StaleWriter`)."""
         r = state.client(self.redis_url)
         writer = state.Writer(self._token(), state.commit_seq(r))
         options = {"redis_url": self.redis_url, "settings": self.settings, "writer": writer}
-        while not busy():
+        while visitors and not busy():
             visitors = state.visitors_owed(r, VISITORS_PER_ROUND)
             if not visitors:
                 break
@@ -525,21 +527,24 @@ class BatchProcessor:
             return None
         return experiment
 
-    def _visitors_to_write(self, r: redis.Redis, touched: list[str], *, defer: bool) -> list[str]:
-        """The visitors whose personal lists a committed batch writes: none
-        when it catches up a backlog (``defer``: it was larger than
+    def _visitors_to_write(
+        self, r: redis.Redis, touched: list[str], seq: int, *, defer: bool
+    ) -> list[str]:
+        """The visitors whose personal lists commit ``seq`` writes: none when
+        its batch caught up a backlog (``defer``: it was larger than
         ``driver_batch_rows``), unless the visitor owed longest has waited
-        ``strategies.VISITOR_LISTS_DEFERRED_S``; else its own, then every
-        visitor owed.
+        ``strategies.VISITOR_LISTS_DEFERRED_COMMITS``; else its own, then
+        every visitor owed.
 
         Left owed, a visitor's lists are written once for many batches: their
         newest events are further on in the backlog, and most visitors act in
-        the batches that follow. The job writes them too once it is idle."""
-        now_ms = schema.now_ms()
+        the batches that follow. The job writes them too once it is idle. Which
+        commit writes them depends on the commits only, so a job killed and
+        started again writes them from the same state as one left alone."""
         since = state.visitors_owed_since(r)
-        waited = now_ms - since if since is not None else 0
-        if defer and waited < strategies.VISITOR_LISTS_DEFERRED_S * 1000:
-            state.owe_visitors(r, touched, now_ms)
+        waited = seq - since if since is not None else 0
+        if defer and waited < strategies.VISITOR_LISTS_DEFERRED_COMMITS:
+            state.owe_visitors(r, touched, seq)
             return []
         owed = state.visitors_owed(r) if since is not None else []
         return list(dict.fromkeys([*touched, *owed]))
@@ -586,7 +591,7 @@ class BatchProcessor:
             )
         with steps("personal"):
             visitors = self._visitors_to_write(
-                r, todo.get("visitors", []), defer=spread and self.catching_up
+                r, todo.get("visitors", []), writer.seq, defer=bool(todo.get("catching_up"))
             )
             run(lists.refresh_visitors, visitors, experiment=self._running_experiment())
             # forgotten while this batch ran: what it wrote for them goes again

@@ -489,7 +489,10 @@ class Supervisor:
         if busy():
             return
         try:
-            written = self.processor.write_owed_lists(busy)
+            # the visitors' only once this job has run a batch: one started
+            # again mid-backlog leaves them to the batches, as a job left
+            # alone would (the same lists, from the same state)
+            written = self.processor.write_owed_lists(busy, visitors=bool(self.processor.last))
         except (state.StaleWriter, recovery.LeaseLost):
             return  # a batch committed meanwhile, or the lease went: it owes them again
         except redis.RedisError as exc:  # Redis away: the next batch or second tries again

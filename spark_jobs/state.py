@@ -467,6 +467,7 @@ def commit(
     settings: PipelineSettings,
     topic_ids: Mapping[str, str] | None = None,
     new_lives: Sequence[str] = (),
+    catching_up: bool = False,
 ) -> int:
     """Apply ``changes`` (weights at ``landmark_ms``), move the clock to
     ``clock_ms`` and store the batch's offsets, in one transaction; the number
@@ -478,7 +479,8 @@ def commit(
     longer holds the ``lease``, :class:`recovery.LeaseLost`. ``batch`` is the
     (query id, batch id), recorded for operators. ``topic_ids``: the life of
     each topic the offsets belong to; the offsets of ``new_lives`` (topics
-    created again) are dropped first.
+    created again) are dropped first. ``catching_up``: the batch is larger
+    than ``driver_batch_rows`` (its visitors' lists are left owed).
     """
     from .recovery import Moved, parse_field
 
@@ -597,6 +599,7 @@ def commit(
                     "seq": seq,
                     "categories": changes.touched_categories(),
                     "visitors": changes.touched_visitors(),
+                    "catching_up": catching_up,
                     "bandit": bool(changes.rewards),
                 }
             ),
@@ -977,12 +980,12 @@ def owed(r: redis.Redis, kind: str, limit: int | None) -> list[str]:
     return r.zrange(keys.pipeline_owed(kind), 0, -1 if limit is None else limit - 1)
 
 
-def owe_visitors(r: redis.Redis, visitor_ids: Sequence[str], at_ms: int) -> None:
-    """These visitors' personal lists are owed from ``at_ms`` (or from when
-    they already were)."""
+def owe_visitors(r: redis.Redis, visitor_ids: Sequence[str], seq: int) -> None:
+    """These visitors' personal lists are owed from commit ``seq`` (or from
+    the commit they already were)."""
     pipe = r.pipeline(transaction=False)
     for chunk in chunks(list(visitor_ids), 1000):
-        pipe.zadd(keys.pipeline_visitors_owed(), dict.fromkeys(chunk, at_ms), nx=True)
+        pipe.zadd(keys.pipeline_visitors_owed(), dict.fromkeys(chunk, seq), nx=True)
     pipe.execute()
 
 
@@ -993,8 +996,8 @@ def visitors_owed(r: redis.Redis, limit: int | None = None) -> list[str]:
 
 
 def visitors_owed_since(r: redis.Redis) -> int | None:
-    """Since when (ms) the visitor owed longest has waited for their lists;
-    None when none is owed."""
+    """Since which commit the visitor owed longest has waited for their
+    lists; None when none is owed."""
     first = r.zrange(keys.pipeline_visitors_owed(), 0, 0, withscores=True)
     return int(first[0][1]) if first else None
 

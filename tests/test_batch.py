@@ -96,6 +96,7 @@ class Batches:
             previous_clock_ms=clock,
             now_ms=self.now,
             settings=settings,
+            catching_up=catching_up,
         )
         self.batch_id += 1
         if not lists:
@@ -104,7 +105,6 @@ class Batches:
         processor = batch.BatchProcessor(self.redis_url, settings, lease=self.lease)
         processor.started_ms = self.now
         processor.experiment = self.experiment
-        processor.catching_up = catching_up
         processor._lists(
             self.r, None, state.pending(self.r), clock_ms, batch.Steps(), spread=catching_up
         )
@@ -559,12 +559,17 @@ def test_a_batch_catching_up_leaves_its_visitors_lists_owed_to_the_first_that_is
 def test_a_batch_catching_up_writes_the_visitors_lists_owed_too_long(batches):
     r = batches.r
     rows, visitors = _backlog(batches)
-    batches.run(rows[:8], catching_up=True)
-    waited = strategies.VISITOR_LISTS_DEFERRED_S * 1000 + 1
-    r.zadd(keys.pipeline_visitors_owed(), {"s:v0": schema.now_ms() - waited}, xx=True)
-    batches.run(rows[8:], catching_up=True)
+    waited = strategies.VISITOR_LISTS_DEFERRED_COMMITS
+    for n in range(waited):
+        batches.run(rows[n : n + 1], catching_up=True)
+    # commits 1-5: the first visitor is owed since commit 1, and commit 5 is
+    # the fifth since it
+    assert state.visitors_owed(r) == ["s:v0", "s:v1"]
+    written = [keys.visitor_recommendations(v) for v in ("s:v0", "s:v1")]
+    assert not r.exists(*written)
+    batches.run(rows[waited : waited + 1], catching_up=True)
     assert state.visitors_owed(r) == []
-    assert all(batches.personal(v) for v in visitors)
+    assert r.exists(*written) == 2
 
 
 def test_an_idle_job_writes_the_visitors_lists_owed(batches):

@@ -155,7 +155,7 @@ def test_a_visitor_forgotten_while_their_lists_are_owed_leaves_the_owed_set_for_
     assert state.visitors_owed(r) == ["s:other"]
     # a batch that read their events before the tombstone owes them again:
     # their lists are not written back, and they leave the set
-    state.owe_visitors(r, ["s:late"], schema.now_ms())
+    state.owe_visitors(r, ["s:late"], 1)
     processor = batch.BatchProcessor(redis_url, batches.settings, lease=batches.lease)
     processor.write_owed_lists(busy=lambda: False)
     assert state.visitors_owed(r) == [] and traces(r, "s:late") == []
