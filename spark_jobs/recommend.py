@@ -189,16 +189,24 @@ def cause(error: BaseException | None) -> str:
     return (named[-1] if named else first).strip()[:500]
 
 
-def _end_offsets(progress: Any) -> dict[tuple[str, int], int]:
-    """Where a query's last progress left its Kafka source: (topic, partition) -> offset."""
+def _end_offsets(progress: Any, field: str = "endOffset") -> dict[tuple[str, int], int]:
+    """Where a query's last progress left its Kafka source (``field``; or
+    ``latestOffset``: the latest Kafka had then): (topic, partition) -> offset."""
     try:
         sources = (progress or {}).get("sources") or []
-        end = sources[0].get("endOffset") if sources else None
+        end = sources[0].get(field) if sources else None
         if isinstance(end, str):
             end = json.loads(end)
         return {(t, int(p)): int(o) for t, parts in (end or {}).items() for p, o in parts.items()}
     except (ValueError, TypeError, AttributeError, IndexError):
         return {}
+
+
+def caught_up(progress: Any) -> bool:
+    """Whether a query's last progress read its Kafka source up to the
+    latest offsets Kafka had then (False before its first trigger)."""
+    end = _end_offsets(progress)
+    return bool(end) and end == _end_offsets(progress, "latestOffset")
 
 
 class Checkpoint:
@@ -489,10 +497,10 @@ class Supervisor:
         if busy():
             return
         try:
-            # the visitors' only once this job has run a batch: one started
-            # again mid-backlog leaves them to the batches, as a job left
-            # alone would (the same lists, from the same state)
-            written = self.processor.write_owed_lists(busy, visitors=bool(self.processor.last))
+            # the visitors' only once the query has read all Kafka had: one
+            # started again mid-backlog leaves them to the batches, as a job
+            # left alone would (the same lists, from the same state)
+            written = self.processor.write_owed_lists(busy, visitors=caught_up(query.lastProgress))
         except (state.StaleWriter, recovery.LeaseLost):
             return  # a batch committed meanwhile, or the lease went: it owes them again
         except redis.RedisError as exc:  # Redis away: the next batch or second tries again

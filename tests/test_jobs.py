@@ -311,3 +311,18 @@ def test_fetch_connector_resolves_the_jars_into_a_directory_the_job_can_use(sett
     assert connector_config(str(target))["spark.jars"].split(",") == [
         str(Path(target) / n) for n in names
     ]
+
+
+def test_the_job_is_caught_up_when_its_last_trigger_read_all_kafka_had():
+    from spark_jobs.recommend import caught_up
+
+    def progress(end, latest):
+        return {"sources": [{"endOffset": json.dumps(end), "latestOffset": latest}]}
+
+    read = {"page_views": {"0": 40, "1": 12}}
+    assert caught_up(progress(read, json.dumps(read)))
+    assert caught_up(progress(read, read))  # parsed already
+    assert not caught_up(progress(read, json.dumps({"page_views": {"0": 40, "1": 13}})))
+    assert not caught_up(progress(read, None))
+    # before its first trigger, or a progress without its source
+    assert not caught_up(None) and not caught_up({}) and not caught_up({"sources": []})
