@@ -21,10 +21,11 @@ The steps, each timed and reported in the last-batch record:
    transaction, under the lease, if Redis still holds what the batch was
    scored against.
 6. ``lists`` (``spark_jobs.lists``): the similar lists of the touched products,
-   then the personal lists of the touched visitors, then trending, written
-   whole (on the executors for a large batch); then the relay is told which
-   visitors changed. Lists a commit owes when the job dies are written by the
-   next batch.
+   then trending, then the personal lists of the touched visitors, written
+   whole (on the executors for a large batch; a batch catching up a backlog
+   leaves the visitors' owed, :meth:`BatchProcessor._visitors_to_write`);
+   then the relay is told which visitors changed. Lists a commit owes when
+   the job dies are written by the next batch.
 """
 
 from __future__ import annotations
@@ -503,14 +504,18 @@ class BatchProcessor:
         r = state.client(self.redis_url)
         writer = state.Writer(self._token(), state.commit_seq(r))
         options = {"redis_url": self.redis_url, "settings": self.settings, "writer": writer}
+        personal = 0
         while visitors and not busy():
-            visitors = state.visitors_owed(r, VISITORS_PER_ROUND)
-            if not visitors:
+            owed = state.visitors_owed(r, VISITORS_PER_ROUND)
+            if not owed:
                 break
             started_ms = schema.now_ms()
-            lists.refresh_visitors(visitors, **options, experiment=self._running_experiment())
-            state.sweep_forgotten(r, visitors, started_ms)
-            state.notify(r, visitors)
+            lists.refresh_visitors(owed, **options, experiment=self._running_experiment())
+            state.sweep_forgotten(r, owed, started_ms)
+            state.notify(r, owed)
+            personal += len(owed)
+        if personal:
+            logger.info("wrote %d visitors' owed lists between batches", personal)
         budget = self.settings.product_lists_per_batch
         write = functools.partial(lists.refresh_products, **options)
         rounds = -(-max(strategies.product_lists_owed(r).values(), default=0) // budget)
@@ -522,32 +527,24 @@ class BatchProcessor:
         return written
 
     def _running_experiment(self) -> experiments.Experiment | None:
+        """The experiment staff scheduled, while it runs (its arms get their lists)."""
         experiment = self.experiment
         if experiment is not None and not experiment.running(int(time.time() * 1000)):
             return None
         return experiment
 
-    def _visitors_to_write(
-        self, r: redis.Redis, touched: list[str], seq: int, *, defer: bool
-    ) -> list[str]:
-        """The visitors whose personal lists commit ``seq`` writes: none when
-        its batch caught up a backlog (``defer``: it was larger than
-        ``driver_batch_rows``), unless the visitor owed longest has waited
-        ``strategies.VISITOR_LISTS_DEFERRED_COMMITS``; else its own, then
-        every visitor owed.
+    def _visitors_to_write(self, r: redis.Redis, todo: Mapping[str, Any]) -> list[str]:
+        """The visitors whose personal lists a commit (``todo``: its pending
+        record) writes: none when the commit left them owed (its batch caught
+        up a backlog: ``state._visitor_lists``); else its own, then every
+        visitor owed.
 
         Left owed, a visitor's lists are written once for many batches: their
         newest events are further on in the backlog, and most visitors act in
-        the batches that follow. The job writes them too once it is idle. Which
-        commit writes them depends on the commits only, so a job killed and
-        started again writes them from the same state as one left alone."""
-        since = state.visitors_owed_since(r)
-        waited = seq - since if since is not None else 0
-        if defer and waited < strategies.VISITOR_LISTS_DEFERRED_COMMITS:
-            state.owe_visitors(r, touched, seq)
+        the batches that follow. The job writes them too once it is idle."""
+        if todo.get("visitor_lists") == state.OWE:
             return []
-        owed = state.visitors_owed(r) if since is not None else []
-        return list(dict.fromkeys([*touched, *owed]))
+        return list(dict.fromkeys([*todo.get("visitors", []), *state.visitors_owed(r)]))
 
     def _lists(
         self,
@@ -590,12 +587,13 @@ class BatchProcessor:
                 r, clock_ms, self.settings, todo.get("categories", []), writer=writer
             )
         with steps("personal"):
-            visitors = self._visitors_to_write(
-                r, todo.get("visitors", []), writer.seq, defer=bool(todo.get("catching_up"))
-            )
+            visitors = self._visitors_to_write(r, todo)
             run(lists.refresh_visitors, visitors, experiment=self._running_experiment())
-            # forgotten while this batch ran: what it wrote for them goes again
-            state.sweep_forgotten(r, visitors, self.started_ms)
+            # forgotten while this batch ran: what it wrote for them (its
+            # commit's memories too, their lists owed or not) goes again
+            state.sweep_forgotten(
+                r, list(dict.fromkeys([*todo.get("visitors", []), *visitors])), self.started_ms
+            )
         if todo.get("bandit"):
             with steps("policy"):
                 lists.refresh_policy(r, writer.seq, self.settings)

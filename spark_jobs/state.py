@@ -480,7 +480,8 @@ def commit(
     (query id, batch id), recorded for operators. ``topic_ids``: the life of
     each topic the offsets belong to; the offsets of ``new_lives`` (topics
     created again) are dropped first. ``catching_up``: the batch is larger
-    than ``driver_batch_rows`` (its visitors' lists are left owed).
+    than ``driver_batch_rows`` (its visitors' lists may be left owed:
+    :func:`_visitor_lists`).
     """
     from .recovery import Moved, parse_field
 
@@ -505,6 +506,7 @@ def commit(
         }
         current_evidence = strategies.evidence_from(pipe.hgetall(keys.bandit()))
         seq = int(pipe.get(keys.pipeline_commit_seq()) or 0) + 1
+        visitor_lists = _visitor_lists(pipe, seq, catching_up)
         learnt = _ranker_learnt(pipe, changes.examples, clock_ms, settings)
         expired_seen = _expired_seen(
             pipe,
@@ -588,6 +590,10 @@ def commit(
             if touched:
                 # owed since the first commit that changed them (NX)
                 pipe.zadd(keys.pipeline_owed(kind), dict.fromkeys(touched, seq), nx=True)
+        touched_visitors = changes.touched_visitors()
+        if visitor_lists == OWE and touched_visitors:
+            for chunk in chunks(touched_visitors, 1000):
+                pipe.zadd(keys.pipeline_visitors_owed(), dict.fromkeys(chunk, seq), nx=True)
         pipe.set(keys.pipeline_clock(), clock_ms)
         pipe.set(keys.pipeline_commit_seq(), seq)
         pipe.set(
@@ -598,8 +604,8 @@ def commit(
                     "batch": batch[1],
                     "seq": seq,
                     "categories": changes.touched_categories(),
-                    "visitors": changes.touched_visitors(),
-                    "catching_up": catching_up,
+                    "visitors": touched_visitors,
+                    "visitor_lists": visitor_lists,
                     "bandit": bool(changes.rewards),
                 }
             ),
@@ -607,6 +613,26 @@ def commit(
         pipe.hset(keys.pipeline_committed_batch(), batch[0], batch[1])
         pipe.execute()
     return seq
+
+
+# What a commit's lists do with the personal lists of its visitors (its
+# pending record's "visitor_lists"): leave them owed, or write them and every
+# one owed.
+OWE, WRITE = "owe", "write"
+
+
+def _visitor_lists(pipe: Any, seq: int, catching_up: bool) -> str:
+    """Whether commit ``seq`` leaves its visitors' personal lists owed: when
+    its batch catches up a backlog, unless the visitor owed longest has
+    waited ``strategies.VISITOR_LISTS_DEFERRED_COMMITS``. Decided in the
+    commit and kept in its pending record, so the lists written for it are
+    the same however often they are (a job killed while writing them)."""
+    if not catching_up:
+        return WRITE
+    first = pipe.zrange(keys.pipeline_visitors_owed(), 0, 0, withscores=True)
+    if first and seq - int(first[0][1]) >= strategies.VISITOR_LISTS_DEFERRED_COMMITS:
+        return WRITE
+    return OWE
 
 
 # commits whose ranker metrics are kept (keys.ranker_metrics)
@@ -980,26 +1006,10 @@ def owed(r: redis.Redis, kind: str, limit: int | None) -> list[str]:
     return r.zrange(keys.pipeline_owed(kind), 0, -1 if limit is None else limit - 1)
 
 
-def owe_visitors(r: redis.Redis, visitor_ids: Sequence[str], seq: int) -> None:
-    """These visitors' personal lists are owed from commit ``seq`` (or from
-    the commit they already were)."""
-    pipe = r.pipeline(transaction=False)
-    for chunk in chunks(list(visitor_ids), 1000):
-        pipe.zadd(keys.pipeline_visitors_owed(), dict.fromkeys(chunk, seq), nx=True)
-    pipe.execute()
-
-
 def visitors_owed(r: redis.Redis, limit: int | None = None) -> list[str]:
     """The first ``limit`` (None: all) visitors whose personal lists are
     owed, those owed longest first."""
     return r.zrange(keys.pipeline_visitors_owed(), 0, -1 if limit is None else limit - 1)
-
-
-def visitors_owed_since(r: redis.Redis) -> int | None:
-    """Since which commit the visitor owed longest has waited for their
-    lists; None when none is owed."""
-    first = r.zrange(keys.pipeline_visitors_owed(), 0, 0, withscores=True)
-    return int(first[0][1]) if first else None
 
 
 # the fields under which a pending record of an earlier version named the

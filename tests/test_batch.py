@@ -572,6 +572,36 @@ def test_a_batch_catching_up_writes_the_visitors_lists_owed_too_long(batches):
     assert r.exists(*written) == 2
 
 
+def test_a_commits_visitor_lists_written_twice_are_the_same_lists(batches):
+    """A job killed while writing a commit's lists writes them again when it
+    starts: what the commit decided for its visitors' lists holds."""
+    r = batches.r
+    rows, visitors = _backlog(batches)
+    wanted = [keys.visitor_recommendations(v) for v in visitors]
+    processor = batch.BatchProcessor(batches.redis_url, batches.settings, lease=batches.lease)
+    processor.started_ms = batches.now
+    # commit 1 leaves its visitor's lists owed, and so does its copy
+    batches.run(rows[:1], catching_up=True, lists=False)
+    owing = state.pending(r)
+    assert owing["visitor_lists"] == state.OWE
+    for _ in range(2):
+        processor.write_owed(r)
+        assert state.visitors_owed(r) == ["s:v0"] and not r.exists(*wanted)
+    for n in range(1, strategies.VISITOR_LISTS_DEFERRED_COMMITS):
+        batches.run(rows[n : n + 1], catching_up=True)
+    # commit 6 writes them all, twice: the second time as the first
+    batches.run(rows[5:6], catching_up=True, lists=False)
+    writing = state.pending(r)
+    assert writing["visitor_lists"] == state.WRITE
+    processor.write_owed(r)
+    written = {key: r.get(key) for key in wanted[:2]}
+    assert all(written.values()) and state.visitors_owed(r) == []
+    r.set(keys.pipeline_pending(), json.dumps(writing))
+    processor.write_owed(r)
+    assert state.visitors_owed(r) == []
+    assert {key: r.get(key) for key in wanted[:2]} == written
+
+
 def test_an_idle_job_writes_the_visitors_lists_owed(batches):
     r = batches.r
     rows, visitors = _backlog(batches, visitors=7)

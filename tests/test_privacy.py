@@ -153,9 +153,35 @@ def test_a_visitor_forgotten_while_their_lists_are_owed_leaves_the_owed_set_for_
     assert state.visitors_owed(r) == ["s:late", "s:other"]
     privacy.forget("s:late")
     assert state.visitors_owed(r) == ["s:other"]
-    # a batch that read their events before the tombstone owes them again:
-    # their lists are not written back, and they leave the set
-    state.owe_visitors(r, ["s:late"], 1)
+    processor = batch.BatchProcessor(redis_url, batches.settings, lease=batches.lease)
+    processor.write_owed_lists(busy=lambda: False)
+    assert state.visitors_owed(r) == [] and traces(r, "s:late") == []
+    assert traces(r, "s:other")
+
+
+def test_a_visitor_forgotten_while_a_batch_catching_up_runs_is_swept_and_not_written_back(
+    redis_url, r
+):
+    """Forgotten after the batch scored their events, before it committed
+    them: the commit writes their memory back and leaves their lists owed;
+    the batch's sweep deletes that memory, and no later writer brings it back."""
+    from unittest import mock
+
+    from spark_jobs import batch
+
+    batches = Batches(redis_url)
+    commit = state.commit
+
+    def forgotten_first(*args, **kwargs):
+        privacy.forget("s:late")
+        return commit(*args, **kwargs)
+
+    with mock.patch.object(state, "commit", forgotten_first):
+        batches.run(
+            [batches.row("purchase", v, p) for v in ("s:late", "s:other") for p in "12"],
+            catching_up=True,
+        )
+    assert traces(r, "s:late") == []
     processor = batch.BatchProcessor(redis_url, batches.settings, lease=batches.lease)
     processor.write_owed_lists(busy=lambda: False)
     assert state.visitors_owed(r) == [] and traces(r, "s:late") == []
