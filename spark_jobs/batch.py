@@ -344,7 +344,7 @@ class BatchProcessor:
         self.rewound_to = {}  # a batch followed on from the rewind
         self.last_seq = seq
         todo = state.pending(r) or {}
-        products, written = self._lists(r, batch, todo, clock_ms, steps, spread=not small)
+        products = self._lists(r, batch, todo, clock_ms, steps, spread=not small)
         visitors = todo.get("visitors", [])
         owed = None
         visitors_owed = None
@@ -364,9 +364,9 @@ class BatchProcessor:
             "commit": seq,
             "finished_at": finished,
             # (none when the batch left its visitors' lists owed)
-            "freshness_ms": _freshness(finished, changes.newest_ts)
-            if written or not visitors
-            else None,
+            "freshness_ms": None
+            if visitors and todo.get("visitor_lists") == state.OWE
+            else _freshness(finished, changes.newest_ts),
             "applied_by_topic": applied_by_topic,
             "seconds": steps.total(),
             "rows": size,
@@ -555,12 +555,12 @@ class BatchProcessor:
         steps: Steps,
         *,
         spread: bool,
-    ) -> tuple[int, list[str]]:
+    ) -> int:
         """The lists a committed batch changes (``todo``: its pending record),
         then the record goes: nothing is owed any more but product lists past
         ``product_lists_per_batch`` of a kind, and the visitors' lists of a
         batch catching up (:meth:`_visitors_to_write`). How many product lists
-        were written, and whose personal lists."""
+        were written."""
         writer = state.Writer(self._token(), int(todo.get("seq", 0)))
         options = {"redis_url": self.redis_url, "settings": self.settings, "writer": writer}
         spread_over = self.settings.driver_batch_rows // SPREAD_SHARE
@@ -600,7 +600,7 @@ class BatchProcessor:
         with steps("notify"):
             state.notify(r, visitors)
         state.lists_written(r, writer.seq)
-        return products, visitors
+        return products
 
 
 # visitors' owed lists an idle job writes at a time (between its checks of busy())
