@@ -63,6 +63,23 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def run_at_priority(nice: int) -> None:
+    """Lower the calling process's CPU priority by ``nice`` (a service's
+    child, before it runs its program).
+
+    A service runs in a session of its own, and where Linux groups tasks by
+    session for the scheduler (``sched_autogroup``, on by default) each
+    session is one group, weighed against the others by the group's nice
+    value: a process's own nice value only weighs it against its own group.
+    Both are set, so the service yields to the others as asked."""
+    os.nice(nice)
+    try:
+        with open("/proc/self/autogroup", "w") as autogroup:
+            autogroup.write(str(nice))
+    except OSError:
+        pass  # no autogroups on this kernel: the process's nice value is all there is
+
+
 def stop_process(process: subprocess.Popen, grace: float = 20.0) -> None:
     """SIGTERM the process we started (only it: it stops its own children in
     order; the streaming job lets its batch finish, which a SIGTERM to its JVM
@@ -126,7 +143,7 @@ class Service:
     restarts: int = 0
     restart_at: float | None = None
     started_at: float = 0.0
-    # CPU priority (os.nice) the process runs at
+    # CPU priority (a nice value) the process runs at: see run_at_priority
     nice: int = 0
     # services of one quorum, named alike here, are stopped together: one by
     # one, the last broker to stop has no controller quorum left and its
@@ -351,7 +368,7 @@ class Stack:
             # Its own process group: Ctrl-C reaches only this runner, which
             # then stops the services in reverse order.
             start_new_session=True,
-            preexec_fn=(lambda: os.nice(service.nice)) if service.nice else None,
+            preexec_fn=(lambda: run_at_priority(service.nice)) if service.nice else None,
         )
         handle.close()
 

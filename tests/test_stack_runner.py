@@ -1,5 +1,6 @@
 """The local stack runner starts a crashed service again, with backoff."""
 
+import os
 import time
 import uuid
 
@@ -45,7 +46,6 @@ def test_a_crashed_service_is_started_again_with_backoff(tmp_path):
 def test_processes_stopped_together_share_one_grace_then_are_killed():
     """One exits on SIGTERM at once, one ignores it: both are gone after
     one grace, not one grace each."""
-    import os
     import subprocess
 
     polite = subprocess.Popen(["sleep", "60"], start_new_session=True)
@@ -103,3 +103,28 @@ def test_a_quorum_is_stopped_together_after_the_services_started_later(tmp_path)
     ]
     assert stack.services == []
     assert all(s.process.returncode == -15 for s in started)
+
+
+def test_a_service_run_at_a_lower_priority_yields_in_its_own_session_too(tmp_path):
+    """A service runs in a session of its own; where the kernel schedules
+    sessions as groups (sched_autogroup), its group's nice value is the one
+    that weighs it against the web server, so both are set."""
+    stack = Stack(tmp_path, Ports.free(), log=lambda line: None)
+    service = Service(
+        "background",
+        [
+            PYTHON,
+            "-c",
+            "import os, pathlib; autogroup = pathlib.Path('/proc/self/autogroup'); "
+            "print(os.nice(0), autogroup.read_text().strip() if autogroup.exists() else '-')",
+        ],
+        tmp_path / "background.log",
+        ready=lambda: True,
+        nice=5,
+    )
+    stack._launch(service)
+    assert service.process.wait(10) == 0
+    own_nice, autogroup = service.log.read_text().split(" ", 1)
+    assert int(own_nice) == os.nice(0) + 5
+    if autogroup.strip() != "-":
+        assert autogroup.strip().endswith("nice 5"), autogroup
