@@ -543,7 +543,7 @@ def format_status(report: dict[str, Any]) -> str:
     if report.get("visitor_lists_owed"):
         lines.append(
             f"visitors' lists owed: {report['visitor_lists_owed']} (left by batches catching up "
-            "a backlog; written once the job has caught up, or every "
+            "a backlog; written once the job has caught up, or once the oldest has waited "
             f"{strategies.VISITOR_LISTS_DEFERRED_COMMITS} commits)"
         )
     producers = report.get("producers")

@@ -211,7 +211,7 @@ def test_status_counts_the_visitors_lists_owed(redis_url, r):
     assert report["visitor_lists_owed"] == 2
     assert (
         "visitors' lists owed: 2 (left by batches catching up a backlog; written once the job "
-        "has caught up, or every 5 commits)" in status.format_status(report)
+        "has caught up, or once the oldest has waited 5 commits)" in status.format_status(report)
     )
     assert not any("owed" in p for p in report["problems"])
 
