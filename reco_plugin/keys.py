@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import socket
 
 DEFAULT_PREFIX = "reco:v1"
 PREFIX = DEFAULT_PREFIX
@@ -435,8 +437,28 @@ def seen_index() -> str:
 
 
 def pipeline_heartbeat() -> str:
-    """String (JSON, short TTL): the streaming job is up; its last progress."""
+    """String (JSON, :data:`HEARTBEAT_TTL` s): the streaming job is up; its
+    last progress. Written about every second: its remaining TTL says how long
+    ago, by Redis's clock."""
     return f"{PREFIX}:pipeline:heartbeat"
+
+
+# seconds the job's heartbeat outlives its last write
+HEARTBEAT_TTL = 15
+
+
+def process_space() -> str:
+    """Where a process id names one process: this host, the boot of its
+    kernel and the PID namespace ("" where that cannot be read). The job's
+    heartbeat carries it, so ``reco_status`` run where it is the same can
+    tell whether the job's process still exists."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return (
+                f"{socket.gethostname()}/{boot.read().strip()}/{os.readlink('/proc/self/ns/pid')}"
+            )
+    except OSError:
+        return ""
 
 
 def updates_channel(db: int = 0) -> str:

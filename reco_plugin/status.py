@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -78,6 +79,35 @@ def _recovery(raw: dict[str, str]) -> dict[str, Any]:
 # How long records Kafka deleted before the job read them stay a problem
 EXPIRED_PROBLEM_HOURS = 24
 
+# The job writes its heartbeat about every second (spark_jobs.recommend: each
+# step between two takes ~1 s at most, but a call to a failing Kafka may take
+# longer); one not written for this long is of a job that died, hangs, or is
+# starting again.
+HEARTBEAT_STALE_SECONDS = 10.0
+
+
+def _process_gone(job: dict[str, Any]) -> bool:
+    """Whether the job's process is known to be gone: it ran where this
+    runs (the same :func:`keys.process_space`) and its pid names no process."""
+    space = job.get("process_space")
+    if not space or space != keys.process_space():
+        return False
+    try:
+        os.kill(int(job["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, KeyError, TypeError, ValueError):
+        return False  # it exists (not ours to signal), or the pid is not one
+    return False
+
+
+def _heartbeat_age(ttl_ms: int | None) -> float | None:
+    """Seconds since the heartbeat was written, from its remaining TTL (Redis's
+    clock: no skew between this host's and the job's)."""
+    if ttl_ms is None or ttl_ms < 0:
+        return None
+    return round(max(0.0, keys.HEARTBEAT_TTL - ttl_ms / 1000), 1)
+
 
 def _lease(owner: str | None, info: str | None, standby: dict[str, str]) -> dict[str, Any]:
     """Which copy of the job holds the lease, and which wait for it."""
@@ -138,6 +168,7 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         r.ping()
         pipe = r.pipeline(transaction=False)
         pipe.get(keys.pipeline_heartbeat())
+        pipe.pttl(keys.pipeline_heartbeat())
         pipe.hgetall(keys.pipeline_last_batch())
         pipe.hgetall(keys.pipeline_counters())
         pipe.hgetall(keys.pipeline_offsets())
@@ -153,6 +184,7 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         pipe.hgetall(keys.pipeline_standby())
         (
             heartbeat,
+            heartbeat_ttl_ms,
             last_batch,
             counters,
             offsets,
@@ -175,7 +207,14 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         report["lease"] = _lease(lease, lease_info, standby)
         processed = {k: int(v) for k, v in offsets.items()}
         job = json.loads(heartbeat) if heartbeat else None
-        report["job"] = {"ok": bool(job and job.get("active")), **(job or {})}
+        beat_age = _heartbeat_age(heartbeat_ttl_ms) if job else None
+        gone = bool(job) and _process_gone(job)
+        stale = beat_age is not None and beat_age > HEARTBEAT_STALE_SECONDS
+        report["job"] = {
+            "ok": bool(job and job.get("active") and not stale and not gone),
+            **(job or {}),
+            "heartbeat_age_s": beat_age,
+        }
         report["last_batch"] = _last_batch(last_batch)
         # product lists whose pair weights changed since they were written
         report["product_lists_owed"] = strategies.product_lists_owed(r)
@@ -203,6 +242,20 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
             )
         if job is None:
             problems.append("the streaming job is down (no heartbeat in Redis)")
+        elif gone:
+            problems.append(
+                f"the streaming job's process (pid {job.get('pid')}) is gone"
+                + (
+                    f"; its heartbeat was written {beat_age:.0f} s ago"
+                    if beat_age is not None
+                    else ""
+                )
+            )
+        elif stale:
+            problems.append(
+                f"the streaming job's heartbeat stopped {beat_age:.0f} s ago (pid "
+                f"{job.get('pid')}): it died, hangs, or is starting again"
+            )
         elif not job.get("active"):
             problems.append(f"the streaming job's query is restarting: {job.get('last_error')}")
         elif job.get("waiting_for_redis"):
@@ -485,7 +538,11 @@ def format_status(report: dict[str, Any]) -> str:
     job = report.get("job") or {}
     detail = "no heartbeat"
     if job.get("pid"):
-        detail = f"pid {job['pid']}, {job.get('message', '')}, restarts {job.get('restarts', 0)}"
+        detail = (
+            f"pid {job['pid']}, {job.get('message', '')}, query restarts {job.get('restarts', 0)}"
+        )
+        if not job.get("ok") and job.get("heartbeat_age_s") is not None:
+            detail = f"last heartbeat {job['heartbeat_age_s']:.0f} s ago from {detail}"
         spark = job.get("spark") or {}
         if spark.get("master") and not spark["master"].startswith("local"):
             detail += f", {len(spark.get('executors') or ())} executors of {spark['master']}"

@@ -256,6 +256,7 @@ class Supervisor:
         )
         self.restarts = 0
         self.rewinds = 0
+        self.process_space = keys.process_space()
         # when writing owed lists between batches last failed (monotonic)
         self.lists_failed_at = float("-inf")
         self.last_error: str | None = None
@@ -269,6 +270,7 @@ class Supervisor:
         behind = (sources[0].get("metrics") or {}).get("maxOffsetsBehindLatest")
         info = {
             "pid": os.getpid(),
+            "process_space": self.process_space,
             "name": QUERY_NAME,
             "query": self.processor.query_id,
             "run_id": str(query.runId) if status else None,

@@ -1173,5 +1173,5 @@ def notify(r: redis.Redis, visitor_ids: Sequence[str]) -> None:
         r.publish(keys.updates_channel(keys.db_of(r)), json.dumps(list(chunk)))
 
 
-def heartbeat(r: redis.Redis, info: Mapping[str, Any], ttl: int = 15) -> None:
+def heartbeat(r: redis.Redis, info: Mapping[str, Any], ttl: int = keys.HEARTBEAT_TTL) -> None:
     r.set(keys.pipeline_heartbeat(), json.dumps({**info, "at": time.time()}), ex=ttl)

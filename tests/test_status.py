@@ -1,6 +1,7 @@
 """reco_status when things are down (no services needed: nothing listens on the ports)."""
 
 import json
+import os
 
 import pytest
 from django.core.management import call_command
@@ -237,3 +238,51 @@ def test_the_bandit_table_keeps_its_columns_for_a_long_strategy_name():
     # each row's hit rate ends where the header's does
     end = header.index("hit rate") + len("hit rate")
     assert all(row[end - 5 : end] == "0.200" for row in rows), table
+
+
+def _beat(r, ttl_ms: int, **info) -> None:
+    from reco_plugin import keys
+
+    beat = {"pid": os.getpid(), "active": True, "message": "Waiting for data to arrive", **info}
+    r.set(keys.pipeline_heartbeat(), json.dumps(beat), px=ttl_ms)
+
+
+def test_a_job_whose_process_is_gone_is_down_at_once(redis_url, r):
+    """Its heartbeat outlives it by seconds; where the job ran on this host
+    (the same process space), its pid says at once that it is gone."""
+    import subprocess
+
+    from reco_plugin import keys, status
+
+    child = subprocess.Popen(["true"])
+    child.wait()  # reaped: its pid names no process
+    dead_pid = child.pid
+    _beat(r, keys.HEARTBEAT_TTL * 1000, pid=dead_pid, process_space=keys.process_space())
+    report = status.pipeline_status(kafka_timeout=0.5, services=False)
+    assert not report["job"]["ok"]
+    assert f"the streaming job's process (pid {dead_pid}) is gone" in " ".join(report["problems"])
+    # another host's (or container's) pid says nothing here
+    _beat(r, keys.HEARTBEAT_TTL * 1000, pid=dead_pid, process_space="elsewhere/boot/pid:[1]")
+    report = status.pipeline_status(kafka_timeout=0.5, services=False)
+    assert report["job"]["ok"] and not any("job" in p for p in report["problems"])
+    # a live process of this host is up
+    _beat(r, keys.HEARTBEAT_TTL * 1000, process_space=keys.process_space())
+    assert status.pipeline_status(kafka_timeout=0.5, services=False)["job"]["ok"]
+
+
+def test_a_heartbeat_not_written_for_ten_seconds_is_a_job_down(redis_url, r):
+    from reco_plugin import keys, status
+
+    # written 12 s ago, by the TTL left (Redis's clock)
+    _beat(r, (keys.HEARTBEAT_TTL - 12) * 1000, pid=4242)
+    report = status.pipeline_status(kafka_timeout=0.5, services=False)
+    assert not report["job"]["ok"] and report["job"]["heartbeat_age_s"] >= 11.9
+    assert any(
+        p.startswith("the streaming job's heartbeat stopped 12 s ago (pid 4242)")
+        for p in report["problems"]
+    ), report["problems"]
+    assert "job        DOWN  last heartbeat 12 s ago from pid 4242" in status.format_status(report)
+    # written 2 s ago: up
+    _beat(r, (keys.HEARTBEAT_TTL - 2) * 1000, pid=4242)
+    report = status.pipeline_status(kafka_timeout=0.5, services=False)
+    assert report["job"]["ok"] and report["job"]["heartbeat_age_s"] <= 2.1
