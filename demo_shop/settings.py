@@ -157,7 +157,12 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": "INFO"},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    "loggers": {
+        # Django's own console handler (DEBUG) would print each of its lines
+        # a second time: they reach the root's
+        "django": {"level": "INFO"},
+        "django.channels.server": {"level": "WARNING"},
+    },
 }
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/"

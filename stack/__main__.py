@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    # Ctrl-C too, set here: a shell script's background job starts with SIGINT
+    # ignored, and that would be inherited
+    signal.signal(signal.SIGINT, on_signal)
     try:
         stack.start(warm=not args.no_warm)
         print()
