@@ -158,8 +158,9 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": "INFO"},
     "loggers": {
-        # Django's own console handler (DEBUG) would print each of its lines
-        # a second time: they reach the root's
+        # Django's own handlers go (its console handler, in DEBUG, would
+        # print each of its lines a second time: they reach the root's; its
+        # mail_admins has no ADMINS here)
         "django": {"level": "INFO"},
         "django.channels.server": {"level": "WARNING"},
     },

@@ -79,10 +79,9 @@ def _recovery(raw: dict[str, str]) -> dict[str, Any]:
 # How long records Kafka deleted before the job read them stay a problem
 EXPIRED_PROBLEM_HOURS = 24
 
-# The job writes its heartbeat about every second (spark_jobs.recommend: each
-# step between two takes ~1 s at most, but a call to a failing Kafka may take
-# longer); one not written for this long is of a job that died, hangs, or is
-# starting again.
+# The job writes its heartbeat every second, from a thread of its own
+# (spark_jobs.recommend: whatever its query waits on); one not written for
+# this long is of a job that died or hangs.
 HEARTBEAT_STALE_SECONDS = 10.0
 
 
@@ -254,10 +253,11 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         elif stale:
             problems.append(
                 f"the streaming job's heartbeat stopped {beat_age:.0f} s ago (pid "
-                f"{job.get('pid')}): it died, hangs, or is starting again"
+                f"{job.get('pid')}): it died or hangs"
             )
         elif not job.get("active"):
-            problems.append(f"the streaming job's query is restarting: {job.get('last_error')}")
+            cause = f": {job['last_error']}" if job.get("last_error") else ""
+            problems.append(f"the streaming job's query is restarting{cause}")
         elif job.get("waiting_for_redis"):
             problems.append("the streaming job is waiting for Redis")
     except Exception as exc:

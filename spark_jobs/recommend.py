@@ -377,6 +377,7 @@ class Supervisor:
 
     def run(self) -> int:
         threading.Thread(target=self.keep_lease, name="reco-lease", daemon=True).start()
+        threading.Thread(target=self.keep_beating, name="reco-heartbeat", daemon=True).start()
         backoff = 1.0
         starting: str | None = None
         while not self.stopping.is_set():
@@ -395,7 +396,6 @@ class Supervisor:
                 starting = None
                 logger.info("query %s (%s) started", QUERY_NAME, query.id)
                 while query.isActive and not self.stopping.is_set():
-                    self.beat(query)
                     if self.lease_lost.is_set():
                         self.lease_lost.clear()
                         self.processor.lease_lost = True
@@ -516,6 +516,21 @@ class Supervisor:
             return
         if written:
             logger.info("wrote %d owed product lists between batches", written)
+
+    def keep_beating(self) -> None:
+        """Write the heartbeat every second once a query has started, while
+        this copy holds the lease, on a thread of its own: whatever the loop
+        that supervises the query waits on (a rewind, a backoff, a slow Kafka
+        or Redis), a live job beats, so a heartbeat that stops says the
+        process died or hangs (``reco_status``)."""
+        while not self.stopping.wait(1.0):
+            query = self.query
+            if query is None or self.lease.since is None:
+                continue
+            try:
+                self.beat(query)
+            except Exception:  # the JVM gone while stopping: the next beat tells
+                logger.debug("no heartbeat this second", exc_info=True)
 
     def keep_lease(self) -> None:
         """Renew the lease every second while this job holds it, on a thread of

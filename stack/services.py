@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -68,16 +69,29 @@ def run_at_priority(nice: int) -> None:
     child, before it runs its program).
 
     A service runs in a session of its own, and where Linux groups tasks by
-    session for the scheduler (``sched_autogroup``, on by default) each
+    session for the scheduler (``sched_autogroup``, on in most distributions' kernels) each
     session is one group, weighed against the others by the group's nice
     value: a process's own nice value only weighs it against its own group.
-    Both are set, so the service yields to the others as asked."""
+    Both are set, so the service yields to the others as asked. (Autogroups
+    apply in the root cgroup only; in another, as under systemd's or a
+    container's CPU controller, the process's own nice value weighs it
+    against the other tasks of its cgroup.)"""
     os.nice(nice)
-    try:
-        with open("/proc/self/autogroup", "w") as autogroup:
-            autogroup.write(str(nice))
-    except OSError:
-        pass  # no autogroups on this kernel: the process's nice value is all there is
+    # Without CAP_SYS_ADMIN the kernel takes one such change every 0.1 s,
+    # machine-wide (EAGAIN): services started together wait their turn.
+    deadline = time.monotonic() + 2.0
+    while True:
+        try:
+            with open("/proc/self/autogroup", "w") as autogroup:
+                autogroup.write(str(nice))
+            return
+        except FileNotFoundError:
+            return  # no autogroups on this kernel: the process's nice value is all there is
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN or time.monotonic() > deadline:
+                os.write(2, f"its scheduling group's priority is unchanged: {exc}\n".encode())
+                return
+            time.sleep(0.1)
 
 
 def stop_process(process: subprocess.Popen, grace: float = 20.0) -> None:

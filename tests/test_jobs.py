@@ -326,3 +326,58 @@ def test_the_job_is_caught_up_when_its_last_trigger_read_all_kafka_had():
     assert not caught_up(progress(read, None))
     # before its first trigger, or a progress without its source
     assert not caught_up(None) and not caught_up({}) and not caught_up({"sources": []})
+
+
+def test_the_job_beats_every_second_from_a_thread_of_its_own_once_it_holds_a_query(redis_url):
+    """Whatever the supervising loop waits on, a live job beats: a heartbeat
+    that stops says the process died or hangs. It says where its pid means
+    something (``process_space``), and a copy without the lease is silent."""
+    import os
+    import threading
+    import time
+    import types
+
+    from reco_plugin import keys
+    from spark_jobs import state
+    from spark_jobs.recommend import Supervisor
+
+    job = Supervisor.__new__(Supervisor)  # its parts, without Spark or Kafka
+    job.redis = state.connect(redis_url)
+    job.stopping = threading.Event()
+    job.query = None
+    job.lease = types.SimpleNamespace(since=None, token="host:1:abc")
+    job.processor = types.SimpleNamespace(query_id="q", waiting_for_redis=False, last={})
+    job.restarts = job.rewinds = 0
+    job.last_error, job.last_error_at = "Kafka is away", time.time()
+    job.process_space = keys.process_space()
+    job.spark_cluster = lambda: {"master": "local[2]", "executors": []}
+
+    def heartbeat():
+        found = job.redis.get(keys.pipeline_heartbeat())
+        return json.loads(found) if found else None
+
+    beater = threading.Thread(target=job.keep_beating, daemon=True)
+    beater.start()
+    try:
+        time.sleep(1.5)
+        assert heartbeat() is None  # no query yet
+        # a query that failed (a backoff, a rewind under way)
+        job.query = types.SimpleNamespace(isActive=False, status={}, lastProgress=None)
+        time.sleep(1.5)
+        assert heartbeat() is None  # another copy holds the lease
+        job.lease.since = time.time()
+        deadline = time.monotonic() + 3
+        while heartbeat() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first = heartbeat()
+        assert first["pid"] == os.getpid() and first["process_space"] == keys.process_space()
+        assert (first["active"], first["message"], first["last_error"]) == (
+            False,
+            "restarting",
+            "Kafka is away",
+        )
+        time.sleep(1.5)
+        assert heartbeat()["at"] > first["at"]  # every second
+    finally:
+        job.stopping.set()
+        beater.join(3)

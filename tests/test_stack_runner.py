@@ -4,6 +4,8 @@ import os
 import time
 import uuid
 
+import pytest
+
 from stack import services
 from stack.services import PYTHON, Ports, Service, Stack
 
@@ -128,3 +130,35 @@ def test_a_service_run_at_a_lower_priority_yields_in_its_own_session_too(tmp_pat
     assert int(own_nice) == os.nice(0) + 5
     if autogroup.strip() != "-":
         assert autogroup.strip().endswith("nice 5"), autogroup
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starts its children as another user")
+def test_services_started_together_without_privilege_all_yield():
+    """Without CAP_SYS_ADMIN the kernel takes one change of a scheduling
+    group's priority every 0.1 s (EAGAIN): three started at once each wait
+    their turn, and all three are lowered."""
+    import ctypes
+    import subprocess
+
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def unprivileged_at_priority():
+        os.setgid(65534)
+        os.setuid(65534)
+        libc.prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: its /proc/self is its own again
+        services.run_at_priority(5)
+
+    children = [
+        subprocess.Popen(
+            ["cat", "/proc/self/autogroup"],
+            start_new_session=True,
+            preexec_fn=unprivileged_at_priority,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    for child in children:
+        out, err = child.communicate(timeout=10)
+        assert out.strip().endswith("nice 5"), (out, err)

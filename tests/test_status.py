@@ -254,6 +254,8 @@ def test_a_job_whose_process_is_gone_is_down_at_once(redis_url, r):
 
     from reco_plugin import keys, status
 
+    if not keys.process_space():
+        pytest.skip("no process space to compare here (no /proc)")
     child = subprocess.Popen(["true"])
     child.wait()  # reaped: its pid names no process
     dead_pid = child.pid
