@@ -301,6 +301,10 @@ class Supervisor:
         """Where the job runs: its master, and the ids of the executors it has
         now (a lost worker's executors leave the list; local mode has none)."""
         context = self.spark.sparkContext
+        if context.master.startswith("local"):
+            # (and asked, Spark would log a warning every second: "Requesting
+            # executors is not supported by current scheduler")
+            return {"master": context.master, "executors": []}
         try:
             ids = context._jsc.sc().getExecutorIds()
             executors = sorted(str(ids.apply(i)) for i in range(ids.size()))

@@ -194,12 +194,19 @@ def test_a_second_copy_of_the_job_waits_for_the_lease_then_takes_over(
     services, backlog, uninterrupted
 ):
     targets, expected = backlog
-    first = JobRun(services, "first-copy", db=6, config=JOB_CONFIG)
-    second = JobRun(services, "second-copy", db=6, config=JOB_CONFIG)
-    first.start()
+    copies = [JobRun(services, name, db=6, config=JOB_CONFIG) for name in ("one", "other")]
+    # Started together, so that the copy that takes the lease has most of the
+    # backlog still to read when the other waits for it (started one after the
+    # other, the first could read all of it while the second's JVM starts).
+    for copy in copies:
+        copy.start(wait=False)
     try:
-        after_commits(first, 1)
-        second.start(wait=False)
+        copies[0].wait_until(
+            lambda: copies[0].redis.exists(keys.pipeline_heartbeat()), 120, "a copy's start"
+        )
+        holder = json.loads(copies[0].redis.get(keys.pipeline_heartbeat()))["pid"]
+        first, second = sorted(copies, key=lambda copy: copy.process.pid != holder)
+        assert first.process.pid == holder
         second.wait_until(
             lambda: "another copy of the job holds the lease" in second.log_text(), 120, "waiting"
         )
@@ -215,8 +222,8 @@ def test_a_second_copy_of_the_job_waits_for_the_lease_then_takes_over(
         second.wait_processed(targets, timeout=300)
         assert_same_fold(second, uninterrupted, expected)
     finally:
-        first.stop()
-        second.stop()
+        for copy in copies:
+            copy.stop()
 
 
 def test_records_deleted_by_retention_before_the_job_read_them_are_counted_as_expired(
