@@ -242,14 +242,10 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         if job is None:
             problems.append("the streaming job is down (no heartbeat in Redis)")
         elif gone:
-            problems.append(
-                f"the streaming job's process (pid {job.get('pid')}) is gone"
-                + (
-                    f"; its heartbeat was written {beat_age:.0f} s ago"
-                    if beat_age is not None
-                    else ""
-                )
+            written = (
+                "" if beat_age is None else f"; its heartbeat was written {beat_age:.0f} s ago"
             )
+            problems.append(f"the streaming job's process (pid {job.get('pid')}) is gone{written}")
         elif stale:
             problems.append(
                 f"the streaming job's heartbeat stopped {beat_age:.0f} s ago (pid "

@@ -69,12 +69,12 @@ def run_at_priority(nice: int) -> None:
     child, before it runs its program).
 
     A service runs in a session of its own, and where Linux groups tasks by
-    session for the scheduler (``sched_autogroup``, on in most distributions' kernels) each
-    session is one group, weighed against the others by the group's nice
-    value: a process's own nice value only weighs it against its own group.
-    Both are set, so the service yields to the others as asked. (Autogroups
-    apply in the root cgroup only; in another, as under systemd's or a
-    container's CPU controller, the process's own nice value weighs it
+    session for the scheduler (``sched_autogroup``, on in most distributions'
+    kernels) each session is one group, weighed against the others by the
+    group's nice value: a process's own nice value only weighs it against its
+    own group. Both are set, so the service yields to the others as asked.
+    (Autogroups apply in the root cgroup only; in another, as under systemd's
+    or a container's CPU controller, the process's own nice value weighs it
     against the other tasks of its cgroup.)"""
     os.nice(nice)
     # Without CAP_SYS_ADMIN the kernel takes one such change every 0.1 s,
