@@ -213,6 +213,8 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
             "ok": bool(job and job.get("active") and not stale and not gone),
             **(job or {}),
             "heartbeat_age_s": beat_age,
+            # the process is dead or hangs: what it last wrote is history
+            "silent": gone or stale,
         }
         report["last_batch"] = _last_batch(last_batch)
         # product lists whose pair weights changed since they were written
@@ -537,7 +539,7 @@ def format_status(report: dict[str, Any]) -> str:
         detail = (
             f"pid {job['pid']}, {job.get('message', '')}, query restarts {job.get('restarts', 0)}"
         )
-        if not job.get("ok") and job.get("heartbeat_age_s") is not None:
+        if job.get("silent") and job.get("heartbeat_age_s") is not None:
             detail = f"last heartbeat {job['heartbeat_age_s']:.0f} s ago from {detail}"
         spark = job.get("spark") or {}
         if spark.get("master") and not spark["master"].startswith("local"):

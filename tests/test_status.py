@@ -288,3 +288,23 @@ def test_a_heartbeat_not_written_for_ten_seconds_is_a_job_down(redis_url, r):
     _beat(r, (keys.HEARTBEAT_TTL - 2) * 1000, pid=4242)
     report = status.pipeline_status(kafka_timeout=0.5, services=False)
     assert report["job"]["ok"] and report["job"]["heartbeat_age_s"] <= 2.1
+
+
+def test_a_restarting_query_is_down_without_a_heartbeat_history(redis_url, r):
+    """A live job whose query restarts writes its heartbeat every second: it
+    is down for its query, not a process last heard of seconds ago."""
+    from reco_plugin import keys, status
+
+    _beat(
+        r,
+        keys.HEARTBEAT_TTL * 1000,
+        pid=4242,
+        active=False,
+        message="restarting the query",
+        last_error="Kafka unavailable",
+    )
+    report = status.pipeline_status(kafka_timeout=0.5, services=False)
+    assert not report["job"]["ok"] and not report["job"]["silent"]
+    assert "the streaming job's query is restarting: Kafka unavailable" in report["problems"]
+    line = next(x for x in status.format_status(report).splitlines() if x.startswith("job "))
+    assert line.startswith("job        DOWN  pid 4242, restarting the query"), line
