@@ -110,7 +110,12 @@ def score_spread(parsed, partitions: int, **options: Any) -> list[state.BatchCha
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    parsed = parsed.persist(StorageLevel.MEMORY_AND_DISK)
+    # Read in as many tasks as there are partitions to score, not one task a
+    # Kafka partition (24-60): 20,000 records with a function that only counts
+    # them took 0.85 s against 1.19 s a batch (medians, alternate batches of
+    # one query on local[2]). Where a record is read has no bearing on where
+    # it is scored: the shuffle by owner decides that.
+    parsed = parsed.coalesce(partitions).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         found = owners(parsed.filter(logs_in()).select("visitor_id", "previous").collect())
         _log_largest(found)
