@@ -8,6 +8,7 @@ from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefuncti
 from django.test import Client
 from rest_framework import serializers
 
+import reco_plugin
 from reco_plugin import keys
 
 from .asgi_client import ASGIClient
@@ -90,8 +91,20 @@ def test_bad_query_is_a_400(client, redis_url, query):
 def test_openapi_schema_lists_the_routes(client, redis_url):
     response = client.get("/reco/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
     assert response.status_code == 200
-    paths = json.loads(response.content)["paths"]
-    assert {"/reco/api/recommendations/", "/reco/api/events/", "/reco/api/trending/"} <= set(paths)
+    schema = json.loads(response.content)
+    assert {"/reco/api/recommendations/", "/reco/api/events/", "/reco/api/trending/"} <= set(
+        schema["paths"]
+    )
+    # named, not drf-spectacular's "" and 0.0.0
+    assert schema["info"]["title"] == "reco-plugin API"
+    assert schema["info"]["version"] == reco_plugin.__version__
+
+
+def test_a_shops_own_schema_title_is_kept(settings):
+    from reco_plugin import urls
+
+    settings.SPECTACULAR_SETTINGS = {"TITLE": "Our shop"}
+    assert urls._schema_settings() == {"VERSION": reco_plugin.__version__}
 
 
 def test_the_openapi_schema_is_generated_without_warnings(client, redis_url, capsys):
