@@ -373,6 +373,10 @@ def test_the_experiment_report_and_the_dashboard_in_chromium(live_stack, browser
         assert len(by_id) == 7  # the ranker's chart too, empty before it learnt
         assert by_id["reco-chart-events"][0] >= 1 and by_id["reco-chart-events"][1] >= 2
         assert by_id["reco-chart-experiment"][1] == 2  # the two arms
+        # a catch-up's minutes and the live batches' milliseconds both readable
+        assert (
+            page.evaluate("Chart.getChart('reco-chart-freshness').scales.y.type") == "logarithmic"
+        )
         page.wait_for_timeout(500)
         page.screenshot(path=str(ARTIFACTS / "admin-dashboard.png"), full_page=True)
         context.close()

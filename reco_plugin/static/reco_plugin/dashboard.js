@@ -13,6 +13,12 @@
     return new Date(seconds * 1000).toLocaleTimeString();
   }
 
+  // the time, and the date too when it is not today's
+  function when(seconds) {
+    var at = new Date(seconds * 1000);
+    return at.toDateString() === new Date().toDateString() ? at.toLocaleTimeString() : at.toLocaleString();
+  }
+
   function draw(id, type, labels, datasets, options) {
     var chart = charts[id];
     if (chart) {
@@ -44,9 +50,11 @@
       line("duration (s)", batches.map(function (b) { return b.seconds; }), 0),
       line("input (records/s)", batches.map(function (b) { return b.rows_per_second; }), 1, "rate"),
     ], { scales: { y: { position: "left" }, rate: { position: "right", grid: { drawOnChartArea: false } } } });
+    // on a log scale: a catch-up's minutes and a live shop's fraction of a
+    // second are both read off it (a linear axis drew the live batches flat at 0)
     draw("reco-chart-freshness", "line", labels, [
-      line("freshness (ms)", batches.map(function (b) { return b.freshness_ms; }), 2),
-    ]);
+      line("freshness (ms)", batches.map(function (b) { return b.freshness_ms || null; }), 2),
+    ], { scales: { y: { type: "logarithmic" } } });
     var lag = data.lag || [];
     draw("reco-chart-lag", "line", lag.map(function (s) { return time(s.at); }), [
       line("lag", lag.map(function (s) { return s.total; }), 3),
@@ -100,7 +108,7 @@
     document.getElementById("reco-ranker-no-weights").hidden = Boolean(model);
     // the batches' event time: a replay or a backfill learns from days ago
     draw("reco-chart-ranker", "line", metrics.map(function (m) {
-      return m.at ? new Date(m.at * 1000).toLocaleString() : "";
+      return m.at ? when(m.at) : "";
     }), [
       line("log loss", metrics.map(function (m) { return m.log_loss; }), 3),
       line("AUC", metrics.map(function (m) { return m.auc; }), 0, "auc"),
