@@ -1,19 +1,8 @@
-from django.conf import settings
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView
 
-from . import __version__
 from .api import views
+from .api.schema import SchemaView
 from .metrics import metrics_view
-
-
-def _schema_settings() -> dict[str, str]:
-    """The schema's title and version, unless the shop set its own
-    (``SPECTACULAR_SETTINGS``): drf-spectacular's defaults are "" and 0.0.0."""
-    own = getattr(settings, "SPECTACULAR_SETTINGS", None) or {}
-    named = {"TITLE": "reco-plugin API", "VERSION": __version__}
-    return {key: value for key, value in named.items() if key not in own}
-
 
 app_name = "reco_plugin"
 
@@ -24,8 +13,6 @@ urlpatterns = [
     path("api/events/", views.EventsView.as_view(), name="events"),
     # a beacon posted without the slash is answered too (APPEND_SLASH cannot redirect a POST)
     path("api/events", views.EventsView.as_view(schema=None)),  # in the schema once
-    path(
-        "api/schema/", SpectacularAPIView.as_view(custom_settings=_schema_settings()), name="schema"
-    ),
+    path("api/schema/", SchemaView.as_view(), name="schema"),
     path("metrics", metrics_view, name="metrics"),
 ]

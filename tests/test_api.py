@@ -100,11 +100,24 @@ def test_openapi_schema_lists_the_routes(client, redis_url):
     assert schema["info"]["version"] == reco_plugin.__version__
 
 
-def test_a_shops_own_schema_title_is_kept(settings):
-    from reco_plugin import urls
+@pytest.mark.urls("tests.shop_api_urls")
+def test_the_schema_lists_the_plugins_routes_not_the_shops(client, redis_url):
+    response = client.get("/reco/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    paths = set(json.loads(response.content)["paths"])
+    assert "/reco/api/recommendations/" in paths
+    assert not [p for p in paths if not p.startswith("/reco/")], paths
 
-    settings.SPECTACULAR_SETTINGS = {"TITLE": "Our shop"}
-    assert urls._schema_settings() == {"VERSION": reco_plugin.__version__}
+
+def test_a_shops_own_schema_title_and_version_are_kept(client, redis_url, settings, monkeypatch):
+    from drf_spectacular.settings import spectacular_settings
+
+    # as a shop's settings module sets them (drf-spectacular reads them once)
+    settings.SPECTACULAR_SETTINGS = {"TITLE": "Our shop", "VERSION": "2.1"}
+    monkeypatch.setattr(spectacular_settings, "TITLE", "Our shop")
+    monkeypatch.setattr(spectacular_settings, "VERSION", "2.1")
+    response = client.get("/reco/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert json.loads(response.content)["info"] == {"title": "Our shop", "version": "2.1"}
 
 
 def test_the_openapi_schema_is_generated_without_warnings(client, redis_url, capsys):
