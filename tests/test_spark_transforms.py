@@ -153,12 +153,14 @@ def processor(redis_url):
 def assert_both_paths_agree(batch, processor, redis_url, r):
     """The batch scored on the driver, then (state emptied) on the executors:
     the same state to the bit, once the visitors' lists the executors' batch
-    left owed (it is larger than driver_batch_rows: catching up) are written."""
+    left owed (it is larger than driver_batch_rows: catching up) are written.
+    The executors read it in more partitions than they score it in, as a
+    Kafka topic's many partitions are read (the read is coalesced)."""
     processor(driver_batch_rows=10_000)(batch, 0)
     on_driver = state_of(redis_url)
     r.flushdb()
     spread = processor(driver_batch_rows=100)
-    spread(batch, 0)
+    spread(batch.repartition(6), 0)
     assert spread.last["path"] == "executors"
     assert spread.last["visitors_owed"] == spread.last["visitors"] > 0
     spread.write_owed_lists(busy=lambda: False)

@@ -14,7 +14,7 @@
   }
 
   // the time, and the date too when it is not today's
-  function when(seconds) {
+  function timeOrDateTime(seconds) {
     var at = new Date(seconds * 1000);
     return at.toDateString() === new Date().toDateString() ? at.toLocaleTimeString() : at.toLocaleString();
   }
@@ -53,7 +53,11 @@
     // on a log scale: a catch-up's minutes and a live shop's fraction of a
     // second are both read off it (a linear axis drew the live batches flat at 0)
     draw("reco-chart-freshness", "line", labels, [
-      line("freshness (ms)", batches.map(function (b) { return b.freshness_ms || null; }), 2),
+      // (a newest event stamped ahead of the job's clock is drawn at 1 ms; a
+      // live batch between catch-up batches, which have none, as a point)
+      Object.assign(line("freshness (ms)", batches.map(function (b) {
+        return b.freshness_ms === null || b.freshness_ms === undefined ? null : Math.max(b.freshness_ms, 1);
+      }), 2), { spanGaps: true, pointRadius: 1.5 }),
     ], { scales: { y: { type: "logarithmic" } } });
     var lag = data.lag || [];
     draw("reco-chart-lag", "line", lag.map(function (s) { return time(s.at); }), [
@@ -108,7 +112,7 @@
     document.getElementById("reco-ranker-no-weights").hidden = Boolean(model);
     // the batches' event time: a replay or a backfill learns from days ago
     draw("reco-chart-ranker", "line", metrics.map(function (m) {
-      return m.at ? when(m.at) : "";
+      return m.at ? timeOrDateTime(m.at) : "";
     }), [
       line("log loss", metrics.map(function (m) { return m.log_loss; }), 3),
       line("AUC", metrics.map(function (m) { return m.auc; }), 0, "auc"),
