@@ -23,6 +23,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+import orjson
+
 from reco_plugin import schema
 
 from . import state
@@ -96,12 +98,36 @@ def owners(logins: Iterable[tuple[str, str]]) -> dict[str, str]:
     return {visitor: find(visitor) for visitor in list(owner)}
 
 
-def _with_ids(rows: Iterable[Sequence[Any]], **options: Any) -> Iterator[Any]:
+def as_json(*columns: str):
+    """Column: a row's ``columns`` as one JSON object, in order, nulls kept.
+
+    The rows reach Python as one string each, parsed by orjson, instead of
+    a pickled ``Row`` of 15 fields: 20,000 records with a function that only
+    counts them took 0.48 s against 0.60 s a batch (medians, alternate
+    batches of one query on local[2]). The values are the same Python values
+    (strings, ints, booleans, None, and doubles as Java writes them, which
+    read back to the same float), but for a double that is not a finite
+    number: "NaN" or "Infinity", as a string. Scoring reads none."""
+    from pyspark.sql import functions as F
+
+    return F.to_json(F.struct(*columns), {"ignoreNullFields": "false"})
+
+
+def _rows(records: Iterable[Sequence[str]]) -> list[tuple[Any, ...]]:
+    """The rows :func:`as_json` wrote."""
+    return [tuple(orjson.loads(record[0]).values()) for record in records]
+
+
+def _with_ids(records: Iterable[Sequence[str]], **options: Any) -> Iterator[Any]:
     """A partition's changes, and the event ids it holds."""
-    rows = list(rows)
+    rows = _rows(records)
     ids = {row[EVENT_ID] for row in rows if row[EVENT_ID] is not None}
     for changes in score_partition(rows, **options):
         yield ids, changes
+
+
+def _scored(records: Iterable[Sequence[str]], **options: Any) -> Iterator[state.BatchChanges]:
+    return score_partition(_rows(records), **options)
 
 
 def score_spread(parsed, partitions: int, **options: Any) -> list[state.BatchChanges]:
@@ -131,7 +157,7 @@ def score_spread(parsed, partitions: int, **options: Any) -> list[state.BatchCha
             keyed = parsed.withColumn("owner", F.col("visitor_id"))
         parts = (
             keyed.repartition(partitions, "owner")
-            .select(*PARSED_COLUMNS)
+            .select(as_json(*PARSED_COLUMNS))
             .rdd.mapPartitions(functools.partial(_with_ids, **options))
             .collect()
         )
@@ -146,8 +172,8 @@ def score_spread(parsed, partitions: int, **options: Any) -> list[state.BatchCha
         return (
             keyed.withColumn("later_copy", later_copy())
             .repartition(partitions, "owner")
-            .select(*PARSED_COLUMNS, "later_copy")
-            .rdd.mapPartitions(functools.partial(score_partition, **options))
+            .select(as_json(*PARSED_COLUMNS, "later_copy"))
+            .rdd.mapPartitions(functools.partial(_scored, **options))
             .collect()
         )
     finally:

@@ -67,6 +67,41 @@ def test_parse_keeps_every_record_with_its_core_fields(spark):
     assert rows[2].event_id is None and rows[3].schema == 2
 
 
+def test_rows_sent_to_python_as_json_are_the_rows_spark_gives(spark):
+    """The executors' path reads each row as one JSON string
+    (``spread.as_json``): the same values as the pickled rows, bytes that are
+    not UTF-8 included, but for a double that is not a finite number."""
+    import math
+
+    from spark_jobs import spread
+    from spark_jobs.transforms import PARSED_COLUMNS
+
+    odd = {
+        **event("click", visitor="s:é中", product="7"),
+        "ts": 2**62,
+        "context": {"strategy": "similar", "position": "2", "propensity": "NaN"},
+    }
+    values = [
+        event("page_view"),
+        json.dumps(odd).encode(),
+        b'{"schema": 1, "type": "page_view", "visitor_id": "s:a\xff", "event_id": "x"}',
+        b"\xff\xfe not json",
+        json.dumps({**event(), "context": {"propensity": "0.1"}}).encode(),
+    ]
+    parsed = parse(records(spark, values))
+    pickled = [tuple(row) for row in parsed.select(*PARSED_COLUMNS).collect()]
+    as_json = spread._rows(parsed.select(spread.as_json(*PARSED_COLUMNS)).collect())
+    assert len(as_json) == len(pickled) == len(values)
+    for from_json, from_pickle in zip(as_json, pickled, strict=True):
+        assert from_json[:-1] == from_pickle[:-1]
+        if isinstance(from_pickle[-1], float) and math.isnan(from_pickle[-1]):
+            assert from_json[-1] == "NaN"  # read by no step of the scoring
+        else:
+            assert from_json[-1] == from_pickle[-1]
+    assert any(row[8] == 2**62 for row in as_json)
+    assert any(row[-1] == 0.1 for row in as_json)
+
+
 def test_every_record_is_counted_by_what_the_batch_does_with_it(spark, processor, r):
     values = [
         event("page_view"),
