@@ -104,10 +104,11 @@ def as_json(*columns: str):
     The rows reach Python as one string each, parsed by orjson, instead of
     a pickled ``Row`` of 15 fields: 20,000 records with a function that only
     counts them, without the cache and the logins' job, took 0.48 s against
-    0.60 s a batch (medians, alternate batches of one query on local[2]). The values are the same Python values
-    (strings, ints, booleans, None, and doubles as Java writes them, which
-    read back to the same float), but for a double that is not a finite
-    number: "NaN" or "Infinity", as a string. Scoring reads none."""
+    0.60 s a batch (medians, alternate batches of one query on local[2]).
+    The values are the same Python values (strings, ints, booleans, None,
+    and doubles as Java writes them, which read back to the same float), but
+    for a double that is not a finite number: "NaN" or "Infinity", as a
+    string. Scoring reads none."""
     from pyspark.sql import functions as F
 
     return F.to_json(F.struct(*columns), {"ignoreNullFields": "false"})
@@ -127,6 +128,7 @@ def _with_ids(records: Iterable[Sequence[str]], **options: Any) -> Iterator[Any]
 
 
 def _scored(records: Iterable[Sequence[str]], **options: Any) -> Iterator[state.BatchChanges]:
+    """A partition's changes, its rows read from :func:`as_json`'s strings."""
     return score_partition(_rows(records), **options)
 
 
