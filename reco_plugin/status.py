@@ -209,12 +209,13 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         beat_age = _heartbeat_age(heartbeat_ttl_ms) if job else None
         gone = bool(job) and _process_gone(job)
         stale = beat_age is not None and beat_age > HEARTBEAT_STALE_SECONDS
+        # the process is dead or hangs: what it last wrote is history
+        silent = gone or stale
         report["job"] = {
-            "ok": bool(job and job.get("active") and not stale and not gone),
+            "ok": bool(job and job.get("active") and not silent),
             **(job or {}),
             "heartbeat_age_s": beat_age,
-            # the process is dead or hangs: what it last wrote is history
-            "silent": gone or stale,
+            "silent": silent,
         }
         report["last_batch"] = _last_batch(last_batch)
         # product lists whose pair weights changed since they were written

@@ -127,11 +127,6 @@ def _with_ids(records: Iterable[Sequence[str]], **options: Any) -> Iterator[Any]
         yield ids, changes
 
 
-def _scored(records: Iterable[Sequence[str]], **options: Any) -> Iterator[state.BatchChanges]:
-    """A partition's changes, its rows read from :func:`as_json`'s strings."""
-    return score_partition(_rows(records), **options)
-
-
 def score_spread(parsed, partitions: int, **options: Any) -> list[state.BatchChanges]:
     """Each partition's changes (:func:`score.score_partition` of whole
     owners), merged by the caller."""
@@ -171,12 +166,13 @@ def score_spread(parsed, partitions: int, **options: Any) -> list[state.BatchCha
             "an event id in two partitions (%d ids): the batch is scored again, its copies marked",
             total - distinct,
         )
-        return (
+        marked = (
             keyed.withColumn("later_copy", later_copy())
             .repartition(partitions, "owner")
             .select(as_json(*PARSED_COLUMNS, "later_copy"))
-            .rdd.mapPartitions(functools.partial(_scored, **options))
+            .rdd.mapPartitions(functools.partial(_with_ids, **options))
             .collect()
         )
+        return [changes for _, changes in marked]
     finally:
         parsed.unpersist()

@@ -56,7 +56,7 @@
       // (a newest event stamped ahead of the job's clock is drawn at 1 ms; a
       // live batch between catch-up batches, which have none, as a point)
       Object.assign(line("freshness (ms)", batches.map(function (b) {
-        return b.freshness_ms === null || b.freshness_ms === undefined ? null : Math.max(b.freshness_ms, 1);
+        return b.freshness_ms == null ? null : Math.max(b.freshness_ms, 1);  // null or undefined
       }), 2), { spanGaps: true, pointRadius: 1.5 }),
     ], { scales: { y: { type: "logarithmic" } } });
     var lag = data.lag || [];
