@@ -155,6 +155,8 @@ class BatchProcessor:
         self.last: dict[str, Any] = {}
         # when the last batch ended, or the query started (time.monotonic())
         self.ended: float | None = None
+        # a batch is being processed (the idle job's writes give way to it)
+        self.in_batch = False
         self.waiting_for_redis = False
         # The last batch was larger than driver_batch_rows: the job is catching
         # up, so the next batch goes to the executors without first collecting
@@ -179,6 +181,13 @@ class BatchProcessor:
         self.from_earliest = True
 
     def __call__(self, batch, batch_id: int) -> None:
+        self.in_batch = True
+        try:
+            self._process_until_done(batch, batch_id)
+        finally:
+            self.in_batch = False
+
+    def _process_until_done(self, batch, batch_id: int) -> None:
         delay = 0.5
         while True:
             try:

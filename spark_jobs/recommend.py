@@ -488,16 +488,20 @@ class Supervisor:
 
         # a second at a time: the loop beats, and sees a stop or a lost lease
         until = time.monotonic() + IDLE_SECONDS
+        ended = self.processor.ended
 
         def busy() -> bool:
+            # a batch started, or ran meanwhile (not the trigger looking for
+            # new records, which it does most of the time it waits: asked
+            # that, the writer wrote one round a call, 15 lists every 1-8 s)
             return (
                 time.monotonic() > until
                 or self.stopping.is_set()
                 or self.lease_lost.is_set()
-                or bool(query.status.get("isTriggerActive"))
+                or self.processor.in_batch
+                or self.processor.ended != ended
             )
 
-        ended = self.processor.ended
         if ended is not None and time.monotonic() - ended < IDLE_SECONDS:
             return
         if busy():

@@ -381,3 +381,39 @@ def test_the_job_beats_every_second_from_a_thread_of_its_own_once_it_holds_a_que
     finally:
         job.stopping.set()
         beater.join(3)
+
+
+def test_the_idle_job_writes_owed_lists_while_the_trigger_looks_for_records():
+    """The trigger asks Kafka for new records most of the time the query
+    waits (``isTriggerActive``); only a batch makes the idle writer give way."""
+    import threading
+    import time
+    import types
+
+    from spark_jobs.recommend import Supervisor
+
+    job = Supervisor.__new__(Supervisor)  # its parts, without Spark or Kafka
+    job.stopping, job.lease_lost = threading.Event(), threading.Event()
+    job.lists_failed_at = 0.0
+    rounds = []
+
+    def write_owed_lists(busy, visitors=True):
+        while not busy() and len(rounds) < 3:
+            rounds.append(visitors)
+        if len(rounds) == 3:
+            # a batch begins: the writer gives way at once
+            job.processor.in_batch = True
+            assert busy()
+        return 45
+
+    job.processor = types.SimpleNamespace(
+        ended=time.monotonic() - 5, in_batch=False, write_owed_lists=write_owed_lists
+    )
+    query = types.SimpleNamespace(status={"isTriggerActive": True}, lastProgress=None)
+    job._lists_when_idle(query)
+    assert rounds == [False, False, False]  # not caught up: the products' lists only
+    # a batch that ended less than a second ago: nothing is written
+    rounds.clear()
+    job.processor.in_batch, job.processor.ended = False, time.monotonic()
+    job._lists_when_idle(query)
+    assert rounds == []

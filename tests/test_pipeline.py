@@ -61,8 +61,13 @@ def test_sigkill_mid_stream_gives_the_same_state_as_an_uninterrupted_run(
     assert not different, f"{len(different)} keys differ, e.g. {different[:5]}"
 
 
+OUTAGE_SECONDS = 15
+
+
 def test_the_job_weathers_redis_and_kafka_outages(services):
-    """Redis paused 30 s, then Kafka paused 30 s, while events keep coming."""
+    """Redis paused, then Kafka, while events keep coming: each pause
+    (``OUTAGE_SECONDS``) outlasts the job's Redis socket timeout (10 s) and its
+    Kafka request and API timeouts (2 s, 10 s)."""
     bootstrap = f"127.0.0.1:{services.ports.kafka}"
     topic = "outage_views"
     create_topic(bootstrap, topic)
@@ -102,7 +107,7 @@ def test_the_job_weathers_redis_and_kafka_outages(services):
         job.wait_until(lambda: totals(job.counters()).get("applied", 0) > 50, 60, "first events")
         for pid in (redis_pid, kafka_pid):
             os.kill(pid, signal.SIGSTOP)
-            time.sleep(30)
+            time.sleep(OUTAGE_SECONDS)
             os.kill(pid, signal.SIGCONT)
             time.sleep(5)
     finally:
@@ -118,6 +123,8 @@ def test_the_job_weathers_redis_and_kafka_outages(services):
         assert counted[f"{topic}:applied"] == len(sent)
         assert counted[f"{topic}:read"] == len(sent)
         assert job.redis.exists(keys.visitor_recommendations("s:o1"))
+        # the job met the Redis outage, and waited it out
+        assert "Redis unavailable (Timeout reading" in job.log_text()
     finally:
         job.stop()
 
