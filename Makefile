@@ -1,8 +1,8 @@
-# make demo | make cluster | make test | make bench   (each installs what is missing first)
+# make demo | make cluster | make test | make bench   (each installs what is missing first); make stop
 PY := .venv/bin/python
 export SPARK_LOCAL_IP ?= 127.0.0.1
 
-.PHONY: setup demo cluster test test-cluster test-unit bench lint clean
+.PHONY: setup demo cluster stop test test-cluster test-unit bench lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -12,6 +12,10 @@ demo: setup
 
 cluster: setup
 	$(PY) -m stack cluster
+
+# a demo or cluster whose runner died without stopping its services
+stop:
+	@if [ -x $(PY) ]; then $(PY) -m stack stop; else echo "nothing to stop (no .venv)"; fi
 
 test: setup
 	$(PY) -m pytest -m "not cluster" --durations=30

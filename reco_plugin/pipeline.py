@@ -30,6 +30,9 @@ def end_offsets(timeout: float = 10.0) -> Offsets:
         **reco_settings.KAFKA,
         "group.id": "reco-plugin-offsets",
         "enable.auto.commit": False,
+        # a broker that cannot be reached is the caller's to report, once:
+        # librdkafka would log each failed connection to stderr
+        "log_level": 0,
     }
     consumer = confluent_kafka.Consumer(config)
     deadline = time.monotonic() + timeout

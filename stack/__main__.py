@@ -1,5 +1,8 @@
 """``python -m stack demo`` (one of each part) or ``python -m stack cluster``
-(the production topology: stack/cluster.py): run the demo shop until Ctrl-C."""
+(the production topology: stack/cluster.py): run the demo shop until Ctrl-C,
+SIGTERM or a closed terminal (SIGHUP). ``python -m stack stop``: stop a demo
+(and a cluster) whose runner is gone or out of reach, by the process ids it
+recorded (``stack.running``)."""
 
 from __future__ import annotations
 
@@ -10,15 +13,25 @@ import sys
 import time
 from pathlib import Path
 
+from . import running
 from .services import REPO, Ports, Stack, StackError, port_open
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m stack")
-    parser.add_argument("command", choices=["demo", "cluster"])
+    parser.add_argument("command", choices=["demo", "cluster", "stop"])
     parser.add_argument("--state-dir", default=os.environ.get("RECO_STATE_DIR"))
     parser.add_argument("--no-warm", action="store_true", help="skip replaying the history")
     args = parser.parse_args(argv)
+    if args.command == "stop":
+        places = (
+            [Path(args.state_dir)]
+            if args.state_dir
+            else [REPO / "var" / "demo", REPO / "var" / "cluster"]
+        )
+        for place in places:
+            running.stop(place.resolve())
+        return 0
     state_dir = Path(args.state_dir or REPO / "var" / args.command)
 
     if args.command == "cluster":
@@ -31,7 +44,15 @@ def main(argv: list[str] | None = None) -> int:
         named = vars(ports)
     busy = [f"{name} {port}" for name, port in named.items() if port_open(port)]
     if busy:
-        print(f"ports in use: {', '.join(busy)}; set RECO_*_PORT (see README)", file=sys.stderr)
+        left = running.read(state_dir.resolve())
+        if left is not None:
+            print(
+                f"ports in use: {', '.join(busy)}: the {args.command} started from {state_dir} "
+                f"still runs ({running.describe(left)}); `make stop` stops it",
+                file=sys.stderr,
+            )
+        else:
+            print(f"ports in use: {', '.join(busy)}; set RECO_*_PORT (see README)", file=sys.stderr)
         return 2
     stack = Cluster(state_dir, ports) if args.command == "cluster" else Stack(state_dir, ports)
     stopping = False
@@ -41,12 +62,20 @@ def main(argv: list[str] | None = None) -> int:
         if stopping:
             return
         stopping = True
+        if signum == signal.SIGHUP:
+            # the terminal is gone: what the stop says goes to the stack's log
+            log = os.open(stack.logs / "stack.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+            os.dup2(log, sys.stdout.fileno())
+            os.dup2(log, sys.stderr.fileno())
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
     # Ctrl-C too, set here: a shell script's background job starts with SIGINT
     # ignored, and that would be inherited
     signal.signal(signal.SIGINT, on_signal)
+    # a closed terminal stops the stack too, unless started under nohup
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, on_signal)
     try:
         stack.start(warm=not args.no_warm)
         print()

@@ -18,6 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import running
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 KAFKA_LIB = REPO / "jvm" / "lib" / "kafka-broker"
@@ -385,6 +387,22 @@ class Stack:
             preexec_fn=(lambda: run_at_priority(service.nice)) if service.nice else None,
         )
         handle.close()
+        self._record(service)
+
+    def _record(self, launched: Service | None = None) -> None:
+        """The live services on disk (``stack.running``): what ``python -m
+        stack stop`` stops should this runner die without stopping them."""
+        listed = list(self.services)
+        if launched is not None and all(s is not launched for s in listed):
+            listed.append(launched)
+        running.record(
+            self.state_dir,
+            [
+                (s.name, s.process.pid)
+                for s in listed
+                if s.process is not None and s.process.poll() is None
+            ],
+        )
 
     def _start(self, service: Service) -> None:
         self.log(f"starting {service.name} (log: {service.log})")
@@ -656,6 +674,7 @@ class Stack:
                 self.log(f"stopping {pids}")
                 stop_processes([s.process for s in running], max(s.stop_timeout for s in running))
             self.services = [s for s in self.services if all(s is not t for t in together)]
+            self._record()
 
     def __enter__(self) -> Stack:
         return self

@@ -162,3 +162,137 @@ def test_services_started_together_without_privilege_all_yield():
     for child in children:
         out, err = child.communicate(timeout=10)
         assert out.strip().endswith("nice 5"), (out, err)
+
+
+# A runner of ``python -m stack demo`` whose stack starts one service: a
+# process that holds the web port, as the demo's web server would.
+FAKE_RUNNER = """
+import sys
+import stack.__main__ as runner
+from stack.services import PYTHON, Service, Stack
+
+class OneService(Stack):
+    def start(self, warm=True):
+        holder = (
+            "import socket, time; s = socket.socket(); "
+            f"s.bind(('127.0.0.1', {self.ports.web})); s.listen(); time.sleep(120)"
+        )
+        self._start(Service("web", [PYTHON, "-c", holder], self.logs / "web.log", ready=lambda: True))
+
+runner.Stack = OneService
+sys.exit(runner.main(["demo", "--state-dir", sys.argv[1]]))
+"""
+
+
+def _fake_demo(tmp_path):
+    import subprocess
+    import sys
+
+    from stack import running
+
+    ports = Ports.free()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(services.REPO),
+        "RECO_KAFKA_PORT": str(ports.kafka),
+        "RECO_KAFKA_CONTROLLER_PORT": str(ports.kafka_controller),
+        "RECO_REDIS_PORT": str(ports.redis),
+        "RECO_WEB_PORT": str(ports.web),
+    }
+    argv = [sys.executable, "-c", FAKE_RUNNER, str(tmp_path)]
+    process = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    deadline = time.monotonic() + 20
+    while running.read(tmp_path) is None or not services.port_open(ports.web):
+        assert process.poll() is None, process.stdout.read().decode()
+        assert time.monotonic() < deadline, "the fake demo did not start"
+        time.sleep(0.1)
+    web = running.read(tmp_path)["services"][0]
+    assert web["name"] == "web" and running.alive(web)
+    return process, web, env, argv
+
+
+def test_a_closed_terminal_stops_the_demo(tmp_path):
+    """SIGHUP (the terminal closed) stops the services as Ctrl-C does; what
+    the stop says goes to the stack's log, the terminal being gone."""
+    import signal
+
+    from stack import running
+
+    process, web, _, _ = _fake_demo(tmp_path)
+    try:
+        process.send_signal(signal.SIGHUP)
+        assert process.wait(30) == 0
+        assert not running.alive(web)
+        assert running.read(tmp_path) is None and not (tmp_path / running.RECORD).exists()
+        assert f"stopping web (pid {web['pid']})" in (tmp_path / "logs" / "stack.log").read_text()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        if running.alive(web):
+            os.kill(web["pid"], signal.SIGKILL)
+
+
+def test_make_stop_stops_what_a_killed_runner_left(tmp_path):
+    """A runner killed with SIGKILL leaves its services running: a new start
+    says so, and ``python -m stack stop`` stops them by their recorded ids."""
+    import signal
+    import subprocess
+
+    from stack import running
+
+    process, web, env, argv = _fake_demo(tmp_path)
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # the runner only: the service has its own session
+        process.wait(10)
+        assert running.alive(web)
+        again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+        assert again.returncode == 2
+        assert f"still runs (web pid {web['pid']}); `make stop` stops it" in again.stderr
+        stopped = subprocess.run(
+            [services.PYTHON, "-m", "stack", "stop", "--state-dir", str(tmp_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert stopped.returncode == 0, stopped.stderr
+        assert f"stopping what runs from {tmp_path}: web pid {web['pid']}" in stopped.stdout
+        assert not running.alive(web) and not (tmp_path / running.RECORD).exists()
+        # nothing left: said, and nothing signalled
+        assert (
+            "nothing is running"
+            in subprocess.run(
+                [services.PYTHON, "-m", "stack", "stop", "--state-dir", str(tmp_path)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout
+        )
+    finally:
+        if running.alive(web):
+            os.kill(web["pid"], signal.SIGKILL)
+
+
+def test_a_pid_given_to_another_process_since_is_not_stopped(tmp_path):
+    """The record names a process by pid and start time: the same pid with
+    another start time is someone else's."""
+    import json
+    import subprocess
+
+    from stack import running
+
+    other = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        stale = {"pid": other.pid, "started": running.started_at(other.pid) - 1}
+        (tmp_path / running.RECORD).write_text(
+            json.dumps({"runner": stale, "services": [{"name": "web", **stale}]})
+        )
+        assert running.read(tmp_path) is None
+        assert running.stop(tmp_path, log=lambda line: None) == 0
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
