@@ -21,7 +21,7 @@ from typing import Any
 
 RECORD = "running.json"
 # how long the runner has to stop its services in order (the job finishes its
-# batch, the brokers shut down), and then the services left, together
+# batch, the brokers shut down), and then each service left
 RUNNER_GRACE = 120.0
 SERVICE_GRACE = 30.0
 
@@ -99,8 +99,9 @@ def _kill_group(entry: dict[str, Any]) -> None:
 
 def stop(state_dir: Path, log: Callable[[str], None] = print) -> int:
     """Stop what the record names: the runner first, which stops its services
-    in order; then, SIGTERM and after ``SERVICE_GRACE`` SIGKILL, each
-    service still running. How many processes were stopped."""
+    in order; then each service still running, the last started first:
+    SIGTERM, and SIGKILL to its process group after ``SERVICE_GRACE``. How
+    many processes were stopped."""
     found = read(state_dir)
     if found is None:
         log(f"nothing is running from {state_dir}")
@@ -111,13 +112,14 @@ def stop(state_dir: Path, log: Callable[[str], None] = print) -> int:
     if alive(runner):
         _signal(runner, signal.SIGTERM)
         _wait_gone([runner], RUNNER_GRACE)
-    left = [s for s in reversed(found["services"]) if alive(s)]
-    for service in left:
-        _signal(service, signal.SIGTERM)
-    _wait_gone(left, SERVICE_GRACE)
-    for service in left:
-        _kill_group(service)
-    _wait_gone(left, 10)
+    # in the reverse order of their start, as the runner stops them: the job
+    # finishes its batch while Redis and Kafka are still there
+    for service in reversed(found["services"]):
+        if alive(service):
+            _signal(service, signal.SIGTERM)
+            _wait_gone([service], SERVICE_GRACE)
+            _kill_group(service)
+            _wait_gone([service], 10)
     still = [e for e in stopped if alive(e)]
     if still:
         log(f"still running: {', '.join(str(e['pid']) for e in still)}")
