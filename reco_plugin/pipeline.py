@@ -27,12 +27,13 @@ def end_offsets(timeout: float = 10.0) -> Offsets:
     if confluent_kafka is None:
         raise ImportError("pip install 'django-reco-plugin[kafka]'")
     config = {
+        # a broker that cannot be reached is the caller's to report, once:
+        # librdkafka would log each failed connection to stderr (a shop's own
+        # log_level in KAFKA wins)
+        "log_level": 0,
         **reco_settings.KAFKA,
         "group.id": "reco-plugin-offsets",
         "enable.auto.commit": False,
-        # a broker that cannot be reached is the caller's to report, once:
-        # librdkafka would log each failed connection to stderr
-        "log_level": 0,
     }
     consumer = confluent_kafka.Consumer(config)
     deadline = time.monotonic() + timeout

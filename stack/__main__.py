@@ -29,9 +29,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.state_dir
             else [REPO / "var" / "demo", REPO / "var" / "cluster"]
         )
-        for place in places:
-            running.stop(place.resolve())
-        return 0
+        stopped = [running.stop(place.resolve()) for place in places]
+        return 0 if all(stopped) else 1
     state_dir = Path(args.state_dir or REPO / "var" / args.command)
 
     if args.command == "cluster":
@@ -42,31 +41,33 @@ def main(argv: list[str] | None = None) -> int:
     else:
         ports = Ports.from_env()
         named = vars(ports)
+    left = running.read(state_dir.resolve())
+    if left is not None:
+        print(
+            f"the {args.command} started from {state_dir} still runs "
+            f"({running.describe(left)}); `make stop` stops it",
+            file=sys.stderr,
+        )
+        return 2
     busy = [f"{name} {port}" for name, port in named.items() if port_open(port)]
     if busy:
-        left = running.read(state_dir.resolve())
-        if left is not None:
-            print(
-                f"ports in use: {', '.join(busy)}: the {args.command} started from {state_dir} "
-                f"still runs ({running.describe(left)}); `make stop` stops it",
-                file=sys.stderr,
-            )
-        else:
-            print(f"ports in use: {', '.join(busy)}; set RECO_*_PORT (see README)", file=sys.stderr)
+        print(f"ports in use: {', '.join(busy)}; set RECO_*_PORT (see README)", file=sys.stderr)
         return 2
     stack = Cluster(state_dir, ports) if args.command == "cluster" else Stack(state_dir, ports)
     stopping = False
 
     def on_signal(signum, frame):
         nonlocal stopping
+        if signum == signal.SIGHUP:
+            # the terminal is gone (during a stop too): what the stop says
+            # goes to the stack's log, not to a terminal that would fail it
+            log = os.open(stack.logs / "stack.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(log, sys.stdout.fileno())
+            os.dup2(log, sys.stderr.fileno())
+            os.close(log)
         if stopping:
             return
         stopping = True
-        if signum == signal.SIGHUP:
-            # the terminal is gone: what the stop says goes to the stack's log
-            log = os.open(stack.logs / "stack.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-            os.dup2(log, sys.stdout.fileno())
-            os.dup2(log, sys.stderr.fileno())
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)

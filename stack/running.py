@@ -1,11 +1,11 @@
 """What a stack runner started, on disk: so that a runner that died without
-stopping its services (a closed terminal before SIGHUP was handled, a
-SIGKILL) leaves a record ``python -m stack stop`` can stop them by, and a
-new start can say why its ports are taken.
+stopping its services (a SIGKILL) leaves a record ``python -m stack stop``
+can stop them by, and a new start on the same state refuses to start a
+second copy beside them.
 
-A process is named by its pid and its start time (``/proc/<pid>/stat``): a
-pid the kernel gave to another process since does not match, and is never
-signalled.
+A process is named by its pid, its start time (``/proc/<pid>/stat``) and the
+boot it started in: a pid the kernel gave to another process since does not
+match, and is never signalled.
 """
 
 from __future__ import annotations
@@ -21,9 +21,16 @@ from typing import Any
 
 RECORD = "running.json"
 # how long the runner has to stop its services in order (the job finishes its
-# batch, the brokers shut down), and then each service left
+# batch, the brokers shut down); then each group of services left, after
+# SIGTERM, before SIGKILL
 RUNNER_GRACE = 120.0
 SERVICE_GRACE = 30.0
+
+
+def _boot() -> str:
+    with contextlib.suppress(OSError):
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return ""
 
 
 def started_at(pid: int) -> int | None:
@@ -40,20 +47,20 @@ def started_at(pid: int) -> int | None:
     return int(fields[19])
 
 
-def process(pid: int) -> dict[str, int]:
-    return {"pid": pid, "started": started_at(pid) or 0}
+def process(pid: int) -> dict[str, Any]:
+    return {"pid": pid, "started": started_at(pid) or 0, "boot": _boot()}
 
 
 def alive(entry: dict[str, Any]) -> bool:
     """The recorded process still runs (the same one, not its pid reused)."""
-    return started_at(entry["pid"]) == entry["started"]
+    return entry.get("boot") == _boot() and started_at(entry["pid"]) == entry["started"]
 
 
-def record(state_dir: Path, services: Iterable[tuple[str, int]]) -> None:
-    """This runner and its live services (name, pid), in start order; the
-    record goes once none is left."""
+def record(state_dir: Path, services: Iterable[tuple[str, int, str]]) -> None:
+    """This runner and its live services (name, pid, quorum), in start order;
+    the record goes once none is left."""
     path = Path(state_dir) / RECORD
-    live = [{"name": name, **process(pid)} for name, pid in services]
+    live = [{"name": name, "quorum": quorum, **process(pid)} for name, pid, quorum in services]
     if not live:
         path.unlink(missing_ok=True)
         return
@@ -64,7 +71,7 @@ def record(state_dir: Path, services: Iterable[tuple[str, int]]) -> None:
 
 def read(state_dir: Path) -> dict[str, Any] | None:
     """The record, when a process in it still runs."""
-    with contextlib.suppress(OSError, ValueError):
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
         found = json.loads((Path(state_dir) / RECORD).read_text())
         if any(alive(entry) for entry in [found["runner"], *found["services"]]):
             return found
@@ -83,46 +90,63 @@ def _wait_gone(entries: list[dict[str, Any]], seconds: float) -> None:
         time.sleep(0.2)
 
 
-def _signal(entry: dict[str, Any], sig: int) -> None:
+def _terminate(entry: dict[str, Any]) -> None:
     if alive(entry):
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(entry["pid"], sig)
+            os.kill(entry["pid"], signal.SIGTERM)
 
 
 def _kill_group(entry: dict[str, Any]) -> None:
     """SIGKILL what is left of a service's process group (it leads its own
     session: pgid == pid), its leader seen alive moments ago: a child it
-    left (the job's JVM) is in it."""
+    left (the job's JVM) is in it. (While any process is in that group the
+    kernel gives its id to no other process.)"""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(entry["pid"], signal.SIGKILL)
 
 
-def stop(state_dir: Path, log: Callable[[str], None] = print) -> int:
+def _groups(services: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The services in the order to stop them: the last started first, the
+    members of one quorum together (one by one, the last broker would wait
+    for a quorum it lost)."""
+    groups: list[list[dict[str, Any]]] = []
+    left = list(services)
+    while left:
+        last = left[-1]
+        together = [
+            s for s in left if s is last or (last["quorum"] and s["quorum"] == last["quorum"])
+        ]
+        groups.append(together)
+        left = [s for s in left if all(s is not t for t in together)]
+    return groups
+
+
+def stop(state_dir: Path, log: Callable[[str], None] = print) -> bool:
     """Stop what the record names: the runner first, which stops its services
-    in order; then each service still running, the last started first:
-    SIGTERM, and SIGKILL to its process group after ``SERVICE_GRACE``. How
-    many processes were stopped."""
+    in order; then each group of services still running, as the runner
+    would: SIGTERM, and SIGKILL to their process groups after
+    ``SERVICE_GRACE``. Whether nothing it names runs any more."""
     found = read(state_dir)
     if found is None:
         log(f"nothing is running from {state_dir}")
-        return 0
+        return True
     log(f"stopping what runs from {state_dir}: {describe(found)}")
-    stopped = [e for e in [found["runner"], *found["services"]] if alive(e)]
     runner = found["runner"]
     if alive(runner):
-        _signal(runner, signal.SIGTERM)
+        _terminate(runner)
         _wait_gone([runner], RUNNER_GRACE)
-    # in the reverse order of their start, as the runner stops them: the job
-    # finishes its batch while Redis and Kafka are still there
-    for service in reversed(found["services"]):
-        if alive(service):
-            _signal(service, signal.SIGTERM)
-            _wait_gone([service], SERVICE_GRACE)
-            _kill_group(service)
-            _wait_gone([service], 10)
-    still = [e for e in stopped if alive(e)]
+    if not alive(runner):
+        for together in _groups(found["services"]):
+            live = [s for s in together if alive(s)]
+            for service in live:
+                _terminate(service)
+            _wait_gone(live, SERVICE_GRACE)
+            for service in live:
+                _kill_group(service)
+            _wait_gone(live, 10)
+    still = [e for e in [runner, *found["services"]] if alive(e)]
     if still:
         log(f"still running: {', '.join(str(e['pid']) for e in still)}")
-    else:
-        (Path(state_dir) / RECORD).unlink(missing_ok=True)
-    return len(stopped) - len(still)
+        return False
+    (Path(state_dir) / RECORD).unlink(missing_ok=True)
+    return True

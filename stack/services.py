@@ -398,7 +398,7 @@ class Stack:
         running.record(
             self.state_dir,
             [
-                (s.name, s.process.pid)
+                (s.name, s.process.pid, s.quorum)
                 for s in listed
                 if s.process is not None and s.process.poll() is None
             ],
@@ -668,11 +668,11 @@ class Stack:
             together = [
                 s for s in self.services if s is last or (last.quorum and s.quorum == last.quorum)
             ]
-            running = [s for s in together if s.process is not None and s.process.poll() is None]
-            if running:
-                pids = ", ".join(f"{s.name} (pid {s.process.pid})" for s in running)
+            live = [s for s in together if s.process is not None and s.process.poll() is None]
+            if live:
+                pids = ", ".join(f"{s.name} (pid {s.process.pid})" for s in live)
                 self.log(f"stopping {pids}")
-                stop_processes([s.process for s in running], max(s.stop_timeout for s in running))
+                stop_processes([s.process for s in live], max(s.stop_timeout for s in live))
             self.services = [s for s in self.services if all(s is not t for t in together)]
             self._record()
 

@@ -17,5 +17,5 @@ def test_every_page_has_an_icon(client):
     assert page.status_code == 200
     assert b'<link rel="icon" href="/static/shop/favicon.svg" type="image/svg+xml">' in page.content
     icon = client.get("/favicon.ico")
-    assert (icon.status_code, icon["Location"]) == (301, "/static/shop/favicon.svg")
+    assert (icon.status_code, icon["Location"]) == (302, "/static/shop/favicon.svg")
     assert (STATIC / "shop" / "favicon.svg").read_text().startswith("<svg ")

@@ -66,12 +66,13 @@ OUTAGE_SECONDS = 15
 
 def test_the_job_weathers_redis_and_kafka_outages(services):
     """Redis paused, then Kafka, while events keep coming: each pause
-    (``OUTAGE_SECONDS``) outlasts the job's Redis socket timeout (10 s) and its
+    (``OUTAGE_SECONDS``) outlasts the job's Redis socket timeout (10 s), its
+    lease in Redis (``lease_ttl``, 4 s here: the job takes it again after), and its
     Kafka request and API timeouts (2 s, 10 s)."""
     bootstrap = f"127.0.0.1:{services.ports.kafka}"
     topic = "outage_views"
     create_topic(bootstrap, topic)
-    job = JobRun(services, "outages", db=3, topics=[topic])
+    job = JobRun(services, "outages", db=3, topics=[topic], config={"lease_ttl": 4})
     job.start()
     stop = threading.Event()
     sent = []

@@ -164,27 +164,39 @@ def test_services_started_together_without_privilege_all_yield():
         assert out.strip().endswith("nice 5"), (out, err)
 
 
-# A runner of ``python -m stack demo`` whose stack starts one service: a
-# process that holds the web port, as the demo's web server would.
+# A runner of ``python -m stack demo`` whose stack starts the services named
+# in its second argument (JSON: name, quorum, whether it ignores SIGTERM):
+# each notes in its log when SIGTERM reaches it.
 FAKE_RUNNER = """
-import sys
+import json, sys
 import stack.__main__ as runner
 from stack.services import PYTHON, Service, Stack
 
-class OneService(Stack):
-    def start(self, warm=True):
-        holder = (
-            "import socket, time; s = socket.socket(); "
-            f"s.bind(('127.0.0.1', {self.ports.web})); s.listen(); time.sleep(120)"
-        )
-        self._start(Service("web", [PYTHON, "-c", holder], self.logs / "web.log", ready=lambda: True))
+SERVICE = (
+    "import signal, sys, time\\n"
+    "def note(*_):\\n"
+    "    print('SIGTERM', time.time(), flush=True)\\n"
+    "    if sys.argv[1] != 'ignore': sys.exit(0)\\n"
+    "signal.signal(signal.SIGTERM, note)\\n"
+    "print('ready', flush=True)\\n"
+    "while True: time.sleep(1)\\n"
+)
 
-runner.Stack = OneService
+class FakeStack(Stack):
+    def start(self, warm=True):
+        for name, quorum, ignore in json.loads(sys.argv[2]):
+            self._start(Service(
+                name, [PYTHON, "-c", SERVICE, "ignore" if ignore else "stop"],
+                self.logs / f"{name}.log", ready=lambda: True, quorum=quorum, stop_timeout=2,
+            ))
+
+runner.Stack = FakeStack
 sys.exit(runner.main(["demo", "--state-dir", sys.argv[1]]))
 """
 
 
-def _fake_demo(tmp_path):
+def _fake_demo(tmp_path, started=(("web", "", False),), **popen):
+    import json
     import subprocess
     import sys
 
@@ -199,18 +211,47 @@ def _fake_demo(tmp_path):
         "RECO_REDIS_PORT": str(ports.redis),
         "RECO_WEB_PORT": str(ports.web),
     }
-    argv = [sys.executable, "-c", FAKE_RUNNER, str(tmp_path)]
-    process = subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
+    argv = [sys.executable, "-c", FAKE_RUNNER, str(tmp_path), json.dumps(started)]
+    popen = popen or {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
+    process = subprocess.Popen(argv, env=env, start_new_session=True, **popen)
     deadline = time.monotonic() + 20
-    while running.read(tmp_path) is None or not services.port_open(ports.web):
-        assert process.poll() is None, process.stdout.read().decode()
+    logs = [tmp_path / "logs" / f"{name}.log" for name, _, _ in started]
+    while True:
+        found = running.read(tmp_path)
+        # each service's SIGTERM handler set, the runner's banner out
+        if (
+            found
+            and len(found["services"]) == len(started)
+            and all(log.exists() and "ready" in log.read_text() for log in logs)
+            and (tmp_path / "env.sh").exists()
+        ):
+            break
+        assert process.poll() is None, "the fake demo exited"
         assert time.monotonic() < deadline, "the fake demo did not start"
         time.sleep(0.1)
-    web = running.read(tmp_path)["services"][0]
-    assert web["name"] == "web" and running.alive(web)
-    return process, web, env, argv
+    assert [s["name"] for s in found["services"]] == [name for name, _, _ in started]
+    assert all(running.alive(s) for s in found["services"])
+    return process, found["services"], env, argv
+
+
+def _terminated(tmp_path, name):
+    """When SIGTERM reached a fake service (time.time()), or None."""
+    for line in (tmp_path / "logs" / f"{name}.log").read_text().splitlines():
+        if line.startswith("SIGTERM "):
+            return float(line.split()[1])
+    return None
+
+
+def _gone(process, recorded):
+    import signal
+
+    from stack import running
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    for service in recorded:
+        if running.alive(service):
+            os.killpg(service["pid"], signal.SIGKILL)
 
 
 def test_a_closed_terminal_stops_the_demo(tmp_path):
@@ -220,7 +261,7 @@ def test_a_closed_terminal_stops_the_demo(tmp_path):
 
     from stack import running
 
-    process, web, _, _ = _fake_demo(tmp_path)
+    process, (web,), _, _ = _fake_demo(tmp_path)
     try:
         process.send_signal(signal.SIGHUP)
         assert process.wait(30) == 0
@@ -228,57 +269,100 @@ def test_a_closed_terminal_stops_the_demo(tmp_path):
         assert running.read(tmp_path) is None and not (tmp_path / running.RECORD).exists()
         assert f"stopping web (pid {web['pid']})" in (tmp_path / "logs" / "stack.log").read_text()
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        if running.alive(web):
-            os.kill(web["pid"], signal.SIGKILL)
+        _gone(process, [web])
 
 
-def test_make_stop_stops_what_a_killed_runner_left(tmp_path):
+def test_a_terminal_closed_while_ctrl_c_stops_the_demo_stops_it_all(tmp_path):
+    """Ctrl-C, then the window closed while the stop waits on a service: the
+    rest of the stop is not cut short by the terminal that went (its writes
+    fail with EIO)."""
+    import pty
+    import signal
+
+    from stack import running
+
+    leader, follower = pty.openpty()
+    started = (("redis", "", False), ("spark", "", True))  # spark takes its 2 s grace
+    process, recorded, _, _ = _fake_demo(
+        tmp_path, started, stdin=follower, stdout=follower, stderr=follower
+    )
+    os.close(follower)
+    try:
+        process.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 10
+        while _terminated(tmp_path, "spark") is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _terminated(tmp_path, "spark") is not None  # the stop is under way
+        os.close(leader)  # the window closes: the terminal hangs up
+        process.send_signal(signal.SIGHUP)
+        assert process.wait(30) == 0
+        assert not any(running.alive(s) for s in recorded)
+        assert _terminated(tmp_path, "redis") is not None  # stopped, not left behind
+        assert not (tmp_path / running.RECORD).exists()
+        assert "stopping redis" in (tmp_path / "logs" / "stack.log").read_text()
+    finally:
+        _gone(process, recorded)
+
+
+def test_make_stop_stops_what_a_killed_runner_left_as_the_runner_would(tmp_path):
     """A runner killed with SIGKILL leaves its services running: a new start
-    says so, and ``python -m stack stop`` stops them by their recorded ids."""
+    refuses, naming them, and ``python -m stack stop`` stops them by their
+    recorded ids: the last started first, a quorum's members together."""
     import signal
     import subprocess
 
     from stack import running
 
-    process, web, env, argv = _fake_demo(tmp_path)
+    started = (("node-1", "q", False), ("node-2", "q", False), ("web", "", False))
+    process, recorded, env, argv = _fake_demo(tmp_path, started)
     try:
-        os.killpg(process.pid, signal.SIGKILL)  # the runner only: the service has its own session
+        os.killpg(process.pid, signal.SIGKILL)  # the runner only: each service has its own session
         process.wait(10)
-        assert running.alive(web)
+        assert all(running.alive(s) for s in recorded)
         again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
         assert again.returncode == 2
-        assert f"still runs (web pid {web['pid']}); `make stop` stops it" in again.stderr
-        stopped = subprocess.run(
-            [services.PYTHON, "-m", "stack", "stop", "--state-dir", str(tmp_path)],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        described = ", ".join(f"{s['name']} pid {s['pid']}" for s in recorded)
+        assert f"still runs ({described}); `make stop` stops it" in again.stderr
+        stop = [services.PYTHON, "-m", "stack", "stop", "--state-dir", str(tmp_path)]
+        stopped = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=120)
         assert stopped.returncode == 0, stopped.stderr
-        assert f"stopping what runs from {tmp_path}: web pid {web['pid']}" in stopped.stdout
-        assert not running.alive(web) and not (tmp_path / running.RECORD).exists()
+        assert f"stopping what runs from {tmp_path}: {described}" in stopped.stdout
+        assert not any(running.alive(s) for s in recorded)
+        assert not (tmp_path / running.RECORD).exists()
+        at = {name: _terminated(tmp_path, name) for name, _, _ in started}
+        assert at["web"] < at["node-1"] and at["web"] < at["node-2"]
+        assert abs(at["node-1"] - at["node-2"]) < 0.5  # together, not one grace apart
         # nothing left: said, and nothing signalled
-        assert (
-            "nothing is running"
-            in subprocess.run(
-                [services.PYTHON, "-m", "stack", "stop", "--state-dir", str(tmp_path)],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            ).stdout
-        )
+        nothing = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=60)
+        assert nothing.returncode == 0 and "nothing is running" in nothing.stdout
     finally:
-        if running.alive(web):
-            os.kill(web["pid"], signal.SIGKILL)
+        _gone(process, recorded)
+
+
+def test_make_stop_asks_a_live_runner_to_stop_its_services(tmp_path):
+    """A runner out of reach (another terminal) is sent SIGTERM, and stops
+    its services itself, in order."""
+    import subprocess
+
+    from stack import running
+
+    process, recorded, env, _ = _fake_demo(tmp_path, (("redis", "", False), ("web", "", False)))
+    try:
+        stop = [services.PYTHON, "-m", "stack", "stop", "--state-dir", str(tmp_path)]
+        stopped = subprocess.run(stop, env=env, capture_output=True, text=True, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+        assert f"runner pid {process.pid}" in stopped.stdout
+        assert process.wait(10) == 0  # it stopped as on Ctrl-C
+        assert b"stopping web" in process.stdout.read()
+        assert not any(running.alive(s) for s in recorded)
+        assert _terminated(tmp_path, "web") < _terminated(tmp_path, "redis")
+    finally:
+        _gone(process, recorded)
 
 
 def test_a_pid_given_to_another_process_since_is_not_stopped(tmp_path):
-    """The record names a process by pid and start time: the same pid with
-    another start time is someone else's."""
+    """The record names a process by pid, start time and boot: the same pid
+    with another start time, or from another boot, is someone else's."""
     import json
     import subprocess
 
@@ -286,13 +370,19 @@ def test_a_pid_given_to_another_process_since_is_not_stopped(tmp_path):
 
     other = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
-        stale = {"pid": other.pid, "started": running.started_at(other.pid) - 1}
-        (tmp_path / running.RECORD).write_text(
-            json.dumps({"runner": stale, "services": [{"name": "web", **stale}]})
-        )
+        for stale in (
+            {**running.process(other.pid), "started": running.started_at(other.pid) - 1},
+            {**running.process(other.pid), "boot": "an earlier boot"},
+        ):
+            (tmp_path / running.RECORD).write_text(
+                json.dumps({"runner": stale, "services": [{"name": "web", "quorum": "", **stale}]})
+            )
+            assert running.read(tmp_path) is None
+            assert running.stop(tmp_path, log=lambda line: None)
+            assert other.poll() is None
+        # a record that is not one is no record
+        (tmp_path / running.RECORD).write_text("null")
         assert running.read(tmp_path) is None
-        assert running.stop(tmp_path, log=lambda line: None) == 0
-        assert other.poll() is None
     finally:
         other.kill()
         other.wait()
