@@ -408,7 +408,7 @@ class Supervisor:
                     if self._redis_behind(query):
                         query.stop()
                         break
-                    self._forgets_when_idle(query)
+                    self._forgets_when_idle()
                     self._lists_when_idle(query)
                     query.awaitTermination(1.0)
                 error = query.exception()
@@ -468,10 +468,11 @@ class Supervisor:
         self.processor.rewind = rewind
         return rewind is not None
 
-    def _forgets_when_idle(self, query) -> None:
+    def _forgets_when_idle(self) -> None:
         """The tombstones Redis lacks, between batches too: a shop with no
         traffic forgets again at once after a restore."""
-        if query.status.get("isTriggerActive") or self.processor.forgets is None:
+        # (a batch reads them itself; ForgetLog's lock keeps the two apart)
+        if self.processor.in_batch or self.processor.forgets is None:
             return
         try:
             self.processor.forgets.catch_up(self.redis, self.processor.settings, wait=False)

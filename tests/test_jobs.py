@@ -385,7 +385,8 @@ def test_the_job_beats_every_second_from_a_thread_of_its_own_once_it_holds_a_que
 
 def test_the_idle_job_writes_owed_lists_while_the_trigger_looks_for_records():
     """The trigger asks Kafka for new records most of the time the query
-    waits (``isTriggerActive``); only a batch makes the idle writer give way."""
+    waits (``isTriggerActive``); only a batch makes the idle writer (and the
+    forget records' reader) give way."""
     import threading
     import time
     import types
@@ -417,3 +418,15 @@ def test_the_idle_job_writes_owed_lists_while_the_trigger_looks_for_records():
     job.processor.in_batch, job.processor.ended = False, time.monotonic()
     job._lists_when_idle(query)
     assert rounds == []
+    # the forget records are read between batches too, not only while the
+    # trigger rests
+    read = []
+    job.redis = "redis"
+    job.processor.settings = "settings"
+    job.processor.forgets = types.SimpleNamespace(
+        catch_up=lambda r, settings, wait: read.append((r, settings, wait))
+    )
+    job._forgets_when_idle()
+    job.processor.in_batch = True
+    job._forgets_when_idle()
+    assert read == [("redis", "settings", False)]
