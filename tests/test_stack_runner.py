@@ -195,8 +195,13 @@ sys.exit(runner.main(["demo", "--state-dir", sys.argv[1]]))
 """
 
 
-def _fake_demo(tmp_path, started=(("web", "", False),), **popen):
+def _fake_demo(tmp_path, started=(("web", "", False),), hangup=None, **popen):
+    """The fake runner started, its services up. ``hangup``: what SIGHUP does
+    to it before it sets its own handler (SIG_IGN: run under nohup); by
+    default SIGHUP's default action, whatever this test process inherited
+    (a CI run under nohup ignores it)."""
     import json
+    import signal
     import subprocess
     import sys
 
@@ -213,7 +218,14 @@ def _fake_demo(tmp_path, started=(("web", "", False),), **popen):
     }
     argv = [sys.executable, "-c", FAKE_RUNNER, str(tmp_path), json.dumps(started)]
     popen = popen or {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT}
-    process = subprocess.Popen(argv, env=env, start_new_session=True, **popen)
+    hangup = signal.SIG_DFL if hangup is None else hangup
+    process = subprocess.Popen(
+        argv,
+        env=env,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, hangup),
+        **popen,
+    )
     deadline = time.monotonic() + 20
     logs = [tmp_path / "logs" / f"{name}.log" for name, _, _ in started]
     while True:
@@ -268,6 +280,22 @@ def test_a_closed_terminal_stops_the_demo(tmp_path):
         assert not running.alive(web)
         assert running.read(tmp_path) is None and not (tmp_path / running.RECORD).exists()
         assert f"stopping web (pid {web['pid']})" in (tmp_path / "logs" / "stack.log").read_text()
+    finally:
+        _gone(process, [web])
+
+
+def test_a_demo_run_under_nohup_outlives_its_terminal(tmp_path):
+    import signal
+
+    from stack import running
+
+    process, (web,), _, _ = _fake_demo(tmp_path, hangup=signal.SIG_IGN)
+    try:
+        process.send_signal(signal.SIGHUP)
+        time.sleep(1)
+        assert process.poll() is None and running.alive(web)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0 and not running.alive(web)
     finally:
         _gone(process, [web])
 
