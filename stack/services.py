@@ -6,6 +6,7 @@ import errno
 import hashlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -49,15 +50,48 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
+# The ports free_ports chooses from: under the kernel's ephemeral range
+# (ip_local_port_range), which it hands out to bind(0) and to every outgoing
+# connection. A port bind(0) gave was taken by some client's connection
+# before the web server it was for could bind it (a CI run: "address already
+# in use"); a port under the range is only ever taken by a bind of it.
+LOWEST_PORT = 10000
+# the ports this process has handed out: never twice
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    with contextlib.suppress(OSError, ValueError):
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    return 32768
+
+
 def free_ports(n: int) -> list[int]:
-    """``n`` different free ports: each socket is held until all are bound
-    (ports taken one by one may come back the same: a broker and a Redis of
-    one cluster once got the same port)."""
+    """``n`` different free ports under the ephemeral range, none this process
+    handed out before; each is bound to see that it is free, and the sockets
+    held until all are (ports taken one by one may come back the same: a
+    broker and a Redis of one cluster once got the same port)."""
+    top = _ephemeral_low()
+    if top - LOWEST_PORT < 1000:  # a machine whose ephemeral range starts low
+        with contextlib.ExitStack() as held:
+            sockets = [held.enter_context(socket.socket()) for _ in range(n)]
+            for s in sockets:
+                s.bind(("127.0.0.1", 0))
+            return [s.getsockname()[1] for s in sockets]
+    chosen: list[int] = []
     with contextlib.ExitStack() as held:
-        sockets = [held.enter_context(socket.socket()) for _ in range(n)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
+        while len(chosen) < n:
+            port = random.randrange(LOWEST_PORT, top)
+            if port in _handed_out or port in chosen:
+                continue
+            s = held.enter_context(socket.socket())
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use, or closing (TIME_WAIT)
+                continue
+            chosen.append(port)
+    _handed_out.update(chosen)
+    return chosen
 
 
 def port_open(port: int) -> bool:

@@ -414,3 +414,21 @@ def test_a_pid_given_to_another_process_since_is_not_stopped(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_free_ports_are_under_the_ephemeral_range_and_never_handed_out_twice():
+    """Ports the kernel gives to outgoing connections (and to bind(0)) are
+    not chosen: a client took such a port before the web server it was for
+    could bind it."""
+    import socket
+
+    low = services._ephemeral_low()
+    first, second = services.free_ports(40), services.free_ports(40)
+    assert len(set(first) | set(second)) == 80
+    assert all(services.LOWEST_PORT <= port < low for port in first + second)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))  # an ephemeral port, as a client's would be
+        assert taken.getsockname()[1] >= low
+    for port in first:  # each is free: bindable
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
