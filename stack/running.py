@@ -15,9 +15,12 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 RECORD = "running.json"
 # how long the runner has to stop its services in order (the job finishes its
@@ -27,7 +30,9 @@ RUNNER_GRACE = 120.0
 SERVICE_GRACE = 30.0
 
 
+@cache
 def _boot() -> str:
+    """This boot's id (read once: it does not change while we run)."""
     with contextlib.suppress(OSError):
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     return ""
@@ -105,17 +110,15 @@ def _kill_group(entry: dict[str, Any]) -> None:
         os.killpg(entry["pid"], signal.SIGKILL)
 
 
-def _groups(services: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+def stop_order(services: Sequence[T], quorum: Callable[[T], str]) -> list[list[T]]:
     """The services in the order to stop them: the last started first, the
     members of one quorum together (one by one, the last broker would wait
     for a quorum it lost)."""
-    groups: list[list[dict[str, Any]]] = []
+    groups: list[list[T]] = []
     left = list(services)
     while left:
         last = left[-1]
-        together = [
-            s for s in left if s is last or (last["quorum"] and s["quorum"] == last["quorum"])
-        ]
+        together = [s for s in left if s is last or (quorum(last) and quorum(s) == quorum(last))]
         groups.append(together)
         left = [s for s in left if all(s is not t for t in together)]
     return groups
@@ -136,7 +139,7 @@ def stop(state_dir: Path, log: Callable[[str], None] = print) -> bool:
         _terminate(runner)
         _wait_gone([runner], RUNNER_GRACE)
     if not alive(runner):
-        for together in _groups(found["services"]):
+        for together in stop_order(found["services"], lambda s: s["quorum"]):
             live = [s for s in together if alive(s)]
             for service in live:
                 _terminate(service)

@@ -697,11 +697,7 @@ class Stack:
         """Each service in the reverse order of its start; the services of one
         ``quorum`` together, when the last started of them is reached. What
         could not be stopped stays listed, for a later ``stop()``."""
-        while self.services:
-            last = self.services[-1]
-            together = [
-                s for s in self.services if s is last or (last.quorum and s.quorum == last.quorum)
-            ]
+        for together in running.stop_order(self.services, lambda s: s.quorum):
             live = [s for s in together if s.process is not None and s.process.poll() is None]
             if live:
                 pids = ", ".join(f"{s.name} (pid {s.process.pid})" for s in live)
