@@ -199,16 +199,22 @@ def has_valid_core(
 ) -> bool:
     """Whether an event's core fields follow schema version 1 (what the pipeline
     needs to apply it; :func:`validate` checks the rest too)."""
-    ids = (event_id, visitor_id) if type == IDENTIFY else (event_id, visitor_id, product_id)
+    # (checked field by field, without a generator: the job checks every record)
     return (
         version == SCHEMA_VERSION
         and type in EVENT_TYPES
-        and all(isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH for value in ids)
+        and _is_id(event_id)
+        and _is_id(visitor_id)
+        and (type == IDENTIFY or _is_id(product_id))
         and is_visitor_id(visitor_id)
         and isinstance(ts, int)
         and not isinstance(ts, bool)
         and ts > 0
     )
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
 
 
 def is_visitor_id(value: Any) -> bool:

@@ -86,6 +86,7 @@ def connect(url: str) -> redis.Redis:
         # RESP2: redis-py 8 on RESP3 re-encodes every score of a sorted-set reply
         # to text and parses it again (most of the time of a similar-list refresh).
         protocol=2,
+        command_packer=bulk.Packer(),
     )
 
 
@@ -194,9 +195,10 @@ def visitor_sets(
     r: redis.Redis, key: Callable[[str], str], visitor_ids: Sequence[str]
 ) -> dict[str, dict[str, int]]:
     """Each visitor's sorted set under ``key(visitor)`` as product -> ts_ms."""
-    found = bulk.ranges(r, [key(v) for v in visitor_ids])
+    found = bulk.flat_ranges(r, [key(v) for v in visitor_ids])
     return {
-        v: {p: int(ts) for p, ts in members} for v, members in zip(visitor_ids, found, strict=True)
+        v: dict(zip(flat[::2], map(int, map(float, flat[1::2])), strict=True))
+        for v, flat in zip(visitor_ids, found, strict=True)
     }
 
 

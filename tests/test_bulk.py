@@ -107,6 +107,12 @@ def test_reads_equal_the_commands_one_by_one(redis_url):
     assert sum(1 for found in bulk.ranges(r, set_keys) if found) == len(set_keys) * 4 // 5
     assert [None, "2"] in bulk.fields(r, hash_keys, "category", "price")
     assert bulk.ranges(r, []) == [] and bulk.hashes(r, []) == []
+    # a visitor's set as the job reads it: product -> int(score)
+    visitors = [key.removeprefix("t:set:") for key in set_keys]
+    assert state.visitor_sets(r, lambda v: f"t:set:{v}", visitors) == {
+        v: {p: int(score) for p, score in r.zrange(f"t:set:{v}", 0, -1, withscores=True)}
+        for v in visitors
+    }
 
 
 def test_a_failing_command_fails_alone_in_the_transaction(redis_url):
@@ -123,3 +129,43 @@ def test_a_failing_command_fails_alone_in_the_transaction(redis_url):
     assert r.zrange("t:set:0", 0, -1) == ["p"] and r.zrange("t:set:2", 0, -1) == ["p"]
     assert r.get("t:set:1") == "a string" and r.get("t:after") == "1"
     assert r.ttl("t:set:2") > 0
+
+
+def test_the_packer_packs_as_redis_py_and_leaves_what_it_cannot_to_it():
+    import enum
+
+    import pytest
+    import redis
+    from redis.connection import Connection
+
+    class Small(enum.IntEnum):
+        ONE = 1
+
+    theirs = Connection()._command_packer
+    packer = bulk.Packer()
+    commands = [
+        ("EVALSHA", "f" * 40, 2, "reco:k:ü", b"raw\xff", 0, -5, 2**70, 1.5, 0.1, 1e-07, 1e20),
+        ("SET", "k", -0.0, float("inf"), float("nan"), 1_796_652_901_344),
+        ("CONFIG GET", "maxmemory"),  # a command name of two words
+        ("SET", "k", Small.ONE),  # an int hiredis refuses: redis-py writes its repr
+        ("SET", "k", bytearray(b"ab"), memoryview(b"cd")),
+    ]
+    for command in commands:
+        assert b"".join(packer.pack(*command)) == b"".join(theirs.pack(*command)), command
+    # one call to hiredis for the common case
+    assert len(packer.pack(*commands[0])) == 1
+    for bad in (None, True, {"a": 1}):
+        with pytest.raises(redis.DataError):
+            theirs.pack("SET", "k", bad)
+        with pytest.raises(redis.DataError):
+            packer.pack("SET", "k", bad)
+    with pytest.raises(UnicodeEncodeError):
+        packer.pack("SET", "k", "\ud800")
+
+
+def test_the_job_client_packs_with_the_packer(redis_url):
+    r = state.connect(redis_url)
+    assert isinstance(r.connection_pool.make_connection()._command_packer, bulk.Packer)
+    r.set("t:packed", "é" * 3)
+    assert r.get("t:packed") == "é" * 3
+    assert r.eval("return ARGV[1] .. ARGV[2]", 0, 1.5, b"x") == "1.5x"
