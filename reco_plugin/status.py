@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from django.utils.module_loading import import_string
@@ -158,10 +159,29 @@ def redis_durability(r: Any) -> dict[str, Any]:
 def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dict[str, Any]:
     """One JSON-ready dict: components, counters, lag, last batch, and
     ``problems``; with ``services``, also a ping of the Celery workers and a
-    round trip through the channel layer (a second or two when one is down)."""
+    round trip through the channel layer (a second or two when one is down).
+
+    Kafka, the Celery ping and the channel layer are asked at once, while
+    Redis is read: with all of them down the report takes the longest of
+    their timeouts, not their sum."""
+    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="reco-status") as pool:
+        kafka = pool.submit(_kafka_status, kafka_timeout)
+        celery = pool.submit(celery_status) if services else None
+        layer = pool.submit(channel_layer_status) if services else None
+        report = _redis_status()
+        _judge_kafka(report, kafka.result())
+        if celery is not None and layer is not None:
+            _judge_services(report, celery.result(), layer.result())
+    report["ok"] = not report["problems"]
+    return report
+
+
+def _redis_status() -> dict[str, Any]:
+    """The report's parts read from Redis (its ``processed`` offsets kept
+    for the lag) and their problems."""
     report: dict[str, Any] = {"ok": True, "problems": [], "checked_at": time.time()}
     problems: list[str] = report["problems"]
-    processed: dict[str, int] = {}
+    report["processed"] = processed = {}
     try:
         r = get_redis()
         r.ping()
@@ -204,7 +224,7 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         problems.extend(report["redis"].pop("problems"))
         report["recovery"] = _recovery(recovered)
         report["lease"] = _lease(lease, lease_info, standby)
-        processed = {k: int(v) for k, v in offsets.items()}
+        processed.update({k: int(v) for k, v in offsets.items()})
         job = json.loads(heartbeat) if heartbeat else None
         beat_age = _heartbeat_age(heartbeat_ttl_ms) if job else None
         gone = bool(job) and _process_gone(job)
@@ -262,16 +282,35 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
     except Exception as exc:
         report["redis"] = {"ok": False, "url": shown_url(), "error": str(exc)}
         problems.append(f"Redis is unreachable: {exc}")
+    return report
+
+
+def _kafka_status(timeout: float) -> tuple[dict[str, int] | None, dict[str, Any], list[str]]:
+    """The topics' end offsets (None when Kafka does not answer), the
+    report's ``kafka`` part, and its problems."""
+    problems: list[str] = []
     try:
-        ends = pipeline.end_offsets(timeout=kafka_timeout)
-        report["kafka"] = {"ok": True, **topology.kafka_brokers(timeout=kafka_timeout)}
-        problems.extend(report["kafka"].pop("problems"))
+        ends = pipeline.end_offsets(timeout=timeout)
+        part = {"ok": True, **topology.kafka_brokers(timeout=timeout)}
+        problems.extend(part.pop("problems"))
         if not ends:
             problems.append("none of the topics exist: run manage.py reco_topics")
     except Exception as exc:
         ends = None
-        report["kafka"] = {"ok": False, "error": str(exc)}
+        part = {"ok": False, "error": str(exc)}
         problems.append(f"Kafka is unreachable: {exc}")
+    return ends, part, problems
+
+
+def _judge_kafka(
+    report: dict[str, Any], kafka: tuple[dict[str, int] | None, dict[str, Any], list[str]]
+) -> None:
+    """Kafka's part, the lag, the Spark master, the queries and the
+    freshness, with their problems."""
+    problems: list[str] = report["problems"]
+    processed: dict[str, int] = report.pop("processed")
+    ends, report["kafka"], found = kafka
+    problems.extend(found)
     if ends is not None and report.get("redis", {}).get("ok"):
         lag: dict[str, dict[str, int]] = {}
         for tp, end in sorted(ends.items()):
@@ -309,18 +348,20 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
                 f"the last batch wrote lists {freshness / 1000:.0f} s after its newest event "
                 f"(STATUS_MAX_FRESHNESS_SECONDS is {reco_settings.STATUS_MAX_FRESHNESS_SECONDS})"
             )
-    if services:
-        report["celery"] = celery_status()
-        if report["celery"].get("configured") and not report["celery"]["ok"]:
-            problems.append("no Celery worker answers: catalog syncs and retraining do not run")
-        report["channel_layer"] = channel_layer_status()
-        if report["channel_layer"].get("configured") and not report["channel_layer"]["ok"]:
-            problems.append(
-                f"the channel layer does not answer: no live updates "
-                f"({report['channel_layer'].get('error')})"
-            )
-    report["ok"] = not problems
-    return report
+
+
+def _judge_services(
+    report: dict[str, Any], celery: dict[str, Any], channel_layer: dict[str, Any]
+) -> None:
+    report["celery"], report["channel_layer"] = celery, channel_layer
+    if celery.get("configured") and not celery["ok"]:
+        report["problems"].append(
+            "no Celery worker answers: catalog syncs and retraining do not run"
+        )
+    if channel_layer.get("configured") and not channel_layer["ok"]:
+        report["problems"].append(
+            f"the channel layer does not answer: no live updates ({channel_layer.get('error')})"
+        )
 
 
 # a retraining running longer than this is reported (killed without a word?)
@@ -386,8 +427,12 @@ def celery_status(timeout: float = 1.0) -> dict[str, Any]:
 
     if not celery_configured():
         return {"ok": True, "configured": False}
+    app = celery.current_app
     try:
-        replies = celery.current_app.control.ping(timeout=timeout) or []
+        with app.connection_for_write() as connection:
+            # one attempt: kombu retries a broker that is down for ~6 s
+            connection.ensure_connection(max_retries=0, timeout=max(timeout, 2.0))
+            replies = app.control.ping(timeout=timeout, connection=connection) or []
     except Exception as exc:  # the broker is down
         return {"ok": False, "configured": True, "workers": 0, "error": str(exc)}
     return {"ok": bool(replies), "configured": True, "workers": len(replies)}

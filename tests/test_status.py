@@ -311,3 +311,41 @@ def test_a_restarting_query_is_down_without_a_heartbeat_history(redis_url, r):
     assert "the streaming job's query is restarting: Kafka unavailable" in report["problems"]
     line = next(x for x in status.format_status(report).splitlines() if x.startswith("job "))
     assert line.startswith("job        DOWN  pid 4242, restarting, query restarts"), line
+
+
+def test_kafka_celery_and_the_channel_layer_are_asked_at_once(nothing_running, monkeypatch):
+    """Each down, each taking its timeout: the report takes the longest, not the sum."""
+    import time
+
+    from reco_plugin import status
+
+    def slow(result):
+        def check(*args, **kwargs):
+            time.sleep(1.0)
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        return check
+
+    monkeypatch.setattr(status.pipeline, "end_offsets", slow(TimeoutError("no broker answered")))
+    monkeypatch.setattr(
+        status, "celery_status", slow({"ok": False, "configured": True, "workers": 0})
+    )
+    monkeypatch.setattr(
+        status,
+        "channel_layer_status",
+        slow({"ok": False, "configured": True, "error": "refused"}),
+    )
+    started = time.monotonic()
+    report = status.pipeline_status(kafka_timeout=1.0)
+    took = time.monotonic() - started
+    assert report["ok"] is False
+    assert report["kafka"] == {"ok": False, "error": "no broker answered"}
+    assert report["problems"][-3:] == [
+        "Kafka is unreachable: no broker answered",
+        "no Celery worker answers: catalog syncs and retraining do not run",
+        "the channel layer does not answer: no live updates (refused)",
+    ]
+    assert any("Redis is unreachable" in p for p in report["problems"])
+    assert 1.0 <= took < 2.0, took
