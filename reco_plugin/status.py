@@ -161,14 +161,18 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
     ``problems``; with ``services``, also a ping of the Celery workers and a
     round trip through the channel layer (a second or two when one is down).
 
-    Kafka, the Celery ping and the channel layer are asked at once, while
-    Redis is read: with all of them down the report takes the longest of
+    The Celery ping and the channel layer are asked while Redis and then
+    Kafka are read: with all of them down the report takes the longest of
     their timeouts, not their sum."""
     with ThreadPoolExecutor(max_workers=3, thread_name_prefix="reco-status") as pool:
-        kafka = pool.submit(_kafka_status, kafka_timeout)
-        celery = pool.submit(celery_status) if services else None
+        # (the shop's Celery app, as this thread knows it: a new thread may
+        # know only Celery's default app)
+        celery = pool.submit(celery_status, app=_celery_app()) if services else None
         layer = pool.submit(channel_layer_status) if services else None
         report = _redis_status()
+        # Kafka's end offsets after Redis's: the job commits on meanwhile, so
+        # the lag may come out high, never low
+        kafka = pool.submit(_kafka_status, kafka_timeout)
         _judge_kafka(report, kafka.result())
         if celery is not None and layer is not None:
             _judge_services(report, celery.result(), layer.result())
@@ -421,17 +425,26 @@ def _queries(report: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def celery_status(timeout: float = 1.0) -> dict[str, Any]:
-    """Whether the shop's Celery workers answer a ping (when Celery is set up)."""
+def _celery_app() -> Any:
+    """The shop's Celery app (when Celery is set up with a broker), else None."""
     from .compat import celery, celery_configured
 
-    if not celery_configured():
+    return celery.current_app._get_current_object() if celery_configured() else None
+
+
+def celery_status(timeout: float = 1.0, app: Any = None) -> dict[str, Any]:
+    """Whether the shop's Celery workers answer a ping (when Celery is set
+    up; ``app``: the shop's app, found here when not given)."""
+    app = app or _celery_app()
+    if app is None:
         return {"ok": True, "configured": False}
-    app = celery.current_app
     try:
         with app.connection_for_write() as connection:
-            # one attempt: kombu retries a broker that is down for ~6 s
-            connection.ensure_connection(max_retries=0, timeout=max(timeout, 2.0))
+            # each of the broker's URLs once (kombu moves on to the next
+            # between retries), not kombu's ~6 s of retries of one that is down
+            connection.ensure_connection(
+                max_retries=max(0, len(connection.alt) - 1), interval_start=0, interval_step=0.2
+            )
             replies = app.control.ping(timeout=timeout, connection=connection) or []
     except Exception as exc:  # the broker is down
         return {"ok": False, "configured": True, "workers": 0, "error": str(exc)}

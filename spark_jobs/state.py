@@ -86,7 +86,8 @@ def connect(url: str) -> redis.Redis:
         # RESP2: redis-py 8 on RESP3 re-encodes every score of a sorted-set reply
         # to text and parses it again (most of the time of a similar-list refresh).
         protocol=2,
-        command_packer=bulk.Packer(),
+        # (UTF-8: a URL that sets another encoding keeps redis-py's packer)
+        **({} if "encoding" in url else {"command_packer": bulk.Packer()}),
     )
 
 
