@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ports in use: {', '.join(busy)}; set RECO_*_PORT (see README)", file=sys.stderr)
         return 2
     stack = Cluster(state_dir, ports) if args.command == "cluster" else Stack(state_dir, ports)
+    stack.access_log = True  # each request in logs/web.log
     stopping = False
 
     def on_signal(signum, frame):

@@ -324,6 +324,9 @@ class Stack:
     catalog_sync_seconds: int = 300
     log: Callable[[str], None] = print
     services: list[Service] = field(default_factory=list)
+    # a line a request in the web server's log (the demo's; the tests' and
+    # benchmarks' servers keep none)
+    access_log: bool = False
 
     def __post_init__(self) -> None:
         self.state_dir = Path(self.state_dir).resolve()
@@ -661,7 +664,7 @@ class Stack:
                     str(self.ports.web),
                     "--lifespan",
                     "off",
-                    "--no-access-log",
+                    "--access-log" if self.access_log else "--no-access-log",
                 ],
                 self.logs / "web.log",
                 lambda: urllib.request.urlopen(url, timeout=2).status == 200,

@@ -432,3 +432,12 @@ def test_free_ports_are_under_the_ephemeral_range_and_never_handed_out_twice():
     for port in first:  # each is free: bindable
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))
+
+
+def test_the_demo_web_server_logs_each_request_and_the_test_servers_none(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(Stack, "_start", lambda self, service: started.append(service.argv))
+    Stack(tmp_path, Ports.free()).start_web()
+    Stack(tmp_path, Ports.free(), access_log=True).start_web()
+    assert "--no-access-log" in started[0] and "--access-log" not in started[0]
+    assert "--access-log" in started[1] and "--no-access-log" not in started[1]
