@@ -26,6 +26,10 @@ try:  # personal_list's loop, compiled (spark_jobs/_personal.c)
     from . import _personal
 except ImportError:  # not built (no C compiler where it was installed)
     _personal = None
+try:  # visitor_pairs' loop, compiled (spark_jobs/_pairs.c)
+    from . import _pairs
+except ImportError:
+    _pairs = None
 
 # A remembered item of a visitor: (product_id, ts_ms, weight).
 Item = tuple[str, int, float]
@@ -59,6 +63,7 @@ def visitor_pairs(
     window_s: int | None = None,
     limit: int | None = None,
     half_life: int | None = None,
+    compiled: bool = True,
 ) -> dict[Pair, float]:
     """Co-visitation weights learnt from one visitor's new interactions.
 
@@ -72,12 +77,21 @@ def visitor_pairs(
     ``window_s``, ``limit`` and ``half_life`` (default ``covisit_window``,
     ``recent_items``, ``half_life``) are the baskets' for
     frequently-bought-together pairs, and the sessions'.
+
+    The loop runs in C (``spark_jobs/_pairs.c``, the same dict to the bit)
+    unless not ``compiled`` or an argument is of a shape it leaves to Python.
     """
     window_ms = (window_s or settings.covisit_window) * 1000
     recent_items = limit or settings.recent_items
     half_life = half_life or settings.half_life
     pairs: dict[Pair, float] = {}
     ordered = sorted(new, key=lambda i: (i.ts, i.product_id, i.event_id))
+    if compiled and _pairs is not None and isinstance(remembered, list):
+        made = _pairs.visitor_pairs(
+            remembered, ordered, window_ms, recent_items, landmark_ms, half_life * 1000.0
+        )
+        if made is not None:
+            return made
     for index, item in enumerate(ordered):
         candidates: list[tuple[int, int, str, int, float]] = []
         for order, (product_id, ts, weight) in enumerate(remembered):
