@@ -1,4 +1,5 @@
-/* A visitor's co-visitation pairs (spark_jobs.learn.visitor_pairs), compiled.
+/* A visitor's co-visitation pairs (spark_jobs.learn.visitor_pairs) and
+   where they went next (learn.next_pairs_by_steps), compiled.
 
    visitor_pairs(remembered, ordered, window_ms, limit, landmark_ms, scale)
        The dict of pair -> weight learn.visitor_pairs makes, for its
@@ -17,7 +18,16 @@
    item's ``limit`` nearest candidates as heapq.nsmallest does (by distance
    in time, then their place: each candidate's place is its own, so no
    further field decides), and fills the dict in the same order, so both
-   give the same dict. tests/test_pairs.py holds the two equal. */
+   give the same dict. tests/test_pairs.py holds the two equal.
+
+   next_pairs(remembered, ordered, window_ms, steps, landmark_ms, scale)
+       The list of dicts learn.next_pairs_by_steps makes, for the new
+       interactions in its order (time, order, id, event id; their fifth
+       field their order), ``steps`` a tuple of ints from 0 to 1000 and
+       ``scale`` next_half_life * 1000.0; None as above. Each item's latest
+       items are ordered as heapq.nlargest orders them (time, then order,
+       then id: no two the same), the weights taken as Python's max and min
+       take them. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -209,9 +219,219 @@ done:
     return pairs;
 }
 
+/* An item before the one being learnt (next_pairs): its latest time and
+   when it came (a new event's order, or -1 - a remembered item's place). */
+typedef struct {
+    PyObject *id;
+    Py_hash_t hash;
+    long long ts;
+    long long order;
+} Before;
+
+static Py_ssize_t
+find_before(const Before *found, Py_ssize_t n, PyObject *id, Py_hash_t hash)
+{
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (found[i].hash == hash && PyUnicode_Compare(found[i].id, id) == 0)
+            return i;
+    return -1;
+}
+
+/* Latest first: by (time, order), then id, as nlargest's key (kv[1], kv[0]). */
+static int
+latest_first(const void *a, const void *b)
+{
+    const Before *x = a, *y = b;
+    if (x->ts != y->ts)
+        return x->ts > y->ts ? -1 : 1;
+    if (x->order != y->order)
+        return x->order > y->order ? -1 : 1;
+    return -PyUnicode_Compare(x->id, y->id);
+}
+
+/* The largest weight an id has had among ``items`` (the last of an id in
+   ``remembered``, as a dict comprehension keeps; the largest of the new). */
+static double
+weight_of(PyObject *id, Py_hash_t hash, const Item *items, const Py_hash_t *hashes,
+          Py_ssize_t n, int last_wins)
+{
+    double weight = 0.0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (hashes[i] != hash || PyUnicode_Compare(items[i].id, id) != 0)
+            continue;
+        if (last_wins)
+            weight = items[i].weight;
+        else if (items[i].weight > weight)
+            weight = items[i].weight;
+    }
+    return weight;
+}
+
+static PyObject *
+next_pairs(PyObject *self, PyObject *args)
+{
+    PyObject *remembered_list, *ordered_list, *steps_tuple;
+    long long window, landmark;
+    double scale;
+    if (!PyArg_ParseTuple(args, "O!O!LO!Ld", &PyList_Type, &remembered_list, &PyList_Type,
+                          &ordered_list, &window, &PyTuple_Type, &steps_tuple, &landmark, &scale))
+        return NULL;
+    Py_ssize_t n_steps = PyTuple_GET_SIZE(steps_tuple);
+    if (n_steps == 0 || landmark > MAX_TS || landmark < -MAX_TS || !isfinite(scale) || scale == 0.0)
+        Py_RETURN_NONE;
+    Py_ssize_t steps[8];
+    Py_ssize_t deepest = 0;
+    if (n_steps > 8)
+        Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < n_steps; i++) {
+        PyObject *k = PyTuple_GET_ITEM(steps_tuple, i);
+        if (!PyLong_CheckExact(k))
+            Py_RETURN_NONE;
+        steps[i] = PyLong_AsSsize_t(k);
+        if (steps[i] < 0 || steps[i] > 1000) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        if (steps[i] > deepest)
+            deepest = steps[i];
+    }
+    Py_ssize_t n_remembered = PyList_GET_SIZE(remembered_list);
+    Py_ssize_t n_new = PyList_GET_SIZE(ordered_list);
+    Item *remembered = PyMem_Malloc(sizeof(Item) * (size_t)(n_remembered + 1));
+    Item *ordered = PyMem_Malloc(sizeof(Item) * (size_t)(n_new + 1));
+    Py_hash_t *remembered_hash = PyMem_Malloc(sizeof(Py_hash_t) * (size_t)(n_remembered + 1));
+    Py_hash_t *ordered_hash = PyMem_Malloc(sizeof(Py_hash_t) * (size_t)(n_new + 1));
+    long long *order = PyMem_Malloc(sizeof(long long) * (size_t)(n_new + 1));
+    Before *before = PyMem_Malloc(sizeof(Before) * (size_t)(n_remembered + deepest + 1));
+    PyObject *learnt = NULL;
+    if (remembered == NULL || ordered == NULL || remembered_hash == NULL || ordered_hash == NULL ||
+        order == NULL || before == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (!read_items(remembered_list, remembered, 1) || !read_items(ordered_list, ordered, 0))
+        goto python;
+    for (Py_ssize_t i = 0; i < n_new; i++) {
+        /* Interaction.order, the fifth field */
+        PyObject *entry = PyList_GET_ITEM(ordered_list, i);
+        if (PyTuple_GET_SIZE(entry) < 5 || !PyLong_CheckExact(PyTuple_GET_ITEM(entry, 4)))
+            goto python;
+        int overflow = 0;
+        order[i] = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(entry, 4), &overflow);
+        if (overflow || order[i] > MAX_TS || order[i] < -MAX_TS)
+            goto python;
+        if ((ordered_hash[i] = PyObject_Hash(ordered[i].id)) == -1)
+            goto done;
+    }
+    for (Py_ssize_t i = 0; i < n_remembered; i++)
+        if ((remembered_hash[i] = PyObject_Hash(remembered[i].id)) == -1)
+            goto done;
+    learnt = PyList_New(n_steps);
+    if (learnt == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n_steps; i++) {
+        PyObject *pairs = PyDict_New();
+        if (pairs == NULL)
+            goto failed;
+        PyList_SET_ITEM(learnt, i, pairs);
+    }
+    for (Py_ssize_t index = 0; index < n_new; index++) {
+        const Item *item = &ordered[index];
+        Py_hash_t hash = ordered_hash[index];
+        Py_ssize_t n_before = 0;
+        for (Py_ssize_t place = 0; place < n_remembered; place++) {
+            const Item *other = &remembered[place];
+            long long gap = item->ts - other->ts;
+            if (gap < 0 || gap > window)
+                continue;
+            Py_hash_t other_hash = remembered_hash[place];
+            if (other_hash == hash && PyUnicode_Compare(other->id, item->id) == 0)
+                continue;
+            /* before[product_id] = (ts, -1 - place): the last place wins */
+            Py_ssize_t at = find_before(before, n_before, other->id, other_hash);
+            if (at < 0)
+                at = n_before++;
+            before[at] = (Before){other->id, other_hash, other->ts, -1 - (long long)place};
+        }
+        /* the new events before it, latest first, until ``deepest`` products */
+        Py_ssize_t walked = 0;
+        PyObject *walked_ids[1001];
+        Py_hash_t walked_hashes[1001];
+        for (Py_ssize_t j = index - 1; j >= 0; j--) {
+            const Item *other = &ordered[j];
+            if (item->ts - other->ts > window || walked == deepest)
+                break;
+            Py_hash_t other_hash = ordered_hash[j];
+            if (other_hash == hash && PyUnicode_Compare(other->id, item->id) == 0)
+                continue;
+            int seen = 0;
+            for (Py_ssize_t w = 0; w < walked && !seen; w++)
+                seen = walked_hashes[w] == other_hash &&
+                       PyUnicode_Compare(walked_ids[w], other->id) == 0;
+            if (seen)
+                continue;
+            walked_ids[walked] = other->id;
+            walked_hashes[walked++] = other_hash;
+            /* before[id] = max(before.get(id, (ts, order)), (ts, order)) */
+            Py_ssize_t at = find_before(before, n_before, other->id, other_hash);
+            if (at < 0) {
+                before[n_before++] = (Before){other->id, other_hash, other->ts, order[j]};
+            }
+            else if (other->ts > before[at].ts ||
+                     (other->ts == before[at].ts && order[j] > before[at].order)) {
+                before[at].ts = other->ts;
+                before[at].order = order[j];
+            }
+        }
+        qsort(before, (size_t)n_before, sizeof(Before), latest_first);
+        if (PyErr_Occurred())
+            goto failed;
+        double fade = pow(2.0, (double)(-(landmark - item->ts)) / scale);
+        if (!isfinite(fade))
+            goto overflow;
+        for (Py_ssize_t s = 0; s < n_steps; s++) {
+            PyObject *pairs = PyList_GET_ITEM(learnt, s);
+            Py_ssize_t k = steps[s] < n_before ? steps[s] : n_before;
+            if (k > deepest)
+                k = deepest;
+            for (Py_ssize_t b = 0; b < k; b++) {
+                PyObject *id = before[b].id;
+                double known = weight_of(id, before[b].hash, remembered, remembered_hash,
+                                         n_remembered, 1);
+                double learnt_weight =
+                    weight_of(id, before[b].hash, ordered, ordered_hash, index, 0);
+                /* max(remembered's, new's), then min(item.weight, that) */
+                double weight = learnt_weight > known ? learnt_weight : known;
+                double lighter = weight < item->weight ? weight : item->weight;
+                if (!add(pairs, id, item->id, lighter * fade))
+                    goto failed;
+            }
+        }
+    }
+    goto done;
+overflow: /* math.pow raises OverflowError there: Python's loop says so */
+python:
+    Py_XDECREF(learnt);
+    learnt = Py_None;
+    Py_INCREF(learnt);
+    goto done;
+failed:
+    Py_CLEAR(learnt);
+done:
+    PyMem_Free(remembered);
+    PyMem_Free(ordered);
+    PyMem_Free(remembered_hash);
+    PyMem_Free(ordered_hash);
+    PyMem_Free(order);
+    PyMem_Free(before);
+    return learnt;
+}
+
 static PyMethodDef methods[] = {
     {"visitor_pairs", visitor_pairs, METH_VARARGS,
      "learn.visitor_pairs' loop over ordered new interactions (None: left to Python)."},
+    {"next_pairs", next_pairs, METH_VARARGS,
+     "learn.next_pairs_by_steps' loop over ordered new interactions (None: left to Python)."},
     {NULL, NULL, 0, NULL},
 };
 

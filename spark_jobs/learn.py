@@ -145,14 +145,29 @@ def next_pairs_by_steps(
     settings: PipelineSettings,
     landmark_ms: int,
     steps: Sequence[int],
+    compiled: bool = True,
 ) -> list[dict[Pair, float]]:
     """:func:`next_pairs` for each number of ``steps``, in one walk: an
     item's latest ``k`` items are the first ``k`` of its latest ``n > k``
-    (the events walked past the ``k``-th are all earlier than it)."""
+    (the events walked past the ``k``-th are all earlier than it).
+
+    The loop runs in C (``spark_jobs/_pairs.c``, the same dicts to the bit)
+    unless not ``compiled`` or an argument is of a shape it leaves to Python."""
     window_ms = settings.covisit_window * 1000
     deepest = max(steps)
     learnt: list[dict[Pair, float]] = [{} for _ in steps]
     ordered = sorted(new, key=lambda i: (i.ts, i.order, i.product_id, i.event_id))
+    if compiled and _pairs is not None and isinstance(remembered, list):
+        made = _pairs.next_pairs(
+            remembered,
+            ordered,
+            window_ms,
+            tuple(steps),
+            landmark_ms,
+            settings.next_half_life * 1000.0,
+        )
+        if made is not None:
+            return made
     remembered_weight = {product_id: weight for product_id, _, weight in remembered}
     # product -> the largest weight of its new events so far
     new_weight: dict[str, float] = {}

@@ -162,3 +162,63 @@ def test_nan_weights_pair_as_in_python():
     ]
     python = learn.visitor_pairs(remembered, new, SETTINGS, LANDMARK, compiled=False)
     assert exact(learn.visitor_pairs(remembered, new, SETTINGS, LANDMARK)) == exact(python)
+
+
+def next_case(rng: random.Random):
+    remembered, new, _ = random_case(rng)
+    if rng.random() < 0.3:  # the same order for events of one time (two topics)
+        new = [item._replace(order=rng.randint(0, 3)) for item in new]
+    steps = rng.choice([(SETTINGS.next_steps, 1), (1,), (3, 1), (0, 2), (7,), (1, 1)])
+    settings = PipelineSettings(
+        covisit_window=rng.choice([1, 60, 1800, 10**6]),
+        next_half_life=rng.choice([3600, SETTINGS.next_half_life]),
+    )
+    return remembered, new, steps, settings
+
+
+@compiled_only
+def test_the_compiled_next_pairs_are_pythons_to_the_bit():
+    rng = random.Random(13)
+    made = overflowed = 0
+    for _ in range(4000):
+        remembered, new, steps, settings = next_case(rng)
+        try:
+            python = learn.next_pairs_by_steps(
+                remembered, new, settings, LANDMARK, steps, compiled=False
+            )
+        except OverflowError:  # a weight faded past a double's range: left to Python
+            with pytest.raises(OverflowError):
+                learn.next_pairs_by_steps(remembered, new, settings, LANDMARK, steps)
+            overflowed += 1
+            continue
+        ordered = sorted(new, key=lambda i: (i.ts, i.order, i.product_id, i.event_id))
+        itself = learn._pairs.next_pairs(
+            remembered,
+            ordered,
+            settings.covisit_window * 1000,
+            steps,
+            LANDMARK,
+            settings.next_half_life * 1000.0,
+        )
+        compiled = learn.next_pairs_by_steps(remembered, new, settings, LANDMARK, steps)
+        assert [exact(p) for p in compiled] == [exact(p) for p in python], (
+            remembered,
+            new,
+            steps,
+        )
+        assert itself is not None and [exact(p) for p in itself] == [exact(p) for p in python]
+        made += 1
+    assert made + overflowed == 4000 and made > 3000
+
+
+@compiled_only
+@pytest.mark.parametrize(
+    "steps", [(-1,), (1001,), (1, 2, 3, 4, 5, 6, 7, 8, 9)], ids=["negative", "deep", "nine"]
+)
+def test_next_pairs_of_steps_the_job_never_asks_are_left_to_python(steps):
+    remembered = [("a", LANDMARK - 1000, 1.0), ("b", LANDMARK - 2000, 3.0)]
+    new = [Interaction("c", LANDMARK - 500, 1.0, "e1", 0), Interaction("a", LANDMARK, 2.0, "e2", 1)]
+    assert learn._pairs.next_pairs(remembered, new, 1_800_000, steps, LANDMARK, 1e9) is None
+    python = learn.next_pairs_by_steps(remembered, new, SETTINGS, LANDMARK, steps, compiled=False)
+    compiled = learn.next_pairs_by_steps(remembered, new, SETTINGS, LANDMARK, steps)
+    assert [exact(p) for p in compiled] == [exact(p) for p in python]
