@@ -15,7 +15,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v chromium >/dev/null || missing+=(chromium)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || missing+=(maven)
-# the compiled loops (reco_plugin/_ftrl.c, _candidates.c, spark_jobs/_personal.c):
+# the compiled loops (reco_plugin/_ftrl.c, _candidates.c, spark_jobs/_personal.c, _pairs.c):
 # a C compiler and Python's headers
 command -v cc >/dev/null || missing+=(gcc)
 PYTHON=${PYTHON:-python3}
