@@ -8,10 +8,11 @@
        product id, the time and the weight), with ``scale`` the half-life in
        milliseconds as Python computes it (half_life * 1000.0). None where
        this loop leaves the work to Python's: an argument of another shape or
-       type (a time that is not an int of at most 2**62, a weight that is
-       neither a float nor an int a double holds exactly), a negative limit,
-       a half-life of 0, a weight faded past a double's range (math.pow
-       raises there).
+       type (a weight that is neither a float nor an int a double holds
+       exactly; a time, landmark, window or limit that is not an int within
+       2**61, so that no difference of two overflows), a negative limit, a
+       half-life of 0, a weight faded past a double's range (math.pow raises
+       there).
 
    It does the same double operations in the same order as the Python loop
    (no fused multiply-add: the build passes -ffp-contract=off), takes each
@@ -27,7 +28,7 @@
        ``scale`` next_half_life * 1000.0; None as above. Each item's latest
        items are ordered as heapq.nlargest orders them (time, then order,
        then id: no two the same), the weights taken as Python's max and min
-       take them. */
+       take them (each id's looked up in a table, as Python's dicts). */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -57,7 +58,23 @@ by_distance_then_place(const void *a, const void *b)
     return 0;
 }
 
-#define MAX_TS (1LL << 62)
+/* times, orders, the landmark and the window at most this far from 0: any
+   difference of two of them fits in a long long */
+#define MAX_TS (1LL << 61)
+
+/* An exact int within MAX_TS: 1, or 0 where the loop is Python's. */
+static int
+as_bounded(PyObject *value, long long *out)
+{
+    if (!PyLong_CheckExact(value))
+        return 0;
+    int overflow = 0;
+    long long n = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow || n > MAX_TS || n < -MAX_TS)
+        return 0;
+    *out = n;
+    return 1;
+}
 
 /* A weight as a double: 1 when it is a float or an int a double holds exactly. */
 static int
@@ -93,11 +110,8 @@ read_items(PyObject *list, Item *items, int exact)
             return 0;
         PyObject *id = PyTuple_GET_ITEM(entry, 0);
         PyObject *ts = PyTuple_GET_ITEM(entry, 1);
-        if (!PyUnicode_CheckExact(id) || !PyLong_CheckExact(ts))
-            return 0;
-        int overflow = 0;
-        long long t = PyLong_AsLongLongAndOverflow(ts, &overflow);
-        if (overflow || t > MAX_TS || t < -MAX_TS)
+        long long t;
+        if (!PyUnicode_CheckExact(id) || !as_bounded(ts, &t))
             return 0;
         if (!as_weight(PyTuple_GET_ITEM(entry, 2), &items[i].weight))
             return 0;
@@ -140,15 +154,17 @@ add(PyObject *pairs, PyObject *a, PyObject *b, double value)
 static PyObject *
 visitor_pairs(PyObject *self, PyObject *args)
 {
-    PyObject *remembered_list, *ordered_list;
-    long long window, landmark;
-    Py_ssize_t limit;
+    PyObject *remembered_list, *ordered_list, *window_arg, *limit_arg, *landmark_arg;
+    long long window, landmark, limit_value;
     double scale;
-    if (!PyArg_ParseTuple(args, "O!O!LnLd", &PyList_Type, &remembered_list, &PyList_Type,
-                          &ordered_list, &window, &limit, &landmark, &scale))
+    if (!PyArg_ParseTuple(args, "O!O!OOOd", &PyList_Type, &remembered_list, &PyList_Type,
+                          &ordered_list, &window_arg, &limit_arg, &landmark_arg, &scale))
         return NULL;
-    if (limit < 0 || landmark > MAX_TS || landmark < -MAX_TS || !isfinite(scale) || scale == 0.0)
+    if (!as_bounded(window_arg, &window) || !as_bounded(limit_arg, &limit_value) ||
+        !as_bounded(landmark_arg, &landmark) || limit_value < 0 || !isfinite(scale) ||
+        scale == 0.0)
         Py_RETURN_NONE;
+    Py_ssize_t limit = (Py_ssize_t)(limit_value < PY_SSIZE_T_MAX / 2 ? limit_value : PY_SSIZE_T_MAX / 2);
     Py_ssize_t n_remembered = PyList_GET_SIZE(remembered_list);
     Py_ssize_t n_new = PyList_GET_SIZE(ordered_list);
     Item *remembered = PyMem_Malloc(sizeof(Item) * (size_t)(n_remembered + 1));
@@ -249,35 +265,45 @@ latest_first(const void *a, const void *b)
     return -PyUnicode_Compare(x->id, y->id);
 }
 
-/* The largest weight an id has had among ``items`` (the last of an id in
-   ``remembered``, as a dict comprehension keeps; the largest of the new). */
-static double
-weight_of(PyObject *id, Py_hash_t hash, const Item *items, const Py_hash_t *hashes,
-          Py_ssize_t n, int last_wins)
+/* Each id's remembered weight (the last of it in ``remembered``, as a dict
+   comprehension keeps) and the largest of its new events' so far (0.0 for
+   none, as both dicts' get(id, 0.0)): an open-addressing table by id. */
+typedef struct {
+    PyObject *id;
+    Py_hash_t hash;
+    double remembered;
+    double learnt;
+} Weights;
+
+static Weights *
+weights_of(Weights *table, size_t mask, PyObject *id, Py_hash_t hash)
 {
-    double weight = 0.0;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (hashes[i] != hash || PyUnicode_Compare(items[i].id, id) != 0)
-            continue;
-        if (last_wins)
-            weight = items[i].weight;
-        else if (items[i].weight > weight)
-            weight = items[i].weight;
+    size_t i = (size_t)hash & mask;
+    for (;;) {
+        Weights *w = &table[i];
+        if (w->id == NULL) {
+            *w = (Weights){id, hash, 0.0, 0.0};
+            return w;
+        }
+        if (w->hash == hash && PyUnicode_Compare(w->id, id) == 0)
+            return w;
+        i = (i + 1) & mask;
     }
-    return weight;
 }
 
 static PyObject *
 next_pairs(PyObject *self, PyObject *args)
 {
-    PyObject *remembered_list, *ordered_list, *steps_tuple;
+    PyObject *remembered_list, *ordered_list, *steps_tuple, *window_arg, *landmark_arg;
     long long window, landmark;
     double scale;
-    if (!PyArg_ParseTuple(args, "O!O!LO!Ld", &PyList_Type, &remembered_list, &PyList_Type,
-                          &ordered_list, &window, &PyTuple_Type, &steps_tuple, &landmark, &scale))
+    if (!PyArg_ParseTuple(args, "O!O!OO!Od", &PyList_Type, &remembered_list, &PyList_Type,
+                          &ordered_list, &window_arg, &PyTuple_Type, &steps_tuple, &landmark_arg,
+                          &scale))
         return NULL;
     Py_ssize_t n_steps = PyTuple_GET_SIZE(steps_tuple);
-    if (n_steps == 0 || landmark > MAX_TS || landmark < -MAX_TS || !isfinite(scale) || scale == 0.0)
+    if (n_steps == 0 || !as_bounded(window_arg, &window) || !as_bounded(landmark_arg, &landmark) ||
+        !isfinite(scale) || scale == 0.0)
         Py_RETURN_NONE;
     Py_ssize_t steps[8];
     Py_ssize_t deepest = 0;
@@ -303,9 +329,13 @@ next_pairs(PyObject *self, PyObject *args)
     Py_hash_t *ordered_hash = PyMem_Malloc(sizeof(Py_hash_t) * (size_t)(n_new + 1));
     long long *order = PyMem_Malloc(sizeof(long long) * (size_t)(n_new + 1));
     Before *before = PyMem_Malloc(sizeof(Before) * (size_t)(n_remembered + deepest + 1));
+    size_t capacity = 8;
+    while (capacity < 2 * (size_t)(n_remembered + n_new))
+        capacity <<= 1;
+    Weights *weights = PyMem_Calloc(capacity, sizeof(Weights));
     PyObject *learnt = NULL;
     if (remembered == NULL || ordered == NULL || remembered_hash == NULL || ordered_hash == NULL ||
-        order == NULL || before == NULL) {
+        order == NULL || before == NULL || weights == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -314,18 +344,17 @@ next_pairs(PyObject *self, PyObject *args)
     for (Py_ssize_t i = 0; i < n_new; i++) {
         /* Interaction.order, the fifth field */
         PyObject *entry = PyList_GET_ITEM(ordered_list, i);
-        if (PyTuple_GET_SIZE(entry) < 5 || !PyLong_CheckExact(PyTuple_GET_ITEM(entry, 4)))
-            goto python;
-        int overflow = 0;
-        order[i] = PyLong_AsLongLongAndOverflow(PyTuple_GET_ITEM(entry, 4), &overflow);
-        if (overflow || order[i] > MAX_TS || order[i] < -MAX_TS)
+        if (PyTuple_GET_SIZE(entry) < 5 || !as_bounded(PyTuple_GET_ITEM(entry, 4), &order[i]))
             goto python;
         if ((ordered_hash[i] = PyObject_Hash(ordered[i].id)) == -1)
             goto done;
     }
-    for (Py_ssize_t i = 0; i < n_remembered; i++)
+    for (Py_ssize_t i = 0; i < n_remembered; i++) {
         if ((remembered_hash[i] = PyObject_Hash(remembered[i].id)) == -1)
             goto done;
+        weights_of(weights, capacity - 1, remembered[i].id, remembered_hash[i])->remembered =
+            remembered[i].weight;
+    }
     learnt = PyList_New(n_steps);
     if (learnt == NULL)
         goto done;
@@ -396,17 +425,18 @@ next_pairs(PyObject *self, PyObject *args)
                 k = deepest;
             for (Py_ssize_t b = 0; b < k; b++) {
                 PyObject *id = before[b].id;
-                double known = weight_of(id, before[b].hash, remembered, remembered_hash,
-                                         n_remembered, 1);
-                double learnt_weight =
-                    weight_of(id, before[b].hash, ordered, ordered_hash, index, 0);
+                const Weights *w = weights_of(weights, capacity - 1, id, before[b].hash);
                 /* max(remembered's, new's), then min(item.weight, that) */
-                double weight = learnt_weight > known ? learnt_weight : known;
+                double weight = w->learnt > w->remembered ? w->learnt : w->remembered;
                 double lighter = weight < item->weight ? weight : item->weight;
                 if (!add(pairs, id, item->id, lighter * fade))
                     goto failed;
             }
         }
+        /* new_weight[id] = max(new_weight.get(id, 0.0), item.weight) */
+        Weights *w = weights_of(weights, capacity - 1, item->id, hash);
+        if (item->weight > w->learnt)
+            w->learnt = item->weight;
     }
     goto done;
 overflow: /* math.pow raises OverflowError there: Python's loop says so */
@@ -424,6 +454,7 @@ done:
     PyMem_Free(ordered_hash);
     PyMem_Free(order);
     PyMem_Free(before);
+    PyMem_Free(weights);
     return learnt;
 }
 

@@ -32,23 +32,22 @@ def random_case(rng: random.Random):
     start = LANDMARK - rng.randint(0, 10**9)
 
     def weight():
-        return rng.choice([1.0, 0.5, 3.0, 5.0, 0.0, 1, 2, -0.0, 1e-300, rng.random()])
+        return rng.choice(
+            [1.0, 0.5, 3.0, 5.0, 0.0, 1, 2, -0.0, 1e-300, rng.random(), -1.5, math.inf, math.nan]
+        )
+
+    # times on a grid of the windows' sizes too: pairs exactly a window apart
+    step = rng.choice([1, 1000, 60_000, 1_800_000])
+
+    def time():
+        return start + rng.randint(-spread, spread) // step * step
 
     remembered = sorted(
-        (
-            (rng.choice(products), start + rng.randint(-spread, spread), weight())
-            for _ in range(rng.randint(0, 30))
-        ),
+        ((rng.choice(products), time(), weight()) for _ in range(rng.randint(0, 30))),
         key=lambda item: -item[1],
     )
     new = [
-        Interaction(
-            rng.choice(products),
-            start + rng.randint(-spread, spread),
-            weight(),
-            f"e{n:03d}",
-            n,
-        )
+        Interaction(rng.choice(products), time(), weight(), f"e{n:03d}", n)
         for n in range(rng.randint(0, 25))
     ]
     options = rng.choice(
@@ -167,7 +166,7 @@ def test_nan_weights_pair_as_in_python():
 def next_case(rng: random.Random):
     remembered, new, _ = random_case(rng)
     if rng.random() < 0.3:  # the same order for events of one time (two topics)
-        new = [item._replace(order=rng.randint(0, 3)) for item in new]
+        new = [item._replace(order=rng.randint(-3, 3)) for item in new]
     steps = rng.choice([(SETTINGS.next_steps, 1), (1,), (3, 1), (0, 2), (7,), (1, 1)])
     settings = PipelineSettings(
         covisit_window=rng.choice([1, 60, 1800, 10**6]),
@@ -222,3 +221,110 @@ def test_next_pairs_of_steps_the_job_never_asks_are_left_to_python(steps):
     python = learn.next_pairs_by_steps(remembered, new, SETTINGS, LANDMARK, steps, compiled=False)
     compiled = learn.next_pairs_by_steps(remembered, new, SETTINGS, LANDMARK, steps)
     assert [exact(p) for p in compiled] == [exact(p) for p in python]
+
+
+def window_edges(rng: random.Random):
+    """The covisit window (1,800,000 ms) and the session window apart, exactly
+    and by one ms either way."""
+    remembered, new, _ = random_case(rng)
+    base = LANDMARK - 10**7
+    gaps = [0, 1, 299_999, 300_000, 300_001, 1_799_999, 1_800_000, 1_800_001]
+    remembered = [(p, base - rng.choice(gaps), w) for p, _, w in remembered]
+    new = [item._replace(ts=base + rng.choice(gaps)) for item in new]
+    return remembered, new
+
+
+@compiled_only
+def test_pairs_a_window_apart_and_one_ms_either_way_are_pythons():
+    rng = random.Random(17)
+    for _ in range(1500):
+        remembered, new = window_edges(rng)
+        for options in ({}, {"window_s": 300, "half_life": 3600}):
+            python = learn.visitor_pairs(
+                remembered, new, SETTINGS, LANDMARK, compiled=False, **options
+            )
+            compiled = learn.visitor_pairs(remembered, new, SETTINGS, LANDMARK, **options)
+            assert exact(compiled) == exact(python)
+        steps = (SETTINGS.next_steps, 1)
+        python = learn.next_pairs_by_steps(
+            remembered, new, SETTINGS, LANDMARK, steps, compiled=False
+        )
+        compiled = learn.next_pairs_by_steps(remembered, new, SETTINGS, LANDMARK, steps)
+        assert [exact(p) for p in compiled] == [exact(p) for p in python]
+
+
+@compiled_only
+@pytest.mark.parametrize(
+    "case",
+    [
+        "a str subclass id",
+        "a float time",
+        "a bool order",
+        "a float order",
+        "a landmark past 2**63",
+        "a float landmark",
+        "a window past 2**63",
+        "times 2**62 apart",
+    ],
+)
+def test_what_next_pairs_never_gets_is_left_to_python(case):
+    class Id(str):
+        pass
+
+    remembered = [("a", LANDMARK - 1000, 1.0), ("b", LANDMARK - 2000, 3.0)]
+    new = [Interaction("c", LANDMARK - 500, 1.0, "e1", 0), Interaction("a", LANDMARK, 2.0, "e2", 1)]
+    landmark, window = LANDMARK, 1_800_000
+    if case == "a str subclass id":
+        new[0] = new[0]._replace(product_id=Id("c"))
+    elif case == "a float time":
+        remembered[0] = ("a", float(LANDMARK - 1000), 1.0)
+    elif case == "a bool order":
+        new[0] = new[0]._replace(order=True)
+    elif case == "a float order":
+        new[0] = new[0]._replace(order=0.5)
+    elif case == "a landmark past 2**63":
+        landmark = 2**63
+    elif case == "a float landmark":
+        landmark = float(LANDMARK)
+    elif case == "a window past 2**63":
+        window = 2**63
+    elif case == "times 2**62 apart":
+        remembered, new = [], [new[0]._replace(ts=-(2**62)), new[1]._replace(ts=2**62)]
+        landmark = 2**62
+    ordered = sorted(new, key=lambda i: (i.ts, i.order, i.product_id, i.event_id))
+    steps = (3, 1)
+    assert learn._pairs.next_pairs(remembered, ordered, window, steps, landmark, 1e10) is None
+    assert learn._pairs.visitor_pairs(remembered, ordered, window, 20, landmark, 1e10) is None or (
+        case in ("a bool order", "a float order")  # (visitor_pairs reads no order)
+    )
+    settings = PipelineSettings(covisit_window=window // 1000)
+    try:
+        python = learn.next_pairs_by_steps(
+            remembered, new, settings, landmark, steps, compiled=False
+        )
+    except (TypeError, OverflowError) as exc:
+        with pytest.raises(type(exc)):
+            learn.next_pairs_by_steps(remembered, new, settings, landmark, steps)
+    else:
+        compiled = learn.next_pairs_by_steps(remembered, new, settings, landmark, steps)
+        assert [exact(p) for p in compiled] == [exact(p) for p in python]
+
+
+@compiled_only
+def test_a_visitor_of_thousands_of_events_is_not_slower_in_c():
+    """A bot's thousands of events in one batch: each weight looked up in a
+    table, not by a walk over the events before it."""
+    import time
+
+    new = [
+        Interaction(f"p{n % 3000}", LANDMARK - 10**6 + n, 1.0, f"e{n:05d}", n) for n in range(8000)
+    ]
+    steps = (SETTINGS.next_steps, 1)
+    started = time.perf_counter()
+    python = learn.next_pairs_by_steps([], new, SETTINGS, LANDMARK, steps, compiled=False)
+    in_python = time.perf_counter() - started
+    started = time.perf_counter()
+    compiled = learn.next_pairs_by_steps([], new, SETTINGS, LANDMARK, steps)
+    in_c = time.perf_counter() - started
+    assert [exact(p) for p in compiled] == [exact(p) for p in python]
+    assert in_c < in_python / 2, (in_c, in_python)
