@@ -169,23 +169,23 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
         # know only Celery's default app)
         celery = pool.submit(celery_status, app=_celery_app()) if services else None
         layer = pool.submit(channel_layer_status) if services else None
-        report = _redis_status()
+        report, processed = _redis_status()
         # Kafka's end offsets after Redis's: the job commits on meanwhile, so
         # the lag may come out high, never low
         kafka = pool.submit(_kafka_status, kafka_timeout)
-        _judge_kafka(report, kafka.result())
+        _judge_kafka(report, processed, kafka.result())
         if celery is not None and layer is not None:
             _judge_services(report, celery.result(), layer.result())
     report["ok"] = not report["problems"]
     return report
 
 
-def _redis_status() -> dict[str, Any]:
-    """The report's parts read from Redis (its ``processed`` offsets kept
-    for the lag) and their problems."""
+def _redis_status() -> tuple[dict[str, Any], dict[str, int]]:
+    """The report's parts read from Redis and their problems, and the
+    offsets the job processed (for the lag)."""
     report: dict[str, Any] = {"ok": True, "problems": [], "checked_at": time.time()}
     problems: list[str] = report["problems"]
-    report["processed"] = processed = {}
+    processed: dict[str, int] = {}
     try:
         r = get_redis()
         r.ping()
@@ -228,7 +228,7 @@ def _redis_status() -> dict[str, Any]:
         problems.extend(report["redis"].pop("problems"))
         report["recovery"] = _recovery(recovered)
         report["lease"] = _lease(lease, lease_info, standby)
-        processed.update({k: int(v) for k, v in offsets.items()})
+        processed = {k: int(v) for k, v in offsets.items()}
         job = json.loads(heartbeat) if heartbeat else None
         beat_age = _heartbeat_age(heartbeat_ttl_ms) if job else None
         gone = bool(job) and _process_gone(job)
@@ -286,7 +286,7 @@ def _redis_status() -> dict[str, Any]:
     except Exception as exc:
         report["redis"] = {"ok": False, "url": shown_url(), "error": str(exc)}
         problems.append(f"Redis is unreachable: {exc}")
-    return report
+    return report, processed
 
 
 def _kafka_status(timeout: float) -> tuple[dict[str, int] | None, dict[str, Any], list[str]]:
@@ -307,12 +307,13 @@ def _kafka_status(timeout: float) -> tuple[dict[str, int] | None, dict[str, Any]
 
 
 def _judge_kafka(
-    report: dict[str, Any], kafka: tuple[dict[str, int] | None, dict[str, Any], list[str]]
+    report: dict[str, Any],
+    processed: dict[str, int],
+    kafka: tuple[dict[str, int] | None, dict[str, Any], list[str]],
 ) -> None:
     """Kafka's part, the lag, the Spark master, the queries and the
     freshness, with their problems."""
     problems: list[str] = report["problems"]
-    processed: dict[str, int] = report.pop("processed")
     ends, report["kafka"], found = kafka
     problems.extend(found)
     if ends is not None and report.get("redis", {}).get("ok"):

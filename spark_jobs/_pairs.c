@@ -176,11 +176,8 @@ visitor_pairs(PyObject *self, PyObject *args)
         PyErr_NoMemory();
         goto done;
     }
-    if (!read_items(remembered_list, remembered, 1) || !read_items(ordered_list, ordered, 0)) {
-        pairs = Py_None;
-        Py_INCREF(pairs);
-        goto done;
-    }
+    if (!read_items(remembered_list, remembered, 1) || !read_items(ordered_list, ordered, 0))
+        goto python;
     pairs = PyDict_New();
     if (pairs == NULL)
         goto done;
@@ -190,10 +187,7 @@ visitor_pairs(PyObject *self, PyObject *args)
         for (Py_ssize_t place = 0; place < n_remembered; place++) {
             const Item *other = &remembered[place];
             long long distance = llabs(other->ts - item->ts);
-            if (distance > window)
-                continue;
-            int same = PyUnicode_Compare(other->id, item->id) == 0;
-            if (same)
+            if (distance > window || PyUnicode_Compare(other->id, item->id) == 0)
                 continue;
             candidates[found++] = (Candidate){distance, place, other};
         }
@@ -214,13 +208,8 @@ visitor_pairs(PyObject *self, PyObject *args)
             double lighter = other->weight < item->weight ? other->weight : item->weight;
             long long later = other->ts > item->ts ? other->ts : item->ts;
             double fade = pow(2.0, (double)(-(landmark - later)) / scale);
-            if (!isfinite(fade)) {
-                /* math.pow raises OverflowError there: Python's loop says so */
-                Py_DECREF(pairs);
-                pairs = Py_None;
-                Py_INCREF(pairs);
-                goto done;
-            }
+            if (!isfinite(fade))
+                goto python; /* math.pow raises OverflowError there: Python's loop says so */
             double value = lighter * fade;
             if (!add(pairs, item->id, other->id, value) || !add(pairs, other->id, item->id, value)) {
                 Py_CLEAR(pairs);
@@ -228,6 +217,11 @@ visitor_pairs(PyObject *self, PyObject *args)
             }
         }
     }
+    goto done;
+python:
+    Py_XDECREF(pairs);
+    pairs = Py_None;
+    Py_INCREF(pairs);
 done:
     PyMem_Free(remembered);
     PyMem_Free(ordered);

@@ -84,7 +84,6 @@ def visitor_pairs(
     window_ms = (window_s or settings.covisit_window) * 1000
     recent_items = limit or settings.recent_items
     half_life = half_life or settings.half_life
-    pairs: dict[Pair, float] = {}
     ordered = sorted(new, key=lambda i: (i.ts, i.product_id, i.event_id))
     if compiled and _pairs is not None and isinstance(remembered, list):
         made = _pairs.visitor_pairs(
@@ -92,6 +91,7 @@ def visitor_pairs(
         )
         if made is not None:
             return made
+    pairs: dict[Pair, float] = {}
     for index, item in enumerate(ordered):
         candidates: list[tuple[int, int, str, int, float]] = []
         for order, (product_id, ts, weight) in enumerate(remembered):
@@ -154,8 +154,6 @@ def next_pairs_by_steps(
     The loop runs in C (``spark_jobs/_pairs.c``, the same dicts to the bit)
     unless not ``compiled`` or an argument is of a shape it leaves to Python."""
     window_ms = settings.covisit_window * 1000
-    deepest = max(steps)
-    learnt: list[dict[Pair, float]] = [{} for _ in steps]
     ordered = sorted(new, key=lambda i: (i.ts, i.order, i.product_id, i.event_id))
     if compiled and _pairs is not None and isinstance(remembered, list):
         made = _pairs.next_pairs(
@@ -168,6 +166,8 @@ def next_pairs_by_steps(
         )
         if made is not None:
             return made
+    deepest = max(steps)
+    learnt: list[dict[Pair, float]] = [{} for _ in steps]
     remembered_weight = {product_id: weight for product_id, _, weight in remembered}
     # product -> the largest weight of its new events so far
     new_weight: dict[str, float] = {}

@@ -26,6 +26,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import orjson
 import redis
@@ -87,7 +88,9 @@ def connect(url: str) -> redis.Redis:
         # to text and parses it again (most of the time of a similar-list refresh).
         protocol=2,
         # (UTF-8: a URL that sets another encoding keeps redis-py's packer)
-        **({} if "encoding" in url else {"command_packer": bulk.Packer()}),
+        **(
+            {} if "encoding" in parse_qs(urlsplit(url).query) else {"command_packer": bulk.Packer()}
+        ),
     )
 
 
