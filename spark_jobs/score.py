@@ -14,6 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import orjson
 import redis
 
 from reco_plugin import experiments, keys, ranker, schema, scoring, strategies
@@ -257,8 +258,10 @@ def _learn(
     buckets = learn.trending_windows(settings)
     pairs = changes.pairs
     trials: list[Trial] = []
-    # each visitor's seen and bought items as the batch leaves them, for a
-    # login later in it to merge (the changes hold only what the batch added)
+    # each visitor's memory, seen and bought items as the batch leaves them,
+    # for a login later in it to merge (the changes hold only what the batch
+    # added to the sets, and the memory encoded)
+    recent_now: dict[str, list[learn.Item]] = {}
     seen_now: dict[str, dict[str, int]] = {}
     bought_now: dict[str, dict[str, int]] = {}
     # Sorted ids: an anonymous visitor's (``s:``) new items are known before a
@@ -285,7 +288,7 @@ def _learn(
         for other in merged:
             # Login: what the visitor did before becomes the user's history. The
             # pairs it taught were learnt then; only the memory moves.
-            before = changes.recent.get(other, remembered.get(other, []))
+            before = recent_now.get(other, remembered.get(other, []))
             previous = learn.remember(
                 previous,
                 (learn.Interaction(*item, "") for item in reversed(before)),
@@ -360,7 +363,8 @@ def _learn(
                 continue
             if settings.exclude_seen or row.type == schema.PURCHASE:
                 seen[item.product_id] = max(item.ts, seen.get(item.product_id, 0))
-        changes.recent[visitor_id] = learn.remember(previous, interactions, settings.recent_items)
+        recent_now[visitor_id] = learn.remember(previous, interactions, settings.recent_items)
+        changes.recent[visitor_id] = orjson.dumps(recent_now[visitor_id])
         seen_now[visitor_id], bought_now[visitor_id] = seen, bought
         changes.seen[visitor_id] = _added(seen, seen_before.get(visitor_id, {}))
         changes.bought[visitor_id] = _added(bought, bought_before.get(visitor_id, {}))

@@ -299,7 +299,10 @@ class BatchChanges:
     skipped: dict[str, int] = dataclasses.field(default_factory=dict)
     # (event id, topic, partition, offset) of the applied events, for de-duplication
     applied_ids: list[tuple[str, str, int, int]] = dataclasses.field(default_factory=list)
-    recent: dict[str, list[Item]] = dataclasses.field(default_factory=dict)
+    # visitor -> their remembered items as the batch leaves them, as Redis
+    # keeps them (orjson, encoded where they were scored: on the executors
+    # for a large batch, not on the driver between batches)
+    recent: dict[str, bytes] = dataclasses.field(default_factory=dict)
     # product -> other product -> co-visitation weight
     pairs: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     popularity: dict[str, int] = dataclasses.field(default_factory=dict)
@@ -916,16 +919,16 @@ def _write_changes(
         )
     if changes.applied_ids:
         stretch = _seen_stretch(settings)
-        by_bucket: dict[str, list[str]] = defaultdict(list)
+        by_bucket: dict[tuple[str, int, int], list[str]] = defaultdict(list)
         for event_id, topic, partition, offset in changes.applied_ids:
-            by_bucket[keys.seen_events(topic, partition, offset // stretch)].append(event_id)
-        for key, ids in sorted(by_bucket.items()):
+            by_bucket[topic, partition, offset // stretch].append(event_id)
+        for key, ids in sorted((keys.seen_events(*b), ids) for b, ids in by_bucket.items()):
             for chunk in chunks(ids):
                 pipe.sadd(key, *chunk)
             pipe.zadd(keys.seen_index(), {key: int(key.rpartition(":")[2])})
     recent = {
-        keys.visitor_recent(visitor_id): orjson.dumps(items)
-        for visitor_id, items in sorted(changes.recent.items())
+        keys.visitor_recent(visitor_id): encoded
+        for visitor_id, encoded in sorted(changes.recent.items())
     }
     bulk.set_expiring(pipe, recent, settings.visitor_ttl)
     _write_visitor_sets(pipe, changes, settings)

@@ -90,7 +90,7 @@ def test_rows_sent_to_python_as_json_are_the_rows_spark_gives(spark):
     ]
     parsed = parse(records(spark, values))
     pickled = [tuple(row) for row in parsed.select(*PARSED_COLUMNS).collect()]
-    as_json = spread._rows(parsed.select(spread.as_json(*PARSED_COLUMNS)).collect())
+    as_json = spread._rows(parsed.selectExpr(spread.as_json(*PARSED_COLUMNS)).collect())
     assert len(as_json) == len(pickled) == len(values)
     for from_json, from_pickle in zip(as_json, pickled, strict=True):
         assert from_json[:-1] == from_pickle[:-1]
