@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if left is not None:
         print(
             f"the {args.command} started from {state_dir} still runs "
-            f"({running.describe(left)}); `make stop` stops it",
+            f"({running.describe(left, state_dir.resolve())}); `make stop` stops it",
             file=sys.stderr,
         )
         return 2

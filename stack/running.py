@@ -38,18 +38,24 @@ def _boot() -> str:
     return ""
 
 
-def started_at(pid: int) -> int | None:
-    """The process's start time (clock ticks after boot), or None when no
-    such process runs (or it is a zombie)."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state,
+    parent, process group, session, ...), or None when no such process runs
+    (or it is a zombie)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # the command name, in parentheses, may hold spaces: the fields follow its ")"
     fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] == "Z":
-        return None
-    return int(fields[19])
+    return None if fields[0] == "Z" else fields
+
+
+def started_at(pid: int) -> int | None:
+    """The process's start time (clock ticks after boot), or None when no
+    such process runs (or it is a zombie)."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[19])
 
 
 def process(pid: int) -> dict[str, Any]:
@@ -59,6 +65,45 @@ def process(pid: int) -> dict[str, Any]:
 def alive(entry: dict[str, Any]) -> bool:
     """The recorded process still runs (the same one, not its pid reused)."""
     return entry.get("boot") == _boot() and started_at(entry["pid"]) == entry["started"]
+
+
+def _state_dir_of(pid: int) -> Path | None:
+    """The stack a process was started for (``RECO_STATE_DIR`` in its
+    environment, which a service's children inherit)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return None
+    for item in environ.split(b"\0"):
+        if item.startswith(b"RECO_STATE_DIR="):
+            return Path(os.fsdecode(item.partition(b"=")[2])).resolve()
+    return None
+
+
+def left_in_group(entry: dict[str, Any], state_dir: Path) -> list[dict[str, Any]]:
+    """What is left of a service's process group once its leader is gone: a
+    child it started (the job's JVM) that outlived it. A service leads its own
+    session (pgid == sid == its pid); a process in that group and session,
+    started after the leader in this boot, with the stack's state directory in
+    its environment, is one. None while the leader runs, or when its pid is
+    another process's now (the group is not the recorded one)."""
+    pid = entry["pid"]
+    if entry.get("boot") != _boot() or started_at(pid) is not None:
+        return []
+    here = Path(state_dir).resolve()
+    found = []
+    for path in Path("/proc").iterdir():
+        if not path.name.isdigit():
+            continue
+        fields = _stat(int(path.name))
+        if (
+            fields is not None
+            and fields[2] == fields[3] == str(pid)
+            and int(fields[19]) >= entry["started"]
+            and _state_dir_of(int(path.name)) == here
+        ):
+            found.append(process(int(path.name)))
+    return found
 
 
 def record(state_dir: Path, services: Iterable[tuple[str, int, str]]) -> None:
@@ -75,17 +120,25 @@ def record(state_dir: Path, services: Iterable[tuple[str, int, str]]) -> None:
 
 
 def read(state_dir: Path) -> dict[str, Any] | None:
-    """The record, when a process in it still runs."""
+    """The record, when a process in it still runs (or one a service it names
+    left behind: :func:`left_in_group`)."""
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
         found = json.loads((Path(state_dir) / RECORD).read_text())
-        if any(alive(entry) for entry in [found["runner"], *found["services"]]):
+        if any(alive(entry) for entry in [found["runner"], *found["services"]]) or any(
+            left_in_group(service, state_dir) for service in found["services"]
+        ):
             return found
     return None
 
 
-def describe(found: dict[str, Any]) -> str:
+def describe(found: dict[str, Any], state_dir: Path) -> str:
     parts = [f"runner pid {found['runner']['pid']}"] if alive(found["runner"]) else []
-    parts += [f"{s['name']} pid {s['pid']}" for s in found["services"] if alive(s)]
+    for service in found["services"]:
+        if alive(service):
+            parts.append(f"{service['name']} pid {service['pid']}")
+        elif left := left_in_group(service, state_dir):
+            pids = " ".join(str(e["pid"]) for e in left)
+            parts.append(f"what {service['name']} (pid {service['pid']}, gone) left: pid {pids}")
     return ", ".join(parts)
 
 
@@ -99,6 +152,12 @@ def _terminate(entry: dict[str, Any]) -> None:
     if alive(entry):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(entry["pid"], signal.SIGTERM)
+
+
+def _kill(entry: dict[str, Any]) -> None:
+    if alive(entry):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(entry["pid"], signal.SIGKILL)
 
 
 def _kill_group(entry: dict[str, Any]) -> None:
@@ -133,7 +192,7 @@ def stop(state_dir: Path, log: Callable[[str], None] = print) -> bool:
     if found is None:
         log(f"nothing is running from {state_dir}")
         return True
-    log(f"stopping what runs from {state_dir}: {describe(found)}")
+    log(f"stopping what runs from {state_dir}: {describe(found, state_dir)}")
     runner = found["runner"]
     if alive(runner):
         _terminate(runner)
@@ -141,13 +200,19 @@ def stop(state_dir: Path, log: Callable[[str], None] = print) -> bool:
     if not alive(runner):
         for together in stop_order(found["services"], lambda s: s["quorum"]):
             live = [s for s in together if alive(s)]
-            for service in live:
-                _terminate(service)
-            _wait_gone(live, SERVICE_GRACE)
+            # what a service gone left (signalled one by one: without its
+            # leader, the group's id may be given to another process)
+            orphans = [e for s in together if not alive(s) for e in left_in_group(s, state_dir)]
+            for entry in [*live, *orphans]:
+                _terminate(entry)
+            _wait_gone([*live, *orphans], SERVICE_GRACE)
             for service in live:
                 _kill_group(service)
-            _wait_gone(live, 10)
-    still = [e for e in [runner, *found["services"]] if alive(e)]
+            for entry in orphans:
+                _kill(entry)
+            _wait_gone([*live, *orphans], 10)
+    left = [e for s in found["services"] for e in left_in_group(s, state_dir)]
+    still = [e for e in [runner, *found["services"], *left] if alive(e)]
     if still:
         log(f"still running: {', '.join(str(e['pid']) for e in still)}")
         return False

@@ -416,6 +416,68 @@ def test_a_pid_given_to_another_process_since_is_not_stopped(tmp_path):
         other.wait()
 
 
+def test_make_stop_stops_what_a_service_gone_left_in_its_group(tmp_path):
+    """A service whose own process died (the job's Python) while a child it
+    started runs on (its JVM) is stopped by what it left: the child, known by
+    its process group and session (the service's) and the stack's state
+    directory in its environment. A group of the same shape started for
+    another stack is left alone."""
+    import json
+    import signal
+    import subprocess
+
+    from stack import running
+
+    def service(state_dir):
+        """A leader that starts a child in its session and exits on a line."""
+        leader = subprocess.Popen(
+            ["bash", "-c", "sleep 300 </dev/null >/dev/null & echo $!; read line"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+            env={**os.environ, "RECO_STATE_DIR": str(state_dir)},
+        )
+        child = int(leader.stdout.readline())
+        return leader, child, {"quorum": "", **running.process(leader.pid)}
+
+    elsewhere = tmp_path / "another-stack"
+    elsewhere.mkdir()
+    ours, our_child, job = service(tmp_path)
+    theirs, their_child, other = service(elsewhere)
+    runner = subprocess.Popen(["true"])
+    runner.wait()
+    try:
+        record = {
+            "runner": {"pid": runner.pid, "started": 0, "boot": running._boot()},
+            "services": [{"name": "job", **job}, {"name": "other", **other}],
+        }
+        (tmp_path / running.RECORD).write_text(json.dumps(record))
+        assert running.read(tmp_path) is not None  # the leaders run
+        for leader in (ours, theirs):
+            leader.communicate("\n", timeout=10)
+        assert not running.alive(job) and not running.alive(other)
+        assert running.started_at(our_child) and running.started_at(their_child)
+        assert running.read(tmp_path) is not None  # what they left runs
+
+        said = []
+        assert running.stop(tmp_path, log=said.append)
+        assert said == [
+            f"stopping what runs from {tmp_path}: what job (pid {ours.pid}, gone) left: "
+            f"pid {our_child}"
+        ]
+        deadline = time.monotonic() + 10
+        while running.started_at(our_child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert running.started_at(our_child) is None
+        assert running.started_at(their_child) is not None
+        assert not (tmp_path / running.RECORD).exists()
+    finally:
+        for pid in (our_child, their_child):
+            if running.started_at(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_free_ports_are_under_the_ephemeral_range_and_never_handed_out_twice():
     """Ports the kernel gives to outgoing connections (and to bind(0)) are
     not chosen: a client took such a port before the web server it was for
