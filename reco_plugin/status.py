@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from django.utils.module_loading import import_string
@@ -156,6 +158,24 @@ def redis_durability(r: Any) -> dict[str, Any]:
     return found
 
 
+def _asked(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+    """``function`` run in a daemon thread: its result, or what it raised,
+    in the future returned. Ctrl-C ends ``reco_status`` at once, without
+    waiting for a check that waits out its timeout (the main thread waits on
+    the future, which a signal interrupts)."""
+    future: Future = Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(function(*args, **kwargs))
+        except BaseException as exc:  # the caller's .result() raises it
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name="reco-status", daemon=True).start()
+    return future
+
+
 def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dict[str, Any]:
     """One JSON-ready dict: components, counters, lag, last batch, and
     ``problems``; with ``services``, also a ping of the Celery workers and a
@@ -164,18 +184,17 @@ def pipeline_status(kafka_timeout: float = 5.0, *, services: bool = True) -> dic
     The Celery ping and the channel layer are asked while Redis and then
     Kafka are read: with all of them down the report takes the longest of
     their timeouts, not their sum."""
-    with ThreadPoolExecutor(max_workers=3, thread_name_prefix="reco-status") as pool:
-        # (the shop's Celery app, as this thread knows it: a new thread may
-        # know only Celery's default app)
-        celery = pool.submit(celery_status, app=_celery_app()) if services else None
-        layer = pool.submit(channel_layer_status) if services else None
-        report, processed = _redis_status()
-        # Kafka's end offsets after Redis's: the job commits on meanwhile, so
-        # the lag may come out high, never low
-        kafka = pool.submit(_kafka_status, kafka_timeout)
-        _judge_kafka(report, processed, kafka.result())
-        if celery is not None and layer is not None:
-            _judge_services(report, celery.result(), layer.result())
+    # (the shop's Celery app, as this thread knows it: a new thread may know
+    # only Celery's default app)
+    celery = _asked(celery_status, app=_celery_app()) if services else None
+    layer = _asked(channel_layer_status) if services else None
+    report, processed = _redis_status()
+    # Kafka's end offsets after Redis's: the job commits on meanwhile, so the
+    # lag may come out high, never low (read in a thread too: its client
+    # waits in C, where Ctrl-C would not reach this one until it gives up)
+    _judge_kafka(report, processed, _asked(_kafka_status, kafka_timeout).result())
+    if celery is not None and layer is not None:
+        _judge_services(report, celery.result(), layer.result())
     report["ok"] = not report["problems"]
     return report
 

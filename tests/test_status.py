@@ -372,3 +372,66 @@ def test_a_celery_broker_that_is_down_is_reported_at_once(nothing_running):
     assert "Connection refused" in report["celery"]["error"]
     assert "no Celery worker answers: catalog syncs and retraining do not run" in report["problems"]
     assert took < 3.0, took
+
+
+# reco_status with a broker that accepts connections and never answers (the
+# client waits in C, where Ctrl-C does not reach Python), Celery and the
+# channel layer slow: says when it is asking
+CTRL_C = """
+import socket
+import time
+
+import django
+
+django.setup()
+from django.conf import settings
+
+silent = socket.create_server(("127.0.0.1", 0))
+broker = "127.0.0.1:%d" % silent.getsockname()[1]
+settings.RECO_PLUGIN = {**settings.RECO_PLUGIN, "KAFKA": {"bootstrap.servers": broker}}
+from reco_plugin import status
+
+def slow(*args, **kwargs):
+    time.sleep(60)
+
+status.celery_status = status.channel_layer_status = slow
+print("asking", flush=True)
+status.pipeline_status(kafka_timeout=60)
+"""
+
+
+def test_ctrl_c_ends_reco_status_at_once_whatever_it_waits_for(tmp_path):
+    """Ctrl-C while the checks wait out their timeouts: the command ends at
+    once, not when the checks asked in the background give up."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from stack.services import REPO
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "PYTHONPATH": str(REPO),
+        "RECO_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+    }
+    asking = subprocess.Popen(
+        [sys.executable, "-c", CTRL_C],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert asking.stdout.readline() == "asking\n", asking.stderr.read()
+        time.sleep(2.0)  # Redis refused, Kafka waited on, Celery and the layer asked
+        interrupted = time.monotonic()
+        asking.send_signal(signal.SIGINT)
+        asking.wait(30)
+        took = time.monotonic() - interrupted
+    finally:
+        asking.kill()
+    assert "KeyboardInterrupt" in asking.stderr.read()
+    assert took < 2.0, took  # the checks' own waits: ~58 s more
