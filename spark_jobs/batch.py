@@ -542,25 +542,18 @@ class BatchProcessor:
             return None
         return experiment
 
-    def _visitors_to_write(
-        self, r: redis.Redis, todo: Mapping[str, Any], *, spread: bool
-    ) -> list[str]:
+    def _visitors_to_write(self, r: redis.Redis, todo: Mapping[str, Any]) -> list[str]:
         """The visitors whose personal lists a commit (``todo``: its pending
         record) writes: none when the commit left them owed (its batch caught
-        up a backlog: ``state._visitor_lists``); else its own, then the
-        visitors owed longest: all of them when the lists are written over the
-        executors (a large batch), ``VISITORS_PER_ROUND`` at most on the
-        driver. A live batch after a catch-up then takes no longer for what
-        the backlog left: the batches after it, and the job once idle, write
-        the rest.
+        up a backlog: ``state._visitor_lists``); else its own, then every
+        visitor owed.
 
         Left owed, a visitor's lists are written once for many batches: their
         newest events are further on in the backlog, and most visitors act in
-        the batches that follow."""
+        the batches that follow. The job writes them too once it is idle."""
         if todo.get("visitor_lists") == state.OWE:
             return []
-        owed = state.visitors_owed(r, None if spread else VISITORS_PER_ROUND)
-        return list(dict.fromkeys([*todo.get("visitors", []), *owed]))
+        return list(dict.fromkeys([*todo.get("visitors", []), *state.visitors_owed(r)]))
 
     def _lists(
         self,
@@ -603,7 +596,7 @@ class BatchProcessor:
                 r, clock_ms, self.settings, todo.get("categories", []), writer=writer
             )
         with steps("personal"):
-            visitors = self._visitors_to_write(r, todo, spread=spread)
+            visitors = self._visitors_to_write(r, todo)
             run(lists.refresh_visitors, visitors, experiment=self._running_experiment())
             # forgotten while this batch ran: what it wrote for them (its
             # commit's memories too, their lists owed or not) goes again
@@ -619,8 +612,7 @@ class BatchProcessor:
         return products
 
 
-# visitors' owed lists an idle job writes at a time (between its checks of
-# busy()), and a batch on the driver at most besides its own
+# visitors' owed lists an idle job writes at a time (between its checks of busy())
 VISITORS_PER_ROUND = 500
 
 

@@ -556,27 +556,6 @@ def test_a_batch_catching_up_leaves_its_visitors_lists_owed_to_the_first_that_is
     assert written == again
 
 
-def test_a_live_batch_writes_its_visitors_lists_and_a_round_of_those_owed(batches, monkeypatch):
-    """After a catch-up, a batch on the driver writes its own visitors' lists
-    and ``VISITORS_PER_ROUND`` of those owed (the longest owed first), not
-    all the backlog left: the batches after it write the rest."""
-    monkeypatch.setattr(batch, "VISITORS_PER_ROUND", 2)
-    r = batches.r
-    rows, visitors = _backlog(batches, visitors=5)
-    batches.run(rows[:8], catching_up=True)  # s:v0, s:v1
-    batches.run(rows[8:], catching_up=True)  # s:v2 - s:v4
-    assert state.visitors_owed(r) == visitors
-    batches.run([batches.row("page_view", "s:w", "1")])
-    assert state.visitors_owed(r) == visitors[2:]
-    assert [v for v in [*visitors, "s:w"] if batches.personal(v)] == [*visitors[:2], "s:w"]
-    # a later batch's own visitor owed too: written once, with the next round
-    batches.run([batches.row("page_view", "s:v3", "9")])
-    assert state.visitors_owed(r) == ["s:v4"]
-    batches.run([batches.row("page_view", "s:w", "2")])
-    assert state.visitors_owed(r) == []
-    assert all(batches.personal(v) for v in visitors)
-
-
 def test_a_batch_catching_up_writes_the_visitors_lists_owed_too_long(batches):
     r = batches.r
     rows, visitors = _backlog(batches)
