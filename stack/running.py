@@ -67,17 +67,15 @@ def alive(entry: dict[str, Any]) -> bool:
     return entry.get("boot") == _boot() and started_at(entry["pid"]) == entry["started"]
 
 
-def _state_dir_of(pid: int) -> Path | None:
-    """The stack a process was started for (``RECO_STATE_DIR`` in its
-    environment, which a service's children inherit)."""
+def _started_for(pid: int, state_dir: Path) -> bool:
+    """The process was started for the stack in ``state_dir``: its
+    environment (which a service's children inherit) holds the
+    ``RECO_STATE_DIR`` the stack gives its services (an absolute path)."""
     try:
         environ = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
-        return None
-    for item in environ.split(b"\0"):
-        if item.startswith(b"RECO_STATE_DIR="):
-            return Path(os.fsdecode(item.partition(b"=")[2])).resolve()
-    return None
+        return False
+    return b"RECO_STATE_DIR=" + os.fsencode(str(state_dir)) in environ.split(b"\0")
 
 
 def left_in_group(entry: dict[str, Any], state_dir: Path) -> list[dict[str, Any]]:
@@ -100,9 +98,10 @@ def left_in_group(entry: dict[str, Any], state_dir: Path) -> list[dict[str, Any]
             fields is not None
             and fields[2] == fields[3] == str(pid)
             and int(fields[19]) >= entry["started"]
-            and _state_dir_of(int(path.name)) == here
+            and _started_for(int(path.name), here)
         ):
-            found.append(process(int(path.name)))
+            # named by the start time read with its group: not read again
+            found.append({"pid": int(path.name), "started": int(fields[19]), "boot": _boot()})
     return found
 
 
