@@ -47,6 +47,48 @@ def _last_batch(raw: dict[str, str]) -> dict[str, Any] | None:
     return result
 
 
+# reco_status's throughput: the records the batches that finished in the last
+# minute read a second (the job's batch history, ``keys.pipeline_history``)
+THROUGHPUT_WINDOW_S = 60.0
+HISTORY_READ = 300
+
+
+def _throughput(history: list[str], now: float) -> dict[str, Any] | None:
+    """Records read a second by the batches that finished in the last
+    ``THROUGHPUT_WINDOW_S`` (from the start of the first to the end of the
+    last), how many batches, and over how long; None with fewer than two."""
+    recent = []
+    for line in history:
+        try:
+            batch = json.loads(line)
+            finished, seconds = float(batch["finished_at"]), float(batch["seconds"])
+            rows = int(batch["rows"])
+        except (ValueError, TypeError, KeyError):
+            continue  # a line of an earlier version, or damaged
+        if now - finished <= THROUGHPUT_WINDOW_S:
+            recent.append((finished - seconds, finished, rows))
+    if len(recent) < 2:
+        return None
+    start = min(begun for begun, _, _ in recent)
+    end = max(finished for _, finished, _ in recent)
+    if end <= start:
+        return None
+    return {
+        "events_per_s": round(sum(rows for _, _, rows in recent) / (end - start)),
+        "batches": len(recent),
+        "seconds": round(end - start, 1),
+    }
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` as people say it: 45 s, 12 min, 3.5 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 # What the shop's processes did with the events they emitted (summed over processes).
 PRODUCER_COUNTS = ("delivered", "failed", "dropped")
 
@@ -224,6 +266,7 @@ def _redis_status() -> tuple[dict[str, Any], dict[str, int]]:
         pipe.hgetall(keys.pipeline_recovery())
         pipe.mget(keys.pipeline_lease(), keys.pipeline_lease_info())
         pipe.hgetall(keys.pipeline_standby())
+        pipe.lrange(keys.pipeline_history(), 0, HISTORY_READ - 1)
         (
             heartbeat,
             heartbeat_ttl_ms,
@@ -240,6 +283,7 @@ def _redis_status() -> tuple[dict[str, Any], dict[str, int]]:
             recovered,
             (lease, lease_info),
             standby,
+            history,
         ) = pipe.execute()
         report["redis"] = {"ok": True, "url": shown_url(), **redis_durability(r)}
         problems.extend(report["redis"].pop("problems"))
@@ -261,6 +305,7 @@ def _redis_status() -> tuple[dict[str, Any], dict[str, int]]:
             "silent": silent,
         }
         report["last_batch"] = _last_batch(last_batch)
+        report["throughput"] = _throughput(history, report["checked_at"])
         # product lists whose pair weights changed since they were written
         report["product_lists_owed"] = strategies.product_lists_owed(r)
         # visitors' lists left unwritten by batches catching up a backlog
@@ -342,10 +387,20 @@ def _judge_kafka(
             lag.setdefault(topic, {})[partition] = max(0, end - processed.get(tp, 0))
         total = sum(sum(parts.values()) for parts in lag.values())
         report["lag"] = {"total": total, "topics": lag}
+        rate = (report.get("throughput") or {}).get("events_per_s")
+        if total and rate:
+            # at the last minute's rate; new events arrive meanwhile
+            report["lag"]["eta_s"] = round(total / rate)
         if total > reco_settings.STATUS_MAX_LAG:
             problems.append(
                 f"the pipeline is behind: {total} events not processed "
                 f"(STATUS_MAX_LAG is {reco_settings.STATUS_MAX_LAG})"
+                + (
+                    f"; at the last minute's {rate} events/s, "
+                    f"~{_duration(report['lag']['eta_s'])} to catch up, more as new ones arrive"
+                    if rate
+                    else ""
+                )
             )
         elif total and report.get("last_batch"):
             age = time.time() - float(report["last_batch"].get("finished_at", 0))
@@ -668,6 +723,12 @@ def format_status(report: dict[str, Any]) -> str:
         steps = batch.get("steps") or {}
         if steps:
             lines.append("  steps: " + ", ".join(f"{k} {float(v):.3f} s" for k, v in steps.items()))
+    throughput = report.get("throughput")
+    if throughput:
+        lines.append(
+            f"throughput: {throughput['events_per_s']} events/s read by the last "
+            f"{throughput['batches']} batches ({throughput['seconds']} s)"
+        )
     owed = {kind: n for kind, n in (report.get("product_lists_owed") or {}).items() if n}
     if owed:
         lines.append(
@@ -714,7 +775,12 @@ def format_status(report: dict[str, Any]) -> str:
     lag = report.get("lag")
     if lag:
         lines.append("")
-        lines.append(f"lag: {lag['total']} events")
+        eta = (
+            f" (~{_duration(lag['eta_s'])} to go at the last minute's rate)"
+            if "eta_s" in lag
+            else ""
+        )
+        lines.append(f"lag: {lag['total']} events{eta}")
         for topic, parts in lag["topics"].items():
             behind = {p: n for p, n in parts.items() if n}
             detail = ", ".join(f"{p}: {n}" for p, n in behind.items()) if behind else "none"

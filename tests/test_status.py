@@ -435,3 +435,53 @@ def test_ctrl_c_ends_reco_status_at_once_whatever_it_waits_for(tmp_path):
         asking.kill()
     assert "KeyboardInterrupt" in asking.stderr.read()
     assert took < 2.0, took  # the checks' own waits: ~58 s more
+
+
+def _history(r, batches):
+    """The job's batch history (newest first), as ``state.record_batch`` writes it."""
+    from reco_plugin import keys
+
+    for finished_at, seconds, rows in batches:
+        line = {"batch": 0, "finished_at": finished_at, "seconds": seconds, "rows": rows}
+        r.lpush(keys.pipeline_history(), json.dumps(line))
+
+
+def test_status_says_how_long_the_job_needs_to_catch_up(redis_url, r, monkeypatch):
+    """The records the batches of the last minute read a second (from the
+    start of the first to the end of the last), and the lag over that."""
+    import time
+
+    from reco_plugin import keys, status
+
+    now = time.time()
+    # two minutes ago (left out), then three batches of 20,000 in 5 s
+    _history(r, [(now - 120, 2.0, 90_000), (now - 6, 2.0, 20_000), (now - 4, 1.5, 20_000)])
+    r.lpush(keys.pipeline_history(), "not JSON")
+    _history(r, [(now - 1, 2.5, 20_000)])
+    r.hset(keys.pipeline_offsets(), mapping={"page_views:0": 1_000})
+    monkeypatch.setattr(status.pipeline, "end_offsets", lambda timeout: {"page_views:0": 1_501_000})
+    monkeypatch.setattr(status.topology, "kafka_brokers", lambda timeout: {"problems": []})
+    report = status.pipeline_status(kafka_timeout=0.5, services=False)
+    # 60,000 records from now - 8 s to now - 1 s
+    assert report["throughput"] == {"events_per_s": 8571, "batches": 3, "seconds": 7.0}
+    assert report["lag"]["total"] == 1_500_000 and report["lag"]["eta_s"] == 175
+    assert (
+        "the pipeline is behind: 1500000 events not processed (STATUS_MAX_LAG is 10000); at the "
+        "last minute's 8571 events/s, ~3 min to catch up, more as new ones arrive"
+    ) in report["problems"]
+    text = status.format_status(report)
+    assert "throughput: 8571 events/s read by the last 3 batches (7.0 s)" in text
+    assert "lag: 1500000 events (~3 min to go at the last minute's rate)" in text
+
+
+def test_status_gives_no_throughput_without_two_batches_in_the_last_minute(redis_url, r):
+    import time
+
+    from reco_plugin import status
+
+    now = time.time()
+    assert status._throughput([], now) is None
+    _history(r, [(now - 200, 2.0, 20_000), (now - 3, 2.0, 20_000)])
+    report = status.pipeline_status(kafka_timeout=0.5, services=False)
+    assert report["throughput"] is None
+    assert "throughput" not in status.format_status(report)
