@@ -102,6 +102,38 @@ def test_rows_sent_to_python_as_json_are_the_rows_spark_gives(spark):
     assert any(row[-1] == 0.1 for row in as_json)
 
 
+def test_the_logins_filter_takes_well_formed_logins_of_an_anonymous_visitor(spark):
+    """``spread.LOGS_IN``: an identify event whose earlier visitor is
+    anonymous (``s:``) and whose visitor is a visitor id
+    (``schema.is_visitor_id``); a null anywhere is no login."""
+    from spark_jobs import spread
+
+    longest = schema.MAX_ID_LENGTH
+    cases = [
+        (schema.IDENTIFY, "u:1", "s:1", True),
+        (schema.IDENTIFY, "s:2", "s:1", True),
+        (schema.IDENTIFY, "u:" + "x" * (longest - 2), "s:1", True),
+        (schema.IDENTIFY, "u:" + "x" * (longest - 1), "s:1", False),
+        (schema.IDENTIFY, "u:", "s:1", False),
+        (schema.IDENTIFY, "x:1", "s:1", False),
+        (schema.IDENTIFY, None, "s:1", False),
+        (schema.IDENTIFY, "u:1", "u:2", False),
+        (schema.IDENTIFY, "u:1", None, False),
+        (schema.PAGE_VIEW, "u:1", "s:1", False),
+        (None, "u:1", "s:1", False),
+    ]
+    rows = spark.createDataFrame(
+        [(n, *case[:3]) for n, case in enumerate(cases)],
+        "n int, type string, visitor_id string, previous string",
+    )
+    found = {row.n for row in rows.where(spread.LOGS_IN).collect()}
+    assert found == {n for n, case in enumerate(cases) if case[3]}
+    assert all(
+        schema.is_visitor_id(visitor) == (n in found)
+        for n, (_, visitor, previous, _) in enumerate(cases[:7])
+    )
+
+
 def test_every_record_is_counted_by_what_the_batch_does_with_it(spark, processor, r):
     values = [
         event("page_view"),
