@@ -717,7 +717,8 @@ def format_status(report: dict[str, Any]) -> str:
     if batch:
         age = time.time() - float(batch.get("finished_at", 0))
         lines.append(
-            f"last batch {batch.get('batch')}: {batch.get('rows')} records in "
+            f"last batch {batch.get('batch')}: {batch.get('rows')} "
+            f"record{'' if batch.get('rows') == 1 else 's'} in "
             f"{float(batch.get('seconds', 0)):.3f} s on the {batch.get('path')}, {age:.0f} s ago"
         )
         steps = batch.get("steps") or {}

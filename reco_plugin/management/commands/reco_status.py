@@ -16,7 +16,11 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=5.0, help="Kafka timeout (s)")
 
     def handle(self, *args, json=False, timeout=5.0, **options):
-        report = pipeline_status(kafka_timeout=timeout)
+        try:
+            report = pipeline_status(kafka_timeout=timeout)
+        except KeyboardInterrupt:  # Ctrl-C: the checks are left to their threads
+            self.stderr.write("interrupted")
+            raise SystemExit(130) from None
         if json:
             self.stdout.write(_dumps(report))
         else:
