@@ -45,13 +45,13 @@ def end_offsets(timeout: float = 10.0) -> Offsets:
                 continue
             for partition in metadata.topics[topic].partitions:
                 tp = confluent_kafka.TopicPartition(topic, partition)
-                result[f"{topic}:{partition}"] = _high_watermark(consumer, tp, deadline)
+                result[f"{topic}:{partition}"] = high_watermark(consumer, tp, deadline)
         return result
     finally:
         consumer.close()
 
 
-def _high_watermark(consumer: Any, tp: Any, deadline: float) -> int:
+def high_watermark(consumer: Any, tp: Any, deadline: float) -> int:
     """A partition's end offset. Asked again (until ``deadline``) while Kafka
     says to retry: right after a broker's death its partitions' new leaders
     answer "high watermark not caught up" or "not leader" for a moment."""

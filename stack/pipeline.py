@@ -24,6 +24,7 @@ from typing import Any
 import redis
 
 from reco_plugin import keys, redis_url, schema, strategies
+from reco_plugin.pipeline import high_watermark
 
 from .services import PYTHON, REPO, Stack, stop_process
 
@@ -89,19 +90,22 @@ def create_topic(bootstrap: str, topic: str, partitions: int = 12) -> None:
     ].result(30)
 
 
-def end_offsets(bootstrap: str, topics: Iterable[str] | None = None) -> dict[str, int]:
+def end_offsets(
+    bootstrap: str, topics: Iterable[str] | None = None, timeout: float = 30.0
+) -> dict[str, int]:
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "reco-tests-offsets"})
+    deadline = time.monotonic() + timeout
     try:
-        metadata = consumer.list_topics(timeout=10)
+        metadata = consumer.list_topics(timeout=timeout)
         result = {}
         for topic in topics or schema.DEFAULT_TOPICS.values():
             for partition in metadata.topics[topic].partitions:
-                _, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=10
-                )
-                result[f"{topic}:{partition}"] = high
+                # asked again while a partition's leadership moves (a broker
+                # just killed or back), as the plugin's own reader does
+                tp = TopicPartition(topic, partition)
+                result[f"{topic}:{partition}"] = high_watermark(consumer, tp, deadline)
         return result
     finally:
         consumer.close()

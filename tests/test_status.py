@@ -490,3 +490,34 @@ def test_status_gives_no_throughput_without_two_batches_in_the_last_minute(redis
     report = status.pipeline_status(kafka_timeout=0.5, services=False)
     assert report["throughput"] is None
     assert "throughput" not in status.format_status(report)
+
+
+class _MovingLeader:
+    """A consumer whose partition's leadership moves for ``moving`` answers."""
+
+    def __init__(self, moving: int, code: int = 6):
+        self.moving, self.code, self.asked = moving, code, 0
+
+    def get_watermark_offsets(self, tp, timeout):
+        from confluent_kafka import KafkaError, KafkaException
+
+        self.asked += 1
+        if self.asked <= self.moving:
+            raise KafkaException(KafkaError(self.code))
+        return 0, 42
+
+
+def test_an_end_offset_is_asked_again_while_a_leader_moves():
+    import time
+
+    from reco_plugin.pipeline import high_watermark
+
+    consumer = _MovingLeader(moving=2)
+    assert high_watermark(consumer, ("page_views", 0), time.monotonic() + 5) == 42
+    assert consumer.asked == 3
+
+    # other errors, and a leader still moving at the deadline, reach the caller
+    with pytest.raises(Exception, match="UNKNOWN_TOPIC_OR_PART"):
+        high_watermark(_MovingLeader(moving=1, code=3), ("page_views", 0), time.monotonic() + 5)
+    with pytest.raises(Exception, match="NOT_LEADER"):
+        high_watermark(_MovingLeader(moving=100), ("page_views", 0), time.monotonic() + 0.5)
