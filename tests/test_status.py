@@ -521,3 +521,34 @@ def test_an_end_offset_is_asked_again_while_a_leader_moves():
         high_watermark(_MovingLeader(moving=1, code=3), ("page_views", 0), time.monotonic() + 5)
     with pytest.raises(Exception, match="NOT_LEADER"):
         high_watermark(_MovingLeader(moving=100), ("page_views", 0), time.monotonic() + 0.5)
+
+
+def test_what_spark_is_doing_is_said_in_plain_words(redis_url, r):
+    """Spark's status message and its input rate of one trigger stay in --json;
+    the text says what the job is doing, and no rate a one-record batch makes up."""
+    from reco_plugin import keys, status
+
+    message = "Getting offsets from KafkaV2[Subscribe[page_views, user_clicks]]"
+    _beat(
+        r,
+        keys.HEARTBEAT_TTL * 1000,
+        message=message,
+        input_rows_per_second=125.0,
+        process_space=keys.process_space(),
+    )
+    report = status.pipeline_status(kafka_timeout=0.5, services=False)
+    assert report["job"]["message"] == message
+    assert report["queries"][0]["input_rows_per_second"] == 125.0
+    lines = status.format_status(report).splitlines()
+    job = next(line for line in lines if line.startswith("job "))
+    query = next(line for line in lines if line.startswith("query "))
+    assert f"pid {os.getpid()}, asking Kafka for new events, query restarts" in job, job
+    assert "asking Kafka for new events" in query and "KafkaV2" not in query, query
+    assert "records/s" not in query, query
+
+    # a message Spark has not been known to write is shown as it is
+    _beat(r, keys.HEARTBEAT_TTL * 1000, message="Resharding", process_space=keys.process_space())
+    report = status.pipeline_status(kafka_timeout=0.5, services=False)
+    assert "Resharding" in next(
+        line for line in status.format_status(report).splitlines() if line.startswith("job ")
+    )
