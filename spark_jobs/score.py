@@ -479,10 +479,7 @@ def _judge(
             wanted[key] = strategy
     # each list read once, and its ids and scores taken once: the same lists
     # (popular, trending, a product's neighbours) serve many trials
-    lists = {
-        key: ranker.scored_ids(strategies.Ranked.of(items))
-        for key, items in zip(wanted, state.lists(r, list(wanted)), strict=True)
-    }
+    lists = dict(zip(wanted, state.scored_lists(r, list(wanted)), strict=True))
     found: list[tuple[Trial, ranker.Tops, dict[str, None]]] = []
     for trial, trial_sources in zip(trials, sources_of, strict=True):
         context = trial.context

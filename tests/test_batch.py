@@ -776,3 +776,103 @@ def test_lists_written_without_a_writer_hold_their_json_and_ttl(redis_url):
     state.write_lists(r, lists, 600)
     assert {key: json.loads(r.get(key)) for key in lists} == lists
     assert {r.ttl(key) for key in lists} <= {599, 600}
+
+
+def test_the_lists_a_batch_judges_on_are_decoded_once_per_value(r, monkeypatch):
+    """As ``ranker.scored_ids`` reads each list, whatever its value (missing, a
+    product twice, a score that is not a number, NaN as Python's json writes
+    it); a list rewritten is read anew, and a value read again is not decoded
+    again."""
+    import math
+
+    from reco_plugin import ranker
+
+    values = {
+        "a": json.dumps([{"product_id": "1", "score": 0.5}, {"product_id": 2, "score": 0.25}]),
+        "twice": json.dumps(
+            [{"product_id": "1", "score": 1}, {"product_id": "2"}, {"product_id": "1", "score": 3}]
+        ),
+        "damaged": json.dumps([{"product_id": "1", "score": "high"}, {"score": 1.0}]),
+        "nan": json.dumps([{"product_id": "1", "score": float("nan")}]),
+    }
+    for key, value in values.items():
+        r.set(key, value)
+    wanted = ["a", "missing", "twice", "damaged", "a"]
+
+    def decoded(keys_):
+        return [ranker.scored_ids(strategies.Ranked.of(items)) for items in state.lists(r, keys_)]
+
+    monkeypatch.setattr(state, "_scored", [{}, {}])
+    monkeypatch.setattr(state, "_scored_size", 0)
+    expected = decoded(wanted)
+    assert state.scored_lists(r, wanted) == expected
+    assert expected[0] == [("1", 0.5), ("2", 0.25)] and expected[1] == []
+    assert expected[2] == [("1", 3.0), ("2", 0.0), ("1", 3.0)]
+    assert expected[3] == [("1", 0.0)]
+    [(product_id, score)] = state.scored_lists(r, ["nan"])[0]
+    assert product_id == "1" and math.isnan(score)
+
+    loads = []
+    monkeypatch.setattr(state, "_loads", lambda raw: loads.append(raw) or json.loads(raw))
+    assert state.scored_lists(r, wanted) == expected and not loads  # read again: kept
+    r.set("a", json.dumps([{"product_id": "9", "score": 1.0}]))  # rewritten
+    assert state.scored_lists(r, ["a"]) == [[("9", 1.0)]] and len(loads) == 1
+
+    # past SCORED_KEPT characters, the values read become the old generation
+    # (still kept), and the ones read in neither are forgotten
+    monkeypatch.setattr(state, "SCORED_KEPT", 100)
+    monkeypatch.setattr(state, "_scored", [{}, {}])
+    monkeypatch.setattr(state, "_scored_size", 0)
+    for n in range(4):
+        r.set(f"more{n}", json.dumps([{"product_id": str(n), "score": 1.0}]))
+    assert state.scored_lists(r, ["more0", "more1", "more2", "more3"]) == [
+        [(str(n), 1.0)] for n in range(4)
+    ]
+    new, old = state._scored
+    assert not new and set(old) == {r.get(f"more{n}") for n in range(4)}
+    loads.clear()
+    assert state.scored_lists(r, ["more0", "twice"]) == [[("0", 1.0)], expected[2]]
+    assert loads == [values["twice"]]  # "twice" was forgotten, "more0" kept
+
+
+def test_a_batch_judged_on_lists_decoded_before_learns_the_same(batches, monkeypatch):
+    """The same rows scored from the same state, the lists decoded anew, then
+    kept from that: the same trials, rewards and ranker examples."""
+    r = batches.r
+    for page in ("1", "2", "3"):
+        put(r, keys.product_similar(page), [p for p in "123456" if p != page])
+    for round_ in range(2):
+        batches.run(
+            [
+                batches.row("page_view", f"s:v{round_}-{n}", p, seconds_ago=50 - i)
+                for n in range(20)
+                for i, p in enumerate(("1", "4", "2", "5"))
+            ]
+        )
+    rows = [
+        batches.row("page_view", f"s:w{n}", p, seconds_ago=30 - i)
+        for n in range(20)
+        for i, p in enumerate(("2", "4", "3", "6"))
+    ]
+
+    def scored():
+        changes = next(
+            score.score_partition(
+                rows,
+                redis_url=batches.redis_url,
+                settings=SETTINGS,
+                landmark_ms=batches.now,
+                now_ms=batches.now,
+                held=dict(recovery.position(r).offsets),
+            )
+        )
+        changes.seconds = 0
+        return changes
+
+    monkeypatch.setattr(state, "_scored", [{}, {}])
+    monkeypatch.setattr(state, "_scored_size", 0)
+    cold = scored()
+    assert state._scored[0]  # the judged lists, kept
+    warm = scored()
+    assert len(cold.examples) > 0 and sum(t for _, t in cold.rewards.values()) > 0
+    assert warm == cold
