@@ -73,17 +73,7 @@ class Batches:
         clock = state.clock(self.r)
         landmark = score.landmark(clock, self.now, settings)
         held = recovery.position(self.r)
-        changes = next(
-            score.score_partition(
-                rows,
-                redis_url=self.redis_url,
-                settings=settings,
-                landmark_ms=landmark,
-                now_ms=self.now,
-                held=dict(held.offsets),
-                experiment=self.experiment,
-            )
-        )
+        changes = self.score(rows, landmark)
         clock_ms = max(clock, changes.newest_ts)
         assert state.commit(
             self.r,
@@ -109,6 +99,20 @@ class Batches:
             self.r, None, state.pending(self.r), clock_ms, batch.Steps(), spread=catching_up
         )
         return changes
+
+    def score(self, rows, landmark_ms):
+        """``rows`` scored against the state as it is (nothing committed)."""
+        return next(
+            score.score_partition(
+                rows,
+                redis_url=self.redis_url,
+                settings=self.settings,
+                landmark_ms=landmark_ms,
+                now_ms=self.now,
+                held=dict(recovery.position(self.r).offsets),
+                experiment=self.experiment,
+            )
+        )
 
     def list(self, key):
         raw = self.r.get(key)
@@ -705,16 +709,7 @@ def test_the_ranker_learns_from_the_trials_in_the_fenced_commit(batches):
             # the same batch scored twice from the same state (a job killed
             # before its commit, run again) teaches the same examples
             learner = ranker.Learner.from_dict(json.loads(r.get(keys.ranker_model())))
-            first = next(
-                score.score_partition(
-                    rows,
-                    redis_url=batches.redis_url,
-                    settings=SETTINGS,
-                    landmark_ms=batches.now,
-                    now_ms=batches.now,
-                    held=dict(recovery.position(r).offsets),
-                )
-            )
+            first = batches.score(rows, batches.now)
         changes = batches.run(rows, lists=False)
     assert changes.examples == first.examples and len(first.examples) == 40 * 11
     learner.learn(first.examples)
@@ -856,16 +851,7 @@ def test_a_batch_judged_on_lists_decoded_before_learns_the_same(batches, monkeyp
     ]
 
     def scored():
-        changes = next(
-            score.score_partition(
-                rows,
-                redis_url=batches.redis_url,
-                settings=SETTINGS,
-                landmark_ms=batches.now,
-                now_ms=batches.now,
-                held=dict(recovery.position(r).offsets),
-            )
-        )
+        changes = batches.score(rows, batches.now)
         changes.seconds = 0
         return changes
 
