@@ -123,53 +123,74 @@ def _with_ids(records: Iterable[Sequence[str]], **options: Any) -> Iterator[Any]
         yield ids, changes
 
 
-def score_spread(parsed, partitions: int, **options: Any) -> list[state.BatchChanges]:
+class Cached:
+    """A large batch's parsed records, read from Kafka once for all that reads
+    them (the logins, the scoring, a second scoring with copies marked, the
+    event lake) and kept until :meth:`release`.
+
+    They are read in at most as many tasks as there are partitions to score
+    (on a cluster, shuffle_partitions: the executors' cores), not one task a
+    Kafka partition (24-60): 20,000 records with a function that only counts
+    them took 0.85 s against 1.19 s a batch (medians, alternate batches of
+    one query on local[2]). Where a record is read has no bearing on where it
+    is scored: the shuffle by owner decides that."""
+
+    def __init__(self, parsed, partitions: int) -> None:
+        self.parsed, self.partitions = parsed, partitions
+        self._cached = None
+
+    def get(self):
+        if self._cached is None:
+            from pyspark import StorageLevel
+
+            self._cached = self.parsed.coalesce(self.partitions).persist(
+                StorageLevel.MEMORY_AND_DISK
+            )
+        return self._cached
+
+    def release(self) -> None:
+        if self._cached is not None:
+            self._cached.unpersist()
+            self._cached = None
+
+
+def score_spread(cached: Cached, **options: Any) -> list[state.BatchChanges]:
     """Each partition's changes (:func:`score.score_partition` of whole
     owners), merged by the caller."""
-    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    # Read in at most as many tasks as there are partitions to score (on a
-    # cluster, shuffle_partitions: the executors' cores), not one task a
-    # Kafka partition (24-60): 20,000 records with a function that only counts
-    # them took 0.85 s against 1.19 s a batch (medians, alternate batches of
-    # one query on local[2]). Where a record is read has no bearing on where
-    # it is scored: the shuffle by owner decides that.
-    parsed = parsed.coalesce(partitions).persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        found = owners(parsed.where(LOGS_IN).select("visitor_id", "previous").collect())
-        _log_largest(found)
-        if found:
-            table = parsed.sparkSession.createDataFrame(
-                sorted(found.items()), "visitor string, owner string"
-            )
-            keyed = parsed.join(
-                F.broadcast(table), parsed["visitor_id"] == table["visitor"], "left"
-            ).select(*PARSED_COLUMNS, F.coalesce("owner", "visitor_id").alias("owner"))
-            owner = "owner"
-        else:  # every visitor their own owner
-            keyed, owner = parsed, "visitor_id"
-        parts = (
-            keyed.repartition(partitions, owner)
-            .selectExpr(as_json(*PARSED_COLUMNS))
-            .rdd.mapPartitions(functools.partial(_with_ids, **options))
-            .collect()
+    parsed, partitions = cached.get(), cached.partitions
+    found = owners(parsed.where(LOGS_IN).select("visitor_id", "previous").collect())
+    _log_largest(found)
+    if found:
+        table = parsed.sparkSession.createDataFrame(
+            sorted(found.items()), "visitor string, owner string"
         )
-        total = sum(len(ids) for ids, _ in parts)
-        distinct = len(set().union(*(ids for ids, _ in parts)))
-        if distinct == total:
-            return [changes for _, changes in parts]
-        logger.info(
-            "an event id in two partitions (%d ids): the batch is scored again, its copies marked",
-            total - distinct,
-        )
-        marked = (
-            keyed.withColumn("later_copy", later_copy())
-            .repartition(partitions, owner)
-            .selectExpr(as_json(*PARSED_COLUMNS, "later_copy"))
-            .rdd.mapPartitions(functools.partial(_with_ids, **options))
-            .collect()
-        )
-        return [changes for _, changes in marked]
-    finally:
-        parsed.unpersist()
+        keyed = parsed.join(
+            F.broadcast(table), parsed["visitor_id"] == table["visitor"], "left"
+        ).select(*PARSED_COLUMNS, F.coalesce("owner", "visitor_id").alias("owner"))
+        owner = "owner"
+    else:  # every visitor their own owner
+        keyed, owner = parsed, "visitor_id"
+    parts = (
+        keyed.repartition(partitions, owner)
+        .selectExpr(as_json(*PARSED_COLUMNS))
+        .rdd.mapPartitions(functools.partial(_with_ids, **options))
+        .collect()
+    )
+    total = sum(len(ids) for ids, _ in parts)
+    distinct = len(set().union(*(ids for ids, _ in parts)))
+    if distinct == total:
+        return [changes for _, changes in parts]
+    logger.info(
+        "an event id in two partitions (%d ids): the batch is scored again, its copies marked",
+        total - distinct,
+    )
+    marked = (
+        keyed.withColumn("later_copy", later_copy())
+        .repartition(partitions, owner)
+        .selectExpr(as_json(*PARSED_COLUMNS, "later_copy"))
+        .rdd.mapPartitions(functools.partial(_with_ids, **options))
+        .collect()
+    )
+    return [changes for _, changes in marked]

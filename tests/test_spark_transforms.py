@@ -417,8 +417,9 @@ def test_what_counts_as_a_redis_outage():
     assert not is_transient(ValueError("a bug"))
 
 
+@pytest.mark.parametrize("path", ["driver", "executors"])
 def test_the_lake_feeds_the_retraining_whose_neighbours_reach_the_lists(
-    spark, processor, redis_url, r, tmp_path
+    spark, processor, redis_url, r, tmp_path, path
 ):
     from spark_jobs import retrain
 
@@ -439,9 +440,13 @@ def test_the_lake_feeds_the_retraining_whose_neighbours_reach_the_lists(
         )
     )
     batch = records(spark, values)
-    job = processor(lake_path=lake)
+    # on the executors, written from the records the scoring read (cached)
+    job = processor(lake_path=lake, driver_batch_rows=10_000 if path == "driver" else 2)
     job(batch, 0)
-    job(batch, 0)  # run again: the same files rewritten
+    # run again: the same files rewritten (on the driver); all of it applied
+    # already, nothing is written (on the executors)
+    job(batch, 0)
+    assert job.last["path"] == path
     assert spark.read.parquet(lake).count() == len(values)
     assert "lake" in job.last["steps"]
     titles = {"a": "Red wine glass", "b": "Wine glass set", "c": "Blue mug", "n": "Coffee mug"}
