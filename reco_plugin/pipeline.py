@@ -51,10 +51,13 @@ def end_offsets(timeout: float = 10.0) -> Offsets:
         consumer.close()
 
 
-def high_watermark(consumer: Any, tp: Any, deadline: float) -> int:
+def high_watermark(
+    consumer: Any, tp: Any, deadline: float, retry_codes: frozenset[int] = RETRY_CODES
+) -> int:
     """A partition's end offset. Asked again (until ``deadline``) while Kafka
-    says to retry: right after a broker's death its partitions' new leaders
-    answer "high watermark not caught up" or "not leader" for a moment."""
+    says to retry (or answers one of ``retry_codes``): right after a broker's
+    death its partitions' new leaders answer "high watermark not caught up"
+    or "not leader" for a moment."""
     while True:
         try:
             return consumer.get_watermark_offsets(
@@ -64,7 +67,7 @@ def high_watermark(consumer: Any, tp: Any, deadline: float) -> int:
             error = exc.args[0] if exc.args else None
             retriable = (
                 getattr(error, "retriable", lambda: False)()
-                or getattr(error, "code", lambda: None)() in RETRY_CODES
+                or getattr(error, "code", lambda: None)() in retry_codes
             )
             if not retriable or time.monotonic() > deadline:
                 raise

@@ -465,6 +465,8 @@ def _queries(report: dict[str, Any]) -> list[dict[str, Any]]:
             "lag": (report.get("lag") or {}).get("total"),
             "behind_latest": job.get("behind_latest"),
             "input_rows_per_second": job.get("input_rows_per_second"),
+            "silent": bool(job.get("silent")),
+            "heartbeat_age_s": job.get("heartbeat_age_s"),
         }
     ]
     last, running, failed = (
@@ -615,8 +617,13 @@ def _query_line(query: dict[str, Any]) -> str:
     if query["kind"] == "streaming":
         # (Spark's input rate of its last trigger is in --json only: a batch of
         # one record after a quiet second reads as 125 records/s; the report's
-        # throughput line gives the rate over the last minute)
-        text += f"): {_activity(query.get('state')) or 'down'}"
+        # throughput line gives the rate over the last minute, once two
+        # batches have finished in it)
+        doing = _activity(query.get("state")) or "down"
+        if query.get("silent") and query.get("heartbeat_age_s") is not None:
+            # what it said last, not what it does: it has not said since
+            doing = f"no heartbeat for {query['heartbeat_age_s']:.0f} s (last: {doing})"
+        text += f"): {doing}"
         if query.get("last_batch_at"):
             text += f", batch {query.get('last_batch')} finished {_ago(query['last_batch_at'])}"
         if query.get("lag") is not None:

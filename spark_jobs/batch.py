@@ -342,6 +342,7 @@ class BatchProcessor:
             return
         fresh = [row for row in rows if row[2] >= held.offsets.get((row[0], row[1]), -1)]
         self._lake(cached, batch_id, steps, fresh if small else None)
+        cached.release()  # read for the last time
         with steps("commit"):
             seq = state.commit(
                 r,

@@ -149,9 +149,14 @@ class Cached:
         return self._cached
 
     def release(self) -> None:
-        if self._cached is not None:
-            self._cached.unpersist()
-            self._cached = None
+        """The cache dropped; a failure to (Spark stopping) is logged, not
+        raised: it must not hide why the batch ended."""
+        cached, self._cached = self._cached, None
+        if cached is not None:
+            try:
+                cached.unpersist()
+            except Exception as exc:
+                logger.warning("a batch's cached records were not released: %s", exc)
 
 
 def score_spread(cached: Cached, **options: Any) -> list[state.BatchChanges]:

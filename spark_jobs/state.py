@@ -295,9 +295,9 @@ def scored_lists(r: redis.Redis, list_keys: Sequence[str]) -> list[list[tuple[st
     """Each list's (product id, score) pairs, in order (``ranker.scored_ids``);
     none for a list Redis does not hold. Shared: not to be changed."""
     global _scored_size
-    new, old = _scored
     result = []
     for chunk in chunks(list(list_keys)):
+        new, old = _scored
         for raw in r.mget(chunk):
             if not raw:
                 result.append([])
@@ -310,9 +310,10 @@ def scored_lists(r: redis.Redis, list_keys: Sequence[str]) -> list[list[tuple[st
                 new[raw] = scored
                 _scored_size += len(raw)
             result.append(scored)
-    if _scored_size > SCORED_KEPT:
-        _scored[:] = [{}, new]
-        _scored_size = 0
+        # (after each chunk of CHUNK lists: a large batch's call holds many)
+        if _scored_size > SCORED_KEPT:
+            _scored[:] = [{}, new]
+            _scored_size = 0
     return result
 
 

@@ -24,11 +24,13 @@ from typing import Any
 import redis
 
 from reco_plugin import keys, redis_url, schema, strategies
-from reco_plugin.pipeline import high_watermark
+from reco_plugin.pipeline import RETRY_CODES, high_watermark
 
 from .services import PYTHON, REPO, Stack, stop_process
 
 DAY_MS = 24 * 3600 * 1000
+# librdkafka's codes: a partition a broker does not know (yet), a request timed out
+UNKNOWN_TOPIC_OR_PART, TIMED_OUT = 3, -185
 
 
 def produce(
@@ -96,16 +98,20 @@ def end_offsets(
     from confluent_kafka import Consumer, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "reco-tests-offsets"})
-    deadline = time.monotonic() + timeout
     try:
-        metadata = consumer.list_topics(timeout=timeout)
+        metadata = consumer.list_topics(timeout=10)
+        deadline = time.monotonic() + timeout
         result = {}
         for topic in topics or schema.DEFAULT_TOPICS.values():
             for partition in metadata.topics[topic].partitions:
                 # asked again while a partition's leadership moves (a broker
-                # just killed or back), as the plugin's own reader does
+                # just killed or back), as the plugin's own reader does, and
+                # while a broker back answers it does not know the partition
+                # yet, or does not answer in time
                 tp = TopicPartition(topic, partition)
-                result[f"{topic}:{partition}"] = high_watermark(consumer, tp, deadline)
+                result[f"{topic}:{partition}"] = high_watermark(
+                    consumer, tp, deadline, RETRY_CODES | {UNKNOWN_TOPIC_OR_PART, TIMED_OUT}
+                )
         return result
     finally:
         consumer.close()

@@ -855,10 +855,15 @@ def test_a_batch_judged_on_lists_decoded_before_learns_the_same(batches, monkeyp
         changes.seconds = 0
         return changes
 
+    from reco_plugin import ranker
+
     monkeypatch.setattr(state, "_scored", [{}, {}])
     monkeypatch.setattr(state, "_scored_size", 0)
     cold = scored()
     assert state._scored[0]  # the judged lists, kept
+    decoded = []
+    monkeypatch.setattr(ranker, "scored_ids", lambda items: decoded.append(items) or [])
     warm = scored()
+    assert not decoded  # every list judged on was kept
     assert len(cold.examples) > 0 and sum(t for _, t in cold.rewards.values()) > 0
     assert warm == cold

@@ -419,9 +419,19 @@ def test_what_counts_as_a_redis_outage():
 
 @pytest.mark.parametrize("path", ["driver", "executors"])
 def test_the_lake_feeds_the_retraining_whose_neighbours_reach_the_lists(
-    spark, processor, redis_url, r, tmp_path, path
+    spark, processor, redis_url, r, tmp_path, path, monkeypatch
 ):
+    from spark_jobs import lake as lake_module
     from spark_jobs import retrain
+
+    written_from = []
+    append = lake_module.append_to_lake
+
+    def recorded(parsed, where):
+        written_from.append(parsed.is_cached)
+        append(parsed, where)
+
+    monkeypatch.setattr(lake_module, "append_to_lake", recorded)
 
     lake = str(tmp_path / "lake")
     # visitors who view a also view b; c goes with d
@@ -440,12 +450,12 @@ def test_the_lake_feeds_the_retraining_whose_neighbours_reach_the_lists(
         )
     )
     batch = records(spark, values)
-    # on the executors, written from the records the scoring read (cached)
     job = processor(lake_path=lake, driver_batch_rows=10_000 if path == "driver" else 2)
     job(batch, 0)
-    # run again: the same files rewritten (on the driver); all of it applied
-    # already, nothing is written (on the executors)
-    job(batch, 0)
+    # on the driver, its rows straight to files; on the executors, written by
+    # Spark from the records the scoring read (cached), not read again
+    assert written_from == ([] if path == "driver" else [True])
+    job(batch, 0)  # run again: all of it applied already, nothing more written
     assert job.last["path"] == path
     assert spark.read.parquet(lake).count() == len(values)
     assert "lake" in job.last["steps"]

@@ -286,7 +286,11 @@ def test_a_heartbeat_not_written_for_ten_seconds_is_a_job_down(redis_url, r):
         p.startswith("the streaming job's heartbeat stopped 12 s ago (pid 4242)")
         for p in report["problems"]
     ), report["problems"]
-    assert "job        DOWN  last heartbeat 12 s ago from pid 4242" in status.format_status(report)
+    text = status.format_status(report)
+    assert "job        DOWN  last heartbeat 12 s ago from pid 4242" in text
+    # the query line says what the job said last as that, not as what it does
+    query = next(line for line in text.splitlines() if line.startswith("query "))
+    assert ": no heartbeat for 12 s (last: waiting for events)" in query, query
     # written 2 s ago: up
     _beat(r, (keys.HEARTBEAT_TTL - 2) * 1000, pid=4242)
     report = status.pipeline_status(kafka_timeout=0.5, services=False)
